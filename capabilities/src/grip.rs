@@ -1,0 +1,65 @@
+//! The credentials every epoch-scoped capability carries and the guard each call runs.
+
+use std::rc::Rc;
+
+use engram_store::PublicKey;
+
+use crate::error::CapabilityError;
+use crate::node::Node;
+use crate::restriction::Restriction;
+
+/// Who holds a capability, under which epoch and grant generation, narrowed how.
+#[derive(Clone)]
+pub(crate) struct Grip {
+    pub node: Rc<Node>,
+    pub principal: PublicKey,
+    pub epoch: u64,
+    pub generation: u64,
+    pub restriction: Rc<Restriction>,
+}
+
+impl Grip {
+    /// The epoch guard: fails once the node has left the capability's epoch, once its
+    /// principal was removed or its grants changed, and once its restriction expired or
+    /// excludes `world`.
+    pub fn check(&self, world: Option<&str>) -> Result<(), CapabilityError> {
+        let current = self.node.epoch();
+        if current != self.epoch {
+            return Err(CapabilityError::StaleEpoch {
+                issued: self.epoch,
+                current,
+            });
+        }
+        if self.node.generation(&self.principal) != Some(self.generation) {
+            return Err(CapabilityError::denied(
+                "this principal was removed or its grants changed; graft again",
+            ));
+        }
+        if self.restriction.expired(now_unix_ms()) {
+            return Err(CapabilityError::denied("this capability has expired"));
+        }
+        if let Some(world) = world
+            && !self.restriction.allows_world(world)
+        {
+            return Err(CapabilityError::denied(format!(
+                "this capability was attenuated to exclude world {world:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The same grip, narrowed.
+    pub fn narrowed(&self, restriction: &Restriction) -> Grip {
+        Grip {
+            restriction: Rc::new(self.restriction.narrow(restriction)),
+            ..self.clone()
+        }
+    }
+}
+
+pub(crate) fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,108 @@
+//! `Membrane`: a logged-in principal's source of epoch-scoped capabilities.
+
+use std::rc::Rc;
+
+use engram_schema::engram_capnp::membrane;
+use engram_store::{PublicKey, Right};
+
+use crate::admin::Admin;
+use crate::convert::{write_epoch, write_principal};
+use crate::error::{CapabilityError, Wire};
+use crate::grip::Grip;
+use crate::node::Node;
+use crate::observer::Observer;
+use crate::restriction::Restriction;
+use crate::signer::Signer;
+use crate::world_reader::WorldReader;
+use crate::world_writer::WorldWriter;
+
+pub struct Membrane {
+    node: Rc<Node>,
+    principal: PublicKey,
+}
+
+impl Membrane {
+    pub(crate) fn new(node: Rc<Node>, principal: PublicKey) -> Membrane {
+        Membrane { node, principal }
+    }
+}
+
+impl membrane::Server for Membrane {
+    async fn graft(
+        self: Rc<Self>,
+        _: membrane::GraftParams,
+        mut results: membrane::GraftResults,
+    ) -> Result<(), capnp::Error> {
+        let node = &self.node;
+        let removed = || CapabilityError::denied("this principal has been removed");
+        let generation = node
+            .generation(&self.principal)
+            .ok_or_else(removed)
+            .wire()?;
+        let view = node.store.read().wire()?;
+        let principal = view
+            .principal(&self.principal)
+            .wire()?
+            .ok_or_else(removed)
+            .wire()?;
+        let epoch = view.epoch().wire()?;
+        // The store's epoch and the node's mirror agree except while an advance is being
+        // acknowledged; grafting then would hand out capabilities that fail at once.
+        if epoch.number != node.epoch() {
+            return Err(
+                CapabilityError::Unavailable("the epoch is advancing; graft again".into()).into(),
+            );
+        }
+        let worlds: Vec<_> = view
+            .worlds()
+            .wire()?
+            .into_iter()
+            .filter(|world| {
+                principal.admin
+                    || principal
+                        .grants
+                        .iter()
+                        .any(|grant| grant.world == world.name)
+            })
+            .collect();
+        drop(view);
+        let grip = Grip {
+            node: node.clone(),
+            principal: self.principal,
+            epoch: epoch.number,
+            generation,
+            restriction: Rc::new(Restriction::NONE),
+        };
+        let mut results = results.get();
+        write_epoch(results.reborrow().init_epoch(), &epoch);
+        write_principal(results.reborrow().init_principal(), &principal);
+        let mut list = results.reborrow().init_worlds(worlds.len() as u32);
+        for (index, world) in worlds.iter().enumerate() {
+            let mut entry = list.reborrow().get(index as u32);
+            entry.set_world(world.name.as_str());
+            if principal.holds(&world.name, Right::Read) {
+                entry.set_reader(capnp_rpc::new_client(WorldReader::new(
+                    grip.clone(),
+                    world.name.clone(),
+                )));
+            }
+            if principal.holds(&world.name, Right::Write) {
+                entry.set_writer(capnp_rpc::new_client(WorldWriter::new(
+                    grip.clone(),
+                    world.name.clone(),
+                )));
+            }
+            if principal.holds(&world.name, Right::Observe) {
+                entry.set_observer(capnp_rpc::new_client(Observer::new(
+                    grip.clone(),
+                    world.name.clone(),
+                )));
+            }
+        }
+        results.set_signer(capnp_rpc::new_client(Signer::new(grip.clone(), None)));
+        if principal.admin {
+            results.set_admin(capnp_rpc::new_client(Admin::new(grip)));
+        }
+        Ok(())
+    }
+}

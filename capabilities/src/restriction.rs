@@ -1,0 +1,177 @@
+//! Restrictions and attenuation: what a capability may still do. Every dimension is
+//! `None` (unrestricted) or a set; narrowing intersects, so nothing ever widens.
+
+use std::collections::BTreeSet;
+
+use engram_store::{Atom, AtomContent, AtomKind, Query};
+
+/// The narrowing a capability carries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Restriction {
+    pub worlds: Option<BTreeSet<String>>,
+    pub kinds: Option<BTreeSet<AtomKind>>,
+    pub labels: Option<BTreeSet<String>>,
+    pub max_importance: f32,
+    /// 0 = never.
+    pub expires_at_unix_ms: i64,
+}
+
+impl Restriction {
+    /// No narrowing at all.
+    pub const NONE: Restriction = Restriction {
+        worlds: None,
+        kinds: None,
+        labels: None,
+        max_importance: 1.0,
+        expires_at_unix_ms: 0,
+    };
+
+    /// The intersection of `self` and `other`: never wider than either.
+    pub fn narrow(&self, other: &Restriction) -> Restriction {
+        fn intersect<T: Ord + Clone>(
+            left: &Option<BTreeSet<T>>,
+            right: &Option<BTreeSet<T>>,
+        ) -> Option<BTreeSet<T>> {
+            match (left, right) {
+                (None, None) => None,
+                (Some(set), None) | (None, Some(set)) => Some(set.clone()),
+                (Some(left), Some(right)) => Some(left.intersection(right).cloned().collect()),
+            }
+        }
+        let expires_at_unix_ms = match (self.expires_at_unix_ms, other.expires_at_unix_ms) {
+            (0, other) => other,
+            (mine, 0) => mine,
+            (mine, other) => mine.min(other),
+        };
+        Restriction {
+            worlds: intersect(&self.worlds, &other.worlds),
+            kinds: intersect(&self.kinds, &other.kinds),
+            labels: intersect(&self.labels, &other.labels),
+            max_importance: self.max_importance.min(other.max_importance),
+            expires_at_unix_ms,
+        }
+    }
+
+    pub(crate) fn allows_world(&self, world: &str) -> bool {
+        self.worlds
+            .as_ref()
+            .is_none_or(|worlds| worlds.contains(world))
+    }
+
+    pub(crate) fn expired(&self, now_unix_ms: i64) -> bool {
+        self.expires_at_unix_ms != 0 && now_unix_ms >= self.expires_at_unix_ms
+    }
+
+    /// Whether a reader under this restriction sees `atom`.
+    pub(crate) fn shows(&self, atom: &Atom) -> bool {
+        let content = &atom.content;
+        self.kinds
+            .as_ref()
+            .is_none_or(|kinds| kinds.contains(&content.kind))
+            && self
+                .labels
+                .as_ref()
+                .is_none_or(|labels| content.labels.iter().any(|label| labels.contains(label)))
+            && content.importance <= self.max_importance
+    }
+
+    /// Why a writer under this restriction may not write `content`, if it may not.
+    pub(crate) fn forbids_writing(&self, content: &AtomContent) -> Option<String> {
+        if let Some(kinds) = &self.kinds
+            && !kinds.contains(&content.kind)
+        {
+            return Some(format!(
+                "this writer may write only kinds {}; not {}",
+                list(kinds.iter()),
+                content.kind
+            ));
+        }
+        if let Some(labels) = &self.labels {
+            if content.labels.is_empty() {
+                return Some(format!(
+                    "this writer must label every atom with one of {}",
+                    list(labels.iter())
+                ));
+            }
+            if let Some(outside) = content.labels.iter().find(|label| !labels.contains(*label)) {
+                return Some(format!(
+                    "this writer may use only labels {}; not {outside:?}",
+                    list(labels.iter())
+                ));
+            }
+        }
+        if content.importance > self.max_importance {
+            return Some(format!(
+                "this writer may write importance up to {}; not {}",
+                self.max_importance, content.importance
+            ));
+        }
+        None
+    }
+
+    /// Folds this restriction's kinds and importance into `query`, so the store's
+    /// indexes answer a restricted reader too. Returns false if nothing can match.
+    pub(crate) fn fold_into(&self, query: &mut Query) -> bool {
+        if let Some(kinds) = &self.kinds {
+            if query.kinds.is_empty() {
+                query.kinds = kinds.iter().copied().collect();
+            } else {
+                query.kinds.retain(|kind| kinds.contains(kind));
+            }
+            if query.kinds.is_empty() {
+                return false;
+            }
+        }
+        query.max_importance = query.max_importance.min(self.max_importance);
+        query.min_importance <= query.max_importance
+    }
+}
+
+fn list<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    let names: Vec<String> = items.map(|item| item.to_string()).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(values: &[AtomKind]) -> Option<BTreeSet<AtomKind>> {
+        Some(values.iter().copied().collect())
+    }
+
+    #[test]
+    fn narrowing_never_widens() {
+        let holder = Restriction {
+            kinds: kinds(&[AtomKind::Fact, AtomKind::Plan]),
+            max_importance: 0.5,
+            expires_at_unix_ms: 100,
+            ..Restriction::NONE
+        };
+        let wider = Restriction {
+            kinds: kinds(&[AtomKind::Fact, AtomKind::Decision]),
+            max_importance: 0.9,
+            expires_at_unix_ms: 0,
+            ..Restriction::NONE
+        };
+        let narrowed = holder.narrow(&wider);
+        assert_eq!(narrowed.kinds, kinds(&[AtomKind::Fact]));
+        assert_eq!(narrowed.max_importance, 0.5);
+        assert_eq!(narrowed.expires_at_unix_ms, 100);
+        assert_eq!(narrowed.narrow(&Restriction::NONE), narrowed);
+        let disjoint = narrowed.narrow(&Restriction {
+            kinds: kinds(&[AtomKind::Plan]),
+            ..Restriction::NONE
+        });
+        assert_eq!(disjoint.kinds, kinds(&[]));
+        assert!(
+            disjoint
+                .forbids_writing(&AtomContent::new(AtomKind::Plan, "x"))
+                .is_some()
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! `Terminal`: the bootstrap capability. Ed25519 challenge–response login.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use engram_schema::engram_capnp::terminal;
+use engram_schema::login_message;
+
+use crate::convert::{bytes32, malformed};
+use crate::error::{CapabilityError, Wire};
+use crate::limits::LOGIN_NONCES_PER_CONNECTION_MAX;
+use crate::membrane::Membrane;
+use crate::node::Node;
+
+/// One per connection: nonces issued here can be used only here, once.
+pub struct Terminal {
+    node: Rc<Node>,
+    /// (nonce, epoch it was issued in), oldest first.
+    nonces: RefCell<VecDeque<([u8; 32], u64)>>,
+}
+
+impl Terminal {
+    pub fn new(node: Rc<Node>) -> Terminal {
+        Terminal {
+            node,
+            nonces: RefCell::new(VecDeque::with_capacity(LOGIN_NONCES_PER_CONNECTION_MAX)),
+        }
+    }
+
+    fn verify_login(
+        &self,
+        public_key: &[u8],
+        nonce: &[u8],
+        signature: &[u8],
+    ) -> Result<Membrane, CapabilityError> {
+        let nonce = bytes32(nonce, "the nonce")?;
+        let public_key = bytes32(public_key, "the public key")?;
+        let signature: [u8; 64] = signature.try_into().map_err(|_| {
+            CapabilityError::invalid(format!(
+                "the signature must be 64 bytes; got {}",
+                signature.len()
+            ))
+        })?;
+        // Consume the nonce first: it is single-use whatever happens next.
+        let issued_epoch = {
+            let mut nonces = self.nonces.borrow_mut();
+            let position = nonces
+                .iter()
+                .position(|(issued, _)| *issued == nonce)
+                .ok_or_else(|| {
+                    CapabilityError::Unauthenticated(
+                        "unknown or already used nonce; call challenge again on this connection"
+                            .into(),
+                    )
+                })?;
+            nonces.remove(position).expect("position is in range").1
+        };
+        if issued_epoch != self.node.epoch() {
+            return Err(CapabilityError::Unauthenticated(
+                "the epoch advanced after this challenge; call challenge again".into(),
+            ));
+        }
+        let principal = self
+            .node
+            .store
+            .read()?
+            .principal(&public_key)?
+            .ok_or_else(|| CapabilityError::Unauthenticated("no principal has this key".into()))?;
+        let message = login_message(
+            &nonce,
+            &self.node.node_key.verifying_key().to_bytes(),
+            issued_epoch,
+        );
+        let verified = VerifyingKey::from_bytes(&public_key)
+            .and_then(|key| key.verify_strict(&message, &Signature::from_bytes(&signature)));
+        if verified.is_err() {
+            return Err(CapabilityError::Unauthenticated(
+                "the signature does not verify for this key and challenge".into(),
+            ));
+        }
+        tracing::info!(principal = %principal.name, "login");
+        Ok(Membrane::new(self.node.clone(), public_key))
+    }
+}
+
+impl terminal::Server for Terminal {
+    async fn challenge(
+        self: Rc<Self>,
+        _: terminal::ChallengeParams,
+        mut results: terminal::ChallengeResults,
+    ) -> Result<(), capnp::Error> {
+        let mut nonce = [0u8; 32];
+        getrandom::fill(&mut nonce)
+            .map_err(|error| capnp::Error::failed(format!("internal: no randomness: {error}")))?;
+        let epoch = self.node.epoch();
+        {
+            let mut nonces = self.nonces.borrow_mut();
+            if nonces.len() == LOGIN_NONCES_PER_CONNECTION_MAX {
+                nonces.pop_front();
+            }
+            nonces.push_back((nonce, epoch));
+        }
+        let mut results = results.get();
+        results.set_nonce(&nonce);
+        results.set_node_key(self.node.node_key.verifying_key().as_bytes());
+        results.set_epoch(epoch);
+        Ok(())
+    }
+
+    async fn login(
+        self: Rc<Self>,
+        params: terminal::LoginParams,
+        mut results: terminal::LoginResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let membrane = self
+            .verify_login(
+                params.get_public_key().map_err(malformed).wire()?,
+                params.get_nonce().map_err(malformed).wire()?,
+                params.get_signature().map_err(malformed).wire()?,
+            )
+            .wire()?;
+        results.get().set_membrane(capnp_rpc::new_client(membrane));
+        Ok(())
+    }
+}

@@ -1,0 +1,282 @@
+//! Typed helpers for the common calls. Each is one round trip.
+
+use engram_schema::engram_capnp::{admin, signer, world_reader, world_writer};
+
+use crate::error::ClientError;
+use crate::types::{
+    AtomView, Epoch, Filter, Grant, Head, NewAtom, PrincipalView, Receipt, Restriction,
+    Verification, WorldView,
+};
+
+/// Remembers atoms: `remember` for one, `rememberBatch` (all or nothing) for several.
+/// Returns once they are durable.
+pub async fn remember(
+    writer: &world_writer::Client,
+    atoms: &[NewAtom],
+) -> Result<Vec<Receipt>, ClientError> {
+    if let [atom] = atoms {
+        let mut request = writer.remember_request();
+        atom.fill(request.get().init_atom());
+        let response = request.send().promise.await?;
+        return Ok(vec![Receipt::read(response.get()?.get_receipt()?)?]);
+    }
+    let mut request = writer.remember_batch_request();
+    let mut list = request.get().init_atoms(atoms.len() as u32);
+    for (index, atom) in atoms.iter().enumerate() {
+        atom.fill(list.reborrow().get(index as u32));
+    }
+    let response = request.send().promise.await?;
+    response
+        .get()?
+        .get_receipts()?
+        .iter()
+        .map(Receipt::read)
+        .collect()
+}
+
+/// The atom with this id.
+pub async fn get(reader: &world_reader::Client, id: &[u8]) -> Result<AtomView, ClientError> {
+    let mut request = reader.get_request();
+    request.get().set_id(id);
+    let response = request.send().promise.await?;
+    AtomView::read(response.get()?.get_atom()?)
+}
+
+/// The atoms matching `filter`, newest first.
+pub async fn ask(
+    reader: &world_reader::Client,
+    filter: &Filter,
+) -> Result<Vec<AtomView>, ClientError> {
+    let mut request = reader.ask_request();
+    filter.fill(request.get().init_query());
+    let response = request.send().promise.await?;
+    response
+        .get()?
+        .get_hits()?
+        .iter()
+        .map(|hit| AtomView::read(hit.get_atom()?))
+        .collect()
+}
+
+/// Atoms after `from_commit` in commit order, and the cursor to continue from.
+pub async fn replay(
+    reader: &world_reader::Client,
+    from_commit: u64,
+    limit: u32,
+) -> Result<(Vec<AtomView>, u64), ClientError> {
+    let mut request = reader.replay_request();
+    request.get().set_from_commit(from_commit);
+    request.get().set_limit(limit);
+    let response = request.send().promise.await?;
+    let results = response.get()?;
+    let atoms = results
+        .get_atoms()?
+        .iter()
+        .map(AtomView::read)
+        .collect::<Result<_, _>>()?;
+    Ok((atoms, results.get_next_commit()))
+}
+
+/// The head of every chain of the reader's world.
+pub async fn heads(reader: &world_reader::Client) -> Result<Vec<Head>, ClientError> {
+    let response = reader.heads_request().send().promise.await?;
+    let mut heads = Vec::new();
+    for head in response.get()?.get_heads()?.iter() {
+        let bytes = |data: &[u8]| -> Result<[u8; 32], ClientError> {
+            data.try_into().map_err(|_| {
+                ClientError::InvalidInput("the node sent a hash that is not 32 bytes".into())
+            })
+        };
+        heads.push(Head {
+            writer: bytes(head.get_writer()?)?,
+            seq: head.get_seq(),
+            id: bytes(head.get_id()?)?,
+        });
+    }
+    Ok(heads)
+}
+
+/// Verifies every chain of the reader's world.
+pub async fn verify(reader: &world_reader::Client) -> Result<Verification, ClientError> {
+    use engram_schema::engram_capnp::verify_report::result;
+    let response = reader.verify_request().send().promise.await?;
+    let report = response.get()?.get_report()?;
+    let first_bad = match report.get_result().which().map_err(capnp::Error::from)? {
+        result::Ok(()) => None,
+        result::Bad(bad) => {
+            let bad = bad?;
+            let writer: [u8; 32] = bad.get_writer()?.try_into().map_err(|_| {
+                ClientError::InvalidInput("the node sent a writer key that is not 32 bytes".into())
+            })?;
+            Some((
+                writer,
+                bad.get_seq(),
+                bad.get_reason()?.to_string().map_err(capnp::Error::from)?,
+            ))
+        }
+    };
+    Ok(Verification {
+        chains: report.get_chains(),
+        entries: report.get_entries(),
+        first_bad,
+    })
+}
+
+/// A narrowed reader.
+pub async fn attenuate_reader(
+    reader: &world_reader::Client,
+    restriction: &Restriction,
+) -> Result<world_reader::Client, ClientError> {
+    let mut request = reader.attenuate_request();
+    restriction.fill(request.get().init_restriction());
+    Ok(request.send().promise.await?.get()?.get_reader()?)
+}
+
+/// A narrowed writer.
+pub async fn attenuate_writer(
+    writer: &world_writer::Client,
+    restriction: &Restriction,
+) -> Result<world_writer::Client, ClientError> {
+    let mut request = writer.attenuate_request();
+    restriction.fill(request.get().init_restriction());
+    Ok(request.send().promise.await?.get()?.get_writer()?)
+}
+
+/// Signs `message` under `domain`; returns the 64-byte signature.
+pub async fn sign(
+    signer: &signer::Client,
+    domain: &str,
+    message: &[u8],
+) -> Result<Vec<u8>, ClientError> {
+    let mut request = signer.sign_request();
+    request.get().set_domain(domain);
+    request.get().set_message(message);
+    Ok(request
+        .send()
+        .promise
+        .await?
+        .get()?
+        .get_signature()?
+        .to_vec())
+}
+
+/// The signer's public key.
+pub async fn signer_public_key(signer: &signer::Client) -> Result<[u8; 32], ClientError> {
+    let response = signer.public_key_request().send().promise.await?;
+    response
+        .get()?
+        .get_key()?
+        .try_into()
+        .map_err(|_| ClientError::InvalidInput("the node sent a key that is not 32 bytes".into()))
+}
+
+/// Creates a world.
+pub async fn create_world(admin: &admin::Client, name: &str) -> Result<WorldView, ClientError> {
+    let mut request = admin.create_world_request();
+    request.get().set_name(name);
+    WorldView::read(request.send().promise.await?.get()?.get_world()?)
+}
+
+/// Archives (`archived = true`) or resumes a world.
+pub async fn set_world_archived(
+    admin: &admin::Client,
+    name: &str,
+    archived: bool,
+) -> Result<WorldView, ClientError> {
+    if archived {
+        let mut request = admin.archive_world_request();
+        request.get().set_name(name);
+        WorldView::read(request.send().promise.await?.get()?.get_world()?)
+    } else {
+        let mut request = admin.resume_world_request();
+        request.get().set_name(name);
+        WorldView::read(request.send().promise.await?.get()?.get_world()?)
+    }
+}
+
+/// Every world.
+pub async fn list_worlds(admin: &admin::Client) -> Result<Vec<WorldView>, ClientError> {
+    let response = admin.list_worlds_request().send().promise.await?;
+    response
+        .get()?
+        .get_worlds()?
+        .iter()
+        .map(WorldView::read)
+        .collect()
+}
+
+fn fill_grants(
+    mut list: capnp::struct_list::Builder<'_, engram_schema::engram_capnp::grant::Owned>,
+    grants: &[Grant],
+) {
+    for (index, grant) in grants.iter().enumerate() {
+        let mut builder = list.reborrow().get(index as u32);
+        builder.set_world(grant.world.as_str());
+        builder.set_read(grant.read);
+        builder.set_write(grant.write);
+        builder.set_observe(grant.observe);
+    }
+}
+
+/// Adds a principal.
+pub async fn add_principal(
+    admin: &admin::Client,
+    name: &str,
+    public_key: &[u8],
+    is_admin: bool,
+    grants: &[Grant],
+) -> Result<PrincipalView, ClientError> {
+    let mut request = admin.add_principal_request();
+    {
+        let mut params = request.get();
+        params.set_name(name);
+        params.set_public_key(public_key);
+        params.set_admin(is_admin);
+        fill_grants(params.init_grants(grants.len() as u32), grants);
+    }
+    PrincipalView::read(request.send().promise.await?.get()?.get_principal()?)
+}
+
+/// Replaces a principal's grants.
+pub async fn set_grants(
+    admin: &admin::Client,
+    name: &str,
+    grants: &[Grant],
+) -> Result<PrincipalView, ClientError> {
+    let mut request = admin.set_grants_request();
+    request.get().set_name(name);
+    fill_grants(request.get().init_grants(grants.len() as u32), grants);
+    PrincipalView::read(request.send().promise.await?.get()?.get_principal()?)
+}
+
+/// Removes a principal.
+pub async fn remove_principal(admin: &admin::Client, name: &str) -> Result<(), ClientError> {
+    let mut request = admin.remove_principal_request();
+    request.get().set_name(name);
+    request.send().promise.await?;
+    Ok(())
+}
+
+/// Every principal.
+pub async fn list_principals(admin: &admin::Client) -> Result<Vec<PrincipalView>, ClientError> {
+    let response = admin.list_principals_request().send().promise.await?;
+    response
+        .get()?
+        .get_principals()?
+        .iter()
+        .map(PrincipalView::read)
+        .collect()
+}
+
+/// The current epoch.
+pub async fn current_epoch(admin: &admin::Client) -> Result<Epoch, ClientError> {
+    let response = admin.current_epoch_request().send().promise.await?;
+    Epoch::read(response.get()?.get_epoch()?)
+}
+
+/// Advances the epoch; returns once every older capability is revoked.
+pub async fn advance_epoch(admin: &admin::Client, head: &[u8; 32]) -> Result<Epoch, ClientError> {
+    let mut request = admin.advance_epoch_request();
+    request.get().set_head(head);
+    Epoch::read(request.send().promise.await?.get()?.get_epoch()?)
+}

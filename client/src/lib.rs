@@ -1,0 +1,261 @@
+//! The Rust client of engram: connect over TCP or a Unix socket, log in with a key file,
+//! graft, and call the capabilities through typed helpers. Depends on the schema only.
+//!
+//! Cap'n Proto RPC is single-threaded: call [`connect`] inside a `tokio::task::LocalSet`.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), engram_client::ClientError> {
+//! use engram_client::{Endpoint, NewAtom, connect, keyfile};
+//! let connection = connect(&Endpoint::parse("127.0.0.1:7420")).await?;
+//! let key = keyfile::read("engram-data/admin.key".as_ref())?;
+//! let session = connection.login(&key).await?.graft().await?;
+//! let writer = session.writer("team/auth")?;
+//! let receipts = engram_client::remember(&writer, &[NewAtom::fact("tokens expire after 1h")]).await?;
+//! println!("remembered {} at commit {}", receipts[0].id_hex(), receipts[0].commit);
+//! # Ok(()) }
+//! ```
+
+pub mod calls;
+pub mod error;
+pub mod keyfile;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use ed25519_dalek::{Signer as _, SigningKey};
+use engram_schema::engram_capnp::{
+    admin, membrane, observer, signer, terminal, world_reader, world_writer,
+};
+use engram_schema::login_message;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+pub use calls::*;
+pub use engram_schema;
+pub use error::{ClientError, ErrorCode};
+pub use types::*;
+
+/// Where a node listens: `HOST:PORT` for TCP, `unix:PATH` for a Unix socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl Endpoint {
+    /// Parses `unix:PATH` or a TCP `HOST:PORT`.
+    pub fn parse(text: &str) -> Endpoint {
+        match text.strip_prefix("unix:") {
+            Some(path) => Endpoint::Unix(PathBuf::from(path)),
+            None => Endpoint::Tcp(text.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(address) => formatter.write_str(address),
+            Endpoint::Unix(path) => write!(formatter, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Largest message the client accepts from the node.
+const MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// An open connection and its bootstrap `Terminal`.
+pub struct Connection {
+    terminal: terminal::Client,
+    disconnector: capnp_rpc::Disconnector<rpc_twoparty_capnp::Side>,
+}
+
+/// Connects to a node. Must run inside a `tokio::task::LocalSet`.
+pub async fn connect(endpoint: &Endpoint) -> Result<Connection, ClientError> {
+    let connect_error = |source| ClientError::Connect {
+        endpoint: endpoint.to_string(),
+        source,
+    };
+    let network = match endpoint {
+        Endpoint::Tcp(address) => {
+            let stream = tokio::net::TcpStream::connect(address)
+                .await
+                .map_err(connect_error)?;
+            stream.set_nodelay(true).map_err(connect_error)?;
+            let (reader, writer) = stream.into_split();
+            network(reader.compat(), writer.compat_write())
+        }
+        Endpoint::Unix(path) => {
+            let stream = tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(connect_error)?;
+            let (reader, writer) = stream.into_split();
+            network(reader.compat(), writer.compat_write())
+        }
+    };
+    let mut rpc_system = RpcSystem::new(network, None);
+    let terminal: terminal::Client = rpc_system.bootstrap(rpc_twoparty_capnp::Side::Server);
+    let disconnector = rpc_system.get_disconnector();
+    tokio::task::spawn_local(rpc_system);
+    Ok(Connection {
+        terminal,
+        disconnector,
+    })
+}
+
+fn network(
+    reader: impl futures::AsyncRead + Unpin + 'static,
+    writer: impl futures::AsyncWrite + Unpin + 'static,
+) -> Box<dyn capnp_rpc::VatNetwork<rpc_twoparty_capnp::Side>> {
+    let options = capnp::message::ReaderOptions {
+        traversal_limit_in_words: Some(MESSAGE_BYTES_MAX / 8),
+        nesting_limit: 64,
+    };
+    Box::new(twoparty::VatNetwork::new(
+        reader,
+        writer,
+        rpc_twoparty_capnp::Side::Client,
+        options,
+    ))
+}
+
+impl Connection {
+    /// The bootstrap capability, for calls the helpers do not cover.
+    pub fn terminal(&self) -> &terminal::Client {
+        &self.terminal
+    }
+
+    /// Logs in: asks for a challenge, signs it with `key`, and returns the membrane.
+    pub async fn login(&self, key: &SigningKey) -> Result<Membrane, ClientError> {
+        let challenge = self.terminal.challenge_request().send().promise.await?;
+        let challenge = challenge.get()?;
+        let nonce: [u8; 32] = challenge.get_nonce()?.try_into().map_err(|_| {
+            ClientError::InvalidInput("the node sent a nonce that is not 32 bytes".into())
+        })?;
+        let node_key: [u8; 32] = challenge.get_node_key()?.try_into().map_err(|_| {
+            ClientError::InvalidInput("the node sent a key that is not 32 bytes".into())
+        })?;
+        let signature = key.sign(&login_message(&nonce, &node_key, challenge.get_epoch()));
+        let mut request = self.terminal.login_request();
+        {
+            let mut params = request.get();
+            params.set_public_key(key.verifying_key().as_bytes());
+            params.set_nonce(&nonce);
+            params.set_signature(&signature.to_bytes());
+        }
+        let response = request.send().promise.await?;
+        Ok(Membrane {
+            client: response.get()?.get_membrane()?,
+        })
+    }
+
+    /// Closes the connection after outgoing messages are sent.
+    pub async fn close(self) -> Result<(), ClientError> {
+        Ok(self.disconnector.await?)
+    }
+}
+
+/// A logged-in principal's membrane.
+#[derive(Clone)]
+pub struct Membrane {
+    pub client: membrane::Client,
+}
+
+/// What one principal holds in one world; `None` where the right is not granted.
+#[derive(Clone)]
+pub struct WorldCapabilities {
+    pub reader: Option<world_reader::Client>,
+    pub writer: Option<world_writer::Client>,
+    pub observer: Option<observer::Client>,
+}
+
+/// The capabilities of one graft.
+#[derive(Clone)]
+pub struct Session {
+    pub epoch: Epoch,
+    pub principal: String,
+    pub admin_principal: bool,
+    pub worlds: BTreeMap<String, WorldCapabilities>,
+    pub signer: signer::Client,
+    pub admin: Option<admin::Client>,
+}
+
+impl Membrane {
+    /// Grafts: the current epoch and fresh capabilities.
+    pub async fn graft(&self) -> Result<Session, ClientError> {
+        let response = self.client.graft_request().send().promise.await?;
+        let results = response.get()?;
+        let principal = results.get_principal()?;
+        let mut worlds = BTreeMap::new();
+        for entry in results.get_worlds()?.iter() {
+            let optional = |present: bool| present;
+            worlds.insert(
+                entry.get_world()?.to_string().map_err(capnp::Error::from)?,
+                WorldCapabilities {
+                    reader: optional(entry.has_reader())
+                        .then(|| entry.get_reader())
+                        .transpose()?,
+                    writer: optional(entry.has_writer())
+                        .then(|| entry.get_writer())
+                        .transpose()?,
+                    observer: optional(entry.has_observer())
+                        .then(|| entry.get_observer())
+                        .transpose()?,
+                },
+            );
+        }
+        Ok(Session {
+            epoch: Epoch::read(results.get_epoch()?)?,
+            principal: principal
+                .get_name()?
+                .to_string()
+                .map_err(capnp::Error::from)?,
+            admin_principal: principal.get_admin(),
+            worlds,
+            signer: results.get_signer()?,
+            admin: results
+                .has_admin()
+                .then(|| results.get_admin())
+                .transpose()?,
+        })
+    }
+}
+
+impl Session {
+    fn world(&self, world: &str) -> Result<&WorldCapabilities, ClientError> {
+        self.worlds.get(world).ok_or_else(|| {
+            ClientError::NotGranted(format!(
+                "principal {:?} holds no capability in world {world:?} (does it exist, and is it granted?)",
+                self.principal
+            ))
+        })
+    }
+
+    /// The reader of `world`.
+    pub fn reader(&self, world: &str) -> Result<world_reader::Client, ClientError> {
+        self.world(world)?.reader.clone().ok_or_else(|| {
+            ClientError::NotGranted(format!(
+                "principal {:?} may not read world {world:?}",
+                self.principal
+            ))
+        })
+    }
+
+    /// The writer of `world`.
+    pub fn writer(&self, world: &str) -> Result<world_writer::Client, ClientError> {
+        self.world(world)?.writer.clone().ok_or_else(|| {
+            ClientError::NotGranted(format!(
+                "principal {:?} may not write world {world:?}",
+                self.principal
+            ))
+        })
+    }
+
+    /// The admin capability.
+    pub fn admin(&self) -> Result<admin::Client, ClientError> {
+        self.admin.clone().ok_or_else(|| {
+            ClientError::NotGranted(format!("principal {:?} is not an admin", self.principal))
+        })
+    }
+}

@@ -1,0 +1,625 @@
+//! `engram`: the command-line client of an engram node. `engram --help` lists commands.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use engram_client::{
+    ClientError, Endpoint, ErrorCode, Filter, Grant, NewAtom, Session, connect, keyfile,
+    kind_from_name, kind_name,
+};
+use serde_json::{Value, json};
+
+/// Command-line client of an engram node.
+///
+/// Exit codes: 0 success; 1 the node refused the request (the message starts with its
+/// error code); 2 bad usage; 3 cannot connect or log in; 4 `verify` found a bad entry.
+#[derive(Parser, Debug)]
+#[command(name = "engram", version)]
+struct Cli {
+    /// Node to talk to: HOST:PORT, or unix:PATH for a Unix socket.
+    #[arg(
+        long,
+        global = true,
+        env = "ENGRAM_NODE",
+        default_value = "127.0.0.1:7420"
+    )]
+    node: String,
+    /// Key file of the principal to log in as.
+    #[arg(
+        long,
+        global = true,
+        env = "ENGRAM_KEY",
+        default_value = "./engram-data/admin.key"
+    )]
+    key: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a new key file (mode 0600) and print its public key.
+    Keygen { path: PathBuf },
+    /// Show who the key logs in as, the epoch, and the worlds it holds.
+    Whoami,
+    /// Manage worlds (admin).
+    #[command(subcommand)]
+    World(WorldCommand),
+    /// Manage principals (admin).
+    #[command(subcommand)]
+    Principal(PrincipalCommand),
+    /// Remember an atom (TEXT), or a batch of JSON lines from --batch.
+    Remember(RememberArguments),
+    /// Print one atom by id.
+    Get { world: String, id: String },
+    /// Ask for atoms by kind, label, writer and importance, newest first.
+    Ask(AskArguments),
+    /// Print atoms in commit order after a cursor.
+    Replay {
+        world: String,
+        /// Print atoms with a commit after this one.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// At most this many atoms (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Print the head of every writer's chain in a world.
+    Heads { world: String },
+    /// Recompute every chain of a world; exit 4 naming the first bad entry.
+    Verify { world: String },
+    /// Show or advance the epoch (admin).
+    #[command(subcommand)]
+    Epoch(EpochCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum WorldCommand {
+    Create { name: String },
+    Archive { name: String },
+    Resume { name: String },
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum PrincipalCommand {
+    /// Add a principal with its public key (hex) and grants.
+    Add {
+        name: String,
+        /// The principal's ed25519 public key, 64 hex digits (see `engram keygen`).
+        #[arg(long)]
+        public_key: String,
+        /// Make it an admin.
+        #[arg(long)]
+        admin: bool,
+        /// WORLD=RIGHTS, rights from r (read), w (write), o (observe); repeatable.
+        #[arg(long = "grant")]
+        grants: Vec<String>,
+    },
+    /// Replace a principal's grants (revokes its live capabilities).
+    Grants {
+        name: String,
+        #[arg(long = "grant")]
+        grants: Vec<String>,
+    },
+    /// Remove a principal (revokes its live capabilities).
+    Remove {
+        name: String,
+    },
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum EpochCommand {
+    Show,
+    /// Advance to the next epoch; every older capability stops working.
+    Advance {
+        /// 32-byte head as 64 hex digits (e.g. a policy hash); zeros if omitted.
+        #[arg(long)]
+        head: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RememberArguments {
+    world: String,
+    /// The atom's text.
+    #[arg(required_unless_present = "batch", conflicts_with = "batch")]
+    text: Option<String>,
+    #[arg(long, default_value = "observation")]
+    kind: String,
+    /// Repeatable.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    #[arg(long, default_value_t = 0.5)]
+    importance: f32,
+    #[arg(long, default_value_t = 1.0)]
+    confidence: f32,
+    /// A file of JSON lines ({"text": ..., "kind": ..., "labels": [...], "importance": ...}),
+    /// or - for stdin; remembered as one all-or-nothing batch.
+    #[arg(long)]
+    batch: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct AskArguments {
+    world: String,
+    /// Any of these kinds; repeatable.
+    #[arg(long = "kind")]
+    kinds: Vec<String>,
+    /// All of these labels; repeatable.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Any of these writers (public key hex); repeatable.
+    #[arg(long = "writer")]
+    writers: Vec<String>,
+    #[arg(long, default_value_t = 0.0)]
+    min_importance: f32,
+    #[arg(long, default_value_t = 1.0)]
+    max_importance: f32,
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    /// Only atoms with a commit below this (for paging).
+    #[arg(long, default_value_t = 0)]
+    before: u64,
+}
+
+/// A failure and the exit code it maps to.
+struct Failure {
+    exit: u8,
+    message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Self {
+        let exit = match &error {
+            ClientError::Node {
+                code: ErrorCode::Unauthenticated,
+                ..
+            }
+            | ClientError::Connect { .. }
+            | ClientError::KeyFile(_)
+            | ClientError::Rpc(_) => 3,
+            ClientError::InvalidInput(_) => 2,
+            _ => 1,
+        };
+        Failure {
+            exit,
+            message: error.to_string(),
+        }
+    }
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        exit: 2,
+        message: message.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("engram: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    match local.block_on(&runtime, run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("engram: {}", failure.message);
+            ExitCode::from(failure.exit)
+        }
+    }
+}
+
+/// Prints `value` as JSON, or `text` for people.
+fn emit(json_output: bool, value: Value, text: impl FnOnce() -> String) {
+    if json_output {
+        println!("{value}");
+    } else {
+        println!("{}", text());
+    }
+}
+
+fn parse_hex32(text: &str, what: &str) -> Result<[u8; 32], Failure> {
+    hex::decode(text)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| usage(format!("{what} must be 64 hex digits")))
+}
+
+async fn session(cli: &Cli) -> Result<Session, Failure> {
+    let key = keyfile::read(&cli.key).map_err(ClientError::from)?;
+    let connection = connect(&Endpoint::parse(&cli.node)).await?;
+    Ok(connection.login(&key).await?.graft().await?)
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let json_output = cli.json;
+    match &cli.command {
+        Command::Keygen { path } => {
+            let key = keyfile::generate().map_err(ClientError::from)?;
+            keyfile::write_new(path, &key).map_err(ClientError::from)?;
+            let public = hex::encode(key.verifying_key().as_bytes());
+            emit(
+                json_output,
+                json!({"path": path, "publicKey": public}),
+                || public.clone(),
+            );
+        }
+        Command::Whoami => {
+            let session = session(&cli).await?;
+            let worlds: Vec<Value> = session
+                .worlds
+                .iter()
+                .map(|(name, held)| {
+                    let rights: String = [
+                        (held.reader.is_some(), 'r'),
+                        (held.writer.is_some(), 'w'),
+                        (held.observer.is_some(), 'o'),
+                    ]
+                    .iter()
+                    .filter(|(present, _)| *present)
+                    .map(|(_, letter)| *letter)
+                    .collect();
+                    json!({"world": name, "rights": rights})
+                })
+                .collect();
+            let value = json!({
+                "principal": session.principal,
+                "admin": session.admin_principal,
+                "epoch": session.epoch.to_json(),
+                "worlds": worlds,
+            });
+            emit(json_output, value.clone(), || {
+                let mut text = format!(
+                    "principal {}{}\nepoch {}",
+                    session.principal,
+                    if session.admin_principal {
+                        " (admin)"
+                    } else {
+                        ""
+                    },
+                    session.epoch.number
+                );
+                for world in worlds {
+                    text.push_str(&format!(
+                        "\n  {}  {}",
+                        world["world"].as_str().unwrap_or_default(),
+                        world["rights"].as_str().unwrap_or_default()
+                    ));
+                }
+                text
+            });
+        }
+        Command::World(command) => {
+            let admin = session(&cli).await?.admin()?;
+            let worlds = match command {
+                WorldCommand::Create { name } => {
+                    vec![engram_client::create_world(&admin, name).await?]
+                }
+                WorldCommand::Archive { name } => {
+                    vec![engram_client::set_world_archived(&admin, name, true).await?]
+                }
+                WorldCommand::Resume { name } => {
+                    vec![engram_client::set_world_archived(&admin, name, false).await?]
+                }
+                WorldCommand::List => engram_client::list_worlds(&admin).await?,
+            };
+            let values: Vec<Value> = worlds.iter().map(|world| world.to_json()).collect();
+            let value = if matches!(command, WorldCommand::List) {
+                Value::Array(values)
+            } else {
+                values.into_iter().next().unwrap_or(Value::Null)
+            };
+            emit(json_output, value, || {
+                worlds
+                    .iter()
+                    .map(|world| {
+                        format!(
+                            "{}  {}  {} atoms",
+                            world.name,
+                            if world.archived { "archived" } else { "active" },
+                            world.atoms
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        Command::Principal(command) => {
+            let admin = session(&cli).await?.admin()?;
+            let parse_grants = |texts: &[String]| -> Result<Vec<Grant>, Failure> {
+                texts
+                    .iter()
+                    .map(|text| Grant::parse(text).map_err(Failure::from))
+                    .collect()
+            };
+            let principals = match command {
+                PrincipalCommand::Add {
+                    name,
+                    public_key,
+                    admin: is_admin,
+                    grants,
+                } => {
+                    let key = parse_hex32(public_key, "--public-key")?;
+                    vec![
+                        engram_client::add_principal(
+                            &admin,
+                            name,
+                            &key,
+                            *is_admin,
+                            &parse_grants(grants)?,
+                        )
+                        .await?,
+                    ]
+                }
+                PrincipalCommand::Grants { name, grants } => {
+                    vec![engram_client::set_grants(&admin, name, &parse_grants(grants)?).await?]
+                }
+                PrincipalCommand::Remove { name } => {
+                    engram_client::remove_principal(&admin, name).await?;
+                    emit(json_output, json!({"removed": name}), || {
+                        format!("removed {name}")
+                    });
+                    return Ok(());
+                }
+                PrincipalCommand::List => engram_client::list_principals(&admin).await?,
+            };
+            let values: Vec<Value> = principals.iter().map(|p| p.to_json()).collect();
+            let value = if matches!(command, PrincipalCommand::List) {
+                Value::Array(values)
+            } else {
+                values.into_iter().next().unwrap_or(Value::Null)
+            };
+            emit(json_output, value, || {
+                principals
+                    .iter()
+                    .map(|principal| {
+                        let grants: Vec<String> = principal
+                            .grants
+                            .iter()
+                            .map(|grant| format!("{}={}", grant.world, grant.rights()))
+                            .collect();
+                        format!(
+                            "{}  {}{}  {}",
+                            principal.name,
+                            hex::encode(principal.public_key),
+                            if principal.admin { "  admin" } else { "" },
+                            grants.join(" ")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        Command::Remember(arguments) => {
+            let atoms = match &arguments.batch {
+                Some(path) => read_batch(path)?,
+                None => {
+                    let mut atom = NewAtom::new(
+                        kind_from_name(&arguments.kind)?,
+                        arguments.text.clone().unwrap_or_default(),
+                    );
+                    atom.labels = arguments.labels.clone();
+                    atom.importance = arguments.importance;
+                    atom.confidence = arguments.confidence;
+                    vec![atom]
+                }
+            };
+            let writer = session(&cli).await?.writer(&arguments.world)?;
+            let receipts = engram_client::remember(&writer, &atoms).await?;
+            let values: Vec<Value> = receipts.iter().map(|receipt| receipt.to_json()).collect();
+            emit(json_output, Value::Array(values), || {
+                receipts
+                    .iter()
+                    .map(|receipt| {
+                        format!(
+                            "{}  seq {}  commit {}",
+                            receipt.id_hex(),
+                            receipt.seq,
+                            receipt.commit
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        Command::Get { world, id } => {
+            let id = parse_hex32(id, "the atom id")?;
+            let reader = session(&cli).await?.reader(world)?;
+            let atom = engram_client::get(&reader, &id).await?;
+            emit(json_output, atom.to_json(), || describe(&atom, true));
+        }
+        Command::Ask(arguments) => {
+            let mut filter = Filter {
+                labels: arguments.labels.clone(),
+                min_importance: arguments.min_importance,
+                max_importance: arguments.max_importance,
+                limit: arguments.limit,
+                before_commit: arguments.before,
+                ..Filter::default()
+            };
+            for kind in &arguments.kinds {
+                filter.kinds.push(kind_from_name(kind)?);
+            }
+            for writer in &arguments.writers {
+                filter.writers.push(parse_hex32(writer, "--writer")?);
+            }
+            let reader = session(&cli).await?.reader(&arguments.world)?;
+            let atoms = engram_client::ask(&reader, &filter).await?;
+            print_atoms(json_output, &atoms);
+        }
+        Command::Replay { world, from, limit } => {
+            let reader = session(&cli).await?.reader(world)?;
+            let (atoms, next) = engram_client::replay(&reader, *from, *limit).await?;
+            if json_output {
+                let values: Vec<Value> = atoms.iter().map(|atom| atom.to_json()).collect();
+                println!("{}", json!({"atoms": values, "nextCommit": next}));
+            } else {
+                print_atoms(false, &atoms);
+                eprintln!("next cursor: --from {next}");
+            }
+        }
+        Command::Heads { world } => {
+            let reader = session(&cli).await?.reader(world)?;
+            let heads = engram_client::heads(&reader).await?;
+            let values: Vec<Value> = heads.iter().map(|head| head.to_json()).collect();
+            emit(json_output, Value::Array(values), || {
+                heads
+                    .iter()
+                    .map(|head| {
+                        format!(
+                            "writer {}  seq {}  head {}",
+                            hex::encode(head.writer),
+                            head.seq,
+                            hex::encode(head.id)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        Command::Verify { world } => {
+            let reader = session(&cli).await?.reader(world)?;
+            let verification = engram_client::verify(&reader).await?;
+            emit(
+                json_output,
+                verification.to_json(),
+                || match &verification.first_bad {
+                    None => format!(
+                        "ok: {} chains, {} entries verified",
+                        verification.chains, verification.entries
+                    ),
+                    Some((writer, seq, reason)) => format!(
+                        "BAD: world {world} writer {} seq {seq}: {reason}",
+                        hex::encode(writer)
+                    ),
+                },
+            );
+            if verification.first_bad.is_some() {
+                return Err(Failure {
+                    exit: 4,
+                    message: format!("world {world} failed verification"),
+                });
+            }
+        }
+        Command::Epoch(command) => {
+            let admin = session(&cli).await?.admin()?;
+            let epoch = match command {
+                EpochCommand::Show => engram_client::current_epoch(&admin).await?,
+                EpochCommand::Advance { head } => {
+                    let head = match head {
+                        Some(head) => parse_hex32(head, "--head")?,
+                        None => [0; 32],
+                    };
+                    engram_client::advance_epoch(&admin, &head).await?
+                }
+            };
+            emit(json_output, epoch.to_json(), || {
+                format!("epoch {}  head {}", epoch.number, hex::encode(epoch.head))
+            });
+        }
+    }
+    Ok(())
+}
+
+fn describe(atom: &engram_client::AtomView, long: bool) -> String {
+    let labels = if atom.labels.is_empty() {
+        String::new()
+    } else {
+        format!("  [{}]", atom.labels.join(", "))
+    };
+    let mut text = format!(
+        "#{} {} {}{}  importance {}\n    {}",
+        atom.commit,
+        kind_name(atom.kind),
+        &atom.id_hex()[..16],
+        labels,
+        atom.importance,
+        atom.text
+    );
+    if long {
+        text.push_str(&format!(
+            "\n    id {}\n    writer {} seq {}\n    prev {}",
+            atom.id_hex(),
+            hex::encode(atom.writer),
+            atom.seq,
+            hex::encode(atom.prev)
+        ));
+    }
+    text
+}
+
+fn print_atoms(json_output: bool, atoms: &[engram_client::AtomView]) {
+    if json_output {
+        let values: Vec<Value> = atoms.iter().map(|atom| atom.to_json()).collect();
+        println!("{}", Value::Array(values));
+    } else {
+        for atom in atoms {
+            println!("{}", describe(atom, false));
+        }
+    }
+}
+
+/// Reads JSON lines of atoms from a file or stdin (`-`).
+fn read_batch(path: &PathBuf) -> Result<Vec<NewAtom>, Failure> {
+    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let file = std::fs::File::open(path)
+            .map_err(|error| usage(format!("{}: {error}", path.display())))?;
+        Box::new(std::io::BufReader::new(file))
+    };
+    let mut atoms = Vec::new();
+    for (number, line) in reader.lines().enumerate() {
+        let line = line.map_err(|error| usage(format!("{}: {error}", path.display())))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at =
+            |message: String| usage(format!("{} line {}: {message}", path.display(), number + 1));
+        let value: Value = serde_json::from_str(&line).map_err(|error| at(error.to_string()))?;
+        let text = value["text"]
+            .as_str()
+            .ok_or_else(|| at("\"text\" (a string) is required".into()))?;
+        let kind = value["kind"].as_str().unwrap_or("observation");
+        let mut atom = NewAtom::new(
+            kind_from_name(kind).map_err(|error| at(error.to_string()))?,
+            text,
+        );
+        if let Some(labels) = value["labels"].as_array() {
+            for label in labels {
+                atom.labels.push(
+                    label
+                        .as_str()
+                        .ok_or_else(|| at("\"labels\" must be strings".into()))?
+                        .to_owned(),
+                );
+            }
+        }
+        if let Some(importance) = value.get("importance") {
+            atom.importance = importance
+                .as_f64()
+                .ok_or_else(|| at("\"importance\" must be a number".into()))?
+                as f32;
+        }
+        atoms.push(atom);
+    }
+    if atoms.is_empty() {
+        return Err(usage(format!("{}: no atoms in the batch", path.display())));
+    }
+    Ok(atoms)
+}

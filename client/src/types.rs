@@ -1,0 +1,444 @@
+//! Owned, typed views of the schema's data, with JSON renderings for the CLI.
+
+use engram_schema::engram_capnp as wire;
+use serde_json::{Value, json};
+
+use crate::error::ClientError;
+
+/// Atom kinds by schema name.
+pub const KINDS: [(&str, wire::AtomKind); 9] = [
+    ("observation", wire::AtomKind::Observation),
+    ("fact", wire::AtomKind::Fact),
+    ("decision", wire::AtomKind::Decision),
+    ("plan", wire::AtomKind::Plan),
+    ("constraint", wire::AtomKind::Constraint),
+    ("correction", wire::AtomKind::Correction),
+    ("message", wire::AtomKind::Message),
+    ("question", wire::AtomKind::Question),
+    ("preference", wire::AtomKind::Preference),
+];
+
+/// The kind with this schema name.
+pub fn kind_from_name(name: &str) -> Result<wire::AtomKind, ClientError> {
+    KINDS
+        .iter()
+        .find(|(known, _)| *known == name)
+        .map(|(_, kind)| *kind)
+        .ok_or_else(|| {
+            let names: Vec<&str> = KINDS.iter().map(|(known, _)| *known).collect();
+            ClientError::InvalidInput(format!(
+                "unknown kind {name:?}; kinds are {}",
+                names.join(", ")
+            ))
+        })
+}
+
+/// The schema name of a kind.
+pub fn kind_name(kind: wire::AtomKind) -> &'static str {
+    KINDS
+        .iter()
+        .find(|(_, known)| *known == kind)
+        .map(|(name, _)| *name)
+        .expect("KINDS lists every kind")
+}
+
+fn text(reader: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, ClientError> {
+    Ok(reader?.to_string().map_err(capnp::Error::from)?)
+}
+
+fn hash(reader: capnp::Result<capnp::data::Reader<'_>>) -> Result<[u8; 32], ClientError> {
+    reader?
+        .try_into()
+        .map_err(|_| ClientError::InvalidInput("the node sent a hash that is not 32 bytes".into()))
+}
+
+/// Content for a new atom.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewAtom {
+    pub kind: wire::AtomKind,
+    pub text: String,
+    pub labels: Vec<String>,
+    pub importance: f32,
+    pub confidence: f32,
+    pub payload: Vec<u8>,
+}
+
+impl NewAtom {
+    /// An atom of `kind` with default importance (0.5) and confidence (1).
+    pub fn new(kind: wire::AtomKind, text: impl Into<String>) -> NewAtom {
+        NewAtom {
+            kind,
+            text: text.into(),
+            labels: Vec::new(),
+            importance: 0.5,
+            confidence: 1.0,
+            payload: Vec::new(),
+        }
+    }
+
+    /// A fact.
+    pub fn fact(text: impl Into<String>) -> NewAtom {
+        NewAtom::new(wire::AtomKind::Fact, text)
+    }
+
+    /// The same atom with these labels.
+    pub fn labels(mut self, labels: &[&str]) -> NewAtom {
+        self.labels = labels.iter().map(|label| label.to_string()).collect();
+        self
+    }
+
+    /// The same atom with this importance.
+    pub fn importance(mut self, importance: f32) -> NewAtom {
+        self.importance = importance;
+        self
+    }
+
+    /// Fills a schema `AtomContent`.
+    pub fn fill(&self, mut builder: wire::atom_content::Builder<'_>) {
+        builder.set_kind(self.kind);
+        builder.set_text(self.text.as_str());
+        builder.set_importance(self.importance);
+        builder.set_confidence(self.confidence);
+        if !self.payload.is_empty() {
+            builder.set_payload(&self.payload);
+        }
+        let mut labels = builder.init_labels(self.labels.len() as u32);
+        for (index, label) in self.labels.iter().enumerate() {
+            labels.set(index as u32, label.as_str());
+        }
+    }
+}
+
+/// A committed atom.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AtomView {
+    pub id: [u8; 32],
+    pub world: String,
+    pub writer: [u8; 32],
+    pub seq: u64,
+    pub prev: [u8; 32],
+    pub commit: u64,
+    pub recorded_at_unix_ms: i64,
+    pub kind: wire::AtomKind,
+    pub text: String,
+    pub labels: Vec<String>,
+    pub importance: f32,
+    pub confidence: f32,
+    pub payload: Vec<u8>,
+}
+
+impl AtomView {
+    pub fn read(reader: wire::atom::Reader<'_>) -> Result<AtomView, ClientError> {
+        let content = reader.get_content()?;
+        let mut labels = Vec::new();
+        for label in content.get_labels()?.iter() {
+            labels.push(text(label)?);
+        }
+        Ok(AtomView {
+            id: hash(reader.get_id())?,
+            world: text(reader.get_world())?,
+            writer: hash(reader.get_writer())?,
+            seq: reader.get_seq(),
+            prev: hash(reader.get_prev())?,
+            commit: reader.get_commit(),
+            recorded_at_unix_ms: reader.get_recorded_at_unix_ms(),
+            kind: content.get_kind().map_err(capnp::Error::from)?,
+            text: text(content.get_text())?,
+            labels,
+            importance: content.get_importance(),
+            confidence: content.get_confidence(),
+            payload: content.get_payload()?.to_vec(),
+        })
+    }
+
+    pub fn id_hex(&self) -> String {
+        hex::encode(self.id)
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": hex::encode(self.id),
+            "world": self.world,
+            "writer": hex::encode(self.writer),
+            "seq": self.seq,
+            "prev": hex::encode(self.prev),
+            "commit": self.commit,
+            "recordedAtUnixMs": self.recorded_at_unix_ms,
+            "kind": kind_name(self.kind),
+            "text": self.text,
+            "labels": self.labels,
+            "importance": self.importance,
+            "confidence": self.confidence,
+            "payload": String::from_utf8(self.payload.clone()).map(Value::String).unwrap_or_else(|_| Value::String(hex::encode(&self.payload))),
+        })
+    }
+}
+
+/// The acknowledgement of one durable write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub id: [u8; 32],
+    pub seq: u64,
+    pub commit: u64,
+    pub prev: [u8; 32],
+}
+
+impl Receipt {
+    pub fn read(reader: wire::receipt::Reader<'_>) -> Result<Receipt, ClientError> {
+        Ok(Receipt {
+            id: hash(reader.get_id())?,
+            seq: reader.get_seq(),
+            commit: reader.get_commit(),
+            prev: hash(reader.get_prev())?,
+        })
+    }
+
+    pub fn id_hex(&self) -> String {
+        hex::encode(self.id)
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({"id": hex::encode(self.id), "seq": self.seq, "commit": self.commit, "prev": hex::encode(self.prev)})
+    }
+}
+
+/// An epoch of the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Epoch {
+    pub number: u64,
+    pub head: [u8; 32],
+    pub advanced_at_unix_ms: i64,
+}
+
+impl Epoch {
+    pub fn read(reader: wire::epoch::Reader<'_>) -> Result<Epoch, ClientError> {
+        Ok(Epoch {
+            number: reader.get_number(),
+            head: hash(reader.get_head())?,
+            advanced_at_unix_ms: reader.get_advanced_at_unix_ms(),
+        })
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({"number": self.number, "head": hex::encode(self.head), "advancedAtUnixMs": self.advanced_at_unix_ms})
+    }
+}
+
+/// The head of one chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub writer: [u8; 32],
+    pub seq: u64,
+    pub id: [u8; 32],
+}
+
+impl Head {
+    pub fn to_json(&self) -> Value {
+        json!({"writer": hex::encode(self.writer), "seq": self.seq, "id": hex::encode(self.id)})
+    }
+}
+
+/// What `verify` found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verification {
+    pub chains: u64,
+    pub entries: u64,
+    /// `(writer, seq, reason)` of the first bad entry.
+    pub first_bad: Option<([u8; 32], u64, String)>,
+}
+
+impl Verification {
+    pub fn to_json(&self) -> Value {
+        let bad = self.first_bad.as_ref().map(|(writer, seq, reason)| {
+            json!({"writer": hex::encode(writer), "seq": seq, "reason": reason})
+        });
+        json!({"ok": bad.is_none(), "chains": self.chains, "entries": self.entries, "firstBad": bad})
+    }
+}
+
+/// Filters of `ask`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Filter {
+    pub kinds: Vec<wire::AtomKind>,
+    pub labels: Vec<String>,
+    pub writers: Vec<[u8; 32]>,
+    pub min_importance: f32,
+    pub max_importance: f32,
+    pub limit: u32,
+    pub before_commit: u64,
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Filter {
+            kinds: Vec::new(),
+            labels: Vec::new(),
+            writers: Vec::new(),
+            min_importance: 0.0,
+            max_importance: 1.0,
+            limit: 20,
+            before_commit: 0,
+        }
+    }
+}
+
+impl Filter {
+    pub fn fill(&self, mut builder: wire::query::Builder<'_>) {
+        let mut kinds = builder.reborrow().init_kinds(self.kinds.len() as u32);
+        for (index, kind) in self.kinds.iter().enumerate() {
+            kinds.set(index as u32, *kind);
+        }
+        let mut labels = builder.reborrow().init_labels(self.labels.len() as u32);
+        for (index, label) in self.labels.iter().enumerate() {
+            labels.set(index as u32, label.as_str());
+        }
+        let mut writers = builder.reborrow().init_writers(self.writers.len() as u32);
+        for (index, writer) in self.writers.iter().enumerate() {
+            writers.set(index as u32, writer);
+        }
+        builder.set_min_importance(self.min_importance);
+        builder.set_max_importance(self.max_importance);
+        builder.set_limit(self.limit);
+        builder.set_before_commit(self.before_commit);
+    }
+}
+
+/// A narrowing for `attenuate`; empty lists narrow nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Restriction {
+    pub worlds: Vec<String>,
+    pub kinds: Vec<wire::AtomKind>,
+    pub labels: Vec<String>,
+    pub max_importance: f32,
+    pub expires_at_unix_ms: i64,
+}
+
+impl Default for Restriction {
+    fn default() -> Self {
+        Restriction {
+            worlds: Vec::new(),
+            kinds: Vec::new(),
+            labels: Vec::new(),
+            max_importance: 1.0,
+            expires_at_unix_ms: 0,
+        }
+    }
+}
+
+impl Restriction {
+    pub fn fill(&self, mut builder: wire::restriction::Builder<'_>) {
+        let mut worlds = builder.reborrow().init_worlds(self.worlds.len() as u32);
+        for (index, world) in self.worlds.iter().enumerate() {
+            worlds.set(index as u32, world.as_str());
+        }
+        let mut kinds = builder.reborrow().init_kinds(self.kinds.len() as u32);
+        for (index, kind) in self.kinds.iter().enumerate() {
+            kinds.set(index as u32, *kind);
+        }
+        let mut labels = builder.reborrow().init_labels(self.labels.len() as u32);
+        for (index, label) in self.labels.iter().enumerate() {
+            labels.set(index as u32, label.as_str());
+        }
+        builder.set_max_importance(self.max_importance);
+        builder.set_expires_at_unix_ms(self.expires_at_unix_ms);
+    }
+}
+
+/// A principal's rights in one world.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub world: String,
+    pub read: bool,
+    pub write: bool,
+    pub observe: bool,
+}
+
+impl Grant {
+    /// Parses `WORLD=RIGHTS` where RIGHTS is a combination of r, w, o (e.g. `team/auth=rw`).
+    pub fn parse(text: &str) -> Result<Grant, ClientError> {
+        let (world, rights) = text.rsplit_once('=').ok_or_else(|| {
+            ClientError::InvalidInput(format!(
+                "grant {text:?} must look like WORLD=RIGHTS, e.g. team/auth=rwo"
+            ))
+        })?;
+        if rights.is_empty() || !rights.chars().all(|right| "rwo".contains(right)) {
+            return Err(ClientError::InvalidInput(format!(
+                "grant {text:?}: rights are letters r (read), w (write), o (observe)"
+            )));
+        }
+        Ok(Grant {
+            world: world.to_owned(),
+            read: rights.contains('r'),
+            write: rights.contains('w'),
+            observe: rights.contains('o'),
+        })
+    }
+
+    pub fn rights(&self) -> String {
+        [(self.read, 'r'), (self.write, 'w'), (self.observe, 'o')]
+            .iter()
+            .filter(|(held, _)| *held)
+            .map(|(_, letter)| *letter)
+            .collect()
+    }
+}
+
+/// A principal as the node describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrincipalView {
+    pub name: String,
+    pub public_key: [u8; 32],
+    pub admin: bool,
+    pub grants: Vec<Grant>,
+}
+
+impl PrincipalView {
+    pub fn read(reader: wire::principal_info::Reader<'_>) -> Result<PrincipalView, ClientError> {
+        let mut grants = Vec::new();
+        for grant in reader.get_grants()?.iter() {
+            grants.push(Grant {
+                world: text(grant.get_world())?,
+                read: grant.get_read(),
+                write: grant.get_write(),
+                observe: grant.get_observe(),
+            });
+        }
+        Ok(PrincipalView {
+            name: text(reader.get_name())?,
+            public_key: hash(reader.get_public_key())?,
+            admin: reader.get_admin(),
+            grants,
+        })
+    }
+
+    pub fn to_json(&self) -> Value {
+        let grants: Vec<Value> = self
+            .grants
+            .iter()
+            .map(|grant| json!({"world": grant.world, "rights": grant.rights()}))
+            .collect();
+        json!({"name": self.name, "publicKey": hex::encode(self.public_key), "admin": self.admin, "grants": grants})
+    }
+}
+
+/// A world as the node describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorldView {
+    pub name: String,
+    pub archived: bool,
+    pub atoms: u64,
+}
+
+impl WorldView {
+    pub fn read(reader: wire::world_info::Reader<'_>) -> Result<WorldView, ClientError> {
+        Ok(WorldView {
+            name: text(reader.get_name())?,
+            archived: reader.get_state().map_err(capnp::Error::from)? == wire::WorldState::Archived,
+            atoms: reader.get_atoms(),
+        })
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({"name": self.name, "state": if self.archived { "archived" } else { "active" }, "atoms": self.atoms})
+    }
+}

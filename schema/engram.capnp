@@ -1,0 +1,351 @@
+@0xb65a4700047a77f7;
+# engram's public capability contract, version 1.
+#
+# An agent connects (TCP or Unix socket) and receives a `Terminal` as the bootstrap
+# capability. It logs in with an ed25519 key and receives a `Membrane`; `graft()` on the
+# membrane hands out the capabilities its principal holds in the current epoch. Every
+# other capability is reached from there: there is no ambient authority.
+#
+# Errors are Cap'n Proto exceptions whose description is `code: message`, where `code`
+# is one of the names of `ErrorCode` below, spelled exactly as in this file
+# (e.g. `staleEpoch: this capability was issued in epoch 3; the node is at epoch 4 ...`).
+#
+# Ids, writers and keys are raw bytes: an atom id and a hash are 32 bytes, a public key
+# is a 32-byte ed25519 key, a signature is 64 bytes. Times are Unix milliseconds and are
+# display claims only: nothing in engram is ordered by a wall clock; the node-wide
+# `commit` number is the time axis.
+
+const schemaVersion :UInt32 = 1;
+# Bumped when this contract changes incompatibly. Additions keep the number.
+
+const loginDomain :Text = "engram/login/v1";
+# Domain tag of the login message. A client signs
+#   loginDomain || 0x00 || nonce (32 bytes) || nodeKey (32 bytes) || epoch (u64, big-endian)
+# with its ed25519 key, using the nonce, node key and epoch from `Terminal.challenge`.
+
+const signDomain :Text = "engram/sign/v1";
+# Domain tag of `Signer.sign`. The signed bytes are
+#   signDomain || 0x00 || length of domain (u32, big-endian) || domain (UTF-8) || message
+
+enum ErrorCode {
+  # The stable codes that begin every exception description (`code: message`).
+  staleEpoch @0;        # The capability was issued in an older epoch: graft again.
+  unauthenticated @1;   # Login failed: unknown key, bad signature, reused or unknown nonce.
+  permissionDenied @2;  # The principal or capability does not hold the right for this call.
+  invalidArgument @3;   # The request is malformed or out of range; nothing was changed.
+  notFound @4;          # The named world, principal or atom does not exist.
+  resourceExhausted @5; # A configured limit was reached (sizes, connections, calls, rate).
+  conflict @6;          # The request conflicts with current state (exists, archived, ...).
+  unavailable @7;       # The node cannot serve this now (shutting down, not yet built).
+  internal @8;          # A bug or storage failure inside the node; the request may be retried.
+}
+
+enum AtomKind {
+  # What an atom records. New kinds are added at the end; old ordinals never change.
+  observation @0;  # Something seen or measured.
+  fact @1;         # Something held to be true.
+  decision @2;     # A choice that was made.
+  plan @3;         # An intended course of action.
+  constraint @4;   # A negative rule agents check before acting.
+  correction @5;   # A statement that another atom was wrong.
+  message @6;      # A message from one agent to others.
+  question @7;     # An open question.
+  preference @8;   # A stated preference of a user or agent.
+}
+
+enum LinkKind {
+  # How an atom relates to an earlier one.
+  supersedes @0;
+  contradicts @1;
+  confirms @2;
+  corrects @3;
+  derivedFrom @4;
+}
+
+struct Link {
+  # A typed reference from one atom to another.
+  kind @0 :LinkKind;
+  target @1 :Data;   # The target atom's id (32 bytes). It need not be in the same world.
+}
+
+struct TimeInterval {
+  # A claimed interval of validity in the world (not in the node).
+  fromUnixMs @0 :Int64;
+  untilUnixMs @1 :Int64;  # 0 means open-ended; otherwise it must be greater than fromUnixMs.
+}
+
+struct AtomContent {
+  # What a writer supplies for one atom. The node adds world, writer, seq, prev, commit
+  # and the recording time, and hashes all of it into the atom's id.
+  kind @0 :AtomKind;
+  text @1 :Text;              # Required, non-empty UTF-8, at most the node's text limit (64 KiB).
+  payload @2 :Data;           # Optional structured payload (opaque bytes, e.g. JSON); empty = none.
+  labels @3 :List(Text);      # Distinct, non-empty, at most 128 bytes each, at most 64 labels.
+  links @4 :List(Link);       # At most 64 links.
+  importance @5 :Float32 = 0.5;  # In [0, 1].
+  confidence @6 :Float32 = 1.0;  # In [0, 1].
+  vector @7 :List(Float32);   # Optional embedding; finite components; empty = none.
+  validTime :union {
+    unknown @8 :Void;         # No claim about when it holds in the world.
+    interval @9 :TimeInterval;
+  }
+}
+
+struct Atom {
+  # A committed, immutable atom.
+  id @0 :Data;          # 32 bytes: the BLAKE3 hash of its chain entry (store/FORMAT.md).
+  world @1 :Text;
+  writer @2 :Data;      # The writer principal's public key (32 bytes).
+  seq @3 :UInt64;       # Position in the (world, writer) chain, starting at 1.
+  prev @4 :Data;        # The previous entry's id in that chain; 32 zero bytes for seq 1.
+  commit @5 :UInt64;    # Node-wide commit number; strictly increasing, starting at 1.
+  recordedAtUnixMs @6 :Int64;  # The node's wall clock when it committed (display only).
+  content @7 :AtomContent;
+}
+
+struct Receipt {
+  # The acknowledgement of one durable write.
+  id @0 :Data;       # The atom's id, which is also its chain entry hash.
+  seq @1 :UInt64;
+  commit @2 :UInt64;
+  prev @3 :Data;     # The chain entry this one extends.
+}
+
+struct Query {
+  # Structured filters of `WorldReader.ask`. Every empty list means "no filter".
+  kinds @0 :List(AtomKind);      # The atom's kind is one of these.
+  labels @1 :List(Text);         # The atom carries every one of these labels.
+  writers @2 :List(Data);        # The atom was written by one of these public keys.
+  minImportance @3 :Float32 = 0.0;
+  maxImportance @4 :Float32 = 1.0;
+  limit @5 :UInt32 = 20;         # At most this many hits (1 to the node's limit, 1000).
+  beforeCommit @6 :UInt64;       # Only atoms with commit < this; 0 = no bound. For paging.
+}
+
+struct Hit {
+  # One answer of `ask`.
+  atom @0 :Atom;
+  score @1 :Float64;  # Higher is better. Structured asks rank by recency: newest first.
+}
+
+struct Restriction {
+  # A narrowing applied by `attenuate`. The new capability's rights are the intersection
+  # of the holder's and this restriction: an empty list or a default value narrows nothing,
+  # and nothing can ever widen.
+  worlds @0 :List(Text);   # The capability's world must be one of these.
+  kinds @1 :List(AtomKind);
+  # Writers may write only these kinds; readers see only these kinds.
+  labels @2 :List(Text);
+  # Writers must give every atom at least one label and only labels from this set;
+  # readers see only atoms that carry at least one of these labels.
+  maxImportance @3 :Float32 = 1.0;
+  # Writers may not write atoms above it; readers see only atoms at or below it.
+  expiresAtUnixMs @4 :Int64;  # 0 = no expiry; after it every call is `permissionDenied`.
+}
+
+struct Epoch {
+  number @0 :UInt64;            # Starts at 1 on a new node; only ever increases.
+  head @1 :Data;                # 32 bytes chosen by the operator (e.g. a policy hash).
+  advancedAtUnixMs @2 :Int64;   # Display only.
+}
+
+struct ChainHead {
+  # The last entry of one (world, writer) chain.
+  writer @0 :Data;
+  seq @1 :UInt64;
+  id @2 :Data;
+}
+
+struct BadEntry {
+  # The first entry that failed verification.
+  world @0 :Text;
+  writer @1 :Data;
+  seq @2 :UInt64;
+  reason @3 :Text;
+}
+
+struct VerifyReport {
+  chains @0 :UInt64;    # Chains checked.
+  entries @1 :UInt64;   # Entries checked (up to and including a bad one).
+  result :union {
+    ok @2 :Void;
+    bad @3 :BadEntry;
+  }
+}
+
+struct Grant {
+  # The rights a principal holds in one world.
+  world @0 :Text;
+  read @1 :Bool;
+  write @2 :Bool;
+  observe @3 :Bool;
+}
+
+struct PrincipalInfo {
+  name @0 :Text;
+  publicKey @1 :Data;
+  admin @2 :Bool;        # Admins hold every right in every world and the `Admin` capability.
+  grants @3 :List(Grant);
+}
+
+enum WorldState {
+  active @0;    # Readable and writable.
+  archived @1;  # Readable; writes fail with `conflict` until it is resumed.
+}
+
+struct WorldInfo {
+  name @0 :Text;  # Lowercase segments of [a-z0-9._-] separated by '/', at most 128 bytes.
+  state @1 :WorldState;
+  atoms @2 :UInt64;
+}
+
+struct Health {
+  version @0 :Text;      # engramd's version.
+  epoch @1 :Epoch;
+  lastCommit @2 :UInt64;
+  atoms @3 :UInt64;
+  worlds @4 :UInt64;
+  principals @5 :UInt64;
+  uptimeMs @6 :UInt64;
+}
+
+struct WorldCapabilities {
+  # What a principal holds in one world. A capability is null where the right is not granted.
+  world @0 :Text;
+  reader @1 :WorldReader;
+  writer @2 :WorldWriter;
+  observer @3 :Observer;
+}
+
+interface Terminal {
+  # The bootstrap capability of every listener. It grants nothing but a login.
+
+  challenge @0 () -> (nonce :Data, nodeKey :Data, epoch :UInt64);
+  # Issues a fresh single-use 32-byte nonce, bound to this connection, with the node's
+  # public key and the current epoch number to sign (see `loginDomain`).
+
+  login @1 (publicKey :Data, nonce :Data, signature :Data) -> (membrane :Membrane);
+  # Exchanges a signed challenge for the principal's membrane. The nonce is consumed
+  # whether or not the login succeeds. Fails with `unauthenticated` for an unknown key,
+  # a bad signature, an unknown or reused nonce, or a nonce issued in an older epoch.
+}
+
+interface Membrane {
+  # A logged-in principal's source of capabilities.
+
+  graft @0 () -> (epoch :Epoch, principal :PrincipalInfo, worlds :List(WorldCapabilities),
+                  signer :Signer, admin :Admin);
+  # Returns the current epoch and fresh capabilities under the policy in force now: one
+  # entry per active or archived world the principal may use, a signer, and, for admins
+  # only, the admin capability (null otherwise). Capabilities from an earlier graft stop
+  # working when the epoch advances; graft again to continue.
+}
+
+interface WorldReader {
+  # Reads one world, within the restriction it carries.
+
+  world @0 () -> (name :Text);
+
+  get @1 (id :Data) -> (atom :Atom);
+  # The atom with this id. `notFound` if it is not in this world or not visible
+  # through this capability's restriction.
+
+  ask @2 (query :Query) -> (hits :List(Hit));
+  # The atoms matching the filters, newest first, answered from indexes.
+
+  replay @3 (fromCommit :UInt64, limit :UInt32) -> (atoms :List(Atom), nextCommit :UInt64);
+  # Visible atoms with commit > fromCommit in commit order, at most `limit` (1 to 1000).
+  # `nextCommit` is the cursor to pass next time (the last commit examined).
+
+  heads @4 () -> (heads :List(ChainHead));
+  # The head of every writer's chain in this world.
+
+  verify @5 () -> (report :VerifyReport);
+  # Recomputes every chain of this world and names the first bad entry, if any.
+
+  attenuate @6 (restriction :Restriction) -> (reader :WorldReader);
+  # A reader narrowed by `restriction`. It can be handed to another process.
+}
+
+interface WorldWriter {
+  # Writes one world as the principal that grafted it, within its restriction.
+
+  remember @0 (atom :AtomContent) -> (receipt :Receipt);
+  # Appends one atom to the writer's chain. Returns only once it is durable.
+
+  rememberBatch @1 (atoms :List(AtomContent)) -> (receipts :List(Receipt));
+  # Appends up to 10,000 atoms, all or nothing, in order. Returns once durable.
+
+  attenuate @2 (restriction :Restriction) -> (writer :WorldWriter);
+  # A writer narrowed by `restriction`. It can be handed to another process.
+}
+
+interface AtomSink {
+  # Implemented by a subscriber to receive atoms pushed by an `Observer`.
+
+  push @0 (atoms :List(Atom)) -> stream;
+  # Committed atoms, in commit order. Flow-controlled: the node waits for the window.
+
+  end @1 (reason :Text) -> ();
+  # The subscription ended; `reason` starts with a stable error code.
+}
+
+interface Subscription {
+  # Handle of a live subscription. Dropping it ends the subscription.
+  cancel @0 () -> ();
+}
+
+interface Observer {
+  # Watches one world for committed atoms.
+
+  subscribe @0 (filter :Query, sink :AtomSink, fromCommit :UInt64) -> (subscription :Subscription);
+  # Not served yet by this node version: fails with `unavailable`.
+
+  attenuate @1 (restriction :Restriction) -> (observer :Observer);
+  # An observer narrowed by `restriction`.
+}
+
+interface Signer {
+  # Signs on behalf of the principal with a key derived inside the node; it never leaves.
+
+  publicKey @0 () -> (key :Data);
+  # The 32-byte ed25519 public key that verifies this principal's signatures.
+
+  sign @1 (domain :Text, message :Data) -> (signature :Data);
+  # Signs `message` under `domain` (see `signDomain` for the exact bytes). `domain` is
+  # 1 to 128 bytes; `message` at most 1 MiB. `permissionDenied` outside the allowed domains.
+
+  attenuate @2 (domains :List(Text)) -> (signer :Signer);
+  # A signer limited to these domains (intersected with the holder's).
+}
+
+interface Admin {
+  # Operator capability: worlds, principals and the epoch. Held by admin principals.
+
+  createWorld @0 (name :Text) -> (world :WorldInfo);
+  # `conflict` if it exists; `invalidArgument` for a malformed name.
+
+  archiveWorld @1 (name :Text) -> (world :WorldInfo);
+  resumeWorld @2 (name :Text) -> (world :WorldInfo);
+  listWorlds @3 () -> (worlds :List(WorldInfo));
+
+  addPrincipal @4 (name :Text, publicKey :Data, admin :Bool, grants :List(Grant))
+      -> (principal :PrincipalInfo);
+  # `conflict` if the name or key is taken; `notFound` if a granted world does not exist.
+
+  setGrants @5 (name :Text, grants :List(Grant)) -> (principal :PrincipalInfo);
+  # Replaces the principal's grants. Its live capabilities stop working at once.
+
+  removePrincipal @6 (name :Text) -> ();
+  # Removes the principal. Its live capabilities fail with `permissionDenied` at once.
+
+  listPrincipals @7 () -> (principals :List(PrincipalInfo));
+
+  currentEpoch @8 () -> (epoch :Epoch);
+
+  advanceEpoch @9 (head :Data) -> (epoch :Epoch);
+  # Moves to the next epoch with this 32-byte head. Returns only once it is durable and
+  # every capability of an older epoch fails with `staleEpoch`.
+
+  health @10 () -> (health :Health);
+}

@@ -1,0 +1,38 @@
+//! engram's Cap'n Proto contract (`schema/engram.capnp`) as generated Rust code.
+//!
+//! The generated module is kept in the repository so that building engram never needs
+//! the `capnp` compiler; `cargo run -p engram-schema-codegen -- --check` proves it matches
+//! the schema. The schema file is the documentation of every interface and method.
+
+#[allow(clippy::all, clippy::pedantic, unused, missing_docs)]
+#[rustfmt::skip]
+#[path = "generated/engram_capnp.rs"]
+pub mod engram_capnp;
+
+/// The schema text, for clients that load it at run time (e.g. pycapnp).
+pub const SCHEMA_TEXT: &str = include_str!("../engram.capnp");
+
+/// The bytes a client signs to log in (schema `loginDomain`):
+/// `loginDomain || 0x00 || nonce || node key || epoch (u64, big-endian)`.
+pub fn login_message(nonce: &[u8; 32], node_key: &[u8; 32], epoch: u64) -> Vec<u8> {
+    let mut message = Vec::with_capacity(engram_capnp::LOGIN_DOMAIN.len() + 1 + 32 + 32 + 8);
+    message.extend_from_slice(engram_capnp::LOGIN_DOMAIN.as_bytes());
+    message.push(0);
+    message.extend_from_slice(nonce);
+    message.extend_from_slice(node_key);
+    message.extend_from_slice(&epoch.to_be_bytes());
+    message
+}
+
+/// The bytes `Signer.sign` signs (schema `signDomain`):
+/// `signDomain || 0x00 || len(domain) (u32, big-endian) || domain || message`.
+pub fn signed_message(domain: &str, message: &[u8]) -> Vec<u8> {
+    let mut signed =
+        Vec::with_capacity(engram_capnp::SIGN_DOMAIN.len() + 5 + domain.len() + message.len());
+    signed.extend_from_slice(engram_capnp::SIGN_DOMAIN.as_bytes());
+    signed.push(0);
+    signed.extend_from_slice(&(domain.len() as u32).to_be_bytes());
+    signed.extend_from_slice(domain.as_bytes());
+    signed.extend_from_slice(message);
+    signed
+}

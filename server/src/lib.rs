@@ -1,0 +1,262 @@
+//! engramd: opens the data directory (redb file, node key, admin key on first start),
+//! starts the writer thread, and serves the `Terminal` on TCP and a Unix socket from one
+//! RPC thread until SIGINT or SIGTERM.
+
+pub mod error;
+pub mod limits;
+
+use std::cell::Cell;
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use engram_capabilities::{Node, Terminal};
+use engram_client::keyfile;
+use engram_schema::engram_capnp::terminal;
+use engram_store::writer::Writer;
+use engram_store::{Authority, Principal, Store, WriteOp, WriteRequest};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+pub use error::ServerError;
+
+/// The redb file inside the data directory.
+pub const STORE_FILE: &str = "engram.redb";
+/// The node's ed25519 key inside the data directory.
+pub const NODE_KEY_FILE: &str = "node.key";
+/// The first admin's key, written on first start.
+pub const ADMIN_KEY_FILE: &str = "admin.key";
+/// The Unix socket inside the data directory, unless configured elsewhere.
+pub const SOCKET_FILE: &str = "engramd.sock";
+
+/// How to run a node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data: PathBuf,
+    /// TCP address; `None` disables TCP.
+    pub listen: Option<String>,
+    /// Unix socket path; `None` disables it.
+    pub socket: Option<PathBuf>,
+    pub connections_max: usize,
+    pub message_bytes_max: usize,
+}
+
+/// Runs the node until SIGINT or SIGTERM. Every acknowledged write is durable when it
+/// returns.
+pub fn run(config: Config) -> Result<(), ServerError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data)
+        .map_err(|source| ServerError::DataDirectory {
+            path: config.data.clone(),
+            source,
+        })?;
+    let store_path = config.data.join(STORE_FILE);
+    let store = Store::open(&store_path).map_err(|source| ServerError::Store {
+        path: store_path.clone(),
+        source,
+    })?;
+    let node_key = load_or_create_key(&config.data.join(NODE_KEY_FILE))?;
+    bootstrap_admin(&store, &config.data, &store_path)?;
+    let (writer, writer_thread) = Writer::start(store.clone());
+    let node = Node::new(store, writer, node_key).map_err(|source| ServerError::Store {
+        path: store_path,
+        source,
+    })?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| ServerError::Listen {
+            address: "the async runtime".into(),
+            source,
+        })?;
+    let local = tokio::task::LocalSet::new();
+    let served = local.block_on(&runtime, serve(Rc::new(node), &config));
+    // Dropping the tasks closes every connection and drops every capability, and with
+    // them the last handles of the writer, which then finishes what is queued and exits.
+    drop(local);
+    drop(runtime);
+    writer_thread.join();
+    if let Some(socket) = &config.socket {
+        let _ = std::fs::remove_file(socket);
+    }
+    tracing::info!("stopped");
+    served
+}
+
+fn load_or_create_key(path: &Path) -> Result<ed25519_dalek::SigningKey, ServerError> {
+    if path.exists() {
+        return Ok(keyfile::read(path)?);
+    }
+    let key = keyfile::generate()?;
+    keyfile::write_new(path, &key)?;
+    tracing::info!(path = %path.display(), "created key file");
+    Ok(key)
+}
+
+/// On first start (no principal yet) creates the `admin` principal and its key file.
+fn bootstrap_admin(store: &Store, data: &Path, store_path: &Path) -> Result<(), ServerError> {
+    let store_error = |source| ServerError::Store {
+        path: store_path.to_owned(),
+        source,
+    };
+    let principals = store
+        .read()
+        .and_then(|view| view.principals())
+        .map_err(store_error)?;
+    if !principals.is_empty() {
+        return Ok(());
+    }
+    let path = data.join(ADMIN_KEY_FILE);
+    let key = load_or_create_key(&path)?;
+    store
+        .apply_one(WriteRequest {
+            authority: Authority::Node,
+            op: WriteOp::AddPrincipal(Principal {
+                name: "admin".into(),
+                public_key: key.verifying_key().to_bytes(),
+                admin: true,
+                grants: Vec::new(),
+            }),
+        })
+        .map_err(store_error)?;
+    tracing::info!(key_file = %path.display(), "first start: created principal \"admin\"");
+    Ok(())
+}
+
+async fn serve(node: Rc<Node>, config: &Config) -> Result<(), ServerError> {
+    let tcp = match &config.listen {
+        Some(address) => {
+            Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| ServerError::Listen {
+                        address: address.clone(),
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let unix = match &config.socket {
+        Some(path) => {
+            // The redb file is locked by this process, so a socket file left here can only
+            // be a stale one from a node that died.
+            let _ = std::fs::remove_file(path);
+            Some(
+                UnixListener::bind(path).map_err(|source| ServerError::Listen {
+                    address: path.display().to_string(),
+                    source,
+                })?,
+            )
+        }
+        None => None,
+    };
+    let tcp_address = tcp
+        .as_ref()
+        .and_then(|listener| listener.local_addr().ok())
+        .map(|address| address.to_string());
+    let socket = config
+        .socket
+        .as_ref()
+        .map(|path| path.display().to_string());
+    tracing::info!(tcp = ?tcp_address, unix = ?socket, epoch = node.epoch(), "listening");
+    // The ready line is a contract for scripts and tests: it names the bound addresses.
+    println!(
+        "engramd ready tcp={} unix={}",
+        tcp_address.as_deref().unwrap_or("-"),
+        socket.as_deref().unwrap_or("-")
+    );
+    let _ = std::io::stdout().flush();
+
+    let active = Rc::new(Cell::new(0usize));
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| ServerError::Listen {
+        address: "SIGTERM".into(),
+        source,
+    })?;
+    loop {
+        tokio::select! {
+            accepted = accept_tcp(tcp.as_ref()) => match accepted {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    let (reader, writer) = stream.into_split();
+                    connect(&node, &active, config, reader, writer);
+                }
+                Err(error) => tracing::warn!(%error, "TCP accept failed"),
+            },
+            accepted = accept_unix(unix.as_ref()) => match accepted {
+                Ok(stream) => {
+                    let (reader, writer) = stream.into_split();
+                    connect(&node, &active, config, reader, writer);
+                }
+                Err(error) => tracing::warn!(%error, "Unix socket accept failed"),
+            },
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("SIGINT: shutting down");
+                break;
+            }
+            _ = terminate.recv() => {
+                tracing::info!("SIGTERM: shutting down");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn accept_tcp(listener: Option<&TcpListener>) -> std::io::Result<tokio::net::TcpStream> {
+    match listener {
+        Some(listener) => listener.accept().await.map(|(stream, _)| stream),
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_unix(listener: Option<&UnixListener>) -> std::io::Result<tokio::net::UnixStream> {
+    match listener {
+        Some(listener) => listener.accept().await.map(|(stream, _)| stream),
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves one connection: its own `Terminal`, its own RPC system, on the RPC thread.
+fn connect(
+    node: &Rc<Node>,
+    active: &Rc<Cell<usize>>,
+    config: &Config,
+    reader: impl AsyncRead + Unpin + 'static,
+    writer: impl AsyncWrite + Unpin + 'static,
+) {
+    if active.get() >= config.connections_max {
+        tracing::warn!(
+            limit = config.connections_max,
+            "connection refused: too many connections"
+        );
+        return;
+    }
+    active.set(active.get() + 1);
+    let options = capnp::message::ReaderOptions {
+        traversal_limit_in_words: Some(config.message_bytes_max / 8),
+        nesting_limit: limits::MESSAGE_NESTING_MAX,
+    };
+    let network = twoparty::VatNetwork::new(
+        reader.compat(),
+        writer.compat_write(),
+        rpc_twoparty_capnp::Side::Server,
+        options,
+    );
+    let terminal: terminal::Client = capnp_rpc::new_client(Terminal::new(node.clone()));
+    let rpc_system = RpcSystem::new(Box::new(network), Some(terminal.client));
+    let active = active.clone();
+    tokio::task::spawn_local(async move {
+        if let Err(error) = rpc_system.await {
+            tracing::debug!(%error, "connection ended");
+        }
+        active.set(active.get() - 1);
+    });
+}

@@ -1,0 +1,10 @@
+//! engramd's defaults for the limits an operator can change on the command line.
+
+/// Client connections served at once (`--connections-max`).
+pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// Bytes of one incoming Cap'n Proto message (`--message-bytes-max`).
+pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 64 * 1024 * 1024;
+/// Nesting depth of one incoming message.
+pub const MESSAGE_NESTING_MAX: i32 = 64;
+
+const _: () = assert!(MESSAGE_BYTES_MAX_DEFAULT.is_multiple_of(8));

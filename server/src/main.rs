@@ -1,0 +1,72 @@
+//! `engramd`: the engram node. `engramd --help` lists the options.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use engram_server::limits::{CONNECTIONS_MAX_DEFAULT, MESSAGE_BYTES_MAX_DEFAULT};
+use engram_server::{Config, SOCKET_FILE};
+
+/// The engram node: memory and coordination for fleets of AI agents, over Cap'n Proto.
+///
+/// On first start it creates the data directory with the redb store, the node key and
+/// `admin.key`, the admin principal's key (mode 0600). It prints
+/// `engramd ready tcp=ADDR unix=PATH` on stdout once it accepts connections, logs to
+/// stderr (RUST_LOG sets the filter), and exits 0 after SIGINT or SIGTERM.
+/// Exit codes: 0 stopped cleanly, 1 could not start (the message says why), 2 bad usage.
+#[derive(Parser, Debug)]
+#[command(name = "engramd", version)]
+struct Arguments {
+    /// Data directory: the redb file, node.key, admin.key and the Unix socket.
+    #[arg(long, env = "ENGRAM_DATA", default_value = "./engram-data")]
+    data: PathBuf,
+    /// TCP address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7420")]
+    listen: String,
+    /// Do not listen on TCP.
+    #[arg(long)]
+    no_tcp: bool,
+    /// Unix socket path [default: DATA/engramd.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Do not listen on a Unix socket.
+    #[arg(long)]
+    no_socket: bool,
+    /// Client connections served at once; more are closed on accept.
+    #[arg(long, default_value_t = CONNECTIONS_MAX_DEFAULT)]
+    connections_max: usize,
+    /// Largest incoming message in bytes; larger ones end the connection.
+    #[arg(long, default_value_t = MESSAGE_BYTES_MAX_DEFAULT)]
+    message_bytes_max: usize,
+}
+
+fn main() -> ExitCode {
+    let arguments = Arguments::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let socket = (!arguments.no_socket).then(|| {
+        arguments
+            .socket
+            .clone()
+            .unwrap_or_else(|| arguments.data.join(SOCKET_FILE))
+    });
+    let config = Config {
+        data: arguments.data,
+        listen: (!arguments.no_tcp).then_some(arguments.listen),
+        socket,
+        connections_max: arguments.connections_max,
+        message_bytes_max: arguments.message_bytes_max,
+    };
+    match engram_server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("engramd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

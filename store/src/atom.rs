@@ -1,0 +1,503 @@
+//! Atoms: what a writer supplies (`AtomContent`), what the store keeps (`Atom`), the rules
+//! content must follow, and the canonical entry encoding that is stored and hashed
+//! (byte by byte in store/FORMAT.md).
+
+use crate::error::StoreError;
+use crate::limits::{
+    ATOM_LABELS_MAX, ATOM_LINKS_MAX, ATOM_PAYLOAD_BYTES_MAX, ATOM_TEXT_BYTES_MAX,
+    ATOM_VECTOR_DIMENSIONS_MAX, LABEL_BYTES_MAX,
+};
+
+/// A BLAKE3 hash: an atom id, a chain entry hash.
+pub type Hash = [u8; 32];
+/// An ed25519 public key: a principal, a writer.
+pub type PublicKey = [u8; 32];
+/// The `prev` of the first entry of every chain.
+pub const ZERO_HASH: Hash = [0; 32];
+
+/// Version byte that starts every stored entry.
+pub const ENTRY_FORMAT_VERSION: u8 = 1;
+
+/// The BLAKE3 key-derivation context of chain entry hashes: the domain tag that keeps
+/// an entry hash from ever equalling any other BLAKE3 hash engram or anyone computes.
+pub const CHAIN_ENTRY_CONTEXT: &str = "engram 2026-11 chain entry v1";
+
+macro_rules! code_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $code:literal, $text:literal;)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($(#[$vmeta])* $variant,)* }
+
+        impl $name {
+            /// Every value, in code order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            /// The stable number stored on disk and sent on the wire.
+            pub fn code(self) -> u16 {
+                match self { $($name::$variant => $code,)* }
+            }
+
+            /// The value with this stable number, if any.
+            pub fn from_code(code: u16) -> Option<Self> {
+                match code { $($code => Some($name::$variant),)* _ => None }
+            }
+
+            /// The name used by the schema and the CLI (`derivedFrom`, `fact`).
+            pub fn name(self) -> &'static str {
+                match self { $($name::$variant => $text,)* }
+            }
+
+            /// The value with this name, if any.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name { $($text => Some($name::$variant),)* _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str(self.name())
+            }
+        }
+    };
+}
+
+code_enum!(
+    /// What an atom records. The codes are the schema's `AtomKind` ordinals.
+    AtomKind {
+        Observation = 0, "observation";
+        Fact = 1, "fact";
+        Decision = 2, "decision";
+        Plan = 3, "plan";
+        Constraint = 4, "constraint";
+        Correction = 5, "correction";
+        Message = 6, "message";
+        Question = 7, "question";
+        Preference = 8, "preference";
+    }
+);
+
+code_enum!(
+    /// How an atom relates to an earlier one. The codes are the schema's `LinkKind` ordinals.
+    LinkKind {
+        Supersedes = 0, "supersedes";
+        Contradicts = 1, "contradicts";
+        Confirms = 2, "confirms";
+        Corrects = 3, "corrects";
+        DerivedFrom = 4, "derivedFrom";
+    }
+);
+
+/// A typed reference to another atom.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Link {
+    pub kind: LinkKind,
+    pub target: Hash,
+}
+
+/// A claimed interval of validity in the world; `until_unix_ms == 0` is open-ended.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TimeInterval {
+    pub from_unix_ms: i64,
+    pub until_unix_ms: i64,
+}
+
+/// What a writer supplies for one atom.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AtomContent {
+    pub kind: AtomKind,
+    pub text: String,
+    pub payload: Vec<u8>,
+    pub labels: Vec<String>,
+    pub links: Vec<Link>,
+    pub importance: f32,
+    pub confidence: f32,
+    pub vector: Vec<f32>,
+    pub valid_time: Option<TimeInterval>,
+}
+
+impl AtomContent {
+    /// Content with defaults for everything but kind and text.
+    pub fn new(kind: AtomKind, text: impl Into<String>) -> Self {
+        AtomContent {
+            kind,
+            text: text.into(),
+            payload: Vec::new(),
+            labels: Vec::new(),
+            links: Vec::new(),
+            importance: 0.5,
+            confidence: 1.0,
+            vector: Vec::new(),
+            valid_time: None,
+        }
+    }
+
+    /// Checks every rule content must follow; the message says which rule and how to fix it.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.text.is_empty() {
+            return Err("text is empty; every atom needs text".into());
+        }
+        if self.text.len() > ATOM_TEXT_BYTES_MAX {
+            return Err(format!(
+                "text is {} bytes; the limit is {ATOM_TEXT_BYTES_MAX}",
+                self.text.len()
+            ));
+        }
+        if self.payload.len() > ATOM_PAYLOAD_BYTES_MAX {
+            return Err(format!(
+                "payload is {} bytes; the limit is {ATOM_PAYLOAD_BYTES_MAX}",
+                self.payload.len()
+            ));
+        }
+        check_unit_interval("importance", self.importance)?;
+        check_unit_interval("confidence", self.confidence)?;
+        if self.labels.len() > ATOM_LABELS_MAX {
+            return Err(format!(
+                "{} labels; the limit is {ATOM_LABELS_MAX}",
+                self.labels.len()
+            ));
+        }
+        for (position, label) in self.labels.iter().enumerate() {
+            validate_label(label)?;
+            if self.labels[..position].contains(label) {
+                return Err(format!("label {label:?} is given twice"));
+            }
+        }
+        if self.links.len() > ATOM_LINKS_MAX {
+            return Err(format!(
+                "{} links; the limit is {ATOM_LINKS_MAX}",
+                self.links.len()
+            ));
+        }
+        if self.vector.len() > ATOM_VECTOR_DIMENSIONS_MAX {
+            return Err(format!(
+                "vector has {} dimensions; the limit is {ATOM_VECTOR_DIMENSIONS_MAX}",
+                self.vector.len()
+            ));
+        }
+        if let Some(position) = self.vector.iter().position(|value| !value.is_finite()) {
+            return Err(format!(
+                "vector component {position} is {}; components must be finite",
+                self.vector[position]
+            ));
+        }
+        if let Some(interval) = self.valid_time
+            && interval.until_unix_ms != 0
+            && interval.until_unix_ms <= interval.from_unix_ms
+        {
+            return Err(format!(
+                "valid time ends ({}) before it starts ({}); use 0 for an open end",
+                interval.until_unix_ms, interval.from_unix_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_unit_interval(name: &str, value: f32) -> Result<(), String> {
+    if value.is_nan() {
+        return Err(format!("{name} is NaN; it must be in [0, 1]"));
+    }
+    if !(0.0..=1.0).contains(&value) {
+        return Err(format!("{name} is {value}; it must be in [0, 1]"));
+    }
+    Ok(())
+}
+
+/// Checks one label: non-empty, at most `LABEL_BYTES_MAX` bytes, no control characters.
+pub fn validate_label(label: &str) -> Result<(), String> {
+    if label.is_empty() {
+        return Err("a label is empty".into());
+    }
+    if label.len() > LABEL_BYTES_MAX {
+        return Err(format!(
+            "label {:?}… is {} bytes; the limit is {LABEL_BYTES_MAX}",
+            label.chars().take(16).collect::<String>(),
+            label.len()
+        ));
+    }
+    if label.chars().any(char::is_control) {
+        return Err(format!("label {label:?} contains a control character"));
+    }
+    Ok(())
+}
+
+/// A committed atom as the store keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Atom {
+    /// The chain entry hash of `encode_entry` of the fields below.
+    pub id: Hash,
+    pub world: String,
+    pub writer: PublicKey,
+    pub seq: u64,
+    pub prev: Hash,
+    pub commit: u64,
+    pub recorded_at_unix_ms: i64,
+    pub content: AtomContent,
+}
+
+/// The fields of an entry before it is hashed.
+pub(crate) struct EntryHeader<'a> {
+    pub world: &'a str,
+    pub writer: &'a PublicKey,
+    pub seq: u64,
+    pub prev: &'a Hash,
+    pub commit: u64,
+    pub recorded_at_unix_ms: i64,
+}
+
+/// Appends the canonical entry encoding (store/FORMAT.md) of one atom to `out`.
+pub(crate) fn encode_entry(header: &EntryHeader<'_>, content: &AtomContent, out: &mut Vec<u8>) {
+    out.push(ENTRY_FORMAT_VERSION);
+    // World names are at most WORLD_NAME_BYTES_MAX (128) bytes: the u16 cannot overflow.
+    put_u16(out, header.world.len() as u16);
+    out.extend_from_slice(header.world.as_bytes());
+    out.extend_from_slice(header.writer);
+    out.extend_from_slice(&header.seq.to_be_bytes());
+    out.extend_from_slice(header.prev);
+    out.extend_from_slice(&header.commit.to_be_bytes());
+    out.extend_from_slice(&header.recorded_at_unix_ms.to_be_bytes());
+    put_u16(out, content.kind.code());
+    out.extend_from_slice(&canonical_float(content.importance).to_be_bytes());
+    out.extend_from_slice(&canonical_float(content.confidence).to_be_bytes());
+    match content.valid_time {
+        None => out.push(0),
+        Some(interval) => {
+            out.push(1);
+            out.extend_from_slice(&interval.from_unix_ms.to_be_bytes());
+            out.extend_from_slice(&interval.until_unix_ms.to_be_bytes());
+        }
+    }
+    put_bytes32(out, content.text.as_bytes());
+    put_bytes32(out, &content.payload);
+    put_u16(out, content.labels.len() as u16);
+    for label in &content.labels {
+        put_u16(out, label.len() as u16);
+        out.extend_from_slice(label.as_bytes());
+    }
+    put_u16(out, content.links.len() as u16);
+    for link in &content.links {
+        put_u16(out, link.kind.code());
+        out.extend_from_slice(&link.target);
+    }
+    put_u32(out, content.vector.len() as u32);
+    for component in &content.vector {
+        out.extend_from_slice(&canonical_float(*component).to_be_bytes());
+    }
+}
+
+/// The chain entry hash of an encoded entry.
+pub fn entry_hash(encoded_entry: &[u8]) -> Hash {
+    let mut hasher = blake3::Hasher::new_derive_key(CHAIN_ENTRY_CONTEXT);
+    hasher.update(encoded_entry);
+    *hasher.finalize().as_bytes()
+}
+
+/// Negative zero is stored as zero so equal content always encodes to equal bytes.
+fn canonical_float(value: f32) -> u32 {
+    if value == 0.0 { 0 } else { value.to_bits() }
+}
+
+fn put_u16(out: &mut Vec<u8>, value: u16) {
+    out.extend_from_slice(&value.to_be_bytes());
+}
+
+fn put_u32(out: &mut Vec<u8>, value: u32) {
+    out.extend_from_slice(&value.to_be_bytes());
+}
+
+fn put_bytes32(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_u32(out, bytes.len() as u32);
+    out.extend_from_slice(bytes);
+}
+
+/// Decodes a stored entry. `id` is the key it was stored under; it is not re-hashed here
+/// (`verify` does that).
+pub fn decode_entry(id: Hash, bytes: &[u8]) -> Result<Atom, StoreError> {
+    let mut reader = EntryReader { bytes, position: 0 };
+    let corrupt = |what: &str| StoreError::Corrupt {
+        what: format!("atom {}: {what}", hex::encode(id)),
+    };
+    let version = reader.u8().ok_or_else(|| corrupt("empty entry"))?;
+    if version != ENTRY_FORMAT_VERSION {
+        return Err(corrupt(&format!("unknown entry version {version}")));
+    }
+    let decoded = (|| {
+        let world_length = reader.u16()? as usize;
+        let world = reader.string(world_length)?;
+        let writer = reader.array32()?;
+        let seq = reader.u64()?;
+        let prev = reader.array32()?;
+        let commit = reader.u64()?;
+        let recorded_at_unix_ms = reader.u64()? as i64;
+        let kind = AtomKind::from_code(reader.u16()?)?;
+        let importance = f32::from_bits(reader.u32()?);
+        let confidence = f32::from_bits(reader.u32()?);
+        let valid_time = match reader.u8()? {
+            0 => None,
+            1 => Some(TimeInterval {
+                from_unix_ms: reader.u64()? as i64,
+                until_unix_ms: reader.u64()? as i64,
+            }),
+            _ => return None,
+        };
+        let text_length = reader.u32()? as usize;
+        let text = reader.string(text_length)?;
+        let payload_length = reader.u32()? as usize;
+        let payload = reader.take(payload_length)?.to_vec();
+        let label_count = reader.u16()? as usize;
+        let mut labels = Vec::with_capacity(label_count.min(ATOM_LABELS_MAX));
+        for _ in 0..label_count {
+            let length = reader.u16()? as usize;
+            labels.push(reader.string(length)?);
+        }
+        let link_count = reader.u16()? as usize;
+        let mut links = Vec::with_capacity(link_count.min(ATOM_LINKS_MAX));
+        for _ in 0..link_count {
+            let kind = LinkKind::from_code(reader.u16()?)?;
+            links.push(Link {
+                kind,
+                target: reader.array32()?,
+            });
+        }
+        let dimensions = reader.u32()? as usize;
+        let mut vector = Vec::with_capacity(dimensions.min(ATOM_VECTOR_DIMENSIONS_MAX));
+        for _ in 0..dimensions {
+            vector.push(f32::from_bits(reader.u32()?));
+        }
+        if reader.position != reader.bytes.len() {
+            return None;
+        }
+        Some(Atom {
+            id,
+            world,
+            writer,
+            seq,
+            prev,
+            commit,
+            recorded_at_unix_ms,
+            content: AtomContent {
+                kind,
+                text,
+                payload,
+                labels,
+                links,
+                importance,
+                confidence,
+                vector,
+                valid_time,
+            },
+        })
+    })();
+    decoded.ok_or_else(|| corrupt("truncated or malformed entry"))
+}
+
+struct EntryReader<'a> {
+    bytes: &'a [u8],
+    position: usize,
+}
+
+impl<'a> EntryReader<'a> {
+    fn take(&mut self, length: usize) -> Option<&'a [u8]> {
+        let end = self.position.checked_add(length)?;
+        let slice = self.bytes.get(self.position..end)?;
+        self.position = end;
+        Some(slice)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn array32(&mut self) -> Option<[u8; 32]> {
+        self.take(32)?.try_into().ok()
+    }
+    fn string(&mut self, length: usize) -> Option<String> {
+        String::from_utf8(self.take(length)?.to_vec()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_round_trips_and_hash_binds_every_field() {
+        let mut content = AtomContent::new(AtomKind::Decision, "use redb");
+        content.labels = vec!["storage".into(), "db".into()];
+        content.links = vec![Link {
+            kind: LinkKind::Supersedes,
+            target: [7; 32],
+        }];
+        content.vector = vec![0.25, -1.0];
+        content.payload = b"{\"a\":1}".to_vec();
+        content.valid_time = Some(TimeInterval {
+            from_unix_ms: 5,
+            until_unix_ms: 0,
+        });
+        let header = EntryHeader {
+            world: "team/auth",
+            writer: &[1; 32],
+            seq: 3,
+            prev: &[2; 32],
+            commit: 9,
+            recorded_at_unix_ms: 1234,
+        };
+        let mut bytes = Vec::new();
+        encode_entry(&header, &content, &mut bytes);
+        let id = entry_hash(&bytes);
+        let atom = decode_entry(id, &bytes).unwrap();
+        assert_eq!(atom.content, content);
+        assert_eq!(
+            (atom.world.as_str(), atom.seq, atom.commit, atom.prev),
+            ("team/auth", 3, 9, [2; 32])
+        );
+        // Flipping any single byte changes the hash or fails to decode.
+        for position in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[position] ^= 0x01;
+            assert_ne!(entry_hash(&damaged), id, "byte {position}");
+        }
+        assert!(decode_entry(id, &bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn validation_rejects_each_bad_field() {
+        type Mutation = Box<dyn Fn(&mut AtomContent)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("text is empty", Box::new(|c| c.text.clear())),
+            (
+                "limit is 65536",
+                Box::new(|c| c.text = "x".repeat(ATOM_TEXT_BYTES_MAX + 1)),
+            ),
+            ("importance is NaN", Box::new(|c| c.importance = f32::NAN)),
+            ("importance is 1.5", Box::new(|c| c.importance = 1.5)),
+            ("confidence is -0.1", Box::new(|c| c.confidence = -0.1)),
+            (
+                "a label is empty",
+                Box::new(|c| c.labels = vec![String::new()]),
+            ),
+            (
+                "given twice",
+                Box::new(|c| c.labels = vec!["a".into(), "a".into()]),
+            ),
+            (
+                "must be finite",
+                Box::new(|c| c.vector = vec![f32::INFINITY]),
+            ),
+        ];
+        for (expected, mutate) in cases {
+            let mut content = AtomContent::new(AtomKind::Fact, "ok");
+            mutate(&mut content);
+            let error = content.validate().unwrap_err();
+            assert!(error.contains(expected), "{error:?} lacks {expected:?}");
+        }
+        assert!(AtomContent::new(AtomKind::Fact, "ok").validate().is_ok());
+    }
+}

@@ -1,0 +1,87 @@
+//! The store's one error type. Variants name what went wrong; `capabilities` alone maps
+//! them to wire codes.
+
+use thiserror::Error;
+
+/// Why a store operation failed. A failed write changed nothing.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A write or read named a world that does not exist.
+    #[error("world {world:?} does not exist; create it with `engram world create {world}`")]
+    WorldNotFound { world: String },
+    /// `create world` named a world that already exists.
+    #[error("world {world:?} already exists")]
+    WorldExists { world: String },
+    /// A write went to an archived world.
+    #[error("world {world:?} is archived; resume it before writing")]
+    WorldArchived { world: String },
+    /// A world name broke the naming rules.
+    #[error("invalid world name {name:?}: {reason}")]
+    InvalidWorldName { name: String, reason: &'static str },
+    /// An atom of a batch broke a rule; `index` is its position in the batch.
+    #[error("atom {index} of the batch is invalid: {reason}")]
+    InvalidAtom { index: usize, reason: String },
+    /// A batch was empty or too large.
+    #[error("invalid batch: {reason}")]
+    InvalidBatch { reason: String },
+    /// A query was malformed.
+    #[error("invalid query: {reason}")]
+    InvalidQuery { reason: String },
+    /// An atom id was requested that is not in the world.
+    #[error("no atom {id} in world {world:?}")]
+    AtomNotFound { world: String, id: String },
+    /// A principal was named that does not exist.
+    #[error("principal {name:?} does not exist")]
+    PrincipalNotFound { name: String },
+    /// A principal's name or key is already registered.
+    #[error("a principal with this {what} already exists ({value})")]
+    PrincipalExists { what: &'static str, value: String },
+    /// Removing this principal would leave the node without an admin.
+    #[error("principal {name:?} is the last admin; add another admin before removing it")]
+    LastAdmin { name: String },
+    /// A principal record broke a rule (name, grants).
+    #[error("invalid principal: {reason}")]
+    InvalidPrincipal { reason: String },
+    /// The request was made under an epoch the node has left.
+    #[error(
+        "this capability was issued in epoch {issued}; the node is at epoch {current}: graft again"
+    )]
+    StaleEpoch { issued: u64, current: u64 },
+    /// The acting principal no longer holds the right it needs.
+    #[error("{reason}")]
+    PermissionDenied { reason: String },
+    /// The epoch head was not 32 bytes.
+    #[error("invalid epoch head: {reason}")]
+    InvalidEpochHead { reason: String },
+    /// The writer thread has stopped (the node is shutting down).
+    #[error("the writer has stopped; the node is shutting down")]
+    WriterStopped,
+    /// Stored bytes do not decode: the file is damaged or was written by a newer engram.
+    #[error("stored data is corrupt: {what}")]
+    Corrupt { what: String },
+    /// The data file was written by another format version.
+    #[error("the data file has format version {found}; this engram reads version {expected}")]
+    FormatVersion { found: u64, expected: u64 },
+    /// redb failed.
+    #[error("storage: {0}")]
+    Storage(#[from] redb::Error),
+}
+
+macro_rules! from_redb {
+    ($($source:ty),*) => {$(
+        impl From<$source> for StoreError {
+            fn from(error: $source) -> Self {
+                StoreError::Storage(error.into())
+            }
+        }
+    )*};
+}
+
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

@@ -1,0 +1,349 @@
+//! engram's storage engine: atoms kept in per-(world, writer) BLAKE3 hash chains in one
+//! redb file, with a node-wide commit counter, per-world logs, indexes, worlds,
+//! principals and epochs. Synchronous and RPC-free; see store/FORMAT.md for the bytes.
+//!
+//! Writes go through [`writer::Writer`], a thread that folds concurrent requests into one
+//! durable transaction (group commit). Reads open a [`ReadView`] (a redb read
+//! transaction: a consistent snapshot) on any thread.
+
+pub mod atom;
+pub mod chain;
+pub mod epoch;
+pub mod error;
+pub mod limits;
+pub mod principal;
+pub mod query;
+mod tables;
+pub mod world;
+mod write;
+pub mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
+
+pub use atom::{Atom, AtomContent, AtomKind, Hash, Link, LinkKind, PublicKey, TimeInterval};
+pub use chain::{BadEntry, ChainHead, VerifyReport};
+pub use epoch::Epoch;
+pub use error::StoreError;
+pub use principal::{Grant, Principal, Right};
+pub use query::Query;
+pub use world::{WorldInfo, WorldState};
+pub use write::{Authority, Receipt, WriteOp, WriteOutcome, WriteRequest};
+
+use crate::atom::decode_entry;
+use crate::query::{Candidates, descending, merge_descending, validate_replay_limit};
+use crate::tables::*;
+
+/// The on-disk format this build reads and writes (store/FORMAT.md).
+pub const FORMAT_VERSION: u64 = 1;
+
+/// An open store. Cheap to clone; every clone shares the database.
+#[derive(Clone)]
+pub struct Store {
+    database: Arc<Database>,
+}
+
+impl Store {
+    /// Opens the store at `path`, creating it (with epoch 1) if it does not exist.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let database = Database::create(path.as_ref())?;
+        let transaction = database.begin_write()?;
+        {
+            let mut meta = transaction.open_table(META)?;
+            let version = meta.get(META_FORMAT_VERSION)?.map(|value| value.value());
+            match version {
+                None => {
+                    meta.insert(META_FORMAT_VERSION, FORMAT_VERSION)?;
+                    meta.insert(META_LAST_COMMIT, 0)?;
+                }
+                Some(FORMAT_VERSION) => {}
+                Some(found) => {
+                    return Err(StoreError::FormatVersion {
+                        found,
+                        expected: FORMAT_VERSION,
+                    });
+                }
+            }
+            transaction.open_table(ATOMS)?;
+            transaction.open_table(CHAINS)?;
+            transaction.open_table(HEADS)?;
+            transaction.open_table(WORLD_LOG)?;
+            transaction.open_table(KIND_INDEX)?;
+            transaction.open_table(LABEL_INDEX)?;
+            transaction.open_table(WRITER_INDEX)?;
+            transaction.open_table(WORLDS)?;
+            transaction.open_table(PRINCIPALS)?;
+            transaction.open_table(PRINCIPAL_NAMES)?;
+            let mut epochs = transaction.open_table(EPOCHS)?;
+            if epochs.first()?.is_none() {
+                epochs.insert(1, ([0u8; 32], write::now_unix_ms()))?;
+            }
+        }
+        transaction.commit()?;
+        Ok(Store {
+            database: Arc::new(database),
+        })
+    }
+
+    /// Applies `requests` in order in one durable transaction and returns one verdict per
+    /// request. A rejected request changed nothing; the outer error means the transaction
+    /// failed and nothing of the group was written.
+    pub fn apply(
+        &self,
+        requests: &[WriteRequest],
+    ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+        let transaction = self.database.begin_write()?;
+        let verdicts = write::apply_group(&transaction, requests)?;
+        transaction.commit()?;
+        Ok(verdicts)
+    }
+
+    /// Applies one request on its own (tests, bootstrap).
+    pub fn apply_one(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
+        self.apply(std::slice::from_ref(&request))?
+            .pop()
+            .expect("one verdict per request")
+    }
+
+    /// A consistent snapshot for reading.
+    pub fn read(&self) -> Result<ReadView, StoreError> {
+        Ok(ReadView {
+            transaction: self.database.begin_read()?,
+        })
+    }
+}
+
+/// A consistent snapshot of the store.
+pub struct ReadView {
+    transaction: ReadTransaction,
+}
+
+impl ReadView {
+    fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        definition: redb::TableDefinition<K, V>,
+    ) -> Result<ReadOnlyTable<K, V>, StoreError> {
+        Ok(self.transaction.open_table(definition)?)
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> Result<Epoch, StoreError> {
+        write::current_epoch(&self.table(EPOCHS)?)
+    }
+
+    /// The last commit number given out (0 before the first atom).
+    pub fn last_commit(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .table(META)?
+            .get(META_LAST_COMMIT)?
+            .map(|value| value.value())
+            .unwrap_or(0))
+    }
+
+    /// One world, if it exists.
+    pub fn world(&self, name: &str) -> Result<Option<WorldInfo>, StoreError> {
+        match self.table(WORLDS)?.get(name)? {
+            None => Ok(None),
+            Some(value) => {
+                let (state, atoms) = value.value();
+                Ok(Some(WorldInfo {
+                    name: name.to_owned(),
+                    state: WorldState::from_code(state)?,
+                    atoms,
+                }))
+            }
+        }
+    }
+
+    /// Every world, by name.
+    pub fn worlds(&self) -> Result<Vec<WorldInfo>, StoreError> {
+        let mut worlds = Vec::new();
+        for entry in self.table(WORLDS)?.iter()? {
+            let (name, value) = entry?;
+            let (state, atoms) = value.value();
+            worlds.push(WorldInfo {
+                name: name.value().to_owned(),
+                state: WorldState::from_code(state)?,
+                atoms,
+            });
+        }
+        Ok(worlds)
+    }
+
+    /// The principal with this key, if any.
+    pub fn principal(&self, key: &PublicKey) -> Result<Option<Principal>, StoreError> {
+        match self.table(PRINCIPALS)?.get(key)? {
+            None => Ok(None),
+            Some(bytes) => Principal::decode(bytes.value()).map(Some),
+        }
+    }
+
+    /// Every principal, by key.
+    pub fn principals(&self) -> Result<Vec<Principal>, StoreError> {
+        let mut principals = Vec::new();
+        for entry in self.table(PRINCIPALS)?.iter()? {
+            let (_, bytes) = entry?;
+            principals.push(Principal::decode(bytes.value())?);
+        }
+        principals.sort_by(|left, right| left.name.cmp(&right.name));
+        Ok(principals)
+    }
+
+    fn require_world(&self, world: &str) -> Result<(), StoreError> {
+        match self.table(WORLDS)?.get(world)? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::WorldNotFound {
+                world: world.to_owned(),
+            }),
+        }
+    }
+
+    fn load(
+        &self,
+        atoms: &ReadOnlyTable<Hash, &'static [u8]>,
+        id: Hash,
+    ) -> Result<Atom, StoreError> {
+        let bytes = atoms.get(id)?.ok_or_else(|| StoreError::Corrupt {
+            what: format!("an index names atom {} which is missing", hex::encode(id)),
+        })?;
+        decode_entry(id, bytes.value())
+    }
+
+    /// The atom `id` of `world`.
+    pub fn atom(&self, world: &str, id: &Hash) -> Result<Atom, StoreError> {
+        self.require_world(world)?;
+        let not_found = || StoreError::AtomNotFound {
+            world: world.to_owned(),
+            id: hex::encode(id),
+        };
+        let atoms = self.table(ATOMS)?;
+        let bytes = atoms.get(id)?.ok_or_else(not_found)?;
+        let atom = decode_entry(*id, bytes.value())?;
+        if atom.world != world {
+            return Err(not_found());
+        }
+        Ok(atom)
+    }
+
+    /// The head of every chain of `world`, by writer key.
+    pub fn heads(&self, world: &str) -> Result<Vec<ChainHead>, StoreError> {
+        self.require_world(world)?;
+        chain::heads_of(&self.table(HEADS)?, world)
+    }
+
+    /// Atoms of `world` with commit > `from_commit` in commit order for which `visible`
+    /// holds, at most `limit`. Returns them and the cursor to continue from: the last
+    /// commit examined, which may be past the last atom returned.
+    pub fn replay(
+        &self,
+        world: &str,
+        from_commit: u64,
+        limit: u32,
+        visible: &dyn Fn(&Atom) -> bool,
+    ) -> Result<(Vec<Atom>, u64), StoreError> {
+        self.require_world(world)?;
+        validate_replay_limit(limit)?;
+        let log = self.table(WORLD_LOG)?;
+        let atoms = self.table(ATOMS)?;
+        let mut found = Vec::new();
+        let mut cursor = from_commit;
+        let start = from_commit.saturating_add(1);
+        for entry in log
+            .range((world, start)..=(world, u64::MAX))?
+            .take(limits::REPLAY_EXAMINED_MAX)
+        {
+            let (key, id) = entry?;
+            let atom = self.load(&atoms, id.value())?;
+            cursor = key.value().1;
+            if visible(&atom) {
+                found.push(atom);
+                if found.len() == limit as usize {
+                    break;
+                }
+            }
+        }
+        Ok((found, cursor))
+    }
+
+    /// The newest atoms of `world` that match `query` and `visible`, newest first.
+    ///
+    /// Candidates come from one index: the first label's, else the kinds', else the
+    /// writers', else the world log; every other filter is checked on each candidate.
+    pub fn ask(
+        &self,
+        world: &str,
+        query: &Query,
+        visible: &dyn Fn(&Atom) -> bool,
+    ) -> Result<Vec<Atom>, StoreError> {
+        self.require_world(world)?;
+        query.validate()?;
+        let upper = query.before_commit.unwrap_or(u64::MAX);
+        let candidates: Candidates = if let Some(label) = query.labels.first() {
+            descending(
+                &self.table(LABEL_INDEX)?,
+                (world, label.as_str(), 0),
+                (world, label.as_str(), upper),
+                |(_, _, commit)| commit,
+            )?
+        } else if !query.kinds.is_empty() {
+            let index = self.table(KIND_INDEX)?;
+            let mut sources = Vec::with_capacity(query.kinds.len());
+            for kind in &query.kinds {
+                sources.push(descending(
+                    &index,
+                    (world, kind.code(), 0),
+                    (world, kind.code(), upper),
+                    |(_, _, commit)| commit,
+                )?);
+            }
+            merge_descending(sources)
+        } else if !query.writers.is_empty() {
+            let index = self.table(WRITER_INDEX)?;
+            let mut sources = Vec::with_capacity(query.writers.len());
+            for writer in &query.writers {
+                sources.push(descending(
+                    &index,
+                    (world, *writer, 0),
+                    (world, *writer, upper),
+                    |(_, _, commit)| commit,
+                )?);
+            }
+            merge_descending(sources)
+        } else {
+            descending(
+                &self.table(WORLD_LOG)?,
+                (world, 0),
+                (world, upper),
+                |(_, commit)| commit,
+            )?
+        };
+        let atoms = self.table(ATOMS)?;
+        let mut found = Vec::with_capacity(query.limit as usize);
+        for candidate in candidates {
+            let (_, id) = candidate?;
+            let atom = self.load(&atoms, id)?;
+            if query.matches(&atom) && visible(&atom) {
+                found.push(atom);
+                if found.len() == query.limit as usize {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Recomputes every chain of `world`; see [`VerifyReport`].
+    pub fn verify(&self, world: &str) -> Result<VerifyReport, StoreError> {
+        self.require_world(world)?;
+        chain::verify_world(
+            &chain::ChainTables {
+                atoms: &self.table(ATOMS)?,
+                chains: &self.table(CHAINS)?,
+                heads: &self.table(HEADS)?,
+            },
+            world,
+        )
+    }
+}

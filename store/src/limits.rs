@@ -1,0 +1,43 @@
+//! Every limit the store enforces, in one place. Going past one is an error
+//! (`StoreError::InvalidAtom` and friends), never a silent truncation.
+
+/// Bytes of an atom's text (UTF-8).
+pub const ATOM_TEXT_BYTES_MAX: usize = 64 * 1024;
+/// Bytes of an atom's opaque payload.
+pub const ATOM_PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
+/// Labels on one atom.
+pub const ATOM_LABELS_MAX: usize = 64;
+/// Bytes of one label.
+pub const LABEL_BYTES_MAX: usize = 128;
+/// Links from one atom.
+pub const ATOM_LINKS_MAX: usize = 64;
+/// Components of an atom's vector.
+pub const ATOM_VECTOR_DIMENSIONS_MAX: usize = 4096;
+/// Atoms in one `remember` batch.
+pub const BATCH_ATOMS_MAX: usize = 10_000;
+/// Bytes of a world name.
+pub const WORLD_NAME_BYTES_MAX: usize = 128;
+/// Bytes of a principal name.
+pub const PRINCIPAL_NAME_BYTES_MAX: usize = 64;
+/// Worlds one principal may hold grants in.
+pub const PRINCIPAL_GRANTS_MAX: usize = 1024;
+/// Hits of one `ask`.
+pub const ASK_LIMIT_MAX: u32 = 1000;
+/// Labels, kinds or writers in one query filter.
+pub const QUERY_FILTER_VALUES_MAX: usize = 64;
+/// Atoms returned by one `replay` call.
+pub const REPLAY_LIMIT_MAX: u32 = 1000;
+/// Log entries one `replay` call examines before returning its cursor, so that a
+/// narrowly restricted reader never makes one call scan a whole world.
+pub const REPLAY_EXAMINED_MAX: usize = 10_000;
+/// Write requests queued for the writer thread before submitters wait.
+pub const WRITE_QUEUE_REQUESTS_MAX: usize = 4096;
+/// Write requests folded into one durable transaction (group commit).
+pub const GROUP_COMMIT_REQUESTS_MAX: usize = 1024;
+/// Atoms folded into one durable transaction: a group closes early past it.
+pub const GROUP_COMMIT_ATOMS_MAX: usize = 50_000;
+
+const _: () = assert!(GROUP_COMMIT_ATOMS_MAX >= BATCH_ATOMS_MAX);
+const _: () = assert!(GROUP_COMMIT_REQUESTS_MAX <= WRITE_QUEUE_REQUESTS_MAX);
+const _: () = assert!(REPLAY_EXAMINED_MAX >= REPLAY_LIMIT_MAX as usize);
+const _: () = assert!(LABEL_BYTES_MAX <= ATOM_TEXT_BYTES_MAX);

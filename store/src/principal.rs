@@ -1,0 +1,102 @@
+//! Principals: the ed25519 keys the node knows, with names and grants.
+
+use serde::{Deserialize, Serialize};
+
+use crate::atom::PublicKey;
+use crate::error::StoreError;
+use crate::limits::{PRINCIPAL_GRANTS_MAX, PRINCIPAL_NAME_BYTES_MAX};
+use crate::world::validate_world_name;
+
+/// The rights a principal holds in one world.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub world: String,
+    pub read: bool,
+    pub write: bool,
+    pub observe: bool,
+}
+
+/// A principal as stored. Admins hold every right in every world.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub name: String,
+    #[serde(with = "hex::serde")]
+    pub public_key: PublicKey,
+    pub admin: bool,
+    pub grants: Vec<Grant>,
+}
+
+/// A right in a world.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Right {
+    Read,
+    Write,
+    Observe,
+}
+
+impl Principal {
+    /// Whether this principal holds `right` in `world`.
+    pub fn holds(&self, world: &str, right: Right) -> bool {
+        self.admin
+            || self.grants.iter().any(|grant| {
+                grant.world == world
+                    && match right {
+                        Right::Read => grant.read,
+                        Right::Write => grant.write,
+                        Right::Observe => grant.observe,
+                    }
+            })
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a principal always serialises")
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
+            what: format!("principal record: {error}"),
+        })
+    }
+}
+
+/// Checks a principal name: 1 to 64 bytes of `[A-Za-z0-9._-]`.
+pub fn validate_principal_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= PRINCIPAL_NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidPrincipal {
+            reason: format!(
+                "name {name:?} must be 1 to {PRINCIPAL_NAME_BYTES_MAX} bytes of letters, digits, '.', '_' and '-'"
+            ),
+        })
+    }
+}
+
+/// Checks a grant list: valid, distinct world names, within the limit.
+pub(crate) fn validate_grants(grants: &[Grant]) -> Result<(), StoreError> {
+    if grants.len() > PRINCIPAL_GRANTS_MAX {
+        return Err(StoreError::InvalidPrincipal {
+            reason: format!(
+                "{} grants; the limit is {PRINCIPAL_GRANTS_MAX}",
+                grants.len()
+            ),
+        });
+    }
+    for (position, grant) in grants.iter().enumerate() {
+        validate_world_name(&grant.world)?;
+        if grants[..position]
+            .iter()
+            .any(|other| other.world == grant.world)
+        {
+            return Err(StoreError::InvalidPrincipal {
+                reason: format!("world {:?} is granted twice", grant.world),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! Structured queries (`ask`) answered from the kind, label and writer indexes, and
+//! replay in commit order from the world log.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use redb::ReadOnlyTable;
+
+use crate::atom::{Atom, AtomKind, Hash, PublicKey, validate_label};
+use crate::error::StoreError;
+use crate::limits::{ASK_LIMIT_MAX, QUERY_FILTER_VALUES_MAX, REPLAY_LIMIT_MAX};
+
+/// Filters of `ask`. Empty lists filter nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Query {
+    /// The atom's kind is one of these.
+    pub kinds: Vec<AtomKind>,
+    /// The atom carries every one of these labels.
+    pub labels: Vec<String>,
+    /// The atom's writer is one of these.
+    pub writers: Vec<PublicKey>,
+    pub min_importance: f32,
+    pub max_importance: f32,
+    /// 1 to `ASK_LIMIT_MAX`.
+    pub limit: u32,
+    /// Only atoms with a commit below this.
+    pub before_commit: Option<u64>,
+}
+
+impl Default for Query {
+    fn default() -> Self {
+        Query {
+            kinds: Vec::new(),
+            labels: Vec::new(),
+            writers: Vec::new(),
+            min_importance: 0.0,
+            max_importance: 1.0,
+            limit: 20,
+            before_commit: None,
+        }
+    }
+}
+
+impl Query {
+    /// Checks ranges and sizes; the message says what to change.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        let invalid = |reason: String| Err(StoreError::InvalidQuery { reason });
+        if self.limit == 0 || self.limit > ASK_LIMIT_MAX {
+            return invalid(format!(
+                "limit is {}; it must be 1 to {ASK_LIMIT_MAX}",
+                self.limit
+            ));
+        }
+        for (name, value) in [
+            ("minImportance", self.min_importance),
+            ("maxImportance", self.max_importance),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return invalid(format!("{name} is {value}; it must be in [0, 1]"));
+            }
+        }
+        if self.min_importance > self.max_importance {
+            return invalid("minImportance is above maxImportance".into());
+        }
+        for (name, count) in [
+            ("kinds", self.kinds.len()),
+            ("labels", self.labels.len()),
+            ("writers", self.writers.len()),
+        ] {
+            if count > QUERY_FILTER_VALUES_MAX {
+                return invalid(format!(
+                    "{count} {name}; the limit is {QUERY_FILTER_VALUES_MAX}"
+                ));
+            }
+        }
+        for label in &self.labels {
+            validate_label(label).map_err(|reason| StoreError::InvalidQuery { reason })?;
+        }
+        Ok(())
+    }
+
+    /// Whether `atom` passes every filter.
+    pub fn matches(&self, atom: &Atom) -> bool {
+        let content = &atom.content;
+        (self.kinds.is_empty() || self.kinds.contains(&content.kind))
+            && self
+                .labels
+                .iter()
+                .all(|label| content.labels.contains(label))
+            && (self.writers.is_empty() || self.writers.contains(&atom.writer))
+            && content.importance >= self.min_importance
+            && content.importance <= self.max_importance
+            && self.before_commit.is_none_or(|before| atom.commit < before)
+    }
+}
+
+/// `(commit, id)` pairs in descending commit order.
+pub(crate) type Candidates = Box<dyn Iterator<Item = Result<(u64, Hash), StoreError>>>;
+
+/// One index range walked newest first, as `(commit, id)`.
+pub(crate) fn descending<'a, K>(
+    table: &ReadOnlyTable<K, Hash>,
+    low: K::SelfType<'a>,
+    high: K::SelfType<'a>,
+    commit_of: fn(K::SelfType<'_>) -> u64,
+) -> Result<Candidates, StoreError>
+where
+    K: redb::Key + 'static,
+{
+    let range = table.range(low..high)?;
+    Ok(Box::new(range.rev().map(move |entry| {
+        let (key, id) = entry?;
+        Ok((commit_of(key.value()), id.value()))
+    })))
+}
+
+/// Merges several descending candidate streams into one, newest first.
+pub(crate) fn merge_descending(mut sources: Vec<Candidates>) -> Candidates {
+    if sources.len() == 1 {
+        return sources.pop().expect("one source");
+    }
+    let mut heap = BinaryHeap::with_capacity(sources.len());
+    let mut failed = None;
+    for (index, source) in sources.iter_mut().enumerate() {
+        match source.next() {
+            Some(Ok((commit, id))) => heap.push((commit, Reverse(index), id)),
+            Some(Err(error)) => failed = Some(error),
+            None => {}
+        }
+    }
+    let mut failed = failed;
+    Box::new(std::iter::from_fn(move || {
+        if let Some(error) = failed.take() {
+            return Some(Err(error));
+        }
+        let (commit, Reverse(index), id) = heap.pop()?;
+        match sources[index].next() {
+            Some(Ok((next_commit, next_id))) => heap.push((next_commit, Reverse(index), next_id)),
+            Some(Err(error)) => failed = Some(error),
+            None => {}
+        }
+        Some(Ok((commit, id)))
+    }))
+}
+
+/// Checks a replay limit.
+pub(crate) fn validate_replay_limit(limit: u32) -> Result<(), StoreError> {
+    if limit == 0 || limit > REPLAY_LIMIT_MAX {
+        return Err(StoreError::InvalidQuery {
+            reason: format!("replay limit is {limit}; it must be 1 to {REPLAY_LIMIT_MAX}"),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,459 @@
+//! Applying write requests inside one redb write transaction (one group commit).
+//!
+//! Each request is validated completely before it touches a table, so a rejected request
+//! changes nothing while the others of its group commit. A storage failure in the middle
+//! of a request aborts the whole transaction: every request of the group then fails and
+//! none is acknowledged.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use crate::atom::{AtomContent, EntryHeader, Hash, PublicKey, ZERO_HASH, encode_entry, entry_hash};
+use crate::epoch::Epoch;
+use crate::error::StoreError;
+use crate::limits::BATCH_ATOMS_MAX;
+use crate::principal::{Grant, Principal, Right, validate_grants, validate_principal_name};
+use crate::tables::*;
+use crate::world::{WorldInfo, WorldState, validate_world_name};
+
+/// Who asks for a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Authority {
+    /// The node itself (first-start bootstrap). Never reachable over RPC.
+    Node,
+    /// A principal, through a capability issued in `epoch`. Its rights are checked again
+    /// inside the transaction, so a revocation that commits first always wins.
+    Principal { key: PublicKey, epoch: u64 },
+}
+
+/// One write.
+#[derive(Clone, Debug)]
+pub enum WriteOp {
+    /// Appends atoms to the authority's chain in `world`, all or nothing.
+    Remember {
+        world: String,
+        atoms: Vec<AtomContent>,
+    },
+    CreateWorld {
+        name: String,
+    },
+    SetWorldState {
+        name: String,
+        state: WorldState,
+    },
+    AddPrincipal(Principal),
+    SetGrants {
+        name: String,
+        grants: Vec<Grant>,
+    },
+    RemovePrincipal {
+        name: String,
+    },
+    AdvanceEpoch {
+        head: Hash,
+    },
+}
+
+/// A write and who asks for it.
+#[derive(Clone, Debug)]
+pub struct WriteRequest {
+    pub authority: Authority,
+    pub op: WriteOp,
+}
+
+/// The acknowledgement of one remembered atom.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub id: Hash,
+    pub seq: u64,
+    pub commit: u64,
+    pub prev: Hash,
+}
+
+/// What a successful write produced.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WriteOutcome {
+    Remembered(Vec<Receipt>),
+    World(WorldInfo),
+    Principal(Principal),
+    PrincipalRemoved,
+    Epoch(Epoch),
+}
+
+/// Per-request verdict; the outer error aborts the group.
+pub(crate) type Verdict = Result<WriteOutcome, StoreError>;
+
+struct Tables<'txn> {
+    atoms: Table<'txn, Hash, &'static [u8]>,
+    chains: Table<'txn, (&'static str, PublicKey, u64), Hash>,
+    heads: Table<'txn, (&'static str, PublicKey), (u64, Hash)>,
+    world_log: Table<'txn, (&'static str, u64), Hash>,
+    kind_index: Table<'txn, (&'static str, u16, u64), Hash>,
+    label_index: Table<'txn, (&'static str, &'static str, u64), Hash>,
+    writer_index: Table<'txn, (&'static str, PublicKey, u64), Hash>,
+    worlds: Table<'txn, &'static str, (u8, u64)>,
+    principals: Table<'txn, PublicKey, &'static [u8]>,
+    principal_names: Table<'txn, &'static str, PublicKey>,
+    epochs: Table<'txn, u64, (Hash, i64)>,
+    meta: Table<'txn, &'static str, u64>,
+}
+
+/// Applies `requests` in order inside `transaction`; the caller commits.
+pub(crate) fn apply_group(
+    transaction: &WriteTransaction,
+    requests: &[WriteRequest],
+) -> Result<Vec<Verdict>, StoreError> {
+    let mut tables = Tables {
+        atoms: transaction.open_table(ATOMS)?,
+        chains: transaction.open_table(CHAINS)?,
+        heads: transaction.open_table(HEADS)?,
+        world_log: transaction.open_table(WORLD_LOG)?,
+        kind_index: transaction.open_table(KIND_INDEX)?,
+        label_index: transaction.open_table(LABEL_INDEX)?,
+        writer_index: transaction.open_table(WRITER_INDEX)?,
+        worlds: transaction.open_table(WORLDS)?,
+        principals: transaction.open_table(PRINCIPALS)?,
+        principal_names: transaction.open_table(PRINCIPAL_NAMES)?,
+        epochs: transaction.open_table(EPOCHS)?,
+        meta: transaction.open_table(META)?,
+    };
+    let first_commit = tables
+        .meta
+        .get(META_LAST_COMMIT)?
+        .map(|value| value.value())
+        .unwrap_or(0);
+    let mut group = Group {
+        last_commit: first_commit,
+        epoch: current_epoch(&tables.epochs)?,
+        recorded_at_unix_ms: now_unix_ms(),
+        entry_buffer: Vec::with_capacity(1024),
+    };
+    let mut verdicts = Vec::with_capacity(requests.len());
+    for request in requests {
+        verdicts.push(apply_one(&mut tables, &mut group, request)?);
+    }
+    assert!(group.last_commit >= first_commit, "commits never go back");
+    if group.last_commit != first_commit {
+        tables.meta.insert(META_LAST_COMMIT, group.last_commit)?;
+    }
+    Ok(verdicts)
+}
+
+struct Group {
+    last_commit: u64,
+    epoch: Epoch,
+    recorded_at_unix_ms: i64,
+    entry_buffer: Vec<u8>,
+}
+
+pub(crate) fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn current_epoch(
+    epochs: &impl ReadableTable<u64, (Hash, i64)>,
+) -> Result<Epoch, StoreError> {
+    let (number, value) = epochs.last()?.ok_or_else(|| StoreError::Corrupt {
+        what: "the epochs table is empty".into(),
+    })?;
+    let (head, advanced_at_unix_ms) = value.value();
+    Ok(Epoch {
+        number: number.value(),
+        head,
+        advanced_at_unix_ms,
+    })
+}
+
+fn apply_one(
+    tables: &mut Tables<'_>,
+    group: &mut Group,
+    request: &WriteRequest,
+) -> Result<Verdict, StoreError> {
+    // Authority first: a stale epoch or a revoked principal changes nothing.
+    let actor = match request.authority {
+        Authority::Node => None,
+        Authority::Principal { key, epoch } => {
+            if epoch != group.epoch.number {
+                return Ok(Err(StoreError::StaleEpoch {
+                    issued: epoch,
+                    current: group.epoch.number,
+                }));
+            }
+            match tables.principals.get(key)? {
+                Some(bytes) => Some(Principal::decode(bytes.value())?),
+                None => {
+                    return Ok(Err(StoreError::PermissionDenied {
+                        reason: "this principal has been removed".into(),
+                    }));
+                }
+            }
+        }
+    };
+    if let (Some(actor), false) = (&actor, matches!(request.op, WriteOp::Remember { .. }))
+        && !actor.admin
+    {
+        return Ok(Err(StoreError::PermissionDenied {
+            reason: format!("principal {:?} is not an admin", actor.name),
+        }));
+    }
+    match &request.op {
+        WriteOp::Remember { world, atoms } => {
+            let Some(actor) = actor else {
+                return Ok(Err(StoreError::PermissionDenied {
+                    reason: "only principals remember atoms".into(),
+                }));
+            };
+            remember(tables, group, &actor, world, atoms)
+        }
+        WriteOp::CreateWorld { name } => {
+            if let Err(error) = validate_world_name(name) {
+                return Ok(Err(error));
+            }
+            if tables.worlds.get(name.as_str())?.is_some() {
+                return Ok(Err(StoreError::WorldExists {
+                    world: name.clone(),
+                }));
+            }
+            tables
+                .worlds
+                .insert(name.as_str(), (WorldState::Active.code(), 0))?;
+            Ok(Ok(WriteOutcome::World(WorldInfo {
+                name: name.clone(),
+                state: WorldState::Active,
+                atoms: 0,
+            })))
+        }
+        WriteOp::SetWorldState { name, state } => {
+            let atoms = match tables.worlds.get(name.as_str())? {
+                Some(value) => value.value().1,
+                None => {
+                    return Ok(Err(StoreError::WorldNotFound {
+                        world: name.clone(),
+                    }));
+                }
+            };
+            tables.worlds.insert(name.as_str(), (state.code(), atoms))?;
+            Ok(Ok(WriteOutcome::World(WorldInfo {
+                name: name.clone(),
+                state: *state,
+                atoms,
+            })))
+        }
+        WriteOp::AddPrincipal(principal) => add_principal(tables, principal),
+        WriteOp::SetGrants { name, grants } => {
+            let Some(mut principal) = principal_by_name(tables, name)? else {
+                return Ok(Err(StoreError::PrincipalNotFound { name: name.clone() }));
+            };
+            if let Err(error) = check_grants(tables, grants)? {
+                return Ok(Err(error));
+            }
+            principal.grants = grants.clone();
+            tables
+                .principals
+                .insert(principal.public_key, principal.encode().as_slice())?;
+            Ok(Ok(WriteOutcome::Principal(principal)))
+        }
+        WriteOp::RemovePrincipal { name } => {
+            let Some(principal) = principal_by_name(tables, name)? else {
+                return Ok(Err(StoreError::PrincipalNotFound { name: name.clone() }));
+            };
+            if principal.admin && count_admins(tables)? == 1 {
+                return Ok(Err(StoreError::LastAdmin { name: name.clone() }));
+            }
+            tables.principals.remove(principal.public_key)?;
+            tables.principal_names.remove(name.as_str())?;
+            Ok(Ok(WriteOutcome::PrincipalRemoved))
+        }
+        WriteOp::AdvanceEpoch { head } => {
+            let next = Epoch {
+                number: group.epoch.number + 1,
+                head: *head,
+                advanced_at_unix_ms: group.recorded_at_unix_ms,
+            };
+            tables
+                .epochs
+                .insert(next.number, (next.head, next.advanced_at_unix_ms))?;
+            group.epoch = next;
+            Ok(Ok(WriteOutcome::Epoch(next)))
+        }
+    }
+}
+
+fn principal_by_name(tables: &Tables<'_>, name: &str) -> Result<Option<Principal>, StoreError> {
+    let Some(key) = tables.principal_names.get(name)? else {
+        return Ok(None);
+    };
+    let key = key.value();
+    let bytes = tables
+        .principals
+        .get(key)?
+        .ok_or_else(|| StoreError::Corrupt {
+            what: format!("principal name {name:?} points at a missing key"),
+        })?;
+    Principal::decode(bytes.value()).map(Some)
+}
+
+fn count_admins(tables: &Tables<'_>) -> Result<usize, StoreError> {
+    let mut admins = 0;
+    for entry in tables.principals.iter()? {
+        let (_, bytes) = entry?;
+        if Principal::decode(bytes.value())?.admin {
+            admins += 1;
+        }
+    }
+    Ok(admins)
+}
+
+/// Validates grants: names, duplicates, and that every granted world exists.
+fn check_grants(
+    tables: &Tables<'_>,
+    grants: &[Grant],
+) -> Result<Result<(), StoreError>, StoreError> {
+    if let Err(error) = validate_grants(grants) {
+        return Ok(Err(error));
+    }
+    for grant in grants {
+        if tables.worlds.get(grant.world.as_str())?.is_none() {
+            return Ok(Err(StoreError::WorldNotFound {
+                world: grant.world.clone(),
+            }));
+        }
+    }
+    Ok(Ok(()))
+}
+
+fn add_principal(tables: &mut Tables<'_>, principal: &Principal) -> Result<Verdict, StoreError> {
+    if let Err(error) = validate_principal_name(&principal.name) {
+        return Ok(Err(error));
+    }
+    if let Err(error) = check_grants(tables, &principal.grants)? {
+        return Ok(Err(error));
+    }
+    if tables
+        .principal_names
+        .get(principal.name.as_str())?
+        .is_some()
+    {
+        return Ok(Err(StoreError::PrincipalExists {
+            what: "name",
+            value: principal.name.clone(),
+        }));
+    }
+    if tables.principals.get(principal.public_key)?.is_some() {
+        return Ok(Err(StoreError::PrincipalExists {
+            what: "public key",
+            value: hex::encode(principal.public_key),
+        }));
+    }
+    tables
+        .principals
+        .insert(principal.public_key, principal.encode().as_slice())?;
+    tables
+        .principal_names
+        .insert(principal.name.as_str(), principal.public_key)?;
+    Ok(Ok(WriteOutcome::Principal(principal.clone())))
+}
+
+fn remember(
+    tables: &mut Tables<'_>,
+    group: &mut Group,
+    writer: &Principal,
+    world: &str,
+    atoms: &[AtomContent],
+) -> Result<Verdict, StoreError> {
+    // Validate everything before the first insert.
+    let (state, count) = match tables.worlds.get(world)? {
+        Some(value) => value.value(),
+        None => {
+            return Ok(Err(StoreError::WorldNotFound {
+                world: world.to_owned(),
+            }));
+        }
+    };
+    if WorldState::from_code(state)? == WorldState::Archived {
+        return Ok(Err(StoreError::WorldArchived {
+            world: world.to_owned(),
+        }));
+    }
+    if !writer.holds(world, Right::Write) {
+        return Ok(Err(StoreError::PermissionDenied {
+            reason: format!(
+                "principal {:?} holds no write grant in world {world:?}",
+                writer.name
+            ),
+        }));
+    }
+    if atoms.is_empty() || atoms.len() > BATCH_ATOMS_MAX {
+        return Ok(Err(StoreError::InvalidBatch {
+            reason: format!(
+                "a batch holds 1 to {BATCH_ATOMS_MAX} atoms; this one holds {}",
+                atoms.len()
+            ),
+        }));
+    }
+    for (index, atom) in atoms.iter().enumerate() {
+        if let Err(reason) = atom.validate() {
+            return Ok(Err(StoreError::InvalidAtom { index, reason }));
+        }
+    }
+
+    let key = writer.public_key;
+    let (mut seq, mut prev) = match tables.heads.get((world, key))? {
+        Some(head) => head.value(),
+        None => (0, ZERO_HASH),
+    };
+    let mut receipts = Vec::with_capacity(atoms.len());
+    for content in atoms {
+        let entry_seq = seq + 1;
+        let commit = group.last_commit + 1;
+        group.entry_buffer.clear();
+        encode_entry(
+            &EntryHeader {
+                world,
+                writer: &key,
+                seq: entry_seq,
+                prev: &prev,
+                commit,
+                recorded_at_unix_ms: group.recorded_at_unix_ms,
+            },
+            content,
+            &mut group.entry_buffer,
+        );
+        let id = entry_hash(&group.entry_buffer);
+        let replaced = tables.atoms.insert(id, group.entry_buffer.as_slice())?;
+        assert!(
+            replaced.is_none(),
+            "entry hashes bind writer, seq and prev: an id never repeats"
+        );
+        drop(replaced);
+        tables.chains.insert((world, key, entry_seq), id)?;
+        tables.world_log.insert((world, commit), id)?;
+        tables
+            .kind_index
+            .insert((world, content.kind.code(), commit), id)?;
+        for label in &content.labels {
+            tables
+                .label_index
+                .insert((world, label.as_str(), commit), id)?;
+        }
+        tables.writer_index.insert((world, key, commit), id)?;
+        receipts.push(Receipt {
+            id,
+            seq: entry_seq,
+            commit,
+            prev,
+        });
+        seq = entry_seq;
+        prev = id;
+        group.last_commit = commit;
+    }
+    tables.heads.insert((world, key), (seq, prev))?;
+    tables
+        .worlds
+        .insert(world, (state, count + atoms.len() as u64))?;
+    Ok(Ok(WriteOutcome::Remembered(receipts)))
+}

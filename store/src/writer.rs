@@ -1,0 +1,107 @@
+//! The writer thread: one thread owns every write transaction and folds the requests
+//! that arrive while it is committing into the next transaction (group commit), so many
+//! acknowledgements share one fsync. A request is answered only after its transaction
+//! is durable.
+
+use std::thread::JoinHandle;
+
+use futures::channel::{mpsc, oneshot};
+use futures::{SinkExt, StreamExt};
+
+use crate::Store;
+use crate::error::StoreError;
+use crate::limits::{GROUP_COMMIT_ATOMS_MAX, GROUP_COMMIT_REQUESTS_MAX, WRITE_QUEUE_REQUESTS_MAX};
+use crate::write::{WriteOp, WriteOutcome, WriteRequest};
+
+type Reply = oneshot::Sender<Result<WriteOutcome, StoreError>>;
+
+/// A handle to submit writes. Cheap to clone; usable from any async runtime.
+#[derive(Clone)]
+pub struct Writer {
+    queue: mpsc::Sender<(WriteRequest, Reply)>,
+}
+
+/// The running writer thread.
+pub struct WriterThread {
+    handle: JoinHandle<()>,
+}
+
+impl WriterThread {
+    /// Waits for the thread to finish the requests already queued and exit. It exits
+    /// once every [`Writer`] handle is dropped.
+    pub fn join(self) {
+        if self.handle.join().is_err() {
+            tracing::error!("the writer thread panicked");
+        }
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread for `store`.
+    pub fn start(store: Store) -> (Writer, WriterThread) {
+        let (sender, receiver) = mpsc::channel(WRITE_QUEUE_REQUESTS_MAX);
+        let handle = std::thread::Builder::new()
+            .name("engram-writer".into())
+            .spawn(move || run(store, receiver))
+            .expect("spawning the writer thread");
+        (Writer { queue: sender }, WriterThread { handle })
+    }
+
+    /// Submits a request and waits until it is durable (or rejected).
+    pub async fn submit(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .clone()
+            .send((request, reply))
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+}
+
+fn atoms_of(request: &WriteRequest) -> usize {
+    match &request.op {
+        WriteOp::Remember { atoms, .. } => atoms.len(),
+        _ => 1,
+    }
+}
+
+fn run(store: Store, mut receiver: mpsc::Receiver<(WriteRequest, Reply)>) {
+    let mut requests = Vec::with_capacity(GROUP_COMMIT_REQUESTS_MAX);
+    let mut replies = Vec::with_capacity(GROUP_COMMIT_REQUESTS_MAX);
+    // Block for the first request of a group, then take whatever else is already queued.
+    while let Some(first) = futures::executor::block_on(receiver.next()) {
+        let mut atoms = atoms_of(&first.0);
+        requests.push(first.0);
+        replies.push(first.1);
+        while requests.len() < GROUP_COMMIT_REQUESTS_MAX && atoms < GROUP_COMMIT_ATOMS_MAX {
+            match receiver.try_recv() {
+                Ok((request, reply)) => {
+                    atoms += atoms_of(&request);
+                    requests.push(request);
+                    replies.push(reply);
+                }
+                Err(_) => break,
+            }
+        }
+        match store.apply(&requests) {
+            Ok(verdicts) => {
+                assert_eq!(verdicts.len(), replies.len(), "one verdict per request");
+                for (reply, verdict) in replies.drain(..).zip(verdicts) {
+                    // A submitter that went away (connection closed) no longer waits.
+                    let _ = reply.send(verdict);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, requests = requests.len(), "group commit failed; nothing of it was written");
+                let message = error.to_string();
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(StoreError::Corrupt {
+                        what: format!("the write transaction failed: {message}"),
+                    }));
+                }
+            }
+        }
+        requests.clear();
+    }
+}

@@ -1,0 +1,326 @@
+//! The store through its public API on a temporary redb file.
+
+use engram_store::{
+    AtomContent, AtomKind, Authority, Grant, Principal, Query, Store, StoreError, WriteOp,
+    WriteOutcome, WriteRequest,
+};
+
+const ALICE: [u8; 32] = [0xa1; 32];
+const BOB: [u8; 32] = [0xb0; 32];
+
+struct Fixture {
+    _directory: tempfile::TempDir,
+    store: Store,
+}
+
+fn fixture() -> Fixture {
+    let directory = tempfile::tempdir().unwrap();
+    let store = Store::open(directory.path().join("engram.redb")).unwrap();
+    for name in ["team/auth", "other"] {
+        store
+            .apply_one(WriteRequest {
+                authority: Authority::Node,
+                op: WriteOp::CreateWorld { name: name.into() },
+            })
+            .unwrap();
+    }
+    for (name, key, admin) in [("alice", ALICE, true), ("bob", BOB, false)] {
+        store
+            .apply_one(WriteRequest {
+                authority: Authority::Node,
+                op: WriteOp::AddPrincipal(Principal {
+                    name: name.into(),
+                    public_key: key,
+                    admin,
+                    grants: vec![Grant {
+                        world: "team/auth".into(),
+                        read: true,
+                        write: true,
+                        observe: true,
+                    }],
+                }),
+            })
+            .unwrap();
+    }
+    Fixture {
+        _directory: directory,
+        store,
+    }
+}
+
+fn remember(key: [u8; 32], world: &str, atoms: Vec<AtomContent>) -> WriteRequest {
+    WriteRequest {
+        authority: Authority::Principal { key, epoch: 1 },
+        op: WriteOp::Remember {
+            world: world.into(),
+            atoms,
+        },
+    }
+}
+
+fn atom(kind: AtomKind, text: &str, labels: &[&str], importance: f32) -> AtomContent {
+    let mut content = AtomContent::new(kind, text);
+    content.labels = labels.iter().map(|label| label.to_string()).collect();
+    content.importance = importance;
+    content
+}
+
+#[test]
+fn chains_link_commits_increase_and_verify_is_clean() {
+    let fixture = fixture();
+    let receipts = match fixture
+        .store
+        .apply_one(remember(
+            ALICE,
+            "team/auth",
+            vec![
+                atom(AtomKind::Fact, "one", &[], 0.5),
+                atom(AtomKind::Fact, "two", &[], 0.5),
+            ],
+        ))
+        .unwrap()
+    {
+        WriteOutcome::Remembered(receipts) => receipts,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(receipts[0].seq, 1);
+    assert_eq!(receipts[0].prev, [0; 32]);
+    assert_eq!(receipts[1].prev, receipts[0].id);
+    assert_eq!(receipts[1].commit, receipts[0].commit + 1);
+    let view = fixture.store.read().unwrap();
+    let heads = view.heads("team/auth").unwrap();
+    assert_eq!(heads.len(), 1);
+    assert_eq!((heads[0].seq, heads[0].id), (2, receipts[1].id));
+    let report = view.verify("team/auth").unwrap();
+    assert_eq!(
+        (report.chains, report.entries, report.first_bad),
+        (1, 2, None)
+    );
+    assert_eq!(
+        view.atom("team/auth", &receipts[0].id)
+            .unwrap()
+            .content
+            .text,
+        "one"
+    );
+    assert!(matches!(
+        view.atom("other", &receipts[0].id),
+        Err(StoreError::AtomNotFound { .. })
+    ));
+}
+
+#[test]
+fn a_group_commits_good_requests_and_rejects_bad_ones_without_a_trace() {
+    let fixture = fixture();
+    let verdicts = fixture
+        .store
+        .apply(&[
+            remember(
+                ALICE,
+                "team/auth",
+                vec![atom(AtomKind::Fact, "kept", &[], 0.5)],
+            ),
+            remember(
+                ALICE,
+                "team/auth",
+                vec![
+                    atom(AtomKind::Fact, "fine", &[], 0.5),
+                    atom(AtomKind::Fact, "bad", &[], 2.0),
+                ],
+            ),
+            remember(
+                BOB,
+                "other",
+                vec![atom(AtomKind::Fact, "no grant", &[], 0.5)],
+            ),
+            remember(ALICE, "missing", vec![atom(AtomKind::Fact, "x", &[], 0.5)]),
+            remember(ALICE, "team/auth", vec![]),
+            remember(
+                BOB,
+                "team/auth",
+                vec![atom(AtomKind::Fact, "bob", &[], 0.5)],
+            ),
+        ])
+        .unwrap();
+    assert!(verdicts[0].is_ok());
+    assert!(matches!(
+        verdicts[1],
+        Err(StoreError::InvalidAtom { index: 1, .. })
+    ));
+    assert!(matches!(
+        verdicts[2],
+        Err(StoreError::PermissionDenied { .. })
+    ));
+    assert!(matches!(verdicts[3], Err(StoreError::WorldNotFound { .. })));
+    assert!(matches!(verdicts[4], Err(StoreError::InvalidBatch { .. })));
+    let Ok(WriteOutcome::Remembered(bob)) = &verdicts[5] else {
+        panic!("{:?}", verdicts[5])
+    };
+    // The rejected batch consumed no commit number.
+    assert_eq!(bob[0].commit, 2);
+    let view = fixture.store.read().unwrap();
+    assert_eq!(view.world("team/auth").unwrap().unwrap().atoms, 2);
+    assert_eq!(view.last_commit().unwrap(), 2);
+}
+
+#[test]
+fn an_advanced_epoch_rejects_older_requests_in_the_same_group() {
+    let fixture = fixture();
+    let verdicts = fixture
+        .store
+        .apply(&[
+            WriteRequest {
+                authority: Authority::Principal {
+                    key: ALICE,
+                    epoch: 1,
+                },
+                op: WriteOp::AdvanceEpoch { head: [9; 32] },
+            },
+            remember(
+                ALICE,
+                "team/auth",
+                vec![atom(AtomKind::Fact, "late", &[], 0.5)],
+            ),
+        ])
+        .unwrap();
+    assert!(matches!(&verdicts[0], Ok(WriteOutcome::Epoch(epoch)) if epoch.number == 2));
+    assert!(matches!(
+        verdicts[1],
+        Err(StoreError::StaleEpoch {
+            issued: 1,
+            current: 2
+        })
+    ));
+    let view = fixture.store.read().unwrap();
+    assert_eq!(view.epoch().unwrap().head, [9; 32]);
+    assert_eq!(view.last_commit().unwrap(), 0);
+}
+
+#[test]
+fn ask_filters_from_indexes_newest_first() {
+    let fixture = fixture();
+    let mut batch = Vec::new();
+    for index in 0..60u32 {
+        let kind = [AtomKind::Fact, AtomKind::Decision, AtomKind::Plan][index as usize % 3];
+        let labels: &[&str] = if index % 2 == 0 {
+            &["auth", "even"]
+        } else {
+            &["auth"]
+        };
+        batch.push(atom(
+            kind,
+            &format!("atom {index}"),
+            labels,
+            index as f32 / 60.0,
+        ));
+    }
+    fixture
+        .store
+        .apply_one(remember(ALICE, "team/auth", batch))
+        .unwrap();
+    fixture
+        .store
+        .apply_one(remember(
+            BOB,
+            "team/auth",
+            vec![atom(AtomKind::Fact, "bob's", &["auth"], 0.9)],
+        ))
+        .unwrap();
+    let view = fixture.store.read().unwrap();
+    let check = |query: Query, expected: &[&str]| {
+        let texts: Vec<String> = view
+            .ask("team/auth", &query, &|_| true)
+            .unwrap()
+            .into_iter()
+            .map(|atom| atom.content.text)
+            .collect();
+        assert_eq!(texts, expected, "{query:?}");
+    };
+    check(
+        Query {
+            kinds: vec![AtomKind::Decision],
+            limit: 3,
+            ..Query::default()
+        },
+        &["atom 58", "atom 55", "atom 52"],
+    );
+    check(
+        Query {
+            kinds: vec![AtomKind::Decision, AtomKind::Plan],
+            limit: 4,
+            ..Query::default()
+        },
+        &["atom 59", "atom 58", "atom 56", "atom 55"],
+    );
+    check(
+        Query {
+            labels: vec!["auth".into(), "even".into()],
+            kinds: vec![AtomKind::Fact],
+            limit: 3,
+            ..Query::default()
+        },
+        &["atom 54", "atom 48", "atom 42"],
+    );
+    check(
+        Query {
+            writers: vec![BOB],
+            ..Query::default()
+        },
+        &["bob's"],
+    );
+    check(
+        Query {
+            min_importance: 0.3,
+            max_importance: 0.34,
+            ..Query::default()
+        },
+        &["atom 20", "atom 19", "atom 18"],
+    );
+    check(
+        Query {
+            labels: vec!["even".into()],
+            before_commit: Some(5),
+            ..Query::default()
+        },
+        &["atom 2", "atom 0"],
+    );
+    let (replayed, cursor) = view.replay("team/auth", 58, 10, &|_| true).unwrap();
+    assert_eq!(
+        replayed.iter().map(|atom| atom.commit).collect::<Vec<_>>(),
+        vec![59, 60, 61]
+    );
+    assert_eq!(cursor, 61);
+    assert!(matches!(
+        view.ask(
+            "team/auth",
+            &Query {
+                limit: 0,
+                ..Query::default()
+            },
+            &|_| true
+        ),
+        Err(StoreError::InvalidQuery { .. })
+    ));
+}
+
+#[test]
+fn removing_the_last_admin_is_refused_and_only_admins_administer() {
+    let fixture = fixture();
+    let verdict = fixture.store.apply_one(WriteRequest {
+        authority: Authority::Principal {
+            key: ALICE,
+            epoch: 1,
+        },
+        op: WriteOp::RemovePrincipal {
+            name: "alice".into(),
+        },
+    });
+    assert!(matches!(verdict, Err(StoreError::LastAdmin { .. })));
+    let verdict = fixture.store.apply_one(WriteRequest {
+        authority: Authority::Principal { key: BOB, epoch: 1 },
+        op: WriteOp::CreateWorld {
+            name: "mine".into(),
+        },
+    });
+    assert!(matches!(verdict, Err(StoreError::PermissionDenied { .. })));
+}

@@ -1,0 +1,203 @@
+//! Support for end-to-end tests: start a real `engramd` on a loopback port and a Unix
+//! socket in a temporary data directory, stop it, kill it, restart it, and log in to it.
+//!
+//! The binaries are the ones `cargo build --workspace --bins` puts beside the test
+//! executables (`target/<profile>/`); `ENGRAMD_BIN` and `ENGRAM_BIN` override them.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use ed25519_dalek::SigningKey;
+use engram_client::{ClientError, Endpoint, ErrorCode, Grant, Session, connect, keyfile};
+
+/// A binary of this workspace, found beside the running test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let variable = format!("{}_BIN", name.to_uppercase());
+    if let Some(path) = std::env::var_os(&variable) {
+        return PathBuf::from(path);
+    }
+    let executable = std::env::current_exe().expect("the test executable's path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let profile_dir = executable
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executables live in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does), or set {variable}",
+        path.display()
+    );
+    path
+}
+
+/// A running `engramd` in its own temporary data directory.
+pub struct TestNode {
+    directory: tempfile::TempDir,
+    child: Option<Child>,
+    tcp: String,
+}
+
+impl TestNode {
+    /// Starts a node on a free loopback port and the default Unix socket.
+    pub fn start() -> TestNode {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let mut node = TestNode {
+            directory,
+            child: None,
+            tcp: String::new(),
+        };
+        node.launch();
+        node
+    }
+
+    fn launch(&mut self) {
+        assert!(self.child.is_none(), "the node is already running");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("the node's log file");
+        let mut child = Command::new(binary("engramd"))
+            .arg("--data")
+            .arg(self.data_dir())
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("starting engramd");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reading the ready line");
+        let tcp = line
+            .strip_prefix("engramd ready tcp=")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| {
+                panic!(
+                    "engramd did not get ready; its log:\n{}",
+                    std::fs::read_to_string(self.log_path()).unwrap_or_default()
+                )
+            });
+        self.tcp = tcp.to_owned();
+        self.child = Some(child);
+    }
+
+    /// The data directory (redb file, keys, socket).
+    pub fn data_dir(&self) -> PathBuf {
+        self.directory.path().join("data")
+    }
+
+    /// The node's log (stderr), across restarts.
+    pub fn log_path(&self) -> PathBuf {
+        self.directory.path().join("engramd.log")
+    }
+
+    /// The redb file.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir().join("engram.redb")
+    }
+
+    /// The TCP endpoint.
+    pub fn tcp(&self) -> Endpoint {
+        Endpoint::Tcp(self.tcp.clone())
+    }
+
+    /// The TCP address as `HOST:PORT`.
+    pub fn tcp_address(&self) -> &str {
+        &self.tcp
+    }
+
+    /// The Unix socket endpoint.
+    pub fn unix(&self) -> Endpoint {
+        Endpoint::Unix(self.data_dir().join("engramd.sock"))
+    }
+
+    /// The admin key written on first start.
+    pub fn admin_key_path(&self) -> PathBuf {
+        self.data_dir().join("admin.key")
+    }
+
+    pub fn admin_key(&self) -> SigningKey {
+        keyfile::read(&self.admin_key_path()).expect("the admin key")
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("killing engramd");
+            child.wait().expect("reaping engramd");
+        }
+    }
+
+    /// SIGTERM, and the node must exit 0.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) with a pid we own and a valid signal number.
+            let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            assert_eq!(sent, 0, "sending SIGTERM");
+            let status = child.wait().expect("waiting for engramd");
+            assert!(status.success(), "engramd exited with {status}");
+        }
+    }
+
+    /// Starts the node again on the same data directory.
+    pub fn restart(&mut self) {
+        self.launch();
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs an async test body on a single-threaded runtime inside a `LocalSet`, as
+/// Cap'n Proto RPC needs.
+pub fn run_local<F: Future>(body: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    tokio::task::LocalSet::new().block_on(&runtime, body)
+}
+
+/// Connects, logs in with `key`, and grafts.
+pub async fn session(endpoint: &Endpoint, key: &SigningKey) -> Session {
+    let connection = connect(endpoint).await.expect("connecting");
+    let membrane = connection.login(key).await.expect("logging in");
+    membrane.graft().await.expect("grafting")
+}
+
+/// Creates worlds and a principal with grants through the admin; returns its key.
+pub async fn add_principal(admin: &Session, name: &str, grants: &[&str]) -> SigningKey {
+    let key = keyfile::generate().expect("a key");
+    let grants: Vec<Grant> = grants
+        .iter()
+        .map(|grant| Grant::parse(grant).expect("a grant"))
+        .collect();
+    engram_client::add_principal(
+        &admin.admin().expect("admin"),
+        name,
+        key.verifying_key().as_bytes(),
+        false,
+        &grants,
+    )
+    .await
+    .expect("adding a principal");
+    key
+}
+
+/// Asserts that `result` failed with the node's error `code`.
+#[track_caller]
+pub fn assert_code<T: std::fmt::Debug>(result: Result<T, ClientError>, code: ErrorCode) {
+    match result {
+        Err(error) => assert_eq!(error.code(), Some(code), "wrong error: {error}"),
+        Ok(value) => panic!("expected {code}, got success: {value:?}"),
+    }
+}
