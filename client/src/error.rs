@@ -102,10 +102,12 @@ impl ClientError {
 
 impl From<capnp::Error> for ClientError {
     fn from(error: capnp::Error) -> Self {
-        let description = error
-            .extra
-            .strip_prefix("remote exception: ")
-            .unwrap_or(&error.extra);
+        // Each proxying hop (a capability handed on through another connection) adds
+        // one "remote exception: " prefix.
+        let mut description = error.extra.as_str();
+        while let Some(rest) = description.strip_prefix("remote exception: ") {
+            description = rest;
+        }
         match ErrorCode::parse_description(description) {
             Some((code, message)) => ClientError::Node {
                 code,

@@ -195,9 +195,38 @@ pub async fn add_principal(admin: &Session, name: &str, grants: &[&str]) -> Sign
 
 /// Asserts that `result` failed with the node's error `code`.
 #[track_caller]
-pub fn assert_code<T: std::fmt::Debug>(result: Result<T, ClientError>, code: ErrorCode) {
+pub fn assert_code<T>(result: Result<T, ClientError>, code: ErrorCode) {
     match result {
         Err(error) => assert_eq!(error.code(), Some(code), "wrong error: {error}"),
-        Ok(value) => panic!("expected {code}, got success: {value:?}"),
+        Ok(_) => panic!("expected {code}, got success"),
     }
+}
+
+/// Hands a capability to a third party over a second Cap'n Proto connection (an
+/// in-process pipe): the returned client reaches the node only through that hop, as a
+/// capability passed to another process would.
+pub fn hand_over<C: capnp::capability::FromClientHook>(capability: capnp::capability::Client) -> C {
+    use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
+    use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+    let (holder_end, third_party_end) = tokio::io::duplex(64 * 1024);
+    let (read, write) = tokio::io::split(holder_end);
+    let holder = twoparty::VatNetwork::new(
+        read.compat(),
+        write.compat_write(),
+        Side::Server,
+        Default::default(),
+    );
+    tokio::task::spawn_local(RpcSystem::new(Box::new(holder), Some(capability)));
+    let (read, write) = tokio::io::split(third_party_end);
+    let third_party = twoparty::VatNetwork::new(
+        read.compat(),
+        write.compat_write(),
+        Side::Client,
+        Default::default(),
+    );
+    let mut system = RpcSystem::new(Box::new(third_party), None);
+    let handed = system.bootstrap(Side::Server);
+    tokio::task::spawn_local(system);
+    handed
 }
