@@ -29,7 +29,7 @@ fn a_narrowed_writer_stays_inside_its_restriction_and_cannot_widen() {
         .await
         .unwrap();
         let check = async |writer: &world_writer::Client, atom: NewAtom, allowed: bool| {
-            let result = engram_client::remember(writer, &[atom.clone()]).await;
+            let result = engram_client::remember(writer, std::slice::from_ref(&atom)).await;
             if allowed {
                 result.unwrap_or_else(|error| panic!("{atom:?} refused: {error}"));
             } else {
