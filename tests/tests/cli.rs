@@ -1,0 +1,207 @@
+//! The `engram` CLI against a real node: the README's tour, `--json` output, and the
+//! documented exit codes (0 ok, 1 refused by the node, 2 usage, 3 cannot connect or log
+//! in, 4 verification failed — the last is in tamper.rs).
+
+use std::path::Path;
+use std::process::Command;
+
+use engram_tests::{TestNode, binary};
+use serde_json::Value;
+
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn engram(node: &TestNode, key: &Path, arguments: &[&str]) -> Outcome {
+    let output = Command::new(binary("engram"))
+        .args(["--node", node.tcp_address(), "--key"])
+        .arg(key)
+        .args(arguments)
+        .env_remove("ENGRAM_NODE")
+        .env_remove("ENGRAM_KEY")
+        .output()
+        .expect("running engram");
+    Outcome {
+        code: output.status.code().expect("engram exited"),
+        stdout: String::from_utf8(output.stdout).expect("UTF-8 output"),
+        stderr: String::from_utf8(output.stderr).expect("UTF-8 errors"),
+    }
+}
+
+#[track_caller]
+fn ok(outcome: Outcome) -> String {
+    assert_eq!(outcome.code, 0, "stderr: {}", outcome.stderr);
+    outcome.stdout
+}
+
+#[track_caller]
+fn json(outcome: Outcome) -> Value {
+    serde_json::from_str(&ok(outcome)).expect("JSON output")
+}
+
+#[test]
+fn the_tour_works_and_prints_json_on_request() {
+    let node = TestNode::start();
+    let admin = node.admin_key_path();
+    let scratch = tempfile::tempdir().unwrap();
+    let run = |arguments: &[&str]| engram(&node, &admin, arguments);
+
+    assert!(ok(run(&["world", "create", "team/auth"])).contains("team/auth  active"));
+    let agent_key = scratch.path().join("agent.key");
+    let public_key = ok(run(&["keygen", agent_key.to_str().unwrap()]));
+    let public_key = public_key.trim();
+    assert_eq!(public_key.len(), 64);
+    let added = json(run(&[
+        "--json",
+        "principal",
+        "add",
+        "agent",
+        "--public-key",
+        public_key,
+        "--grant",
+        "team/auth=rwo",
+    ]));
+    assert_eq!(added["grants"][0]["rights"], "rwo");
+
+    let remembered = json(run(&[
+        "--json",
+        "remember",
+        "team/auth",
+        "tokens expire after one hour",
+        "--kind",
+        "fact",
+        "--label",
+        "auth",
+        "--importance",
+        "0.8",
+    ]));
+    let id = remembered[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(remembered[0]["commit"], 1);
+
+    let batch = scratch.path().join("batch.jsonl");
+    std::fs::write(
+        &batch,
+        "{\"text\": \"use argon2\", \"kind\": \"decision\", \"labels\": [\"auth\"]}\n\n{\"text\": \"an agent's note\"}\n",
+    )
+    .unwrap();
+    let batch_receipts = json(engram(
+        &node,
+        &agent_key,
+        &[
+            "--json",
+            "remember",
+            "team/auth",
+            "--batch",
+            batch.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(batch_receipts.as_array().unwrap().len(), 2);
+
+    let atom = json(run(&["--json", "get", "team/auth", &id]));
+    assert_eq!(atom["text"], "tokens expire after one hour");
+    assert_eq!(atom["kind"], "fact");
+    assert!(ok(run(&["get", "team/auth", &id])).contains("tokens expire after one hour"));
+
+    let decisions = json(run(&["--json", "ask", "team/auth", "--kind", "decision"]));
+    assert_eq!(decisions[0]["text"], "use argon2");
+    let by_agent = json(run(&[
+        "--json",
+        "ask",
+        "team/auth",
+        "--writer",
+        public_key,
+        "--limit",
+        "1",
+    ]));
+    assert_eq!(by_agent[0]["text"], "an agent's note");
+
+    let replay = json(run(&["--json", "replay", "team/auth", "--from", "1"]));
+    let commits: Vec<u64> = replay["atoms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|atom| atom["commit"].as_u64().unwrap())
+        .collect();
+    assert_eq!(commits, vec![2, 3]);
+    assert_eq!(replay["nextCommit"], 3);
+
+    let heads = json(run(&["--json", "heads", "team/auth"]));
+    assert_eq!(heads.as_array().unwrap().len(), 2);
+    assert!(ok(run(&["verify", "team/auth"])).starts_with("ok: 2 chains, 3 entries"));
+
+    let whoami = json(engram(&node, &agent_key, &["--json", "whoami"]));
+    assert_eq!(whoami["principal"], "agent");
+    assert_eq!(whoami["worlds"][0]["rights"], "rwo");
+
+    assert_eq!(json(run(&["--json", "epoch", "show"]))["number"], 1);
+    let head = "ab".repeat(32);
+    let advanced = json(run(&["--json", "epoch", "advance", "--head", &head]));
+    assert_eq!(advanced["number"], 2);
+    assert_eq!(advanced["head"], head.as_str());
+    assert!(ok(run(&["epoch", "show"])).starts_with("epoch 2"));
+}
+
+#[test]
+fn exit_codes_follow_the_documentation() {
+    let node = TestNode::start();
+    let admin = node.admin_key_path();
+    let scratch = tempfile::tempdir().unwrap();
+    let stranger = scratch.path().join("stranger.key");
+    assert_eq!(
+        engram(&node, &admin, &["keygen", stranger.to_str().unwrap()]).code,
+        0
+    );
+    let cases: Vec<(Vec<&str>, &Path, i32, &str)> = vec![
+        (
+            vec!["world", "create", "Bad Name"],
+            &admin,
+            1,
+            "engram: invalidArgument: ",
+        ),
+        (
+            vec!["world", "archive", "nowhere"],
+            &admin,
+            1,
+            "engram: notFound: ",
+        ),
+        (vec!["remember", "nowhere", "text"], &admin, 1, "engram: "),
+        (vec!["nonsense"], &admin, 2, "unrecognized subcommand"),
+        (vec!["get", "w", "not-hex"], &admin, 2, "64 hex digits"),
+        (
+            vec!["remember", "w", "x", "--kind", "rumour"],
+            &admin,
+            2,
+            "unknown kind",
+        ),
+        (vec!["whoami"], &stranger, 3, "engram: unauthenticated: "),
+        (
+            vec!["whoami"],
+            Path::new("/nonexistent/key"),
+            3,
+            "/nonexistent/key",
+        ),
+    ];
+    for (arguments, key, code, message) in cases {
+        let outcome = engram(&node, key, &arguments);
+        assert_eq!(outcome.code, code, "{arguments:?}: {}", outcome.stderr);
+        assert!(
+            outcome.stderr.contains(message),
+            "{arguments:?}: {:?} lacks {message:?}",
+            outcome.stderr
+        );
+    }
+    // A node that is not there.
+    let output = Command::new(binary("engram"))
+        .args(["--node", "unix:/nonexistent/engramd.sock", "--key"])
+        .arg(&admin)
+        .arg("whoami")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .starts_with("engram: cannot connect to unix:/nonexistent/engramd.sock")
+    );
+}
