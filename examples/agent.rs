@@ -49,7 +49,7 @@ async fn remember(
             println!("stale capability ({error}); grafting again");
             *session = membrane.graft().await?;
             println!("re-grafted under epoch {}", session.epoch.number);
-            engram_client::remember(&session.writer(world)?, &[atom.clone()]).await?
+            engram_client::remember(&session.writer(world)?, std::slice::from_ref(&atom)).await?
         }
         other => other?,
     };
