@@ -54,6 +54,9 @@ pub enum StoreError {
     /// The epoch head was not 32 bytes.
     #[error("invalid epoch head: {reason}")]
     InvalidEpochHead { reason: String },
+    /// The group's write transaction failed; nothing of the group was written.
+    #[error("the write transaction failed, nothing was written: {reason}")]
+    TransactionFailed { reason: String },
     /// The writer thread has stopped (the node is shutting down).
     #[error("the writer has stopped; the node is shutting down")]
     WriterStopped,

@@ -94,10 +94,10 @@ fn run(store: Store, mut receiver: mpsc::Receiver<(WriteRequest, Reply)>) {
             }
             Err(error) => {
                 tracing::error!(%error, requests = requests.len(), "group commit failed; nothing of it was written");
-                let message = error.to_string();
+                let reason = error.to_string();
                 for reply in replies.drain(..) {
-                    let _ = reply.send(Err(StoreError::Corrupt {
-                        what: format!("the write transaction failed: {message}"),
+                    let _ = reply.send(Err(StoreError::TransactionFailed {
+                        reason: reason.clone(),
                     }));
                 }
             }
