@@ -1,39 +1,9 @@
 //! Capability errors and the only place engram turns errors into wire exceptions:
 //! `code: message`, with the codes of the schema's `ErrorCode`.
 
+pub use engram_schema::ErrorCode;
 use engram_store::StoreError;
 use thiserror::Error;
-
-/// The stable codes (schema `ErrorCode`); `as_str` is the text that starts an exception.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorCode {
-    StaleEpoch,
-    Unauthenticated,
-    PermissionDenied,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    Conflict,
-    Unavailable,
-    Internal,
-}
-
-impl ErrorCode {
-    /// The code as spelled in the schema.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::StaleEpoch => "staleEpoch",
-            ErrorCode::Unauthenticated => "unauthenticated",
-            ErrorCode::PermissionDenied => "permissionDenied",
-            ErrorCode::InvalidArgument => "invalidArgument",
-            ErrorCode::NotFound => "notFound",
-            ErrorCode::ResourceExhausted => "resourceExhausted",
-            ErrorCode::Conflict => "conflict",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Internal => "internal",
-        }
-    }
-}
 
 /// Why a capability call failed.
 #[derive(Debug, Error)]

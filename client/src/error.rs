@@ -1,69 +1,10 @@
-//! The client's errors, and the stable error codes the node sends (schema `ErrorCode`).
+//! The client's errors. The stable error codes the node sends are the schema's
+//! `ErrorCode`, re-exported here.
 
-use std::fmt;
-
+pub use engram_schema::ErrorCode;
 use thiserror::Error;
 
 use crate::keyfile::KeyFileError;
-
-/// The stable codes that start every error the node sends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    StaleEpoch,
-    Unauthenticated,
-    PermissionDenied,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    Conflict,
-    Unavailable,
-    Internal,
-}
-
-impl ErrorCode {
-    /// Every code, in schema order.
-    pub const ALL: [ErrorCode; 9] = [
-        ErrorCode::StaleEpoch,
-        ErrorCode::Unauthenticated,
-        ErrorCode::PermissionDenied,
-        ErrorCode::InvalidArgument,
-        ErrorCode::NotFound,
-        ErrorCode::ResourceExhausted,
-        ErrorCode::Conflict,
-        ErrorCode::Unavailable,
-        ErrorCode::Internal,
-    ];
-
-    /// The code as spelled on the wire and in the schema.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::StaleEpoch => "staleEpoch",
-            ErrorCode::Unauthenticated => "unauthenticated",
-            ErrorCode::PermissionDenied => "permissionDenied",
-            ErrorCode::InvalidArgument => "invalidArgument",
-            ErrorCode::NotFound => "notFound",
-            ErrorCode::ResourceExhausted => "resourceExhausted",
-            ErrorCode::Conflict => "conflict",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Internal => "internal",
-        }
-    }
-
-    /// The code that starts an exception description, if it starts with one.
-    pub fn parse_description(description: &str) -> Option<(ErrorCode, &str)> {
-        let (code, message) = description.split_once(": ")?;
-        let code = ErrorCode::ALL
-            .into_iter()
-            .find(|known| known.as_str() == code)?;
-        Some((code, message))
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(self.as_str())
-    }
-}
 
 /// Why a client call failed.
 #[derive(Debug, Error)]

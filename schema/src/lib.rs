@@ -36,3 +36,67 @@ pub fn signed_message(domain: &str, message: &[u8]) -> Vec<u8> {
     signed.extend_from_slice(message);
     signed
 }
+
+pub use engram_capnp::ErrorCode;
+
+impl ErrorCode {
+    /// Every code, in schema order.
+    pub const ALL: [ErrorCode; 9] = [
+        ErrorCode::StaleEpoch,
+        ErrorCode::Unauthenticated,
+        ErrorCode::PermissionDenied,
+        ErrorCode::InvalidArgument,
+        ErrorCode::NotFound,
+        ErrorCode::ResourceExhausted,
+        ErrorCode::Conflict,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
+    /// The code as spelled in the schema; an exception description starts with it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::StaleEpoch => "staleEpoch",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permissionDenied",
+            ErrorCode::InvalidArgument => "invalidArgument",
+            ErrorCode::NotFound => "notFound",
+            ErrorCode::ResourceExhausted => "resourceExhausted",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Splits an exception description `code: message` into its code and message.
+    pub fn parse_description(description: &str) -> Option<(ErrorCode, &str)> {
+        let (code, message) = description.split_once(": ")?;
+        let code = ErrorCode::ALL
+            .into_iter()
+            .find(|known| known.as_str() == code)?;
+        Some((code, message))
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn every_code_round_trips_through_a_description() {
+        for code in ErrorCode::ALL {
+            let description = format!("{code}: what went wrong: and how to fix it");
+            assert_eq!(
+                ErrorCode::parse_description(&description),
+                Some((code, "what went wrong: and how to fix it"))
+            );
+        }
+        assert_eq!(ErrorCode::parse_description("remote exception: x"), None);
+    }
+}
