@@ -1,0 +1,426 @@
+"""Connection, login, graft and typed helpers for engram's capabilities."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import capnp
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+
+def _load_schema() -> Any:
+    # pycapnp resolves the standard imports (/capnp/stream.capnp, ...) only when the
+    # directory holding its own `capnp` package is on the import path.
+    imports = [str(Path(capnp.__file__).resolve().parent.parent)]
+    path = Path(__file__).resolve().with_name("engram.capnp")
+    return capnp.load(str(path), imports=imports)
+
+
+#: The loaded contract: ``schema.Terminal``, ``schema.AtomKind``, ``schema.ErrorCode``, ...
+schema = _load_schema()
+
+#: The stable error codes, in schema order (``staleEpoch``, ``unauthenticated``, ...).
+ERROR_CODES: tuple[str, ...] = tuple(
+    name for name, _ in sorted(schema.ErrorCode.schema.enumerants.items(), key=lambda item: item[1])
+)
+
+
+class EngramError(Exception):
+    """An error the node answered with: ``code`` is one of :data:`ERROR_CODES`, or
+    ``None`` when the failure was not the node's answer (a broken connection)."""
+
+    def __init__(self, code: Optional[str], message: str):
+        super().__init__(f"{code}: {message}" if code else message)
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def from_exception(cls, error: Exception) -> "EngramError":
+        description = getattr(error, "description", None) or str(error)
+        # Each proxying hop adds one "remote exception: " prefix.
+        while description.startswith("remote exception: "):
+            description = description[len("remote exception: "):]
+        code, separator, message = description.partition(": ")
+        if separator and code in ERROR_CODES:
+            return cls(code, message)
+        return cls(None, description)
+
+
+async def call(promise: Any) -> Any:
+    """Awaits a pycapnp call, raising :class:`EngramError` for the node's errors."""
+    try:
+        return await promise
+    except capnp.KjException as error:
+        raise EngramError.from_exception(error) from None
+
+
+def load_key(path: str | os.PathLike) -> Ed25519PrivateKey:
+    """Reads a key file (one line of 64 hex digits: a 32-byte ed25519 seed)."""
+    path = Path(path)
+    if path.stat().st_mode & 0o077:
+        raise PermissionError(f"key file {path} is readable by group or others; run `chmod 600 {path}`")
+    try:
+        seed = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        seed = b""
+    if len(seed) != 32:
+        raise ValueError(f"key file {path} must hold one line of 64 hex digits (a 32-byte ed25519 seed)")
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+def public_key_bytes(key: Ed25519PrivateKey) -> bytes:
+    """The 32 raw bytes of a key's public half."""
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def login_message(nonce: bytes, node_key: bytes, epoch: int) -> bytes:
+    """The bytes a client signs to log in (schema ``loginDomain``)."""
+    return schema.loginDomain.encode() + b"\0" + nonce + node_key + epoch.to_bytes(8, "big")
+
+
+def signed_message(domain: str, message: bytes) -> bytes:
+    """The bytes ``Signer.sign`` signs (schema ``signDomain``)."""
+    encoded = domain.encode()
+    return schema.signDomain.encode() + b"\0" + len(encoded).to_bytes(4, "big") + encoded + message
+
+
+@dataclass
+class NewAtom:
+    """Content for a new atom; ``kind`` is a schema ``AtomKind`` name."""
+
+    text: str
+    kind: str = "observation"
+    labels: Sequence[str] = ()
+    importance: float = 0.5
+    confidence: float = 1.0
+    payload: bytes = b""
+
+    def fill(self, builder: Any) -> None:
+        builder.kind = self.kind
+        builder.text = self.text
+        builder.importance = self.importance
+        builder.confidence = self.confidence
+        if self.payload:
+            builder.payload = self.payload
+        labels = builder.init("labels", len(self.labels))
+        for index, label in enumerate(self.labels):
+            labels[index] = label
+
+
+@dataclass(frozen=True)
+class AtomView:
+    """A committed atom."""
+
+    id: bytes
+    world: str
+    writer: bytes
+    seq: int
+    prev: bytes
+    commit: int
+    kind: str
+    text: str
+    labels: tuple[str, ...]
+    importance: float
+    confidence: float
+    payload: bytes
+
+    @classmethod
+    def read(cls, atom: Any) -> "AtomView":
+        content = atom.content
+        return cls(
+            id=bytes(atom.id),
+            world=atom.world,
+            writer=bytes(atom.writer),
+            seq=atom.seq,
+            prev=bytes(atom.prev),
+            commit=atom.commit,
+            kind=str(content.kind),
+            text=content.text,
+            labels=tuple(content.labels),
+            importance=content.importance,
+            confidence=content.confidence,
+            payload=bytes(content.payload),
+        )
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The acknowledgement of one durable write."""
+
+    id: bytes
+    seq: int
+    commit: int
+    prev: bytes
+
+    @classmethod
+    def read(cls, receipt: Any) -> "Receipt":
+        return cls(id=bytes(receipt.id), seq=receipt.seq, commit=receipt.commit, prev=bytes(receipt.prev))
+
+
+@dataclass
+class WorldCapabilities:
+    """What a principal holds in one world; ``None`` where the right is not granted."""
+
+    reader: Any = None
+    writer: Any = None
+    observer: Any = None
+
+
+@dataclass
+class Session:
+    """The capabilities of one graft."""
+
+    epoch: int
+    epoch_head: bytes
+    principal: str
+    admin_principal: bool
+    worlds: dict[str, WorldCapabilities] = field(default_factory=dict)
+    signer: Any = None
+    admin: Any = None
+
+    def reader(self, world: str) -> Any:
+        return self._held(world, "reader")
+
+    def writer(self, world: str) -> Any:
+        return self._held(world, "writer")
+
+    def _held(self, world: str, right: str) -> Any:
+        capability = getattr(self.worlds.get(world, WorldCapabilities()), right)
+        if capability is None:
+            raise EngramError(None, f"principal {self.principal!r} holds no {right} in world {world!r}")
+        return capability
+
+
+class Membrane:
+    """A logged-in principal's source of capabilities."""
+
+    def __init__(self, client: Any):
+        self.client = client
+
+    async def graft(self) -> Session:
+        """The current epoch and fresh capabilities under the policy in force now."""
+        result = await call(self.client.graft())
+        worlds = {}
+        for entry in result.worlds:
+            worlds[entry.world] = WorldCapabilities(
+                reader=entry.reader if entry._has("reader") else None,
+                writer=entry.writer if entry._has("writer") else None,
+                observer=entry.observer if entry._has("observer") else None,
+            )
+        return Session(
+            epoch=result.epoch.number,
+            epoch_head=bytes(result.epoch.head),
+            principal=result.principal.name,
+            admin_principal=result.principal.admin,
+            worlds=worlds,
+            signer=result.signer,
+            admin=result.admin if result._has("admin") else None,
+        )
+
+
+class Connection:
+    """An open connection and its bootstrap ``Terminal``."""
+
+    def __init__(self, client: Any):
+        self._client = client
+        self.terminal = client.bootstrap().cast_as(schema.Terminal)
+
+    async def challenge(self) -> tuple[bytes, bytes, int]:
+        """A fresh single-use nonce, the node's key and the epoch to sign."""
+        result = await call(self.terminal.challenge())
+        return bytes(result.nonce), bytes(result.nodeKey), result.epoch
+
+    async def login(self, key: Ed25519PrivateKey) -> Membrane:
+        """Signs a fresh challenge with ``key`` and returns the principal's membrane."""
+        nonce, node_key, epoch = await self.challenge()
+        request = self.terminal.login_request()
+        request.publicKey = public_key_bytes(key)
+        request.nonce = nonce
+        request.signature = key.sign(login_message(nonce, node_key, epoch))
+        result = await call(request.send())
+        return Membrane(result.membrane)
+
+
+async def connect(address: str) -> Connection:
+    """Connects to ``HOST:PORT`` or ``unix:PATH``."""
+    if address.startswith("unix:"):
+        stream = await capnp.AsyncIoStream.create_unix_connection(address[len("unix:"):])
+    else:
+        host, _, port = address.rpartition(":")
+        stream = await capnp.AsyncIoStream.create_connection(host=host, port=int(port))
+    return Connection(capnp.TwoPartyClient(stream))
+
+
+async def open_session(address: str, key_path: str | os.PathLike) -> Session:
+    """Connects, logs in with the key file and grafts."""
+    connection = await connect(address)
+    membrane = await connection.login(load_key(key_path))
+    session = await membrane.graft()
+    session.membrane = membrane  # type: ignore[attr-defined]
+    session.connection = connection  # type: ignore[attr-defined]
+    return session
+
+
+async def remember(writer: Any, *atoms: NewAtom) -> list[Receipt]:
+    """Remembers one atom, or several as one all-or-nothing batch; returns once durable."""
+    if len(atoms) == 1:
+        request = writer.remember_request()
+        atoms[0].fill(request.init("atom"))
+        result = await call(request.send())
+        return [Receipt.read(result.receipt)]
+    request = writer.rememberBatch_request()
+    builders = request.init("atoms", len(atoms))
+    for index, atom in enumerate(atoms):
+        atom.fill(builders[index])
+    result = await call(request.send())
+    return [Receipt.read(receipt) for receipt in result.receipts]
+
+
+async def get(reader: Any, atom_id: bytes) -> AtomView:
+    request = reader.get_request()
+    request.id = atom_id
+    return AtomView.read((await call(request.send())).atom)
+
+
+async def ask(
+    reader: Any,
+    kinds: Iterable[str] = (),
+    labels: Iterable[str] = (),
+    writers: Iterable[bytes] = (),
+    min_importance: float = 0.0,
+    max_importance: float = 1.0,
+    limit: int = 20,
+    before_commit: int = 0,
+) -> list[AtomView]:
+    """Atoms matching every filter, newest first."""
+    request = reader.ask_request()
+    query = request.init("query")
+    for name, values in (("kinds", list(kinds)), ("labels", list(labels)), ("writers", list(writers))):
+        built = query.init(name, len(values))
+        for index, value in enumerate(values):
+            built[index] = value
+    query.minImportance = min_importance
+    query.maxImportance = max_importance
+    query.limit = limit
+    query.beforeCommit = before_commit
+    result = await call(request.send())
+    return [AtomView.read(hit.atom) for hit in result.hits]
+
+
+async def replay(reader: Any, from_commit: int = 0, limit: int = 100) -> tuple[list[AtomView], int]:
+    """Atoms after ``from_commit`` in commit order, and the cursor to continue from."""
+    request = reader.replay_request()
+    request.fromCommit = from_commit
+    request.limit = limit
+    result = await call(request.send())
+    return [AtomView.read(atom) for atom in result.atoms], result.nextCommit
+
+
+async def heads(reader: Any) -> list[tuple[bytes, int, bytes]]:
+    """``(writer, seq, id)`` of every chain's head."""
+    result = await call(reader.heads())
+    return [(bytes(head.writer), head.seq, bytes(head.id)) for head in result.heads]
+
+
+async def verify(reader: Any) -> dict:
+    """``{"chains", "entries", "bad"}``; ``bad`` is ``None`` or ``(writer, seq, reason)``."""
+    report = (await call(reader.verify())).report
+    bad = None
+    if report.result.which() == "bad":
+        entry = report.result.bad
+        bad = (bytes(entry.writer), entry.seq, entry.reason)
+    return {"chains": report.chains, "entries": report.entries, "bad": bad}
+
+
+def _fill_restriction(
+    builder: Any,
+    worlds: Sequence[str],
+    kinds: Sequence[str],
+    labels: Sequence[str],
+    max_importance: float,
+    expires_at_unix_ms: int,
+) -> None:
+    for name, values in (("worlds", worlds), ("kinds", kinds), ("labels", labels)):
+        built = builder.init(name, len(values))
+        for index, value in enumerate(values):
+            built[index] = value
+    builder.maxImportance = max_importance
+    builder.expiresAtUnixMs = expires_at_unix_ms
+
+
+async def attenuate_reader(
+    reader: Any,
+    worlds: Sequence[str] = (),
+    kinds: Sequence[str] = (),
+    labels: Sequence[str] = (),
+    max_importance: float = 1.0,
+    expires_at_unix_ms: int = 0,
+) -> Any:
+    """A reader narrowed to the intersection of its rights and these."""
+    request = reader.attenuate_request()
+    _fill_restriction(request.init("restriction"), worlds, kinds, labels, max_importance, expires_at_unix_ms)
+    return (await call(request.send())).reader
+
+
+async def attenuate_writer(
+    writer: Any,
+    worlds: Sequence[str] = (),
+    kinds: Sequence[str] = (),
+    labels: Sequence[str] = (),
+    max_importance: float = 1.0,
+    expires_at_unix_ms: int = 0,
+) -> Any:
+    """A writer narrowed to the intersection of its rights and these."""
+    request = writer.attenuate_request()
+    _fill_restriction(request.init("restriction"), worlds, kinds, labels, max_importance, expires_at_unix_ms)
+    return (await call(request.send())).writer
+
+
+async def sign(signer: Any, domain: str, message: bytes) -> bytes:
+    """The node's 64-byte signature of ``message`` under ``domain`` (see :func:`signed_message`)."""
+    request = signer.sign_request()
+    request.domain = domain
+    request.message = message
+    return bytes((await call(request.send())).signature)
+
+
+async def signer_public_key(signer: Any) -> bytes:
+    return bytes((await call(signer.publicKey())).key)
+
+
+async def create_world(admin: Any, name: str) -> Any:
+    request = admin.createWorld_request()
+    request.name = name
+    return (await call(request.send())).world
+
+
+async def add_principal(
+    admin: Any,
+    name: str,
+    public_key: bytes,
+    grants: Mapping[str, str] = {},
+    is_admin: bool = False,
+) -> Any:
+    """Adds a principal; ``grants`` maps world names to rights (letters r, w, o)."""
+    request = admin.addPrincipal_request()
+    request.name = name
+    request.publicKey = public_key
+    request.admin = is_admin
+    built = request.init("grants", len(grants))
+    for index, (world, rights) in enumerate(grants.items()):
+        built[index].world = world
+        built[index].read = "r" in rights
+        built[index].write = "w" in rights
+        built[index].observe = "o" in rights
+    return (await call(request.send())).principal
+
+
+async def advance_epoch(admin: Any, head: bytes = bytes(32)) -> int:
+    """Advances the epoch; returns the new epoch number once older capabilities fail."""
+    request = admin.advanceEpoch_request()
+    request.head = head
+    return (await call(request.send())).epoch.number

@@ -1,0 +1,1 @@
+../../../schema/engram.capnp

@@ -1,0 +1,67 @@
+"""Fixtures of the Python conformance suite: a real engramd on a free loopback port and
+a temporary data directory, reached over TCP or its Unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import capnp
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def engramd_binary() -> Path:
+    configured = os.environ.get("ENGRAMD_BIN")
+    path = Path(configured) if configured else REPOSITORY / "target" / "debug" / "engramd"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run `cargo build --workspace --bins` first (scripts/test does)")
+    return path
+
+
+@dataclass
+class Node:
+    tcp: str
+    unix: str
+    data: Path
+    process: subprocess.Popen
+
+    @property
+    def admin_key(self) -> Path:
+        return self.data / "admin.key"
+
+
+@pytest.fixture
+def node(tmp_path: Path):
+    data = tmp_path / "data"
+    log = open(tmp_path / "engramd.log", "wb")
+    process = subprocess.Popen(
+        [str(engramd_binary()), "--data", str(data), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    ready = process.stdout.readline().decode()
+    if not ready.startswith("engramd ready "):
+        process.kill()
+        pytest.fail(f"engramd did not start: {(tmp_path / 'engramd.log').read_text()}")
+    fields = dict(part.split("=", 1) for part in ready.split()[2:])
+    yield Node(tcp=fields["tcp"], unix="unix:" + fields["unix"], data=data, process=process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0, (tmp_path / "engramd.log").read_text()
+    log.close()
+
+
+@pytest.fixture(params=["tcp", "unix"])
+def address(request, node: Node) -> str:
+    """The node's address over each transport in turn."""
+    return node.tcp if request.param == "tcp" else node.unix
+
+
+def run(coroutine):
+    """Runs a coroutine the way pycapnp 2.x needs: inside capnp.run on asyncio."""
+    return asyncio.run(capnp.run(coroutine))

@@ -1,0 +1,277 @@
+"""Conformance: every capability of engram driven from Python through pycapnp (the C++
+Cap'n Proto implementation) against a real engramd, over TCP and the Unix socket."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import run
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+import engram
+from engram import EngramError, NewAtom
+
+
+async def admin_session(address, node):
+    return await engram.open_session(address, node.admin_key)
+
+
+async def with_world(address, node, world="team/auth"):
+    """Creates `world` and grafts again so the session holds it."""
+    session = await admin_session(address, node)
+    await engram.create_world(session.admin, world)
+    return await admin_session(address, node)
+
+
+async def expect_code(code, awaitable):
+    with pytest.raises(EngramError) as caught:
+        await awaitable
+    assert caught.value.code == code, str(caught.value)
+    return caught.value
+
+
+# Login
+
+
+def test_login_with_the_admin_key_and_graft(address, node):
+    async def body():
+        session = await admin_session(address, node)
+        assert session.principal == "admin"
+        assert session.admin_principal
+        assert session.epoch == 1
+        assert session.admin is not None
+
+    run(body())
+
+
+def test_a_wrong_key_and_a_replayed_nonce_are_unauthenticated(node):
+    async def body():
+        connection = await engram.connect(node.tcp)
+        stranger = Ed25519PrivateKey.generate()
+        await expect_code("unauthenticated", connection.login(stranger))
+
+        admin = engram.load_key(node.admin_key)
+        nonce, node_key, epoch = await connection.challenge()
+        signature = admin.sign(engram.login_message(nonce, node_key, epoch))
+
+        async def login():
+            request = connection.terminal.login_request()
+            request.publicKey = engram.public_key_bytes(admin)
+            request.nonce = nonce
+            request.signature = signature
+            return await engram.call(request.send())
+
+        await login()
+        await expect_code("unauthenticated", login())
+
+        # Another key's signature over a fresh nonce.
+        nonce, node_key, epoch = await connection.challenge()
+        request = connection.terminal.login_request()
+        request.publicKey = engram.public_key_bytes(admin)
+        request.nonce = nonce
+        request.signature = stranger.sign(engram.login_message(nonce, node_key, epoch))
+        await expect_code("unauthenticated", engram.call(request.send()))
+
+    run(body())
+
+
+def test_pipelined_calls_use_capabilities_before_they_resolve(node):
+    async def body():
+        connection = await engram.connect(node.tcp)
+        admin = engram.load_key(node.admin_key)
+        nonce, node_key, epoch = await connection.challenge()
+        request = connection.terminal.login_request()
+        request.publicKey = engram.public_key_bytes(admin)
+        request.nonce = nonce
+        request.signature = admin.sign(engram.login_message(nonce, node_key, epoch))
+        # graft() is sent on the membrane the login has not returned yet: one round trip.
+        membrane = request.send().membrane
+        grafted = await engram.call(membrane.graft())
+        assert grafted.principal.name == "admin"
+
+        # Pipelined again: create a world, then, on a reader from an attenuate whose answer
+        # has not arrived, replay.
+        await engram.create_world(grafted.admin, "pipes")
+        session = await engram.Membrane(membrane).graft()
+        await engram.remember(session.writer("pipes"), NewAtom("through the pipe", labels=["p"]))
+        attenuate = session.reader("pipes").attenuate_request()
+        attenuate.restriction.labels = ["p"]
+        narrowed = attenuate.send().reader
+        replay = narrowed.replay_request()
+        replay.limit = 10
+        result = await engram.call(replay.send())
+        assert [atom.content.text for atom in result.atoms] == ["through the pipe"]
+
+    run(body())
+
+
+# Memory
+
+
+def test_remember_get_replay_ask_heads_verify(address, node):
+    async def body():
+        session = await with_world(address, node)
+        writer = session.writer("team/auth")
+        reader = session.reader("team/auth")
+        receipts = await engram.remember(
+            writer,
+            NewAtom("tokens expire after one hour", kind="fact", labels=["auth"], importance=0.8),
+            NewAtom("hash with argon2", kind="decision", labels=["auth", "crypto"]),
+            NewAtom("login latency is 40 ms", kind="observation", payload=b'{"ms": 40}'),
+        )
+        assert [receipt.seq for receipt in receipts] == [1, 2, 3]
+        assert [receipt.commit for receipt in receipts] == [1, 2, 3]
+        assert receipts[0].prev == bytes(32)
+        assert receipts[1].prev == receipts[0].id
+        (single,) = await engram.remember(writer, NewAtom("one more", kind="plan"))
+        assert (single.seq, single.prev) == (4, receipts[2].id)
+
+        atom = await engram.get(reader, receipts[1].id)
+        assert (atom.text, atom.kind, atom.labels) == ("hash with argon2", "decision", ("auth", "crypto"))
+        assert atom.writer == engram.public_key_bytes(engram.load_key(node.admin_key))
+        assert (await engram.get(reader, receipts[2].id)).payload == b'{"ms": 40}'
+
+        atoms, cursor = await engram.replay(reader, 0, 100)
+        assert [atom.commit for atom in atoms] == [1, 2, 3, 4]
+        assert cursor == 4
+        atoms, _ = await engram.replay(reader, 2, 100)
+        assert [atom.text for atom in atoms] == ["login latency is 40 ms", "one more"]
+
+        texts = lambda atoms: [atom.text for atom in atoms]
+        assert texts(await engram.ask(reader, kinds=["decision"])) == ["hash with argon2"]
+        assert texts(await engram.ask(reader, labels=["auth"])) == ["hash with argon2", "tokens expire after one hour"]
+        assert texts(await engram.ask(reader, labels=["auth", "crypto"])) == ["hash with argon2"]
+        assert texts(await engram.ask(reader, min_importance=0.7)) == ["tokens expire after one hour"]
+        assert texts(await engram.ask(reader, kinds=["fact", "plan"], limit=1)) == ["one more"]
+        assert texts(await engram.ask(reader, before_commit=2)) == ["tokens expire after one hour"]
+        assert len(await engram.ask(reader, writers=[atom.writer])) == 4
+
+        heads = await engram.heads(reader)
+        assert heads == [(atom.writer, 4, single.id)]
+        assert await engram.verify(reader) == {"chains": 1, "entries": 4, "bad": None}
+
+    run(body())
+
+
+# Signer
+
+
+def test_signatures_verify_against_the_public_key(node):
+    async def body():
+        session = await admin_session(node.tcp, node)
+        public = Ed25519PublicKey.from_public_bytes(await engram.signer_public_key(session.signer))
+        signature = await engram.sign(session.signer, "release", b"v1.2.3")
+        public.verify(signature, engram.signed_message("release", b"v1.2.3"))
+        with pytest.raises(InvalidSignature):
+            public.verify(signature, engram.signed_message("other", b"v1.2.3"))
+        request = session.signer.attenuate_request()
+        request.domains = ["release"]
+        narrowed = (await engram.call(request.send())).signer
+        await engram.sign(narrowed, "release", b"ok")
+        await expect_code("permissionDenied", engram.sign(narrowed, "payments", b"no"))
+
+    run(body())
+
+
+# Attenuation
+
+
+def test_attenuation_narrows_and_never_widens(node):
+    async def body():
+        session = await with_world(node.tcp, node, "ops")
+        writer = session.writer("ops")
+        narrowed = await engram.attenuate_writer(writer, kinds=["fact"], labels=["ops"], max_importance=0.6)
+        await engram.remember(narrowed, NewAtom("disk 80% full", kind="fact", labels=["ops"]))
+        for denied in [
+            NewAtom("a plan", kind="plan", labels=["ops"]),
+            NewAtom("secret", kind="fact", labels=["secret"]),
+            NewAtom("unlabelled", kind="fact"),
+            NewAtom("too important", kind="fact", labels=["ops"], importance=0.9),
+        ]:
+            await expect_code("permissionDenied", engram.remember(narrowed, denied))
+        wider = await engram.attenuate_writer(narrowed, kinds=["fact", "plan"], labels=["ops", "secret"], max_importance=1.0)
+        await expect_code("permissionDenied", engram.remember(wider, NewAtom("a plan", kind="plan", labels=["ops"])))
+        await expect_code("permissionDenied", engram.remember(wider, NewAtom("s", kind="fact", labels=["secret"])))
+        await engram.remember(wider, NewAtom("still fine", kind="fact", labels=["ops"]))
+
+        await engram.remember(writer, NewAtom("hidden", kind="fact", labels=["private"]))
+        reader = await engram.attenuate_reader(session.reader("ops"), labels=["ops"])
+        atoms, _ = await engram.replay(reader, 0, 100)
+        assert [atom.text for atom in atoms] == ["disk 80% full", "still fine"]
+        full, _ = await engram.replay(session.reader("ops"), 0, 100)
+        hidden = next(atom for atom in full if atom.text == "hidden")
+        await expect_code("notFound", engram.get(reader, hidden.id))
+
+    run(body())
+
+
+# Epochs
+
+
+def test_advancing_the_epoch_makes_every_old_capability_stale(address, node):
+    async def body():
+        session = await with_world(address, node, "shared")
+        agent_key = Ed25519PrivateKey.generate()
+        await engram.add_principal(session.admin, "agent", engram.public_key_bytes(agent_key), {"shared": "rwo"})
+        agent_connection = await engram.connect(address)
+        agent = await (await agent_connection.login(agent_key)).graft()
+        reader, writer = agent.reader("shared"), agent.writer("shared")
+        narrowed = await engram.attenuate_writer(writer, labels=["x"])
+        (receipt,) = await engram.remember(writer, NewAtom("before"))
+
+        assert await engram.advance_epoch(session.admin, b"\xab" * 32) == 2
+
+        await expect_code("staleEpoch", engram.remember(writer, NewAtom("after")))
+        await expect_code("staleEpoch", engram.remember(narrowed, NewAtom("after", labels=["x"])))
+        await expect_code("staleEpoch", engram.get(reader, receipt.id))
+        await expect_code("staleEpoch", engram.replay(reader))
+        await expect_code("staleEpoch", engram.verify(reader))
+        await expect_code("staleEpoch", engram.sign(agent.signer, "d", b"m"))
+        await expect_code("staleEpoch", engram.create_world(session.admin, "late"))
+
+        agent = await (await agent_connection.login(agent_key)).graft()
+        assert agent.epoch == 2
+        await engram.remember(agent.writer("shared"), NewAtom("after the re-graft"))
+        atoms, _ = await engram.replay(agent.reader("shared"))
+        assert [atom.text for atom in atoms] == ["before", "after the re-graft"]
+
+    run(body())
+
+
+# Bad input
+
+
+BAD_ATOMS = [
+    ("importance above 1", NewAtom("x", importance=1.5)),
+    ("importance NaN", NewAtom("x", importance=math.nan)),
+    ("confidence below 0", NewAtom("x", confidence=-0.5)),
+    ("empty text", NewAtom("")),
+    ("oversized text", NewAtom("x" * (64 * 1024 + 1))),
+    ("repeated label", NewAtom("x", labels=["a", "a"])),
+]
+
+
+def test_each_bad_input_gets_its_code_and_changes_nothing(node):
+    async def body():
+        session = await with_world(node.tcp, node, "w")
+        writer, reader = session.writer("w"), session.reader("w")
+        (kept,) = await engram.remember(writer, NewAtom("kept"))
+        for case, atom in BAD_ATOMS:
+            error = await expect_code("invalidArgument", engram.remember(writer, atom))
+            assert error.message, case
+        await expect_code("invalidArgument", engram.remember(writer, NewAtom("good"), NewAtom("bad", importance=9)))
+        await expect_code("invalidArgument", engram.get(reader, b"\x01\x02\x03"))
+        await expect_code("notFound", engram.get(reader, b"\x09" * 32))
+        await expect_code("invalidArgument", engram.ask(reader, limit=0))
+        await expect_code("invalidArgument", engram.replay(reader, 0, 0))
+        await expect_code("invalidArgument", engram.create_world(session.admin, "Not A Name"))
+        await expect_code("conflict", engram.create_world(session.admin, "w"))
+        await expect_code("notFound", engram.add_principal(session.admin, "ghost", engram.public_key_bytes(Ed25519PrivateKey.generate()), {"nowhere": "r"}))
+        await expect_code("invalidArgument", engram.advance_epoch(session.admin, b"\x01\x02"))
+        atoms, _ = await engram.replay(reader)
+        assert [atom.id for atom in atoms] == [kept.id]
+        assert (await engram.verify(reader))["bad"] is None
+
+    run(body())
