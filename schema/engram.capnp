@@ -284,22 +284,34 @@ interface AtomSink {
   # Implemented by a subscriber to receive atoms pushed by an `Observer`.
 
   push @0 (atoms :List(Atom)) -> stream;
-  # Committed atoms, in commit order. Flow-controlled: the node waits for the window.
+  # Committed atoms, in commit order, each exactly once per subscription; the last
+  # atom's commit is the cursor to resume from. A streaming call: the node sends the
+  # next push only while Cap'n Proto's flow-control window has room, so a sink that
+  # returns slowly slows its own subscription and nothing else. Failing a push ends
+  # the subscription.
 
   end @1 (reason :Text) -> ();
-  # The subscription ended; `reason` starts with a stable error code.
+  # The node ended the subscription; `reason` starts with a stable code: `staleEpoch`
+  # (graft again and resume from the cursor), `permissionDenied` (the principal was
+  # removed or its grants changed), `unavailable` (the node is shutting down).
 }
 
 interface Subscription {
   # Handle of a live subscription. Dropping it ends the subscription.
+
   cancel @0 () -> ();
+  # Ends the subscription; returns once no further push will come.
 }
 
 interface Observer {
-  # Watches one world for committed atoms.
+  # Watches one world, within the restriction it carries.
 
   subscribe @0 (filter :Query, sink :AtomSink, fromCommit :UInt64) -> (subscription :Subscription);
-  # Not served yet by this node version: fails with `unavailable`.
+  # Pushes to `sink` every visible atom with commit > fromCommit that matches `filter`
+  # (kinds, labels, writers, importance; `limit` and `beforeCommit` do not apply): first
+  # what is already stored, then each new commit as it becomes durable, with no gap and
+  # no duplicate. Resume after any interruption by subscribing again from the last
+  # commit received. `resourceExhausted` past the node's subscriptions per principal.
 
   attenuate @1 (restriction :Restriction) -> (observer :Observer);
   # An observer narrowed by `restriction`.

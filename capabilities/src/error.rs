@@ -20,6 +20,8 @@ pub enum CapabilityError {
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -33,6 +35,7 @@ impl CapabilityError {
             CapabilityError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             CapabilityError::PermissionDenied(_) => ErrorCode::PermissionDenied,
             CapabilityError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            CapabilityError::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
             CapabilityError::Unavailable(_) => ErrorCode::Unavailable,
             CapabilityError::Store(error) => match error {
                 StoreError::WorldNotFound { .. }

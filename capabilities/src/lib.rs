@@ -16,10 +16,11 @@ pub mod node;
 pub mod observer;
 pub mod restriction;
 pub mod signer;
+pub mod subscription;
 pub mod terminal;
 pub mod world_reader;
 pub mod world_writer;
 
 pub use error::{CapabilityError, ErrorCode};
-pub use node::Node;
+pub use node::{Node, NodeLimits};
 pub use terminal::Terminal;

@@ -9,4 +9,14 @@ pub const SIGN_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 /// Domains a signer may be attenuated to.
 pub const SIGN_DOMAINS_MAX: usize = 64;
 
+/// Default of `engramd --subscriptions-per-principal-max`.
+pub const SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT: usize = 256;
+/// Atoms in one `AtomSink.push`. Together with Cap'n Proto's flow-control window this
+/// bounds what the node holds for a slow subscriber.
+pub const SUBSCRIPTION_PUSH_ATOMS_MAX: u32 = 64;
+
 const _: () = assert!(LOGIN_NONCES_PER_CONNECTION_MAX >= 1);
+const _: () = assert!(
+    SUBSCRIPTION_PUSH_ATOMS_MAX >= 1
+        && SUBSCRIPTION_PUSH_ATOMS_MAX <= engram_store::limits::REPLAY_LIMIT_MAX
+);

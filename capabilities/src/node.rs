@@ -8,6 +8,7 @@ use std::time::Instant;
 use ed25519_dalek::SigningKey;
 use engram_store::writer::Writer;
 use engram_store::{Epoch, PublicKey, Store, StoreError, WriteOutcome, WriteRequest};
+use tokio::sync::watch;
 
 /// Shared by every capability of the node (`Rc<Node>` on the RPC thread).
 pub struct Node {
@@ -22,11 +23,44 @@ pub struct Node {
     generations: RefCell<HashMap<PublicKey, u64>>,
     next_generation: Cell<u64>,
     pub(crate) started: Instant,
+    /// The doorbell: the last durable commit, rung by the writer thread.
+    pub(crate) committed: watch::Receiver<u64>,
+    /// Bumped whenever an epoch advance or a principal change may revoke capabilities,
+    /// so that waiting subscriptions check their grip again.
+    pub(crate) policy: watch::Sender<u64>,
+    /// Set once the node begins to shut down.
+    pub(crate) shutdown: watch::Sender<bool>,
+    /// Live subscriptions per principal.
+    subscriptions: RefCell<HashMap<PublicKey, usize>>,
+    subscription_closed: tokio::sync::Notify,
+    pub(crate) limits: NodeLimits,
+}
+
+/// Limits an operator configures.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeLimits {
+    /// Live subscriptions one principal may hold.
+    pub subscriptions_per_principal_max: usize,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        NodeLimits {
+            subscriptions_per_principal_max: crate::limits::SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT,
+        }
+    }
 }
 
 impl Node {
-    /// Loads the epoch and principals from `store`.
-    pub fn new(store: Store, writer: Writer, node_key: SigningKey) -> Result<Node, StoreError> {
+    /// Loads the epoch and principals from `store`. `committed` is the doorbell the
+    /// writer rings after each durable commit.
+    pub fn new(
+        store: Store,
+        writer: Writer,
+        node_key: SigningKey,
+        committed: watch::Receiver<u64>,
+        limits: NodeLimits,
+    ) -> Result<Node, StoreError> {
         let view = store.read()?;
         let epoch = view.epoch()?.number;
         let generations = view
@@ -43,6 +77,12 @@ impl Node {
             generations: RefCell::new(generations),
             next_generation: Cell::new(1),
             started: Instant::now(),
+            committed,
+            policy: watch::Sender::new(0),
+            shutdown: watch::Sender::new(false),
+            subscriptions: RefCell::new(HashMap::new()),
+            subscription_closed: tokio::sync::Notify::new(),
+            limits,
         })
     }
 
@@ -71,13 +111,56 @@ impl Node {
                     .borrow_mut()
                     .insert(principal.public_key, generation);
             }
-            _ => {}
+            _ => return Ok(outcome),
         }
+        self.policy.send_modify(|version| *version += 1);
         Ok(outcome)
     }
 
     /// Forgets a removed principal: its capabilities fail from now on.
     pub(crate) fn forget(&self, principal: &PublicKey) {
         self.generations.borrow_mut().remove(principal);
+        self.policy.send_modify(|version| *version += 1);
+    }
+
+    /// Tells every subscription that the node is shutting down; they end with
+    /// `unavailable`. See [`Node::subscriptions_live`] to wait for them.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// How many subscriptions are still running.
+    pub fn subscriptions_live(&self) -> usize {
+        self.subscriptions.borrow().values().sum()
+    }
+
+    /// Counts a new subscription of `principal`, or says why it may not have one.
+    pub(crate) fn open_subscription(&self, principal: &PublicKey) -> Result<(), String> {
+        let mut subscriptions = self.subscriptions.borrow_mut();
+        let count = subscriptions.entry(*principal).or_insert(0);
+        if *count >= self.limits.subscriptions_per_principal_max {
+            return Err(format!(
+                "this principal holds {count} live subscriptions, the node's limit \
+                 (engramd --subscriptions-per-principal-max); cancel one first"
+            ));
+        }
+        *count += 1;
+        Ok(())
+    }
+
+    pub(crate) fn close_subscription(&self, principal: &PublicKey) {
+        let mut subscriptions = self.subscriptions.borrow_mut();
+        if let Some(count) = subscriptions.get_mut(principal) {
+            *count -= 1;
+            if *count == 0 {
+                subscriptions.remove(principal);
+            }
+        }
+        self.subscription_closed.notify_waiters();
+    }
+
+    /// Resolves the next time a subscription ends.
+    pub async fn subscriptions_closed(&self) {
+        self.subscription_closed.notified().await;
     }
 }

@@ -1,11 +1,10 @@
-//! `Observer`: watches one world. Subscriptions arrive in a later version; until then
-//! `subscribe` says so with `unavailable`, and attenuation already narrows.
+//! `Observer`: watches one world through subscriptions (see `subscription.rs`).
 
 use std::rc::Rc;
 
 use engram_schema::engram_capnp::observer;
 
-use crate::convert::{malformed, read_restriction};
+use crate::convert::{malformed, read_query, read_restriction};
 use crate::error::{CapabilityError, Wire};
 use crate::grip::Grip;
 
@@ -23,14 +22,31 @@ impl Observer {
 impl observer::Server for Observer {
     async fn subscribe(
         self: Rc<Self>,
-        _: observer::SubscribeParams,
-        _: observer::SubscribeResults,
+        params: observer::SubscribeParams,
+        mut results: observer::SubscribeResults,
     ) -> Result<(), capnp::Error> {
         self.grip.check(Some(&self.world)).wire()?;
-        Err(CapabilityError::Unavailable(
-            "subscriptions are not served by this node version; poll WorldReader.replay with a cursor".into(),
-        )
-        .into())
+        let params = params.get()?;
+        let mut filter = read_query(params.get_filter().map_err(malformed).wire()?).wire()?;
+        // A subscription has no page: `limit` and `beforeCommit` do not apply.
+        filter.limit = 1;
+        filter.before_commit = None;
+        filter.validate().map_err(CapabilityError::from).wire()?;
+        let sink = params.get_sink()?;
+        self.grip
+            .node
+            .open_subscription(&self.grip.principal)
+            .map_err(CapabilityError::ResourceExhausted)
+            .wire()?;
+        let subscription = crate::subscription::start(
+            self.grip.clone(),
+            self.world.clone(),
+            filter,
+            sink,
+            params.get_from_commit(),
+        );
+        results.get().set_subscription(subscription);
+        Ok(())
     }
 
     async fn attenuate(

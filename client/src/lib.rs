@@ -19,6 +19,7 @@ pub mod calls;
 pub mod error;
 pub mod keyfile;
 pub mod types;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,6 +36,7 @@ pub use calls::*;
 pub use engram_schema;
 pub use error::{ClientError, ErrorCode};
 pub use types::*;
+pub use watch::{Watch, WatchEvent, subscribe};
 
 /// Where a node listens: `HOST:PORT` for TCP, `unix:PATH` for a Unix socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -247,6 +249,16 @@ impl Session {
         self.world(world)?.writer.clone().ok_or_else(|| {
             ClientError::NotGranted(format!(
                 "principal {:?} may not write world {world:?}",
+                self.principal
+            ))
+        })
+    }
+
+    /// The observer of `world`.
+    pub fn observer(&self, world: &str) -> Result<observer::Client, ClientError> {
+        self.world(world)?.observer.clone().ok_or_else(|| {
+            ClientError::NotGranted(format!(
+                "principal {:?} may not observe world {world:?}",
                 self.principal
             ))
         })

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use engram_client::{
-    ClientError, Endpoint, ErrorCode, Filter, Grant, NewAtom, Session, connect, keyfile,
-    kind_from_name, kind_name,
+    ClientError, Endpoint, ErrorCode, Filter, Grant, NewAtom, Session, WatchEvent, connect,
+    keyfile, kind_from_name, kind_name,
 };
 use serde_json::{Value, json};
 
@@ -69,6 +69,9 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// Print atoms as they are committed (after --from), until interrupted or ended by
+    /// the node; with --json one JSON object per line.
+    Watch(WatchArguments),
     /// Print the head of every writer's chain in a world.
     Heads { world: String },
     /// Recompute every chain of a world; exit 4 naming the first bad entry.
@@ -144,6 +147,20 @@ struct RememberArguments {
     /// or - for stdin; remembered as one all-or-nothing batch.
     #[arg(long)]
     batch: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct WatchArguments {
+    world: String,
+    /// Deliver atoms with a commit after this one (0: the whole world, then live).
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Any of these kinds; repeatable.
+    #[arg(long = "kind")]
+    kinds: Vec<String>,
+    /// All of these labels; repeatable.
+    #[arg(long = "label")]
+    labels: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -472,6 +489,41 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 print_atoms(false, &atoms);
                 eprintln!("next cursor: --from {next}");
             }
+        }
+        Command::Watch(arguments) => {
+            let mut filter = Filter {
+                labels: arguments.labels.clone(),
+                ..Filter::default()
+            };
+            for kind in &arguments.kinds {
+                filter.kinds.push(kind_from_name(kind)?);
+            }
+            let observer = session(&cli).await?.observer(&arguments.world)?;
+            let mut watch = engram_client::subscribe(&observer, &filter, arguments.from).await?;
+            while let Some(event) = watch.next().await {
+                match event {
+                    WatchEvent::Atoms(atoms) => {
+                        for atom in &atoms {
+                            if json_output {
+                                println!("{}", atom.to_json());
+                            } else {
+                                println!("{}", describe(atom, false));
+                            }
+                        }
+                    }
+                    WatchEvent::End { code, message } => {
+                        let code = code.map(|code| format!("{code}: ")).unwrap_or_default();
+                        return Err(Failure {
+                            exit: 1,
+                            message: format!("the node ended the subscription: {code}{message}"),
+                        });
+                    }
+                }
+            }
+            return Err(Failure {
+                exit: 3,
+                message: "the connection to the node was lost".into(),
+            });
         }
         Command::Heads { world } => {
             let reader = session(&cli).await?.reader(world)?;

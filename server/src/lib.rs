@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
-use engram_capabilities::{Node, Terminal};
+use engram_capabilities::{Node, NodeLimits, Terminal};
 use engram_client::keyfile;
 use engram_schema::engram_capnp::terminal;
 use engram_store::writer::Writer;
@@ -42,6 +42,7 @@ pub struct Config {
     pub socket: Option<PathBuf>,
     pub connections_max: usize,
     pub message_bytes_max: usize,
+    pub node_limits: NodeLimits,
 }
 
 /// Runs the node until SIGINT or SIGTERM. Every acknowledged write is durable when it
@@ -62,11 +63,20 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     })?;
     let node_key = load_or_create_key(&config.data.join(NODE_KEY_FILE))?;
     bootstrap_admin(&store, &config.data, &store_path)?;
-    let (writer, writer_thread) = Writer::start(store.clone());
-    let node = Node::new(store, writer, node_key).map_err(|source| ServerError::Store {
-        path: store_path,
+    let store_error = |source| ServerError::Store {
+        path: store_path.clone(),
         source,
-    })?;
+    };
+    let last_commit = store
+        .read()
+        .and_then(|view| view.last_commit())
+        .map_err(store_error)?;
+    let (doorbell, committed) = tokio::sync::watch::channel(last_commit);
+    let (writer, writer_thread) = Writer::start(store.clone(), move |commit| {
+        doorbell.send_replace(commit);
+    });
+    let node =
+        Node::new(store, writer, node_key, committed, config.node_limits).map_err(store_error)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -207,7 +217,28 @@ async fn serve(node: Rc<Node>, config: &Config) -> Result<(), ServerError> {
             }
         }
     }
+    drain_subscriptions(&node).await;
     Ok(())
+}
+
+/// Tells every subscriber that the node is going (`unavailable`), and gives their
+/// sinks a bounded time to receive it.
+async fn drain_subscriptions(node: &Node) {
+    node.begin_shutdown();
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(limits::SHUTDOWN_DRAIN_MS);
+    while node.subscriptions_live() > 0 {
+        if tokio::time::timeout_at(deadline, node.subscriptions_closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                live = node.subscriptions_live(),
+                "subscribers did not take their end notice in time"
+            );
+            break;
+        }
+    }
 }
 
 async fn accept_tcp(listener: Option<&TcpListener>) -> std::io::Result<tokio::net::TcpStream> {

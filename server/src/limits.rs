@@ -7,4 +7,7 @@ pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 64 * 1024 * 1024;
 /// Nesting depth of one incoming message.
 pub const MESSAGE_NESTING_MAX: i32 = 64;
 
+/// How long shutdown waits for subscribers to receive their end notice.
+pub const SHUTDOWN_DRAIN_MS: u64 = 5_000;
+
 const _: () = assert!(MESSAGE_BYTES_MAX_DEFAULT.is_multiple_of(8));

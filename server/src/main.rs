@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use engram_capabilities::NodeLimits;
+use engram_capabilities::limits::SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT;
 use engram_server::limits::{CONNECTIONS_MAX_DEFAULT, MESSAGE_BYTES_MAX_DEFAULT};
 use engram_server::{Config, SOCKET_FILE};
 
@@ -38,6 +40,9 @@ struct Arguments {
     /// Largest incoming message in bytes; larger ones end the connection.
     #[arg(long, default_value_t = MESSAGE_BYTES_MAX_DEFAULT)]
     message_bytes_max: usize,
+    /// Live subscriptions one principal may hold; more are refused with resourceExhausted.
+    #[arg(long, default_value_t = SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT)]
+    subscriptions_per_principal_max: usize,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +66,9 @@ fn main() -> ExitCode {
         socket,
         connections_max: arguments.connections_max,
         message_bytes_max: arguments.message_bytes_max,
+        node_limits: NodeLimits {
+            subscriptions_per_principal_max: arguments.subscriptions_per_principal_max,
+        },
     };
     match engram_server::run(config) {
         Ok(()) => ExitCode::SUCCESS,

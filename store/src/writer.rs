@@ -37,12 +37,14 @@ impl WriterThread {
 }
 
 impl Writer {
-    /// Starts the writer thread for `store`.
-    pub fn start(store: Store) -> (Writer, WriterThread) {
+    /// Starts the writer thread for `store`. After every durable group that committed
+    /// atoms it calls `on_commit` with the last commit number (the doorbell that wakes
+    /// subscribers); it is called on the writer thread and must not block.
+    pub fn start(store: Store, on_commit: impl Fn(u64) + Send + 'static) -> (Writer, WriterThread) {
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_REQUESTS_MAX);
         let handle = std::thread::Builder::new()
             .name("engram-writer".into())
-            .spawn(move || run(store, receiver))
+            .spawn(move || run(store, receiver, on_commit))
             .expect("spawning the writer thread");
         (Writer { queue: sender }, WriterThread { handle })
     }
@@ -66,7 +68,17 @@ fn atoms_of(request: &WriteRequest) -> usize {
     }
 }
 
-fn run(store: Store, mut receiver: mpsc::Receiver<(WriteRequest, Reply)>) {
+fn last_commit_of(verdicts: &[Result<WriteOutcome, StoreError>]) -> Option<u64> {
+    verdicts
+        .iter()
+        .filter_map(|verdict| match verdict {
+            Ok(WriteOutcome::Remembered(receipts)) => receipts.last().map(|receipt| receipt.commit),
+            _ => None,
+        })
+        .max()
+}
+
+fn run(store: Store, mut receiver: mpsc::Receiver<(WriteRequest, Reply)>, on_commit: impl Fn(u64)) {
     let mut requests = Vec::with_capacity(GROUP_COMMIT_REQUESTS_MAX);
     let mut replies = Vec::with_capacity(GROUP_COMMIT_REQUESTS_MAX);
     // Block for the first request of a group, then take whatever else is already queued.
@@ -87,6 +99,9 @@ fn run(store: Store, mut receiver: mpsc::Receiver<(WriteRequest, Reply)>) {
         match store.apply(&requests) {
             Ok(verdicts) => {
                 assert_eq!(verdicts.len(), replies.len(), "one verdict per request");
+                if let Some(commit) = last_commit_of(&verdicts) {
+                    on_commit(commit);
+                }
                 for (reply, verdict) in replies.drain(..).zip(verdicts) {
                     // A submitter that went away (connection closed) no longer waits.
                     let _ = reply.send(verdict);

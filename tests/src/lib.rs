@@ -38,16 +38,28 @@ pub struct TestNode {
     directory: tempfile::TempDir,
     child: Option<Child>,
     tcp: String,
+    arguments: Vec<String>,
+    terminated: bool,
 }
 
 impl TestNode {
     /// Starts a node on a free loopback port and the default Unix socket.
     pub fn start() -> TestNode {
+        TestNode::start_with(&[])
+    }
+
+    /// Starts a node with extra `engramd` options (kept across restarts).
+    pub fn start_with(arguments: &[&str]) -> TestNode {
         let directory = tempfile::tempdir().expect("a temporary directory");
         let mut node = TestNode {
             directory,
             child: None,
             tcp: String::new(),
+            arguments: arguments
+                .iter()
+                .map(|argument| argument.to_string())
+                .collect(),
+            terminated: false,
         };
         node.launch();
         node
@@ -64,6 +76,7 @@ impl TestNode {
             .arg("--data")
             .arg(self.data_dir())
             .args(["--listen", "127.0.0.1:0"])
+            .args(&self.arguments)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -134,15 +147,27 @@ impl TestNode {
         }
     }
 
-    /// SIGTERM, and the node must exit 0.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+    /// Sends SIGTERM without waiting, so that an async test can go on serving its
+    /// connections while the node shuts down; [`TestNode::stop`] then waits for it.
+    pub fn terminate(&mut self) {
+        if let Some(child) = &self.child
+            && !self.terminated
+        {
             // SAFETY: kill(2) with a pid we own and a valid signal number.
             let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
             assert_eq!(sent, 0, "sending SIGTERM");
+            self.terminated = true;
+        }
+    }
+
+    /// SIGTERM (unless already sent), and the node must exit 0.
+    pub fn stop(&mut self) {
+        self.terminate();
+        if let Some(mut child) = self.child.take() {
             let status = child.wait().expect("waiting for engramd");
             assert!(status.success(), "engramd exited with {status}");
         }
+        self.terminated = false;
     }
 
     /// Starts the node again on the same data directory.

@@ -1,0 +1,144 @@
+//! Subscriptions: a task per subscription pushes committed atoms to the client's
+//! `AtomSink`, always read from the store from a commit cursor. Catch-up and live
+//! delivery are the same loop, so a slow subscriber costs the node one batch and the
+//! Cap'n Proto flow-control window, never a growing queue, and no event is ever dropped:
+//! what is not yet pushed is simply not yet read.
+
+use std::rc::Rc;
+
+use engram_schema::engram_capnp::{atom_sink, subscription};
+use engram_store::Query;
+use tokio::sync::watch;
+
+use crate::convert::write_atoms;
+use crate::error::CapabilityError;
+use crate::grip::Grip;
+use crate::limits::SUBSCRIPTION_PUSH_ATOMS_MAX;
+
+/// The handle the subscriber holds; cancelling or dropping it ends the subscription.
+pub struct Subscription {
+    cancel: watch::Sender<bool>,
+    /// Set by the delivery task when it has ended and been counted out.
+    ended: watch::Receiver<bool>,
+}
+
+impl subscription::Server for Subscription {
+    /// Returns once the subscription has ended: no push follows, and it no longer
+    /// counts against the principal's limit.
+    async fn cancel(
+        self: Rc<Self>,
+        _: subscription::CancelParams,
+        _: subscription::CancelResults,
+    ) -> Result<(), capnp::Error> {
+        self.cancel.send_replace(true);
+        let mut ended = self.ended.clone();
+        // An error means the task is gone, which is ended too.
+        let _ = ended.wait_for(|ended| *ended).await;
+        Ok(())
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.cancel.send_replace(true);
+    }
+}
+
+/// Starts delivering atoms of `world` after `from_commit` that match `filter` to `sink`.
+/// The caller has counted the subscription with `Node::open_subscription`.
+pub(crate) fn start(
+    grip: Grip,
+    world: String,
+    filter: Query,
+    sink: atom_sink::Client,
+    from_commit: u64,
+) -> subscription::Client {
+    let (cancel, cancelled) = watch::channel(false);
+    let (end, ended) = watch::channel(false);
+    tokio::task::spawn_local(async move {
+        let ending = deliver(&grip, &world, &filter, &sink, from_commit, cancelled).await;
+        if let Some(reason) = ending {
+            tracing::debug!(%reason, world, "subscription ends");
+            let mut request = sink.end_request();
+            request.get().set_reason(reason.as_str());
+            let _ = request.send().promise.await;
+        }
+        grip.node.close_subscription(&grip.principal);
+        end.send_replace(true);
+    });
+    capnp_rpc::new_client(Subscription { cancel, ended })
+}
+
+fn coded(error: CapabilityError) -> String {
+    format!("{}: {error}", error.code().as_str())
+}
+
+/// Pushes until the subscription ends. Returns the reason to tell the sink, or `None`
+/// when the subscriber itself ended it (cancelled, dropped, disconnected).
+async fn deliver(
+    grip: &Grip,
+    world: &str,
+    filter: &Query,
+    sink: &atom_sink::Client,
+    from_commit: u64,
+    mut cancelled: watch::Receiver<bool>,
+) -> Option<String> {
+    let node = &grip.node;
+    let mut committed = node.committed.clone();
+    let mut policy = node.policy.subscribe();
+    let mut shutdown = node.shutdown.subscribe();
+    let shows = |atom: &engram_store::Atom| filter.matches(atom) && grip.restriction.shows(atom);
+    let mut cursor = from_commit;
+    loop {
+        if *cancelled.borrow_and_update() {
+            return None;
+        }
+        if *shutdown.borrow_and_update() {
+            return Some(coded(CapabilityError::Unavailable(format!(
+                "the node is shutting down; subscribe again from commit {cursor}"
+            ))));
+        }
+        if let Err(error) = grip.check(Some(world)) {
+            return Some(coded(error));
+        }
+        // Mark the doorbell and policy as seen before reading, so a commit or a
+        // revocation that lands during the read wakes the wait below at once.
+        committed.borrow_and_update();
+        policy.borrow_and_update();
+        let read = node
+            .store
+            .read()
+            .and_then(|view| view.replay(world, cursor, SUBSCRIPTION_PUSH_ATOMS_MAX, &shows));
+        let (atoms, next) = match read {
+            Ok(read) => read,
+            Err(error) => return Some(coded(error.into())),
+        };
+        if !atoms.is_empty() {
+            let mut request = sink.push_request();
+            write_atoms(request.get().init_atoms(atoms.len() as u32), &atoms);
+            // Resolves once the flow-control window has room: a slow sink holds us here.
+            if let Err(error) = request.send().await {
+                tracing::debug!(%error, world, "subscriber gone");
+                return None;
+            }
+            cursor = next;
+            continue;
+        }
+        if next > cursor {
+            cursor = next;
+            continue;
+        }
+        tokio::select! {
+            changed = committed.changed() => if changed.is_err() {
+                return Some(coded(CapabilityError::Unavailable(format!(
+                    "the node is shutting down; subscribe again from commit {cursor}"
+                ))));
+            },
+            _ = policy.changed() => {}
+            _ = shutdown.changed() => {}
+            changed = cancelled.changed() => if changed.is_err() {
+                return None;
+            },
+        }
+    }
+}
