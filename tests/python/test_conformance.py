@@ -275,3 +275,32 @@ def test_each_bad_input_gets_its_code_and_changes_nothing(node):
         assert (await engram.verify(reader))["bad"] is None
 
     run(body())
+
+
+# Observe
+
+
+def test_subscriptions_deliver_in_order_resume_and_end_on_epoch_advance(address, node):
+    async def body():
+        session = await with_world(address, node, "feed")
+        writer = session.writer("feed")
+        watch = await engram.subscribe(session.worlds["feed"].observer, kinds=["fact"])
+        await engram.remember(writer, NewAtom("one", kind="fact"), NewAtom("skipped", kind="plan"))
+        await engram.remember(writer, NewAtom("two", kind="fact"))
+        seen = []
+        while len(seen) < 2:
+            seen.extend(await watch.next())
+        assert [(atom.commit, atom.text) for atom in seen] == [(1, "one"), (3, "two")]
+
+        # Resume from a cursor on a fresh subscription: only what came after it.
+        resumed = await engram.subscribe(session.worlds["feed"].observer, from_commit=1)
+        batch = await resumed.next()
+        assert [atom.text for atom in batch] == ["skipped", "two"]
+        await resumed.cancel()
+
+        await engram.advance_epoch(session.admin, bytes(32))
+        with pytest.raises(EngramError) as ended:
+            await watch.next()
+        assert ended.value.code == "staleEpoch"
+
+    run(body())

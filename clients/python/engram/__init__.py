@@ -47,7 +47,9 @@ from .client import (
     sign,
     signed_message,
     signer_public_key,
+    subscribe,
     verify,
+    Watch,
 )
 
 __all__ = [
@@ -80,5 +82,7 @@ __all__ = [
     "sign",
     "signed_message",
     "signer_public_key",
+    "subscribe",
     "verify",
+    "Watch",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,6 +287,17 @@ async def get(reader: Any, atom_id: bytes) -> AtomView:
     return AtomView.read((await call(request.send())).atom)
 
 
+def _fill_filter(query: Any, kinds, labels, writers, min_importance, max_importance, limit, before_commit) -> None:
+    for name, values in (("kinds", list(kinds)), ("labels", list(labels)), ("writers", list(writers))):
+        built = query.init(name, len(values))
+        for index, value in enumerate(values):
+            built[index] = value
+    query.minImportance = min_importance
+    query.maxImportance = max_importance
+    query.limit = limit
+    query.beforeCommit = before_commit
+
+
 async def ask(
     reader: Any,
     kinds: Iterable[str] = (),
@@ -298,15 +310,7 @@ async def ask(
 ) -> list[AtomView]:
     """Atoms matching every filter, newest first."""
     request = reader.ask_request()
-    query = request.init("query")
-    for name, values in (("kinds", list(kinds)), ("labels", list(labels)), ("writers", list(writers))):
-        built = query.init(name, len(values))
-        for index, value in enumerate(values):
-            built[index] = value
-    query.minImportance = min_importance
-    query.maxImportance = max_importance
-    query.limit = limit
-    query.beforeCommit = before_commit
+    _fill_filter(request.init("query"), kinds, labels, writers, min_importance, max_importance, limit, before_commit)
     result = await call(request.send())
     return [AtomView.read(hit.atom) for hit in result.hits]
 
@@ -424,3 +428,59 @@ async def advance_epoch(admin: Any, head: bytes = bytes(32)) -> int:
     request = admin.advanceEpoch_request()
     request.head = head
     return (await call(request.send())).epoch.number
+
+
+class _Sink(schema.AtomSink.Server):
+    """Queues pushed batches in order; a push is answered only once the consumer took
+    its batch, so a slow consumer slows the node's pushes (stream flow control)."""
+
+    def __init__(self, queue: asyncio.Queue):
+        self._queue = queue
+
+    async def push(self, atoms, **kwargs):
+        taken = asyncio.get_running_loop().create_future()
+        await self._queue.put(([AtomView.read(atom) for atom in atoms], taken))
+        await taken
+
+    async def end(self, reason, **kwargs):
+        await self._queue.put((str(reason), None))
+
+
+class Watch:
+    """A live subscription; :meth:`next` returns batches of atoms in commit order."""
+
+    def __init__(self, subscription: Any, queue: asyncio.Queue):
+        self.subscription = subscription
+        self._queue = queue
+
+    async def next(self) -> list[AtomView]:
+        """The next batch; raises :class:`EngramError` when the node ends the subscription
+        (``staleEpoch``: graft again and resume from the last commit received)."""
+        item, taken = await self._queue.get()
+        if taken is None:
+            raise EngramError.from_exception(Exception(item))
+        taken.set_result(None)
+        return item
+
+    async def cancel(self) -> None:
+        """Ends the subscription; returns once no further push will come."""
+        await call(self.subscription.cancel())
+
+
+async def subscribe(
+    observer: Any,
+    from_commit: int = 0,
+    kinds: Iterable[str] = (),
+    labels: Iterable[str] = (),
+    writers: Iterable[bytes] = (),
+    min_importance: float = 0.0,
+    max_importance: float = 1.0,
+) -> Watch:
+    """Subscribes to atoms with commit > ``from_commit`` that match the filters."""
+    queue: asyncio.Queue = asyncio.Queue()
+    request = observer.subscribe_request()
+    _fill_filter(request.init("filter"), kinds, labels, writers, min_importance, max_importance, 1, 0)
+    request.sink = _Sink(queue)
+    request.fromCommit = from_commit
+    result = await call(request.send())
+    return Watch(result.subscription, queue)
