@@ -1,6 +1,6 @@
 //! Typed helpers for the common calls. Each is one round trip.
 
-use engram_schema::engram_capnp::{admin, signer, world_reader, world_writer};
+use engram_schema::engram_capnp::{admin, observer, signer, world_reader, world_writer};
 
 use crate::error::ClientError;
 use crate::types::{
@@ -140,6 +140,16 @@ pub async fn attenuate_writer(
     let mut request = writer.attenuate_request();
     restriction.fill(request.get().init_restriction());
     Ok(request.send().promise.await?.get()?.get_writer()?)
+}
+
+/// A narrowed observer.
+pub async fn attenuate_observer(
+    observer: &observer::Client,
+    restriction: &Restriction,
+) -> Result<observer::Client, ClientError> {
+    let mut request = observer.attenuate_request();
+    restriction.fill(request.get().init_restriction());
+    Ok(request.send().promise.await?.get()?.get_observer()?)
 }
 
 /// Signs `message` under `domain`; returns the 64-byte signature.

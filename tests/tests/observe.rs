@@ -102,23 +102,15 @@ fn filters_and_restrictions_hold_for_subscriptions() {
     let node = TestNode::start();
     run_local(async {
         let admin = admin_with_world(&node, "mixed").await;
-        let narrowed = {
-            let mut request = admin.observer("mixed").unwrap().attenuate_request();
-            Restriction {
+        let narrowed = engram_client::attenuate_observer(
+            &admin.observer("mixed").unwrap(),
+            &Restriction {
                 labels: vec!["public".into()],
                 ..Restriction::default()
-            }
-            .fill(request.get().init_restriction());
-            request
-                .send()
-                .promise
-                .await
-                .unwrap()
-                .get()
-                .unwrap()
-                .get_observer()
-                .unwrap()
-        };
+            },
+        )
+        .await
+        .unwrap();
         let filter = Filter {
             kinds: vec![AtomKind::Decision],
             ..Filter::default()

@@ -356,32 +356,33 @@ def _fill_restriction(
     builder.expiresAtUnixMs = expires_at_unix_ms
 
 
-async def attenuate_reader(
-    reader: Any,
+async def _attenuate(capability: Any, returned: str, restriction: dict) -> Any:
+    request = capability.attenuate_request()
+    _fill_restriction(request.init("restriction"), **restriction)
+    return getattr(await call(request.send()), returned)
+
+
+def _restriction(
     worlds: Sequence[str] = (),
     kinds: Sequence[str] = (),
     labels: Sequence[str] = (),
     max_importance: float = 1.0,
     expires_at_unix_ms: int = 0,
-) -> Any:
-    """A reader narrowed to the intersection of its rights and these."""
-    request = reader.attenuate_request()
-    _fill_restriction(request.init("restriction"), worlds, kinds, labels, max_importance, expires_at_unix_ms)
-    return (await call(request.send())).reader
+) -> dict:
+    return dict(
+        worlds=worlds, kinds=kinds, labels=labels, max_importance=max_importance, expires_at_unix_ms=expires_at_unix_ms
+    )
 
 
-async def attenuate_writer(
-    writer: Any,
-    worlds: Sequence[str] = (),
-    kinds: Sequence[str] = (),
-    labels: Sequence[str] = (),
-    max_importance: float = 1.0,
-    expires_at_unix_ms: int = 0,
-) -> Any:
-    """A writer narrowed to the intersection of its rights and these."""
-    request = writer.attenuate_request()
-    _fill_restriction(request.init("restriction"), worlds, kinds, labels, max_importance, expires_at_unix_ms)
-    return (await call(request.send())).writer
+async def attenuate_reader(reader: Any, **restriction: Any) -> Any:
+    """A reader narrowed to the intersection of its rights and the restriction
+    (``worlds``, ``kinds``, ``labels``, ``max_importance``, ``expires_at_unix_ms``)."""
+    return await _attenuate(reader, "reader", _restriction(**restriction))
+
+
+async def attenuate_writer(writer: Any, **restriction: Any) -> Any:
+    """A writer narrowed like :func:`attenuate_reader`."""
+    return await _attenuate(writer, "writer", _restriction(**restriction))
 
 
 async def sign(signer: Any, domain: str, message: bytes) -> bytes:
