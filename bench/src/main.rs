@@ -3,12 +3,15 @@
 //! `name: value unit` line per figure.
 //!
 //! ```text
+//! cargo build --release --bins && target/release/engram-bench all
 //! cargo build --release --bins && target/release/engram-bench observe
 //! ```
 
+mod echo;
 mod node;
 mod observe;
 mod report;
+mod suite;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +24,24 @@ struct Arguments {
 
 #[derive(Subcommand)]
 enum Benchmark {
+    /// The suite: engram beside redb and a Cap'n Proto echo, figures P1–P8 and ratios.
+    All {
+        /// Atoms in the world for the ask, verify, size and start-up figures.
+        #[arg(long, default_value_t = 1_000_000)]
+        large_atoms: usize,
+        /// Client connections for the concurrent remember figure (P2).
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Calls per sequential measurement.
+        #[arg(long, default_value_t = 2_000)]
+        calls: usize,
+        /// Seed of every generated atom.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// The Cap'n Proto echo baseline server (started by `all`).
+    #[command(hide = true)]
+    EchoServer,
     /// Subscribers watching one world while one writer remembers atoms, plus one
     /// subscriber that never reads.
     Observe {
@@ -42,6 +63,21 @@ fn main() {
         .expect("a tokio runtime");
     let local = tokio::task::LocalSet::new();
     match arguments.benchmark {
+        Benchmark::All {
+            large_atoms,
+            connections,
+            calls,
+            seed,
+        } => local.block_on(
+            &runtime,
+            suite::run(suite::Options {
+                large_atoms,
+                connections,
+                calls,
+                seed,
+            }),
+        ),
+        Benchmark::EchoServer => local.block_on(&runtime, echo::serve()),
         Benchmark::Observe {
             subscribers,
             atoms,

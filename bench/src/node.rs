@@ -7,9 +7,51 @@ use std::process::{Child, Command, Stdio};
 
 pub struct BenchNode {
     _directory: tempfile::TempDir,
+    data: PathBuf,
     child: Child,
     pub tcp: String,
     pub admin_key: PathBuf,
+}
+
+/// Starts `program` and reads its ready line `... tcp=ADDRESS ...`.
+fn launch(mut command: Command) -> (Child, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting a benchmark server");
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut ready)
+        .expect("the ready line");
+    let tcp = ready
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("tcp="))
+        .unwrap_or_else(|| panic!("no address in the ready line {ready:?}"))
+        .to_owned();
+    (child, tcp)
+}
+
+/// The echo baseline server (this binary's `echo-server`), killed on drop.
+pub struct EchoServer {
+    child: Child,
+    pub tcp: String,
+}
+
+impl EchoServer {
+    pub fn start() -> EchoServer {
+        let mut command = Command::new(std::env::current_exe().expect("the benchmark's path"));
+        command.arg("echo-server");
+        let (child, tcp) = launch(command);
+        EchoServer { child, tcp }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// `engramd` beside this executable (same profile), or `ENGRAMD_BIN`.
@@ -31,30 +73,47 @@ impl BenchNode {
     pub fn start() -> BenchNode {
         let directory = tempfile::tempdir().expect("a temporary directory");
         let data = directory.path().join("data");
-        let mut child = Command::new(engramd())
-            .arg("--data")
-            .arg(&data)
-            .args(["--listen", "127.0.0.1:0", "--no-socket"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting engramd");
-        let mut ready = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut ready)
-            .expect("the ready line");
-        let tcp = ready
-            .strip_prefix("engramd ready tcp=")
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("engramd printed its ready line")
-            .to_owned();
+        let (child, tcp) = launch(BenchNode::command(&data));
         BenchNode {
             _directory: directory,
+            admin_key: data.join("admin.key"),
+            data,
             child,
             tcp,
-            admin_key: data.join("admin.key"),
         }
+    }
+
+    fn command(data: &std::path::Path) -> Command {
+        let mut command = Command::new(engramd());
+        command
+            .arg("--data")
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0", "--no-socket"])
+            .env("RUST_LOG", "warn");
+        command
+    }
+
+    /// The redb file.
+    pub fn store_path(&self) -> PathBuf {
+        self.data.join("engram.redb")
+    }
+
+    /// Stops the node with SIGTERM and waits for it.
+    pub fn stop(&mut self) {
+        // SAFETY: kill(2) on our own child with a valid signal.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let status = self.child.wait().expect("waiting for engramd");
+        assert!(status.success(), "engramd exited with {status}");
+    }
+
+    /// Starts the stopped node again; returns how long it took to accept connections.
+    pub fn restart(&mut self) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        let (child, tcp) = launch(BenchNode::command(&self.data));
+        let elapsed = started.elapsed();
+        self.child = child;
+        self.tcp = tcp;
+        elapsed
     }
 
     /// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
