@@ -43,6 +43,8 @@ pub struct Config {
     pub connections_max: usize,
     pub message_bytes_max: usize,
     pub node_limits: NodeLimits,
+    /// Bytes of the store's page cache.
+    pub cache_bytes: usize,
 }
 
 /// Runs the node until SIGINT or SIGTERM. Every acknowledged write is durable when it
@@ -57,9 +59,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             source,
         })?;
     let store_path = config.data.join(STORE_FILE);
-    let store = Store::open(&store_path).map_err(|source| ServerError::Store {
-        path: store_path.clone(),
-        source,
+    let store = Store::open_with_cache(&store_path, config.cache_bytes).map_err(|source| {
+        ServerError::Store {
+            path: store_path.clone(),
+            source,
+        }
     })?;
     let node_key = load_or_create_key(&config.data.join(NODE_KEY_FILE))?;
     bootstrap_admin(&store, &config.data, &store_path)?;

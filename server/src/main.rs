@@ -8,6 +8,7 @@ use engram_capabilities::NodeLimits;
 use engram_capabilities::limits::SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT;
 use engram_server::limits::{CONNECTIONS_MAX_DEFAULT, MESSAGE_BYTES_MAX_DEFAULT};
 use engram_server::{Config, SOCKET_FILE};
+use engram_store::limits::CACHE_BYTES_DEFAULT;
 
 /// The engram node: memory and coordination for fleets of AI agents, over Cap'n Proto.
 ///
@@ -40,6 +41,9 @@ struct Arguments {
     /// Largest incoming message in bytes; larger ones end the connection.
     #[arg(long, default_value_t = MESSAGE_BYTES_MAX_DEFAULT)]
     message_bytes_max: usize,
+    /// MiB of the store's page cache: the bound on the memory redb keeps for reads.
+    #[arg(long, default_value_t = CACHE_BYTES_DEFAULT / (1024 * 1024))]
+    cache_mib: usize,
     /// Live subscriptions one principal may hold; more are refused with resourceExhausted.
     #[arg(long, default_value_t = SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT)]
     subscriptions_per_principal_max: usize,
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         socket,
         connections_max: arguments.connections_max,
         message_bytes_max: arguments.message_bytes_max,
+        cache_bytes: arguments.cache_mib.saturating_mul(1024 * 1024),
         node_limits: NodeLimits {
             subscriptions_per_principal_max: arguments.subscriptions_per_principal_max,
         },

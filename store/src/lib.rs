@@ -46,9 +46,21 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the store at `path`, creating it (with epoch 1) if it does not exist.
+    /// Opens the store at `path`, creating it (with epoch 1) if it does not exist, with
+    /// the default page cache (`limits::CACHE_BYTES_DEFAULT`).
     pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
-        let database = Database::create(path.as_ref())?;
+        Store::open_with_cache(path, limits::CACHE_BYTES_DEFAULT)
+    }
+
+    /// Opens the store with a page cache of at most `cache_bytes`: the bound on the
+    /// memory the store itself holds, whatever the size of the file.
+    pub fn open_with_cache(
+        path: impl AsRef<Path>,
+        cache_bytes: usize,
+    ) -> Result<Store, StoreError> {
+        let database = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path.as_ref())?;
         let transaction = database.begin_write()?;
         {
             let mut meta = transaction.open_table(META)?;

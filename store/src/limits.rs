@@ -37,6 +37,9 @@ pub const GROUP_COMMIT_REQUESTS_MAX: usize = 1024;
 /// Atoms folded into one durable transaction: a group closes early past it.
 pub const GROUP_COMMIT_ATOMS_MAX: usize = 50_000;
 
+/// Default bytes of redb's page cache (`engramd --cache-mib`).
+pub const CACHE_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
+
 const _: () = assert!(GROUP_COMMIT_ATOMS_MAX >= BATCH_ATOMS_MAX);
 const _: () = assert!(GROUP_COMMIT_REQUESTS_MAX <= WRITE_QUEUE_REQUESTS_MAX);
 const _: () = assert!(REPLAY_EXAMINED_MAX >= REPLAY_LIMIT_MAX as usize);
