@@ -39,6 +39,7 @@ impl Admin {
 
     async fn write(&self, op: WriteOp) -> Result<WriteOutcome, capnp::Error> {
         self.authorize().wire()?;
+        let _permit = self.grip.begin_call().wire()?;
         self.grip
             .node
             .write(WriteRequest {

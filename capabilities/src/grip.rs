@@ -1,5 +1,6 @@
 //! The credentials every epoch-scoped capability carries and the guard each call runs.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use engram_store::PublicKey;
@@ -16,6 +17,34 @@ pub(crate) struct Grip {
     pub epoch: u64,
     pub generation: u64,
     pub restriction: Rc<Restriction>,
+    /// Shared by every capability of one login, attenuated or handed on.
+    pub budget: Rc<CallBudget>,
+}
+
+/// How many calls that wait on the writer or the blocking pool one login has in flight.
+pub(crate) struct CallBudget {
+    in_flight: Cell<usize>,
+    max: usize,
+}
+
+impl CallBudget {
+    pub fn new(max: usize) -> CallBudget {
+        CallBudget {
+            in_flight: Cell::new(0),
+            max,
+        }
+    }
+}
+
+/// One call in flight; returns its place in the budget when dropped.
+pub(crate) struct CallPermit {
+    budget: Rc<CallBudget>,
+}
+
+impl Drop for CallPermit {
+    fn drop(&mut self) {
+        self.budget.in_flight.set(self.budget.in_flight.get() - 1);
+    }
 }
 
 impl Grip {
@@ -46,6 +75,22 @@ impl Grip {
             )));
         }
         Ok(())
+    }
+
+    /// Takes a place for a call that will wait (a write, a verification), or fails with
+    /// `resourceExhausted` when the login already has its limit in flight.
+    pub fn begin_call(&self) -> Result<CallPermit, CapabilityError> {
+        let in_flight = self.budget.in_flight.get();
+        if in_flight >= self.budget.max {
+            return Err(CapabilityError::ResourceExhausted(format!(
+                "this login has {in_flight} calls in flight, the node's limit \
+                 (engramd --calls-in-flight-max); wait for answers before sending more"
+            )));
+        }
+        self.budget.in_flight.set(in_flight + 1);
+        Ok(CallPermit {
+            budget: self.budget.clone(),
+        })
     }
 
     /// The same grip, narrowed.

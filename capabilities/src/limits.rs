@@ -11,6 +11,9 @@ pub const SIGN_DOMAINS_MAX: usize = 64;
 
 /// Default of `engramd --subscriptions-per-principal-max`.
 pub const SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT: usize = 256;
+/// Default of `engramd --calls-in-flight-max`: writes and verifications one login may
+/// have waiting at once, so one client cannot fill the writer's queue for everyone.
+pub const CALLS_IN_FLIGHT_PER_LOGIN_MAX_DEFAULT: usize = 1024;
 /// Atoms in one `AtomSink.push`. Together with Cap'n Proto's flow-control window this
 /// bounds what the node holds for a slow subscriber.
 pub const SUBSCRIPTION_PUSH_ATOMS_MAX: u32 = 64;

@@ -8,7 +8,7 @@ use engram_store::{PublicKey, Right};
 use crate::admin::Admin;
 use crate::convert::{write_epoch, write_principal};
 use crate::error::{CapabilityError, Wire};
-use crate::grip::Grip;
+use crate::grip::{CallBudget, Grip};
 use crate::node::Node;
 use crate::observer::Observer;
 use crate::restriction::Restriction;
@@ -19,11 +19,18 @@ use crate::world_writer::WorldWriter;
 pub struct Membrane {
     node: Rc<Node>,
     principal: PublicKey,
+    /// The calls-in-flight budget of this login, shared by every capability it grafts.
+    budget: Rc<CallBudget>,
 }
 
 impl Membrane {
     pub(crate) fn new(node: Rc<Node>, principal: PublicKey) -> Membrane {
-        Membrane { node, principal }
+        let budget = Rc::new(CallBudget::new(node.limits.calls_in_flight_per_login_max));
+        Membrane {
+            node,
+            principal,
+            budget,
+        }
     }
 }
 
@@ -72,6 +79,7 @@ impl membrane::Server for Membrane {
             epoch: epoch.number,
             generation,
             restriction: Rc::new(Restriction::NONE),
+            budget: self.budget.clone(),
         };
         let mut results = results.get();
         write_epoch(results.reborrow().init_epoch(), &epoch);

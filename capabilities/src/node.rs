@@ -41,12 +41,15 @@ pub struct Node {
 pub struct NodeLimits {
     /// Live subscriptions one principal may hold.
     pub subscriptions_per_principal_max: usize,
+    /// Writes and verifications one login may have in flight at once.
+    pub calls_in_flight_per_login_max: usize,
 }
 
 impl Default for NodeLimits {
     fn default() -> Self {
         NodeLimits {
             subscriptions_per_principal_max: crate::limits::SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT,
+            calls_in_flight_per_login_max: crate::limits::CALLS_IN_FLIGHT_PER_LOGIN_MAX_DEFAULT,
         }
     }
 }

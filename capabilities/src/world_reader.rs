@@ -156,6 +156,7 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::VerifyResults,
     ) -> Result<(), capnp::Error> {
         self.check()?;
+        let _permit = self.grip.begin_call().wire()?;
         // Hashing every entry is CPU work: it runs off the RPC thread.
         let store = self.grip.node.store.clone();
         let world = self.world.clone();

@@ -25,6 +25,7 @@ impl WorldWriter {
         &self,
         atoms: Vec<AtomContent>,
     ) -> Result<Vec<engram_store::Receipt>, CapabilityError> {
+        let _permit = self.grip.begin_call()?;
         // Malformed content is `invalidArgument` before any restriction is considered.
         let at = |index: usize| {
             if atoms.len() > 1 {

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use engram_capabilities::NodeLimits;
-use engram_capabilities::limits::SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT;
+use engram_capabilities::limits::{
+    CALLS_IN_FLIGHT_PER_LOGIN_MAX_DEFAULT, SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT,
+};
 use engram_server::limits::{CONNECTIONS_MAX_DEFAULT, MESSAGE_BYTES_MAX_DEFAULT};
 use engram_server::{Config, SOCKET_FILE};
 use engram_store::limits::CACHE_BYTES_DEFAULT;
@@ -47,6 +49,10 @@ struct Arguments {
     /// Live subscriptions one principal may hold; more are refused with resourceExhausted.
     #[arg(long, default_value_t = SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT)]
     subscriptions_per_principal_max: usize,
+    /// Writes and verifications one login may have in flight; more are refused with
+    /// resourceExhausted.
+    #[arg(long, default_value_t = CALLS_IN_FLIGHT_PER_LOGIN_MAX_DEFAULT)]
+    calls_in_flight_max: usize,
 }
 
 fn main() -> ExitCode {
@@ -73,6 +79,7 @@ fn main() -> ExitCode {
         cache_bytes: arguments.cache_mib.saturating_mul(1024 * 1024),
         node_limits: NodeLimits {
             subscriptions_per_principal_max: arguments.subscriptions_per_principal_max,
+            calls_in_flight_per_login_max: arguments.calls_in_flight_max,
         },
     };
     match engram_server::run(config) {

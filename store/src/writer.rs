@@ -96,6 +96,7 @@ fn run(store: Store, mut receiver: mpsc::Receiver<(WriteRequest, Reply)>, on_com
                 Err(_) => break,
             }
         }
+        tracing::trace!(requests = requests.len(), atoms, "group commit");
         match store.apply(&requests) {
             Ok(verdicts) => {
                 assert_eq!(verdicts.len(), replies.len(), "one verdict per request");
