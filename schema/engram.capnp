@@ -84,7 +84,9 @@ struct AtomContent {
   links @4 :List(Link);       # At most 64 links.
   importance @5 :Float32 = 0.5;  # In [0, 1].
   confidence @6 :Float32 = 1.0;  # In [0, 1].
-  vector @7 :List(Float32);   # Optional embedding; finite components; empty = none.
+  vector @7 :List(Float32);
+  # Optional embedding; finite components, not all zero. The first vector written to a
+  # world fixes its dimension; later ones must match it.
   validTime :union {
     unknown @8 :Void;         # No claim about when it holds in the world.
     interval @9 :TimeInterval;
@@ -112,7 +114,7 @@ struct Receipt {
 }
 
 struct Query {
-  # Structured filters of `WorldReader.ask`. Every empty list means "no filter".
+  # Filters of `WorldReader.ask` and `Observer.subscribe`. Every empty list means "no filter".
   kinds @0 :List(AtomKind);      # The atom's kind is one of these.
   labels @1 :List(Text);         # The atom carries every one of these labels.
   writers @2 :List(Data);        # The atom was written by one of these public keys.
@@ -120,12 +122,22 @@ struct Query {
   maxImportance @4 :Float32 = 1.0;
   limit @5 :UInt32 = 20;         # At most this many hits (1 to the node's limit, 1000).
   beforeCommit @6 :UInt64;       # Only atoms with commit < this; 0 = no bound. For paging.
+  vector @7 :List(Float32);
+  # Similarity search: rank atoms that carry a vector by cosine similarity to this one
+  # (same dimension as the world's vectors, finite, not all zero), weighed with
+  # importance and recency. Every filter above applies inside the search, so asking for
+  # k hits returns k when k matching atoms carry vectors. Empty: a structured ask.
+  explain @8 :Bool;              # Fill `Hit.explanation` with each factor of the score.
 }
 
 struct Hit {
   # One answer of `ask`.
   atom @0 :Atom;
-  score @1 :Float64;  # Higher is better. Structured asks rank by recency: newest first.
+  score @1 :Float64;
+  # Higher is better. Structured asks rank by recency (newest first); similarity asks by
+  # 0.8 × similarity + 0.1 × importance + 0.1 × recency (commit / last commit).
+  similarity @2 :Float32;  # Cosine similarity to the query vector; 0 for structured asks.
+  explanation @3 :Text;    # With `Query.explain`: each factor and weight of the score.
 }
 
 struct Restriction {
@@ -250,8 +262,11 @@ interface WorldReader {
   # The atom with this id. `notFound` if it is not in this world or not visible
   # through this capability's restriction.
 
-  ask @2 (query :Query) -> (hits :List(Hit));
-  # The atoms matching the filters, newest first, answered from indexes.
+  ask @2 (query :Query) -> (hits :List(Hit), warning :Text);
+  # The atoms matching the filters, answered from indexes: newest first, or with
+  # `query.vector` the most similar first. `warning` is empty unless the answer was not
+  # served entirely by the vector index (it is catching up after writes or a restart):
+  # it then says how many atoms were compared exactly instead.
 
   replay @3 (fromCommit :UInt64, limit :UInt32) -> (atoms :List(Atom), nextCommit :UInt64);
   # Visible atoms with commit > fromCommit in commit order, at most `limit` (1 to 1000).

@@ -155,6 +155,34 @@ pub(crate) fn write_receipt(mut builder: wire::receipt::Builder<'_>, receipt: &R
     builder.set_prev(&receipt.prev);
 }
 
+/// What `ask` was asked: filters, an optional similarity vector, and whether to explain.
+pub(crate) struct AskRequest {
+    pub query: Query,
+    pub vector: Vec<f32>,
+    pub explain: bool,
+}
+
+pub(crate) fn read_ask(reader: wire::query::Reader<'_>) -> Result<AskRequest, CapabilityError> {
+    let vector: Vec<f32> = reader.get_vector().map_err(malformed)?.iter().collect();
+    if vector.len() > engram_store::limits::ATOM_VECTOR_DIMENSIONS_MAX {
+        return Err(CapabilityError::invalid(format!(
+            "the query vector has {} dimensions; the limit is {}",
+            vector.len(),
+            engram_store::limits::ATOM_VECTOR_DIMENSIONS_MAX
+        )));
+    }
+    if let Some(position) = vector.iter().position(|value| !value.is_finite()) {
+        return Err(CapabilityError::invalid(format!(
+            "query vector component {position} is not finite"
+        )));
+    }
+    Ok(AskRequest {
+        query: read_query(reader)?,
+        vector,
+        explain: reader.get_explain(),
+    })
+}
+
 pub(crate) fn read_query(reader: wire::query::Reader<'_>) -> Result<Query, CapabilityError> {
     let kinds_reader = reader.get_kinds().map_err(malformed)?;
     check_count(kinds_reader.len(), QUERY_FILTER_VALUES_MAX, "kinds")?;

@@ -3,11 +3,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ed25519_dalek::SigningKey;
 use engram_store::writer::Writer;
-use engram_store::{Epoch, PublicKey, Store, StoreError, WriteOutcome, WriteRequest};
+use engram_store::{Epoch, PublicKey, Store, StoreError, VectorIndex, WriteOutcome, WriteRequest};
 use tokio::sync::watch;
 
 /// Shared by every capability of the node (`Rc<Node>` on the RPC thread).
@@ -25,6 +26,8 @@ pub struct Node {
     pub(crate) started: Instant,
     /// The doorbell: the last durable commit, rung by the writer thread.
     pub(crate) committed: watch::Receiver<u64>,
+    /// The similarity index, caught up by the indexer thread (derived state).
+    pub(crate) vectors: Arc<VectorIndex>,
     /// Bumped whenever an epoch advance or a principal change may revoke capabilities,
     /// so that waiting subscriptions check their grip again.
     pub(crate) policy: watch::Sender<u64>,
@@ -62,6 +65,7 @@ impl Node {
         writer: Writer,
         node_key: SigningKey,
         committed: watch::Receiver<u64>,
+        vectors: Arc<VectorIndex>,
         limits: NodeLimits,
     ) -> Result<Node, StoreError> {
         let view = store.read()?;
@@ -81,6 +85,7 @@ impl Node {
             next_generation: Cell::new(1),
             started: Instant::now(),
             committed,
+            vectors,
             policy: watch::Sender::new(0),
             shutdown: watch::Sender::new(false),
             subscriptions: RefCell::new(HashMap::new()),

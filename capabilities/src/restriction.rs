@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use engram_store::{Atom, AtomContent, AtomKind, Query};
+use engram_store::{Atom, AtomContent, AtomFacts, AtomKind, Query};
 
 /// The narrowing a capability carries.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,14 +65,24 @@ impl Restriction {
     /// Whether a reader under this restriction sees `atom`.
     pub(crate) fn shows(&self, atom: &Atom) -> bool {
         let content = &atom.content;
+        self.shows_parts(content.kind, &content.labels, content.importance)
+    }
+
+    /// Whether a reader under this restriction sees an atom with these facts (inside a
+    /// vector search).
+    pub(crate) fn shows_facts(&self, facts: &AtomFacts) -> bool {
+        self.shows_parts(facts.kind, &facts.labels, facts.importance)
+    }
+
+    fn shows_parts(&self, kind: AtomKind, labels: &[String], importance: f32) -> bool {
         self.kinds
             .as_ref()
-            .is_none_or(|kinds| kinds.contains(&content.kind))
+            .is_none_or(|kinds| kinds.contains(&kind))
             && self
                 .labels
                 .as_ref()
-                .is_none_or(|labels| content.labels.iter().any(|label| labels.contains(label)))
-            && content.importance <= self.max_importance
+                .is_none_or(|allowed| labels.iter().any(|label| allowed.contains(label)))
+            && importance <= self.max_importance
     }
 
     /// Why a writer under this restriction may not write `content`, if it may not.

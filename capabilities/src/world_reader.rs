@@ -3,9 +3,11 @@
 use std::rc::Rc;
 
 use engram_schema::engram_capnp::world_reader;
-use engram_store::Atom;
+use engram_store::{Atom, Query};
 
-use crate::convert::{bytes32, malformed, read_query, read_restriction, write_atom, write_atoms};
+use crate::convert::{
+    AskRequest, bytes32, malformed, read_ask, read_restriction, write_atom, write_atoms,
+};
 use crate::error::{CapabilityError, Wire};
 use crate::grip::Grip;
 
@@ -25,6 +27,52 @@ impl WorldReader {
 
     fn shows(&self) -> impl Fn(&Atom) -> bool + '_ {
         |atom| self.grip.restriction.shows(atom)
+    }
+
+    /// A similarity ask: the search runs off the RPC thread, with the query's filters
+    /// and this reader's restriction applied inside it.
+    async fn ask_similar(
+        &self,
+        query: Query,
+        vector: Vec<f32>,
+        explain: bool,
+        mut results: world_reader::AskResults,
+    ) -> Result<(), capnp::Error> {
+        let _permit = self.grip.begin_call().wire()?;
+        let node = &self.grip.node;
+        let (store, index, world) = (node.store.clone(), node.vectors.clone(), self.world.clone());
+        let restriction = (*self.grip.restriction).clone();
+        let (ranked, compared_exactly) = tokio::task::spawn_blocking(move || {
+            store.ask_similar(&index, &world, &query, &vector, &|facts| {
+                restriction.shows_facts(facts)
+            })
+        })
+        .await
+        .map_err(|error| capnp::Error::failed(format!("internal: search task failed: {error}")))?
+        .wire()?;
+        // The epoch may have moved while the search ran.
+        self.check()?;
+        let mut results = results.get();
+        if compared_exactly > 0 {
+            results.set_warning(
+                format!(
+                    "the vector index is catching up: {compared_exactly} atoms it does not \
+                     hold yet were compared exactly"
+                )
+                .as_str(),
+            );
+        }
+        let mut hits = results.init_hits(ranked.len() as u32);
+        for (index, found) in ranked.iter().enumerate() {
+            let mut hit = hits.reborrow().get(index as u32);
+            hit.set_score(found.score);
+            hit.set_similarity(found.similarity);
+            if explain {
+                hit.set_explanation(found.explanation.as_str());
+            }
+            write_atom(hit.init_atom(), &found.atom);
+        }
+        Ok(())
     }
 }
 
@@ -77,24 +125,35 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::AskResults,
     ) -> Result<(), capnp::Error> {
         self.check()?;
-        let mut query = read_query(params.get()?.get_query().map_err(malformed).wire()?).wire()?;
+        let AskRequest {
+            mut query,
+            vector,
+            explain,
+        } = read_ask(params.get()?.get_query().map_err(malformed).wire()?).wire()?;
         query.validate().map_err(CapabilityError::from).wire()?;
-        let atoms = if self.grip.restriction.fold_into(&mut query) {
-            self.grip
-                .node
-                .store
-                .read()
-                .wire()?
-                .ask(&self.world, &query, &self.shows())
-                .wire()?
-        } else {
-            Vec::new()
-        };
+        if !self.grip.restriction.fold_into(&mut query) {
+            results.get().init_hits(0);
+            return Ok(());
+        }
+        if !vector.is_empty() {
+            return self.ask_similar(query, vector, explain, results).await;
+        }
+        let atoms = self
+            .grip
+            .node
+            .store
+            .read()
+            .wire()?
+            .ask(&self.world, &query, &self.shows())
+            .wire()?;
         let mut hits = results.get().init_hits(atoms.len() as u32);
         for (rank, atom) in atoms.iter().enumerate() {
             let mut hit = hits.reborrow().get(rank as u32);
             // Newest first: the score falls with rank so clients can merge answers.
             hit.set_score(1.0 / (rank as f64 + 1.0));
+            if explain {
+                hit.set_explanation(format!("newest first: rank {}", rank + 1).as_str());
+            }
             write_atom(hit.init_atom(), atom);
         }
         Ok(())

@@ -4,8 +4,8 @@ use engram_schema::engram_capnp::{admin, observer, signer, world_reader, world_w
 
 use crate::error::ClientError;
 use crate::types::{
-    AtomView, Epoch, Filter, Grant, Head, NewAtom, PrincipalView, Receipt, Restriction,
-    Verification, WorldView,
+    Answer, AtomView, Epoch, Filter, Grant, Head, HitView, NewAtom, PrincipalView, Receipt,
+    Restriction, Verification, WorldView,
 };
 
 /// Remembers atoms: `remember` for one, `rememberBatch` (all or nothing) for several.
@@ -42,20 +42,47 @@ pub async fn get(reader: &world_reader::Client, id: &[u8]) -> Result<AtomView, C
     AtomView::read(response.get()?.get_atom()?)
 }
 
-/// The atoms matching `filter`, newest first.
+/// The atoms matching `filter`: newest first, or most similar first with a vector.
 pub async fn ask(
     reader: &world_reader::Client,
     filter: &Filter,
 ) -> Result<Vec<AtomView>, ClientError> {
+    Ok(ask_scored(reader, filter)
+        .await?
+        .hits
+        .into_iter()
+        .map(|hit| hit.atom)
+        .collect())
+}
+
+/// `ask` with each hit's score, similarity and explanation, and the node's warning.
+pub async fn ask_scored(
+    reader: &world_reader::Client,
+    filter: &Filter,
+) -> Result<Answer, ClientError> {
     let mut request = reader.ask_request();
     filter.fill(request.get().init_query());
     let response = request.send().promise.await?;
-    response
-        .get()?
-        .get_hits()?
-        .iter()
-        .map(|hit| AtomView::read(hit.get_atom()?))
-        .collect()
+    let results = response.get()?;
+    let mut hits = Vec::new();
+    for hit in results.get_hits()?.iter() {
+        hits.push(HitView {
+            atom: AtomView::read(hit.get_atom()?)?,
+            score: hit.get_score(),
+            similarity: hit.get_similarity(),
+            explanation: hit
+                .get_explanation()?
+                .to_string()
+                .map_err(capnp::Error::from)?,
+        });
+    }
+    Ok(Answer {
+        hits,
+        warning: results
+            .get_warning()?
+            .to_string()
+            .map_err(capnp::Error::from)?,
+    })
 }
 
 /// Atoms after `from_commit` in commit order, and the cursor to continue from.

@@ -61,6 +61,8 @@ pub struct NewAtom {
     pub importance: f32,
     pub confidence: f32,
     pub payload: Vec<u8>,
+    /// An embedding; the world's first vector fixes its dimension.
+    pub vector: Vec<f32>,
 }
 
 impl NewAtom {
@@ -73,7 +75,14 @@ impl NewAtom {
             importance: 0.5,
             confidence: 1.0,
             payload: Vec::new(),
+            vector: Vec::new(),
         }
+    }
+
+    /// The same atom with this vector.
+    pub fn vector(mut self, vector: Vec<f32>) -> NewAtom {
+        self.vector = vector;
+        self
     }
 
     /// A fact.
@@ -102,9 +111,15 @@ impl NewAtom {
         if !self.payload.is_empty() {
             builder.set_payload(&self.payload);
         }
-        let mut labels = builder.init_labels(self.labels.len() as u32);
+        let mut labels = builder.reborrow().init_labels(self.labels.len() as u32);
         for (index, label) in self.labels.iter().enumerate() {
             labels.set(index as u32, label.as_str());
+        }
+        if !self.vector.is_empty() {
+            let mut vector = builder.init_vector(self.vector.len() as u32);
+            for (index, component) in self.vector.iter().enumerate() {
+                vector.set(index as u32, *component);
+            }
         }
     }
 }
@@ -172,6 +187,25 @@ impl AtomView {
             "payload": String::from_utf8(self.payload.clone()).map(Value::String).unwrap_or_else(|_| Value::String(hex::encode(&self.payload))),
         })
     }
+}
+
+/// One answer of `ask`, with its score.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HitView {
+    pub atom: AtomView,
+    pub score: f64,
+    /// Cosine similarity to the query vector (0 for structured asks).
+    pub similarity: f32,
+    /// Each factor of the score, when the ask asked to explain.
+    pub explanation: String,
+}
+
+/// What `ask` answered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    pub hits: Vec<HitView>,
+    /// Empty unless part of the answer was not served by the vector index.
+    pub warning: String,
 }
 
 /// The acknowledgement of one durable write.
@@ -266,6 +300,10 @@ pub struct Filter {
     pub max_importance: f32,
     pub limit: u32,
     pub before_commit: u64,
+    /// Similarity search by this vector; empty for a structured ask.
+    pub vector: Vec<f32>,
+    /// Ask the node to explain each score.
+    pub explain: bool,
 }
 
 impl Default for Filter {
@@ -278,6 +316,8 @@ impl Default for Filter {
             max_importance: 1.0,
             limit: 20,
             before_commit: 0,
+            vector: Vec::new(),
+            explain: false,
         }
     }
 }
@@ -300,6 +340,13 @@ impl Filter {
         builder.set_max_importance(self.max_importance);
         builder.set_limit(self.limit);
         builder.set_before_commit(self.before_commit);
+        builder.set_explain(self.explain);
+        if !self.vector.is_empty() {
+            let mut vector = builder.init_vector(self.vector.len() as u32);
+            for (index, component) in self.vector.iter().enumerate() {
+                vector.set(index as u32, *component);
+            }
+        }
     }
 }
 

@@ -10,13 +10,14 @@ use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
 use engram_capabilities::{Node, NodeLimits, Terminal};
 use engram_client::keyfile;
 use engram_schema::engram_capnp::terminal;
 use engram_store::writer::Writer;
-use engram_store::{Authority, Principal, Store, WriteOp, WriteRequest};
+use engram_store::{Authority, Principal, Store, VectorIndex, WriteOp, WriteRequest};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
@@ -76,11 +77,20 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         .and_then(|view| view.last_commit())
         .map_err(store_error)?;
     let (doorbell, committed) = tokio::sync::watch::channel(last_commit);
+    let vectors = Arc::new(VectorIndex::new());
+    let indexer = start_indexer(store.clone(), vectors.clone(), committed.clone());
     let (writer, writer_thread) = Writer::start(store.clone(), move |commit| {
         doorbell.send_replace(commit);
     });
-    let node =
-        Node::new(store, writer, node_key, committed, config.node_limits).map_err(store_error)?;
+    let node = Node::new(
+        store,
+        writer,
+        node_key,
+        committed,
+        vectors,
+        config.node_limits,
+    )
+    .map_err(store_error)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -96,11 +106,49 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     drop(local);
     drop(runtime);
     writer_thread.join();
+    // The writer's doorbell is gone with it: the indexer sees that and stops.
+    if indexer.join().is_err() {
+        tracing::error!("the indexer thread panicked");
+    }
     if let Some(socket) = &config.socket {
         let _ = std::fs::remove_file(socket);
     }
     tracing::info!("stopped");
     served
+}
+
+/// The indexer thread: catches the similarity index up with the store at start and
+/// after every commit the doorbell announces, off the RPC thread. It stops when the
+/// doorbell's sender (the writer) is gone.
+fn start_indexer(
+    store: Store,
+    vectors: Arc<VectorIndex>,
+    mut committed: tokio::sync::watch::Receiver<u64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("engram-indexer".into())
+        .spawn(move || {
+            loop {
+                committed.borrow_and_update();
+                let started = std::time::Instant::now();
+                match vectors.catch_up(&store) {
+                    Ok(0) => {}
+                    Ok(inserted) => tracing::debug!(
+                        inserted,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        covered = vectors.covered_commit(),
+                        "vector index caught up"
+                    ),
+                    // Searches stay correct meanwhile: what is not indexed is compared
+                    // exactly. The next commit retries.
+                    Err(error) => tracing::error!(%error, "vector index catch-up failed"),
+                }
+                if futures::executor::block_on(committed.changed()).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("spawning the indexer thread")
 }
 
 fn load_or_create_key(path: &Path) -> Result<ed25519_dalek::SigningKey, ServerError> {

@@ -180,6 +180,9 @@ impl AtomContent {
                 self.vector[position]
             ));
         }
+        if !self.vector.is_empty() && self.vector.iter().all(|value| *value == 0.0) {
+            return Err("the vector is all zeros; it has no direction to compare".into());
+        }
         if let Some(interval) = self.valid_time
             && interval.until_unix_ms != 0
             && interval.until_unix_ms <= interval.from_unix_ms

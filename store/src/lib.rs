@@ -13,7 +13,9 @@ pub mod error;
 pub mod limits;
 pub mod principal;
 pub mod query;
+pub mod rank;
 mod tables;
+pub mod vector;
 pub mod world;
 mod write;
 pub mod writer;
@@ -29,6 +31,8 @@ pub use epoch::Epoch;
 pub use error::StoreError;
 pub use principal::{Grant, Principal, Right};
 pub use query::Query;
+pub use rank::Ranked;
+pub use vector::{AtomFacts, VectorIndex};
 pub use world::{WorldInfo, WorldState};
 pub use write::{Authority, Receipt, WriteOp, WriteOutcome, WriteRequest};
 
@@ -158,14 +162,7 @@ impl ReadView {
     pub fn world(&self, name: &str) -> Result<Option<WorldInfo>, StoreError> {
         match self.table(WORLDS)?.get(name)? {
             None => Ok(None),
-            Some(value) => {
-                let (state, atoms) = value.value();
-                Ok(Some(WorldInfo {
-                    name: name.to_owned(),
-                    state: WorldState::from_code(state)?,
-                    atoms,
-                }))
-            }
+            Some(value) => WorldInfo::from_record(name, value.value()).map(Some),
         }
     }
 
@@ -174,12 +171,7 @@ impl ReadView {
         let mut worlds = Vec::new();
         for entry in self.table(WORLDS)?.iter()? {
             let (name, value) = entry?;
-            let (state, atoms) = value.value();
-            worlds.push(WorldInfo {
-                name: name.value().to_owned(),
-                state: WorldState::from_code(state)?,
-                atoms,
-            });
+            worlds.push(WorldInfo::from_record(name.value(), value.value())?);
         }
         Ok(worlds)
     }
@@ -357,5 +349,50 @@ impl ReadView {
             },
             world,
         )
+    }
+}
+
+impl Store {
+    /// Similarity ask: the `query.limit` best atoms of `world` by [`rank::rank`] among
+    /// those `query` and `allowed` let through, found with `index` and, for what it does
+    /// not cover yet, by exact comparison. Returns them and how many atoms were compared
+    /// exactly.
+    pub fn ask_similar(
+        &self,
+        index: &VectorIndex,
+        world: &str,
+        query: &Query,
+        vector: &[f32],
+        allowed: &(dyn Fn(&AtomFacts) -> bool + Sync),
+    ) -> Result<(Vec<Ranked>, usize), StoreError> {
+        query.validate()?;
+        let filter = |facts: &AtomFacts| query.matches_facts(facts) && allowed(facts);
+        // Rank more candidates than asked for, so importance and recency can reorder them.
+        let candidates = (query.limit as usize * 4).min(limits::ASK_LIMIT_MAX as usize * 4);
+        let answer = index.search(self, world, vector, candidates, &filter)?;
+        let view = self.read()?;
+        let last_commit = view.last_commit()?;
+        let log = view.table(WORLD_LOG)?;
+        let atoms = view.table(ATOMS)?;
+        let mut ranked = Vec::with_capacity(answer.matches.len());
+        for found in answer.matches {
+            let id = log
+                .get((world, found.commit))?
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: format!(
+                        "the vector index names commit {} which {world:?} lacks",
+                        found.commit
+                    ),
+                })?
+                .value();
+            ranked.push(rank::rank(
+                view.load(&atoms, id)?,
+                found.similarity,
+                last_commit,
+            ));
+        }
+        ranked.sort_by(|left, right| right.score.total_cmp(&left.score));
+        ranked.truncate(query.limit as usize);
+        Ok((ranked, answer.compared_exactly))
     }
 }

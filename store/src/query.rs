@@ -9,6 +9,7 @@ use redb::ReadOnlyTable;
 use crate::atom::{Atom, AtomKind, Hash, PublicKey, validate_label};
 use crate::error::StoreError;
 use crate::limits::{ASK_LIMIT_MAX, QUERY_FILTER_VALUES_MAX, REPLAY_LIMIT_MAX};
+use crate::vector::AtomFacts;
 
 /// Filters of `ask`. Empty lists filter nothing.
 #[derive(Clone, Debug, PartialEq)]
@@ -82,15 +83,40 @@ impl Query {
     /// Whether `atom` passes every filter.
     pub fn matches(&self, atom: &Atom) -> bool {
         let content = &atom.content;
-        (self.kinds.is_empty() || self.kinds.contains(&content.kind))
-            && self
-                .labels
-                .iter()
-                .all(|label| content.labels.contains(label))
-            && (self.writers.is_empty() || self.writers.contains(&atom.writer))
-            && content.importance >= self.min_importance
-            && content.importance <= self.max_importance
-            && self.before_commit.is_none_or(|before| atom.commit < before)
+        self.matches_parts(
+            content.kind,
+            &content.labels,
+            &atom.writer,
+            content.importance,
+            atom.commit,
+        )
+    }
+
+    /// Whether an atom with these facts passes every filter (inside a vector search).
+    pub fn matches_facts(&self, facts: &AtomFacts) -> bool {
+        self.matches_parts(
+            facts.kind,
+            &facts.labels,
+            &facts.writer,
+            facts.importance,
+            facts.commit,
+        )
+    }
+
+    fn matches_parts(
+        &self,
+        kind: AtomKind,
+        labels: &[String],
+        writer: &PublicKey,
+        importance: f32,
+        commit: u64,
+    ) -> bool {
+        (self.kinds.is_empty() || self.kinds.contains(&kind))
+            && self.labels.iter().all(|label| labels.contains(label))
+            && (self.writers.is_empty() || self.writers.contains(writer))
+            && importance >= self.min_importance
+            && importance <= self.max_importance
+            && self.before_commit.is_none_or(|before| commit < before)
     }
 }
 

@@ -23,8 +23,8 @@ pub(crate) const LABEL_INDEX: TableDefinition<(&str, &str, u64), Hash> =
 /// (world, writer, commit) → id.
 pub(crate) const WRITER_INDEX: TableDefinition<(&str, PublicKey, u64), Hash> =
     TableDefinition::new("writer_index");
-/// world name → (state code, atom count).
-pub(crate) const WORLDS: TableDefinition<&str, (u8, u64)> = TableDefinition::new("worlds");
+/// world name → (state code, atom count, vector dimension or 0).
+pub(crate) const WORLDS: TableDefinition<&str, (u8, u64, u32)> = TableDefinition::new("worlds");
 /// public key → principal record (JSON).
 pub(crate) const PRINCIPALS: TableDefinition<PublicKey, &[u8]> = TableDefinition::new("principals");
 /// principal name → public key.

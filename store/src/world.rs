@@ -35,6 +35,26 @@ pub struct WorldInfo {
     pub name: String,
     pub state: WorldState,
     pub atoms: u64,
+    /// The dimension the world's first vector fixed; 0 before any vector.
+    pub dimension: u32,
+}
+
+impl WorldInfo {
+    pub(crate) fn from_record(
+        name: &str,
+        (state, atoms, dimension): (u8, u64, u32),
+    ) -> Result<WorldInfo, StoreError> {
+        Ok(WorldInfo {
+            name: name.to_owned(),
+            state: WorldState::from_code(state)?,
+            atoms,
+            dimension,
+        })
+    }
+
+    pub(crate) fn record(&self) -> (u8, u64, u32) {
+        (self.state.code(), self.atoms, self.dimension)
+    }
 }
 
 /// Checks a world name: 1 to 128 bytes of lowercase segments of `[a-z0-9._-]`, separated

@@ -92,7 +92,7 @@ struct Tables<'txn> {
     kind_index: Table<'txn, (&'static str, u16, u64), Hash>,
     label_index: Table<'txn, (&'static str, &'static str, u64), Hash>,
     writer_index: Table<'txn, (&'static str, PublicKey, u64), Hash>,
-    worlds: Table<'txn, &'static str, (u8, u64)>,
+    worlds: Table<'txn, &'static str, (u8, u64, u32)>,
     principals: Table<'txn, PublicKey, &'static [u8]>,
     principal_names: Table<'txn, &'static str, PublicKey>,
     epochs: Table<'txn, u64, (Hash, i64)>,
@@ -218,30 +218,27 @@ fn apply_one(
                     world: name.clone(),
                 }));
             }
-            tables
-                .worlds
-                .insert(name.as_str(), (WorldState::Active.code(), 0))?;
-            Ok(Ok(WriteOutcome::World(WorldInfo {
+            let world = WorldInfo {
                 name: name.clone(),
                 state: WorldState::Active,
                 atoms: 0,
-            })))
+                dimension: 0,
+            };
+            tables.worlds.insert(name.as_str(), world.record())?;
+            Ok(Ok(WriteOutcome::World(world)))
         }
         WriteOp::SetWorldState { name, state } => {
-            let atoms = match tables.worlds.get(name.as_str())? {
-                Some(value) => value.value().1,
+            let mut world = match tables.worlds.get(name.as_str())? {
+                Some(value) => WorldInfo::from_record(name, value.value())?,
                 None => {
                     return Ok(Err(StoreError::WorldNotFound {
                         world: name.clone(),
                     }));
                 }
             };
-            tables.worlds.insert(name.as_str(), (state.code(), atoms))?;
-            Ok(Ok(WriteOutcome::World(WorldInfo {
-                name: name.clone(),
-                state: *state,
-                atoms,
-            })))
+            world.state = *state;
+            tables.worlds.insert(name.as_str(), world.record())?;
+            Ok(Ok(WriteOutcome::World(world)))
         }
         WriteOp::AddPrincipal(principal) => add_principal(tables, principal),
         WriteOp::SetGrants { name, grants } => {
@@ -366,15 +363,15 @@ fn remember(
     atoms: &[AtomContent],
 ) -> Result<Verdict, StoreError> {
     // Validate everything before the first insert.
-    let (state, count) = match tables.worlds.get(world)? {
-        Some(value) => value.value(),
+    let mut info = match tables.worlds.get(world)? {
+        Some(value) => WorldInfo::from_record(world, value.value())?,
         None => {
             return Ok(Err(StoreError::WorldNotFound {
                 world: world.to_owned(),
             }));
         }
     };
-    if WorldState::from_code(state)? == WorldState::Archived {
+    if info.state == WorldState::Archived {
         return Ok(Err(StoreError::WorldArchived {
             world: world.to_owned(),
         }));
@@ -398,6 +395,21 @@ fn remember(
     for (index, atom) in atoms.iter().enumerate() {
         if let Err(reason) = atom.validate() {
             return Ok(Err(StoreError::InvalidAtom { index, reason }));
+        }
+        // The world's first vector fixes its dimension; every later one must match.
+        if !atom.vector.is_empty() {
+            let dimension = atom.vector.len() as u32;
+            if info.dimension == 0 {
+                info.dimension = dimension;
+            } else if info.dimension != dimension {
+                return Ok(Err(StoreError::InvalidAtom {
+                    index,
+                    reason: format!(
+                        "its vector has {dimension} dimensions; world {world:?} holds vectors of {}",
+                        info.dimension
+                    ),
+                }));
+            }
         }
     }
 
@@ -452,8 +464,7 @@ fn remember(
         group.last_commit = commit;
     }
     tables.heads.insert((world, key), (seq, prev))?;
-    tables
-        .worlds
-        .insert(world, (state, count + atoms.len() as u64))?;
+    info.atoms += atoms.len() as u64;
+    tables.worlds.insert(world, info.record())?;
     Ok(Ok(WriteOutcome::Remembered(receipts)))
 }

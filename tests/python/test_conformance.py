@@ -304,3 +304,26 @@ def test_subscriptions_deliver_in_order_resume_and_end_on_epoch_advance(address,
         assert ended.value.code == "staleEpoch"
 
     run(body())
+
+
+# Similarity
+
+
+def test_similarity_search_through_python(node):
+    async def body():
+        session = await with_world(node.tcp, node, "vectors")
+        writer, reader = session.writer("vectors"), session.reader("vectors")
+        await engram.remember(
+            writer,
+            NewAtom("north", kind="fact", vector=[0.0, 1.0, 0.0]),
+            NewAtom("east", kind="fact", vector=[1.0, 0.0, 0.0], labels=["x"]),
+            NewAtom("north-east", kind="fact", vector=[0.7, 0.7, 0.0], labels=["x"]),
+        )
+        found = await engram.ask(reader, vector=[0.1, 1.0, 0.0], limit=1)
+        assert [atom.text for atom in found] == ["north"]
+        found = await engram.ask(reader, vector=[0.1, 1.0, 0.0], labels=["x"], limit=1)
+        assert [atom.text for atom in found] == ["north-east"]
+        await expect_code("invalidArgument", engram.ask(reader, vector=[1.0, 0.0]))
+        await expect_code("invalidArgument", engram.remember(writer, NewAtom("flat", vector=[1.0, 2.0])))
+
+    run(body())

@@ -99,6 +99,7 @@ class NewAtom:
     importance: float = 0.5
     confidence: float = 1.0
     payload: bytes = b""
+    vector: Sequence[float] = ()
 
     def fill(self, builder: Any) -> None:
         builder.kind = self.kind
@@ -110,6 +111,8 @@ class NewAtom:
         labels = builder.init("labels", len(self.labels))
         for index, label in enumerate(self.labels):
             labels[index] = label
+        if self.vector:
+            builder.vector = list(self.vector)
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,9 @@ async def get(reader: Any, atom_id: bytes) -> AtomView:
     return AtomView.read((await call(request.send())).atom)
 
 
-def _fill_filter(query: Any, kinds, labels, writers, min_importance, max_importance, limit, before_commit) -> None:
+def _fill_filter(
+    query: Any, kinds, labels, writers, min_importance, max_importance, limit, before_commit, vector=(), explain=False
+) -> None:
     for name, values in (("kinds", list(kinds)), ("labels", list(labels)), ("writers", list(writers))):
         built = query.init(name, len(values))
         for index, value in enumerate(values):
@@ -296,6 +301,9 @@ def _fill_filter(query: Any, kinds, labels, writers, min_importance, max_importa
     query.maxImportance = max_importance
     query.limit = limit
     query.beforeCommit = before_commit
+    query.explain = explain
+    if vector:
+        query.vector = list(vector)
 
 
 async def ask(
@@ -307,10 +315,14 @@ async def ask(
     max_importance: float = 1.0,
     limit: int = 20,
     before_commit: int = 0,
+    vector: Sequence[float] = (),
 ) -> list[AtomView]:
-    """Atoms matching every filter, newest first."""
+    """Atoms matching every filter: newest first, or with ``vector`` the most similar
+    first (weighed with importance and recency; see the schema's ``Hit.score``)."""
     request = reader.ask_request()
-    _fill_filter(request.init("query"), kinds, labels, writers, min_importance, max_importance, limit, before_commit)
+    _fill_filter(
+        request.init("query"), kinds, labels, writers, min_importance, max_importance, limit, before_commit, vector
+    )
     result = await call(request.send())
     return [AtomView.read(hit.atom) for hit in result.hits]
 

@@ -1,0 +1,294 @@
+//! Similarity search: one HNSW graph (hnsw_rs) per world, derived from the store and
+//! never the only copy of anything. An indexer thread catches it up from the world logs
+//! after every commit; a search covers what the graph holds and compares the atoms the
+//! graph does not hold yet exactly, so no answer is ever stale, and the answer says when
+//! part of it was not served by the graph.
+//!
+//! Vectors are normalised for the index (atoms keep what the writer sent) and compared
+//! by dot product, which is then the cosine similarity. Filters run inside the graph
+//! search (hnsw_rs filters), so a filtered search for k returns k when k matches exist.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use hnsw_rs::prelude::{DistDot, Hnsw};
+
+use crate::atom::{AtomKind, PublicKey};
+use crate::error::StoreError;
+use crate::tables::{ATOMS, WORLD_LOG, WORLDS};
+use crate::{Atom, Store};
+use redb::ReadableTable;
+
+/// Links per node and layer.
+const GRAPH_LINKS: usize = 16;
+/// Candidates explored while building.
+const GRAPH_EF_CONSTRUCTION: usize = 200;
+/// Layers of the graph.
+const GRAPH_LAYERS: usize = 16;
+/// Candidates explored while searching, at least.
+const SEARCH_EF_MIN: usize = 64;
+/// Atoms the indexer reads and inserts at a time.
+const INDEX_BATCH_ATOMS: usize = 4096;
+
+/// What filters need to know of an atom, held beside the graph so that filtering inside
+/// the search never touches the store.
+#[derive(Clone, Debug)]
+pub struct AtomFacts {
+    pub kind: AtomKind,
+    pub labels: Box<[String]>,
+    pub writer: PublicKey,
+    pub importance: f32,
+    pub commit: u64,
+}
+
+impl AtomFacts {
+    pub fn of(atom: &Atom) -> AtomFacts {
+        AtomFacts {
+            kind: atom.content.kind,
+            labels: atom.content.labels.clone().into_boxed_slice(),
+            writer: atom.writer,
+            importance: atom.content.importance,
+            commit: atom.commit,
+        }
+    }
+}
+
+/// One world's graph and the facts of the atoms in it, keyed by commit (the graph's
+/// data id: commits are unique node-wide).
+struct WorldGraph {
+    graph: Hnsw<'static, f32, DistDot>,
+    facts: RwLock<HashMap<u64, AtomFacts>>,
+}
+
+/// A match of a similarity search.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Similar {
+    pub commit: u64,
+    pub similarity: f32,
+}
+
+/// What a similarity search found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimilarityAnswer {
+    /// Best first, at most the number asked for.
+    pub matches: Vec<Similar>,
+    /// Atoms compared exactly because the graph did not hold them yet.
+    pub compared_exactly: usize,
+}
+
+/// Every world's graph, and the commit up to which they hold every vector.
+pub struct VectorIndex {
+    worlds: RwLock<HashMap<String, Arc<WorldGraph>>>,
+    covered_commit: AtomicU64,
+}
+
+/// The unit vector of `vector`; `None` for a zero vector.
+pub fn normalized(vector: &[f32]) -> Option<Vec<f32>> {
+    let norm = vector.iter().map(|value| value * value).sum::<f32>().sqrt();
+    (norm > 0.0 && norm.is_finite()).then(|| vector.iter().map(|value| value / norm).collect())
+}
+
+fn dot(left: &[f32], right: &[f32]) -> f32 {
+    left.iter().zip(right).map(|(a, b)| a * b).sum()
+}
+
+impl Default for VectorIndex {
+    fn default() -> Self {
+        VectorIndex::new()
+    }
+}
+
+impl VectorIndex {
+    /// An empty index; [`VectorIndex::catch_up`] fills it from the store.
+    pub fn new() -> VectorIndex {
+        VectorIndex {
+            worlds: RwLock::new(HashMap::new()),
+            covered_commit: AtomicU64::new(0),
+        }
+    }
+
+    /// The commit up to which every vector is in the graphs.
+    pub fn covered_commit(&self) -> u64 {
+        self.covered_commit.load(Ordering::Acquire)
+    }
+
+    fn graph(&self, world: &str) -> Option<Arc<WorldGraph>> {
+        self.worlds
+            .read()
+            .expect("the vector index lock is never poisoned")
+            .get(world)
+            .cloned()
+    }
+
+    fn graph_or_new(&self, world: &str, expected_atoms: usize) -> Arc<WorldGraph> {
+        let mut worlds = self
+            .worlds
+            .write()
+            .expect("the vector index lock is never poisoned");
+        worlds
+            .entry(world.to_owned())
+            .or_insert_with(|| {
+                Arc::new(WorldGraph {
+                    graph: Hnsw::new(
+                        GRAPH_LINKS,
+                        expected_atoms.max(1024),
+                        GRAPH_LAYERS,
+                        GRAPH_EF_CONSTRUCTION,
+                        DistDot {},
+                    ),
+                    facts: RwLock::new(HashMap::new()),
+                })
+            })
+            .clone()
+    }
+
+    /// Inserts every vector committed after the covered commit, world by world in
+    /// batches; returns how many it inserted. Called by the indexer thread only.
+    pub fn catch_up(&self, store: &Store) -> Result<usize, StoreError> {
+        let view = store.read()?;
+        let target = view.last_commit()?;
+        let from = self.covered_commit();
+        if target <= from {
+            return Ok(0);
+        }
+        let worlds = view.transaction.open_table(WORLDS)?;
+        let log = view.transaction.open_table(WORLD_LOG)?;
+        let atoms = view.transaction.open_table(ATOMS)?;
+        let mut inserted = 0;
+        for entry in worlds.iter()? {
+            let (name, record) = entry?;
+            let (name, (_, world_atoms, dimension)) = (name.value(), record.value());
+            if dimension == 0 {
+                continue;
+            }
+            let graph = self.graph_or_new(name, world_atoms as usize);
+            let mut batch: Vec<(Vec<f32>, usize)> = Vec::with_capacity(INDEX_BATCH_ATOMS);
+            let mut facts = Vec::with_capacity(INDEX_BATCH_ATOMS);
+            let flush = |batch: &mut Vec<(Vec<f32>, usize)>, facts: &mut Vec<AtomFacts>| {
+                {
+                    let mut known = graph.facts.write().expect("never poisoned");
+                    for fact in facts.drain(..) {
+                        known.insert(fact.commit, fact);
+                    }
+                }
+                let slices: Vec<(&[f32], usize)> = batch
+                    .iter()
+                    .map(|(vector, id)| (vector.as_slice(), *id))
+                    .collect();
+                graph.graph.parallel_insert_slice(&slices);
+                batch.clear();
+            };
+            for row in log.range((name, from + 1)..=(name, target))? {
+                let (key, id) = row?;
+                let bytes = atoms.get(id.value())?.ok_or_else(|| StoreError::Corrupt {
+                    what: format!(
+                        "the log of {name:?} names a missing atom at commit {}",
+                        key.value().1
+                    ),
+                })?;
+                let atom = crate::atom::decode_entry(id.value(), bytes.value())?;
+                let Some(unit) = normalized(&atom.content.vector) else {
+                    continue;
+                };
+                facts.push(AtomFacts::of(&atom));
+                batch.push((unit, atom.commit as usize));
+                inserted += 1;
+                if batch.len() == INDEX_BATCH_ATOMS {
+                    flush(&mut batch, &mut facts);
+                }
+            }
+            if !batch.is_empty() {
+                flush(&mut batch, &mut facts);
+            }
+        }
+        self.covered_commit.store(target, Ordering::Release);
+        Ok(inserted)
+    }
+
+    /// The `limit` atoms of `world` most similar to `vector` among those for which
+    /// `allowed` holds: from the graph for what it covers, compared exactly for the rest.
+    pub fn search(
+        &self,
+        store: &Store,
+        world: &str,
+        vector: &[f32],
+        limit: usize,
+        allowed: &(dyn Fn(&AtomFacts) -> bool + Sync),
+    ) -> Result<SimilarityAnswer, StoreError> {
+        let Some(query) = normalized(vector) else {
+            return Err(StoreError::InvalidQuery {
+                reason: "the query vector is all zeros or not finite".into(),
+            });
+        };
+        let view = store.read()?;
+        let Some(info) = view.world(world)? else {
+            return Err(StoreError::WorldNotFound {
+                world: world.to_owned(),
+            });
+        };
+        if info.dimension == 0 {
+            return Ok(SimilarityAnswer {
+                matches: Vec::new(),
+                compared_exactly: 0,
+            });
+        }
+        if info.dimension as usize != query.len() {
+            return Err(StoreError::InvalidQuery {
+                reason: format!(
+                    "the query vector has {} dimensions; world {world:?} holds vectors of {}",
+                    query.len(),
+                    info.dimension
+                ),
+            });
+        }
+        // Read the covered commit before the graph: the graph may hold more than it says,
+        // never less, and an atom in both is deduplicated below.
+        let covered = self.covered_commit();
+        let mut matches = Vec::with_capacity(limit * 2);
+        if let Some(graph) = self.graph(world) {
+            let facts = graph.facts.read().expect("never poisoned");
+            let filter = |id: &usize| {
+                let commit = *id as u64;
+                commit <= covered && facts.get(&commit).is_some_and(allowed)
+            };
+            let found =
+                graph
+                    .graph
+                    .search_filter(&query, limit, SEARCH_EF_MIN.max(limit), Some(&filter));
+            matches.extend(found.into_iter().map(|neighbour| Similar {
+                commit: neighbour.d_id as u64,
+                similarity: 1.0 - neighbour.distance,
+            }));
+        }
+        // The tail the graph does not cover yet is compared exactly, from the store.
+        let log = view.transaction.open_table(WORLD_LOG)?;
+        let atoms = view.transaction.open_table(ATOMS)?;
+        let mut compared_exactly = 0;
+        for row in log.range((world, covered + 1)..=(world, u64::MAX))? {
+            let (_, id) = row?;
+            let bytes = atoms.get(id.value())?.ok_or_else(|| StoreError::Corrupt {
+                what: format!("the log of {world:?} names a missing atom"),
+            })?;
+            let atom = crate::atom::decode_entry(id.value(), bytes.value())?;
+            let Some(unit) = normalized(&atom.content.vector) else {
+                continue;
+            };
+            compared_exactly += 1;
+            if allowed(&AtomFacts::of(&atom)) {
+                matches.push(Similar {
+                    commit: atom.commit,
+                    similarity: dot(&query, &unit),
+                });
+            }
+        }
+        // The graph answered only commits up to `covered` and the tail holds only later
+        // ones, so no atom appears twice.
+        matches.sort_by(|left, right| right.similarity.total_cmp(&left.similarity));
+        matches.truncate(limit);
+        Ok(SimilarityAnswer {
+            matches,
+            compared_exactly,
+        })
+    }
+}
