@@ -12,6 +12,7 @@ mod node;
 mod observe;
 mod report;
 mod suite;
+mod vectors;
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +37,19 @@ enum Benchmark {
         #[arg(long, default_value_t = 2_000)]
         calls: usize,
         /// Seed of every generated atom.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Similarity search on clustered vectors: recall, latency, build and rebuild.
+    Vectors {
+        #[arg(long, default_value_t = 100_000)]
+        atoms: usize,
+        #[arg(long, default_value_t = 384)]
+        dimensions: usize,
+        #[arg(long, default_value_t = 100)]
+        clusters: usize,
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
@@ -78,6 +92,22 @@ fn main() {
             }),
         ),
         Benchmark::EchoServer => local.block_on(&runtime, echo::serve()),
+        Benchmark::Vectors {
+            atoms,
+            dimensions,
+            clusters,
+            queries,
+            seed,
+        } => local.block_on(
+            &runtime,
+            vectors::run(vectors::Options {
+                atoms,
+                dimensions,
+                clusters,
+                queries,
+                seed,
+            }),
+        ),
         Benchmark::Observe {
             subscribers,
             atoms,
