@@ -26,8 +26,13 @@ const GRAPH_LINKS: usize = 16;
 const GRAPH_EF_CONSTRUCTION: usize = 200;
 /// Layers of the graph.
 const GRAPH_LAYERS: usize = 16;
-/// Candidates explored while searching, at least.
-const SEARCH_EF_MIN: usize = 64;
+/// Candidates explored while searching, at least (and at least twice those asked for).
+const SEARCH_EF_MIN: usize = 128;
+/// A filter that lets through at most 1 / this of a world's atoms is answered by
+/// comparing those atoms exactly instead of walking the graph.
+const SELECTIVE_FILTER_DIVISOR: usize = 5;
+/// Atoms sampled to estimate a filter's selectivity.
+const SELECTIVITY_SAMPLE: usize = 512;
 /// Atoms the indexer reads and inserts at a time.
 const INDEX_BATCH_ATOMS: usize = 4096;
 
@@ -54,11 +59,14 @@ impl AtomFacts {
     }
 }
 
-/// One world's graph and the facts of the atoms in it, keyed by commit (the graph's
-/// data id: commits are unique node-wide).
+/// One world's graph and the facts of the atoms in it. The graph's data id of an atom
+/// is its position in `facts`, so a filter finds the facts by indexing, not hashing.
 struct WorldGraph {
     graph: Hnsw<'static, f32, DistDot>,
-    facts: RwLock<HashMap<u64, AtomFacts>>,
+    facts: RwLock<Vec<AtomFacts>>,
+    /// The unit vectors by data id, for exact comparison when a filter is so selective
+    /// that walking the graph would visit most of it.
+    units: RwLock<Vec<Box<[f32]>>>,
 }
 
 /// A match of a similarity search.
@@ -89,8 +97,22 @@ pub fn normalized(vector: &[f32]) -> Option<Vec<f32>> {
     (norm > 0.0 && norm.is_finite()).then(|| vector.iter().map(|value| value / norm).collect())
 }
 
+/// Dot product in eight independent lanes, which the compiler turns into SIMD.
 fn dot(left: &[f32], right: &[f32]) -> f32 {
-    left.iter().zip(right).map(|(a, b)| a * b).sum()
+    let mut lanes = [0.0f32; 8];
+    let (left_chunks, right_chunks) = (left.chunks_exact(8), right.chunks_exact(8));
+    let tail: f32 = left_chunks
+        .remainder()
+        .iter()
+        .zip(right_chunks.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (left, right) in left_chunks.zip(right_chunks) {
+        for lane in 0..8 {
+            lanes[lane] += left[lane] * right[lane];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 impl Default for VectorIndex {
@@ -137,7 +159,8 @@ impl VectorIndex {
                         GRAPH_EF_CONSTRUCTION,
                         DistDot {},
                     ),
-                    facts: RwLock::new(HashMap::new()),
+                    facts: RwLock::new(Vec::new()),
+                    units: RwLock::new(Vec::new()),
                 })
             })
             .clone()
@@ -163,18 +186,22 @@ impl VectorIndex {
                 continue;
             }
             let graph = self.graph_or_new(name, world_atoms as usize);
-            let mut batch: Vec<(Vec<f32>, usize)> = Vec::with_capacity(INDEX_BATCH_ATOMS);
+            let mut batch: Vec<Vec<f32>> = Vec::with_capacity(INDEX_BATCH_ATOMS);
             let mut facts = Vec::with_capacity(INDEX_BATCH_ATOMS);
-            let flush = |batch: &mut Vec<(Vec<f32>, usize)>, facts: &mut Vec<AtomFacts>| {
-                {
+            // Facts first, then the graph: a search that meets a new node finds its facts.
+            let flush = |batch: &mut Vec<Vec<f32>>, facts: &mut Vec<AtomFacts>| {
+                let first_id = {
                     let mut known = graph.facts.write().expect("never poisoned");
-                    for fact in facts.drain(..) {
-                        known.insert(fact.commit, fact);
-                    }
-                }
+                    let mut units = graph.units.write().expect("never poisoned");
+                    let first_id = known.len();
+                    known.append(facts);
+                    units.extend(batch.iter().map(|unit| unit.clone().into_boxed_slice()));
+                    first_id
+                };
                 let slices: Vec<(&[f32], usize)> = batch
                     .iter()
-                    .map(|(vector, id)| (vector.as_slice(), *id))
+                    .enumerate()
+                    .map(|(offset, vector)| (vector.as_slice(), first_id + offset))
                     .collect();
                 graph.graph.parallel_insert_slice(&slices);
                 batch.clear();
@@ -192,7 +219,7 @@ impl VectorIndex {
                     continue;
                 };
                 facts.push(AtomFacts::of(&atom));
-                batch.push((unit, atom.commit as usize));
+                batch.push(unit);
                 inserted += 1;
                 if batch.len() == INDEX_BATCH_ATOMS {
                     flush(&mut batch, &mut facts);
@@ -248,18 +275,35 @@ impl VectorIndex {
         let mut matches = Vec::with_capacity(limit * 2);
         if let Some(graph) = self.graph(world) {
             let facts = graph.facts.read().expect("never poisoned");
-            let filter = |id: &usize| {
-                let commit = *id as u64;
-                commit <= covered && facts.get(&commit).is_some_and(allowed)
-            };
-            let found =
-                graph
-                    .graph
-                    .search_filter(&query, limit, SEARCH_EF_MIN.max(limit), Some(&filter));
-            matches.extend(found.into_iter().map(|neighbour| Similar {
-                commit: neighbour.d_id as u64,
-                similarity: 1.0 - neighbour.distance,
-            }));
+            let passes = |id: usize| facts[id].commit <= covered && allowed(&facts[id]);
+            // Estimate the filter's selectivity from an even sample of the atoms.
+            let step = (facts.len() / SELECTIVITY_SAMPLE).max(1);
+            let sampled = (0..facts.len()).step_by(step).count();
+            let sampled_passing = (0..facts.len())
+                .step_by(step)
+                .filter(|id| passes(*id))
+                .count();
+            if sampled_passing * SELECTIVE_FILTER_DIVISOR <= sampled {
+                // Few atoms pass: comparing them all is exact and cheaper than a graph
+                // walk that would reject most of what it visits.
+                let units = graph.units.read().expect("never poisoned");
+                matches.extend((0..facts.len()).filter(|id| passes(*id)).map(|id| Similar {
+                    commit: facts[id].commit,
+                    similarity: dot(&query, &units[id]),
+                }));
+            } else {
+                let filter = |id: &usize| *id < facts.len() && passes(*id);
+                let found = graph.graph.search_filter(
+                    &query,
+                    limit,
+                    SEARCH_EF_MIN.max(2 * limit),
+                    Some(&filter),
+                );
+                matches.extend(found.into_iter().map(|neighbour| Similar {
+                    commit: facts[neighbour.d_id].commit,
+                    similarity: 1.0 - neighbour.distance,
+                }));
+            }
         }
         // The tail the graph does not cover yet is compared exactly, from the store.
         let log = view.transaction.open_table(WORLD_LOG)?;
