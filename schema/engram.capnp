@@ -323,9 +323,9 @@ interface Observer {
 
   subscribe @0 (filter :Query, sink :AtomSink, fromCommit :UInt64) -> (subscription :Subscription);
   # Pushes to `sink` every visible atom with commit > fromCommit that matches `filter`
-  # (kinds, labels, writers, importance; `limit` and `beforeCommit` do not apply): first
-  # what is already stored, then each new commit as it becomes durable, with no gap and
-  # no duplicate. Resume after any interruption by subscribing again from the last
+  # (kinds, labels, writers, importance; `limit`, `beforeCommit` and `explain` do not
+  # apply, and a `vector` is `invalidArgument`): first what is already stored, then each
+  # new commit as it becomes durable, with no gap and no duplicate. Resume after any interruption by subscribing again from the last
   # commit received. `resourceExhausted` past the node's subscriptions per principal.
 
   attenuate @1 (restriction :Restriction) -> (observer :Observer);

@@ -4,7 +4,7 @@ use std::rc::Rc;
 
 use engram_schema::engram_capnp::observer;
 
-use crate::convert::{malformed, read_query, read_restriction};
+use crate::convert::{malformed, read_ask, read_restriction};
 use crate::error::{CapabilityError, Wire};
 use crate::grip::Grip;
 
@@ -27,7 +27,14 @@ impl observer::Server for Observer {
     ) -> Result<(), capnp::Error> {
         self.grip.check(Some(&self.world)).wire()?;
         let params = params.get()?;
-        let mut filter = read_query(params.get_filter().map_err(malformed).wire()?).wire()?;
+        let request = read_ask(params.get_filter().map_err(malformed).wire()?).wire()?;
+        if !request.vector.is_empty() {
+            return Err(CapabilityError::invalid(
+                "a subscription delivers in commit order; it takes no query vector",
+            )
+            .into());
+        }
+        let mut filter = request.query;
         // A subscription has no page: `limit` and `beforeCommit` do not apply.
         filter.limit = 1;
         filter.before_commit = None;

@@ -79,6 +79,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let (doorbell, committed) = tokio::sync::watch::channel(last_commit);
     let vectors = Arc::new(VectorIndex::new());
     let indexer = start_indexer(store.clone(), vectors.clone(), committed.clone());
+    let stop_indexer = vectors.clone();
     let (writer, writer_thread) = Writer::start(store.clone(), move |commit| {
         doorbell.send_replace(commit);
     });
@@ -105,6 +106,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     // them the last handles of the writer, which then finishes what is queued and exits.
     drop(local);
     drop(runtime);
+    stop_indexer.stop();
     writer_thread.join();
     // The writer's doorbell is gone with it: the indexer sees that and stops.
     if indexer.join().is_err() {

@@ -9,7 +9,7 @@
 //! search (hnsw_rs filters), so a filtered search for k returns k when k matches exist.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use hnsw_rs::prelude::{DistDot, Hnsw};
@@ -89,6 +89,8 @@ pub struct SimilarityAnswer {
 pub struct VectorIndex {
     worlds: RwLock<HashMap<String, Arc<WorldGraph>>>,
     covered_commit: AtomicU64,
+    /// Set at shutdown: a catch-up in progress stops at its next batch.
+    stopping: AtomicBool,
 }
 
 /// The unit vector of `vector`; `None` for a zero vector.
@@ -127,7 +129,14 @@ impl VectorIndex {
         VectorIndex {
             worlds: RwLock::new(HashMap::new()),
             covered_commit: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
         }
+    }
+
+    /// Asks a catch-up in progress to stop at its next batch (the node is shutting down;
+    /// the index is derived and rebuilt at the next start).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
     }
 
     /// The commit up to which every vector is in the graphs.
@@ -223,6 +232,11 @@ impl VectorIndex {
                 inserted += 1;
                 if batch.len() == INDEX_BATCH_ATOMS {
                     flush(&mut batch, &mut facts);
+                    if self.stopping.load(Ordering::Acquire) {
+                        // The covered commit stays where it was: nothing is claimed
+                        // that was not inserted.
+                        return Ok(inserted);
+                    }
                 }
             }
             if !batch.is_empty() {

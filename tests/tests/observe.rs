@@ -130,6 +130,20 @@ fn filters_and_restrictions_hold_for_subscriptions() {
         .await
         .unwrap();
         let seen = collect(&mut watch, 2).await;
+        // A similarity vector means nothing to a subscription: refused, not ignored.
+        let refused = engram_client::subscribe(
+            &narrowed,
+            &Filter {
+                vector: vec![1.0, 0.0],
+                ..Filter::default()
+            },
+            0,
+        )
+        .await;
+        match refused {
+            Err(error) => assert_eq!(error.code(), Some(ErrorCode::InvalidArgument), "{error}"),
+            Ok(_) => panic!("a subscription with a vector was accepted"),
+        }
         assert_eq!(
             seen,
             vec![
