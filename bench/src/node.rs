@@ -5,6 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+use engram_client::{Endpoint, Session, connect, keyfile};
+
 pub struct BenchNode {
     _directory: tempfile::TempDir,
     data: PathBuf,
@@ -91,6 +93,21 @@ impl BenchNode {
             .args(["--listen", "127.0.0.1:0", "--no-socket"])
             .env("RUST_LOG", "warn");
         command
+    }
+
+    /// Connects as the admin, logs in and grafts.
+    pub async fn login(&self) -> Session {
+        let key = keyfile::read(&self.admin_key).expect("the admin key");
+        let connection = connect(&Endpoint::Tcp(self.tcp.clone()))
+            .await
+            .expect("connecting");
+        connection
+            .login(&key)
+            .await
+            .expect("login")
+            .graft()
+            .await
+            .expect("graft")
     }
 
     /// The redb file.

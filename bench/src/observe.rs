@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use engram_client::{Filter, NewAtom, Session, WatchEvent, connect, keyfile};
+use engram_client::{Filter, NewAtom, WatchEvent};
 use futures::StreamExt;
 
 use crate::node::BenchNode;
@@ -15,20 +15,6 @@ pub struct Options {
     pub subscribers: usize,
     pub atoms: usize,
     pub in_flight: usize,
-}
-
-async fn login(node: &BenchNode) -> Session {
-    let key = keyfile::read(&node.admin_key).expect("the admin key");
-    let connection = connect(&engram_client::Endpoint::Tcp(node.tcp.clone()))
-        .await
-        .expect("connecting");
-    connection
-        .login(&key)
-        .await
-        .expect("login")
-        .graft()
-        .await
-        .expect("graft")
 }
 
 /// Runs the scenario twice, with and without a stalled subscriber, so the node's memory
@@ -70,11 +56,11 @@ struct Figures {
 
 async fn scenario(options: &Options, stalled: bool) -> Figures {
     let node = BenchNode::start();
-    let admin = login(&node).await;
+    let admin = node.login().await;
     engram_client::create_world(&admin.admin().unwrap(), "bench")
         .await
         .unwrap();
-    let admin = login(&node).await;
+    let admin = node.login().await;
 
     // Send time of each atom, by index; the atom's text carries its index.
     let sent: Rc<RefCell<Vec<Option<Instant>>>> = Rc::new(RefCell::new(vec![None; options.atoms]));
@@ -85,7 +71,7 @@ async fn scenario(options: &Options, stalled: bool) -> Figures {
 
     let mut watches = Vec::new();
     for _ in 0..options.subscribers {
-        let session = login(&node).await;
+        let session = node.login().await;
         let watch =
             engram_client::subscribe(&session.observer("bench").unwrap(), &Filter::default(), 0)
                 .await
@@ -95,7 +81,7 @@ async fn scenario(options: &Options, stalled: bool) -> Figures {
     // One subscriber that never reads: the node must hold it back, not buffer for it.
     let mut _stalled = None;
     if stalled {
-        let session = login(&node).await;
+        let session = node.login().await;
         let watch =
             engram_client::subscribe(&session.observer("bench").unwrap(), &Filter::default(), 0)
                 .await

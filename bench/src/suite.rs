@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use engram_client::engram_schema::engram_capnp::{AtomKind, world_writer};
-use engram_client::{Filter, NewAtom, Receipt, Session, connect, keyfile};
+use engram_client::{Filter, NewAtom, Receipt};
 use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -48,20 +48,6 @@ fn atom(rng: &mut StdRng, number: usize) -> NewAtom {
     }
     NewAtom::new(KINDS[number % KINDS.len()], text)
         .labels(&[&format!("label-{}", rng.random_range(0..LABELS))])
-}
-
-async fn login(node: &BenchNode) -> Session {
-    let key = keyfile::read(&node.admin_key).expect("the admin key");
-    let connection = connect(&engram_client::Endpoint::Tcp(node.tcp.clone()))
-        .await
-        .expect("connecting");
-    connection
-        .login(&key)
-        .await
-        .expect("login")
-        .graft()
-        .await
-        .expect("graft")
 }
 
 fn mean(durations: &[Duration]) -> Duration {
@@ -135,11 +121,11 @@ pub async fn run(options: Options) {
     let (echo_reader, echo_writer) = echo::capabilities(&echo_server.tcp).await;
     let scratch = tempfile::tempdir().expect("a temporary directory");
     let mut node = BenchNode::start();
-    let admin = login(&node).await;
+    let admin = node.login().await;
     engram_client::create_world(&admin.admin().unwrap(), "bench")
         .await
         .unwrap();
-    let admin = login(&node).await;
+    let admin = node.login().await;
     let writer = admin.writer("bench").unwrap();
     let reader = admin.reader("bench").unwrap();
     let mut ratios = Vec::new();
@@ -208,7 +194,7 @@ pub async fn run(options: Options) {
     let per_connection = (calls / 4).max(50);
     let mut writers = Vec::new();
     for _ in 0..options.connections {
-        writers.push(login(&node).await.writer("bench").unwrap());
+        writers.push(node.login().await.writer("bench").unwrap());
     }
     let mut echo_writers = Vec::new();
     for _ in 0..options.connections {
@@ -379,7 +365,7 @@ async fn fill(node: &BenchNode, total: usize, seed: u64) -> f64 {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for connection in 0..CONNECTIONS {
-        let writer = login(node).await.writer("bench").unwrap();
+        let writer = node.login().await.writer("bench").unwrap();
         tasks.push(tokio::task::spawn_local(async move {
             let mut rng = StdRng::seed_from_u64(seed ^ (connection as u64 + 1));
             for batch in (connection..batches).step_by(CONNECTIONS) {

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use engram_client::{Filter, NewAtom, Session, connect, keyfile};
+use engram_client::{Filter, NewAtom, Session};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -24,20 +24,6 @@ pub struct Options {
 const K: usize = 10;
 /// The label that one atom in ten carries, for the filtered searches.
 const SELECTED: &str = "selected";
-
-async fn login(node: &BenchNode) -> Session {
-    let key = keyfile::read(&node.admin_key).expect("the admin key");
-    let connection = connect(&engram_client::Endpoint::Tcp(node.tcp.clone()))
-        .await
-        .expect("connecting");
-    connection
-        .login(&key)
-        .await
-        .expect("login")
-        .graft()
-        .await
-        .expect("graft")
-}
 
 fn unit(vector: &[f32]) -> Vec<f32> {
     let norm = vector.iter().map(|value| value * value).sum::<f32>().sqrt();
@@ -167,11 +153,11 @@ pub async fn run(options: Options) {
     let selected = |index: usize| index % 10 == 3;
 
     let mut node = BenchNode::start();
-    let admin = login(&node).await;
+    let admin = node.login().await;
     engram_client::create_world(&admin.admin().unwrap(), "vectors")
         .await
         .unwrap();
-    let admin = login(&node).await;
+    let admin = node.login().await;
     let writer = admin.writer("vectors").unwrap();
     let started = Instant::now();
     let mut commits = Vec::with_capacity(options.atoms);
@@ -257,7 +243,7 @@ pub async fn run(options: Options) {
     drop((writer, admin));
     node.stop();
     let ready = node.restart();
-    let admin = login(&node).await;
+    let admin = node.login().await;
     let rebuilt = until_indexed(&admin, probe).await;
     print("vectors.reopen_to_ready", ready.as_secs_f64() * 1e3, "ms");
     print(
