@@ -30,6 +30,8 @@ pub const STORE_FILE: &str = "engram.redb";
 pub const NODE_KEY_FILE: &str = "node.key";
 /// The first admin's key, written on first start.
 pub const ADMIN_KEY_FILE: &str = "admin.key";
+/// The persisted vector index (derived state) inside the data directory.
+pub const VECTOR_INDEX_DIRECTORY: &str = "vector-index";
 /// The Unix socket inside the data directory, unless configured elsewhere.
 pub const SOCKET_FILE: &str = "engramd.sock";
 
@@ -77,7 +79,14 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         .and_then(|view| view.last_commit())
         .map_err(store_error)?;
     let (doorbell, committed) = tokio::sync::watch::channel(last_commit);
-    let vectors = Arc::new(VectorIndex::new());
+    let vector_directory = config.data.join(VECTOR_INDEX_DIRECTORY);
+    let loading = std::time::Instant::now();
+    let vectors = Arc::new(VectorIndex::load(&vector_directory, &store));
+    tracing::info!(
+        covered = vectors.covered_commit(),
+        elapsed_ms = loading.elapsed().as_millis() as u64,
+        "vector index loaded; the indexer catches up the rest"
+    );
     let indexer = start_indexer(store.clone(), vectors.clone(), committed.clone());
     let stop_indexer = vectors.clone();
     let (writer, writer_thread) = Writer::start(store.clone(), move |commit| {
@@ -111,6 +120,18 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     // The writer's doorbell is gone with it: the indexer sees that and stops.
     if indexer.join().is_err() {
         tracing::error!("the indexer thread panicked");
+    }
+    match stop_indexer.persist(&vector_directory) {
+        Ok(true) => tracing::info!(
+            covered = stop_indexer.covered_commit(),
+            "vector index persisted"
+        ),
+        Ok(false) => tracing::info!(
+            "vector index not persisted (it was still catching up); the next start rebuilds it"
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "vector index not persisted; the next start rebuilds it")
+        }
     }
     if let Some(socket) = &config.socket {
         let _ = std::fs::remove_file(socket);

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use hnsw_rs::prelude::{DistDot, Hnsw};
+use std::path::Path;
+
+use hnsw_rs::prelude::{AnnT, DistDot, Hnsw, HnswIo};
 
 use crate::atom::{AtomKind, PublicKey};
 use crate::error::StoreError;
@@ -33,6 +35,10 @@ const SEARCH_EF_MIN: usize = 128;
 const SELECTIVE_FILTER_DIVISOR: usize = 5;
 /// Atoms sampled to estimate a filter's selectivity.
 const SELECTIVITY_SAMPLE: usize = 512;
+/// First line of a persisted index's manifest.
+const PERSISTED_FORMAT: &str = "engram vector index v1";
+/// The manifest: format, covered commit, then one `basename world` line per graph.
+const MANIFEST: &str = "manifest";
 /// Atoms the indexer reads and inserts at a time.
 const INDEX_BATCH_ATOMS: usize = 4096;
 
@@ -91,6 +97,9 @@ pub struct VectorIndex {
     covered_commit: AtomicU64,
     /// Set at shutdown: a catch-up in progress stops at its next batch.
     stopping: AtomicBool,
+    /// False once a catch-up stopped in the middle: the graphs then hold atoms past the
+    /// covered commit, and must not be persisted as covering exactly it.
+    consistent: AtomicBool,
 }
 
 /// The unit vector of `vector`; `None` for a zero vector.
@@ -130,6 +139,7 @@ impl VectorIndex {
             worlds: RwLock::new(HashMap::new()),
             covered_commit: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            consistent: AtomicBool::new(true),
         }
     }
 
@@ -152,7 +162,12 @@ impl VectorIndex {
             .cloned()
     }
 
-    fn graph_or_new(&self, world: &str, expected_atoms: usize) -> Arc<WorldGraph> {
+    fn graph_or_new(
+        &self,
+        world: &str,
+        expected_atoms: usize,
+        loaded: Option<WorldGraph>,
+    ) -> Arc<WorldGraph> {
         let mut worlds = self
             .worlds
             .write()
@@ -160,7 +175,7 @@ impl VectorIndex {
         worlds
             .entry(world.to_owned())
             .or_insert_with(|| {
-                Arc::new(WorldGraph {
+                Arc::new(loaded.unwrap_or_else(|| WorldGraph {
                     graph: Hnsw::new(
                         GRAPH_LINKS,
                         expected_atoms.max(1024),
@@ -170,9 +185,124 @@ impl VectorIndex {
                     ),
                     facts: RwLock::new(Vec::new()),
                     units: RwLock::new(Vec::new()),
-                })
+                }))
             })
             .clone()
+    }
+
+    /// Writes every graph into `directory` (replacing what is there) with the commit they
+    /// cover, so the next start loads them instead of rebuilding. Written beside, then
+    /// renamed into place: a crash leaves the previous snapshot or none, never half of
+    /// one. Does nothing if a catch-up was cut short.
+    pub fn persist(&self, directory: &Path) -> Result<bool, StoreError> {
+        if !self.consistent.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let io = |error: std::io::Error| StoreError::TransactionFailed {
+            reason: format!(
+                "persisting the vector index in {}: {error}",
+                directory.display()
+            ),
+        };
+        let staging = directory.with_extension("staging");
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(io)?;
+        let worlds = self.worlds.read().expect("never poisoned");
+        let mut manifest = format!("{PERSISTED_FORMAT}\n{}\n", self.covered_commit());
+        for (number, (name, graph)) in worlds.iter().enumerate() {
+            let basename = format!("world-{number}");
+            graph
+                .graph
+                .file_dump(&staging, &basename)
+                .map_err(|error| StoreError::TransactionFailed {
+                    reason: format!("dumping the graph of {name:?}: {error}"),
+                })?;
+            manifest.push_str(&format!("{basename} {name}\n"));
+        }
+        std::fs::write(staging.join(MANIFEST), manifest).map_err(io)?;
+        let _ = std::fs::remove_dir_all(directory);
+        std::fs::rename(&staging, directory).map_err(io)?;
+        Ok(true)
+    }
+
+    /// Loads the graphs `persist` wrote, and rebuilds the facts beside them from the
+    /// store (cheap next to building graphs). A snapshot that does not match the store
+    /// (another format, a commit the store does not have, a different number of
+    /// vectors) is ignored: the index then starts empty and is rebuilt.
+    pub fn load(directory: &Path, store: &Store) -> VectorIndex {
+        let index = VectorIndex::new();
+        match index.load_snapshot(directory, store) {
+            Ok(true) => {}
+            Ok(false) => index.clear(),
+            Err(error) => {
+                tracing::warn!(%error, "the persisted vector index is unusable; rebuilding it");
+                index.clear();
+            }
+        }
+        index
+    }
+
+    fn clear(&self) {
+        self.worlds.write().expect("never poisoned").clear();
+        self.covered_commit.store(0, Ordering::Release);
+    }
+
+    fn load_snapshot(&self, directory: &Path, store: &Store) -> Result<bool, StoreError> {
+        let Ok(manifest) = std::fs::read_to_string(directory.join(MANIFEST)) else {
+            return Ok(false);
+        };
+        let mut lines = manifest.lines();
+        if lines.next() != Some(PERSISTED_FORMAT) {
+            return Ok(false);
+        }
+        let Some(covered) = lines.next().and_then(|line| line.parse::<u64>().ok()) else {
+            return Ok(false);
+        };
+        let view = store.read()?;
+        if covered > view.last_commit()? {
+            return Ok(false);
+        }
+        let log = view.transaction.open_table(WORLD_LOG)?;
+        let atoms = view.transaction.open_table(ATOMS)?;
+        for line in lines {
+            let Some((basename, name)) = line.split_once(' ') else {
+                return Ok(false);
+            };
+            // The loaded graph refers to its loader for as long as it lives: the loader is
+            // kept for the life of the process (one small struct per world and start).
+            let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(directory, basename)));
+            let graph: Hnsw<'static, f32, DistDot> =
+                loader.load_hnsw().map_err(|error| StoreError::Corrupt {
+                    what: format!("vector index of {name:?}: {error}"),
+                })?;
+            let mut facts = Vec::with_capacity(graph.get_nb_point());
+            let mut units = Vec::with_capacity(graph.get_nb_point());
+            for row in log.range((name, 0)..=(name, covered))? {
+                let (_, id) = row?;
+                let bytes = atoms.get(id.value())?.ok_or_else(|| StoreError::Corrupt {
+                    what: format!("the log of {name:?} names a missing atom"),
+                })?;
+                let atom = crate::atom::decode_entry(id.value(), bytes.value())?;
+                if let Some(unit) = normalized(&atom.content.vector) {
+                    facts.push(AtomFacts::of(&atom));
+                    units.push(unit.into_boxed_slice());
+                }
+            }
+            if facts.len() != graph.get_nb_point() {
+                return Ok(false);
+            }
+            self.graph_or_new(
+                name,
+                facts.len(),
+                Some(WorldGraph {
+                    graph,
+                    facts: RwLock::new(facts),
+                    units: RwLock::new(units),
+                }),
+            );
+        }
+        self.covered_commit.store(covered, Ordering::Release);
+        Ok(true)
     }
 
     /// Inserts every vector committed after the covered commit, world by world in
@@ -194,7 +324,7 @@ impl VectorIndex {
             if dimension == 0 {
                 continue;
             }
-            let graph = self.graph_or_new(name, world_atoms as usize);
+            let graph = self.graph_or_new(name, world_atoms as usize, None);
             let mut batch: Vec<Vec<f32>> = Vec::with_capacity(INDEX_BATCH_ATOMS);
             let mut facts = Vec::with_capacity(INDEX_BATCH_ATOMS);
             // Facts first, then the graph: a search that meets a new node finds its facts.
@@ -235,6 +365,7 @@ impl VectorIndex {
                     if self.stopping.load(Ordering::Acquire) {
                         // The covered commit stays where it was: nothing is claimed
                         // that was not inserted.
+                        self.consistent.store(false, Ordering::Release);
                         return Ok(inserted);
                     }
                 }

@@ -1,6 +1,6 @@
 //! Similarity search in `ask`: the known nearest atoms of a small seeded set, the
 //! dimension rules, filters and restrictions applied inside the search, and the same
-//! answers after a clean restart and after kill -9 (the index is rebuilt from the store).
+//! answers after a restart with the persisted index, without it, and after kill -9.
 
 use engram_client::engram_schema::engram_capnp::AtomKind;
 use engram_client::{ErrorCode, Filter, NewAtom, Restriction, Session};
@@ -258,9 +258,23 @@ fn answers_are_the_same_after_a_restart_and_after_kill_9() {
             }
         })
     };
+    // A clean stop persists the index; the next start loads it.
     node.stop();
+    assert!(node.data_dir().join("vector-index/manifest").exists());
+    node.restart();
+    let log = std::fs::read_to_string(node.log_path()).unwrap();
+    assert!(
+        log.lines().any(|line| line.contains("vector index loaded")
+            && line.contains(&format!("covered={ATOMS}"))),
+        "the restart did not load the persisted index:\n{log}"
+    );
+    check(&node);
+    // Without the persisted index the node rebuilds it from the store.
+    node.stop();
+    std::fs::remove_dir_all(node.data_dir().join("vector-index")).unwrap();
     node.restart();
     check(&node);
+    // Killed, the node starts from its last snapshot and catches up from the store.
     node.kill();
     node.restart();
     check(&node);
