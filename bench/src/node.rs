@@ -110,6 +110,11 @@ impl BenchNode {
             .expect("graft")
     }
 
+    /// The data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data
+    }
+
     /// The redb file.
     pub fn store_path(&self) -> PathBuf {
         self.data.join("engram.redb")

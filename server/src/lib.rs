@@ -80,14 +80,13 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         .map_err(store_error)?;
     let (doorbell, committed) = tokio::sync::watch::channel(last_commit);
     let vector_directory = config.data.join(VECTOR_INDEX_DIRECTORY);
-    let loading = std::time::Instant::now();
-    let vectors = Arc::new(VectorIndex::load(&vector_directory, &store));
-    tracing::info!(
-        covered = vectors.covered_commit(),
-        elapsed_ms = loading.elapsed().as_millis() as u64,
-        "vector index loaded; the indexer catches up the rest"
+    let vectors = Arc::new(VectorIndex::new());
+    let indexer = start_indexer(
+        store.clone(),
+        vectors.clone(),
+        committed.clone(),
+        vector_directory.clone(),
     );
-    let indexer = start_indexer(store.clone(), vectors.clone(), committed.clone());
     let stop_indexer = vectors.clone();
     let (writer, writer_thread) = Writer::start(store.clone(), move |commit| {
         doorbell.send_replace(commit);
@@ -140,17 +139,25 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     served
 }
 
-/// The indexer thread: catches the similarity index up with the store at start and
-/// after every commit the doorbell announces, off the RPC thread. It stops when the
-/// doorbell's sender (the writer) is gone.
+/// The indexer thread: loads the persisted similarity index, catches it up with the
+/// store, and again after every commit the doorbell announces, off the RPC thread. It
+/// stops when the doorbell's sender (the writer) is gone.
 fn start_indexer(
     store: Store,
     vectors: Arc<VectorIndex>,
     mut committed: tokio::sync::watch::Receiver<u64>,
+    persisted: PathBuf,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("engram-indexer".into())
         .spawn(move || {
+            let loading = std::time::Instant::now();
+            vectors.load_persisted(&persisted, &store);
+            tracing::info!(
+                covered = vectors.covered_commit(),
+                elapsed_ms = loading.elapsed().as_millis() as u64,
+                "vector index loaded; the indexer catches up the rest"
+            );
             loop {
                 committed.borrow_and_update();
                 let started = std::time::Instant::now();

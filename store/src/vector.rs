@@ -225,21 +225,20 @@ impl VectorIndex {
         Ok(true)
     }
 
-    /// Loads the graphs `persist` wrote, and rebuilds the facts beside them from the
-    /// store (cheap next to building graphs). A snapshot that does not match the store
-    /// (another format, a commit the store does not have, a different number of
-    /// vectors) is ignored: the index then starts empty and is rebuilt.
-    pub fn load(directory: &Path, store: &Store) -> VectorIndex {
-        let index = VectorIndex::new();
-        match index.load_snapshot(directory, store) {
+    /// Loads into this empty index the graphs `persist` wrote, and rebuilds the facts
+    /// beside them from the store (cheap next to building graphs). A snapshot that does
+    /// not match the store (another format, a commit the store does not have, a
+    /// different number of vectors) is ignored: the index stays empty and is rebuilt.
+    /// Searches meanwhile are exact: the covered commit moves only at the end.
+    pub fn load_persisted(&self, directory: &Path, store: &Store) {
+        match self.load_snapshot(directory, store) {
             Ok(true) => {}
-            Ok(false) => index.clear(),
+            Ok(false) => self.clear(),
             Err(error) => {
                 tracing::warn!(%error, "the persisted vector index is unusable; rebuilding it");
-                index.clear();
+                self.clear();
             }
         }
-        index
     }
 
     fn clear(&self) {
