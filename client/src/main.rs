@@ -143,7 +143,11 @@ struct RememberArguments {
     importance: f32,
     #[arg(long, default_value_t = 1.0)]
     confidence: f32,
-    /// A file of JSON lines ({"text": ..., "kind": ..., "labels": [...], "importance": ...}),
+    /// An embedding: comma-separated numbers; the world's first fixes its dimension.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    vector: Vec<f32>,
+    /// A file of JSON lines ({"text": ..., "kind": ..., "labels": [...], "importance": ...,
+    /// "vector": [...]}),
     /// or - for stdin; remembered as one all-or-nothing batch.
     #[arg(long)]
     batch: Option<PathBuf>,
@@ -184,6 +188,12 @@ struct AskArguments {
     /// Only atoms with a commit below this (for paging).
     #[arg(long, default_value_t = 0)]
     before: u64,
+    /// Rank by similarity to this vector: comma-separated numbers, e.g. 0.1,0.7,0.2.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    vector: Vec<f32>,
+    /// Show each hit's score and how it was computed.
+    #[arg(long)]
+    explain: bool,
 }
 
 /// A failure and the exit code it maps to.
@@ -433,6 +443,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     atom.labels = arguments.labels.clone();
                     atom.importance = arguments.importance;
                     atom.confidence = arguments.confidence;
+                    atom.vector = arguments.vector.clone();
                     vec![atom]
                 }
             };
@@ -467,6 +478,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 max_importance: arguments.max_importance,
                 limit: arguments.limit,
                 before_commit: arguments.before,
+                vector: arguments.vector.clone(),
+                explain: arguments.explain,
                 ..Filter::default()
             };
             for kind in &arguments.kinds {
@@ -476,8 +489,33 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 filter.writers.push(parse_hex32(writer, "--writer")?);
             }
             let reader = session(&cli).await?.reader(&arguments.world)?;
-            let atoms = engram_client::ask(&reader, &filter).await?;
-            print_atoms(json_output, &atoms);
+            let answer = engram_client::ask_scored(&reader, &filter).await?;
+            if !answer.warning.is_empty() {
+                eprintln!("engram: note: {}", answer.warning);
+            }
+            if json_output {
+                let hits: Vec<Value> = answer
+                    .hits
+                    .iter()
+                    .map(|hit| {
+                        let mut atom = hit.atom.to_json();
+                        atom["score"] = json!(hit.score);
+                        atom["similarity"] = json!(hit.similarity);
+                        if !hit.explanation.is_empty() {
+                            atom["explanation"] = json!(hit.explanation);
+                        }
+                        atom
+                    })
+                    .collect();
+                println!("{}", Value::Array(hits));
+            } else {
+                for hit in &answer.hits {
+                    println!("{}", describe(&hit.atom, false));
+                    if arguments.explain {
+                        println!("    score {:.4}: {}", hit.score, hit.explanation);
+                    }
+                }
+            }
         }
         Command::Replay { world, from, limit } => {
             let reader = session(&cli).await?.reader(world)?;
@@ -659,6 +697,19 @@ fn read_batch(path: &PathBuf) -> Result<Vec<NewAtom>, Failure> {
                         .as_str()
                         .ok_or_else(|| at("\"labels\" must be strings".into()))?
                         .to_owned(),
+                );
+            }
+        }
+        if let Some(vector) = value.get("vector") {
+            let components = vector
+                .as_array()
+                .ok_or_else(|| at("\"vector\" must be an array of numbers".into()))?;
+            for component in components {
+                atom.vector.push(
+                    component
+                        .as_f64()
+                        .ok_or_else(|| at("\"vector\" must be an array of numbers".into()))?
+                        as f32,
                 );
             }
         }

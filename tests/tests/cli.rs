@@ -117,6 +117,16 @@ fn the_tour_works_and_prints_json_on_request() {
     ]));
     assert_eq!(by_agent[0]["text"], "an agent's note");
 
+    let explained = json(run(&[
+        "--json",
+        "ask",
+        "team/auth",
+        "--kind",
+        "decision",
+        "--explain",
+    ]));
+    assert_eq!(explained[0]["explanation"], "newest first: rank 1");
+
     let replay = json(run(&["--json", "replay", "team/auth", "--from", "1"]));
     let commits: Vec<u64> = replay["atoms"]
         .as_array()
@@ -134,6 +144,23 @@ fn the_tour_works_and_prints_json_on_request() {
     let whoami = json(engram(&node, &agent_key, &["--json", "whoami"]));
     assert_eq!(whoami["principal"], "agent");
     assert_eq!(whoami["worlds"][0]["rights"], "rwo");
+
+    // Similarity from the command line.
+    assert!(ok(run(&["world", "create", "vectors"])).contains("vectors"));
+    for (text, vector) in [("north", "0,1,0"), ("east", "1,0,0"), ("down", "0,0,-1")] {
+        ok(run(&["remember", "vectors", text, "--vector", vector]));
+    }
+    let nearest = json(run(&[
+        "--json",
+        "ask",
+        "vectors",
+        "--vector",
+        "0.1,-0.2,-0.9",
+        "--limit",
+        "1",
+    ]));
+    assert_eq!(nearest[0]["text"], "down");
+    assert!(nearest[0]["similarity"].as_f64().unwrap() > 0.9);
 
     assert_eq!(json(run(&["--json", "epoch", "show"]))["number"], 1);
     let head = "ab".repeat(32);
