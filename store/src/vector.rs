@@ -211,12 +211,23 @@ impl VectorIndex {
         let mut manifest = format!("{PERSISTED_FORMAT}\n{}\n", self.covered_commit());
         for (number, (name, graph)) in worlds.iter().enumerate() {
             let basename = format!("world-{number}");
-            graph
-                .graph
-                .file_dump(&staging, &basename)
-                .map_err(|error| StoreError::TransactionFailed {
-                    reason: format!("dumping the graph of {name:?}: {error}"),
-                })?;
+            // hnsw_rs panics where it cannot open a file: contain it as an error.
+            let dumped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                graph.graph.file_dump(&staging, &basename)
+            }));
+            match dumped {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    return Err(StoreError::TransactionFailed {
+                        reason: format!("dumping the graph of {name:?}: {error}"),
+                    });
+                }
+                Err(_) => {
+                    return Err(StoreError::TransactionFailed {
+                        reason: format!("dumping the graph of {name:?} panicked"),
+                    });
+                }
+            }
             manifest.push_str(&format!("{basename} {name}\n"));
         }
         std::fs::write(staging.join(MANIFEST), manifest).map_err(io)?;
@@ -268,12 +279,26 @@ impl VectorIndex {
                 return Ok(false);
             };
             // The loaded graph refers to its loader for as long as it lives: the loader is
-            // kept for the life of the process (one small struct per world and start).
-            let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(directory, basename)));
-            let graph: Hnsw<'static, f32, DistDot> =
-                loader.load_hnsw().map_err(|error| StoreError::Corrupt {
-                    what: format!("vector index of {name:?}: {error}"),
-                })?;
+            // kept for the life of the process (one small struct per world and start). A
+            // damaged snapshot may make hnsw_rs panic: contain it, then rebuild.
+            let loaded = std::panic::catch_unwind(|| {
+                let loader: &'static mut HnswIo =
+                    Box::leak(Box::new(HnswIo::new(directory, basename)));
+                loader.load_hnsw::<f32, DistDot>()
+            });
+            let graph: Hnsw<'static, f32, DistDot> = match loaded {
+                Ok(Ok(graph)) => graph,
+                Ok(Err(error)) => {
+                    return Err(StoreError::Corrupt {
+                        what: format!("vector index of {name:?}: {error}"),
+                    });
+                }
+                Err(_) => {
+                    return Err(StoreError::Corrupt {
+                        what: format!("vector index of {name:?}: loading panicked"),
+                    });
+                }
+            };
             let mut facts = Vec::with_capacity(graph.get_nb_point());
             let mut units = Vec::with_capacity(graph.get_nb_point());
             for row in log.range((name, 0)..=(name, covered))? {

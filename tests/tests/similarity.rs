@@ -271,6 +271,18 @@ fn answers_are_the_same_after_a_restart_and_after_kill_9() {
             && line.contains(&format!("covered={ATOMS}"))),
         "the restart did not load the persisted index:\n{log}"
     );
+    // A damaged snapshot is ignored and rebuilt: cut the graph file short.
+    let graph_file = node.data_dir().join("vector-index/world-0.hnsw.graph");
+    let length = std::fs::metadata(&graph_file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&graph_file)
+        .unwrap()
+        .set_len(length / 2)
+        .unwrap();
+    node.restart();
+    check(&node);
+    node.stop();
     // Without the persisted index the node rebuilds it from the store.
     std::fs::remove_dir_all(node.data_dir().join("vector-index")).unwrap();
     node.restart();
