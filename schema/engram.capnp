@@ -128,14 +128,20 @@ struct Query {
   # importance and recency. Every filter above applies inside the search, so asking for
   # k hits returns k when k matching atoms carry vectors. Empty: a structured ask.
   explain @8 :Bool;              # Fill `Hit.explanation` with each factor of the score.
+  text @9 :Text;
+  # Lexical search: rank atoms whose text has these words (BM25; words split at anything
+  # that is not a letter or digit, case-insensitive). With `vector` too, the two rankings
+  # are fused by reciprocal rank. Filters apply inside the search. Empty: no text search.
 }
 
 struct Hit {
   # One answer of `ask`.
   atom @0 :Atom;
   score @1 :Float64;
-  # Higher is better. Structured asks rank by recency (newest first); similarity asks by
-  # 0.8 × similarity + 0.1 × importance + 0.1 × recency (commit / last commit).
+  # Higher is better. Structured asks rank by recency (newest first); the others by
+  # 0.8 × relevance + 0.1 × importance + 0.1 × recency (commit / last commit), where
+  # relevance is the cosine similarity for a vector ask, and for a text or text-and-vector
+  # ask the reciprocal-rank fusion Σ 1 / (60 + rank) of its rankings, scaled to [0, 1].
   similarity @2 :Float32;  # Cosine similarity to the query vector; 0 for structured asks.
   explanation @3 :Text;    # With `Query.explain`: each factor and weight of the score.
 }
@@ -264,9 +270,9 @@ interface WorldReader {
 
   ask @2 (query :Query) -> (hits :List(Hit), warning :Text);
   # The atoms matching the filters, answered from indexes: newest first, or with
-  # `query.vector` the most similar first. `warning` is empty unless the answer was not
-  # served entirely by the vector index (it is catching up after writes or a restart):
-  # it then says how many atoms were compared exactly instead.
+  # `query.vector` / `query.text` the most relevant first. `warning` is empty unless the
+  # answer was not served entirely by the vector and text indexes (they catch up after
+  # writes and restarts): it then says how many atoms were compared exactly instead.
 
   replay @3 (fromCommit :UInt64, limit :UInt32) -> (atoms :List(Atom), nextCommit :UInt64);
   # Visible atoms with commit > fromCommit in commit order, at most `limit` (1 to 1000).

@@ -159,6 +159,7 @@ pub(crate) fn write_receipt(mut builder: wire::receipt::Builder<'_>, receipt: &R
 pub(crate) struct AskRequest {
     pub query: Query,
     pub vector: Vec<f32>,
+    pub text: String,
     pub explain: bool,
 }
 
@@ -176,9 +177,18 @@ pub(crate) fn read_ask(reader: wire::query::Reader<'_>) -> Result<AskRequest, Ca
             "query vector component {position} is not finite"
         )));
     }
+    let text = reader.get_text().map_err(malformed)?.to_string()?;
+    if text.len() > engram_store::limits::ATOM_TEXT_BYTES_MAX {
+        return Err(CapabilityError::invalid(format!(
+            "the query text is {} bytes; the limit is {}",
+            text.len(),
+            engram_store::limits::ATOM_TEXT_BYTES_MAX
+        )));
+    }
     Ok(AskRequest {
         query: read_query(reader)?,
         vector,
+        text,
         explain: reader.get_explain(),
     })
 }

@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use ed25519_dalek::SigningKey;
 use engram_store::writer::Writer;
-use engram_store::{Epoch, PublicKey, Store, StoreError, VectorIndex, WriteOutcome, WriteRequest};
+use engram_store::{
+    Epoch, PublicKey, Store, StoreError, TextIndex, VectorIndex, WriteOutcome, WriteRequest,
+};
 use tokio::sync::watch;
 
 /// Shared by every capability of the node (`Rc<Node>` on the RPC thread).
@@ -28,6 +30,8 @@ pub struct Node {
     pub(crate) committed: watch::Receiver<u64>,
     /// The similarity index, caught up by the indexer thread (derived state).
     pub(crate) vectors: Arc<VectorIndex>,
+    /// The lexical index, caught up by the indexer thread (derived state).
+    pub(crate) texts: Arc<TextIndex>,
     /// Bumped whenever an epoch advance or a principal change may revoke capabilities,
     /// so that waiting subscriptions check their grip again.
     pub(crate) policy: watch::Sender<u64>,
@@ -66,6 +70,7 @@ impl Node {
         node_key: SigningKey,
         committed: watch::Receiver<u64>,
         vectors: Arc<VectorIndex>,
+        texts: Arc<TextIndex>,
         limits: NodeLimits,
     ) -> Result<Node, StoreError> {
         let view = store.read()?;
@@ -86,6 +91,7 @@ impl Node {
             started: Instant::now(),
             committed,
             vectors,
+            texts,
             policy: watch::Sender::new(0),
             shutdown: watch::Sender::new(false),
             subscriptions: RefCell::new(HashMap::new()),

@@ -28,9 +28,9 @@ impl observer::Server for Observer {
         self.grip.check(Some(&self.world)).wire()?;
         let params = params.get()?;
         let request = read_ask(params.get_filter().map_err(malformed).wire()?).wire()?;
-        if !request.vector.is_empty() {
+        if !request.vector.is_empty() || !request.text.is_empty() {
             return Err(CapabilityError::invalid(
-                "a subscription delivers in commit order; it takes no query vector",
+                "a subscription delivers in commit order; it takes no query vector or text",
             )
             .into());
         }

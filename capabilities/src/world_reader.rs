@@ -3,7 +3,7 @@
 use std::rc::Rc;
 
 use engram_schema::engram_capnp::world_reader;
-use engram_store::{Atom, Query};
+use engram_store::Atom;
 
 use crate::convert::{
     AskRequest, bytes32, malformed, read_ask, read_restriction, write_atom, write_atoms,
@@ -29,23 +29,30 @@ impl WorldReader {
         |atom| self.grip.restriction.shows(atom)
     }
 
-    /// A similarity ask: the search runs off the RPC thread, with the query's filters
-    /// and this reader's restriction applied inside it.
-    async fn ask_similar(
+    /// A ranked ask (by vector, text or both): the search runs off the RPC thread,
+    /// with the query's filters and this reader's restriction applied inside it.
+    async fn ask_ranked(
         &self,
-        query: Query,
-        vector: Vec<f32>,
-        explain: bool,
+        request: AskRequest,
         mut results: world_reader::AskResults,
     ) -> Result<(), capnp::Error> {
         let _permit = self.grip.begin_call().wire()?;
         let node = &self.grip.node;
-        let (store, index, world) = (node.store.clone(), node.vectors.clone(), self.world.clone());
+        let (store, vectors, texts) =
+            (node.store.clone(), node.vectors.clone(), node.texts.clone());
+        let world = self.world.clone();
         let restriction = (*self.grip.restriction).clone();
+        let explain = request.explain;
         let (ranked, compared_exactly) = tokio::task::spawn_blocking(move || {
-            store.ask_similar(&index, &world, &query, &vector, &|facts| {
-                restriction.shows_facts(facts)
-            })
+            store.ask_ranked(
+                &vectors,
+                &texts,
+                &world,
+                &request.query,
+                &request.vector,
+                &request.text,
+                &|facts| restriction.shows_facts(facts),
+            )
         })
         .await
         .map_err(|error| capnp::Error::failed(format!("internal: search task failed: {error}")))?
@@ -56,8 +63,8 @@ impl WorldReader {
         if compared_exactly > 0 {
             results.set_warning(
                 format!(
-                    "the vector index is catching up: {compared_exactly} atoms it does not \
-                     hold yet were compared exactly"
+                    "the search indexes are catching up: {compared_exactly} atoms they do \
+                     not hold yet were compared exactly"
                 )
                 .as_str(),
             );
@@ -125,19 +132,20 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::AskResults,
     ) -> Result<(), capnp::Error> {
         self.check()?;
-        let AskRequest {
-            mut query,
-            vector,
-            explain,
-        } = read_ask(params.get()?.get_query().map_err(malformed).wire()?).wire()?;
-        query.validate().map_err(CapabilityError::from).wire()?;
-        if !self.grip.restriction.fold_into(&mut query) {
+        let mut request = read_ask(params.get()?.get_query().map_err(malformed).wire()?).wire()?;
+        request
+            .query
+            .validate()
+            .map_err(CapabilityError::from)
+            .wire()?;
+        if !self.grip.restriction.fold_into(&mut request.query) {
             results.get().init_hits(0);
             return Ok(());
         }
-        if !vector.is_empty() {
-            return self.ask_similar(query, vector, explain, results).await;
+        if !request.vector.is_empty() || !request.text.is_empty() {
+            return self.ask_ranked(request, results).await;
         }
+        let (query, explain) = (request.query, request.explain);
         let atoms = self
             .grip
             .node

@@ -191,6 +191,9 @@ struct AskArguments {
     /// Rank by similarity to this vector: comma-separated numbers, e.g. 0.1,0.7,0.2.
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     vector: Vec<f32>,
+    /// Rank by these words (BM25), fused with --vector when both are given.
+    #[arg(long)]
+    text: Option<String>,
     /// Show each hit's score and how it was computed.
     #[arg(long)]
     explain: bool,
@@ -479,6 +482,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 limit: arguments.limit,
                 before_commit: arguments.before,
                 vector: arguments.vector.clone(),
+                text: arguments.text.clone().unwrap_or_default(),
                 explain: arguments.explain,
                 ..Filter::default()
             };

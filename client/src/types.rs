@@ -300,8 +300,10 @@ pub struct Filter {
     pub max_importance: f32,
     pub limit: u32,
     pub before_commit: u64,
-    /// Similarity search by this vector; empty for a structured ask.
+    /// Similarity search by this vector; empty for none.
     pub vector: Vec<f32>,
+    /// Lexical search by these words (fused with `vector` when both are given).
+    pub text: String,
     /// Ask the node to explain each score.
     pub explain: bool,
 }
@@ -317,6 +319,7 @@ impl Default for Filter {
             limit: 20,
             before_commit: 0,
             vector: Vec::new(),
+            text: String::new(),
             explain: false,
         }
     }
@@ -341,6 +344,7 @@ impl Filter {
         builder.set_limit(self.limit);
         builder.set_before_commit(self.before_commit);
         builder.set_explain(self.explain);
+        builder.set_text(self.text.as_str());
         if !self.vector.is_empty() {
             let mut vector = builder.init_vector(self.vector.len() as u32);
             for (index, component) in self.vector.iter().enumerate() {

@@ -17,7 +17,7 @@ use engram_capabilities::{Node, NodeLimits, Terminal};
 use engram_client::keyfile;
 use engram_schema::engram_capnp::terminal;
 use engram_store::writer::Writer;
-use engram_store::{Authority, Principal, Store, VectorIndex, WriteOp, WriteRequest};
+use engram_store::{Authority, Principal, Store, TextIndex, VectorIndex, WriteOp, WriteRequest};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
@@ -81,9 +81,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let (doorbell, committed) = tokio::sync::watch::channel(last_commit);
     let vector_directory = config.data.join(VECTOR_INDEX_DIRECTORY);
     let vectors = Arc::new(VectorIndex::new());
+    let texts = Arc::new(TextIndex::new().map_err(store_error)?);
     let indexer = start_indexer(
         store.clone(),
         vectors.clone(),
+        texts.clone(),
         committed.clone(),
         vector_directory.clone(),
     );
@@ -97,6 +99,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         node_key,
         committed,
         vectors,
+        texts,
         config.node_limits,
     )
     .map_err(store_error)?;
@@ -145,6 +148,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 fn start_indexer(
     store: Store,
     vectors: Arc<VectorIndex>,
+    texts: Arc<TextIndex>,
     mut committed: tokio::sync::watch::Receiver<u64>,
     persisted: PathBuf,
 ) -> std::thread::JoinHandle<()> {
@@ -172,6 +176,9 @@ fn start_indexer(
                     // Searches stay correct meanwhile: what is not indexed is compared
                     // exactly. The next commit retries.
                     Err(error) => tracing::error!(%error, "vector index catch-up failed"),
+                }
+                if let Err(error) = texts.catch_up(&store) {
+                    tracing::error!(%error, "text index catch-up failed");
                 }
                 if futures::executor::block_on(committed.changed()).is_err() {
                     return;

@@ -15,11 +15,13 @@ pub mod principal;
 pub mod query;
 pub mod rank;
 mod tables;
+pub mod text;
 pub mod vector;
 pub mod world;
 mod write;
 pub mod writer;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -32,6 +34,7 @@ pub use error::StoreError;
 pub use principal::{Grant, Principal, Right};
 pub use query::Query;
 pub use rank::Ranked;
+pub use text::TextIndex;
 pub use vector::{AtomFacts, VectorIndex};
 pub use world::{WorldInfo, WorldState};
 pub use write::{Authority, Receipt, WriteOp, WriteOutcome, WriteRequest};
@@ -353,46 +356,97 @@ impl ReadView {
 }
 
 impl Store {
-    /// Similarity ask: the `query.limit` best atoms of `world` by [`rank::rank`] among
-    /// those `query` and `allowed` let through, found with `index` and, for what it does
-    /// not cover yet, by exact comparison. Returns them and how many atoms were compared
-    /// exactly.
-    pub fn ask_similar(
+    /// Ranked ask: by similarity to `vector`, by words of `text`, or both fused by
+    /// reciprocal rank; the best `query.limit` atoms of `world` by [`rank::rank`] among
+    /// those `query` and `allowed` let through. What the indexes do not cover yet is
+    /// compared exactly; returns the ranked atoms and how many atoms were so compared.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ask_ranked(
         &self,
-        index: &VectorIndex,
+        vectors: &VectorIndex,
+        texts: &TextIndex,
         world: &str,
         query: &Query,
         vector: &[f32],
+        text: &str,
         allowed: &(dyn Fn(&AtomFacts) -> bool + Sync),
     ) -> Result<(Vec<Ranked>, usize), StoreError> {
         query.validate()?;
         let filter = |facts: &AtomFacts| query.matches_facts(facts) && allowed(facts);
-        // Rank more candidates than asked for, so importance and recency can reorder them.
-        let candidates = (query.limit as usize * 4).min(limits::ASK_LIMIT_MAX as usize * 4);
-        let answer = index.search(self, world, vector, candidates, &filter)?;
+        // Rank more candidates than asked for, so the other factors can reorder them.
+        let candidates = query.limit as usize * 4;
+        let mut compared_exactly = 0;
+        let mut by_vector = Vec::new();
+        if !vector.is_empty() {
+            let answer = vectors.search(self, world, vector, candidates, &filter)?;
+            compared_exactly += answer.compared_exactly;
+            by_vector = answer.matches;
+        }
+        let mut by_text = Vec::new();
+        if !text.is_empty() {
+            let answer = texts.search(self, world, text, candidates, &filter)?;
+            compared_exactly += answer.compared_exactly;
+            by_text = answer.matches;
+        }
+        // One entry per atom: (relevance, similarity, why).
+        let mut found: HashMap<u64, (f64, f32, String)> = HashMap::new();
+        if text.is_empty() {
+            for hit in &by_vector {
+                found.insert(
+                    hit.commit,
+                    (
+                        f64::from(hit.similarity),
+                        hit.similarity,
+                        format!("similarity {:.4}", hit.similarity),
+                    ),
+                );
+            }
+        } else {
+            let lists = if vector.is_empty() { 1.0 } else { 2.0 };
+            let best = lists / (rank::RRF_K + 1.0);
+            for (position, hit) in by_text.iter().enumerate() {
+                let entry = found.entry(hit.commit).or_insert((0.0, 0.0, String::new()));
+                entry.0 += 1.0 / (rank::RRF_K + position as f64 + 1.0) / best;
+                entry.2 = format!("text rank {} (score {:.3})", position + 1, hit.score);
+            }
+            for (position, hit) in by_vector.iter().enumerate() {
+                let entry = found.entry(hit.commit).or_insert((0.0, 0.0, String::new()));
+                entry.0 += 1.0 / (rank::RRF_K + position as f64 + 1.0) / best;
+                entry.1 = hit.similarity;
+                let vector_part = format!(
+                    "vector rank {} (similarity {:.4})",
+                    position + 1,
+                    hit.similarity
+                );
+                entry.2 = if entry.2.is_empty() {
+                    vector_part
+                } else {
+                    format!("{}, {vector_part}", entry.2)
+                };
+            }
+        }
         let view = self.read()?;
         let last_commit = view.last_commit()?;
         let log = view.table(WORLD_LOG)?;
         let atoms = view.table(ATOMS)?;
-        let mut ranked = Vec::with_capacity(answer.matches.len());
-        for found in answer.matches {
+        let mut ranked = Vec::with_capacity(found.len());
+        for (commit, (relevance, similarity, why)) in found {
             let id = log
-                .get((world, found.commit))?
+                .get((world, commit))?
                 .ok_or_else(|| StoreError::Corrupt {
-                    what: format!(
-                        "the vector index names commit {} which {world:?} lacks",
-                        found.commit
-                    ),
+                    what: format!("an index names commit {commit} which {world:?} lacks"),
                 })?
                 .value();
             ranked.push(rank::rank(
                 view.load(&atoms, id)?,
-                found.similarity,
+                relevance,
+                similarity,
+                &why,
                 last_commit,
             ));
         }
         ranked.sort_by(|left, right| right.score.total_cmp(&left.score));
         ranked.truncate(query.limit as usize);
-        Ok((ranked, answer.compared_exactly))
+        Ok((ranked, compared_exactly))
     }
 }

@@ -3,7 +3,8 @@
 
 use crate::atom::Atom;
 
-/// Weight of the cosine similarity to the query vector.
+/// Weight of relevance: the cosine similarity to the query vector, or the fused
+/// relevance of the text and vector rankings.
 pub const SIMILARITY_WEIGHT: f64 = 0.8;
 /// Weight of the atom's importance.
 pub const IMPORTANCE_WEIGHT: f64 = 0.1;
@@ -22,14 +23,19 @@ pub struct Ranked {
     pub explanation: String,
 }
 
-/// Scores an atom found by similarity.
-pub fn rank(atom: Atom, similarity: f32, last_commit: u64) -> Ranked {
+/// The constant of reciprocal rank fusion: a hit at rank r (from 1) of one ranking
+/// contributes 1 / (RRF_K + r).
+pub const RRF_K: f64 = 60.0;
+
+/// Scores an atom: `relevance` in [0, 1] (the cosine similarity for a vector ask, the
+/// fused reciprocal-rank relevance when text takes part), `why` says where it came from.
+pub fn rank(atom: Atom, relevance: f64, similarity: f32, why: &str, last_commit: u64) -> Ranked {
     let importance = f64::from(atom.content.importance);
     let recency = atom.commit as f64 / last_commit.max(1) as f64;
-    let similarity_term = SIMILARITY_WEIGHT * f64::from(similarity);
-    let score = similarity_term + IMPORTANCE_WEIGHT * importance + RECENCY_WEIGHT * recency;
+    let score =
+        SIMILARITY_WEIGHT * relevance + IMPORTANCE_WEIGHT * importance + RECENCY_WEIGHT * recency;
     let explanation = format!(
-        "similarity {similarity:.4} × {SIMILARITY_WEIGHT} + importance {importance:.3} × \
+        "{why}: relevance {relevance:.4} × {SIMILARITY_WEIGHT} + importance {importance:.3} × \
          {IMPORTANCE_WEIGHT} + recency {recency:.4} × {RECENCY_WEIGHT} = {score:.4}"
     );
     Ranked {

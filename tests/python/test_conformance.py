@@ -327,3 +327,22 @@ def test_similarity_search_through_python(node):
         await expect_code("invalidArgument", engram.remember(writer, NewAtom("flat", vector=[1.0, 2.0])))
 
     run(body())
+
+
+def test_text_search_through_python(node):
+    async def body():
+        session = await with_world(node.tcp, node, "notes")
+        writer, reader = session.writer("notes"), session.reader("notes")
+        await engram.remember(
+            writer,
+            NewAtom("Hash passwords with argon2id", kind="decision", labels=["auth"]),
+            NewAtom("Deploys happen on Tuesdays", kind="fact", labels=["ops"]),
+            NewAtom("Never store passwords in logs", kind="constraint", labels=["ops"]),
+        )
+        found = await engram.ask(reader, text="passwords", labels=["ops"])
+        assert [atom.text for atom in found] == ["Never store passwords in logs"]
+        found = await engram.ask(reader, text="tuesdays")
+        assert [atom.text for atom in found] == ["Deploys happen on Tuesdays"]
+        await expect_code("invalidArgument", engram.ask(reader, text="?!"))
+
+    run(body())

@@ -291,7 +291,17 @@ async def get(reader: Any, atom_id: bytes) -> AtomView:
 
 
 def _fill_filter(
-    query: Any, kinds, labels, writers, min_importance, max_importance, limit, before_commit, vector=(), explain=False
+    query: Any,
+    kinds,
+    labels,
+    writers,
+    min_importance,
+    max_importance,
+    limit,
+    before_commit,
+    vector=(),
+    explain=False,
+    text="",
 ) -> None:
     for name, values in (("kinds", list(kinds)), ("labels", list(labels)), ("writers", list(writers))):
         built = query.init(name, len(values))
@@ -304,6 +314,8 @@ def _fill_filter(
     query.explain = explain
     if vector:
         query.vector = list(vector)
+    if text:
+        query.text = text
 
 
 async def ask(
@@ -316,12 +328,22 @@ async def ask(
     limit: int = 20,
     before_commit: int = 0,
     vector: Sequence[float] = (),
+    text: str = "",
 ) -> list[AtomView]:
     """Atoms matching every filter: newest first, or with ``vector`` the most similar
     first (weighed with importance and recency; see the schema's ``Hit.score``)."""
     request = reader.ask_request()
     _fill_filter(
-        request.init("query"), kinds, labels, writers, min_importance, max_importance, limit, before_commit, vector
+        request.init("query"),
+        kinds,
+        labels,
+        writers,
+        min_importance,
+        max_importance,
+        limit,
+        before_commit,
+        vector,
+        text=text,
     )
     result = await call(request.send())
     return [AtomView.read(hit.atom) for hit in result.hits]

@@ -1,0 +1,251 @@
+//! Lexical search: a tantivy index of every atom's text (BM25), derived from the store
+//! like the vector index and caught up by the same indexer thread. A search covers what
+//! the index holds and matches the newer atoms word by word, so no answer is stale.
+//! Filters run on facts kept beside the index; a search widens until it has enough
+//! atoms that pass them, so a filtered ask for k finds k when k exist.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use redb::ReadableTable;
+use tantivy::collector::TopDocs;
+use tantivy::query::{BooleanQuery, Occur, QueryParser, TermQuery};
+use tantivy::schema::{Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TEXT, Value};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+use crate::Store;
+use crate::error::StoreError;
+use crate::tables::{ATOMS, WORLD_LOG, WORLDS};
+use crate::vector::AtomFacts;
+
+/// Bytes the index writer buffers before it flushes a segment.
+const WRITER_MEMORY_BYTES: usize = 50 * 1024 * 1024;
+
+/// A match of a lexical search: commit and BM25 score (or matched words for atoms
+/// compared outside the index).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TextMatch {
+    pub commit: u64,
+    pub score: f32,
+}
+
+/// What a lexical search found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextAnswer {
+    /// Best first.
+    pub matches: Vec<TextMatch>,
+    /// Atoms matched word by word because the index did not hold them yet.
+    pub compared_exactly: usize,
+}
+
+/// The lexical index of every world.
+pub struct TextIndex {
+    index: Index,
+    writer: Mutex<IndexWriter>,
+    reader: IndexReader,
+    world: Field,
+    text: Field,
+    commit: Field,
+    facts: RwLock<HashMap<u64, AtomFacts>>,
+    covered_commit: AtomicU64,
+}
+
+fn failed(error: tantivy::TantivyError) -> StoreError {
+    StoreError::TransactionFailed {
+        reason: format!("text index: {error}"),
+    }
+}
+
+/// The words of `text` as the index sees them: lower case, split at anything that is
+/// not a letter or a digit.
+fn words(text: &str) -> Vec<String> {
+    text.split(|character: char| !character.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+impl TextIndex {
+    /// An empty index in memory; [`TextIndex::catch_up`] fills it from the store.
+    pub fn new() -> Result<TextIndex, StoreError> {
+        let mut schema = Schema::builder();
+        let world = schema.add_text_field("world", STRING);
+        let text = schema.add_text_field("text", TEXT);
+        let commit = schema.add_u64_field("commit", INDEXED | STORED);
+        let index = Index::create_in_ram(schema.build());
+        let writer = index
+            .writer_with_num_threads(1, WRITER_MEMORY_BYTES)
+            .map_err(failed)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(failed)?;
+        Ok(TextIndex {
+            index,
+            writer: Mutex::new(writer),
+            reader,
+            world,
+            text,
+            commit,
+            facts: RwLock::new(HashMap::new()),
+            covered_commit: AtomicU64::new(0),
+        })
+    }
+
+    /// The commit up to which every atom's text is in the index.
+    pub fn covered_commit(&self) -> u64 {
+        self.covered_commit.load(Ordering::Acquire)
+    }
+
+    /// Adds every atom committed after the covered commit; returns how many. Called by
+    /// the indexer thread only.
+    pub fn catch_up(&self, store: &Store) -> Result<usize, StoreError> {
+        let view = store.read()?;
+        let target = view.last_commit()?;
+        let from = self.covered_commit();
+        if target <= from {
+            return Ok(0);
+        }
+        let worlds = view.transaction.open_table(WORLDS)?;
+        let log = view.transaction.open_table(WORLD_LOG)?;
+        let atoms = view.transaction.open_table(ATOMS)?;
+        let mut writer = self.writer.lock().expect("never poisoned");
+        let mut added = Vec::new();
+        for entry in worlds.iter()? {
+            let (name, _) = entry?;
+            let name = name.value();
+            for row in log.range((name, from + 1)..=(name, target))? {
+                let (_, id) = row?;
+                let bytes = atoms.get(id.value())?.ok_or_else(|| StoreError::Corrupt {
+                    what: format!("the log of {name:?} names a missing atom"),
+                })?;
+                let atom = crate::atom::decode_entry(id.value(), bytes.value())?;
+                let mut document = TantivyDocument::default();
+                document.add_text(self.world, name);
+                document.add_text(self.text, &atom.content.text);
+                document.add_u64(self.commit, atom.commit);
+                writer.add_document(document).map_err(failed)?;
+                added.push(AtomFacts::of(&atom));
+            }
+        }
+        // Facts first, then the documents become visible, then the covered commit moves.
+        let count = added.len();
+        {
+            let mut facts = self.facts.write().expect("never poisoned");
+            for fact in added {
+                facts.insert(fact.commit, fact);
+            }
+        }
+        writer.commit().map_err(failed)?;
+        self.reader.reload().map_err(failed)?;
+        self.covered_commit.store(target, Ordering::Release);
+        Ok(count)
+    }
+
+    /// Atoms of `world` whose text matches `text`, best first, among those `allowed`
+    /// lets through: at most `limit` from the index, plus the newer atoms it does not
+    /// hold yet matched word by word.
+    pub fn search(
+        &self,
+        store: &Store,
+        world: &str,
+        text: &str,
+        limit: usize,
+        allowed: &(dyn Fn(&AtomFacts) -> bool + Sync),
+    ) -> Result<TextAnswer, StoreError> {
+        let query_words = words(text);
+        if query_words.is_empty() {
+            return Err(StoreError::InvalidQuery {
+                reason: "the query text has no words to search for".into(),
+            });
+        }
+        let covered = self.covered_commit();
+        let parser = QueryParser::for_index(&self.index, vec![self.text]);
+        let (text_query, _) = parser.parse_query_lenient(text);
+        let query = BooleanQuery::new(vec![
+            (
+                Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(self.world, world),
+                    IndexRecordOption::Basic,
+                )),
+            ),
+            (Occur::Must, text_query),
+        ]);
+        let searcher = self.reader.searcher();
+        let mut matches = Vec::new();
+        {
+            let facts = self.facts.read().expect("never poisoned");
+            // Widen until enough atoms pass the filters, or nothing more matches.
+            let mut window = limit.max(1) * 4;
+            loop {
+                let found = searcher
+                    .search(&query, &TopDocs::with_limit(window).order_by_score())
+                    .map_err(failed)?;
+                matches.clear();
+                for (score, address) in &found {
+                    let document: TantivyDocument = searcher.doc(*address).map_err(failed)?;
+                    let Some(commit) = document
+                        .get_first(self.commit)
+                        .and_then(|value| value.as_u64())
+                    else {
+                        continue;
+                    };
+                    if commit <= covered && facts.get(&commit).is_some_and(allowed) {
+                        matches.push(TextMatch {
+                            commit,
+                            score: *score,
+                        });
+                    }
+                }
+                if matches.len() >= limit || found.len() < window {
+                    break;
+                }
+                window *= 4;
+            }
+        }
+        matches.truncate(limit);
+        // What the index does not hold yet is matched word by word.
+        let view = store.read()?;
+        let log = view.transaction.open_table(WORLD_LOG)?;
+        let atoms = view.transaction.open_table(ATOMS)?;
+        let mut compared_exactly = 0;
+        let mut tail = Vec::new();
+        for row in log.range((world, covered + 1)..=(world, u64::MAX))? {
+            let (_, id) = row?;
+            let bytes = atoms.get(id.value())?.ok_or_else(|| StoreError::Corrupt {
+                what: format!("the log of {world:?} names a missing atom"),
+            })?;
+            let atom = crate::atom::decode_entry(id.value(), bytes.value())?;
+            compared_exactly += 1;
+            let atom_words = words(&atom.content.text);
+            let matched = query_words
+                .iter()
+                .filter(|word| atom_words.contains(word))
+                .count();
+            if matched > 0 && allowed(&AtomFacts::of(&atom)) {
+                tail.push(TextMatch {
+                    commit: atom.commit,
+                    score: matched as f32,
+                });
+            }
+        }
+        tail.sort_by(|left, right| right.score.total_cmp(&left.score));
+        // Index and tail scores are not comparable: interleave them by rank.
+        let mut merged = Vec::with_capacity(matches.len() + tail.len());
+        let (mut indexed, mut newer) = (matches.into_iter(), tail.into_iter());
+        loop {
+            match (indexed.next(), newer.next()) {
+                (None, None) => break,
+                (first, second) => merged.extend(first.into_iter().chain(second)),
+            }
+        }
+        merged.truncate(limit);
+        Ok(TextAnswer {
+            matches: merged,
+            compared_exactly,
+        })
+    }
+}

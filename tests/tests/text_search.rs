@@ -1,0 +1,168 @@
+//! Text search in `ask`: words ranked by BM25, filters and restrictions inside the
+//! search, fusion with vector similarity, and the same answers after a restart (the
+//! text index is rebuilt from the store).
+
+use engram_client::{ErrorCode, Filter, NewAtom, Restriction, Session};
+use engram_tests::{TestNode, assert_code, run_local, session};
+
+const NOTES: [(&str, &str, [f32; 3]); 6] = [
+    ("Hash passwords with argon2id", "auth", [1.0, 0.0, 0.0]),
+    ("Tokens expire after one hour", "auth", [0.9, 0.1, 0.0]),
+    ("Rotate the signing keys monthly", "crypto", [0.0, 1.0, 0.0]),
+    (
+        "Argon2 parameters: memory 64 MiB, three passes",
+        "crypto",
+        [0.7, 0.7, 0.0],
+    ),
+    ("Deploys happen on Tuesdays", "ops", [0.0, 0.0, 1.0]),
+    ("Never store passwords in logs", "ops", [0.6, 0.0, 0.8]),
+];
+
+async fn notes(node: &TestNode) -> Session {
+    let admin = session(&node.tcp(), &node.admin_key()).await;
+    engram_client::create_world(&admin.admin().unwrap(), "notes")
+        .await
+        .unwrap();
+    let admin = session(&node.tcp(), &node.admin_key()).await;
+    let atoms: Vec<NewAtom> = NOTES
+        .iter()
+        .map(|(text, label, vector)| {
+            NewAtom::fact(*text)
+                .labels(&[label])
+                .vector(vector.to_vec())
+        })
+        .collect();
+    engram_client::remember(&admin.writer("notes").unwrap(), &atoms)
+        .await
+        .unwrap();
+    admin
+}
+
+async fn texts(session: &Session, filter: Filter) -> Vec<String> {
+    engram_client::ask(&session.reader("notes").unwrap(), &filter)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|atom| atom.text)
+        .collect()
+}
+
+fn words(text: &str, limit: u32) -> Filter {
+    Filter {
+        text: text.into(),
+        limit,
+        ..Filter::default()
+    }
+}
+
+#[test]
+fn words_find_atoms_and_filters_hold_inside_the_search() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = notes(&node).await;
+        // Case-insensitive, whole words: "argon2id" is another word than "argon2".
+        let found = texts(&admin, words("ARGON2", 5)).await;
+        assert_eq!(
+            found,
+            vec!["Argon2 parameters: memory 64 MiB, three passes"]
+        );
+        let found = texts(&admin, words("passwords", 5)).await;
+        assert_eq!(found.len(), 2, "{found:?}");
+        // Only ops atoms: the label filter applies inside the search.
+        let found = texts(
+            &admin,
+            Filter {
+                labels: vec!["ops".into()],
+                ..words("passwords", 5)
+            },
+        )
+        .await;
+        assert_eq!(found, vec!["Never store passwords in logs"]);
+        // A reader restricted to "crypto" never receives an auth atom.
+        let reader = engram_client::attenuate_reader(
+            &admin.reader("notes").unwrap(),
+            &Restriction {
+                labels: vec!["crypto".into()],
+                ..Restriction::default()
+            },
+        )
+        .await
+        .unwrap();
+        let found: Vec<String> = engram_client::ask(&reader, &words("argon2 passwords", 5))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|atom| atom.text)
+            .collect();
+        assert_eq!(
+            found,
+            vec!["Argon2 parameters: memory 64 MiB, three passes"]
+        );
+        assert_code(
+            engram_client::ask(&admin.reader("notes").unwrap(), &words("!!! ...", 5)).await,
+            ErrorCode::InvalidArgument,
+        );
+    });
+}
+
+#[test]
+fn text_and_vector_rankings_are_fused() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = notes(&node).await;
+        // "passwords" matches two atoms; the vector points at the first note. Both
+        // rankings contribute to an atom found by both, and only text and vector
+        // candidates come back.
+        let answer = engram_client::ask_scored(
+            &admin.reader("notes").unwrap(),
+            &Filter {
+                vector: vec![1.0, 0.0, 0.1],
+                explain: true,
+                ..words("passwords", 6)
+            },
+        )
+        .await
+        .unwrap();
+        let hash = answer
+            .hits
+            .iter()
+            .find(|hit| hit.atom.text == "Hash passwords with argon2id")
+            .expect("the atom both rankings find");
+        assert!(
+            hash.explanation.contains("text rank") && hash.explanation.contains("vector rank"),
+            "{}",
+            hash.explanation
+        );
+        assert!(hash.similarity > 0.99, "{}", hash.similarity);
+        let scores: Vec<f64> = answer.hits.iter().map(|hit| hit.score).collect();
+        assert!(
+            scores.windows(2).all(|pair| pair[0] >= pair[1]),
+            "{scores:?}"
+        );
+        // Text alone ranks only atoms with the words.
+        let text_only = texts(&admin, words("passwords", 6)).await;
+        assert_eq!(text_only.len(), 2, "{text_only:?}");
+    });
+}
+
+#[test]
+fn text_answers_are_the_same_after_a_restart() {
+    let mut node = TestNode::start();
+    let queries = ["argon2", "passwords logs", "keys"];
+    let before: Vec<Vec<String>> = run_local(async {
+        let admin = notes(&node).await;
+        let mut answers = Vec::new();
+        for query in queries {
+            answers.push(texts(&admin, words(query, 5)).await);
+        }
+        answers
+    });
+    node.stop();
+    node.restart();
+    run_local(async {
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        for (query, expected) in queries.iter().zip(&before) {
+            assert_eq!(&texts(&admin, words(query, 5)).await, expected, "{query}");
+        }
+    });
+}
