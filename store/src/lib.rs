@@ -218,6 +218,34 @@ impl ReadView {
         decode_entry(id, bytes.value())
     }
 
+    /// The atoms of `world` with `after < commit <= up_to`, in commit order, read from
+    /// its log: the one walk the replay, the subscriptions and the search indexes share.
+    pub(crate) fn atoms_in_log(
+        &self,
+        world: &str,
+        after: u64,
+        up_to: u64,
+    ) -> Result<Box<dyn Iterator<Item = Result<Atom, StoreError>>>, StoreError> {
+        if after >= up_to {
+            return Ok(Box::new(std::iter::empty()));
+        }
+        let log = self.table(WORLD_LOG)?;
+        let atoms = self.table(ATOMS)?;
+        let range = log.range((world, after + 1)..=(world, up_to))?;
+        let world = world.to_owned();
+        Ok(Box::new(range.map(move |row| {
+            let (_, id) = row?;
+            let id = id.value();
+            let bytes = atoms.get(id)?.ok_or_else(|| StoreError::Corrupt {
+                what: format!(
+                    "the log of {world:?} names a missing atom {}",
+                    hex::encode(id)
+                ),
+            })?;
+            decode_entry(id, bytes.value())
+        })))
+    }
+
     /// The atom `id` of `world`.
     pub fn atom(&self, world: &str, id: &Hash) -> Result<Atom, StoreError> {
         self.require_world(world)?;
@@ -252,18 +280,14 @@ impl ReadView {
     ) -> Result<(Vec<Atom>, u64), StoreError> {
         self.require_world(world)?;
         validate_replay_limit(limit)?;
-        let log = self.table(WORLD_LOG)?;
-        let atoms = self.table(ATOMS)?;
         let mut found = Vec::new();
         let mut cursor = from_commit;
-        let start = from_commit.saturating_add(1);
-        for entry in log
-            .range((world, start)..=(world, u64::MAX))?
+        for atom in self
+            .atoms_in_log(world, from_commit, u64::MAX)?
             .take(limits::REPLAY_EXAMINED_MAX)
         {
-            let (key, id) = entry?;
-            let atom = self.load(&atoms, id.value())?;
-            cursor = key.value().1;
+            let atom = atom?;
+            cursor = atom.commit;
             if visible(&atom) {
                 found.push(atom);
                 if found.len() == limit as usize {

@@ -16,7 +16,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Te
 
 use crate::Store;
 use crate::error::StoreError;
-use crate::tables::{ATOMS, WORLD_LOG, WORLDS};
+use crate::tables::WORLDS;
 use crate::vector::AtomFacts;
 
 /// Bytes the index writer buffers before it flushes a segment.
@@ -109,19 +109,13 @@ impl TextIndex {
             return Ok(0);
         }
         let worlds = view.transaction.open_table(WORLDS)?;
-        let log = view.transaction.open_table(WORLD_LOG)?;
-        let atoms = view.transaction.open_table(ATOMS)?;
         let mut writer = self.writer.lock().expect("never poisoned");
         let mut added = Vec::new();
         for entry in worlds.iter()? {
             let (name, _) = entry?;
             let name = name.value();
-            for row in log.range((name, from + 1)..=(name, target))? {
-                let (_, id) = row?;
-                let bytes = atoms.get(id.value())?.ok_or_else(|| StoreError::Corrupt {
-                    what: format!("the log of {name:?} names a missing atom"),
-                })?;
-                let atom = crate::atom::decode_entry(id.value(), bytes.value())?;
+            for atom in view.atoms_in_log(name, from, target)? {
+                let atom = atom?;
                 let mut document = TantivyDocument::default();
                 document.add_text(self.world, name);
                 document.add_text(self.text, &atom.content.text);
@@ -209,16 +203,10 @@ impl TextIndex {
         matches.truncate(limit);
         // What the index does not hold yet is matched word by word.
         let view = store.read()?;
-        let log = view.transaction.open_table(WORLD_LOG)?;
-        let atoms = view.transaction.open_table(ATOMS)?;
         let mut compared_exactly = 0;
         let mut tail = Vec::new();
-        for row in log.range((world, covered + 1)..=(world, u64::MAX))? {
-            let (_, id) = row?;
-            let bytes = atoms.get(id.value())?.ok_or_else(|| StoreError::Corrupt {
-                what: format!("the log of {world:?} names a missing atom"),
-            })?;
-            let atom = crate::atom::decode_entry(id.value(), bytes.value())?;
+        for atom in view.atoms_in_log(world, covered, u64::MAX)? {
+            let atom = atom?;
             compared_exactly += 1;
             let atom_words = words(&atom.content.text);
             let matched = query_words

@@ -18,7 +18,7 @@ use hnsw_rs::prelude::{AnnT, DistDot, Hnsw, HnswIo};
 
 use crate::atom::{AtomKind, PublicKey};
 use crate::error::StoreError;
-use crate::tables::{ATOMS, WORLD_LOG, WORLDS};
+use crate::tables::WORLDS;
 use crate::{Atom, Store};
 use redb::ReadableTable;
 
@@ -272,8 +272,6 @@ impl VectorIndex {
         if covered > view.last_commit()? {
             return Ok(false);
         }
-        let log = view.transaction.open_table(WORLD_LOG)?;
-        let atoms = view.transaction.open_table(ATOMS)?;
         for line in lines {
             let Some((basename, name)) = line.split_once(' ') else {
                 return Ok(false);
@@ -301,12 +299,8 @@ impl VectorIndex {
             };
             let mut facts = Vec::with_capacity(graph.get_nb_point());
             let mut units = Vec::with_capacity(graph.get_nb_point());
-            for row in log.range((name, 0)..=(name, covered))? {
-                let (_, id) = row?;
-                let bytes = atoms.get(id.value())?.ok_or_else(|| StoreError::Corrupt {
-                    what: format!("the log of {name:?} names a missing atom"),
-                })?;
-                let atom = crate::atom::decode_entry(id.value(), bytes.value())?;
+            for atom in view.atoms_in_log(name, 0, covered)? {
+                let atom = atom?;
                 if let Some(unit) = normalized(&atom.content.vector) {
                     facts.push(AtomFacts::of(&atom));
                     units.push(unit.into_boxed_slice());
@@ -339,8 +333,6 @@ impl VectorIndex {
             return Ok(0);
         }
         let worlds = view.transaction.open_table(WORLDS)?;
-        let log = view.transaction.open_table(WORLD_LOG)?;
-        let atoms = view.transaction.open_table(ATOMS)?;
         let mut inserted = 0;
         for entry in worlds.iter()? {
             let (name, record) = entry?;
@@ -369,15 +361,8 @@ impl VectorIndex {
                 graph.graph.parallel_insert_slice(&slices);
                 batch.clear();
             };
-            for row in log.range((name, from + 1)..=(name, target))? {
-                let (key, id) = row?;
-                let bytes = atoms.get(id.value())?.ok_or_else(|| StoreError::Corrupt {
-                    what: format!(
-                        "the log of {name:?} names a missing atom at commit {}",
-                        key.value().1
-                    ),
-                })?;
-                let atom = crate::atom::decode_entry(id.value(), bytes.value())?;
+            for atom in view.atoms_in_log(name, from, target)? {
+                let atom = atom?;
                 let Some(unit) = normalized(&atom.content.vector) else {
                     continue;
                 };
@@ -475,15 +460,9 @@ impl VectorIndex {
             }
         }
         // The tail the graph does not cover yet is compared exactly, from the store.
-        let log = view.transaction.open_table(WORLD_LOG)?;
-        let atoms = view.transaction.open_table(ATOMS)?;
         let mut compared_exactly = 0;
-        for row in log.range((world, covered + 1)..=(world, u64::MAX))? {
-            let (_, id) = row?;
-            let bytes = atoms.get(id.value())?.ok_or_else(|| StoreError::Corrupt {
-                what: format!("the log of {world:?} names a missing atom"),
-            })?;
-            let atom = crate::atom::decode_entry(id.value(), bytes.value())?;
+        for atom in view.atoms_in_log(world, covered, u64::MAX)? {
+            let atom = atom?;
             let Some(unit) = normalized(&atom.content.vector) else {
                 continue;
             };
