@@ -42,7 +42,8 @@ pub async fn get(reader: &world_reader::Client, id: &[u8]) -> Result<AtomView, C
     AtomView::read(response.get()?.get_atom()?)
 }
 
-/// The atoms matching `filter`: newest first, or most similar first with a vector.
+/// The atoms matching `filter`: newest first, or most relevant first with a vector
+/// (similarity), text (words) or both fused.
 pub async fn ask(
     reader: &world_reader::Client,
     filter: &Filter,

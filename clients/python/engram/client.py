@@ -292,17 +292,17 @@ async def get(reader: Any, atom_id: bytes) -> AtomView:
 
 def _fill_filter(
     query: Any,
-    kinds,
-    labels,
-    writers,
-    min_importance,
-    max_importance,
-    limit,
-    before_commit,
-    vector=(),
-    explain=False,
-    text="",
+    kinds: Iterable[str] = (),
+    labels: Iterable[str] = (),
+    writers: Iterable[bytes] = (),
+    min_importance: float = 0.0,
+    max_importance: float = 1.0,
+    limit: int = 20,
+    before_commit: int = 0,
+    vector: Sequence[float] = (),
+    text: str = "",
 ) -> None:
+    """Fills a schema ``Query``; the one place ``ask`` and ``subscribe`` build filters."""
     for name, values in (("kinds", list(kinds)), ("labels", list(labels)), ("writers", list(writers))):
         built = query.init(name, len(values))
         for index, value in enumerate(values):
@@ -311,7 +311,6 @@ def _fill_filter(
     query.maxImportance = max_importance
     query.limit = limit
     query.beforeCommit = before_commit
-    query.explain = explain
     if vector:
         query.vector = list(vector)
     if text:
@@ -330,19 +329,19 @@ async def ask(
     vector: Sequence[float] = (),
     text: str = "",
 ) -> list[AtomView]:
-    """Atoms matching every filter: newest first, or with ``vector`` the most similar
-    first (weighed with importance and recency; see the schema's ``Hit.score``)."""
+    """Atoms matching every filter: newest first, or most relevant first with ``vector``
+    (similarity), ``text`` (words) or both fused (see the schema's ``Hit.score``)."""
     request = reader.ask_request()
     _fill_filter(
         request.init("query"),
-        kinds,
-        labels,
-        writers,
-        min_importance,
-        max_importance,
-        limit,
-        before_commit,
-        vector,
+        kinds=kinds,
+        labels=labels,
+        writers=writers,
+        min_importance=min_importance,
+        max_importance=max_importance,
+        limit=limit,
+        before_commit=before_commit,
+        vector=vector,
         text=text,
     )
     result = await call(request.send())
@@ -514,7 +513,14 @@ async def subscribe(
     """Subscribes to atoms with commit > ``from_commit`` that match the filters."""
     queue: asyncio.Queue = asyncio.Queue()
     request = observer.subscribe_request()
-    _fill_filter(request.init("filter"), kinds, labels, writers, min_importance, max_importance, 1, 0)
+    _fill_filter(
+        request.init("filter"),
+        kinds=kinds,
+        labels=labels,
+        writers=writers,
+        min_importance=min_importance,
+        max_importance=max_importance,
+    )
     request.sink = _Sink(queue)
     request.fromCommit = from_commit
     result = await call(request.send())
