@@ -39,7 +39,11 @@ const KINDS: [AtomKind; 4] = [
 ];
 /// Chain entry context, as store/FORMAT.md documents it.
 const CHAIN_ENTRY_CONTEXT: &str = "engram 2026-11 chain entry v1";
+/// The baselines' own table: a random 32-byte key, as an id, to an entry's bytes.
 const ATOMS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("atoms");
+/// engram's entries table, as store/FORMAT.md documents it: (world, commit) → the
+/// entry's id (32 bytes), then its bytes.
+const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entries");
 
 fn atom(rng: &mut StdRng, number: usize) -> NewAtom {
     let mut text = format!("atom {number} ");
@@ -432,19 +436,19 @@ fn redb_single_commits(path: &std::path::Path, commits: usize) -> Vec<Duration> 
     times
 }
 
-/// Reads every stored entry of engram's atoms table in key order and hashes it as a
+/// Reads every stored entry of engram's entries table in key order and hashes it as a
 /// chain entry; entries per second.
 fn redb_read_and_hash(path: &std::path::Path) -> f64 {
     let database = redb::Database::open(path).expect("the engram store");
     let transaction = database.begin_read().expect("a read transaction");
-    let table = transaction.open_table(ATOMS).expect("the atoms table");
+    let table = transaction.open_table(ENTRIES).expect("the entries table");
     let started = Instant::now();
     let mut entries = 0usize;
     let mut digest = 0u8;
     for row in table.iter().expect("iterating") {
         let (_, value) = row.expect("a row");
         let mut hasher = blake3::Hasher::new_derive_key(CHAIN_ENTRY_CONTEXT);
-        hasher.update(value.value());
+        hasher.update(&value.value()[32..]);
         digest ^= hasher.finalize().as_bytes()[0];
         entries += 1;
     }

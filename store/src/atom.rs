@@ -313,7 +313,15 @@ fn put_bytes32(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Decodes a stored entry. `id` is the key it was stored under; it is not re-hashed here
+/// The writer an entry's header names, if the header is whole (to name the chain of an
+/// entry that does not decode).
+pub(crate) fn writer_at(bytes: &[u8]) -> Option<PublicKey> {
+    let world_length = u16::from_be_bytes(bytes.get(1..3)?.try_into().ok()?) as usize;
+    let start = 3 + world_length;
+    bytes.get(start..start + 32)?.try_into().ok()
+}
+
+/// Decodes a stored entry. `id` is the id recorded beside it; it is not re-hashed here
 /// (`verify` does that).
 pub fn decode_entry(id: Hash, bytes: &[u8]) -> Result<Atom, StoreError> {
     let mut reader = EntryReader { bytes, position: 0 };

@@ -1,10 +1,14 @@
 //! Chain verification: recomputes every entry hash of a world's chains and checks that
-//! each entry sits where its chain says, linked to the one before.
+//! each entry sits where its chain says, linked to the one before, reading the world's
+//! entries once in storage order.
+
+use std::collections::HashMap;
 
 use redb::ReadOnlyTable;
 
-use crate::atom::{Hash, PublicKey, ZERO_HASH, decode_entry, entry_hash};
+use crate::atom::{Hash, PublicKey, ZERO_HASH, decode_entry, entry_hash, writer_at};
 use crate::error::StoreError;
+use crate::tables::split_row;
 
 /// The last entry of one (world, writer) chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,16 +36,19 @@ pub struct VerifyReport {
     pub first_bad: Option<BadEntry>,
 }
 
-pub(crate) struct ChainTables<'a> {
-    pub atoms: &'a ReadOnlyTable<Hash, &'static [u8]>,
-    pub chains: &'a ReadOnlyTable<(&'static str, PublicKey, u64), Hash>,
-    pub heads: &'a ReadOnlyTable<(&'static str, PublicKey), (u64, Hash)>,
+const CHANGED: &str = "the stored entry does not hash to its id: its bytes were changed";
+
+/// Where one chain's walk has got to.
+struct ChainState {
+    seq: u64,
+    prev: Hash,
 }
 
-/// Verifies every chain of `world`, writers in key order, entries in seq order, and
-/// stops at the first bad entry.
+/// Verifies every chain of `world` in one walk of its entries in storage (commit)
+/// order, then checks each chain ends where its head says; stops at the first bad entry.
 pub(crate) fn verify_world(
-    tables: &ChainTables<'_>,
+    entries: &ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+    heads: &ReadOnlyTable<(&'static str, PublicKey), (u64, Hash)>,
     world: &str,
 ) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport {
@@ -49,84 +56,94 @@ pub(crate) fn verify_world(
         entries: 0,
         first_bad: None,
     };
-    let heads: Vec<ChainHead> = heads_of(tables.heads, world)?;
-    for head in heads {
-        report.chains += 1;
-        let bad = |seq, reason: String| BadEntry {
-            world: world.to_owned(),
-            writer: head.writer,
-            seq,
-            reason,
+    let bad = |writer, seq, reason: String| BadEntry {
+        world: world.to_owned(),
+        writer,
+        seq,
+        reason,
+    };
+    let mut chains: HashMap<PublicKey, ChainState> = HashMap::new();
+    for row in entries.range((world, 0)..=(world, u64::MAX))? {
+        let (key, row) = row?;
+        let (_, commit) = key.value();
+        let (id, bytes) = split_row(world, commit, row.value())?;
+        report.entries += 1;
+        let atom = match decode_entry(id, bytes) {
+            Ok(atom) => atom,
+            Err(error) => {
+                // Undecodable bytes name no position of their own: report the position
+                // the chain expected next, in the writer the entry's fixed offset holds.
+                let writer = writer_at(bytes).unwrap_or([0; 32]);
+                let seq = chains.get(&writer).map_or(1, |chain| chain.seq + 1);
+                let reason = if entry_hash(bytes) != id {
+                    CHANGED.to_string()
+                } else {
+                    error.to_string()
+                };
+                report.first_bad = Some(bad(writer, seq, reason));
+                return Ok(report);
+            }
         };
-        let mut expected_seq = 1;
-        let mut prev = ZERO_HASH;
-        let mut last_commit = 0;
-        for entry in tables
-            .chains
-            .range((world, head.writer, 0)..=(world, head.writer, u64::MAX))?
-        {
-            let (key, id) = entry?;
-            let (_, _, seq) = key.value();
-            let id = id.value();
-            report.entries += 1;
-            if seq != expected_seq {
-                report.first_bad = Some(bad(
-                    expected_seq,
-                    format!("entry {expected_seq} is missing; the chain jumps to {seq}"),
-                ));
-                return Ok(report);
-            }
-            let Some(bytes) = tables.atoms.get(id)? else {
-                report.first_bad = Some(bad(seq, format!("atom {} is missing", hex::encode(id))));
-                return Ok(report);
-            };
-            let bytes = bytes.value();
-            if entry_hash(bytes) != id {
-                report.first_bad = Some(bad(
-                    seq,
-                    "the stored entry does not hash to its id: its bytes were changed".into(),
-                ));
-                return Ok(report);
-            }
-            let atom = match decode_entry(id, bytes) {
-                Ok(atom) => atom,
-                Err(error) => {
-                    report.first_bad = Some(bad(seq, error.to_string()));
-                    return Ok(report);
-                }
-            };
-            let misplaced = if atom.world != world || atom.writer != head.writer || atom.seq != seq
-            {
-                Some("the entry belongs to another chain or position".to_string())
-            } else if atom.prev != prev {
-                Some("the entry's prev is not the previous entry's hash".to_string())
-            } else if atom.commit <= last_commit {
-                Some(format!(
-                    "commit {} does not follow commit {last_commit}",
-                    atom.commit
-                ))
-            } else {
-                None
-            };
-            if let Some(reason) = misplaced {
-                report.first_bad = Some(bad(seq, reason));
-                return Ok(report);
-            }
-            prev = id;
-            last_commit = atom.commit;
-            expected_seq += 1;
-        }
-        if expected_seq - 1 != head.seq || prev != head.id {
+        let chain = chains.entry(atom.writer).or_insert(ChainState {
+            seq: 0,
+            prev: ZERO_HASH,
+        });
+        let expected_seq = chain.seq + 1;
+        let reason = if entry_hash(bytes) != id {
+            Some(CHANGED.to_string())
+        } else if atom.world != world || atom.commit != commit {
+            Some("the entry belongs to another world or commit".to_string())
+        } else if atom.seq > expected_seq {
             report.first_bad = Some(bad(
+                atom.writer,
+                expected_seq,
+                format!(
+                    "entry {expected_seq} is missing; the chain jumps to {}",
+                    atom.seq
+                ),
+            ));
+            return Ok(report);
+        } else if atom.seq < expected_seq {
+            Some(format!(
+                "entry {} appears again after entry {}",
+                atom.seq, chain.seq
+            ))
+        } else if atom.prev != chain.prev {
+            Some("the entry's prev is not the previous entry's hash".to_string())
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            report.first_bad = Some(bad(atom.writer, atom.seq, reason));
+            return Ok(report);
+        }
+        chain.seq = atom.seq;
+        chain.prev = id;
+    }
+    let heads = heads_of(heads, world)?;
+    report.chains = heads.len() as u64;
+    for head in &heads {
+        let (seq, prev) = chains
+            .remove(&head.writer)
+            .map_or((0, ZERO_HASH), |chain| (chain.seq, chain.prev));
+        if seq != head.seq || prev != head.id {
+            report.first_bad = Some(bad(
+                head.writer,
                 head.seq,
                 format!(
-                    "the chain ends at entry {} but its head says {}",
-                    expected_seq - 1,
+                    "the chain ends at entry {seq} but its head says {}",
                     head.seq
                 ),
             ));
             return Ok(report);
         }
+    }
+    if let Some((writer, chain)) = chains.into_iter().min_by_key(|(writer, _)| *writer) {
+        report.first_bad = Some(bad(
+            writer,
+            chain.seq,
+            "the chain has entries but no head".into(),
+        ));
     }
     Ok(report)
 }

@@ -1,6 +1,6 @@
 //! engram's storage engine: atoms kept in per-(world, writer) BLAKE3 hash chains in one
-//! redb file, with a node-wide commit counter, per-world logs, indexes, worlds,
-//! principals and epochs. Synchronous and RPC-free; see store/FORMAT.md for the bytes.
+//! redb file, stored in commit order per world, with a node-wide commit counter,
+//! indexes, worlds, principals and epochs. Synchronous and RPC-free; see store/FORMAT.md for the bytes.
 //!
 //! Writes go through [`writer::Writer`], a thread that folds concurrent requests into one
 //! durable transaction (group commit). Reads open a [`ReadView`] (a redb read
@@ -44,7 +44,7 @@ use crate::query::{Candidates, descending, merge_descending, validate_replay_lim
 use crate::tables::*;
 
 /// The on-disk format this build reads and writes (store/FORMAT.md).
-pub const FORMAT_VERSION: u64 = 1;
+pub const FORMAT_VERSION: u64 = 2;
 
 /// An open store. Cheap to clone; every clone shares the database.
 #[derive(Clone)]
@@ -85,13 +85,10 @@ impl Store {
                     });
                 }
             }
-            transaction.open_table(ATOMS)?;
-            transaction.open_table(CHAINS)?;
+            transaction.open_table(ENTRIES)?;
+            transaction.open_table(IDS)?;
+            transaction.open_table(POSTINGS)?;
             transaction.open_table(HEADS)?;
-            transaction.open_table(WORLD_LOG)?;
-            transaction.open_table(KIND_INDEX)?;
-            transaction.open_table(LABEL_INDEX)?;
-            transaction.open_table(WRITER_INDEX)?;
             transaction.open_table(WORLDS)?;
             transaction.open_table(PRINCIPALS)?;
             transaction.open_table(PRINCIPAL_NAMES)?;
@@ -132,6 +129,14 @@ impl Store {
             transaction: self.database.begin_read()?,
         })
     }
+}
+
+type EntriesTable = ReadOnlyTable<(&'static str, u64), &'static [u8]>;
+
+/// Decodes the stored row of commit `commit` of `world`.
+fn decode_row(world: &str, commit: u64, row: &[u8]) -> Result<Atom, StoreError> {
+    let (id, entry) = split_row(world, commit, row)?;
+    decode_entry(id, entry)
 }
 
 /// A consistent snapshot of the store.
@@ -207,19 +212,19 @@ impl ReadView {
         }
     }
 
-    fn load(
-        &self,
-        atoms: &ReadOnlyTable<Hash, &'static [u8]>,
-        id: Hash,
-    ) -> Result<Atom, StoreError> {
-        let bytes = atoms.get(id)?.ok_or_else(|| StoreError::Corrupt {
-            what: format!("an index names atom {} which is missing", hex::encode(id)),
-        })?;
-        decode_entry(id, bytes.value())
+    /// The atom at `commit` of `world`, which an index named.
+    fn load(&self, entries: &EntriesTable, world: &str, commit: u64) -> Result<Atom, StoreError> {
+        let row = entries
+            .get((world, commit))?
+            .ok_or_else(|| StoreError::Corrupt {
+                what: format!("an index names commit {commit} which {world:?} lacks"),
+            })?;
+        decode_row(world, commit, row.value())
     }
 
-    /// The atoms of `world` with `after < commit <= up_to`, in commit order, read from
-    /// its log: the one walk the replay, the subscriptions and the search indexes share.
+    /// The atoms of `world` with `after < commit <= up_to`, in commit order, read in
+    /// storage order: the one walk the replay, the subscriptions and the search indexes
+    /// share.
     pub(crate) fn atoms_in_log(
         &self,
         world: &str,
@@ -229,20 +234,13 @@ impl ReadView {
         if after >= up_to {
             return Ok(Box::new(std::iter::empty()));
         }
-        let log = self.table(WORLD_LOG)?;
-        let atoms = self.table(ATOMS)?;
-        let range = log.range((world, after + 1)..=(world, up_to))?;
+        let range = self
+            .table(ENTRIES)?
+            .range((world, after + 1)..=(world, up_to))?;
         let world = world.to_owned();
         Ok(Box::new(range.map(move |row| {
-            let (_, id) = row?;
-            let id = id.value();
-            let bytes = atoms.get(id)?.ok_or_else(|| StoreError::Corrupt {
-                what: format!(
-                    "the log of {world:?} names a missing atom {}",
-                    hex::encode(id)
-                ),
-            })?;
-            decode_entry(id, bytes.value())
+            let (key, row) = row?;
+            decode_row(&world, key.value().1, row.value())
         })))
     }
 
@@ -253,11 +251,17 @@ impl ReadView {
             world: world.to_owned(),
             id: hex::encode(id),
         };
-        let atoms = self.table(ATOMS)?;
-        let bytes = atoms.get(id)?.ok_or_else(not_found)?;
-        let atom = decode_entry(*id, bytes.value())?;
-        if atom.world != world {
-            return Err(not_found());
+        let commit = self.table(IDS)?.get(id)?.ok_or_else(not_found)?.value();
+        let entries = self.table(ENTRIES)?;
+        let row = entries.get((world, commit))?.ok_or_else(not_found)?;
+        let atom = decode_row(world, commit, row.value())?;
+        if atom.id != *id {
+            return Err(StoreError::Corrupt {
+                what: format!(
+                    "the id index names commit {commit} for atom {}, which holds another",
+                    hex::encode(id)
+                ),
+            });
         }
         Ok(atom)
     }
@@ -300,8 +304,9 @@ impl ReadView {
 
     /// The newest atoms of `world` that match `query` and `visible`, newest first.
     ///
-    /// Candidates come from one index: the first label's, else the kinds', else the
-    /// writers', else the world log; every other filter is checked on each candidate.
+    /// Candidates come from one index: the first label's postings, else the kinds', else
+    /// the writers', else the world's entries; every other filter is checked on each
+    /// candidate.
     pub fn ask(
         &self,
         world: &str,
@@ -311,50 +316,42 @@ impl ReadView {
         self.require_world(world)?;
         query.validate()?;
         let upper = query.before_commit.unwrap_or(u64::MAX);
-        let candidates: Candidates = if let Some(label) = query.labels.first() {
+        let postings = self.table(POSTINGS)?;
+        let mut term = Term::new();
+        let by_term = |term: &[u8]| {
             descending(
-                &self.table(LABEL_INDEX)?,
-                (world, label.as_str(), 0),
-                (world, label.as_str(), upper),
+                &postings,
+                (world, term, 0),
+                (world, term, upper),
                 |(_, _, commit)| commit,
-            )?
+            )
+        };
+        let candidates: Candidates = if let Some(label) = query.labels.first() {
+            by_term(term.label(label))?
         } else if !query.kinds.is_empty() {
-            let index = self.table(KIND_INDEX)?;
             let mut sources = Vec::with_capacity(query.kinds.len());
             for kind in &query.kinds {
-                sources.push(descending(
-                    &index,
-                    (world, kind.code(), 0),
-                    (world, kind.code(), upper),
-                    |(_, _, commit)| commit,
-                )?);
+                sources.push(by_term(term.kind(kind.code()))?);
             }
             merge_descending(sources)
         } else if !query.writers.is_empty() {
-            let index = self.table(WRITER_INDEX)?;
             let mut sources = Vec::with_capacity(query.writers.len());
             for writer in &query.writers {
-                sources.push(descending(
-                    &index,
-                    (world, *writer, 0),
-                    (world, *writer, upper),
-                    |(_, _, commit)| commit,
-                )?);
+                sources.push(by_term(term.writer(writer))?);
             }
             merge_descending(sources)
         } else {
             descending(
-                &self.table(WORLD_LOG)?,
+                &self.table(ENTRIES)?,
                 (world, 0),
                 (world, upper),
                 |(_, commit)| commit,
             )?
         };
-        let atoms = self.table(ATOMS)?;
+        let entries = self.table(ENTRIES)?;
         let mut found = Vec::with_capacity(query.limit as usize);
-        for candidate in candidates {
-            let (_, id) = candidate?;
-            let atom = self.load(&atoms, id)?;
+        for commit in candidates {
+            let atom = self.load(&entries, world, commit?)?;
             if query.matches(&atom) && visible(&atom) {
                 found.push(atom);
                 if found.len() == query.limit as usize {
@@ -368,14 +365,7 @@ impl ReadView {
     /// Recomputes every chain of `world`; see [`VerifyReport`].
     pub fn verify(&self, world: &str) -> Result<VerifyReport, StoreError> {
         self.require_world(world)?;
-        chain::verify_world(
-            &chain::ChainTables {
-                atoms: &self.table(ATOMS)?,
-                chains: &self.table(CHAINS)?,
-                heads: &self.table(HEADS)?,
-            },
-            world,
-        )
+        chain::verify_world(&self.table(ENTRIES)?, &self.table(HEADS)?, world)
     }
 }
 
@@ -451,18 +441,11 @@ impl Store {
         }
         let view = self.read()?;
         let last_commit = view.last_commit()?;
-        let log = view.table(WORLD_LOG)?;
-        let atoms = view.table(ATOMS)?;
+        let entries = view.table(ENTRIES)?;
         let mut ranked = Vec::with_capacity(found.len());
         for (commit, (relevance, similarity, why)) in found {
-            let id = log
-                .get((world, commit))?
-                .ok_or_else(|| StoreError::Corrupt {
-                    what: format!("an index names commit {commit} which {world:?} lacks"),
-                })?
-                .value();
             ranked.push(rank::rank(
-                view.load(&atoms, id)?,
+                view.load(&entries, world, commit)?,
                 relevance,
                 similarity,
                 &why,

@@ -1,12 +1,12 @@
-//! Structured queries (`ask`) answered from the kind, label and writer indexes, and
-//! replay in commit order from the world log.
+//! Structured queries (`ask`) answered from the kind, label and writer postings, and
+//! replay in commit order from the world's entries.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use redb::ReadOnlyTable;
 
-use crate::atom::{Atom, AtomKind, Hash, PublicKey, validate_label};
+use crate::atom::{Atom, AtomKind, PublicKey, validate_label};
 use crate::error::StoreError;
 use crate::limits::{ASK_LIMIT_MAX, QUERY_FILTER_VALUES_MAX, REPLAY_LIMIT_MAX};
 use crate::vector::AtomFacts;
@@ -120,23 +120,24 @@ impl Query {
     }
 }
 
-/// `(commit, id)` pairs in descending commit order.
-pub(crate) type Candidates = Box<dyn Iterator<Item = Result<(u64, Hash), StoreError>>>;
+/// Commits in descending order.
+pub(crate) type Candidates = Box<dyn Iterator<Item = Result<u64, StoreError>>>;
 
-/// One index range walked newest first, as `(commit, id)`.
-pub(crate) fn descending<'a, K>(
-    table: &ReadOnlyTable<K, Hash>,
+/// One table range walked newest first, as commits.
+pub(crate) fn descending<'a, K, V>(
+    table: &ReadOnlyTable<K, V>,
     low: K::SelfType<'a>,
     high: K::SelfType<'a>,
     commit_of: fn(K::SelfType<'_>) -> u64,
 ) -> Result<Candidates, StoreError>
 where
     K: redb::Key + 'static,
+    V: redb::Value + 'static,
 {
     let range = table.range(low..high)?;
     Ok(Box::new(range.rev().map(move |entry| {
-        let (key, id) = entry?;
-        Ok((commit_of(key.value()), id.value()))
+        let (key, _) = entry?;
+        Ok(commit_of(key.value()))
     })))
 }
 
@@ -149,7 +150,7 @@ pub(crate) fn merge_descending(mut sources: Vec<Candidates>) -> Candidates {
     let mut failed = None;
     for (index, source) in sources.iter_mut().enumerate() {
         match source.next() {
-            Some(Ok((commit, id))) => heap.push((commit, Reverse(index), id)),
+            Some(Ok(commit)) => heap.push((commit, Reverse(index))),
             Some(Err(error)) => failed = Some(error),
             None => {}
         }
@@ -159,13 +160,13 @@ pub(crate) fn merge_descending(mut sources: Vec<Candidates>) -> Candidates {
         if let Some(error) = failed.take() {
             return Some(Err(error));
         }
-        let (commit, Reverse(index), id) = heap.pop()?;
+        let (commit, Reverse(index)) = heap.pop()?;
         match sources[index].next() {
-            Some(Ok((next_commit, next_id))) => heap.push((next_commit, Reverse(index), next_id)),
+            Some(Ok(next)) => heap.push((next, Reverse(index))),
             Some(Err(error)) => failed = Some(error),
             None => {}
         }
-        Some(Ok((commit, id)))
+        Some(Ok(commit))
     }))
 }
 

@@ -1,28 +1,25 @@
 //! The redb tables (store/FORMAT.md describes each key and value).
+//!
+//! Atom content lives in one table keyed by (world, commit), so a durable write appends
+//! at the right edge of each world's range and a world reads back in storage order.
+//! Everything else about atoms is an index over it.
 
 use redb::TableDefinition;
 
 use crate::atom::{Hash, PublicKey};
+use crate::error::StoreError;
 
-/// id → canonical entry bytes. The only copy of atom content.
-pub(crate) const ATOMS: TableDefinition<Hash, &[u8]> = TableDefinition::new("atoms");
-/// (world, writer, seq) → id: every chain, in seq order.
-pub(crate) const CHAINS: TableDefinition<(&str, PublicKey, u64), Hash> =
-    TableDefinition::new("chains");
+/// (world, commit) → stored row: the entry's id (32 bytes), then its canonical bytes.
+/// The only copy of atom content.
+pub(crate) const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entries");
+/// id → commit: `get` by id.
+pub(crate) const IDS: TableDefinition<&Hash, u64> = TableDefinition::new("ids");
+/// (world, term, commit) → (): one posting per kind, label and writer of each atom.
+pub(crate) const POSTINGS: TableDefinition<(&str, &[u8], u64), ()> =
+    TableDefinition::new("postings");
 /// (world, writer) → (seq, id) of the chain's last entry.
 pub(crate) const HEADS: TableDefinition<(&str, PublicKey), (u64, Hash)> =
     TableDefinition::new("heads");
-/// (world, commit) → id: each world's log in commit order.
-pub(crate) const WORLD_LOG: TableDefinition<(&str, u64), Hash> = TableDefinition::new("world_log");
-/// (world, kind code, commit) → id.
-pub(crate) const KIND_INDEX: TableDefinition<(&str, u16, u64), Hash> =
-    TableDefinition::new("kind_index");
-/// (world, label, commit) → id.
-pub(crate) const LABEL_INDEX: TableDefinition<(&str, &str, u64), Hash> =
-    TableDefinition::new("label_index");
-/// (world, writer, commit) → id.
-pub(crate) const WRITER_INDEX: TableDefinition<(&str, PublicKey, u64), Hash> =
-    TableDefinition::new("writer_index");
 /// world name → (state code, atom count, vector dimension or 0).
 pub(crate) const WORLDS: TableDefinition<&str, (u8, u64, u32)> = TableDefinition::new("worlds");
 /// public key → principal record (JSON).
@@ -37,3 +34,60 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 
 pub(crate) const META_FORMAT_VERSION: &str = "format_version";
 pub(crate) const META_LAST_COMMIT: &str = "last_commit";
+
+/// The posting terms: a tag byte, then the value.
+const TERM_KIND: u8 = b'k';
+const TERM_LABEL: u8 = b'l';
+const TERM_WRITER: u8 = b'w';
+
+/// A posting term, built in a reusable buffer.
+pub(crate) struct Term(Vec<u8>);
+
+impl Term {
+    pub(crate) fn new() -> Term {
+        Term(Vec::with_capacity(1 + 128))
+    }
+
+    pub(crate) fn kind(&mut self, code: u16) -> &[u8] {
+        self.tagged(TERM_KIND, &code.to_be_bytes())
+    }
+
+    pub(crate) fn label(&mut self, label: &str) -> &[u8] {
+        self.tagged(TERM_LABEL, label.as_bytes())
+    }
+
+    pub(crate) fn writer(&mut self, writer: &PublicKey) -> &[u8] {
+        self.tagged(TERM_WRITER, writer)
+    }
+
+    fn tagged(&mut self, tag: u8, value: &[u8]) -> &[u8] {
+        self.0.clear();
+        self.0.push(tag);
+        self.0.extend_from_slice(value);
+        &self.0
+    }
+}
+
+/// Builds the stored row of an entry: its id, then its bytes.
+pub(crate) fn entry_row(id: &Hash, entry: &[u8], row: &mut Vec<u8>) {
+    row.clear();
+    row.extend_from_slice(id);
+    row.extend_from_slice(entry);
+}
+
+/// Splits a stored row into the entry's recorded id and its bytes.
+pub(crate) fn split_row<'row>(
+    world: &str,
+    commit: u64,
+    row: &'row [u8],
+) -> Result<(Hash, &'row [u8]), StoreError> {
+    match row.split_first_chunk::<32>() {
+        Some((id, entry)) => Ok((*id, entry)),
+        None => Err(StoreError::Corrupt {
+            what: format!(
+                "the row of commit {commit} in {world:?} is {} bytes long",
+                row.len()
+            ),
+        }),
+    }
+}

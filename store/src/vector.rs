@@ -1,8 +1,8 @@
 //! Similarity search: one HNSW graph (hnsw_rs) per world, derived from the store and
-//! never the only copy of anything. An indexer thread catches it up from the world logs
-//! after every commit; a search covers what the graph holds and compares the atoms the
-//! graph does not hold yet exactly, so no answer is ever stale, and the answer says when
-//! part of it was not served by the graph.
+//! never the only copy of anything. An indexer thread catches it up from the worlds'
+//! entries after every commit; a search covers what the graph holds and compares the
+//! atoms the graph does not hold yet exactly, so no answer is ever stale, and the answer
+//! says when part of it was not served by the graph.
 //!
 //! Vectors are normalised for the index (atoms keep what the writer sent) and compared
 //! by dot product, which is then the cosine similarity. Filters run inside the graph

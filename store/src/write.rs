@@ -85,13 +85,10 @@ pub enum WriteOutcome {
 pub(crate) type Verdict = Result<WriteOutcome, StoreError>;
 
 struct Tables<'txn> {
-    atoms: Table<'txn, Hash, &'static [u8]>,
-    chains: Table<'txn, (&'static str, PublicKey, u64), Hash>,
+    entries: Table<'txn, (&'static str, u64), &'static [u8]>,
+    ids: Table<'txn, &'static Hash, u64>,
+    postings: Table<'txn, (&'static str, &'static [u8], u64), ()>,
     heads: Table<'txn, (&'static str, PublicKey), (u64, Hash)>,
-    world_log: Table<'txn, (&'static str, u64), Hash>,
-    kind_index: Table<'txn, (&'static str, u16, u64), Hash>,
-    label_index: Table<'txn, (&'static str, &'static str, u64), Hash>,
-    writer_index: Table<'txn, (&'static str, PublicKey, u64), Hash>,
     worlds: Table<'txn, &'static str, (u8, u64, u32)>,
     principals: Table<'txn, PublicKey, &'static [u8]>,
     principal_names: Table<'txn, &'static str, PublicKey>,
@@ -105,13 +102,10 @@ pub(crate) fn apply_group(
     requests: &[WriteRequest],
 ) -> Result<Vec<Verdict>, StoreError> {
     let mut tables = Tables {
-        atoms: transaction.open_table(ATOMS)?,
-        chains: transaction.open_table(CHAINS)?,
+        entries: transaction.open_table(ENTRIES)?,
+        ids: transaction.open_table(IDS)?,
+        postings: transaction.open_table(POSTINGS)?,
         heads: transaction.open_table(HEADS)?,
-        world_log: transaction.open_table(WORLD_LOG)?,
-        kind_index: transaction.open_table(KIND_INDEX)?,
-        label_index: transaction.open_table(LABEL_INDEX)?,
-        writer_index: transaction.open_table(WRITER_INDEX)?,
         worlds: transaction.open_table(WORLDS)?,
         principals: transaction.open_table(PRINCIPALS)?,
         principal_names: transaction.open_table(PRINCIPAL_NAMES)?,
@@ -128,6 +122,8 @@ pub(crate) fn apply_group(
         epoch: current_epoch(&tables.epochs)?,
         recorded_at_unix_ms: now_unix_ms(),
         entry_buffer: Vec::with_capacity(1024),
+        row_buffer: Vec::with_capacity(1024),
+        term: Term::new(),
     };
     let mut verdicts = Vec::with_capacity(requests.len());
     for request in requests {
@@ -145,6 +141,8 @@ struct Group {
     epoch: Epoch,
     recorded_at_unix_ms: i64,
     entry_buffer: Vec<u8>,
+    row_buffer: Vec<u8>,
+    term: Term,
 }
 
 pub(crate) fn now_unix_ms() -> i64 {
@@ -436,23 +434,28 @@ fn remember(
             &mut group.entry_buffer,
         );
         let id = entry_hash(&group.entry_buffer);
-        let replaced = tables.atoms.insert(id, group.entry_buffer.as_slice())?;
+        entry_row(&id, &group.entry_buffer, &mut group.row_buffer);
+        tables
+            .entries
+            .insert((world, commit), group.row_buffer.as_slice())?;
+        let replaced = tables.ids.insert(&id, commit)?;
         assert!(
             replaced.is_none(),
             "entry hashes bind writer, seq and prev: an id never repeats"
         );
         drop(replaced);
-        tables.chains.insert((world, key, entry_seq), id)?;
-        tables.world_log.insert((world, commit), id)?;
+        let term = &mut group.term;
         tables
-            .kind_index
-            .insert((world, content.kind.code(), commit), id)?;
+            .postings
+            .insert((world, term.kind(content.kind.code()), commit), ())?;
         for label in &content.labels {
             tables
-                .label_index
-                .insert((world, label.as_str(), commit), id)?;
+                .postings
+                .insert((world, term.label(label), commit), ())?;
         }
-        tables.writer_index.insert((world, key, commit), id)?;
+        tables
+            .postings
+            .insert((world, term.writer(&key), commit), ())?;
         receipts.push(Receipt {
             id,
             seq: entry_seq,

@@ -1,19 +1,22 @@
-//! Tamper evidence: one byte of one stored atom is changed in the redb file while the
-//! node is stopped; `verify` names exactly that (world, writer, seq), and the CLI exits 4.
+//! Tamper evidence: stored entries are changed or removed in the redb file while the
+//! node is stopped; `verify` names exactly the (world, writer, seq) where the chain
+//! breaks, and the CLI exits 4.
 
 use std::process::Command;
 
-use engram_client::NewAtom;
+use engram_client::{NewAtom, Receipt};
 use engram_tests::{TestNode, add_principal, binary, run_local, session};
 use redb::{ReadableTable, TableDefinition};
 
-/// The store's atoms table, as store/FORMAT.md documents it: id → entry bytes.
-const ATOMS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("atoms");
+/// The store's entries table, as store/FORMAT.md documents it: (world, commit) → the
+/// entry's id, then its bytes.
+const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entries");
 
-#[test]
-fn verify_names_the_edited_entry() {
+/// Starts a node whose world "ledger" holds two admin atoms, then three of an agent's;
+/// returns the agent's receipts and public key, with the node stopped.
+fn stopped_ledger() -> (TestNode, Vec<Receipt>, [u8; 32]) {
     let mut node = TestNode::start();
-    let (victim, agent_public) = run_local(async {
+    let (receipts, agent_public) = run_local(async {
         let admin = session(&node.tcp(), &node.admin_key()).await;
         engram_client::create_world(&admin.admin().unwrap(), "ledger")
             .await
@@ -41,36 +44,51 @@ fn verify_names_the_edited_entry() {
             .await
             .unwrap();
         assert_eq!((clean.chains, clean.entries, clean.first_bad), (2, 5, None));
-        (receipts[1], agent_key.verifying_key().to_bytes())
+        (receipts, agent_key.verifying_key().to_bytes())
     });
     node.stop();
+    (node, receipts, agent_public)
+}
 
-    {
-        let database = redb::Database::open(node.store_path()).unwrap();
-        let transaction = database.begin_write().unwrap();
-        {
-            let mut atoms = transaction.open_table(ATOMS).unwrap();
-            let mut bytes = atoms.get(victim.id).unwrap().unwrap().value().to_vec();
-            let position = bytes
-                .windows(3)
-                .position(|window| window == b"100")
-                .expect("the text is stored verbatim");
-            bytes[position] = b'9';
-            atoms.insert(victim.id, bytes.as_slice()).unwrap();
-        }
-        transaction.commit().unwrap();
-    }
+/// Changes the stopped node's entries table in one write transaction.
+fn edit_entries(node: &TestNode, edit: impl FnOnce(&mut redb::Table<'_, (&str, u64), &[u8]>)) {
+    let database = redb::Database::open(node.store_path()).unwrap();
+    let transaction = database.begin_write().unwrap();
+    edit(&mut transaction.open_table(ENTRIES).unwrap());
+    transaction.commit().unwrap();
+}
 
+/// Restarts the node and returns what `verify` reports as the first bad entry.
+fn first_bad_after_restart(node: &mut TestNode) -> ([u8; 32], u64, String) {
     node.restart();
     run_local(async {
         let admin = session(&node.tcp(), &node.admin_key()).await;
         let report = engram_client::verify(&admin.reader("ledger").unwrap())
             .await
             .unwrap();
-        let (writer, seq, reason) = report.first_bad.expect("the edit is detected");
-        assert_eq!((writer, seq), (agent_public, victim.seq));
-        assert!(reason.contains("hash"), "{reason}");
+        report.first_bad.expect("the change is detected")
+    })
+}
+
+#[test]
+fn verify_names_the_edited_entry() {
+    let (mut node, receipts, agent_public) = stopped_ledger();
+    let victim = receipts[1];
+    edit_entries(&node, |entries| {
+        let key = ("ledger", victim.commit);
+        let mut bytes = entries.get(key).unwrap().unwrap().value().to_vec();
+        assert_eq!(bytes[..32], victim.id, "the row starts with the entry's id");
+        let position = bytes
+            .windows(3)
+            .position(|window| window == b"100")
+            .expect("the text is stored verbatim");
+        bytes[position] = b'9';
+        entries.insert(key, bytes.as_slice()).unwrap();
     });
+
+    let (writer, seq, reason) = first_bad_after_restart(&mut node);
+    assert_eq!((writer, seq), (agent_public, victim.seq));
+    assert!(reason.contains("hash"), "{reason}");
 
     let output = Command::new(binary("engram"))
         .args(["--node", node.tcp_address(), "--key"])
@@ -84,4 +102,23 @@ fn verify_names_the_edited_entry() {
         stdout.contains(&format!("writer {} seq 2", hex::encode(agent_public))),
         "{stdout}"
     );
+}
+
+#[test]
+fn verify_names_a_removed_entry_and_a_cut_chain() {
+    let (mut node, receipts, agent_public) = stopped_ledger();
+    edit_entries(&node, |entries| {
+        entries.remove(("ledger", receipts[1].commit)).unwrap();
+    });
+    let (writer, seq, reason) = first_bad_after_restart(&mut node);
+    assert_eq!((writer, seq), (agent_public, 2));
+    assert!(reason.contains("entry 2 is missing"), "{reason}");
+
+    node.stop();
+    edit_entries(&node, |entries| {
+        entries.remove(("ledger", receipts[2].commit)).unwrap();
+    });
+    let (writer, seq, reason) = first_bad_after_restart(&mut node);
+    assert_eq!((writer, seq), (agent_public, 3));
+    assert!(reason.contains("ends at entry 1"), "{reason}");
 }
