@@ -5,7 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use engram_client::{Endpoint, Session, connect, keyfile};
+use std::time::{Duration, Instant};
+
+use engram_client::{Endpoint, Filter, Session, connect, keyfile};
 
 pub struct BenchNode {
     _directory: tempfile::TempDir,
@@ -154,5 +156,29 @@ impl Drop for BenchNode {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits until an ask in `world` is served entirely by the indexes, text and (with a
+/// `probe` vector) similarity, with no warning, so that measurements see the node at
+/// rest; returns how long it took.
+pub async fn until_indexed(session: &Session, world: &str, probe: &[f32]) -> Duration {
+    let reader = session.reader(world).expect("a reader");
+    let started = Instant::now();
+    loop {
+        let filter = Filter {
+            vector: probe.to_vec(),
+            text: "vector".into(),
+            limit: 1,
+            ..Filter::default()
+        };
+        let answer = engram_client::ask_scored(&reader, &filter)
+            .await
+            .expect("ask");
+        if answer.warning.is_empty() {
+            return started.elapsed();
+        }
+        // A benchmark, not a test: poll the node's own report at a coarse interval.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

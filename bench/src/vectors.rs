@@ -10,7 +10,7 @@ use engram_client::{Filter, NewAtom, Session};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::node::BenchNode;
+use crate::node::{BenchNode, until_indexed};
 use crate::report::{percentile, print};
 
 pub struct Options {
@@ -105,29 +105,6 @@ async fn measure(
     (latencies, recall, warned)
 }
 
-/// Waits until an ask is served entirely by the indexes, vector and text (no warning),
-/// so that measurements see the node at rest; returns how long it took.
-async fn until_indexed(session: &Session, probe: &[f32]) -> Duration {
-    let reader = session.reader("vectors").expect("a reader");
-    let started = Instant::now();
-    loop {
-        let filter = Filter {
-            vector: probe.to_vec(),
-            text: "vector".into(),
-            limit: 1,
-            ..Filter::default()
-        };
-        let answer = engram_client::ask_scored(&reader, &filter)
-            .await
-            .expect("ask");
-        if answer.warning.is_empty() {
-            return started.elapsed();
-        }
-        // A benchmark, not a test: poll the node's own report at a coarse interval.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 pub async fn run(options: Options) {
     let mut rng = StdRng::seed_from_u64(options.seed);
     let centres: Vec<Vec<f32>> = (0..options.clusters)
@@ -182,7 +159,7 @@ pub async fn run(options: Options) {
     }
     let written = started.elapsed();
     let probe = &queries[0];
-    let indexed_after_writes = until_indexed(&admin, probe).await;
+    let indexed_after_writes = until_indexed(&admin, "vectors", probe).await;
     let build = written + indexed_after_writes;
     print("vectors.atoms", options.atoms as f64, "");
     print("vectors.dimensions", options.dimensions as f64, "");
@@ -246,7 +223,7 @@ pub async fn run(options: Options) {
     // A clean stop persists the index: reopening loads it.
     node.stop();
     let ready = node.restart();
-    let loaded = until_indexed(&node.login().await, probe).await;
+    let loaded = until_indexed(&node.login().await, "vectors", probe).await;
     print("vectors.reopen_to_ready", ready.as_secs_f64() * 1e3, "ms");
     print(
         "vectors.reopen_index_present",
@@ -257,7 +234,7 @@ pub async fn run(options: Options) {
     node.stop();
     std::fs::remove_dir_all(node.data_dir().join("vector-index")).expect("the persisted index");
     let ready = node.restart();
-    let rebuilt = until_indexed(&node.login().await, probe).await;
+    let rebuilt = until_indexed(&node.login().await, "vectors", probe).await;
     print(
         "vectors.reopen_index_rebuilt",
         (ready + rebuilt).as_secs_f64() * 1e3,

@@ -142,9 +142,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     served
 }
 
-/// The indexer thread: loads the persisted similarity index, catches it up with the
-/// store, and again after every commit the doorbell announces, off the RPC thread. It
-/// stops when the doorbell's sender (the writer) is gone.
+/// The indexer thread: loads the persisted similarity index, catches both indexes up
+/// with the store, and again after every commit the doorbell announces (and when text
+/// documents waiting to be published are due), off the RPC thread. It stops when the
+/// doorbell's sender (the writer) is gone.
 fn start_indexer(
     store: Store,
     vectors: Arc<VectorIndex>,
@@ -162,28 +163,42 @@ fn start_indexer(
                 elapsed_ms = loading.elapsed().as_millis() as u64,
                 "vector index loaded; the indexer catches up the rest"
             );
-            loop {
-                committed.borrow_and_update();
-                let started = std::time::Instant::now();
-                match vectors.catch_up(&store) {
-                    Ok(0) => {}
-                    Ok(inserted) => tracing::debug!(
-                        inserted,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        covered = vectors.covered_commit(),
-                        "vector index caught up"
-                    ),
-                    // Searches stay correct meanwhile: what is not indexed is compared
-                    // exactly. The next commit retries.
-                    Err(error) => tracing::error!(%error, "vector index catch-up failed"),
+            // A runtime of its own, for the text index's publishing deadline.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("the indexer's runtime");
+            runtime.block_on(async {
+                loop {
+                    committed.borrow_and_update();
+                    let started = std::time::Instant::now();
+                    match vectors.catch_up(&store) {
+                        Ok(0) => {}
+                        Ok(inserted) => tracing::debug!(
+                            inserted,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            covered = vectors.covered_commit(),
+                            "vector index caught up"
+                        ),
+                        // Searches stay correct meanwhile: what is not indexed is
+                        // compared exactly. The next commit retries.
+                        Err(error) => tracing::error!(%error, "vector index catch-up failed"),
+                    }
+                    let publish_in = texts.catch_up(&store).unwrap_or_else(|error| {
+                        tracing::error!(%error, "text index catch-up failed");
+                        None
+                    });
+                    let next = match publish_in {
+                        None => committed.changed().await,
+                        Some(wait) => tokio::time::timeout(wait, committed.changed())
+                            .await
+                            .unwrap_or(Ok(())),
+                    };
+                    if next.is_err() {
+                        return;
+                    }
                 }
-                if let Err(error) = texts.catch_up(&store) {
-                    tracing::error!(%error, "text index catch-up failed");
-                }
-                if futures::executor::block_on(committed.changed()).is_err() {
-                    return;
-                }
-            }
+            })
         })
         .expect("spawning the indexer thread")
 }

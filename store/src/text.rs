@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use redb::ReadableTable;
 use tantivy::collector::TopDocs;
@@ -21,6 +22,11 @@ use crate::vector::AtomFacts;
 
 /// Bytes the index writer buffers before it flushes a segment.
 const WRITER_MEMORY_BYTES: usize = 50 * 1024 * 1024;
+/// Added documents become searchable (a tantivy commit and reader reload) once this many
+/// are waiting, or once the oldest has waited `PUBLISH_AFTER`. A commit per atom would
+/// cost more CPU than the write itself; what waits is matched word by word meanwhile.
+const PUBLISH_DOCUMENTS: usize = 2048;
+const PUBLISH_AFTER: Duration = Duration::from_millis(100);
 
 /// A match of a lexical search: commit and BM25 score (or matched words for atoms
 /// compared outside the index).
@@ -42,13 +48,24 @@ pub struct TextAnswer {
 /// The lexical index of every world.
 pub struct TextIndex {
     index: Index,
-    writer: Mutex<IndexWriter>,
+    writing: Mutex<Writing>,
     reader: IndexReader,
     world: Field,
     text: Field,
     commit: Field,
     facts: RwLock<HashMap<u64, AtomFacts>>,
     covered_commit: AtomicU64,
+}
+
+/// The indexer's side: documents added to the writer but not yet searchable.
+struct Writing {
+    writer: IndexWriter,
+    /// Every atom up to this commit has been added to the writer.
+    added_through: u64,
+    /// Facts of the added atoms, published with them.
+    pending: Vec<AtomFacts>,
+    /// When the oldest waiting document was added.
+    pending_since: Option<Instant>,
 }
 
 fn failed(error: tantivy::TantivyError) -> StoreError {
@@ -84,7 +101,12 @@ impl TextIndex {
             .map_err(failed)?;
         Ok(TextIndex {
             index,
-            writer: Mutex::new(writer),
+            writing: Mutex::new(Writing {
+                writer,
+                added_through: 0,
+                pending: Vec::new(),
+                pending_since: None,
+            }),
             reader,
             world,
             text,
@@ -99,43 +121,53 @@ impl TextIndex {
         self.covered_commit.load(Ordering::Acquire)
     }
 
-    /// Adds every atom committed after the covered commit; returns how many. Called by
-    /// the indexer thread only.
-    pub fn catch_up(&self, store: &Store) -> Result<usize, StoreError> {
+    /// Adds every atom committed since the last call to the index writer, and makes
+    /// what waits searchable once enough has waited or for long enough. Returns how
+    /// long until a call should come again to publish what still waits (`None`: nothing
+    /// waits). Called by the indexer thread only.
+    pub fn catch_up(&self, store: &Store) -> Result<Option<Duration>, StoreError> {
+        let mut writing = self.writing.lock().expect("never poisoned");
         let view = store.read()?;
         let target = view.last_commit()?;
-        let from = self.covered_commit();
-        if target <= from {
-            return Ok(0);
-        }
-        let worlds = view.transaction.open_table(WORLDS)?;
-        let mut writer = self.writer.lock().expect("never poisoned");
-        let mut added = Vec::new();
-        for entry in worlds.iter()? {
-            let (name, _) = entry?;
-            let name = name.value();
-            for atom in view.atoms_in_log(name, from, target)? {
-                let atom = atom?;
-                let mut document = TantivyDocument::default();
-                document.add_text(self.world, name);
-                document.add_text(self.text, &atom.content.text);
-                document.add_u64(self.commit, atom.commit);
-                writer.add_document(document).map_err(failed)?;
-                added.push(AtomFacts::of(&atom));
+        let from = writing.added_through;
+        if target > from {
+            let worlds = view.transaction.open_table(WORLDS)?;
+            for entry in worlds.iter()? {
+                let (name, _) = entry?;
+                let name = name.value();
+                for atom in view.atoms_in_log(name, from, target)? {
+                    let atom = atom?;
+                    let mut document = TantivyDocument::default();
+                    document.add_text(self.world, name);
+                    document.add_text(self.text, &atom.content.text);
+                    document.add_u64(self.commit, atom.commit);
+                    writing.writer.add_document(document).map_err(failed)?;
+                    writing.pending.push(AtomFacts::of(&atom));
+                }
             }
+            writing.added_through = target;
+            writing.pending_since.get_or_insert_with(Instant::now);
+        }
+        let Some(since) = writing.pending_since else {
+            return Ok(None);
+        };
+        let waited = since.elapsed();
+        if writing.pending.len() < PUBLISH_DOCUMENTS && waited < PUBLISH_AFTER {
+            return Ok(Some(PUBLISH_AFTER - waited));
         }
         // Facts first, then the documents become visible, then the covered commit moves.
-        let count = added.len();
         {
             let mut facts = self.facts.write().expect("never poisoned");
-            for fact in added {
+            for fact in writing.pending.drain(..) {
                 facts.insert(fact.commit, fact);
             }
         }
-        writer.commit().map_err(failed)?;
+        writing.writer.commit().map_err(failed)?;
         self.reader.reload().map_err(failed)?;
-        self.covered_commit.store(target, Ordering::Release);
-        Ok(count)
+        writing.pending_since = None;
+        self.covered_commit
+            .store(writing.added_through, Ordering::Release);
+        Ok(None)
     }
 
     /// Atoms of `world` whose text matches `text`, best first, among those `allowed`
