@@ -66,6 +66,9 @@ pub enum StoreError {
     /// The data file was written by another format version.
     #[error("the data file has format version {found}; this engram reads version {expected}")]
     FormatVersion { found: u64, expected: u64 },
+    /// The write-ahead journal failed.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     /// redb failed.
     #[error("storage: {0}")]
     Storage(#[from] redb::Error),

@@ -10,6 +10,7 @@ pub mod atom;
 pub mod chain;
 pub mod epoch;
 pub mod error;
+pub mod journal;
 pub mod limits;
 pub mod principal;
 pub mod query;
@@ -23,7 +24,7 @@ pub mod writer;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
 
@@ -40,6 +41,7 @@ pub use world::{WorldInfo, WorldState};
 pub use write::{Authority, Receipt, WriteOp, WriteOutcome, WriteRequest};
 
 use crate::atom::decode_entry;
+use crate::journal::Journal;
 use crate::query::{Candidates, descending, merge_descending, validate_replay_limit};
 use crate::tables::*;
 
@@ -50,6 +52,14 @@ pub const FORMAT_VERSION: u64 = 2;
 #[derive(Clone)]
 pub struct Store {
     database: Arc<Database>,
+    durability: Arc<Mutex<Durability>>,
+}
+
+/// The writer's side: the journal, and whether writing has failed for good.
+struct Durability {
+    journal: Journal,
+    /// Set when a group's outcome on disk is uncertain; every later write fails.
+    failed: Option<String>,
 }
 
 impl Store {
@@ -98,22 +108,90 @@ impl Store {
             }
         }
         transaction.commit()?;
+        let journal_path = path.as_ref().with_extension("journal");
+        let (mut journal, records) = Journal::open(&journal_path)?;
+        if !records.is_empty() {
+            let transaction = database.begin_write()?;
+            let applied = write::replay_journal(&transaction, &records)?;
+            transaction.commit()?;
+            if applied > 0 {
+                tracing::info!(applied, journal = %journal_path.display(), "recovered atoms from the journal");
+            }
+        }
+        journal.checkpointed();
         Ok(Store {
             database: Arc::new(database),
+            durability: Arc::new(Mutex::new(Durability {
+                journal,
+                failed: None,
+            })),
         })
     }
 
-    /// Applies `requests` in order in one durable transaction and returns one verdict per
-    /// request. A rejected request changed nothing; the outer error means the transaction
-    /// failed and nothing of the group was written.
+    /// Applies `requests` in order in one transaction, durable when this returns, and
+    /// returns one verdict per request. A rejected request changed nothing; the outer
+    /// error means nothing of the group was written.
+    ///
+    /// A group that only remembered atoms is made durable by the journal (one sequential
+    /// write and sync) and committed to redb without a sync; any other change commits
+    /// durably in redb, which also covers everything journaled before it.
     pub fn apply(
         &self,
         requests: &[WriteRequest],
     ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
-        let transaction = self.database.begin_write()?;
-        let verdicts = write::apply_group(&transaction, requests)?;
-        transaction.commit()?;
-        Ok(verdicts)
+        let mut durability = self.durability.lock().expect("never poisoned");
+        let Durability { journal, failed } = &mut *durability;
+        if let Some(reason) = failed {
+            return Err(StoreError::TransactionFailed {
+                reason: format!("an earlier write failed ({reason}); restart the node"),
+            });
+        }
+        let mut transaction = self.database.begin_write()?;
+        journal.begin();
+        let outcome = write::apply_group(&transaction, requests, journal)?;
+        let journaled = !outcome.needs_durable_commit
+            && journal.has_entries()
+            && match journal.append() {
+                Ok(appended) => appended,
+                Err(error) => {
+                    // Nothing was committed, but what the journal holds is uncertain.
+                    *failed = Some(error.to_string());
+                    return Err(error.into());
+                }
+            };
+        if journaled {
+            transaction
+                .set_durability(redb::Durability::None)
+                .map_err(durability_refused)?;
+        }
+        if let Err(error) = transaction.commit() {
+            if journaled {
+                // The journal holds the group though redb refused it: stop writing, so
+                // that a restart applies exactly what the journal holds.
+                *failed = Some(error.to_string());
+            }
+            return Err(error.into());
+        }
+        if !journaled {
+            journal.checkpointed();
+        } else if journal.checkpoint_due()
+            && let Err(error) = checkpoint(&self.database, journal)
+        {
+            // Nothing is lost: the journal still holds every record; the next group tries
+            // again.
+            tracing::warn!(%error, "checkpoint failed");
+        }
+        Ok(outcome.verdicts)
+    }
+
+    /// Makes everything journaled durable in the redb file (at shutdown, so the next
+    /// start has nothing to recover).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let mut durability = self.durability.lock().expect("never poisoned");
+        if durability.failed.is_some() || !durability.journal.holds_records() {
+            return Ok(());
+        }
+        checkpoint(&self.database, &mut durability.journal)
     }
 
     /// Applies one request on its own (tests, bootstrap).
@@ -137,6 +215,23 @@ type EntriesTable = ReadOnlyTable<(&'static str, u64), &'static [u8]>;
 fn decode_row(world: &str, commit: u64, row: &[u8]) -> Result<Atom, StoreError> {
     let (id, entry) = split_row(world, commit, row)?;
     decode_entry(id, entry)
+}
+
+fn durability_refused(error: redb::SetDurabilityError) -> StoreError {
+    StoreError::TransactionFailed {
+        reason: format!("redb refused the durability level: {error}"),
+    }
+}
+
+/// One durable redb commit: everything committed before it is in the file.
+fn checkpoint(database: &Database, journal: &mut Journal) -> Result<(), StoreError> {
+    let mut transaction = database.begin_write()?;
+    transaction
+        .set_durability(redb::Durability::Immediate)
+        .map_err(durability_refused)?;
+    transaction.commit()?;
+    journal.checkpointed();
+    Ok(())
 }
 
 /// A consistent snapshot of the store.

@@ -9,9 +9,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
-use crate::atom::{AtomContent, EntryHeader, Hash, PublicKey, ZERO_HASH, encode_entry, entry_hash};
+use crate::atom::{
+    AtomContent, EntryHeader, Hash, PublicKey, ZERO_HASH, decode_entry, encode_entry, entry_hash,
+};
 use crate::epoch::Epoch;
 use crate::error::StoreError;
+use crate::journal::{self, Journal};
 use crate::limits::BATCH_ATOMS_MAX;
 use crate::principal::{Grant, Principal, Right, validate_grants, validate_principal_name};
 use crate::tables::*;
@@ -96,53 +99,193 @@ struct Tables<'txn> {
     meta: Table<'txn, &'static str, u64>,
 }
 
-/// Applies `requests` in order inside `transaction`; the caller commits.
+impl<'txn> Tables<'txn> {
+    fn open(transaction: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
+        Ok(Tables {
+            entries: transaction.open_table(ENTRIES)?,
+            ids: transaction.open_table(IDS)?,
+            postings: transaction.open_table(POSTINGS)?,
+            heads: transaction.open_table(HEADS)?,
+            worlds: transaction.open_table(WORLDS)?,
+            principals: transaction.open_table(PRINCIPALS)?,
+            principal_names: transaction.open_table(PRINCIPAL_NAMES)?,
+            epochs: transaction.open_table(EPOCHS)?,
+            meta: transaction.open_table(META)?,
+        })
+    }
+
+    fn last_commit(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta
+            .get(META_LAST_COMMIT)?
+            .map(|value| value.value())
+            .unwrap_or(0))
+    }
+
+    /// Stores one encoded entry and posts it to the indexes (not its chain's head).
+    #[allow(clippy::too_many_arguments)]
+    fn store_entry(
+        &mut self,
+        scratch: &mut Scratch,
+        world: &str,
+        commit: u64,
+        id: &Hash,
+        entry: &[u8],
+        content: &AtomContent,
+        writer: &PublicKey,
+    ) -> Result<(), StoreError> {
+        entry_row(id, entry, &mut scratch.row);
+        self.entries
+            .insert((world, commit), scratch.row.as_slice())?;
+        let replaced = self.ids.insert(id, commit)?;
+        assert!(
+            replaced.is_none(),
+            "entry hashes bind writer, seq and prev: an id never repeats"
+        );
+        drop(replaced);
+        let term = &mut scratch.term;
+        self.postings
+            .insert((world, term.kind(content.kind.code()), commit), ())?;
+        for label in &content.labels {
+            self.postings
+                .insert((world, term.label(label), commit), ())?;
+        }
+        self.postings
+            .insert((world, term.writer(writer), commit), ())?;
+        Ok(())
+    }
+}
+
+/// Buffers reused for every entry of a transaction.
+struct Scratch {
+    entry: Vec<u8>,
+    row: Vec<u8>,
+    term: Term,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        Scratch {
+            entry: Vec::with_capacity(1024),
+            row: Vec::with_capacity(1024),
+            term: Term::new(),
+        }
+    }
+}
+
+/// What a group did, besides its verdicts.
+pub(crate) struct GroupOutcome {
+    pub verdicts: Vec<Verdict>,
+    /// A request other than `remember` changed something: the group must be committed
+    /// durably in redb, not through the journal.
+    pub needs_durable_commit: bool,
+}
+
+/// Applies `requests` in order inside `transaction`, adding every entry it stores to
+/// the journal's open record; the caller appends the record and commits.
 pub(crate) fn apply_group(
     transaction: &WriteTransaction,
     requests: &[WriteRequest],
-) -> Result<Vec<Verdict>, StoreError> {
-    let mut tables = Tables {
-        entries: transaction.open_table(ENTRIES)?,
-        ids: transaction.open_table(IDS)?,
-        postings: transaction.open_table(POSTINGS)?,
-        heads: transaction.open_table(HEADS)?,
-        worlds: transaction.open_table(WORLDS)?,
-        principals: transaction.open_table(PRINCIPALS)?,
-        principal_names: transaction.open_table(PRINCIPAL_NAMES)?,
-        epochs: transaction.open_table(EPOCHS)?,
-        meta: transaction.open_table(META)?,
-    };
-    let first_commit = tables
-        .meta
-        .get(META_LAST_COMMIT)?
-        .map(|value| value.value())
-        .unwrap_or(0);
+    journal: &mut Journal,
+) -> Result<GroupOutcome, StoreError> {
+    let mut tables = Tables::open(transaction)?;
+    let first_commit = tables.last_commit()?;
     let mut group = Group {
         last_commit: first_commit,
         epoch: current_epoch(&tables.epochs)?,
         recorded_at_unix_ms: now_unix_ms(),
-        entry_buffer: Vec::with_capacity(1024),
-        row_buffer: Vec::with_capacity(1024),
-        term: Term::new(),
+        scratch: Scratch::new(),
+        journal,
+        needs_durable_commit: false,
     };
     let mut verdicts = Vec::with_capacity(requests.len());
     for request in requests {
-        verdicts.push(apply_one(&mut tables, &mut group, request)?);
+        let verdict = apply_one(&mut tables, &mut group, request)?;
+        if verdict.is_ok() && !matches!(request.op, WriteOp::Remember { .. }) {
+            group.needs_durable_commit = true;
+        }
+        verdicts.push(verdict);
     }
     assert!(group.last_commit >= first_commit, "commits never go back");
     if group.last_commit != first_commit {
         tables.meta.insert(META_LAST_COMMIT, group.last_commit)?;
     }
-    Ok(verdicts)
+    Ok(GroupOutcome {
+        verdicts,
+        needs_durable_commit: group.needs_durable_commit,
+    })
 }
 
-struct Group {
+/// Applies again the journal records (`bodies`, in order) that the redb file does not
+/// hold yet: the entries continuing its last commit. Returns how many it applied.
+pub(crate) fn replay_journal(
+    transaction: &WriteTransaction,
+    bodies: &[Vec<u8>],
+) -> Result<u64, StoreError> {
+    let mut tables = Tables::open(transaction)?;
+    let durable = tables.last_commit()?;
+    let mut expected = durable + 1;
+    let mut scratch = Scratch::new();
+    'records: for body in bodies {
+        let Some(entries) = journal::entries_of(body) else {
+            break;
+        };
+        for entry in entries {
+            let id = entry_hash(entry);
+            let atom = decode_entry(id, entry)?;
+            if atom.commit < expected && expected == durable + 1 {
+                // Already in the redb file (written before its last checkpoint).
+                continue;
+            }
+            if atom.commit != expected {
+                // A gap or an older round's record: the journal ends here.
+                break 'records;
+            }
+            tables.store_entry(
+                &mut scratch,
+                &atom.world,
+                atom.commit,
+                &id,
+                entry,
+                &atom.content,
+                &atom.writer,
+            )?;
+            tables
+                .heads
+                .insert((atom.world.as_str(), atom.writer), (atom.seq, id))?;
+            let mut info = match tables.worlds.get(atom.world.as_str())? {
+                Some(value) => WorldInfo::from_record(&atom.world, value.value())?,
+                None => {
+                    return Err(StoreError::Corrupt {
+                        what: format!(
+                            "the journal holds an atom of unknown world {:?}",
+                            atom.world
+                        ),
+                    });
+                }
+            };
+            info.atoms += 1;
+            if info.dimension == 0 {
+                info.dimension = atom.content.vector.len() as u32;
+            }
+            tables.worlds.insert(atom.world.as_str(), info.record())?;
+            expected += 1;
+        }
+    }
+    let applied = expected - (durable + 1);
+    if applied > 0 {
+        tables.meta.insert(META_LAST_COMMIT, expected - 1)?;
+    }
+    Ok(applied)
+}
+
+struct Group<'a> {
     last_commit: u64,
     epoch: Epoch,
     recorded_at_unix_ms: i64,
-    entry_buffer: Vec<u8>,
-    row_buffer: Vec<u8>,
-    term: Term,
+    scratch: Scratch,
+    journal: &'a mut Journal,
+    needs_durable_commit: bool,
 }
 
 pub(crate) fn now_unix_ms() -> i64 {
@@ -168,7 +311,7 @@ pub(crate) fn current_epoch(
 
 fn apply_one(
     tables: &mut Tables<'_>,
-    group: &mut Group,
+    group: &mut Group<'_>,
     request: &WriteRequest,
 ) -> Result<Verdict, StoreError> {
     // Authority first: a stale epoch or a revoked principal changes nothing.
@@ -355,7 +498,7 @@ fn add_principal(tables: &mut Tables<'_>, principal: &Principal) -> Result<Verdi
 
 fn remember(
     tables: &mut Tables<'_>,
-    group: &mut Group,
+    group: &mut Group<'_>,
     writer: &Principal,
     world: &str,
     atoms: &[AtomContent],
@@ -420,7 +563,8 @@ fn remember(
     for content in atoms {
         let entry_seq = seq + 1;
         let commit = group.last_commit + 1;
-        group.entry_buffer.clear();
+        let buffer = &mut group.scratch.entry;
+        buffer.clear();
         encode_entry(
             &EntryHeader {
                 world,
@@ -431,31 +575,21 @@ fn remember(
                 recorded_at_unix_ms: group.recorded_at_unix_ms,
             },
             content,
-            &mut group.entry_buffer,
+            buffer,
         );
-        let id = entry_hash(&group.entry_buffer);
-        entry_row(&id, &group.entry_buffer, &mut group.row_buffer);
-        tables
-            .entries
-            .insert((world, commit), group.row_buffer.as_slice())?;
-        let replaced = tables.ids.insert(&id, commit)?;
-        assert!(
-            replaced.is_none(),
-            "entry hashes bind writer, seq and prev: an id never repeats"
-        );
-        drop(replaced);
-        let term = &mut group.term;
-        tables
-            .postings
-            .insert((world, term.kind(content.kind.code()), commit), ())?;
-        for label in &content.labels {
-            tables
-                .postings
-                .insert((world, term.label(label), commit), ())?;
-        }
-        tables
-            .postings
-            .insert((world, term.writer(&key), commit), ())?;
+        let entry = std::mem::take(buffer);
+        let id = entry_hash(&entry);
+        group.journal.push_entry(&entry);
+        tables.store_entry(
+            &mut group.scratch,
+            world,
+            commit,
+            &id,
+            &entry,
+            content,
+            &key,
+        )?;
+        group.scratch.entry = entry;
         receipts.push(Receipt {
             id,
             seq: entry_seq,

@@ -109,7 +109,7 @@ fn run(store: Store, mut receiver: mpsc::Receiver<(WriteRequest, Reply)>, on_com
                 }
             }
             Err(error) => {
-                tracing::error!(%error, requests = requests.len(), "group commit failed; nothing of it was written");
+                tracing::error!(%error, requests = requests.len(), "group commit failed; no request of it was acknowledged");
                 let reason = error.to_string();
                 for reply in replies.drain(..) {
                     let _ = reply.send(Err(StoreError::TransactionFailed {
@@ -119,5 +119,9 @@ fn run(store: Store, mut receiver: mpsc::Receiver<(WriteRequest, Reply)>, on_com
             }
         }
         requests.clear();
+    }
+    // Every handle is gone: leave nothing for the next start to recover.
+    if let Err(error) = store.checkpoint() {
+        tracing::warn!(%error, "the last checkpoint failed; the next start recovers from the journal");
     }
 }

@@ -84,3 +84,53 @@ fn every_acknowledged_atom_survives_kill_9() {
         );
     });
 }
+
+/// A group that only the journal holds (no checkpoint since) is applied again at start.
+#[test]
+fn a_group_only_the_journal_holds_is_recovered_after_kill_9() {
+    let mut node = TestNode::start();
+    let receipts = run_local(async {
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        // Creating a world commits durably in redb; the remember after it is journaled.
+        engram_client::create_world(&admin.admin().unwrap(), "journaled")
+            .await
+            .unwrap();
+        let atoms: Vec<NewAtom> = (0..3)
+            .map(|number| NewAtom::fact(format!("journaled {number}")).labels(&["j"]))
+            .collect();
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        engram_client::remember(&admin.writer("journaled").unwrap(), &atoms)
+            .await
+            .unwrap()
+    });
+    node.kill();
+    node.restart();
+    run_local(async {
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        let reader = admin.reader("journaled").unwrap();
+        for receipt in &receipts {
+            let atom = engram_client::get(&reader, &receipt.id).await.unwrap();
+            assert_eq!((atom.seq, atom.commit), (receipt.seq, receipt.commit));
+        }
+        let labelled = engram_client::ask(
+            &reader,
+            &engram_client::Filter {
+                labels: vec!["j".into()],
+                ..engram_client::Filter::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(labelled.len(), 3, "the postings were recovered too");
+        let report = engram_client::verify(&reader).await.unwrap();
+        assert_eq!((report.entries, report.first_bad), (3, None));
+    });
+    node.stop();
+    let log = std::fs::read_to_string(node.log_path()).unwrap();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("recovered atoms from the journal")
+                && line.contains("applied=3")),
+        "the restart did not recover from the journal:\n{log}"
+    );
+}

@@ -1,0 +1,215 @@
+//! The write-ahead journal: how a group of remembered atoms becomes durable with one
+//! sequential write and one `fdatasync`, instead of a durable redb commit that writes
+//! every B-tree page the group touched.
+//!
+//! A group's entries are appended to the journal and synced; only then is the redb
+//! transaction committed (without syncing), so readers see it and the writer answers.
+//! Every few MiB or every second the writer checkpoints: one durable redb commit makes
+//! everything before it durable in the redb file, and the journal starts over from its
+//! beginning. At open, records past the redb file's last commit are applied again.
+//!
+//! The file is written once with zeros to its full size when created, so an append
+//! never changes the file's size and `fdatasync` flushes data only. A record is
+//! `magic (4) | body length (u32) | BLAKE3 of the body, first 8 bytes | body`; the body
+//! is a sequence of `length (u32) | entry bytes`. Reading stops at the first record
+//! whose magic, length or checksum is wrong: a torn write was never acknowledged.
+//! Stale records of an earlier round are told apart by their commit numbers.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The journal's size; a group that does not fit commits durably in redb instead.
+pub const JOURNAL_BYTES: u64 = 16 * 1024 * 1024;
+/// Journal bytes after which the writer checkpoints.
+pub const CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024;
+/// Age of the oldest journaled group after which the writer checkpoints.
+pub const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
+
+const MAGIC: [u8; 4] = *b"EJR1";
+const HEADER_BYTES: usize = 4 + 4 + 8;
+/// The BLAKE3 key-derivation context of record checksums.
+const CHECKSUM_CONTEXT: &str = "engram 2026-11 journal record v1";
+
+/// An open journal. Only the writer thread (or `Store::open`) uses it.
+pub(crate) struct Journal {
+    path: PathBuf,
+    file: File,
+    /// Where the next record goes.
+    position: u64,
+    /// When the oldest record since the last checkpoint was written.
+    since: Option<Instant>,
+    /// The bytes of the record being written: header, then body.
+    record: Vec<u8>,
+}
+
+/// Why the journal failed. The writer stops writing after any of these.
+#[derive(Debug, thiserror::Error)]
+#[error("journal {path}: {source}")]
+pub struct JournalError {
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+fn checksum(body: &[u8]) -> [u8; 8] {
+    let mut hasher = blake3::Hasher::new_derive_key(CHECKSUM_CONTEXT);
+    hasher.update(body);
+    let mut first = [0; 8];
+    first.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+    first
+}
+
+impl Journal {
+    /// Opens the journal at `path`, creating it full of zeros if it is missing or
+    /// short, and returns it with the bodies of the records it holds, in order.
+    pub(crate) fn open(path: &Path) -> Result<(Journal, Vec<Vec<u8>>), JournalError> {
+        let failed = |source| JournalError {
+            path: path.to_owned(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(failed)?;
+        let length = file.metadata().map_err(failed)?.len();
+        let mut bodies = Vec::new();
+        if length < JOURNAL_BYTES {
+            // New (or cut short by hand): whatever it held is not trusted to be whole.
+            let zeros = vec![0u8; 1024 * 1024];
+            let mut offset = 0;
+            while offset < JOURNAL_BYTES {
+                file.write_all_at(&zeros, offset).map_err(failed)?;
+                offset += zeros.len() as u64;
+            }
+            file.sync_all().map_err(failed)?;
+            if let Some(directory) = path.parent() {
+                File::open(directory)
+                    .and_then(|directory| directory.sync_all())
+                    .map_err(failed)?;
+            }
+        } else {
+            bodies = read_records(&file).map_err(failed)?;
+        }
+        let journal = Journal {
+            path: path.to_owned(),
+            file,
+            position: 0,
+            since: None,
+            record: Vec::with_capacity(64 * 1024),
+        };
+        Ok((journal, bodies))
+    }
+
+    /// Starts a record; the caller appends the entries with [`Journal::push_entry`].
+    pub(crate) fn begin(&mut self) {
+        self.record.clear();
+        self.record.resize(HEADER_BYTES, 0);
+    }
+
+    /// Adds one entry to the record being written.
+    pub(crate) fn push_entry(&mut self, entry: &[u8]) {
+        self.record
+            .extend_from_slice(&(entry.len() as u32).to_be_bytes());
+        self.record.extend_from_slice(entry);
+    }
+
+    /// Whether the record being written holds any entry.
+    pub(crate) fn has_entries(&self) -> bool {
+        self.record.len() > HEADER_BYTES
+    }
+
+    /// Writes the record being written and syncs it. Returns `false`, writing nothing,
+    /// when it does not fit in what is left of the journal.
+    pub(crate) fn append(&mut self) -> Result<bool, JournalError> {
+        let length = self.record.len() as u64;
+        if self.position + length > JOURNAL_BYTES {
+            return Ok(false);
+        }
+        let body_length = (self.record.len() - HEADER_BYTES) as u32;
+        let sum = checksum(&self.record[HEADER_BYTES..]);
+        self.record[..4].copy_from_slice(&MAGIC);
+        self.record[4..8].copy_from_slice(&body_length.to_be_bytes());
+        self.record[8..16].copy_from_slice(&sum);
+        let failed = |source| JournalError {
+            path: self.path.clone(),
+            source,
+        };
+        self.file
+            .write_all_at(&self.record, self.position)
+            .map_err(failed)?;
+        self.file.sync_data().map_err(failed)?;
+        self.position += length;
+        self.since.get_or_insert_with(Instant::now);
+        Ok(true)
+    }
+
+    /// Whether enough has been journaled, or for long enough, to checkpoint.
+    pub(crate) fn checkpoint_due(&self) -> bool {
+        self.position >= CHECKPOINT_BYTES
+            || self
+                .since
+                .is_some_and(|since| since.elapsed() >= CHECKPOINT_AFTER)
+    }
+
+    /// Whether records wait for a checkpoint.
+    pub(crate) fn holds_records(&self) -> bool {
+        self.position > 0
+    }
+
+    /// After a durable redb commit: everything journaled is in the redb file, and the
+    /// next record goes to the start again.
+    pub(crate) fn checkpointed(&mut self) {
+        self.position = 0;
+        self.since = None;
+    }
+}
+
+/// The bodies of the records from the start of the file, up to the first that is not
+/// whole.
+fn read_records(file: &File) -> io::Result<Vec<Vec<u8>>> {
+    let mut bodies = Vec::new();
+    let mut position = 0u64;
+    let mut header = [0u8; HEADER_BYTES];
+    while position + HEADER_BYTES as u64 <= JOURNAL_BYTES {
+        file.read_exact_at(&mut header, position)?;
+        if header[..4] != MAGIC {
+            break;
+        }
+        let body_length = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes")) as u64;
+        let end = position + HEADER_BYTES as u64 + body_length;
+        if end > JOURNAL_BYTES {
+            break;
+        }
+        let mut body = vec![0u8; body_length as usize];
+        file.read_exact_at(&mut body, position + HEADER_BYTES as u64)?;
+        if checksum(&body) != header[8..16] {
+            break;
+        }
+        bodies.push(body);
+        position = end;
+    }
+    Ok(bodies)
+}
+
+/// The entries of a record body, or `None` if it does not parse (then it is not used).
+pub(crate) fn entries_of(body: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut entries = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (length, tail) = rest.split_first_chunk::<4>()?;
+        let length = u32::from_be_bytes(*length) as usize;
+        if tail.len() < length {
+            return None;
+        }
+        let (entry, tail) = tail.split_at(length);
+        entries.push(entry);
+        rest = tail;
+    }
+    Some(entries)
+}
