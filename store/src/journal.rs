@@ -43,6 +43,8 @@ pub(crate) struct Journal {
     since: Option<Instant>,
     /// The bytes of the record being written: header, then body.
     record: Vec<u8>,
+    /// The file held records when it was opened.
+    unread_at_open: bool,
 }
 
 /// Why the journal failed. The writer stops writing after any of these.
@@ -102,6 +104,7 @@ impl Journal {
             position: 0,
             since: None,
             record: Vec::with_capacity(64 * 1024),
+            unread_at_open: !bodies.is_empty(),
         };
         Ok((journal, bodies))
     }
@@ -163,8 +166,20 @@ impl Journal {
     }
 
     /// After a durable redb commit: everything journaled is in the redb file, and the
-    /// next record goes to the start again.
+    /// next record goes to the start again. The first record's header is cleared, so
+    /// the next open has nothing to read; if that fails, the old records stay and are
+    /// skipped at open as already applied.
     pub(crate) fn checkpointed(&mut self) {
+        if self.position > 0 || self.unread_at_open {
+            let cleared = self
+                .file
+                .write_all_at(&[0; HEADER_BYTES], 0)
+                .and_then(|()| self.file.sync_data());
+            if let Err(error) = cleared {
+                tracing::warn!(%error, journal = %self.path.display(), "clearing the journal failed");
+            }
+            self.unread_at_open = false;
+        }
         self.position = 0;
         self.since = None;
     }

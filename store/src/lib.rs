@@ -341,14 +341,21 @@ impl ReadView {
 
     /// The atom `id` of `world`.
     pub fn atom(&self, world: &str, id: &Hash) -> Result<Atom, StoreError> {
-        self.require_world(world)?;
-        let not_found = || StoreError::AtomNotFound {
-            world: world.to_owned(),
-            id: hex::encode(id),
+        // The world is looked up only to say which of the two is missing.
+        let not_found = || {
+            self.require_world(world)?;
+            Err(StoreError::AtomNotFound {
+                world: world.to_owned(),
+                id: hex::encode(id),
+            })
         };
-        let commit = self.table(IDS)?.get(id)?.ok_or_else(not_found)?.value();
+        let Some(commit) = self.table(IDS)?.get(id)?.map(|commit| commit.value()) else {
+            return not_found();
+        };
         let entries = self.table(ENTRIES)?;
-        let row = entries.get((world, commit))?.ok_or_else(not_found)?;
+        let Some(row) = entries.get((world, commit))? else {
+            return not_found();
+        };
         let atom = decode_row(world, commit, row.value())?;
         if atom.id != *id {
             return Err(StoreError::Corrupt {
@@ -466,7 +473,7 @@ impl ReadView {
 
 impl Store {
     /// Ranked ask: by similarity to `vector`, by words of `text`, or both fused by
-    /// reciprocal rank; the best `query.limit` atoms of `world` by [`rank::rank`] among
+    /// reciprocal rank; the best `query.limit` atoms of `world` by [`rank::score`] among
     /// those `query` and `allowed` let through. What the indexes do not cover yet is
     /// compared exactly; returns the ranked atoms and how many atoms were so compared.
     #[allow(clippy::too_many_arguments)]
@@ -497,58 +504,88 @@ impl Store {
             compared_exactly += answer.compared_exactly;
             by_text = answer.matches;
         }
-        // One entry per atom: (relevance, similarity, why).
-        let mut found: HashMap<u64, (f64, f32, String)> = HashMap::new();
+        // One entry per atom: its facts and how it was found.
+        struct Hit {
+            relevance: f64,
+            similarity: f32,
+            importance: f32,
+            why: String,
+        }
+        let hit = |importance| Hit {
+            relevance: 0.0,
+            similarity: 0.0,
+            importance,
+            why: String::new(),
+        };
+        let mut found: HashMap<u64, Hit> = HashMap::new();
         if text.is_empty() {
-            for hit in &by_vector {
+            for similar in &by_vector {
                 found.insert(
-                    hit.commit,
-                    (
-                        f64::from(hit.similarity),
-                        hit.similarity,
-                        format!("similarity {:.4}", hit.similarity),
-                    ),
+                    similar.commit,
+                    Hit {
+                        relevance: f64::from(similar.similarity),
+                        similarity: similar.similarity,
+                        importance: similar.importance,
+                        why: format!("similarity {:.4}", similar.similarity),
+                    },
                 );
             }
         } else {
             let lists = if vector.is_empty() { 1.0 } else { 2.0 };
             let best = lists / (rank::RRF_K + 1.0);
-            for (position, hit) in by_text.iter().enumerate() {
-                let entry = found.entry(hit.commit).or_insert((0.0, 0.0, String::new()));
-                entry.0 += 1.0 / (rank::RRF_K + position as f64 + 1.0) / best;
-                entry.2 = format!("text rank {} (score {:.3})", position + 1, hit.score);
+            for (position, matched) in by_text.iter().enumerate() {
+                let entry = found
+                    .entry(matched.commit)
+                    .or_insert_with(|| hit(matched.importance));
+                entry.relevance += 1.0 / (rank::RRF_K + position as f64 + 1.0) / best;
+                entry.why = format!("text rank {} (score {:.3})", position + 1, matched.score);
             }
-            for (position, hit) in by_vector.iter().enumerate() {
-                let entry = found.entry(hit.commit).or_insert((0.0, 0.0, String::new()));
-                entry.0 += 1.0 / (rank::RRF_K + position as f64 + 1.0) / best;
-                entry.1 = hit.similarity;
+            for (position, similar) in by_vector.iter().enumerate() {
+                let entry = found
+                    .entry(similar.commit)
+                    .or_insert_with(|| hit(similar.importance));
+                entry.relevance += 1.0 / (rank::RRF_K + position as f64 + 1.0) / best;
+                entry.similarity = similar.similarity;
                 let vector_part = format!(
                     "vector rank {} (similarity {:.4})",
                     position + 1,
-                    hit.similarity
+                    similar.similarity
                 );
-                entry.2 = if entry.2.is_empty() {
+                entry.why = if entry.why.is_empty() {
                     vector_part
                 } else {
-                    format!("{}, {vector_part}", entry.2)
+                    format!("{}, {vector_part}", entry.why)
                 };
             }
         }
+        // Rank on the facts the indexes keep; only the atoms returned are read.
         let view = self.read()?;
         let last_commit = view.last_commit()?;
+        let mut scored: Vec<(f64, u64, Hit)> = found
+            .into_iter()
+            .map(|(commit, hit)| {
+                let score = rank::score(hit.relevance, hit.importance, commit, last_commit);
+                (score, commit, hit)
+            })
+            .collect();
+        scored.sort_by(|left, right| right.0.total_cmp(&left.0));
+        scored.truncate(query.limit as usize);
         let entries = view.table(ENTRIES)?;
-        let mut ranked = Vec::with_capacity(found.len());
-        for (commit, (relevance, similarity, why)) in found {
-            ranked.push(rank::rank(
-                view.load(&entries, world, commit)?,
-                relevance,
-                similarity,
-                &why,
-                last_commit,
-            ));
+        let mut ranked = Vec::with_capacity(scored.len());
+        for (score, commit, hit) in scored {
+            ranked.push(Ranked {
+                atom: view.load(&entries, world, commit)?,
+                similarity: hit.similarity,
+                score,
+                explanation: rank::explain(
+                    &hit.why,
+                    hit.relevance,
+                    hit.importance,
+                    commit,
+                    last_commit,
+                ),
+            });
         }
-        ranked.sort_by(|left, right| right.score.total_cmp(&left.score));
-        ranked.truncate(query.limit as usize);
         Ok((ranked, compared_exactly))
     }
 }

@@ -27,21 +27,31 @@ pub struct Ranked {
 /// contributes 1 / (RRF_K + r).
 pub const RRF_K: f64 = 60.0;
 
-/// Scores an atom: `relevance` in [0, 1] (the cosine similarity for a vector ask, the
-/// fused reciprocal-rank relevance when text takes part), `why` says where it came from.
-pub fn rank(atom: Atom, relevance: f64, similarity: f32, why: &str, last_commit: u64) -> Ranked {
-    let importance = f64::from(atom.content.importance);
-    let recency = atom.commit as f64 / last_commit.max(1) as f64;
-    let score =
-        SIMILARITY_WEIGHT * relevance + IMPORTANCE_WEIGHT * importance + RECENCY_WEIGHT * recency;
-    let explanation = format!(
+/// Scores an atom from its facts: `relevance` in [0, 1] (the cosine similarity for a
+/// vector ask, the fused reciprocal-rank relevance when text takes part).
+pub fn score(relevance: f64, importance: f32, commit: u64, last_commit: u64) -> f64 {
+    SIMILARITY_WEIGHT * relevance
+        + IMPORTANCE_WEIGHT * f64::from(importance)
+        + RECENCY_WEIGHT * recency(commit, last_commit)
+}
+
+/// Each factor and weight of [`score`]; `why` says where the relevance came from.
+pub fn explain(
+    why: &str,
+    relevance: f64,
+    importance: f32,
+    commit: u64,
+    last_commit: u64,
+) -> String {
+    let total = score(relevance, importance, commit, last_commit);
+    let recency = recency(commit, last_commit);
+    format!(
         "{why}: relevance {relevance:.4} × {SIMILARITY_WEIGHT} + importance {importance:.3} × \
-         {IMPORTANCE_WEIGHT} + recency {recency:.4} × {RECENCY_WEIGHT} = {score:.4}"
-    );
-    Ranked {
-        atom,
-        similarity,
-        score,
-        explanation,
-    }
+         {IMPORTANCE_WEIGHT} + recency {recency:.4} × {RECENCY_WEIGHT} = {total:.4}"
+    )
+}
+
+/// The atom's commit over the world's last commit.
+fn recency(commit: u64, last_commit: u64) -> f64 {
+    commit as f64 / last_commit.max(1) as f64
 }

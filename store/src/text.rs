@@ -33,6 +33,8 @@ const PUBLISH_AFTER: Duration = Duration::from_millis(100);
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TextMatch {
     pub commit: u64,
+    /// The atom's importance, for ranking before the atom is read.
+    pub importance: f32,
     pub score: f32,
 }
 
@@ -219,9 +221,12 @@ impl TextIndex {
                     else {
                         continue;
                     };
-                    if commit <= covered && facts.get(&commit).is_some_and(allowed) {
+                    if commit <= covered
+                        && let Some(fact) = facts.get(&commit).filter(|fact| allowed(fact))
+                    {
                         matches.push(TextMatch {
                             commit,
+                            importance: fact.importance,
                             score: *score,
                         });
                     }
@@ -248,6 +253,7 @@ impl TextIndex {
             if matched > 0 && allowed(&AtomFacts::of(&atom)) {
                 tail.push(TextMatch {
                     commit: atom.commit,
+                    importance: atom.content.importance,
                     score: matched as f32,
                 });
             }

@@ -79,6 +79,8 @@ struct WorldGraph {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Similar {
     pub commit: u64,
+    /// The atom's importance, for ranking before the atom is read.
+    pub importance: f32,
     pub similarity: f32,
 }
 
@@ -443,6 +445,7 @@ impl VectorIndex {
                 let units = graph.units.read().expect("never poisoned");
                 matches.extend((0..facts.len()).filter(|id| passes(*id)).map(|id| Similar {
                     commit: facts[id].commit,
+                    importance: facts[id].importance,
                     similarity: dot(&query, &units[id]),
                 }));
             } else {
@@ -455,6 +458,7 @@ impl VectorIndex {
                 );
                 matches.extend(found.into_iter().map(|neighbour| Similar {
                     commit: facts[neighbour.d_id].commit,
+                    importance: facts[neighbour.d_id].importance,
                     similarity: 1.0 - neighbour.distance,
                 }));
             }
@@ -470,6 +474,7 @@ impl VectorIndex {
             if allowed(&AtomFacts::of(&atom)) {
                 matches.push(Similar {
                     commit: atom.commit,
+                    importance: atom.content.importance,
                     similarity: dot(&query, &unit),
                 });
             }
