@@ -23,13 +23,13 @@ use crate::{Atom, Store};
 use redb::ReadableTable;
 
 /// Links per node and layer.
-const GRAPH_LINKS: usize = 16;
+const GRAPH_LINKS: usize = 24;
 /// Candidates explored while building.
 const GRAPH_EF_CONSTRUCTION: usize = 200;
 /// Layers of the graph.
 const GRAPH_LAYERS: usize = 16;
 /// Candidates explored while searching, at least (and at least twice those asked for).
-const SEARCH_EF_MIN: usize = 128;
+const SEARCH_EF_MIN: usize = 64;
 /// A filter that lets through at most 1 / this of a world's atoms is answered by
 /// comparing those atoms exactly instead of walking the graph.
 const SELECTIVE_FILTER_DIVISOR: usize = 5;
