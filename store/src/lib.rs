@@ -149,9 +149,14 @@ impl Store {
         let mut transaction = self.database.begin_write()?;
         journal.begin();
         let outcome = write::apply_group(&transaction, requests, journal)?;
-        let journaled = !outcome.needs_durable_commit
-            && journal.has_entries()
-            && match journal.append() {
+        // The durability is settled before the journal is written, so that nothing can
+        // fail between a journal append and the commit but the commit itself.
+        let mut journaled = !outcome.needs_durable_commit && journal.has_entries();
+        if journaled {
+            transaction
+                .set_durability(redb::Durability::None)
+                .map_err(durability_refused)?;
+            journaled = match journal.append() {
                 Ok(appended) => appended,
                 Err(error) => {
                     // Nothing was committed, but what the journal holds is uncertain.
@@ -159,10 +164,12 @@ impl Store {
                     return Err(error.into());
                 }
             };
-        if journaled {
-            transaction
-                .set_durability(redb::Durability::None)
-                .map_err(durability_refused)?;
+            if !journaled {
+                // Too large for what is left of the journal: durable in redb instead.
+                transaction
+                    .set_durability(redb::Durability::Immediate)
+                    .map_err(durability_refused)?;
+            }
         }
         if let Err(error) = transaction.commit() {
             if journaled {
