@@ -9,7 +9,7 @@ const ALICE: [u8; 32] = [0xa1; 32];
 const BOB: [u8; 32] = [0xb0; 32];
 
 struct Fixture {
-    _directory: tempfile::TempDir,
+    directory: tempfile::TempDir,
     store: Store,
 }
 
@@ -42,10 +42,7 @@ fn fixture() -> Fixture {
             })
             .unwrap();
     }
-    Fixture {
-        _directory: directory,
-        store,
-    }
+    Fixture { directory, store }
 }
 
 fn remember(key: [u8; 32], world: &str, atoms: Vec<AtomContent>) -> WriteRequest {
@@ -323,4 +320,41 @@ fn removing_the_last_admin_is_refused_and_only_admins_administer() {
         },
     });
     assert!(matches!(verdict, Err(StoreError::PermissionDenied { .. })));
+}
+
+#[test]
+fn a_group_larger_than_the_journal_commits_durably_in_redb() {
+    let fixture = fixture();
+    // 20 requests of 1,000 atoms of 1 KiB text: one group of about 21 MiB, more than
+    // the journal holds.
+    let text = "x".repeat(1024);
+    let requests: Vec<WriteRequest> = (0..20)
+        .map(|_| {
+            let atoms = (0..1000)
+                .map(|_| atom(AtomKind::Fact, &text, &["big"], 0.5))
+                .collect();
+            remember(ALICE, "team/auth", atoms)
+        })
+        .collect();
+    let verdicts = fixture.store.apply(&requests).unwrap();
+    assert!(verdicts.iter().all(|verdict| verdict.is_ok()));
+    // The next group is journaled again, after it.
+    let small = remember(
+        ALICE,
+        "team/auth",
+        vec![atom(AtomKind::Fact, "small", &[], 0.5)],
+    );
+    match fixture.store.apply_one(small).unwrap() {
+        WriteOutcome::Remembered(receipts) => assert_eq!(receipts[0].seq, 20_001),
+        other => panic!("{other:?}"),
+    }
+    let view = fixture.store.read().unwrap();
+    assert_eq!(view.world("team/auth").unwrap().unwrap().atoms, 20_001);
+    assert_eq!(view.verify("team/auth").unwrap().first_bad, None);
+    // The journal (store/FORMAT.md) starts over after the durable commit: its first
+    // record is the small group alone.
+    let journal = std::fs::read(fixture.directory.path().join("engram.journal")).unwrap();
+    assert_eq!(&journal[..4], b"EJR1");
+    let body_length = u32::from_be_bytes(journal[4..8].try_into().unwrap());
+    assert!(body_length < 1024, "the first record holds one small entry");
 }
