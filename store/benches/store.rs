@@ -107,6 +107,12 @@ fn benchmarks(criterion: &mut Criterion) {
             view.atom("bench", &ids[next]).unwrap()
         })
     });
+    criterion.bench_function("get: one atom by id in a fresh read view", |bench| {
+        bench.iter(|| {
+            next = (next + 1) % ids.len();
+            store.read().unwrap().atom("bench", &ids[next]).unwrap()
+        })
+    });
     let mut label = 0;
     criterion.bench_function("ask: kind and label from indexes, limit 10", |bench| {
         bench.iter(|| {
