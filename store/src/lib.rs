@@ -261,11 +261,7 @@ impl ReadView {
 
     /// The last commit number given out (0 before the first atom).
     pub fn last_commit(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .table(META)?
-            .get(META_LAST_COMMIT)?
-            .map(|value| value.value())
-            .unwrap_or(0))
+        write::last_commit(&self.table(META)?)
     }
 
     /// One world, if it exists.

@@ -114,14 +114,6 @@ impl<'txn> Tables<'txn> {
         })
     }
 
-    fn last_commit(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .meta
-            .get(META_LAST_COMMIT)?
-            .map(|value| value.value())
-            .unwrap_or(0))
-    }
-
     /// Stores one encoded entry and posts it to the indexes (not its chain's head).
     #[allow(clippy::too_many_arguments)]
     fn store_entry(
@@ -189,7 +181,7 @@ pub(crate) fn apply_group(
     journal: &mut Journal,
 ) -> Result<GroupOutcome, StoreError> {
     let mut tables = Tables::open(transaction)?;
-    let first_commit = tables.last_commit()?;
+    let first_commit = last_commit(&tables.meta)?;
     let mut group = Group {
         last_commit: first_commit,
         epoch: current_epoch(&tables.epochs)?,
@@ -223,7 +215,7 @@ pub(crate) fn replay_journal(
     bodies: &[Vec<u8>],
 ) -> Result<u64, StoreError> {
     let mut tables = Tables::open(transaction)?;
-    let durable = tables.last_commit()?;
+    let durable = last_commit(&tables.meta)?;
     let mut expected = durable + 1;
     let mut scratch = Scratch::new();
     'records: for body in bodies {
@@ -293,6 +285,14 @@ pub(crate) fn now_unix_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// The last commit number given out (0 before the first atom).
+pub(crate) fn last_commit(meta: &impl ReadableTable<&'static str, u64>) -> Result<u64, StoreError> {
+    Ok(meta
+        .get(META_LAST_COMMIT)?
+        .map(|value| value.value())
+        .unwrap_or(0))
 }
 
 pub(crate) fn current_epoch(
