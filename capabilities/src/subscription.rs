@@ -73,6 +73,13 @@ fn coded(error: CapabilityError) -> String {
     format!("{}: {error}", error.code().as_str())
 }
 
+/// The end notice when the node stops, with the commit to resume from.
+fn shutting_down(cursor: u64) -> String {
+    coded(CapabilityError::Unavailable(format!(
+        "the node is shutting down; subscribe again from commit {cursor}"
+    )))
+}
+
 /// Pushes until the subscription ends. Returns the reason to tell the sink, or `None`
 /// when the subscriber itself ended it (cancelled, dropped, disconnected).
 async fn deliver(
@@ -94,9 +101,7 @@ async fn deliver(
             return None;
         }
         if *shutdown.borrow_and_update() {
-            return Some(coded(CapabilityError::Unavailable(format!(
-                "the node is shutting down; subscribe again from commit {cursor}"
-            ))));
+            return Some(shutting_down(cursor));
         }
         if let Err(error) = grip.check(Some(world)) {
             return Some(coded(error));
@@ -130,9 +135,7 @@ async fn deliver(
         }
         tokio::select! {
             changed = committed.changed() => if changed.is_err() {
-                return Some(coded(CapabilityError::Unavailable(format!(
-                    "the node is shutting down; subscribe again from commit {cursor}"
-                ))));
+                return Some(shutting_down(cursor));
             },
             _ = policy.changed() => {}
             _ = shutdown.changed() => {}
