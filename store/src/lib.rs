@@ -218,6 +218,46 @@ impl Store {
 
 type EntriesTable = ReadOnlyTable<(&'static str, u64), &'static [u8]>;
 
+/// One candidate of a ranked ask: its facts and where the rankings placed it.
+struct Hit {
+    relevance: f64,
+    similarity: f32,
+    importance: f32,
+    /// Rank (from 1) and BM25 score in the text ranking.
+    text: Option<(usize, f32)>,
+    /// Rank (from 1) in the similarity ranking, when fused with text.
+    vector_rank: Option<usize>,
+}
+
+impl Hit {
+    fn new(importance: f32) -> Hit {
+        Hit {
+            relevance: 0.0,
+            similarity: 0.0,
+            importance,
+            text: None,
+            vector_rank: None,
+        }
+    }
+
+    /// Where the relevance came from, for `explain`; built only for the atoms returned.
+    fn why(&self, fused: bool) -> String {
+        if !fused {
+            return format!("similarity {:.4}", self.similarity);
+        }
+        let text = self
+            .text
+            .map(|(rank, score)| format!("text rank {rank} (score {score:.3})"));
+        let vector = self
+            .vector_rank
+            .map(|rank| format!("vector rank {rank} (similarity {:.4})", self.similarity));
+        text.into_iter()
+            .chain(vector)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// Decodes the stored row of commit `commit` of `world`.
 fn decode_row(world: &str, commit: u64, row: &[u8]) -> Result<Atom, StoreError> {
     let (id, entry) = split_row(world, commit, row)?;
@@ -507,58 +547,35 @@ impl Store {
             compared_exactly += answer.compared_exactly;
             by_text = answer.matches;
         }
-        // One entry per atom: its facts and how it was found.
-        struct Hit {
-            relevance: f64,
-            similarity: f32,
-            importance: f32,
-            why: String,
-        }
-        let hit = |importance| Hit {
-            relevance: 0.0,
-            similarity: 0.0,
-            importance,
-            why: String::new(),
-        };
+        // One entry per atom: its facts and where the rankings placed it.
+        let fused = !text.is_empty();
         let mut found: HashMap<u64, Hit> = HashMap::new();
-        if text.is_empty() {
+        if !fused {
             for similar in &by_vector {
-                found.insert(
-                    similar.commit,
-                    Hit {
-                        relevance: f64::from(similar.similarity),
-                        similarity: similar.similarity,
-                        importance: similar.importance,
-                        why: format!("similarity {:.4}", similar.similarity),
-                    },
-                );
+                let hit = found
+                    .entry(similar.commit)
+                    .or_insert(Hit::new(similar.importance));
+                hit.relevance = f64::from(similar.similarity);
+                hit.similarity = similar.similarity;
             }
         } else {
             let lists = if vector.is_empty() { 1.0 } else { 2.0 };
             let best = lists / (rank::RRF_K + 1.0);
+            let reciprocal = |position: usize| 1.0 / (rank::RRF_K + position as f64 + 1.0) / best;
             for (position, matched) in by_text.iter().enumerate() {
-                let entry = found
+                let hit = found
                     .entry(matched.commit)
-                    .or_insert_with(|| hit(matched.importance));
-                entry.relevance += 1.0 / (rank::RRF_K + position as f64 + 1.0) / best;
-                entry.why = format!("text rank {} (score {:.3})", position + 1, matched.score);
+                    .or_insert(Hit::new(matched.importance));
+                hit.relevance += reciprocal(position);
+                hit.text = Some((position + 1, matched.score));
             }
             for (position, similar) in by_vector.iter().enumerate() {
-                let entry = found
+                let hit = found
                     .entry(similar.commit)
-                    .or_insert_with(|| hit(similar.importance));
-                entry.relevance += 1.0 / (rank::RRF_K + position as f64 + 1.0) / best;
-                entry.similarity = similar.similarity;
-                let vector_part = format!(
-                    "vector rank {} (similarity {:.4})",
-                    position + 1,
-                    similar.similarity
-                );
-                entry.why = if entry.why.is_empty() {
-                    vector_part
-                } else {
-                    format!("{}, {vector_part}", entry.why)
-                };
+                    .or_insert(Hit::new(similar.importance));
+                hit.relevance += reciprocal(position);
+                hit.similarity = similar.similarity;
+                hit.vector_rank = Some(position + 1);
             }
         }
         // Rank on the facts the indexes keep; only the atoms returned are read.
@@ -581,7 +598,7 @@ impl Store {
                 similarity: hit.similarity,
                 score,
                 explanation: rank::explain(
-                    &hit.why,
+                    &hit.why(fused),
                     hit.relevance,
                     hit.importance,
                     commit,
