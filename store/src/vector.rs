@@ -110,6 +110,18 @@ pub fn normalized(vector: &[f32]) -> Option<Vec<f32>> {
     (norm > 0.0 && norm.is_finite()).then(|| vector.iter().map(|value| value / norm).collect())
 }
 
+/// Runs an hnsw_rs file operation, which panics where it cannot open or parse a file,
+/// with both its error and a panic turned into a message.
+fn contained<T, E: std::fmt::Display>(
+    operation: impl FnOnce() -> Result<T, E>,
+) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(operation)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("hnsw_rs panicked".into()),
+    }
+}
+
 /// Dot product in eight independent lanes, which the compiler turns into SIMD.
 fn dot(left: &[f32], right: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
@@ -213,23 +225,11 @@ impl VectorIndex {
         let mut manifest = format!("{PERSISTED_FORMAT}\n{}\n", self.covered_commit());
         for (number, (name, graph)) in worlds.iter().enumerate() {
             let basename = format!("world-{number}");
-            // hnsw_rs panics where it cannot open a file: contain it as an error.
-            let dumped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                graph.graph.file_dump(&staging, &basename)
-            }));
-            match dumped {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
-                    return Err(StoreError::TransactionFailed {
-                        reason: format!("dumping the graph of {name:?}: {error}"),
-                    });
+            contained(|| graph.graph.file_dump(&staging, &basename)).map_err(|error| {
+                StoreError::TransactionFailed {
+                    reason: format!("dumping the graph of {name:?}: {error}"),
                 }
-                Err(_) => {
-                    return Err(StoreError::TransactionFailed {
-                        reason: format!("dumping the graph of {name:?} panicked"),
-                    });
-                }
-            }
+            })?;
             manifest.push_str(&format!("{basename} {name}\n"));
         }
         std::fs::write(staging.join(MANIFEST), manifest).map_err(io)?;
@@ -281,24 +281,14 @@ impl VectorIndex {
             // The loaded graph refers to its loader for as long as it lives: the loader is
             // kept for the life of the process (one small struct per world and start). A
             // damaged snapshot may make hnsw_rs panic: contain it, then rebuild.
-            let loaded = std::panic::catch_unwind(|| {
+            let graph: Hnsw<'static, f32, DistDot> = contained(|| {
                 let loader: &'static mut HnswIo =
                     Box::leak(Box::new(HnswIo::new(directory, basename)));
                 loader.load_hnsw::<f32, DistDot>()
-            });
-            let graph: Hnsw<'static, f32, DistDot> = match loaded {
-                Ok(Ok(graph)) => graph,
-                Ok(Err(error)) => {
-                    return Err(StoreError::Corrupt {
-                        what: format!("vector index of {name:?}: {error}"),
-                    });
-                }
-                Err(_) => {
-                    return Err(StoreError::Corrupt {
-                        what: format!("vector index of {name:?}: loading panicked"),
-                    });
-                }
-            };
+            })
+            .map_err(|error| StoreError::Corrupt {
+                what: format!("vector index of {name:?}: {error}"),
+            })?;
             let mut facts = Vec::with_capacity(graph.get_nb_point());
             let mut units = Vec::with_capacity(graph.get_nb_point());
             for atom in view.atoms_in_log(name, 0, covered)? {
