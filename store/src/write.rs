@@ -148,9 +148,8 @@ impl<'txn> Tables<'txn> {
     }
 }
 
-/// Buffers reused for every entry of a transaction.
+/// Buffers `store_entry` reuses for every entry of a transaction.
 struct Scratch {
-    entry: Vec<u8>,
     row: Vec<u8>,
     term: Term,
 }
@@ -158,7 +157,6 @@ struct Scratch {
 impl Scratch {
     fn new() -> Scratch {
         Scratch {
-            entry: Vec::with_capacity(1024),
             row: Vec::with_capacity(1024),
             term: Term::new(),
         }
@@ -186,6 +184,7 @@ pub(crate) fn apply_group(
         last_commit: first_commit,
         epoch: current_epoch(&tables.epochs)?,
         recorded_at_unix_ms: now_unix_ms(),
+        entry: Vec::with_capacity(1024),
         scratch: Scratch::new(),
         journal,
         needs_durable_commit: false,
@@ -275,6 +274,8 @@ struct Group<'a> {
     last_commit: u64,
     epoch: Epoch,
     recorded_at_unix_ms: i64,
+    /// The entry being encoded.
+    entry: Vec<u8>,
     scratch: Scratch,
     journal: &'a mut Journal,
     needs_durable_commit: bool,
@@ -563,8 +564,7 @@ fn remember(
     for content in atoms {
         let entry_seq = seq + 1;
         let commit = group.last_commit + 1;
-        let buffer = &mut group.scratch.entry;
-        buffer.clear();
+        group.entry.clear();
         encode_entry(
             &EntryHeader {
                 world,
@@ -575,21 +575,19 @@ fn remember(
                 recorded_at_unix_ms: group.recorded_at_unix_ms,
             },
             content,
-            buffer,
+            &mut group.entry,
         );
-        let entry = std::mem::take(buffer);
-        let id = entry_hash(&entry);
-        group.journal.push_entry(&entry);
+        let id = entry_hash(&group.entry);
+        group.journal.push_entry(&group.entry);
         tables.store_entry(
             &mut group.scratch,
             world,
             commit,
             &id,
-            &entry,
+            &group.entry,
             content,
             &key,
         )?;
-        group.scratch.entry = entry;
         receipts.push(Receipt {
             id,
             seq: entry_seq,
