@@ -107,7 +107,7 @@ fn benchmarks(criterion: &mut Criterion) {
             view.atom("bench", &ids[next]).unwrap()
         })
     });
-    criterion.bench_function("get: one atom by id in a fresh read view", |bench| {
+    criterion.bench_function("get: one atom by id, one Store::read per call", |bench| {
         bench.iter(|| {
             next = (next + 1) % ids.len();
             store.read().unwrap().atom("bench", &ids[next]).unwrap()

@@ -53,6 +53,9 @@ pub const FORMAT_VERSION: u64 = 2;
 pub struct Store {
     database: Arc<Database>,
     durability: Arc<Mutex<Durability>>,
+    /// The snapshot of the last commit, shared by every read until the next commit
+    /// clears it.
+    snapshot: Arc<Mutex<Option<Arc<Snapshot>>>>,
 }
 
 /// The writer's side: the journal, and whether writing has failed for good.
@@ -125,6 +128,7 @@ impl Store {
                 journal,
                 failed: None,
             })),
+            snapshot: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -179,6 +183,10 @@ impl Store {
             }
             return Err(error.into());
         }
+        // Reads from now on must see this commit. The lock is released before the old
+        // snapshot is dropped, which may end its read transaction.
+        let stale = self.snapshot.lock().expect("never poisoned").take();
+        drop(stale);
         if !journaled {
             journal.checkpointed();
         } else if journal.checkpoint_due()
@@ -208,15 +216,25 @@ impl Store {
             .expect("one verdict per request")
     }
 
-    /// A consistent snapshot for reading.
+    /// A consistent snapshot for reading: the state after the last commit, shared with
+    /// every other read until the next commit. A read begun after a write returned sees
+    /// that write.
     pub fn read(&self) -> Result<ReadView, StoreError> {
-        Ok(ReadView {
-            transaction: self.database.begin_read()?,
-        })
+        // The snapshot begins under the lock, so that one begun before a commit can never
+        // be stored after that commit cleared the slot.
+        let mut current = self.snapshot.lock().expect("never poisoned");
+        let snapshot = match &*current {
+            Some(snapshot) => snapshot.clone(),
+            None => current
+                .insert(Arc::new(Snapshot::begin(&self.database)?))
+                .clone(),
+        };
+        Ok(ReadView { snapshot })
     }
 }
 
 type EntriesTable = ReadOnlyTable<(&'static str, u64), &'static [u8]>;
+type PostingsTable = ReadOnlyTable<(&'static str, &'static [u8], u64), ()>;
 
 /// One candidate of a ranked ask: its facts and where the rankings placed it.
 struct Hit {
@@ -281,9 +299,30 @@ fn checkpoint(database: &Database, journal: &mut Journal) -> Result<(), StoreErr
     Ok(())
 }
 
+/// A redb read transaction with the tables of the hot read paths already open: opening
+/// a table looks it up in redb's table tree, which costs as much as the read itself.
+struct Snapshot {
+    transaction: ReadTransaction,
+    ids: ReadOnlyTable<&'static Hash, u64>,
+    entries: EntriesTable,
+    postings: PostingsTable,
+}
+
+impl Snapshot {
+    fn begin(database: &Database) -> Result<Snapshot, StoreError> {
+        let transaction = database.begin_read()?;
+        Ok(Snapshot {
+            ids: transaction.open_table(IDS)?,
+            entries: transaction.open_table(ENTRIES)?,
+            postings: transaction.open_table(POSTINGS)?,
+            transaction,
+        })
+    }
+}
+
 /// A consistent snapshot of the store.
 pub struct ReadView {
-    transaction: ReadTransaction,
+    snapshot: Arc<Snapshot>,
 }
 
 impl ReadView {
@@ -291,7 +330,11 @@ impl ReadView {
         &self,
         definition: redb::TableDefinition<K, V>,
     ) -> Result<ReadOnlyTable<K, V>, StoreError> {
-        Ok(self.transaction.open_table(definition)?)
+        Ok(self.snapshot.transaction.open_table(definition)?)
+    }
+
+    fn entries(&self) -> &EntriesTable {
+        &self.snapshot.entries
     }
 
     /// The current epoch.
@@ -351,8 +394,9 @@ impl ReadView {
     }
 
     /// The atom at `commit` of `world`, which an index named.
-    fn load(&self, entries: &EntriesTable, world: &str, commit: u64) -> Result<Atom, StoreError> {
-        let row = entries
+    fn load(&self, world: &str, commit: u64) -> Result<Atom, StoreError> {
+        let row = self
+            .entries()
             .get((world, commit))?
             .ok_or_else(|| StoreError::Corrupt {
                 what: format!("an index names commit {commit} which {world:?} lacks"),
@@ -372,9 +416,7 @@ impl ReadView {
         if after >= up_to {
             return Ok(Box::new(std::iter::empty()));
         }
-        let range = self
-            .table(ENTRIES)?
-            .range((world, after + 1)..=(world, up_to))?;
+        let range = self.entries().range((world, after + 1)..=(world, up_to))?;
         let world = world.to_owned();
         Ok(Box::new(range.map(move |row| {
             let (key, row) = row?;
@@ -392,11 +434,10 @@ impl ReadView {
                 id: hex::encode(id),
             })
         };
-        let Some(commit) = self.table(IDS)?.get(id)?.map(|commit| commit.value()) else {
+        let Some(commit) = self.snapshot.ids.get(id)?.map(|commit| commit.value()) else {
             return not_found();
         };
-        let entries = self.table(ENTRIES)?;
-        let Some(row) = entries.get((world, commit))? else {
+        let Some(row) = self.entries().get((world, commit))? else {
             return not_found();
         };
         let atom = decode_row(world, commit, row.value())?;
@@ -461,11 +502,11 @@ impl ReadView {
         self.require_world(world)?;
         query.validate()?;
         let upper = query.before_commit.unwrap_or(u64::MAX);
-        let postings = self.table(POSTINGS)?;
+        let postings = &self.snapshot.postings;
         let mut term = Term::new();
         let by_term = |term: &[u8]| {
             descending(
-                &postings,
+                postings,
                 (world, term, 0),
                 (world, term, upper),
                 |(_, _, commit)| commit,
@@ -486,17 +527,13 @@ impl ReadView {
             }
             merge_descending(sources)
         } else {
-            descending(
-                &self.table(ENTRIES)?,
-                (world, 0),
-                (world, upper),
-                |(_, commit)| commit,
-            )?
+            descending(self.entries(), (world, 0), (world, upper), |(_, commit)| {
+                commit
+            })?
         };
-        let entries = self.table(ENTRIES)?;
         let mut found = Vec::with_capacity(query.limit as usize);
         for commit in candidates {
-            let atom = self.load(&entries, world, commit?)?;
+            let atom = self.load(world, commit?)?;
             if query.matches(&atom) && visible(&atom) {
                 found.push(atom);
                 if found.len() == query.limit as usize {
@@ -510,7 +547,7 @@ impl ReadView {
     /// Recomputes every chain of `world`; see [`VerifyReport`].
     pub fn verify(&self, world: &str) -> Result<VerifyReport, StoreError> {
         self.require_world(world)?;
-        chain::verify_world(&self.table(ENTRIES)?, &self.table(HEADS)?, world)
+        chain::verify_world(self.entries(), &self.table(HEADS)?, world)
     }
 }
 
@@ -590,11 +627,10 @@ impl Store {
             .collect();
         scored.sort_by(|left, right| right.0.total_cmp(&left.0));
         scored.truncate(query.limit as usize);
-        let entries = view.table(ENTRIES)?;
         let mut ranked = Vec::with_capacity(scored.len());
         for (score, commit, hit) in scored {
             ranked.push(Ranked {
-                atom: view.load(&entries, world, commit)?,
+                atom: view.load(world, commit)?,
                 similarity: hit.similarity,
                 score,
                 explanation: rank::explain(

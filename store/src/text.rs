@@ -133,7 +133,7 @@ impl TextIndex {
         let target = view.last_commit()?;
         let from = writing.added_through;
         if target > from {
-            let worlds = view.transaction.open_table(WORLDS)?;
+            let worlds = view.table(WORLDS)?;
             for entry in worlds.iter()? {
                 let (name, _) = entry?;
                 let name = name.value();

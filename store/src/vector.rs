@@ -324,7 +324,7 @@ impl VectorIndex {
         if target <= from {
             return Ok(0);
         }
-        let worlds = view.transaction.open_table(WORLDS)?;
+        let worlds = view.table(WORLDS)?;
         let mut inserted = 0;
         for entry in worlds.iter()? {
             let (name, record) = entry?;

@@ -358,3 +358,55 @@ fn a_group_larger_than_the_journal_commits_durably_in_redb() {
     let body_length = u32::from_be_bytes(journal[4..8].try_into().unwrap());
     assert!(body_length < 1024, "the first record holds one small entry");
 }
+
+#[test]
+fn a_read_after_a_write_sees_it_and_an_older_view_keeps_its_snapshot() {
+    let fixture = fixture();
+    let remember_one = |text: &str| match fixture
+        .store
+        .apply_one(remember(
+            ALICE,
+            "team/auth",
+            vec![atom(AtomKind::Fact, text, &[], 0.5)],
+        ))
+        .unwrap()
+    {
+        WriteOutcome::Remembered(receipts) => receipts[0],
+        other => panic!("{other:?}"),
+    };
+    let first = remember_one("first");
+    // Two reads with no write between share a snapshot; both see the first atom.
+    let before = fixture.store.read().unwrap();
+    let again = fixture.store.read().unwrap();
+    assert_eq!(
+        before.atom("team/auth", &first.id).unwrap().content.text,
+        "first"
+    );
+    assert_eq!(again.last_commit().unwrap(), first.commit);
+
+    let second = remember_one("second");
+    // Reads begun after the write returned see it, on this thread and on another.
+    let after = fixture.store.read().unwrap();
+    assert_eq!(
+        after.atom("team/auth", &second.id).unwrap().content.text,
+        "second"
+    );
+    let store = fixture.store.clone();
+    let seen = std::thread::spawn(move || {
+        store
+            .read()
+            .unwrap()
+            .atom("team/auth", &second.id)
+            .map(|atom| atom.content.text)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(seen.unwrap(), "second");
+    // The views begun before it still read the state they began with.
+    assert!(matches!(
+        before.atom("team/auth", &second.id),
+        Err(StoreError::AtomNotFound { .. })
+    ));
+    assert_eq!(again.last_commit().unwrap(), first.commit);
+    assert_eq!(after.last_commit().unwrap(), second.commit);
+}
