@@ -13,6 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use engram_capabilities::error::CapabilityError;
 use engram_capabilities::{Node, NodeLimits, Terminal};
 use engram_client::keyfile;
 use engram_schema::engram_capnp::terminal;
@@ -288,7 +289,7 @@ async fn serve(node: Rc<Node>, config: &Config) -> Result<(), ServerError> {
     );
     let _ = std::io::stdout().flush();
 
-    let active = Rc::new(Cell::new(0usize));
+    let connections = Rc::new(Connections::default());
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| ServerError::Listen {
         address: "SIGTERM".into(),
@@ -300,14 +301,14 @@ async fn serve(node: Rc<Node>, config: &Config) -> Result<(), ServerError> {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
                     let (reader, writer) = stream.into_split();
-                    connect(&node, &active, config, reader, writer);
+                    connect(&node, &connections, config, reader, writer);
                 }
                 Err(error) => tracing::warn!(%error, "TCP accept failed"),
             },
             accepted = accept_unix(unix.as_ref()) => match accepted {
                 Ok(stream) => {
                     let (reader, writer) = stream.into_split();
-                    connect(&node, &active, config, reader, writer);
+                    connect(&node, &connections, config, reader, writer);
                 }
                 Err(error) => tracing::warn!(%error, "Unix socket accept failed"),
             },
@@ -359,22 +360,35 @@ async fn accept_unix(listener: Option<&UnixListener>) -> std::io::Result<tokio::
     }
 }
 
+/// The connections being served, and those being refused.
+#[derive(Default)]
+struct Connections {
+    active: Cell<usize>,
+    refused: Cell<usize>,
+}
+
 /// Serves one connection: its own `Terminal`, its own RPC system, on the RPC thread.
+/// Past `--connections-max`, the connection's bootstrap capability is broken, so that
+/// the client's first call fails with `resourceExhausted` instead of a bare disconnect;
+/// it is closed after `REFUSED_GRACE_MS`, and past `REFUSED_CONNECTIONS_MAX` of those
+/// at once, a connection is closed at once.
 fn connect(
     node: &Rc<Node>,
-    active: &Rc<Cell<usize>>,
+    connections: &Rc<Connections>,
     config: &Config,
     reader: impl AsyncRead + Unpin + 'static,
     writer: impl AsyncWrite + Unpin + 'static,
 ) {
-    if active.get() >= config.connections_max {
+    let refused = connections.active.get() >= config.connections_max;
+    if refused {
         tracing::warn!(
             limit = config.connections_max,
             "connection refused: too many connections"
         );
-        return;
+        if connections.refused.get() >= limits::REFUSED_CONNECTIONS_MAX {
+            return;
+        }
     }
-    active.set(active.get() + 1);
     let options = capnp::message::ReaderOptions {
         traversal_limit_in_words: Some(config.message_bytes_max / 8),
         nesting_limit: limits::MESSAGE_NESTING_MAX,
@@ -385,13 +399,29 @@ fn connect(
         rpc_twoparty_capnp::Side::Server,
         options,
     );
+    let connections = connections.clone();
+    if refused {
+        let error = CapabilityError::ResourceExhausted(format!(
+            "engramd serves at most {} connections at once; try again later",
+            config.connections_max
+        ));
+        let bootstrap = capnp_rpc::new_broken_cap(error.into());
+        let rpc_system = RpcSystem::new(Box::new(network), Some(bootstrap));
+        connections.refused.set(connections.refused.get() + 1);
+        tokio::task::spawn_local(async move {
+            let grace = std::time::Duration::from_millis(limits::REFUSED_GRACE_MS);
+            let _ = tokio::time::timeout(grace, rpc_system).await;
+            connections.refused.set(connections.refused.get() - 1);
+        });
+        return;
+    }
     let terminal: terminal::Client = capnp_rpc::new_client(Terminal::new(node.clone()));
     let rpc_system = RpcSystem::new(Box::new(network), Some(terminal.client));
-    let active = active.clone();
+    connections.active.set(connections.active.get() + 1);
     tokio::task::spawn_local(async move {
         if let Err(error) = rpc_system.await {
             tracing::debug!(%error, "connection ended");
         }
-        active.set(active.get() - 1);
+        connections.active.set(connections.active.get() - 1);
     });
 }

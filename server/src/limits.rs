@@ -2,6 +2,11 @@
 
 /// Client connections served at once (`--connections-max`).
 pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// Connections past `--connections-max` answered with `resourceExhausted` at once;
+/// beyond them, a connection is closed without an answer.
+pub const REFUSED_CONNECTIONS_MAX: usize = 64;
+/// How long a refused connection stays open for its client to read why.
+pub const REFUSED_GRACE_MS: u64 = 1_000;
 /// Bytes of one incoming Cap'n Proto message (`--message-bytes-max`).
 pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 64 * 1024 * 1024;
 /// Nesting depth of one incoming message.

@@ -37,7 +37,7 @@ struct Arguments {
     /// Do not listen on a Unix socket.
     #[arg(long)]
     no_socket: bool,
-    /// Client connections served at once; more are closed on accept.
+    /// Client connections served at once; one past it is answered `resourceExhausted`.
     #[arg(long, default_value_t = CONNECTIONS_MAX_DEFAULT)]
     connections_max: usize,
     /// Largest incoming message in bytes; larger ones end the connection.

@@ -1,8 +1,32 @@
 //! Configured limits answer `resourceExhausted` and give their place back: calls in
-//! flight per login (subscriptions per principal are in observe.rs).
+//! flight per login, connections (subscriptions per principal are in observe.rs).
 
 use engram_client::{ErrorCode, NewAtom};
 use engram_tests::{TestNode, run_local, session};
+
+#[test]
+fn a_connection_past_the_limit_is_told_why_and_the_others_keep_working() {
+    let node = TestNode::start_with(&["--connections-max", "1"]);
+    run_local(async {
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        let refused = engram_client::connect(&node.tcp())
+            .await
+            .expect("the node accepts the socket");
+        let error = match refused.login(&node.admin_key()).await {
+            Ok(_) => panic!("a second connection was served past a limit of one"),
+            Err(error) => error,
+        };
+        assert_eq!(error.code(), Some(ErrorCode::ResourceExhausted), "{error}");
+        assert!(
+            error.to_string().contains("at most 1 connections"),
+            "the error names the limit: {error}"
+        );
+        // The connection inside the limit is untouched.
+        engram_client::create_world(&admin.admin().unwrap(), "w")
+            .await
+            .unwrap();
+    });
+}
 
 #[test]
 fn calls_past_the_in_flight_limit_are_refused_and_nothing_is_lost() {
