@@ -4,7 +4,8 @@
 //!
 //! Writes go through [`writer::Writer`], a thread that folds concurrent requests into one
 //! durable transaction (group commit). Reads open a [`ReadView`] (a redb read
-//! transaction: a consistent snapshot) on any thread.
+//! transaction: a consistent snapshot, shared by every read until the next commit) on
+//! any thread.
 
 pub mod atom;
 pub mod chain;
