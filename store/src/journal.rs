@@ -2,8 +2,10 @@
 //! sequential write and one `fdatasync`, instead of a durable redb commit that writes
 //! every B-tree page the group touched.
 //!
-//! A group's entries are appended to the journal and synced; only then is the redb
-//! transaction committed (without syncing), so readers see it and the writer answers.
+//! A group's entries are appended to the journal, whose sync then runs on the journal's
+//! own thread while the writer inserts the same entries into the redb transaction and
+//! commits it without syncing. Readers see the commit, and the writer answers, only
+//! once the sync has returned.
 //! Every few MiB or every second the writer checkpoints: one durable redb commit makes
 //! everything before it durable in the redb file, and the journal starts over from its
 //! beginning. At open, records past the redb file's last commit are applied again.
@@ -17,8 +19,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The journal's size; a group that does not fit commits durably in redb instead.
@@ -45,6 +50,68 @@ pub(crate) struct Journal {
     record: Vec<u8>,
     /// The file held records when it was opened.
     unread_at_open: bool,
+    /// The thread that syncs the file while the writer goes on.
+    syncer: Syncer,
+    /// The length of the record written whose sync has not been waited for.
+    syncing: Option<u64>,
+}
+
+/// A thread that calls `fdatasync` on the journal when asked, so that the writer can
+/// insert a group's entries into redb while the group is made durable.
+struct Syncer {
+    /// `None` only while dropping.
+    requests: Option<mpsc::Sender<()>>,
+    results: mpsc::Receiver<io::Result<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn start(file: File) -> io::Result<Syncer> {
+        let (requests, waiting) = mpsc::channel::<()>();
+        let (answers, results) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("engram-journal".into())
+            .spawn(move || {
+                while waiting.recv().is_ok() {
+                    if answers.send(file.sync_data()).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Syncer {
+            requests: Some(requests),
+            results,
+            handle: Some(handle),
+        })
+    }
+
+    fn request(&self) -> io::Result<()> {
+        self.requests
+            .as_ref()
+            .and_then(|requests| requests.send(()).ok())
+            .ok_or_else(Syncer::stopped)
+    }
+
+    fn result(&self) -> io::Result<()> {
+        self.results
+            .recv()
+            .unwrap_or_else(|_| Err(Syncer::stopped()))
+    }
+
+    fn stopped() -> io::Error {
+        io::Error::other("the journal's sync thread stopped")
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.requests = None;
+        if let Some(handle) = self.handle.take()
+            && handle.join().is_err()
+        {
+            tracing::error!("the journal's sync thread panicked");
+        }
+    }
 }
 
 /// Why the journal failed. The writer stops writing after any of these.
@@ -98,6 +165,7 @@ impl Journal {
         } else {
             bodies = read_records(&file).map_err(failed)?;
         }
+        let syncer = file.try_clone().and_then(Syncer::start).map_err(failed)?;
         let journal = Journal {
             path: path.to_owned(),
             file,
@@ -105,6 +173,8 @@ impl Journal {
             since: None,
             record: Vec::with_capacity(64 * 1024),
             unread_at_open: !bodies.is_empty(),
+            syncer,
+            syncing: None,
         };
         Ok((journal, bodies))
     }
@@ -115,11 +185,20 @@ impl Journal {
         self.record.resize(HEADER_BYTES, 0);
     }
 
-    /// Adds one entry to the record being written.
-    pub(crate) fn push_entry(&mut self, entry: &[u8]) {
+    /// Adds one entry to the record being written and returns where its bytes are in
+    /// [`Journal::entries`].
+    pub(crate) fn push_entry(&mut self, entry: &[u8]) -> Range<usize> {
         self.record
             .extend_from_slice(&(entry.len() as u32).to_be_bytes());
+        let start = self.record.len() - HEADER_BYTES;
         self.record.extend_from_slice(entry);
+        start..start + entry.len()
+    }
+
+    /// The body of the record being written, where [`Journal::push_entry`]'s ranges
+    /// point.
+    pub(crate) fn entries(&self) -> &[u8] {
+        &self.record[HEADER_BYTES..]
     }
 
     /// Whether the record being written holds any entry.
@@ -127,9 +206,11 @@ impl Journal {
         self.record.len() > HEADER_BYTES
     }
 
-    /// Writes the record being written and syncs it. Returns `false`, writing nothing,
-    /// when it does not fit in what is left of the journal.
-    pub(crate) fn append(&mut self) -> Result<bool, JournalError> {
+    /// Writes the record being written and starts its sync; [`Journal::synced`] waits
+    /// for it. Returns `false`, writing nothing, when the record does not fit in what is
+    /// left of the journal.
+    pub(crate) fn write(&mut self) -> Result<bool, JournalError> {
+        assert!(self.syncing.is_none(), "one record is synced at a time");
         let length = self.record.len() as u64;
         if self.position + length > JOURNAL_BYTES {
             return Ok(false);
@@ -139,17 +220,31 @@ impl Journal {
         self.record[..4].copy_from_slice(&MAGIC);
         self.record[4..8].copy_from_slice(&body_length.to_be_bytes());
         self.record[8..16].copy_from_slice(&sum);
-        let failed = |source| JournalError {
-            path: self.path.clone(),
-            source,
-        };
         self.file
             .write_all_at(&self.record, self.position)
-            .map_err(failed)?;
-        self.file.sync_data().map_err(failed)?;
+            .and_then(|()| self.syncer.request())
+            .map_err(|source| self.failed(source))?;
+        // Let the sync thread start: woken onto this core, it would otherwise wait for
+        // the writer to block, and the sync would not overlap the writer's inserts.
+        std::thread::yield_now();
+        self.syncing = Some(length);
+        Ok(true)
+    }
+
+    /// Waits until the record written by [`Journal::write`] is durable.
+    pub(crate) fn synced(&mut self) -> Result<(), JournalError> {
+        let length = self.syncing.take().expect("a record was written");
+        self.syncer.result().map_err(|source| self.failed(source))?;
         self.position += length;
         self.since.get_or_insert_with(Instant::now);
-        Ok(true)
+        Ok(())
+    }
+
+    fn failed(&self, source: io::Error) -> JournalError {
+        JournalError {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// Whether enough has been journaled, or for long enough, to checkpoint.

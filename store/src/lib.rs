@@ -135,7 +135,7 @@ impl Store {
 
     /// Applies `requests` in order in one transaction, durable when this returns, and
     /// returns one verdict per request. A rejected request changed nothing; the outer
-    /// error means nothing of the group was written.
+    /// error means nothing of the group was acknowledged.
     ///
     /// A group that only remembered atoms is made durable by the journal (one sequential
     /// write and sync) and committed to redb without a sync; any other change commits
@@ -151,38 +151,56 @@ impl Store {
                 reason: format!("an earlier write failed ({reason}); restart the node"),
             });
         }
-        let mut transaction = self.database.begin_write()?;
+        let transaction = self.database.begin_write()?;
         journal.begin();
-        let outcome = write::apply_group(&transaction, requests, journal)?;
-        // The durability is settled before the journal is written, so that nothing can
-        // fail between a journal append and the commit but the commit itself.
-        let mut journaled = !outcome.needs_durable_commit && journal.has_entries();
-        if journaled {
-            transaction
-                .set_durability(redb::Durability::None)
-                .map_err(durability_refused)?;
-            journaled = match journal.append() {
-                Ok(appended) => appended,
+        let mut tables = write::Tables::open(&transaction)?;
+        let outcome = write::prepare_group(&mut tables, requests, journal)?;
+        // Journaled unless the group changed more than atoms, or is too large for what is
+        // left of the journal.
+        let journaled = !outcome.needs_durable_commit
+            && journal.has_entries()
+            && match journal.write() {
+                Ok(written) => written,
                 Err(error) => {
                     // Nothing was committed, but what the journal holds is uncertain.
                     *failed = Some(error.to_string());
                     return Err(error.into());
                 }
             };
-            if !journaled {
-                // Too large for what is left of the journal: durable in redb instead.
-                transaction
-                    .set_durability(redb::Durability::Immediate)
-                    .map_err(durability_refused)?;
-            }
-        }
-        if let Err(error) = transaction.commit() {
+        // While the journal syncs, the entries go into the tables and redb commits; reads
+        // go on seeing the snapshot of before the group until the sync has returned.
+        let stored = write::store_group(&mut tables, requests, journal.entries(), &outcome.entries);
+        drop(tables);
+        let committed = stored.and_then(|()| {
+            let mut transaction = transaction;
             if journaled {
-                // The journal holds the group though redb refused it: stop writing, so
-                // that a restart applies exactly what the journal holds.
-                *failed = Some(error.to_string());
+                transaction
+                    .set_durability(redb::Durability::None)
+                    .map_err(durability_refused)?;
+                self.current_snapshot()?;
             }
-            return Err(error.into());
+            Ok(transaction.commit()?)
+        });
+        let synced = if journaled { journal.synced() } else { Ok(()) };
+        match (committed, synced) {
+            (Ok(()), Ok(())) => {}
+            (Err(error), _) => {
+                if journaled {
+                    // The journal may hold the group though redb does not: stop writing,
+                    // so that a restart applies exactly what the journal holds.
+                    *failed = Some(error.to_string());
+                }
+                return Err(error);
+            }
+            (Ok(()), Err(error)) => {
+                // redb holds the group, and would make it durable when it closes, though
+                // the journal may not. A leaked handle keeps it from closing, as a crash
+                // would, so that a restart applies exactly what the journal holds; reads
+                // keep the snapshot of before the group.
+                std::mem::forget(Arc::clone(&self.database));
+                *failed = Some(error.to_string());
+                return Err(error.into());
+            }
         }
         // Reads from now on must see this commit. The lock is released before the old
         // snapshot is dropped, which may end its read transaction.
@@ -221,16 +239,22 @@ impl Store {
     /// every other read until the next commit. A read begun after a write returned sees
     /// that write.
     pub fn read(&self) -> Result<ReadView, StoreError> {
+        Ok(ReadView {
+            snapshot: self.current_snapshot()?,
+        })
+    }
+
+    /// The snapshot in the slot, begun now if the slot is empty.
+    fn current_snapshot(&self) -> Result<Arc<Snapshot>, StoreError> {
         // The snapshot begins under the lock, so that one begun before a commit can never
         // be stored after that commit cleared the slot.
         let mut current = self.snapshot.lock().expect("never poisoned");
-        let snapshot = match &*current {
+        Ok(match &*current {
             Some(snapshot) => snapshot.clone(),
             None => current
                 .insert(Arc::new(Snapshot::begin(&self.database)?))
                 .clone(),
-        };
-        Ok(ReadView { snapshot })
+        })
     }
 }
 

@@ -5,6 +5,7 @@
 //! of a request aborts the whole transaction: every request of the group then fails and
 //! none is acknowledged.
 
+use std::ops::Range;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{ReadableTable, Table, WriteTransaction};
@@ -87,7 +88,8 @@ pub enum WriteOutcome {
 /// Per-request verdict; the outer error aborts the group.
 pub(crate) type Verdict = Result<WriteOutcome, StoreError>;
 
-struct Tables<'txn> {
+/// The tables a group writes, open in its transaction.
+pub(crate) struct Tables<'txn> {
     entries: Table<'txn, (&'static str, u64), &'static [u8]>,
     ids: Table<'txn, &'static Hash, u64>,
     postings: Table<'txn, (&'static str, &'static [u8], u64), ()>,
@@ -100,7 +102,7 @@ struct Tables<'txn> {
 }
 
 impl<'txn> Tables<'txn> {
-    fn open(transaction: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
+    pub(crate) fn open(transaction: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
         Ok(Tables {
             entries: transaction.open_table(ENTRIES)?,
             ids: transaction.open_table(IDS)?,
@@ -169,29 +171,46 @@ pub(crate) struct GroupOutcome {
     /// A request other than `remember` changed something: the group must be committed
     /// durably in redb, not through the journal.
     pub needs_durable_commit: bool,
+    /// The entries encoded into the journal's record, to store with [`store_group`].
+    pub entries: Vec<PendingEntry>,
 }
 
-/// Applies `requests` in order inside `transaction`, adding every entry it stores to
-/// the journal's open record; the caller appends the record and commits.
-pub(crate) fn apply_group(
-    transaction: &WriteTransaction,
+/// An entry of the group, encoded but not yet stored in the tables.
+pub(crate) struct PendingEntry {
+    /// Which request, and which atom of its batch.
+    request: usize,
+    atom: usize,
+    commit: u64,
+    id: Hash,
+    writer: PublicKey,
+    /// Where its bytes are in the journal's record.
+    bytes: Range<usize>,
+}
+
+/// Applies `requests` in order inside the transaction of `tables`: checks each, answers
+/// it, and makes every change but one: the entries of remembered atoms are encoded into
+/// the journal's open record and returned, and [`store_group`] stores them. The caller
+/// writes the record, stores the entries while it syncs, and commits.
+pub(crate) fn prepare_group(
+    tables: &mut Tables<'_>,
     requests: &[WriteRequest],
     journal: &mut Journal,
 ) -> Result<GroupOutcome, StoreError> {
-    let mut tables = Tables::open(transaction)?;
     let first_commit = last_commit(&tables.meta)?;
     let mut group = Group {
         last_commit: first_commit,
         epoch: current_epoch(&tables.epochs)?,
         recorded_at_unix_ms: now_unix_ms(),
+        request: 0,
         entry: Vec::with_capacity(1024),
-        scratch: Scratch::new(),
+        entries: Vec::with_capacity(requests.len()),
         journal,
         needs_durable_commit: false,
     };
     let mut verdicts = Vec::with_capacity(requests.len());
-    for request in requests {
-        let verdict = apply_one(&mut tables, &mut group, request)?;
+    for (index, request) in requests.iter().enumerate() {
+        group.request = index;
+        let verdict = apply_one(tables, &mut group, request)?;
         if verdict.is_ok() && !matches!(request.op, WriteOp::Remember { .. }) {
             group.needs_durable_commit = true;
         }
@@ -204,7 +223,33 @@ pub(crate) fn apply_group(
     Ok(GroupOutcome {
         verdicts,
         needs_durable_commit: group.needs_durable_commit,
+        entries: group.entries,
     })
+}
+
+/// Stores the entries [`prepare_group`] encoded; `record` is the journal's record body.
+pub(crate) fn store_group(
+    tables: &mut Tables<'_>,
+    requests: &[WriteRequest],
+    record: &[u8],
+    entries: &[PendingEntry],
+) -> Result<(), StoreError> {
+    let mut scratch = Scratch::new();
+    for entry in entries {
+        let WriteOp::Remember { world, atoms } = &requests[entry.request].op else {
+            unreachable!("only remember requests encode entries");
+        };
+        tables.store_entry(
+            &mut scratch,
+            world,
+            entry.commit,
+            &entry.id,
+            &record[entry.bytes.clone()],
+            &atoms[entry.atom],
+            &entry.writer,
+        )?;
+    }
+    Ok(())
 }
 
 /// Applies again the journal records (`bodies`, in order) that the redb file does not
@@ -274,9 +319,12 @@ struct Group<'a> {
     last_commit: u64,
     epoch: Epoch,
     recorded_at_unix_ms: i64,
+    /// The index of the request being applied.
+    request: usize,
     /// The entry being encoded.
     entry: Vec<u8>,
-    scratch: Scratch,
+    /// Every entry encoded so far.
+    entries: Vec<PendingEntry>,
     journal: &'a mut Journal,
     needs_durable_commit: bool,
 }
@@ -561,7 +609,7 @@ fn remember(
         None => (0, ZERO_HASH),
     };
     let mut receipts = Vec::with_capacity(atoms.len());
-    for content in atoms {
+    for (index, content) in atoms.iter().enumerate() {
         let entry_seq = seq + 1;
         let commit = group.last_commit + 1;
         group.entry.clear();
@@ -578,16 +626,15 @@ fn remember(
             &mut group.entry,
         );
         let id = entry_hash(&group.entry);
-        group.journal.push_entry(&group.entry);
-        tables.store_entry(
-            &mut group.scratch,
-            world,
+        let bytes = group.journal.push_entry(&group.entry);
+        group.entries.push(PendingEntry {
+            request: group.request,
+            atom: index,
             commit,
-            &id,
-            &group.entry,
-            content,
-            &key,
-        )?;
+            id,
+            writer: key,
+            bytes,
+        });
         receipts.push(Receipt {
             id,
             seq: entry_seq,
