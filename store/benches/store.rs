@@ -84,6 +84,17 @@ fn benchmarks(criterion: &mut Criterion) {
             store.apply_one(remember(vec![content(number)])).unwrap()
         })
     });
+    criterion.bench_function("chain append: group of 24 one-atom requests", |bench| {
+        bench.iter(|| {
+            let group: Vec<WriteRequest> = (0..24)
+                .map(|_| {
+                    number += 1;
+                    remember(vec![content(number)])
+                })
+                .collect();
+            store.apply(&group).unwrap()
+        })
+    });
     criterion.bench_function("chain append: durable batch of 1000", |bench| {
         bench.iter(|| {
             let batch = (0..1000)
