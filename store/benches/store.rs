@@ -2,7 +2,7 @@
 //! `cargo bench -p engram-store`. Data is generated from a fixed seed.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use engram_store::atom::entry_hash;
+use engram_store::atom::{EntryHeader, decode_entry, encode_entry, entry_hash};
 use engram_store::{
     AtomContent, AtomKind, Authority, Grant, Principal, Query, Store, WriteOp, WriteOutcome,
     WriteRequest,
@@ -106,9 +106,28 @@ fn benchmarks(criterion: &mut Criterion) {
             store.apply_one(remember(batch)).unwrap()
         })
     });
-    let entry = vec![0x5a; 330];
-    criterion.bench_function("entry hash: 330 bytes", |bench| {
+    let header = EntryHeader {
+        world: "bench",
+        writer: &WRITER,
+        seq: 1,
+        prev: &[0; 32],
+        commit: 1,
+        recorded_at_unix_ms: 1_795_000_000_000,
+    };
+    let atom = content(1);
+    let mut entry = Vec::with_capacity(1024);
+    criterion.bench_function("entry: encode one atom", |bench| {
+        bench.iter(|| {
+            entry.clear();
+            encode_entry(&header, std::hint::black_box(&atom), &mut entry);
+        })
+    });
+    criterion.bench_function("entry hash: one encoded atom", |bench| {
         bench.iter(|| entry_hash(std::hint::black_box(&entry)))
+    });
+    let id = entry_hash(&entry);
+    criterion.bench_function("entry: decode one atom", |bench| {
+        bench.iter(|| decode_entry(id, std::hint::black_box(&entry)).unwrap())
     });
     let view = store.read().unwrap();
     let mut next = 0;

@@ -239,7 +239,7 @@ pub struct Atom {
 }
 
 /// The fields of an entry before it is hashed.
-pub(crate) struct EntryHeader<'a> {
+pub struct EntryHeader<'a> {
     pub world: &'a str,
     pub writer: &'a PublicKey,
     pub seq: u64,
@@ -249,7 +249,7 @@ pub(crate) struct EntryHeader<'a> {
 }
 
 /// Appends the canonical entry encoding (store/FORMAT.md) of one atom to `out`.
-pub(crate) fn encode_entry(header: &EntryHeader<'_>, content: &AtomContent, out: &mut Vec<u8>) {
+pub fn encode_entry(header: &EntryHeader<'_>, content: &AtomContent, out: &mut Vec<u8>) {
     out.push(ENTRY_FORMAT_VERSION);
     // World names are at most WORLD_NAME_BYTES_MAX (128) bytes: the u16 cannot overflow.
     put_u16(out, header.world.len() as u16);
