@@ -185,14 +185,16 @@ impl Journal {
         self.record.resize(HEADER_BYTES, 0);
     }
 
-    /// Adds one entry to the record being written and returns where its bytes are in
-    /// [`Journal::entries`].
-    pub(crate) fn push_entry(&mut self, entry: &[u8]) -> Range<usize> {
-        self.record
-            .extend_from_slice(&(entry.len() as u32).to_be_bytes());
-        let start = self.record.len() - HEADER_BYTES;
-        self.record.extend_from_slice(entry);
-        start..start + entry.len()
+    /// Adds one entry, which `encode` appends to the buffer it is given, to the record
+    /// being written, and returns where its bytes are in [`Journal::entries`].
+    pub(crate) fn push_entry(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
+        let prefix = self.record.len();
+        self.record.extend_from_slice(&[0; 4]);
+        encode(&mut self.record);
+        let start = prefix + 4;
+        let length = (self.record.len() - start) as u32;
+        self.record[prefix..start].copy_from_slice(&length.to_be_bytes());
+        start - HEADER_BYTES..self.record.len() - HEADER_BYTES
     }
 
     /// The body of the record being written, where [`Journal::push_entry`]'s ranges

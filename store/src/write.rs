@@ -182,7 +182,6 @@ pub(crate) struct PendingEntry {
     atom: usize,
     commit: u64,
     id: Hash,
-    writer: PublicKey,
     /// Where its bytes are in the journal's record.
     bytes: Range<usize>,
 }
@@ -202,7 +201,6 @@ pub(crate) fn prepare_group(
         epoch: current_epoch(&tables.epochs)?,
         recorded_at_unix_ms: now_unix_ms(),
         request: 0,
-        entry: Vec::with_capacity(1024),
         entries: Vec::with_capacity(requests.len()),
         journal,
         needs_durable_commit: false,
@@ -236,8 +234,11 @@ pub(crate) fn store_group(
 ) -> Result<(), StoreError> {
     let mut scratch = Scratch::new();
     for entry in entries {
-        let WriteOp::Remember { world, atoms } = &requests[entry.request].op else {
-            unreachable!("only remember requests encode entries");
+        let request = &requests[entry.request];
+        let (WriteOp::Remember { world, atoms }, Authority::Principal { key: writer, .. }) =
+            (&request.op, &request.authority)
+        else {
+            unreachable!("only principals' remember requests encode entries");
         };
         tables.store_entry(
             &mut scratch,
@@ -246,7 +247,7 @@ pub(crate) fn store_group(
             &entry.id,
             &record[entry.bytes.clone()],
             &atoms[entry.atom],
-            &entry.writer,
+            writer,
         )?;
     }
     Ok(())
@@ -321,8 +322,6 @@ struct Group<'a> {
     recorded_at_unix_ms: i64,
     /// The index of the request being applied.
     request: usize,
-    /// The entry being encoded.
-    entry: Vec<u8>,
     /// Every entry encoded so far.
     entries: Vec<PendingEntry>,
     journal: &'a mut Journal,
@@ -612,27 +611,23 @@ fn remember(
     for (index, content) in atoms.iter().enumerate() {
         let entry_seq = seq + 1;
         let commit = group.last_commit + 1;
-        group.entry.clear();
-        encode_entry(
-            &EntryHeader {
-                world,
-                writer: &key,
-                seq: entry_seq,
-                prev: &prev,
-                commit,
-                recorded_at_unix_ms: group.recorded_at_unix_ms,
-            },
-            content,
-            &mut group.entry,
-        );
-        let id = entry_hash(&group.entry);
-        let bytes = group.journal.push_entry(&group.entry);
+        let header = EntryHeader {
+            world,
+            writer: &key,
+            seq: entry_seq,
+            prev: &prev,
+            commit,
+            recorded_at_unix_ms: group.recorded_at_unix_ms,
+        };
+        let bytes = group
+            .journal
+            .push_entry(|out| encode_entry(&header, content, out));
+        let id = entry_hash(&group.journal.entries()[bytes.clone()]);
         group.entries.push(PendingEntry {
             request: group.request,
             atom: index,
             commit,
             id,
-            writer: key,
             bytes,
         });
         receipts.push(Receipt {
