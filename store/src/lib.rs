@@ -27,7 +27,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
+use redb::{
+    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
+};
 
 pub use atom::{Atom, AtomContent, AtomKind, Hash, Link, LinkKind, PublicKey, TimeInterval};
 pub use chain::{BadEntry, ChainHead, VerifyReport};
@@ -167,20 +169,10 @@ impl Store {
                     return Err(error.into());
                 }
             };
-        // While the journal syncs, the entries go into the tables and redb commits; reads
-        // go on seeing the snapshot of before the group until the sync has returned.
+        // While the journal syncs, the entries go into the tables and redb commits.
         let stored = write::store_group(&mut tables, requests, journal.entries(), &outcome.entries);
         drop(tables);
-        let committed = stored.and_then(|()| {
-            let mut transaction = transaction;
-            if journaled {
-                transaction
-                    .set_durability(redb::Durability::None)
-                    .map_err(durability_refused)?;
-                self.current_snapshot()?;
-            }
-            Ok(transaction.commit()?)
-        });
+        let committed = stored.and_then(|()| self.commit(transaction, journaled));
         let synced = if journaled { journal.synced() } else { Ok(()) };
         match (committed, synced) {
             (Ok(()), Ok(())) => {}
@@ -216,6 +208,19 @@ impl Store {
             tracing::warn!(%error, "checkpoint failed");
         }
         Ok(outcome.verdicts)
+    }
+
+    /// Commits a group's transaction: durably in redb, or, when the journal holds the
+    /// group, without a sync and with reads kept on the snapshot of before the group
+    /// (begun now if no read holds one) until `apply` clears it once the sync returned.
+    fn commit(&self, mut transaction: WriteTransaction, journaled: bool) -> Result<(), StoreError> {
+        if journaled {
+            transaction
+                .set_durability(redb::Durability::None)
+                .map_err(durability_refused)?;
+            self.current_snapshot()?;
+        }
+        Ok(transaction.commit()?)
     }
 
     /// Makes everything journaled durable in the redb file (at shutdown, so the next
