@@ -7,8 +7,15 @@
 //! Vectors are normalised for the index (atoms keep what the writer sent) and compared
 //! by dot product, which is then the cosine similarity. Filters run inside the graph
 //! search (hnsw_rs filters), so a filtered search for k returns k when k matches exist.
+//!
+//! Whatever a writer sends, nothing it writes can take the index down: units are scaled
+//! a hair below 1 so that hnsw_rs's distance kernel, which asserts a dot product of at
+//! most 1.000002 whatever the summation order, never sees more than 1 ([`normalized`]);
+//! and a panic inside hnsw_rs is contained: a batch that panics is inserted again atom
+//! by atom, an atom that still panics is left out of the graph and compared exactly,
+//! and a graph search that panics is answered by comparing exactly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -35,8 +42,9 @@ const SEARCH_EF_MIN: usize = 64;
 const SELECTIVE_FILTER_DIVISOR: usize = 5;
 /// Atoms sampled to estimate a filter's selectivity.
 const SELECTIVITY_SAMPLE: usize = 512;
-/// First line of a persisted index's manifest.
-const PERSISTED_FORMAT: &str = "engram vector index v1";
+/// First line of a persisted index's manifest. Version 2 scales units by
+/// [`unit_scale`]; a version 1 snapshot is rebuilt.
+const PERSISTED_FORMAT: &str = "engram vector index v2";
 /// The manifest: format, covered commit, then one `basename world` line per graph.
 const MANIFEST: &str = "manifest";
 /// Atoms the indexer reads and inserts at a time.
@@ -73,6 +81,19 @@ struct WorldGraph {
     /// The unit vectors by data id, for exact comparison when a filter is so selective
     /// that walking the graph would visit most of it.
     units: RwLock<Vec<Box<[f32]>>>,
+    /// What hnsw_rs panicked on inserting; empty unless it did.
+    left_out: RwLock<LeftOut>,
+}
+
+/// Data ids the graph must not answer for, after hnsw_rs panicked inserting them.
+#[derive(Default)]
+struct LeftOut {
+    /// Every such id: a batch that panicked may be half in the graph, so its ids are
+    /// hidden and its atoms inserted again one by one under new ids.
+    hidden: HashSet<usize>,
+    /// The ids among them that hold the only copy of their atom (its insertion alone
+    /// panicked too): compared exactly by every search.
+    exact: Vec<usize>,
 }
 
 /// A match of a similarity search.
@@ -104,14 +125,50 @@ pub struct VectorIndex {
     consistent: AtomicBool,
 }
 
-/// The unit vector of `vector`; `None` for a zero vector.
+/// The unit vector of `vector`, scaled by [`unit_scale`]; `None` for a zero vector.
+/// Computed in f64 and rounded once, so the result does not depend on the order in
+/// which the writer's components sum.
 pub fn normalized(vector: &[f32]) -> Option<Vec<f32>> {
-    let norm = vector.iter().map(|value| value * value).sum::<f32>().sqrt();
-    (norm > 0.0 && norm.is_finite()).then(|| vector.iter().map(|value| value / norm).collect())
+    let norm = vector
+        .iter()
+        .map(|value| f64::from(*value) * f64::from(*value))
+        .sum::<f64>()
+        .sqrt();
+    if !(norm > 0.0 && norm.is_finite()) {
+        return None;
+    }
+    let factor = unit_scale(vector.len()) / norm;
+    Some(
+        vector
+            .iter()
+            .map(|value| (f64::from(*value) * factor) as f32)
+            .collect(),
+    )
 }
 
-/// Runs an hnsw_rs file operation, which panics where it cannot open or parse a file,
-/// with both its error and a panic turned into a message.
+/// How far below 1 the units of `dimensions` components are scaled, so that the dot
+/// product of any two, summed in f32 in any order (sequential, SIMD lanes, fused), is at
+/// most 1. Rounding a unit's components to f32 leaves its norm² within (1 + u)², u =
+/// 2⁻²⁴, and summing n products in any order errs by at most γₙ = nu / (1 − nu) of
+/// their magnitude (Higham, Accuracy and Stability of Numerical Algorithms, §3.1).
+fn unit_scale(dimensions: usize) -> f64 {
+    let unit_roundoff = f64::from(f32::EPSILON) / 2.0;
+    // The components' own rounding and the scale's count as two more operations.
+    let operations = dimensions as f64 + 2.0;
+    let gamma = operations * unit_roundoff / (1.0 - operations * unit_roundoff);
+    1.0 / ((1.0 + unit_roundoff).powi(2) * (1.0 + gamma)).sqrt()
+}
+
+/// The cosine similarity of two units of `dimensions` components whose dot product is
+/// `dot`: the scale taken out again.
+fn cosine(dot: f32, dimensions: usize) -> f32 {
+    let scale = unit_scale(dimensions);
+    ((f64::from(dot) / (scale * scale)) as f32).clamp(-1.0, 1.0)
+}
+
+/// Runs an hnsw_rs operation, which may panic (where it cannot open or parse a file, or
+/// where an assertion of its distance kernel fails), with both its error and a panic
+/// turned into a message.
 fn contained<T, E: std::fmt::Display>(
     operation: impl FnOnce() -> Result<T, E>,
 ) -> Result<T, String> {
@@ -138,6 +195,40 @@ fn dot(left: &[f32], right: &[f32]) -> f32 {
         }
     }
     lanes.iter().sum::<f32>() + tail
+}
+
+impl WorldGraph {
+    /// After inserting `slices` as a batch panicked: hides their ids (the batch may be
+    /// half in the graph) and inserts each atom again alone under a new id; an atom whose
+    /// insertion panics again is compared exactly by every search instead.
+    fn insert_one_by_one(&self, world: &str, slices: &[(&[f32], usize)]) {
+        self.left_out
+            .write()
+            .expect("never poisoned")
+            .hidden
+            .extend(slices.iter().map(|(_, id)| *id));
+        for (unit, id) in slices {
+            let new_id = {
+                let mut facts = self.facts.write().expect("never poisoned");
+                let mut units = self.units.write().expect("never poisoned");
+                let copy = facts[*id].clone();
+                facts.push(copy);
+                units.push(Box::from(*unit));
+                facts.len() - 1
+            };
+            let inserted = contained(|| {
+                self.graph.insert_slice((unit, new_id));
+                Ok::<_, String>(())
+            });
+            if let Err(error) = inserted {
+                tracing::error!(%error, world, commit = self.facts.read().expect("never poisoned")[new_id].commit,
+                    "hnsw_rs cannot take this atom's vector; it is compared exactly instead");
+                let mut left_out = self.left_out.write().expect("never poisoned");
+                left_out.hidden.insert(new_id);
+                left_out.exact.push(new_id);
+            }
+        }
+    }
 }
 
 impl Default for VectorIndex {
@@ -199,6 +290,7 @@ impl VectorIndex {
                     ),
                     facts: RwLock::new(Vec::new()),
                     units: RwLock::new(Vec::new()),
+                    left_out: RwLock::default(),
                 }))
             })
             .clone()
@@ -222,6 +314,17 @@ impl VectorIndex {
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(io)?;
         let worlds = self.worlds.read().expect("never poisoned");
+        // A graph without some of its atoms would not load as covering them.
+        if worlds.values().any(|graph| {
+            !graph
+                .left_out
+                .read()
+                .expect("never poisoned")
+                .hidden
+                .is_empty()
+        }) {
+            return Ok(false);
+        }
         let mut manifest = format!("{PERSISTED_FORMAT}\n{}\n", self.covered_commit());
         for (number, (name, graph)) in worlds.iter().enumerate() {
             let basename = format!("world-{number}");
@@ -308,6 +411,7 @@ impl VectorIndex {
                     graph,
                     facts: RwLock::new(facts),
                     units: RwLock::new(units),
+                    left_out: RwLock::default(),
                 }),
             );
         }
@@ -350,7 +454,14 @@ impl VectorIndex {
                     .enumerate()
                     .map(|(offset, vector)| (vector.as_slice(), first_id + offset))
                     .collect();
-                graph.graph.parallel_insert_slice(&slices);
+                let inserted = contained(|| {
+                    graph.graph.parallel_insert_slice(&slices);
+                    Ok::<_, String>(())
+                });
+                if let Err(error) = inserted {
+                    tracing::error!(%error, world = name, "inserting a batch of vectors failed; inserting its atoms one by one");
+                    graph.insert_one_by_one(name, &slices);
+                }
                 batch.clear();
             };
             for atom in view.atoms_in_log(name, from, target)? {
@@ -421,7 +532,15 @@ impl VectorIndex {
         let mut matches = Vec::with_capacity(limit * 2);
         if let Some(graph) = self.graph(world) {
             let facts = graph.facts.read().expect("never poisoned");
+            let units = graph.units.read().expect("never poisoned");
+            let left_out = graph.left_out.read().expect("never poisoned");
             let passes = |id: usize| facts[id].commit <= covered && allowed(&facts[id]);
+            let in_graph = |id: usize| left_out.hidden.is_empty() || !left_out.hidden.contains(&id);
+            let exactly = |id: usize| Similar {
+                commit: facts[id].commit,
+                importance: facts[id].importance,
+                similarity: cosine(dot(&query, &units[id]), query.len()),
+            };
             // Estimate the filter's selectivity from an even sample of the atoms.
             let step = (facts.len() / SELECTIVITY_SAMPLE).max(1);
             let sampled = (0..facts.len()).step_by(step).count();
@@ -429,29 +548,47 @@ impl VectorIndex {
                 .step_by(step)
                 .filter(|id| passes(*id))
                 .count();
-            if sampled_passing * SELECTIVE_FILTER_DIVISOR <= sampled {
-                // Few atoms pass: comparing them all is exact and cheaper than a graph
-                // walk that would reject most of what it visits.
-                let units = graph.units.read().expect("never poisoned");
-                matches.extend((0..facts.len()).filter(|id| passes(*id)).map(|id| Similar {
-                    commit: facts[id].commit,
-                    importance: facts[id].importance,
-                    similarity: dot(&query, &units[id]),
-                }));
+            // Few atoms pass: comparing them all is exact and cheaper than a graph walk
+            // that would reject most of what it visits.
+            let selective = sampled_passing * SELECTIVE_FILTER_DIVISOR <= sampled;
+            let walked = if selective {
+                None
             } else {
-                let filter = |id: &usize| *id < facts.len() && passes(*id);
-                let found = graph.graph.search_filter(
-                    &query,
-                    limit,
-                    SEARCH_EF_MIN.max(2 * limit),
-                    Some(&filter),
-                );
-                matches.extend(found.into_iter().map(|neighbour| Similar {
+                let filter = |id: &usize| *id < facts.len() && in_graph(*id) && passes(*id);
+                contained(|| {
+                    Ok::<_, String>(graph.graph.search_filter(
+                        &query,
+                        limit,
+                        SEARCH_EF_MIN.max(2 * limit),
+                        Some(&filter),
+                    ))
+                })
+                .map_err(|error| {
+                    tracing::error!(%error, world, "a graph search failed; comparing exactly");
+                })
+                .ok()
+            };
+            match walked {
+                Some(found) => matches.extend(found.into_iter().map(|neighbour| Similar {
                     commit: facts[neighbour.d_id].commit,
                     importance: facts[neighbour.d_id].importance,
-                    similarity: 1.0 - neighbour.distance,
-                }));
+                    similarity: cosine(1.0 - neighbour.distance, query.len()),
+                })),
+                None => matches.extend(
+                    (0..facts.len())
+                        .filter(|id| in_graph(*id) && passes(*id))
+                        .map(exactly),
+                ),
             }
+            // What hnsw_rs could not take is compared exactly.
+            matches.extend(
+                left_out
+                    .exact
+                    .iter()
+                    .copied()
+                    .filter(|id| passes(*id))
+                    .map(exactly),
+            );
         }
         // The tail the graph does not cover yet is compared exactly, from the store.
         let mut compared_exactly = 0;
@@ -465,7 +602,7 @@ impl VectorIndex {
                 matches.push(Similar {
                     commit: atom.commit,
                     importance: atom.content.importance,
-                    similarity: dot(&query, &unit),
+                    similarity: cosine(dot(&query, &unit), query.len()),
                 });
             }
         }

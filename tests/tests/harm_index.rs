@@ -1,0 +1,104 @@
+//! Bounded harm in the derived indexes: a writer with the weakest capability cannot take
+//! the similarity or text index down, or make a search walk more than it asked for.
+
+use std::time::{Duration, Instant};
+
+use engram_client::{Filter, NewAtom, Restriction, Session};
+use engram_tests::{TestNode, add_principal, run_local, session};
+
+/// A vector whose norm is 1 by a sequential f32 sum, but whose self-dot summed in SIMD
+/// lanes is above hnsw_rs's bound of 1.000002: unnormalised, it panicked the indexer.
+fn crafted_vector() -> Vec<f32> {
+    let mut vector = vec![2.4e-4f32; 128];
+    vector[0] = 1.0;
+    vector
+}
+
+/// Asks by `vector` until the answer carries no warning, that is until the similarity
+/// index covers every atom; fails after `deadline`.
+async fn until_indexed(session: &Session, world: &str, vector: &[f32], deadline: Duration) {
+    let reader = session.reader(world).unwrap();
+    let started = Instant::now();
+    loop {
+        let filter = Filter {
+            vector: vector.to_vec(),
+            limit: 5,
+            ..Filter::default()
+        };
+        let answer = engram_client::ask_scored(&reader, &filter)
+            .await
+            .expect("a similarity ask answers");
+        if answer.warning.is_empty() {
+            return;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "the similarity index never caught up: {}",
+            answer.warning
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn a_crafted_vector_cannot_stop_the_similarity_index() {
+    let mut node = TestNode::start();
+    run_local(async {
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        engram_client::create_world(&admin.admin().unwrap(), "vectors")
+            .await
+            .unwrap();
+        let key = add_principal(&admin, "agent", &["vectors=w"]).await;
+        let agent = session(&node.tcp(), &key).await;
+        // The weakest writer: attenuated to one kind.
+        let writer = engram_client::attenuate_writer(
+            &agent.writer("vectors").unwrap(),
+            &Restriction {
+                kinds: vec![engram_client::engram_schema::engram_capnp::AtomKind::Fact],
+                ..Restriction::default()
+            },
+        )
+        .await
+        .unwrap();
+        let crafted = crafted_vector();
+        for text in ["crafted one", "crafted two"] {
+            engram_client::remember(&writer, &[NewAtom::fact(text).vector(crafted.clone())])
+                .await
+                .unwrap();
+        }
+        let mut ordinary = crafted.clone();
+        ordinary[1] = 0.5;
+        engram_client::remember(&writer, &[NewAtom::fact("ordinary").vector(ordinary)])
+            .await
+            .unwrap();
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        until_indexed(&admin, "vectors", &crafted, Duration::from_secs(30)).await;
+        let found = engram_client::ask(
+            &admin.reader("vectors").unwrap(),
+            &Filter {
+                vector: crafted.clone(),
+                limit: 3,
+                ..Filter::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(found.len(), 3);
+        assert!(found[0].text.starts_with("crafted"));
+    });
+    // The next start loads or rebuilds the index with the same atoms, and serves.
+    node.kill();
+    node.restart();
+    run_local(async {
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        until_indexed(
+            &admin,
+            "vectors",
+            &crafted_vector(),
+            Duration::from_secs(30),
+        )
+        .await;
+    });
+    let log = std::fs::read_to_string(node.log_path()).unwrap();
+    assert!(!log.contains("panicked"), "the node's log:\n{log}");
+}
