@@ -183,24 +183,9 @@ impl admin::Server for Admin {
         _: admin::RemovePrincipalResults,
     ) -> Result<(), capnp::Error> {
         let name = text(params.get()?.get_name()).wire()?;
-        let key = {
-            self.authorize().wire()?;
-            let view = self.grip.node.store.read().wire()?;
-            view.principals()
-                .wire()?
-                .into_iter()
-                .find(|principal| principal.name == name)
-                .map(|principal| principal.public_key)
-        };
-        match self
-            .write(WriteOp::RemovePrincipal { name: name.clone() })
-            .await?
-        {
-            WriteOutcome::PrincipalRemoved => {
-                if let Some(key) = key {
-                    self.grip.node.forget(&key);
-                }
-                tracing::info!(principal = %name, "principal removed; its live capabilities are revoked");
+        match self.write(WriteOp::RemovePrincipal { name }).await? {
+            WriteOutcome::PrincipalRemoved(principal) => {
+                tracing::info!(principal = %principal.name, "principal removed; its live capabilities are revoked");
             }
             other => unreachable!("remove principal answered {other:?}"),
         }

@@ -3,6 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,6 +13,8 @@ use engram_store::{
     Epoch, PublicKey, Store, StoreError, TextIndex, VectorIndex, WriteOutcome, WriteRequest,
 };
 use tokio::sync::watch;
+
+use crate::peer::LoginRate;
 
 /// Shared by every capability of the node (`Rc<Node>` on the RPC thread).
 pub struct Node {
@@ -41,6 +44,8 @@ pub struct Node {
     subscriptions: RefCell<HashMap<PublicKey, usize>>,
     subscription_closed: tokio::sync::Notify,
     pub(crate) limits: NodeLimits,
+    /// Login attempts per peer.
+    pub(crate) logins: LoginRate,
 }
 
 /// Limits an operator configures.
@@ -50,6 +55,8 @@ pub struct NodeLimits {
     pub subscriptions_per_principal_max: usize,
     /// Writes and verifications one login may have in flight at once.
     pub calls_in_flight_per_login_max: usize,
+    /// Login attempts one peer may make a minute; 0 sets no limit.
+    pub login_attempts_per_minute: u32,
 }
 
 impl Default for NodeLimits {
@@ -57,6 +64,7 @@ impl Default for NodeLimits {
         NodeLimits {
             subscriptions_per_principal_max: crate::limits::SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT,
             calls_in_flight_per_login_max: crate::limits::CALLS_IN_FLIGHT_PER_LOGIN_MAX_DEFAULT,
+            login_attempts_per_minute: crate::limits::LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT,
         }
     }
 }
@@ -96,6 +104,7 @@ impl Node {
             shutdown: watch::Sender::new(false),
             subscriptions: RefCell::new(HashMap::new()),
             subscription_closed: tokio::sync::Notify::new(),
+            logins: LoginRate::new(limits.login_attempts_per_minute),
             limits,
         })
     }
@@ -111,9 +120,32 @@ impl Node {
     }
 
     /// Submits a write and mirrors its effect on epochs and generations once durable.
-    pub(crate) async fn write(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
-        let outcome = self.writer.submit(request).await?;
-        match &outcome {
+    ///
+    /// The submission and the mirroring run in a task of their own on the RPC thread,
+    /// not in the calling future: capnp-rpc drops a call's future when its caller
+    /// disconnects or cancels, and a change the writer makes durable must take effect
+    /// whether or not anyone still waits for its answer.
+    pub(crate) async fn write(
+        self: &Rc<Self>,
+        request: WriteRequest,
+    ) -> Result<WriteOutcome, StoreError> {
+        let node = self.clone();
+        let applied = tokio::task::spawn_local(async move {
+            let outcome = node.writer.submit(request).await?;
+            node.mirror(&outcome);
+            Ok(outcome)
+        });
+        applied.await.unwrap_or_else(|error| {
+            Err(StoreError::TransactionFailed {
+                reason: format!("the write's task ended: {error}"),
+            })
+        })
+    }
+
+    /// Mirrors a durable write's effect on the epoch and the grant generations, and
+    /// tells waiting subscriptions to check their grip again.
+    fn mirror(&self, outcome: &WriteOutcome) {
+        match outcome {
             WriteOutcome::Epoch(Epoch { number, .. }) => {
                 assert!(*number > self.epoch.get(), "epochs only advance");
                 self.epoch.set(*number);
@@ -125,15 +157,11 @@ impl Node {
                     .borrow_mut()
                     .insert(principal.public_key, generation);
             }
-            _ => return Ok(outcome),
+            WriteOutcome::PrincipalRemoved(principal) => {
+                self.generations.borrow_mut().remove(&principal.public_key);
+            }
+            WriteOutcome::Remembered(_) | WriteOutcome::World(_) => return,
         }
-        self.policy.send_modify(|version| *version += 1);
-        Ok(outcome)
-    }
-
-    /// Forgets a removed principal: its capabilities fail from now on.
-    pub(crate) fn forget(&self, principal: &PublicKey) {
-        self.generations.borrow_mut().remove(principal);
         self.policy.send_modify(|version| *version += 1);
     }
 

@@ -81,7 +81,8 @@ pub enum WriteOutcome {
     Remembered(Vec<Receipt>),
     World(WorldInfo),
     Principal(Principal),
-    PrincipalRemoved,
+    /// The principal that was removed.
+    PrincipalRemoved(Principal),
     Epoch(Epoch),
 }
 
@@ -452,7 +453,7 @@ fn apply_one(
             }
             tables.principals.remove(principal.public_key)?;
             tables.principal_names.remove(name.as_str())?;
-            Ok(Ok(WriteOutcome::PrincipalRemoved))
+            Ok(Ok(WriteOutcome::PrincipalRemoved(principal)))
         }
         WriteOp::AdvanceEpoch { head } => {
             let next = Epoch {
