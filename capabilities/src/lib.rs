@@ -14,6 +14,7 @@ pub mod limits;
 pub mod membrane;
 pub mod node;
 pub mod observer;
+pub mod peer;
 pub mod restriction;
 pub mod signer;
 pub mod subscription;
@@ -23,4 +24,5 @@ pub mod world_writer;
 
 pub use error::{CapabilityError, ErrorCode};
 pub use node::{Node, NodeLimits};
+pub use peer::Peer;
 pub use terminal::Terminal;

@@ -14,6 +14,9 @@ pub const SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT: usize = 256;
 /// Default of `engramd --calls-in-flight-max`: writes and verifications one login may
 /// have waiting at once, so one client cannot fill the writer's queue for everyone.
 pub const CALLS_IN_FLIGHT_PER_LOGIN_MAX_DEFAULT: usize = 1024;
+/// Default of `engramd --login-attempts-per-minute`: login attempts one peer (an IP
+/// address, or a local user on the Unix socket) may make a minute, in a burst or spread.
+pub const LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT: u32 = 600;
 /// Atoms in one `AtomSink.push`. Together with Cap'n Proto's flow-control window this
 /// bounds what the node holds for a slow subscriber.
 pub const SUBSCRIPTION_PUSH_ATOMS_MAX: u32 = 64;

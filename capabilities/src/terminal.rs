@@ -13,20 +13,38 @@ use crate::error::{CapabilityError, Wire};
 use crate::limits::LOGIN_NONCES_PER_CONNECTION_MAX;
 use crate::membrane::Membrane;
 use crate::node::Node;
+use crate::peer::Peer;
+
+/// The one answer to every failed login, whatever failed: it does not tell whether a
+/// key is registered.
+pub const LOGIN_FAILED: &str = "login failed: the key is not registered, the signature \
+     does not verify, or the nonce is unknown, used, from another connection or from an \
+     earlier epoch; call challenge again";
 
 /// One per connection: nonces issued here can be used only here, once.
 pub struct Terminal {
     node: Rc<Node>,
+    peer: Peer,
     /// (nonce, epoch it was issued in), oldest first.
     nonces: RefCell<VecDeque<([u8; 32], u64)>>,
+    /// Notified at the first successful login, which ends the handshake timeout.
+    logged_in: Rc<tokio::sync::Notify>,
 }
 
 impl Terminal {
-    pub fn new(node: Rc<Node>) -> Terminal {
+    /// The terminal of a connection from `peer`.
+    pub fn new(node: Rc<Node>, peer: Peer) -> Terminal {
         Terminal {
             node,
+            peer,
             nonces: RefCell::new(VecDeque::with_capacity(LOGIN_NONCES_PER_CONNECTION_MAX)),
+            logged_in: Rc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Notified (once, with a stored permit) when a login on this connection succeeds.
+    pub fn logged_in(&self) -> Rc<tokio::sync::Notify> {
+        self.logged_in.clone()
     }
 
     fn verify_login(
@@ -35,6 +53,7 @@ impl Terminal {
         nonce: &[u8],
         signature: &[u8],
     ) -> Result<Membrane, CapabilityError> {
+        self.node.logins.attempt(&self.peer)?;
         let nonce = bytes32(nonce, "the nonce")?;
         let public_key = bytes32(public_key, "the public key")?;
         let signature: [u8; 64] = signature.try_into().map_err(|_| {
@@ -43,44 +62,37 @@ impl Terminal {
                 signature.len()
             ))
         })?;
+        let failed = || CapabilityError::Unauthenticated(LOGIN_FAILED.into());
         // Consume the nonce first: it is single-use whatever happens next.
         let issued_epoch = {
             let mut nonces = self.nonces.borrow_mut();
             let position = nonces
                 .iter()
                 .position(|(issued, _)| *issued == nonce)
-                .ok_or_else(|| {
-                    CapabilityError::Unauthenticated(
-                        "unknown or already used nonce; call challenge again on this connection"
-                            .into(),
-                    )
-                })?;
+                .ok_or_else(failed)?;
             nonces.remove(position).expect("position is in range").1
         };
         if issued_epoch != self.node.epoch() {
-            return Err(CapabilityError::Unauthenticated(
-                "the epoch advanced after this challenge; call challenge again".into(),
-            ));
+            return Err(failed());
         }
-        let principal = self
-            .node
-            .store
-            .read()?
-            .principal(&public_key)?
-            .ok_or_else(|| CapabilityError::Unauthenticated("no principal has this key".into()))?;
+        // The signature is checked before the key is looked up, so a registered and an
+        // unregistered key fail the same way in the same time.
         let message = login_message(
             &nonce,
             &self.node.node_key.verifying_key().to_bytes(),
             issued_epoch,
         );
-        let verified = VerifyingKey::from_bytes(&public_key)
-            .and_then(|key| key.verify_strict(&message, &Signature::from_bytes(&signature)));
-        if verified.is_err() {
-            return Err(CapabilityError::Unauthenticated(
-                "the signature does not verify for this key and challenge".into(),
-            ));
-        }
-        tracing::info!(principal = %principal.name, "login");
+        VerifyingKey::from_bytes(&public_key)
+            .and_then(|key| key.verify_strict(&message, &Signature::from_bytes(&signature)))
+            .map_err(|_| failed())?;
+        let principal = self
+            .node
+            .store
+            .read()?
+            .principal(&public_key)?
+            .ok_or_else(failed)?;
+        tracing::info!(principal = %principal.name, peer = %self.peer, "login");
+        self.logged_in.notify_one();
         Ok(Membrane::new(self.node.clone(), public_key))
     }
 }

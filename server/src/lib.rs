@@ -5,7 +5,8 @@
 pub mod error;
 pub mod limits;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
 use engram_capabilities::error::CapabilityError;
-use engram_capabilities::{Node, NodeLimits, Terminal};
+use engram_capabilities::{Node, NodeLimits, Peer, Terminal};
 use engram_client::keyfile;
 use engram_schema::engram_capnp::terminal;
 use engram_store::writer::Writer;
@@ -45,6 +46,10 @@ pub struct Config {
     /// Unix socket path; `None` disables it.
     pub socket: Option<PathBuf>,
     pub connections_max: usize,
+    /// Connections one peer (IP address, or local user on the Unix socket) may hold.
+    pub connections_per_address_max: usize,
+    /// How long a connection may take to log in before it is closed.
+    pub handshake_timeout: std::time::Duration,
     pub message_bytes_max: usize,
     pub node_limits: NodeLimits,
     /// Bytes of the store's page cache.
@@ -300,15 +305,21 @@ async fn serve(node: Rc<Node>, config: &Config) -> Result<(), ServerError> {
             accepted = accept_tcp(tcp.as_ref()) => match accepted {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
+                    let peer = stream
+                        .peer_addr()
+                        .map_or(Peer::Unknown, |address| Peer::Address(address.ip()));
                     let (reader, writer) = stream.into_split();
-                    connect(&node, &connections, config, reader, writer);
+                    connect(&node, &connections, config, peer, reader, writer);
                 }
                 Err(error) => tracing::warn!(%error, "TCP accept failed"),
             },
             accepted = accept_unix(unix.as_ref()) => match accepted {
                 Ok(stream) => {
+                    let peer = stream
+                        .peer_cred()
+                        .map_or(Peer::Unknown, |credentials| Peer::LocalUser(credentials.uid()));
                     let (reader, writer) = stream.into_split();
-                    connect(&node, &connections, config, reader, writer);
+                    connect(&node, &connections, config, peer, reader, writer);
                 }
                 Err(error) => tracing::warn!(%error, "Unix socket accept failed"),
             },
@@ -360,31 +371,68 @@ async fn accept_unix(listener: Option<&UnixListener>) -> std::io::Result<tokio::
     }
 }
 
-/// The connections being served, and those being refused.
+/// The connections being served, in all and per peer, and those being refused.
 #[derive(Default)]
 struct Connections {
     active: Cell<usize>,
+    per_peer: RefCell<HashMap<Peer, usize>>,
     refused: Cell<usize>,
 }
 
+impl Connections {
+    /// Why a new connection from `peer` may not be served, if it may not.
+    fn refusal(&self, config: &Config, peer: &Peer) -> Option<String> {
+        if self.active.get() >= config.connections_max {
+            return Some(format!(
+                "engramd serves at most {} connections at once; try again later",
+                config.connections_max
+            ));
+        }
+        let held = self.per_peer.borrow().get(peer).copied().unwrap_or(0);
+        (held >= config.connections_per_address_max).then(|| {
+            format!(
+                "engramd serves at most {} connections from one address \
+                 (--connections-per-address-max), and {peer} holds them; close one first",
+                config.connections_per_address_max
+            )
+        })
+    }
+
+    fn open(&self, peer: Peer) {
+        self.active.set(self.active.get() + 1);
+        *self.per_peer.borrow_mut().entry(peer).or_insert(0) += 1;
+    }
+
+    fn close(&self, peer: &Peer) {
+        self.active.set(self.active.get() - 1);
+        let mut per_peer = self.per_peer.borrow_mut();
+        if let Some(held) = per_peer.get_mut(peer) {
+            *held -= 1;
+            if *held == 0 {
+                per_peer.remove(peer);
+            }
+        }
+    }
+}
+
 /// Serves one connection: its own `Terminal`, its own RPC system, on the RPC thread.
-/// Past `--connections-max`, the connection's bootstrap capability is broken, so that
-/// the client's first call fails with `resourceExhausted` instead of a bare disconnect;
-/// it is closed after `REFUSED_GRACE_MS`, and past `REFUSED_CONNECTIONS_MAX` of those
-/// at once, a connection is closed at once.
+/// A connection that has not logged in within the handshake timeout is closed. Past
+/// `--connections-max` or `--connections-per-address-max`, the connection's bootstrap
+/// capability is broken, so that the client's first call fails with
+/// `resourceExhausted` instead of a bare disconnect; it is closed after
+/// `REFUSED_GRACE_MS`, and past `REFUSED_CONNECTIONS_MAX` of those at once, a
+/// connection is closed at once.
 fn connect(
     node: &Rc<Node>,
     connections: &Rc<Connections>,
     config: &Config,
+    peer: Peer,
     reader: impl AsyncRead + Unpin + 'static,
     writer: impl AsyncWrite + Unpin + 'static,
 ) {
-    let refused = connections.active.get() >= config.connections_max;
-    if refused {
-        tracing::warn!(
-            limit = config.connections_max,
-            "connection refused: too many connections"
-        );
+    let refusal = connections.refusal(config, &peer);
+    if let Some(reason) = &refusal {
+        tracing::warn!(%peer, reason, "connection refused");
         if connections.refused.get() >= limits::REFUSED_CONNECTIONS_MAX {
             return;
         }
@@ -400,12 +448,9 @@ fn connect(
         options,
     );
     let connections = connections.clone();
-    if refused {
-        let error = CapabilityError::ResourceExhausted(format!(
-            "engramd serves at most {} connections at once; try again later",
-            config.connections_max
-        ));
-        let bootstrap = capnp_rpc::new_broken_cap(error.into());
+    if let Some(reason) = refusal {
+        let bootstrap =
+            capnp_rpc::new_broken_cap(CapabilityError::ResourceExhausted(reason).into());
         let rpc_system = RpcSystem::new(Box::new(network), Some(bootstrap));
         connections.refused.set(connections.refused.get() + 1);
         tokio::task::spawn_local(async move {
@@ -415,13 +460,32 @@ fn connect(
         });
         return;
     }
-    let terminal: terminal::Client = capnp_rpc::new_client(Terminal::new(node.clone()));
-    let rpc_system = RpcSystem::new(Box::new(network), Some(terminal.client));
-    connections.active.set(connections.active.get() + 1);
+    let terminal = Terminal::new(node.clone(), peer);
+    let logged_in = terminal.logged_in();
+    let terminal: terminal::Client = capnp_rpc::new_client(terminal);
+    let mut rpc_system = RpcSystem::new(Box::new(network), Some(terminal.client));
+    connections.open(peer);
+    let handshake_timeout = config.handshake_timeout;
     tokio::task::spawn_local(async move {
-        if let Err(error) = rpc_system.await {
+        let handshake = tokio::time::timeout(handshake_timeout, logged_in.notified());
+        let ended = tokio::select! {
+            ended = &mut rpc_system => Some(ended),
+            shook = handshake => match shook {
+                Ok(()) => None,
+                Err(_) => {
+                    tracing::info!(%peer, "connection closed: no login within the handshake timeout");
+                    Some(Ok(()))
+                }
+            },
+        };
+        // Without a login in time, dropping the RPC system closes the socket.
+        let ended = match ended {
+            Some(ended) => ended,
+            None => rpc_system.await,
+        };
+        if let Err(error) = ended {
             tracing::debug!(%error, "connection ended");
         }
-        connections.active.set(connections.active.get() - 1);
+        connections.close(&peer);
     });
 }

@@ -2,6 +2,12 @@
 
 /// Client connections served at once (`--connections-max`).
 pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// Connections one peer may hold at once (`--connections-per-address-max`): a TCP peer
+/// by its IP address, a Unix socket peer by its user id.
+pub const CONNECTIONS_PER_ADDRESS_MAX_DEFAULT: usize = 256;
+/// How long a new connection may take to log in before it is closed
+/// (`--handshake-timeout-ms`).
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// Connections past `--connections-max` answered with `resourceExhausted` at once;
 /// beyond them, a connection is closed without an answer.
 pub const REFUSED_CONNECTIONS_MAX: usize = 64;

@@ -6,9 +6,13 @@ use std::process::ExitCode;
 use clap::Parser;
 use engram_capabilities::NodeLimits;
 use engram_capabilities::limits::{
-    CALLS_IN_FLIGHT_PER_LOGIN_MAX_DEFAULT, SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT,
+    CALLS_IN_FLIGHT_PER_LOGIN_MAX_DEFAULT, LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT,
+    SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT,
 };
-use engram_server::limits::{CONNECTIONS_MAX_DEFAULT, MESSAGE_BYTES_MAX_DEFAULT};
+use engram_server::limits::{
+    CONNECTIONS_MAX_DEFAULT, CONNECTIONS_PER_ADDRESS_MAX_DEFAULT, HANDSHAKE_TIMEOUT_MS_DEFAULT,
+    MESSAGE_BYTES_MAX_DEFAULT,
+};
 use engram_server::{Config, SOCKET_FILE};
 use engram_store::limits::CACHE_BYTES_DEFAULT;
 
@@ -40,6 +44,17 @@ struct Arguments {
     /// Client connections served at once; one past it is answered `resourceExhausted`.
     #[arg(long, default_value_t = CONNECTIONS_MAX_DEFAULT)]
     connections_max: usize,
+    /// Connections one peer may hold: a TCP peer by IP address, a Unix socket peer by
+    /// user id. One past it is answered `resourceExhausted`.
+    #[arg(long, default_value_t = CONNECTIONS_PER_ADDRESS_MAX_DEFAULT)]
+    connections_per_address_max: usize,
+    /// Milliseconds a new connection may take to log in before it is closed.
+    #[arg(long, default_value_t = HANDSHAKE_TIMEOUT_MS_DEFAULT)]
+    handshake_timeout_ms: u64,
+    /// Login attempts one peer (as above) may make a minute, in a burst or spread;
+    /// more are refused with resourceExhausted. 0 sets no limit.
+    #[arg(long, default_value_t = LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT)]
+    login_attempts_per_minute: u32,
     /// Largest incoming message in bytes; larger ones end the connection.
     #[arg(long, default_value_t = MESSAGE_BYTES_MAX_DEFAULT)]
     message_bytes_max: usize,
@@ -77,11 +92,14 @@ fn main() -> ExitCode {
         listen: (!arguments.no_tcp).then_some(arguments.listen),
         socket,
         connections_max: arguments.connections_max,
+        connections_per_address_max: arguments.connections_per_address_max,
+        handshake_timeout: std::time::Duration::from_millis(arguments.handshake_timeout_ms),
         message_bytes_max: arguments.message_bytes_max,
         cache_bytes: arguments.cache_mib.saturating_mul(1024 * 1024),
         node_limits: NodeLimits {
             subscriptions_per_principal_max: arguments.subscriptions_per_principal_max,
             calls_in_flight_per_login_max: arguments.calls_in_flight_max,
+            login_attempts_per_minute: arguments.login_attempts_per_minute,
         },
     };
     match engram_server::run(config) {

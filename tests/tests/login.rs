@@ -116,6 +116,36 @@ fn a_good_signature_logs_in_and_everything_else_is_unauthenticated() {
             ErrorCode::Unauthenticated,
         );
 
+        // Every failed login reads the same: an unknown key is not told apart from a
+        // registered one with a bad signature, nor from a used nonce.
+        let (unknown, bad_signature, reused) = {
+            let first = challenge(terminal).await;
+            let unknown = login(
+                terminal,
+                &stranger.verifying_key().to_bytes(),
+                &first.nonce,
+                &sign(&stranger, &first),
+            )
+            .await;
+            let second = challenge(terminal).await;
+            let bad_signature = login(
+                terminal,
+                &admin_public,
+                &second.nonce,
+                &sign(&stranger, &second),
+            )
+            .await;
+            let reused = login(terminal, &admin_public, &fourth.nonce, &signature).await;
+            (unknown, bad_signature, reused)
+        };
+        let message = |result: Result<membrane::Client, ClientError>| match result {
+            Ok(_) => panic!("a failed login succeeded"),
+            Err(error) => error.to_string(),
+        };
+        let unknown = message(unknown);
+        assert_eq!(unknown, message(bad_signature));
+        assert_eq!(unknown, message(reused));
+
         // A nonce issued on one connection is worthless on another.
         let other = connect(&node.tcp()).await.unwrap();
         let fifth = challenge(terminal).await;

@@ -1,0 +1,67 @@
+//! Who is at the other end of a connection, and how often one peer may try to log in.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::error::CapabilityError;
+
+/// The peer of a connection, as per-peer limits count it: a TCP peer by its IP address
+/// (whatever its port), a Unix socket peer by its user id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Peer {
+    Address(IpAddr),
+    LocalUser(u32),
+    /// The operating system did not say (counted as one peer).
+    Unknown,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Address(address) => write!(formatter, "{address}"),
+            Peer::LocalUser(uid) => write!(formatter, "local user {uid}"),
+            Peer::Unknown => write!(formatter, "an unknown peer"),
+        }
+    }
+}
+
+/// Peers remembered before those whose allowance is whole again are forgotten.
+const REMEMBERED_PEERS_MAX: usize = 4096;
+
+/// Login attempts per peer: a token bucket holding a minute's allowance, refilled
+/// evenly over the minute. An attempt costs the node a store read and a signature
+/// verification, so a peer cannot make it do many of them.
+pub struct LoginRate {
+    limiter: Option<DefaultKeyedRateLimiter<Peer>>,
+    per_minute: u32,
+}
+
+impl LoginRate {
+    /// `per_minute` attempts a minute for each peer; 0 sets no limit.
+    pub fn new(per_minute: u32) -> LoginRate {
+        LoginRate {
+            limiter: NonZeroU32::new(per_minute)
+                .map(|rate| RateLimiter::keyed(Quota::per_minute(rate))),
+            per_minute,
+        }
+    }
+
+    /// Counts one attempt of `peer`, or refuses it with `resourceExhausted`.
+    pub fn attempt(&self, peer: &Peer) -> Result<(), CapabilityError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        if limiter.len() > REMEMBERED_PEERS_MAX {
+            limiter.retain_recent();
+        }
+        limiter.check_key(peer).map_err(|_| {
+            CapabilityError::ResourceExhausted(format!(
+                "too many login attempts from {peer}: the node allows {} a minute \
+                 (engramd --login-attempts-per-minute); try again later",
+                self.per_minute
+            ))
+        })
+    }
+}

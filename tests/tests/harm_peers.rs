@@ -1,0 +1,128 @@
+//! Anonymous peers cannot lock others out: a connection must log in within the
+//! handshake timeout, one address holds a bounded number of connections and login
+//! attempts, and every failed login reads the same.
+
+use std::time::Duration;
+
+use engram_client::{ErrorCode, connect, keyfile};
+use engram_tests::{TestNode, run_local, session};
+use tokio::io::AsyncReadExt;
+
+/// Waits until the node closes `socket` (a read returns end of file or an error).
+async fn until_closed(mut socket: tokio::net::TcpStream) {
+    let mut buffer = [0u8; 4096];
+    loop {
+        match socket.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            // A refused connection's error message: keep reading to the end.
+            Ok(_) => continue,
+        }
+    }
+}
+
+#[test]
+fn idle_sockets_cannot_lock_out_a_real_client() {
+    let node = TestNode::start_with(&["--connections-max", "16", "--handshake-timeout-ms", "500"]);
+    run_local(async {
+        let mut idle = Vec::new();
+        for _ in 0..20 {
+            idle.push(
+                tokio::net::TcpStream::connect(node.tcp_address())
+                    .await
+                    .unwrap(),
+            );
+        }
+        // The node closes every one of them: the refused at once, the others once
+        // their handshake time is up. None of them sent a byte.
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            futures::future::join_all(idle.into_iter().map(until_closed)),
+        )
+        .await
+        .expect("sockets that never log in are held open");
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        engram_client::create_world(&admin.admin().unwrap(), "w")
+            .await
+            .unwrap();
+        // A connection that logged in is not cut by the handshake timeout.
+        let connection = connect(&node.tcp()).await.unwrap();
+        let membrane = connection.login(&node.admin_key()).await.unwrap();
+        let probe = tokio::net::TcpStream::connect(node.tcp_address())
+            .await
+            .unwrap();
+        until_closed(probe).await;
+        membrane.graft().await.unwrap();
+    });
+}
+
+#[test]
+fn one_address_holds_a_bounded_number_of_connections() {
+    let node = TestNode::start_with(&["--connections-per-address-max", "3"]);
+    run_local(async {
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let connection = connect(&node.tcp()).await.unwrap();
+            connection.login(&node.admin_key()).await.unwrap();
+            held.push(connection);
+        }
+        let fourth = connect(&node.tcp()).await.unwrap();
+        let error = match fourth.login(&node.admin_key()).await {
+            Ok(_) => panic!("a fourth connection from one address was served"),
+            Err(error) => error,
+        };
+        assert_eq!(error.code(), Some(ErrorCode::ResourceExhausted), "{error}");
+        assert!(
+            error.to_string().contains("3 connections from one address"),
+            "{error}"
+        );
+        // The Unix socket's peers are counted apart from TCP addresses.
+        let local = session(&node.unix(), &node.admin_key()).await;
+        engram_client::create_world(&local.admin().unwrap(), "w")
+            .await
+            .unwrap();
+        // A place comes back once a connection is closed and the node has seen it.
+        held.pop().unwrap().close().await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let connection = connect(&node.tcp()).await.unwrap();
+            match connection.login(&node.admin_key()).await {
+                Ok(_) => break,
+                Err(error) => {
+                    assert_eq!(error.code(), Some(ErrorCode::ResourceExhausted));
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "the place of a closed connection never came back"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn login_attempts_per_address_are_rate_limited() {
+    let node = TestNode::start_with(&["--login-attempts-per-minute", "5"]);
+    run_local(async {
+        let stranger = keyfile::generate().unwrap();
+        let connection = connect(&node.tcp()).await.unwrap();
+        for _ in 0..5 {
+            let error = match connection.login(&stranger).await {
+                Ok(_) => panic!("an unknown key logged in"),
+                Err(error) => error,
+            };
+            assert_eq!(error.code(), Some(ErrorCode::Unauthenticated), "{error}");
+        }
+        // Past the rate, even the right key waits, on a new connection too.
+        for connection in [connection, connect(&node.tcp()).await.unwrap()] {
+            let error = match connection.login(&node.admin_key()).await {
+                Ok(_) => panic!("a login past the rate went through"),
+                Err(error) => error,
+            };
+            assert_eq!(error.code(), Some(ErrorCode::ResourceExhausted), "{error}");
+            assert!(error.to_string().contains("login attempts"), "{error}");
+        }
+        // Another peer (the Unix socket) is not held back by this address.
+        session(&node.unix(), &node.admin_key()).await;
+    });
+}
