@@ -43,7 +43,7 @@ impl WorldReader {
         let world = self.world.clone();
         let restriction = (*self.grip.restriction).clone();
         let explain = request.explain;
-        let (ranked, compared_exactly) = tokio::task::spawn_blocking(move || {
+        let (ranked, coverage) = tokio::task::spawn_blocking(move || {
             store.ask_ranked(
                 &vectors,
                 &texts,
@@ -60,14 +60,8 @@ impl WorldReader {
         // The epoch may have moved while the search ran.
         self.check()?;
         let mut results = results.get();
-        if compared_exactly > 0 {
-            results.set_warning(
-                format!(
-                    "the search indexes are catching up: {compared_exactly} atoms they do \
-                     not hold yet were compared exactly"
-                )
-                .as_str(),
-            );
+        if let Some(warning) = coverage.warning() {
+            results.set_warning(warning.as_str());
         }
         let mut hits = results.init_hits(ranked.len() as u32);
         for (index, found) in ranked.iter().enumerate() {

@@ -581,11 +581,53 @@ impl ReadView {
     }
 }
 
+/// How much of a world a ranked ask searched, beyond what the indexes answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// Visible atoms the indexes did not hold yet, compared exactly instead.
+    pub compared_exactly: usize,
+    /// More atoms than a search's budget were newer than an index: the newest of them
+    /// were not searched.
+    pub tail_cut: bool,
+    /// The text search stopped at its budget of matching documents.
+    pub text_budget_spent: bool,
+}
+
+impl Coverage {
+    /// What a reader should be told, or `None` when the indexes answered everything.
+    pub fn warning(&self) -> Option<String> {
+        let mut notes = Vec::new();
+        if self.compared_exactly > 0 {
+            notes.push(format!(
+                "the search indexes are catching up: {} atoms they do not hold yet were \
+                 compared exactly",
+                self.compared_exactly
+            ));
+        }
+        if self.tail_cut {
+            notes.push(format!(
+                "more than {} atoms are newer than the search indexes: the newest were not \
+                 searched; ask again once they have caught up",
+                limits::SEARCH_EXAMINED_MAX
+            ));
+        }
+        if self.text_budget_spent {
+            notes.push(format!(
+                "the text search examined its budget of {} matching atoms before finding \
+                 enough that pass the filters: narrow the words or the filters",
+                limits::SEARCH_EXAMINED_MAX
+            ));
+        }
+        (!notes.is_empty()).then(|| notes.join("; "))
+    }
+}
+
 impl Store {
     /// Ranked ask: by similarity to `vector`, by words of `text`, or both fused by
     /// reciprocal rank; the best `query.limit` atoms of `world` by [`rank::score`] among
     /// those `query` and `allowed` let through. What the indexes do not cover yet is
-    /// compared exactly; returns the ranked atoms and how many atoms were so compared.
+    /// compared exactly, within a budget; returns the ranked atoms and how much was
+    /// searched outside the indexes.
     #[allow(clippy::too_many_arguments)]
     pub fn ask_ranked(
         &self,
@@ -596,22 +638,25 @@ impl Store {
         vector: &[f32],
         text: &str,
         allowed: &(dyn Fn(&AtomFacts) -> bool + Sync),
-    ) -> Result<(Vec<Ranked>, usize), StoreError> {
+    ) -> Result<(Vec<Ranked>, Coverage), StoreError> {
         query.validate()?;
         let filter = |facts: &AtomFacts| query.matches_facts(facts) && allowed(facts);
         // Rank more candidates than asked for, so the other factors can reorder them.
         let candidates = query.limit as usize * 4;
-        let mut compared_exactly = 0;
+        let mut coverage = Coverage::default();
         let mut by_vector = Vec::new();
         if !vector.is_empty() {
             let answer = vectors.search(self, world, vector, candidates, &filter)?;
-            compared_exactly += answer.compared_exactly;
+            coverage.compared_exactly += answer.compared_exactly;
+            coverage.tail_cut |= answer.tail_cut;
             by_vector = answer.matches;
         }
         let mut by_text = Vec::new();
         if !text.is_empty() {
             let answer = texts.search(self, world, text, candidates, &filter)?;
-            compared_exactly += answer.compared_exactly;
+            coverage.compared_exactly += answer.compared_exactly;
+            coverage.tail_cut |= answer.tail_cut;
+            coverage.text_budget_spent = answer.budget_spent;
             by_text = answer.matches;
         }
         // One entry per atom: its facts and where the rankings placed it.
@@ -672,6 +717,6 @@ impl Store {
                 ),
             });
         }
-        Ok((ranked, compared_exactly))
+        Ok((ranked, coverage))
     }
 }

@@ -30,6 +30,11 @@ pub const REPLAY_LIMIT_MAX: u32 = 1000;
 /// Log entries one `replay` call examines before returning its cursor, so that a
 /// narrowly restricted reader never makes one call scan a whole world.
 pub const REPLAY_EXAMINED_MAX: usize = 10_000;
+/// What one search examines at most: the text index's matching documents, and the atoms
+/// newer than an index compared outside it. Past it the answer is partial and says so.
+pub const SEARCH_EXAMINED_MAX: usize = 10_000;
+/// Distinct words in one text query.
+pub const TEXT_QUERY_WORDS_MAX: usize = 64;
 /// Write requests queued for the writer thread before submitters wait.
 pub const WRITE_QUEUE_REQUESTS_MAX: usize = 4096;
 /// Write requests folded into one durable transaction (group commit).

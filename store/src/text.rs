@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use redb::ReadableTable;
 use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, Occur, QueryParser, TermQuery};
+use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TEXT, Value};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 use crate::Store;
 use crate::error::StoreError;
+use crate::limits::{SEARCH_EXAMINED_MAX, TEXT_QUERY_WORDS_MAX};
 use crate::tables::WORLDS;
 use crate::vector::AtomFacts;
 
@@ -45,11 +46,16 @@ pub struct TextAnswer {
     pub matches: Vec<TextMatch>,
     /// Atoms matched word by word because the index did not hold them yet.
     pub compared_exactly: usize,
+    /// Atoms newer than the index were left unsearched: there were more than the
+    /// search's budget.
+    pub tail_cut: bool,
+    /// The search stopped widening at its budget of matching documents: better matches
+    /// that pass the filters may exist.
+    pub budget_spent: bool,
 }
 
 /// The lexical index of every world.
 pub struct TextIndex {
-    index: Index,
     writing: Mutex<Writing>,
     reader: IndexReader,
     world: Field,
@@ -102,7 +108,6 @@ impl TextIndex {
             .try_into()
             .map_err(failed)?;
         Ok(TextIndex {
-            index,
             writing: Mutex::new(Writing {
                 writer,
                 added_through: 0,
@@ -183,15 +188,34 @@ impl TextIndex {
         limit: usize,
         allowed: &(dyn Fn(&AtomFacts) -> bool + Sync),
     ) -> Result<TextAnswer, StoreError> {
-        let query_words = words(text);
+        let mut query_words = words(text);
+        query_words.sort_unstable();
+        query_words.dedup();
         if query_words.is_empty() {
             return Err(StoreError::InvalidQuery {
                 reason: "the query text has no words to search for".into(),
             });
         }
+        if query_words.len() > TEXT_QUERY_WORDS_MAX {
+            return Err(StoreError::InvalidQuery {
+                reason: format!(
+                    "the query text has {} distinct words; the limit is {TEXT_QUERY_WORDS_MAX}",
+                    query_words.len()
+                ),
+            });
+        }
         let covered = self.covered_commit();
-        let parser = QueryParser::for_index(&self.index, vec![self.text]);
-        let (text_query, _) = parser.parse_query_lenient(text);
+        // Words, and nothing else: any word matches (BM25 ranks those with more first);
+        // no query syntax (wildcards, ranges, fields) reaches tantivy.
+        let any_word: Vec<(Occur, Box<dyn Query>)> = query_words
+            .iter()
+            .map(|word| {
+                let term = Term::from_field_text(self.text, word);
+                let query: Box<dyn Query> =
+                    Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs));
+                (Occur::Should, query)
+            })
+            .collect();
         let query = BooleanQuery::new(vec![
             (
                 Occur::Must,
@@ -200,57 +224,77 @@ impl TextIndex {
                     IndexRecordOption::Basic,
                 )),
             ),
-            (Occur::Must, text_query),
+            (Occur::Must, Box::new(BooleanQuery::new(any_word))),
         ]);
         let searcher = self.reader.searcher();
         let mut matches = Vec::new();
-        {
-            let facts = self.facts.read().expect("never poisoned");
-            // Widen until enough atoms pass the filters, or nothing more matches.
-            let mut window = limit.max(1) * 4;
-            loop {
-                let found = searcher
-                    .search(&query, &TopDocs::with_limit(window).order_by_score())
-                    .map_err(failed)?;
-                matches.clear();
-                for (score, address) in &found {
-                    let document: TantivyDocument = searcher.doc(*address).map_err(failed)?;
-                    let Some(commit) = document
-                        .get_first(self.commit)
-                        .and_then(|value| value.as_u64())
-                    else {
-                        continue;
-                    };
+        let mut budget_spent = false;
+        // Widen until enough atoms pass the filters, nothing more matches, or the search
+        // has examined its budget. The facts are locked only while filtering, so the
+        // indexer never waits on a search's own work.
+        let mut window = (limit.max(1) * 4).min(SEARCH_EXAMINED_MAX);
+        loop {
+            let found = searcher
+                .search(&query, &TopDocs::with_limit(window).order_by_score())
+                .map_err(failed)?;
+            let mut commits = Vec::with_capacity(found.len());
+            for (score, address) in &found {
+                let document: TantivyDocument = searcher.doc(*address).map_err(failed)?;
+                if let Some(commit) = document
+                    .get_first(self.commit)
+                    .and_then(|value| value.as_u64())
+                {
+                    commits.push((*score, commit));
+                }
+            }
+            matches.clear();
+            {
+                let facts = self.facts.read().expect("never poisoned");
+                for (score, commit) in commits {
                     if commit <= covered
                         && let Some(fact) = facts.get(&commit).filter(|fact| allowed(fact))
                     {
                         matches.push(TextMatch {
                             commit,
                             importance: fact.importance,
-                            score: *score,
+                            score,
                         });
                     }
                 }
-                if matches.len() >= limit || found.len() < window {
-                    break;
-                }
-                window *= 4;
             }
+            if matches.len() >= limit || found.len() < window {
+                break;
+            }
+            if window == SEARCH_EXAMINED_MAX {
+                budget_spent = true;
+                break;
+            }
+            window = (window * 4).min(SEARCH_EXAMINED_MAX);
         }
         matches.truncate(limit);
         // What the index does not hold yet is matched word by word.
         let view = store.read()?;
         let mut compared_exactly = 0;
+        let mut tail_cut = false;
         let mut tail = Vec::new();
-        for atom in view.atoms_in_log(world, covered, u64::MAX)? {
+        for (examined, atom) in view.atoms_in_log(world, covered, u64::MAX)?.enumerate() {
+            if examined == SEARCH_EXAMINED_MAX {
+                tail_cut = true;
+                break;
+            }
             let atom = atom?;
+            let facts = AtomFacts::of(&atom);
+            if !allowed(&facts) {
+                continue;
+            }
+            // Counted only when visible: the count must not tell about hidden atoms.
             compared_exactly += 1;
             let atom_words = words(&atom.content.text);
             let matched = query_words
                 .iter()
                 .filter(|word| atom_words.contains(word))
                 .count();
-            if matched > 0 && allowed(&AtomFacts::of(&atom)) {
+            if matched > 0 {
                 tail.push(TextMatch {
                     commit: atom.commit,
                     importance: atom.content.importance,
@@ -272,6 +316,8 @@ impl TextIndex {
         Ok(TextAnswer {
             matches: merged,
             compared_exactly,
+            tail_cut,
+            budget_spent,
         })
     }
 }

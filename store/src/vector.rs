@@ -25,6 +25,7 @@ use hnsw_rs::prelude::{AnnT, DistDot, Hnsw, HnswIo};
 
 use crate::atom::{AtomKind, PublicKey};
 use crate::error::StoreError;
+use crate::limits::SEARCH_EXAMINED_MAX;
 use crate::tables::WORLDS;
 use crate::{Atom, Store};
 use redb::ReadableTable;
@@ -112,6 +113,9 @@ pub struct SimilarityAnswer {
     pub matches: Vec<Similar>,
     /// Atoms compared exactly because the graph did not hold them yet.
     pub compared_exactly: usize,
+    /// Atoms newer than the graph were left unsearched: there were more than the
+    /// search's budget.
+    pub tail_cut: bool,
 }
 
 /// Every world's graph, and the commit up to which they hold every vector.
@@ -515,6 +519,7 @@ impl VectorIndex {
             return Ok(SimilarityAnswer {
                 matches: Vec::new(),
                 compared_exactly: 0,
+                tail_cut: false,
             });
         }
         if info.dimension as usize != query.len() {
@@ -592,19 +597,26 @@ impl VectorIndex {
         }
         // The tail the graph does not cover yet is compared exactly, from the store.
         let mut compared_exactly = 0;
-        for atom in view.atoms_in_log(world, covered, u64::MAX)? {
+        let mut tail_cut = false;
+        for (examined, atom) in view.atoms_in_log(world, covered, u64::MAX)?.enumerate() {
+            if examined == SEARCH_EXAMINED_MAX {
+                tail_cut = true;
+                break;
+            }
             let atom = atom?;
+            if !allowed(&AtomFacts::of(&atom)) {
+                continue;
+            }
             let Some(unit) = normalized(&atom.content.vector) else {
                 continue;
             };
+            // Counted only when visible: the count must not tell about hidden atoms.
             compared_exactly += 1;
-            if allowed(&AtomFacts::of(&atom)) {
-                matches.push(Similar {
-                    commit: atom.commit,
-                    importance: atom.content.importance,
-                    similarity: cosine(dot(&query, &unit), query.len()),
-                });
-            }
+            matches.push(Similar {
+                commit: atom.commit,
+                importance: atom.content.importance,
+                similarity: cosine(dot(&query, &unit), query.len()),
+            });
         }
         // The graph answered only commits up to `covered` and the tail holds only later
         // ones, so no atom appears twice.
@@ -613,6 +625,7 @@ impl VectorIndex {
         Ok(SimilarityAnswer {
             matches,
             compared_exactly,
+            tail_cut,
         })
     }
 }

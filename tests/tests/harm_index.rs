@@ -102,3 +102,88 @@ fn a_crafted_vector_cannot_stop_the_similarity_index() {
     let log = std::fs::read_to_string(node.log_path()).unwrap();
     assert!(!log.contains("panicked"), "the node's log:\n{log}");
 }
+
+/// The texts of a text ask.
+async fn by_text(
+    session: &Session,
+    world: &str,
+    text: &str,
+) -> Result<Vec<String>, engram_client::ClientError> {
+    let filter = Filter {
+        text: text.into(),
+        limit: 10,
+        ..Filter::default()
+    };
+    let atoms = engram_client::ask(&session.reader(world).unwrap(), &filter).await?;
+    let mut texts: Vec<String> = atoms.into_iter().map(|atom| atom.text).collect();
+    texts.sort();
+    Ok(texts)
+}
+
+#[test]
+fn text_search_takes_words_and_never_query_syntax() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        engram_client::create_world(&admin.admin().unwrap(), "words")
+            .await
+            .unwrap();
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        let atoms: Vec<NewAtom> = ["alphabet soup", "alpha centauri", "gamma ray"]
+            .into_iter()
+            .map(NewAtom::fact)
+            .collect();
+        engram_client::remember(&admin.writer("words").unwrap(), &atoms)
+            .await
+            .unwrap();
+        // Whether the index or the word-by-word tail answers, the words are the words.
+        for _ in 0..2 {
+            // A wildcard is no word: nothing to search for.
+            engram_tests::assert_code(
+                by_text(&admin, "words", "*").await,
+                engram_client::ErrorCode::InvalidArgument,
+            );
+            // A prefix wildcard is the word itself.
+            assert_eq!(
+                by_text(&admin, "words", "alpha*").await.unwrap(),
+                ["alpha centauri"]
+            );
+            // A range is three words, none of them in any atom.
+            assert!(
+                by_text(&admin, "words", "[a TO z]")
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            // A field prefix is a word too: `world:` does not reach another field.
+            assert_eq!(
+                by_text(&admin, "words", "world:words gamma").await.unwrap(),
+                ["gamma ray"]
+            );
+            until_text_indexed(&admin, "words").await;
+        }
+    });
+}
+
+/// Waits until text asks in `world` carry no warning: the text index holds every atom.
+async fn until_text_indexed(session: &Session, world: &str) {
+    let reader = session.reader(world).unwrap();
+    let started = Instant::now();
+    loop {
+        let filter = Filter {
+            text: "probe".into(),
+            limit: 1,
+            ..Filter::default()
+        };
+        let answer = engram_client::ask_scored(&reader, &filter).await.unwrap();
+        if answer.warning.is_empty() {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{}",
+            answer.warning
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
