@@ -9,6 +9,9 @@ use crate::error::CapabilityError;
 use crate::node::Node;
 use crate::restriction::Restriction;
 
+/// Why a call through an expired capability fails.
+pub(crate) const EXPIRED: &str = "this capability has expired";
+
 /// Who holds a capability, under which epoch and grant generation, narrowed how.
 #[derive(Clone)]
 pub(crate) struct Grip {
@@ -65,7 +68,7 @@ impl Grip {
             ));
         }
         if self.restriction.expired(now_unix_ms()) {
-            return Err(CapabilityError::denied("this capability has expired"));
+            return Err(CapabilityError::denied(EXPIRED));
         }
         if let Some(world) = world
             && !self.restriction.allows_world(world)

@@ -21,6 +21,10 @@ pub const LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT: u32 = 600;
 /// bounds what the node holds for a slow subscriber.
 pub const SUBSCRIPTION_PUSH_ATOMS_MAX: u32 = 64;
 
+/// How long a subscription's end notice waits for the sink to take it; a sink that never
+/// answers does not keep the subscription counted.
+pub const SUBSCRIPTION_END_WAIT_MS: u64 = 5_000;
+
 const _: () = assert!(LOGIN_NONCES_PER_CONNECTION_MAX >= 1);
 const _: () = assert!(
     SUBSCRIPTION_PUSH_ATOMS_MAX >= 1

@@ -42,6 +42,8 @@ pub struct Node {
     pub(crate) shutdown: watch::Sender<bool>,
     /// Live subscriptions per principal.
     subscriptions: RefCell<HashMap<PublicKey, usize>>,
+    /// Ended subscriptions whose end notice is still on its way.
+    ending: Cell<usize>,
     subscription_closed: tokio::sync::Notify,
     pub(crate) limits: NodeLimits,
     /// Login attempts per peer.
@@ -103,6 +105,7 @@ impl Node {
             policy: watch::Sender::new(0),
             shutdown: watch::Sender::new(false),
             subscriptions: RefCell::new(HashMap::new()),
+            ending: Cell::new(0),
             subscription_closed: tokio::sync::Notify::new(),
             logins: LoginRate::new(limits.login_attempts_per_minute),
             limits,
@@ -171,9 +174,9 @@ impl Node {
         self.shutdown.send_replace(true);
     }
 
-    /// How many subscriptions are still running.
+    /// How many subscriptions are still running or sending their end notice.
     pub fn subscriptions_live(&self) -> usize {
-        self.subscriptions.borrow().values().sum()
+        self.subscriptions.borrow().values().sum::<usize>() + self.ending.get()
     }
 
     /// Counts a new subscription of `principal`, or says why it may not have one.
@@ -190,6 +193,8 @@ impl Node {
         Ok(())
     }
 
+    /// Counts out an ended subscription: its principal's place is free at once, while
+    /// its end notice (if any) is on its way until [`Node::end_notice_sent`].
     pub(crate) fn close_subscription(&self, principal: &PublicKey) {
         let mut subscriptions = self.subscriptions.borrow_mut();
         if let Some(count) = subscriptions.get_mut(principal) {
@@ -198,6 +203,13 @@ impl Node {
                 subscriptions.remove(principal);
             }
         }
+        self.ending.set(self.ending.get() + 1);
+    }
+
+    /// The end notice of a subscription counted out by [`Node::close_subscription`] was
+    /// taken, refused, or waited for long enough.
+    pub(crate) fn end_notice_sent(&self) {
+        self.ending.set(self.ending.get() - 1);
         self.subscription_closed.notify_waiters();
     }
 

@@ -5,6 +5,7 @@
 //! what is not yet pushed is simply not yet read.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use engram_schema::engram_capnp::{atom_sink, subscription};
 use engram_store::Query;
@@ -13,7 +14,8 @@ use tokio::sync::watch;
 use crate::convert::write_atoms;
 use crate::error::CapabilityError;
 use crate::grip::Grip;
-use crate::limits::SUBSCRIPTION_PUSH_ATOMS_MAX;
+use crate::grip::{EXPIRED, now_unix_ms};
+use crate::limits::{SUBSCRIPTION_END_WAIT_MS, SUBSCRIPTION_PUSH_ATOMS_MAX};
 
 /// The handle the subscriber holds; cancelling or dropping it ends the subscription.
 pub struct Subscription {
@@ -57,14 +59,18 @@ pub(crate) fn start(
     let (end, ended) = watch::channel(false);
     tokio::task::spawn_local(async move {
         let ending = deliver(&grip, &world, &filter, &sink, from_commit, cancelled).await;
+        // Ended: the principal's place is free, and a cancel returns, before the sink is
+        // told (which a sink stuck in a push takes only once it returns from it).
+        grip.node.close_subscription(&grip.principal);
+        end.send_replace(true);
         if let Some(reason) = ending {
             tracing::debug!(%reason, world, "subscription ends");
             let mut request = sink.end_request();
             request.get().set_reason(reason.as_str());
-            let _ = request.send().promise.await;
+            let wait = Duration::from_millis(SUBSCRIPTION_END_WAIT_MS);
+            let _ = tokio::time::timeout(wait, request.send().promise).await;
         }
-        grip.node.close_subscription(&grip.principal);
-        end.send_replace(true);
+        grip.node.end_notice_sent();
     });
     capnp_rpc::new_client(Subscription { cancel, ended })
 }
@@ -80,8 +86,25 @@ fn shutting_down(cursor: u64) -> String {
     )))
 }
 
+/// Resolves when the restriction's expiry time has come; never if it has none.
+async fn expiry(grip: &Grip) {
+    let expires_at = grip.restriction.expires_at_unix_ms;
+    if expires_at <= 0 {
+        return std::future::pending().await;
+    }
+    let left = u64::try_from(expires_at.saturating_sub(now_unix_ms())).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(left)).await;
+}
+
+/// The end notice of a subscription whose restriction expired.
+fn expired_notice() -> String {
+    coded(CapabilityError::denied(EXPIRED))
+}
+
 /// Pushes until the subscription ends. Returns the reason to tell the sink, or `None`
-/// when the subscriber itself ended it (cancelled, dropped, disconnected).
+/// when the subscriber itself ended it (cancelled, dropped, disconnected). A push the
+/// sink is slow to take is abandoned as soon as the subscription must end: cancelled,
+/// revoked, expired or shut down.
 async fn deliver(
     grip: &Grip,
     world: &str,
@@ -96,6 +119,8 @@ async fn deliver(
     let mut shutdown = node.shutdown.subscribe();
     let shows = |atom: &engram_store::Atom| filter.matches(atom) && grip.restriction.shows(atom);
     let mut cursor = from_commit;
+    let expired = expiry(grip);
+    let mut expired = std::pin::pin!(expired);
     loop {
         if *cancelled.borrow_and_update() {
             return None;
@@ -121,10 +146,28 @@ async fn deliver(
         if !atoms.is_empty() {
             let mut request = sink.push_request();
             write_atoms(request.get().init_atoms(atoms.len() as u32), &atoms);
-            // Resolves once the flow-control window has room: a slow sink holds us here.
-            if let Err(error) = request.send().await {
-                tracing::debug!(%error, world, "subscriber gone");
-                return None;
+            // Resolves once the flow-control window has room: a slow sink holds us here,
+            // but nothing that ends the subscription waits for it.
+            let mut sent = std::pin::pin!(request.send());
+            loop {
+                tokio::select! {
+                    result = &mut sent => {
+                        if let Err(error) = result {
+                            tracing::debug!(%error, world, "subscriber gone");
+                            return None;
+                        }
+                        break;
+                    }
+                    _ = cancelled.changed() => return None,
+                    _ = shutdown.changed() => return Some(shutting_down(cursor)),
+                    _ = policy.changed() => if let Err(error) = grip.check(Some(world)) {
+                        return Some(coded(error));
+                    },
+                    _ = &mut expired => return Some(expired_notice()),
+                }
+                if let Err(error) = grip.check(Some(world)) {
+                    return Some(coded(error));
+                }
             }
             cursor = next;
             continue;
@@ -142,6 +185,7 @@ async fn deliver(
             changed = cancelled.changed() => if changed.is_err() {
                 return None;
             },
+            _ = &mut expired => return Some(expired_notice()),
         }
     }
 }
