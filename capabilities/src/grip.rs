@@ -20,11 +20,13 @@ pub(crate) struct Grip {
     pub epoch: u64,
     pub generation: u64,
     pub restriction: Rc<Restriction>,
-    /// Shared by every capability of one login, attenuated or handed on.
+    /// Shared by every capability of the logins of one connection, attenuated or
+    /// handed on.
     pub budget: Rc<CallBudget>,
 }
 
-/// How many calls that wait on the writer or the blocking pool one login has in flight.
+/// How many calls that wait on the writer or the blocking pool one connection's logins
+/// have in flight.
 pub(crate) struct CallBudget {
     in_flight: Cell<usize>,
     max: usize,
@@ -86,7 +88,7 @@ impl Grip {
         let in_flight = self.budget.in_flight.get();
         if in_flight >= self.budget.max {
             return Err(CapabilityError::ResourceExhausted(format!(
-                "this login has {in_flight} calls in flight, the node's limit \
+                "this connection has {in_flight} calls in flight, the node's limit \
                  (engramd --calls-in-flight-max); wait for answers before sending more"
             )));
         }

@@ -11,9 +11,9 @@ pub const SIGN_DOMAINS_MAX: usize = 64;
 
 /// Default of `engramd --subscriptions-per-principal-max`.
 pub const SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT: usize = 256;
-/// Default of `engramd --calls-in-flight-max`: writes and verifications one login may
+/// Default of `engramd --calls-in-flight-max`: writes and verifications one connection may
 /// have waiting at once, so one client cannot fill the writer's queue for everyone.
-pub const CALLS_IN_FLIGHT_PER_LOGIN_MAX_DEFAULT: usize = 1024;
+pub const CALLS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT: usize = 1024;
 /// Default of `engramd --login-attempts-per-minute`: login attempts one peer (an IP
 /// address, or a local user on the Unix socket) may make a minute, in a burst or spread.
 pub const LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT: u32 = 600;

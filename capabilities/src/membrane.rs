@@ -19,13 +19,13 @@ use crate::world_writer::WorldWriter;
 pub struct Membrane {
     node: Rc<Node>,
     principal: PublicKey,
-    /// The calls-in-flight budget of this login, shared by every capability it grafts.
+    /// The calls-in-flight budget of the connection this login came on, shared by every
+    /// capability it grafts (and by every other login on that connection).
     budget: Rc<CallBudget>,
 }
 
 impl Membrane {
-    pub(crate) fn new(node: Rc<Node>, principal: PublicKey) -> Membrane {
-        let budget = Rc::new(CallBudget::new(node.limits.calls_in_flight_per_login_max));
+    pub(crate) fn new(node: Rc<Node>, principal: PublicKey, budget: Rc<CallBudget>) -> Membrane {
         Membrane {
             node,
             principal,

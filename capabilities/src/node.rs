@@ -55,8 +55,8 @@ pub struct Node {
 pub struct NodeLimits {
     /// Live subscriptions one principal may hold.
     pub subscriptions_per_principal_max: usize,
-    /// Writes and verifications one login may have in flight at once.
-    pub calls_in_flight_per_login_max: usize,
+    /// Writes, verifications and searches one connection may have in flight at once.
+    pub calls_in_flight_per_connection_max: usize,
     /// Login attempts one peer may make a minute; 0 sets no limit.
     pub login_attempts_per_minute: u32,
 }
@@ -65,7 +65,8 @@ impl Default for NodeLimits {
     fn default() -> Self {
         NodeLimits {
             subscriptions_per_principal_max: crate::limits::SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT,
-            calls_in_flight_per_login_max: crate::limits::CALLS_IN_FLIGHT_PER_LOGIN_MAX_DEFAULT,
+            calls_in_flight_per_connection_max:
+                crate::limits::CALLS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT,
             login_attempts_per_minute: crate::limits::LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT,
         }
     }

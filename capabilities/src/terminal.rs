@@ -10,6 +10,7 @@ use engram_schema::login_message;
 
 use crate::convert::{bytes32, malformed};
 use crate::error::{CapabilityError, Wire};
+use crate::grip::CallBudget;
 use crate::limits::LOGIN_NONCES_PER_CONNECTION_MAX;
 use crate::membrane::Membrane;
 use crate::node::Node;
@@ -29,16 +30,22 @@ pub struct Terminal {
     nonces: RefCell<VecDeque<([u8; 32], u64)>>,
     /// Notified at the first successful login, which ends the handshake timeout.
     logged_in: Rc<tokio::sync::Notify>,
+    /// The connection's calls in flight, shared by every login on it: logging in again
+    /// does not buy more.
+    budget: Rc<CallBudget>,
 }
 
 impl Terminal {
     /// The terminal of a connection from `peer`.
     pub fn new(node: Rc<Node>, peer: Peer) -> Terminal {
         Terminal {
-            node,
             peer,
             nonces: RefCell::new(VecDeque::with_capacity(LOGIN_NONCES_PER_CONNECTION_MAX)),
             logged_in: Rc::new(tokio::sync::Notify::new()),
+            budget: Rc::new(CallBudget::new(
+                node.limits.calls_in_flight_per_connection_max,
+            )),
+            node,
         }
     }
 
@@ -93,7 +100,11 @@ impl Terminal {
             .ok_or_else(failed)?;
         tracing::info!(principal = %principal.name, peer = %self.peer, "login");
         self.logged_in.notify_one();
-        Ok(Membrane::new(self.node.clone(), public_key))
+        Ok(Membrane::new(
+            self.node.clone(),
+            public_key,
+            self.budget.clone(),
+        ))
     }
 }
 

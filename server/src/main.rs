@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use engram_capabilities::NodeLimits;
 use engram_capabilities::limits::{
-    CALLS_IN_FLIGHT_PER_LOGIN_MAX_DEFAULT, LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT,
+    CALLS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT, LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT,
     SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT,
 };
 use engram_server::limits::{
@@ -64,9 +64,9 @@ struct Arguments {
     /// Live subscriptions one principal may hold; more are refused with resourceExhausted.
     #[arg(long, default_value_t = SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT)]
     subscriptions_per_principal_max: usize,
-    /// Writes and verifications one login may have in flight; more are refused with
-    /// resourceExhausted.
-    #[arg(long, default_value_t = CALLS_IN_FLIGHT_PER_LOGIN_MAX_DEFAULT)]
+    /// Writes, verifications and searches one connection (all its logins) may have in
+    /// flight; more are refused with resourceExhausted.
+    #[arg(long, default_value_t = CALLS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT)]
     calls_in_flight_max: usize,
 }
 
@@ -98,7 +98,7 @@ fn main() -> ExitCode {
         cache_bytes: arguments.cache_mib.saturating_mul(1024 * 1024),
         node_limits: NodeLimits {
             subscriptions_per_principal_max: arguments.subscriptions_per_principal_max,
-            calls_in_flight_per_login_max: arguments.calls_in_flight_max,
+            calls_in_flight_per_connection_max: arguments.calls_in_flight_max,
             login_attempts_per_minute: arguments.login_attempts_per_minute,
         },
     };

@@ -5,8 +5,8 @@
 
 use std::thread::JoinHandle;
 
-use futures::channel::{mpsc, oneshot};
-use futures::{SinkExt, StreamExt};
+use futures::channel::oneshot;
+use tokio::sync::mpsc;
 
 use crate::Store;
 use crate::error::StoreError;
@@ -15,7 +15,9 @@ use crate::write::{WriteOp, WriteOutcome, WriteRequest};
 
 type Reply = oneshot::Sender<Result<WriteOutcome, StoreError>>;
 
-/// A handle to submit writes. Cheap to clone; usable from any async runtime.
+/// A handle to submit writes. Cheap to clone; usable from any async runtime. The queue
+/// holds at most `WRITE_QUEUE_REQUESTS_MAX` requests however many handles submit:
+/// submitters past it wait.
 #[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<(WriteRequest, Reply)>,
@@ -53,7 +55,6 @@ impl Writer {
     pub async fn submit(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .clone()
             .send((request, reply))
             .await
             .map_err(|_| StoreError::WriterStopped)?;
@@ -82,7 +83,7 @@ fn run(store: Store, mut receiver: mpsc::Receiver<(WriteRequest, Reply)>, on_com
     let mut requests = Vec::with_capacity(GROUP_COMMIT_REQUESTS_MAX);
     let mut replies = Vec::with_capacity(GROUP_COMMIT_REQUESTS_MAX);
     // Block for the first request of a group, then take whatever else is already queued.
-    while let Some(first) = futures::executor::block_on(receiver.next()) {
+    while let Some(first) = receiver.blocking_recv() {
         let mut atoms = atoms_of(&first.0);
         requests.push(first.0);
         replies.push(first.1);
