@@ -14,6 +14,25 @@
 # is a 32-byte ed25519 key, a signature is 64 bytes. Times are Unix milliseconds and are
 # display claims only: nothing in engram is ordered by a wall clock; the node-wide
 # `commit` number is the time axis.
+#
+# Cost model. No call may hold up other agents' calls, so every call is bounded:
+# - A read examines at most 10,000 entries and returns at most 8 MiB of atoms (the
+#   first atom always fits). Past either, `ask` and `replay` answer with what they
+#   found and a cursor (`resumeBeforeCommit`, `nextCommit`); a ranked ask says in its
+#   `warning` what its budget left unsearched. No read answers a whole world at once.
+# - A read examines at most 256 entries on the node's RPC thread; one that needs more
+#   continues off it, among a bounded number of read workers (`engramd --read-workers`),
+#   as do every search and `verify`. Each such call, and each write, holds one of the
+#   connection's calls in flight (`engramd --calls-in-flight-max`); past it,
+#   `resourceExhausted`.
+# - A subscription pushes at most 64 atoms and 8 MiB at a time, and only while Cap'n
+#   Proto's flow-control window has room; between pushes it yields to other work.
+# - A connection that leaves its answers unread stops being read once they pass a bound
+#   (`engramd --connection-unread-bytes-max`), and is closed when it reads nothing
+#   of them for `engramd --write-stall-timeout-ms`.
+# - A connection must log in within `engramd --handshake-timeout-ms`; one peer (an IP
+#   address, or a user on the Unix socket) holds at most `--connections-per-address-max`
+#   connections and makes at most `--login-attempts-per-minute` login attempts.
 
 const schemaVersion :UInt32 = 1;
 # Bumped when this contract changes incompatibly. Additions keep the number.
@@ -30,7 +49,9 @@ const signDomain :Text = "engram/sign/v1";
 enum ErrorCode {
   # The stable codes that begin every exception description (`code: message`).
   staleEpoch @0;        # The capability was issued in an older epoch: graft again.
-  unauthenticated @1;   # Login failed: unknown key, bad signature, reused or unknown nonce.
+  unauthenticated @1;   # Login failed. One message for every cause (unknown key, bad
+                        # signature, reused or unknown nonce): it never tells whether a
+                        # key is registered.
   permissionDenied @2;  # The principal or capability does not hold the right for this call.
   invalidArgument @3;   # The request is malformed or out of range; nothing was changed.
   notFound @4;          # The named world, principal or atom does not exist.
@@ -268,15 +289,24 @@ interface WorldReader {
   # The atom with this id. `notFound` if it is not in this world or not visible
   # through this capability's restriction.
 
-  ask @2 (query :Query) -> (hits :List(Hit), warning :Text);
+  ask @2 (query :Query) -> (hits :List(Hit), warning :Text, resumeBeforeCommit :UInt64);
   # The atoms matching the filters, answered from indexes: newest first, or with
   # `query.vector` / `query.text` the most relevant first. `warning` is empty unless the
-  # answer was not served entirely by the vector and text indexes (they catch up after
-  # writes and restarts): it then says how many atoms were compared exactly instead.
+  # answer is not complete or not served entirely by the vector and text indexes (they
+  # catch up after writes and restarts): it then says what was compared exactly, what
+  # was not searched, or where the answer stopped.
+  #
+  # Every call has a budget (see "Cost model" below). A newest-first ask that reaches
+  # it before `limit` hits returns what it found with `resumeBeforeCommit` set: ask
+  # again with `query.beforeCommit` = that value for the next page. 0 means the answer
+  # is complete. A ranked ask (vector or text) answers within its budget and says in
+  # `warning` when that left atoms unsearched.
 
   replay @3 (fromCommit :UInt64, limit :UInt32) -> (atoms :List(Atom), nextCommit :UInt64);
-  # Visible atoms with commit > fromCommit in commit order, at most `limit` (1 to 1000).
-  # `nextCommit` is the cursor to pass next time (the last commit examined).
+  # Visible atoms with commit > fromCommit in commit order, at most `limit` (1 to 1000),
+  # and fewer when the call's budget is reached first. `nextCommit` is the cursor to
+  # pass next time: the last commit the call handled (it may be past the last atom
+  # returned); once the world's log is read to its end, the node's last commit.
 
   heads @4 () -> (heads :List(ChainHead));
   # The head of every writer's chain in this world.

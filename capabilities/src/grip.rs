@@ -98,6 +98,33 @@ impl Grip {
         })
     }
 
+    /// Runs `work` on the blocking pool, off the RPC thread: it holds a place among the
+    /// connection's calls in flight (or fails with `resourceExhausted`) and waits for one
+    /// of the node's read workers, so heavy reads never hold up other connections and
+    /// never run more at once than the node has workers.
+    pub async fn off_thread<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&engram_store::Store) -> Result<T, engram_store::StoreError> + Send + 'static,
+    ) -> Result<T, CapabilityError> {
+        let _permit = self.begin_call()?;
+        let _worker = self
+            .node
+            .read_workers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| CapabilityError::Unavailable("the node is shutting down".into()))?;
+        let store = self.node.store.clone();
+        let done = tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|error| {
+                CapabilityError::Store(engram_store::StoreError::TransactionFailed {
+                    reason: format!("a read task failed: {error}"),
+                })
+            })??;
+        Ok(done)
+    }
+
     /// The same grip, narrowed.
     pub fn narrowed(&self, restriction: &Restriction) -> Grip {
         Grip {

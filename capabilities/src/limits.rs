@@ -17,6 +17,11 @@ pub const CALLS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT: usize = 1024;
 /// Default of `engramd --login-attempts-per-minute`: login attempts one peer (an IP
 /// address, or a local user on the Unix socket) may make a minute, in a burst or spread.
 pub const LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT: u32 = 600;
+/// Default of `engramd --read-workers`: one read off the RPC thread per core, so heavy
+/// reads cannot crowd the RPC and writer threads out of the machine.
+pub fn read_workers_default() -> usize {
+    std::thread::available_parallelism().map_or(2, |cores| cores.get())
+}
 /// Atoms in one `AtomSink.push`. Together with Cap'n Proto's flow-control window this
 /// bounds what the node holds for a slow subscriber.
 pub const SUBSCRIPTION_PUSH_ATOMS_MAX: u32 = 64;

@@ -48,6 +48,8 @@ pub struct Node {
     pub(crate) limits: NodeLimits,
     /// Login attempts per peer.
     pub(crate) logins: LoginRate,
+    /// Places for reads that run off the RPC thread (`Grip::off_thread`).
+    pub(crate) read_workers: Arc<tokio::sync::Semaphore>,
 }
 
 /// Limits an operator configures.
@@ -59,6 +61,9 @@ pub struct NodeLimits {
     pub calls_in_flight_per_connection_max: usize,
     /// Login attempts one peer may make a minute; 0 sets no limit.
     pub login_attempts_per_minute: u32,
+    /// Reads (searches, long asks and replays, verifications) run off the RPC thread at
+    /// once; more wait for a place.
+    pub read_workers: usize,
 }
 
 impl Default for NodeLimits {
@@ -68,6 +73,7 @@ impl Default for NodeLimits {
             calls_in_flight_per_connection_max:
                 crate::limits::CALLS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT,
             login_attempts_per_minute: crate::limits::LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT,
+            read_workers: crate::limits::read_workers_default(),
         }
     }
 }
@@ -109,6 +115,7 @@ impl Node {
             ending: Cell::new(0),
             subscription_closed: tokio::sync::Notify::new(),
             logins: LoginRate::new(limits.login_attempts_per_minute),
+            read_workers: Arc::new(tokio::sync::Semaphore::new(limits.read_workers.max(1))),
             limits,
         })
     }

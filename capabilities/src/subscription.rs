@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use engram_schema::engram_capnp::{atom_sink, subscription};
-use engram_store::Query;
+use engram_store::{Query, ReadBudget, ReplayPage};
 use tokio::sync::watch;
 
 use crate::convert::write_atoms;
@@ -135,12 +135,23 @@ async fn deliver(
         // revocation that lands during the read wakes the wait below at once.
         committed.borrow_and_update();
         policy.borrow_and_update();
-        let read = node
-            .store
-            .read()
-            .and_then(|view| view.replay(world, cursor, SUBSCRIPTION_PUSH_ATOMS_MAX, &shows));
-        let (atoms, next) = match read {
-            Ok(read) => read,
+        // A bounded read on the RPC thread: a selective filter over a long backlog is
+        // read a slice at a time, with other work served between slices.
+        let read = node.store.read().and_then(|view| {
+            view.replay(
+                world,
+                cursor,
+                SUBSCRIPTION_PUSH_ATOMS_MAX,
+                ReadBudget::INLINE,
+                &shows,
+            )
+        });
+        let ReplayPage {
+            atoms,
+            next_commit: next,
+            ..
+        } = match read {
+            Ok(page) => page,
             Err(error) => return Some(coded(error.into())),
         };
         if !atoms.is_empty() {
@@ -174,6 +185,7 @@ async fn deliver(
         }
         if next > cursor {
             cursor = next;
+            tokio::task::yield_now().await;
             continue;
         }
         tokio::select! {

@@ -3,7 +3,7 @@
 use std::rc::Rc;
 
 use engram_schema::engram_capnp::world_reader;
-use engram_store::Atom;
+use engram_store::{ReadBudget, ReadView, StoreError};
 
 use crate::convert::{
     AskRequest, bytes32, malformed, read_ask, read_restriction, write_atom, write_atoms,
@@ -25,8 +25,26 @@ impl WorldReader {
         self.grip.check(Some(&self.world)).wire()
     }
 
-    fn shows(&self) -> impl Fn(&Atom) -> bool + '_ {
-        |atom| self.grip.restriction.shows(atom)
+    /// Runs `read` on the RPC thread within the inline budget; when it says it needs
+    /// more, runs it again off the thread within the call's budget (`Grip::off_thread`),
+    /// and checks the grip again after, since the epoch may have moved meanwhile.
+    async fn bounded<T: Send + 'static>(
+        &self,
+        read: impl Fn(&ReadView, ReadBudget) -> Result<(T, bool), StoreError> + Send + 'static,
+    ) -> Result<T, capnp::Error> {
+        let view = self.grip.node.store.read().wire()?;
+        let (inline, unfinished) = read(&view, ReadBudget::INLINE).wire()?;
+        drop(view);
+        if !unfinished {
+            return Ok(inline);
+        }
+        let answer = self
+            .grip
+            .off_thread(move |store| Ok(read(&store.read()?, ReadBudget::CALL)?.0))
+            .await
+            .wire()?;
+        self.check()?;
+        Ok(answer)
     }
 
     /// A ranked ask (by vector, text or both): the search runs off the RPC thread,
@@ -36,27 +54,26 @@ impl WorldReader {
         request: AskRequest,
         mut results: world_reader::AskResults,
     ) -> Result<(), capnp::Error> {
-        let _permit = self.grip.begin_call().wire()?;
         let node = &self.grip.node;
-        let (store, vectors, texts) =
-            (node.store.clone(), node.vectors.clone(), node.texts.clone());
+        let (vectors, texts) = (node.vectors.clone(), node.texts.clone());
         let world = self.world.clone();
         let restriction = (*self.grip.restriction).clone();
         let explain = request.explain;
-        let (ranked, coverage) = tokio::task::spawn_blocking(move || {
-            store.ask_ranked(
-                &vectors,
-                &texts,
-                &world,
-                &request.query,
-                &request.vector,
-                &request.text,
-                &|facts| restriction.shows_facts(facts),
-            )
-        })
-        .await
-        .map_err(|error| capnp::Error::failed(format!("internal: search task failed: {error}")))?
-        .wire()?;
+        let (ranked, coverage) = self
+            .grip
+            .off_thread(move |store| {
+                store.ask_ranked(
+                    &vectors,
+                    &texts,
+                    &world,
+                    &request.query,
+                    &request.vector,
+                    &request.text,
+                    &|facts| restriction.shows_facts(facts),
+                )
+            })
+            .await
+            .wire()?;
         // The epoch may have moved while the search ran.
         self.check()?;
         let mut results = results.get();
@@ -140,16 +157,32 @@ impl world_reader::Server for WorldReader {
             return self.ask_ranked(request, results).await;
         }
         let (query, explain) = (request.query, request.explain);
-        let atoms = self
-            .grip
-            .node
-            .store
-            .read()
-            .wire()?
-            .ask(&self.world, &query, &self.shows())
-            .wire()?;
-        let mut hits = results.get().init_hits(atoms.len() as u32);
-        for (rank, atom) in atoms.iter().enumerate() {
+        let restriction = (*self.grip.restriction).clone();
+        let world = self.world.clone();
+        let page = self
+            .bounded(move |view, budget| {
+                let page = view.ask(&world, &query, budget, &|atom| restriction.shows(atom))?;
+                let unfinished = page.examined_budget_spent;
+                Ok((page, unfinished))
+            })
+            .await?;
+        let mut results = results.get();
+        if let Some(before) = page.resume_before_commit {
+            results.set_resume_before_commit(before);
+            results.set_warning(
+                format!(
+                    "this answer stopped at the node's budget for one call ({} entries \
+                     examined, {} MiB returned) with {} atoms; ask again with beforeCommit \
+                     {before} for more",
+                    engram_store::limits::READ_EXAMINED_MAX,
+                    engram_store::limits::ANSWER_BYTES_MAX / (1024 * 1024),
+                    page.atoms.len()
+                )
+                .as_str(),
+            );
+        }
+        let mut hits = results.init_hits(page.atoms.len() as u32);
+        for (rank, atom) in page.atoms.iter().enumerate() {
             let mut hit = hits.reborrow().get(rank as u32);
             // Newest first: the score falls with rank so clients can merge answers.
             hit.set_score(1.0 / (rank as f64 + 1.0));
@@ -168,22 +201,21 @@ impl world_reader::Server for WorldReader {
     ) -> Result<(), capnp::Error> {
         self.check()?;
         let params = params.get()?;
-        let (atoms, next) = self
-            .grip
-            .node
-            .store
-            .read()
-            .wire()?
-            .replay(
-                &self.world,
-                params.get_from_commit(),
-                params.get_limit(),
-                &self.shows(),
-            )
-            .wire()?;
+        let (from_commit, limit) = (params.get_from_commit(), params.get_limit());
+        let restriction = (*self.grip.restriction).clone();
+        let world = self.world.clone();
+        let page = self
+            .bounded(move |view, budget| {
+                let page = view.replay(&world, from_commit, limit, budget, &|atom| {
+                    restriction.shows(atom)
+                })?;
+                let unfinished = page.examined_budget_spent;
+                Ok((page, unfinished))
+            })
+            .await?;
         let mut results = results.get();
-        results.set_next_commit(next);
-        write_atoms(results.init_atoms(atoms.len() as u32), &atoms);
+        results.set_next_commit(page.next_commit);
+        write_atoms(results.init_atoms(page.atoms.len() as u32), &page.atoms);
         Ok(())
     }
 
@@ -217,15 +249,12 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::VerifyResults,
     ) -> Result<(), capnp::Error> {
         self.check()?;
-        let _permit = self.grip.begin_call().wire()?;
         // Hashing every entry is CPU work: it runs off the RPC thread.
-        let store = self.grip.node.store.clone();
         let world = self.world.clone();
-        let report = tokio::task::spawn_blocking(move || store.read()?.verify(&world))
+        let report = self
+            .grip
+            .off_thread(move |store| store.read()?.verify(&world))
             .await
-            .map_err(|error| {
-                capnp::Error::failed(format!("internal: verify task failed: {error}"))
-            })?
             .wire()?;
         self.check()?;
         let mut builder = results.get().init_report();

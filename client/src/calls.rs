@@ -56,7 +56,8 @@ pub async fn ask(
         .collect())
 }
 
-/// `ask` with each hit's score, similarity and explanation, and the node's warning.
+/// `ask` with each hit's score, similarity and explanation, the node's warning, and
+/// where to continue when the answer stopped at the node's budget for one call.
 pub async fn ask_scored(
     reader: &world_reader::Client,
     filter: &Filter,
@@ -83,6 +84,7 @@ pub async fn ask_scored(
             .get_warning()?
             .to_string()
             .map_err(capnp::Error::from)?,
+        resume_before_commit: Some(results.get_resume_before_commit()).filter(|commit| *commit > 0),
     })
 }
 

@@ -497,6 +497,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if !answer.warning.is_empty() {
                 eprintln!("engram: note: {}", answer.warning);
             }
+            if let Some(before) = answer.resume_before_commit {
+                eprintln!("engram: note: more may match: run again with --before {before}");
+            }
             if json_output {
                 let hits: Vec<Value> = answer
                     .hits

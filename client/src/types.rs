@@ -204,8 +204,11 @@ pub struct HitView {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Answer {
     pub hits: Vec<HitView>,
-    /// Empty unless part of the answer was not served by the vector index.
+    /// Empty unless the answer is incomplete or was not served entirely by the indexes.
     pub warning: String,
+    /// Set when a newest-first answer stopped at the node's budget for one call: ask
+    /// again with `Filter::before_commit` set to it for the next page.
+    pub resume_before_commit: Option<u64>,
 }
 
 /// The acknowledgement of one durable write.

@@ -68,6 +68,11 @@ struct Arguments {
     /// flight; more are refused with resourceExhausted.
     #[arg(long, default_value_t = CALLS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT)]
     calls_in_flight_max: usize,
+    /// Reads that run off the RPC thread at once (searches, asks and replays that
+    /// examine more than a few hundred entries, verifications); more wait their turn
+    /// [default: the number of cores].
+    #[arg(long)]
+    read_workers: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -100,6 +105,9 @@ fn main() -> ExitCode {
             subscriptions_per_principal_max: arguments.subscriptions_per_principal_max,
             calls_in_flight_per_connection_max: arguments.calls_in_flight_max,
             login_attempts_per_minute: arguments.login_attempts_per_minute,
+            read_workers: arguments
+                .read_workers
+                .unwrap_or_else(engram_capabilities::limits::read_workers_default),
         },
     };
     match engram_server::run(config) {

@@ -4,8 +4,8 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use engram_store::atom::{EntryHeader, decode_entry, encode_entry, entry_hash};
 use engram_store::{
-    AtomContent, AtomKind, Authority, Grant, Principal, Query, Store, WriteOp, WriteOutcome,
-    WriteRequest,
+    AtomContent, AtomKind, Authority, Grant, Principal, Query, ReadBudget, Store, WriteOp,
+    WriteOutcome, WriteRequest,
 };
 
 const WRITER: [u8; 32] = [7; 32];
@@ -153,7 +153,8 @@ fn benchmarks(criterion: &mut Criterion) {
                 limit: 10,
                 ..Query::default()
             };
-            view.ask("bench", &query, &|_| true).unwrap()
+            view.ask("bench", &query, ReadBudget::CALL, &|_| true)
+                .unwrap()
         })
     });
 }

@@ -238,6 +238,26 @@ pub struct Atom {
     pub content: AtomContent,
 }
 
+impl Atom {
+    /// About how many bytes the atom takes in an answer: what the budgets of one call's
+    /// answer count.
+    pub fn answer_bytes(&self) -> usize {
+        let content = &self.content;
+        // Ids, keys, numbers and the message's own structure.
+        const FIXED: usize = 256;
+        FIXED
+            + content.text.len()
+            + content.payload.len()
+            + content.vector.len() * 4
+            + content
+                .labels
+                .iter()
+                .map(|label| label.len() + 8)
+                .sum::<usize>()
+            + content.links.len() * 48
+    }
+}
+
 /// The fields of an entry before it is hashed.
 pub struct EntryHeader<'a> {
     pub world: &'a str,

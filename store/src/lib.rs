@@ -37,6 +37,7 @@ pub use epoch::Epoch;
 pub use error::StoreError;
 pub use principal::{Grant, Principal, Right};
 pub use query::Query;
+
 pub use rank::Ranked;
 pub use text::TextIndex;
 pub use vector::{AtomFacts, VectorIndex};
@@ -489,36 +490,58 @@ impl ReadView {
     }
 
     /// Atoms of `world` with commit > `from_commit` in commit order for which `visible`
-    /// holds, at most `limit`. Returns them and the cursor to continue from: the last
-    /// commit examined, which may be past the last atom returned.
+    /// holds, at most `limit`, within `budget`. The page's cursor is the last commit
+    /// handled, which may be past the last atom returned.
     pub fn replay(
         &self,
         world: &str,
         from_commit: u64,
         limit: u32,
+        budget: ReadBudget,
         visible: &dyn Fn(&Atom) -> bool,
-    ) -> Result<(Vec<Atom>, u64), StoreError> {
+    ) -> Result<ReplayPage, StoreError> {
         self.require_world(world)?;
         validate_replay_limit(limit)?;
-        let mut found = Vec::new();
-        let mut cursor = from_commit;
-        for atom in self
-            .atoms_in_log(world, from_commit, u64::MAX)?
-            .take(limits::REPLAY_EXAMINED_MAX)
-        {
+        let mut page = ReplayPage {
+            atoms: Vec::new(),
+            next_commit: from_commit,
+            examined_budget_spent: false,
+        };
+        let mut bytes = 0;
+        let mut stopped = false;
+        for (examined, atom) in self.atoms_in_log(world, from_commit, u64::MAX)?.enumerate() {
+            if examined == budget.examined {
+                page.examined_budget_spent = true;
+                stopped = true;
+                break;
+            }
             let atom = atom?;
-            cursor = atom.commit;
             if visible(&atom) {
-                found.push(atom);
-                if found.len() == limit as usize {
+                bytes += atom.answer_bytes();
+                if bytes > budget.bytes && !page.atoms.is_empty() {
+                    stopped = true;
                     break;
                 }
+                page.next_commit = atom.commit;
+                page.atoms.push(atom);
+                if page.atoms.len() == limit as usize {
+                    stopped = true;
+                    break;
+                }
+            } else {
+                page.next_commit = atom.commit;
             }
         }
-        Ok((found, cursor))
+        if !stopped {
+            // The world's log is read to its end: the cursor moves to the node's last
+            // commit, so it does not tell where the world's last (perhaps hidden) atom is.
+            page.next_commit = page.next_commit.max(self.last_commit()?);
+        }
+        Ok(page)
     }
 
-    /// The newest atoms of `world` that match `query` and `visible`, newest first.
+    /// The newest atoms of `world` that match `query` and `visible`, newest first,
+    /// within `budget`: past it the page says where to continue.
     ///
     /// Candidates come from one index: the first label's postings, else the kinds', else
     /// the writers', else the world's entries; every other filter is checked on each
@@ -527,8 +550,9 @@ impl ReadView {
         &self,
         world: &str,
         query: &Query,
+        budget: ReadBudget,
         visible: &dyn Fn(&Atom) -> bool,
-    ) -> Result<Vec<Atom>, StoreError> {
+    ) -> Result<AskPage, StoreError> {
         self.require_world(world)?;
         query.validate()?;
         let upper = query.before_commit.unwrap_or(u64::MAX);
@@ -561,17 +585,36 @@ impl ReadView {
                 commit
             })?
         };
-        let mut found = Vec::with_capacity(query.limit as usize);
-        for commit in candidates {
-            let atom = self.load(world, commit?)?;
+        let mut page = AskPage {
+            atoms: Vec::with_capacity(query.limit as usize),
+            resume_before_commit: None,
+            examined_budget_spent: false,
+        };
+        let mut bytes = 0;
+        // The oldest commit handled so far: where the next page would start.
+        let mut handled_down_to = upper;
+        for (examined, commit) in candidates.enumerate() {
+            let commit = commit?;
+            if examined == budget.examined {
+                page.examined_budget_spent = true;
+                page.resume_before_commit = Some(handled_down_to);
+                break;
+            }
+            let atom = self.load(world, commit)?;
             if query.matches(&atom) && visible(&atom) {
-                found.push(atom);
-                if found.len() == query.limit as usize {
+                bytes += atom.answer_bytes();
+                if bytes > budget.bytes && !page.atoms.is_empty() {
+                    page.resume_before_commit = Some(handled_down_to);
+                    break;
+                }
+                page.atoms.push(atom);
+                if page.atoms.len() == query.limit as usize {
                     break;
                 }
             }
+            handled_down_to = commit;
         }
-        Ok(found)
+        Ok(page)
     }
 
     /// Recomputes every chain of `world`; see [`VerifyReport`].
@@ -579,6 +622,51 @@ impl ReadView {
         self.require_world(world)?;
         chain::verify_world(self.entries(), &self.table(HEADS)?, world)
     }
+}
+
+/// What one read may examine and return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadBudget {
+    /// Entries examined (candidates loaded, whether they pass or not).
+    pub examined: usize,
+    /// Bytes of atoms returned, by [`Atom::answer_bytes`]; the first atom always fits.
+    pub bytes: usize,
+}
+
+impl ReadBudget {
+    /// What a read may do on the RPC thread before it moves to the blocking pool.
+    pub const INLINE: ReadBudget = ReadBudget {
+        examined: limits::READ_INLINE_EXAMINED_MAX,
+        bytes: limits::ANSWER_BYTES_MAX,
+    };
+    /// What one call may do in all.
+    pub const CALL: ReadBudget = ReadBudget {
+        examined: limits::READ_EXAMINED_MAX,
+        bytes: limits::ANSWER_BYTES_MAX,
+    };
+}
+
+/// One page of a replay.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplayPage {
+    /// In commit order.
+    pub atoms: Vec<Atom>,
+    /// The cursor to continue from: the last commit handled.
+    pub next_commit: u64,
+    /// The page stopped at its budget of entries examined.
+    pub examined_budget_spent: bool,
+}
+
+/// One page of a structured ask.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AskPage {
+    /// Newest first.
+    pub atoms: Vec<Atom>,
+    /// Set when the page stopped at its budget before `limit` atoms and before the
+    /// world's oldest atom: ask again with this `beforeCommit` to continue.
+    pub resume_before_commit: Option<u64>,
+    /// The page stopped at its budget of entries examined (not of bytes).
+    pub examined_budget_spent: bool,
 }
 
 /// How much of a world a ranked ask searched, beyond what the indexes answered.

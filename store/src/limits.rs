@@ -27,9 +27,17 @@ pub const ASK_LIMIT_MAX: u32 = 1000;
 pub const QUERY_FILTER_VALUES_MAX: usize = 64;
 /// Atoms returned by one `replay` call.
 pub const REPLAY_LIMIT_MAX: u32 = 1000;
-/// Log entries one `replay` call examines before returning its cursor, so that a
-/// narrowly restricted reader never makes one call scan a whole world.
-pub const REPLAY_EXAMINED_MAX: usize = 10_000;
+/// Entries one `ask` or `replay` call examines before it answers with what it found
+/// and a cursor to continue from, so that no filter or restriction makes one call scan
+/// a whole world.
+pub const READ_EXAMINED_MAX: usize = 10_000;
+/// Entries a read examines on the RPC thread: one that needs more starts again off it,
+/// on the blocking pool, so it never holds up other connections.
+pub const READ_INLINE_EXAMINED_MAX: usize = 256;
+/// Bytes of atoms in one answer (`ask`, `replay`, one subscription push), counted by
+/// `Atom::answer_bytes`; past it the answer is partial with a cursor. An answer always
+/// holds at least one atom, so the largest atom still fits.
+pub const ANSWER_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// What one search examines at most: the text index's matching documents, and the atoms
 /// newer than an index compared outside it. Past it the answer is partial and says so.
 pub const SEARCH_EXAMINED_MAX: usize = 10_000;
@@ -47,5 +55,6 @@ pub const CACHE_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
 
 const _: () = assert!(GROUP_COMMIT_ATOMS_MAX >= BATCH_ATOMS_MAX);
 const _: () = assert!(GROUP_COMMIT_REQUESTS_MAX <= WRITE_QUEUE_REQUESTS_MAX);
-const _: () = assert!(REPLAY_EXAMINED_MAX >= REPLAY_LIMIT_MAX as usize);
+const _: () = assert!(READ_EXAMINED_MAX >= REPLAY_LIMIT_MAX as usize);
+const _: () = assert!(READ_INLINE_EXAMINED_MAX <= READ_EXAMINED_MAX);
 const _: () = assert!(LABEL_BYTES_MAX <= ATOM_TEXT_BYTES_MAX);

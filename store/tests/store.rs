@@ -1,8 +1,8 @@
 //! The store through its public API on a temporary redb file.
 
 use engram_store::{
-    AtomContent, AtomKind, Authority, Grant, Principal, Query, Store, StoreError, WriteOp,
-    WriteOutcome, WriteRequest,
+    AtomContent, AtomKind, Authority, Grant, Principal, Query, ReadBudget, Store, StoreError,
+    WriteOp, WriteOutcome, WriteRequest,
 };
 
 const ALICE: [u8; 32] = [0xa1; 32];
@@ -226,8 +226,9 @@ fn ask_filters_from_indexes_newest_first() {
     let view = fixture.store.read().unwrap();
     let check = |query: Query, expected: &[&str]| {
         let texts: Vec<String> = view
-            .ask("team/auth", &query, &|_| true)
+            .ask("team/auth", &query, ReadBudget::CALL, &|_| true)
             .unwrap()
+            .atoms
             .into_iter()
             .map(|atom| atom.content.text)
             .collect();
@@ -281,12 +282,63 @@ fn ask_filters_from_indexes_newest_first() {
         },
         &["atom 2", "atom 0"],
     );
-    let (replayed, cursor) = view.replay("team/auth", 58, 10, &|_| true).unwrap();
+    let page = view
+        .replay("team/auth", 58, 10, ReadBudget::CALL, &|_| true)
+        .unwrap();
     assert_eq!(
-        replayed.iter().map(|atom| atom.commit).collect::<Vec<_>>(),
+        page.atoms
+            .iter()
+            .map(|atom| atom.commit)
+            .collect::<Vec<_>>(),
         vec![59, 60, 61]
     );
-    assert_eq!(cursor, 61);
+    assert_eq!(page.next_commit, 61);
+
+    // Within a budget of 5 entries, a selective ask answers in pages, each with the
+    // commit to continue before; following them finds what one long scan would.
+    let selective = Query {
+        min_importance: 0.3,
+        max_importance: 0.34,
+        ..Query::default()
+    };
+    let small = ReadBudget {
+        examined: 5,
+        bytes: usize::MAX,
+    };
+    let mut found = Vec::new();
+    let mut before = None;
+    let mut pages = 0;
+    loop {
+        let page = view
+            .ask(
+                "team/auth",
+                &Query {
+                    before_commit: before,
+                    ..selective.clone()
+                },
+                small,
+                &|_| true,
+            )
+            .unwrap();
+        pages += 1;
+        found.extend(page.atoms.into_iter().map(|atom| atom.content.text));
+        match page.resume_before_commit {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(found, ["atom 20", "atom 19", "atom 18"]);
+    assert!(pages > 5, "{pages} pages");
+    // A budget of bytes: one atom a page, the cursor moving one at a time.
+    let one_atom = ReadBudget {
+        examined: usize::MAX,
+        bytes: 1,
+    };
+    let page = view
+        .replay("team/auth", 0, 10, one_atom, &|_| true)
+        .unwrap();
+    assert_eq!(page.atoms.len(), 1);
+    assert_eq!(page.next_commit, page.atoms[0].commit);
     assert!(matches!(
         view.ask(
             "team/auth",
@@ -294,6 +346,7 @@ fn ask_filters_from_indexes_newest_first() {
                 limit: 0,
                 ..Query::default()
             },
+            ReadBudget::CALL,
             &|_| true
         ),
         Err(StoreError::InvalidQuery { .. })

@@ -50,7 +50,7 @@ def test_a_wrong_key_and_a_replayed_nonce_are_unauthenticated(node):
     async def body():
         connection = await engram.connect(node.tcp)
         stranger = Ed25519PrivateKey.generate()
-        await expect_code("unauthenticated", connection.login(stranger))
+        unknown = await expect_code("unauthenticated", connection.login(stranger))
 
         admin = engram.load_key(node.admin_key)
         nonce, node_key, epoch = await connection.challenge()
@@ -64,7 +64,7 @@ def test_a_wrong_key_and_a_replayed_nonce_are_unauthenticated(node):
             return await engram.call(request.send())
 
         await login()
-        await expect_code("unauthenticated", login())
+        replayed = await expect_code("unauthenticated", login())
 
         # Another key's signature over a fresh nonce.
         nonce, node_key, epoch = await connection.challenge()
@@ -72,7 +72,9 @@ def test_a_wrong_key_and_a_replayed_nonce_are_unauthenticated(node):
         request.publicKey = engram.public_key_bytes(admin)
         request.nonce = nonce
         request.signature = stranger.sign(engram.login_message(nonce, node_key, epoch))
-        await expect_code("unauthenticated", engram.call(request.send()))
+        wrong = await expect_code("unauthenticated", engram.call(request.send()))
+        # One message for every cause: it never tells whether a key is registered.
+        assert str(unknown) == str(replayed) == str(wrong)
 
     run(body())
 
@@ -344,5 +346,41 @@ def test_text_search_through_python(node):
         found = await engram.ask(reader, text="tuesdays")
         assert [atom.text for atom in found] == ["Deploys happen on Tuesdays"]
         await expect_code("invalidArgument", engram.ask(reader, text="?!"))
+
+    run(body())
+
+
+# Bounded harm: the cost model
+
+
+def test_answers_stop_at_the_budget_and_continue_by_cursor(node):
+    async def body():
+        session = await with_world(node.tcp, node, "large")
+        writer, reader = session.writer("large"), session.reader("large")
+        await engram.remember(writer, *[NewAtom(f"large {index}", payload=bytes(1024 * 1024)) for index in range(9)])
+        texts, before, pages = [], 0, 0
+        while True:
+            page = await engram.ask_page(reader, limit=100, before_commit=before)
+            pages += 1
+            assert len(page.atoms) < 9
+            texts += [atom.text for atom in page.atoms]
+            if page.resume_before_commit is None:
+                assert page.warning == ""
+                break
+            assert "beforeCommit" in page.warning
+            before = page.resume_before_commit
+        assert texts == [f"large {index}" for index in reversed(range(9))]
+        assert pages == 2
+
+    run(body())
+
+
+def test_text_queries_are_words_never_query_syntax(node):
+    async def body():
+        session = await with_world(node.tcp, node, "words")
+        writer, reader = session.writer("words"), session.reader("words")
+        await engram.remember(writer, NewAtom("alphabet soup"), NewAtom("alpha centauri"))
+        assert [atom.text for atom in await engram.ask(reader, text="alpha*")] == ["alpha centauri"]
+        await expect_code("invalidArgument", engram.ask(reader, text="*"))
 
     run(body())

@@ -19,6 +19,7 @@ Every error the node sends is raised as :class:`EngramError` with its stable ``c
 
 from .client import (
     ERROR_CODES,
+    AskPage,
     AtomView,
     Connection,
     EngramError,
@@ -29,6 +30,7 @@ from .client import (
     WorldCapabilities,
     advance_epoch,
     ask,
+    ask_page,
     attenuate_reader,
     attenuate_writer,
     call,
@@ -54,6 +56,7 @@ from .client import (
 
 __all__ = [
     "ERROR_CODES",
+    "AskPage",
     "AtomView",
     "Connection",
     "EngramError",
@@ -65,6 +68,7 @@ __all__ = [
     "add_principal",
     "advance_epoch",
     "ask",
+    "ask_page",
     "attenuate_reader",
     "attenuate_writer",
     "call",

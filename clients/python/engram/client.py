@@ -348,6 +348,53 @@ async def ask(
     return [AtomView.read(hit.atom) for hit in result.hits]
 
 
+@dataclass(frozen=True)
+class AskPage:
+    """One answer of ``ask_page``: the atoms, the node's warning (empty unless the answer
+    is incomplete or was not served entirely by the indexes), and, when a newest-first
+    answer stopped at the node's budget for one call, the ``before_commit`` to ask with
+    for the next page (``None`` once the answer is complete)."""
+
+    atoms: list[AtomView]
+    warning: str
+    resume_before_commit: int | None
+
+
+async def ask_page(
+    reader: Any,
+    kinds: Iterable[str] = (),
+    labels: Iterable[str] = (),
+    writers: Iterable[bytes] = (),
+    min_importance: float = 0.0,
+    max_importance: float = 1.0,
+    limit: int = 20,
+    before_commit: int = 0,
+    vector: Sequence[float] = (),
+    text: str = "",
+) -> AskPage:
+    """``ask``, with the node's warning and the cursor of an answer that stopped at the
+    node's budget for one call (the schema's cost model)."""
+    request = reader.ask_request()
+    _fill_filter(
+        request.init("query"),
+        kinds=kinds,
+        labels=labels,
+        writers=writers,
+        min_importance=min_importance,
+        max_importance=max_importance,
+        limit=limit,
+        before_commit=before_commit,
+        vector=vector,
+        text=text,
+    )
+    result = await call(request.send())
+    return AskPage(
+        atoms=[AtomView.read(hit.atom) for hit in result.hits],
+        warning=result.warning,
+        resume_before_commit=result.resumeBeforeCommit or None,
+    )
+
+
 async def replay(reader: Any, from_commit: int = 0, limit: int = 100) -> tuple[list[AtomView], int]:
     """Atoms after ``from_commit`` in commit order, and the cursor to continue from."""
     request = reader.replay_request()
