@@ -26,17 +26,22 @@ pub(crate) struct Grip {
 }
 
 /// How many calls that wait on the writer or the blocking pool one connection's logins
-/// have in flight.
+/// have in flight, and how many of them are reads off the RPC thread (whose answers can
+/// be large, so fewer of them may wait at once).
 pub(crate) struct CallBudget {
     in_flight: Cell<usize>,
     max: usize,
+    reads: Cell<usize>,
+    reads_max: usize,
 }
 
 impl CallBudget {
-    pub fn new(max: usize) -> CallBudget {
+    pub fn new(max: usize, reads_max: usize) -> CallBudget {
         CallBudget {
             in_flight: Cell::new(0),
             max,
+            reads: Cell::new(0),
+            reads_max,
         }
     }
 }
@@ -44,11 +49,15 @@ impl CallBudget {
 /// One call in flight; returns its place in the budget when dropped.
 pub(crate) struct CallPermit {
     budget: Rc<CallBudget>,
+    read: bool,
 }
 
 impl Drop for CallPermit {
     fn drop(&mut self) {
         self.budget.in_flight.set(self.budget.in_flight.get() - 1);
+        if self.read {
+            self.budget.reads.set(self.budget.reads.get() - 1);
+        }
     }
 }
 
@@ -95,18 +104,35 @@ impl Grip {
         self.budget.in_flight.set(in_flight + 1);
         Ok(CallPermit {
             budget: self.budget.clone(),
+            read: false,
         })
     }
 
+    /// Takes a place for a read off the RPC thread: one among the calls in flight, and
+    /// one among the connection's reads in flight.
+    fn begin_read(&self) -> Result<CallPermit, CapabilityError> {
+        let reads = self.budget.reads.get();
+        if reads >= self.budget.reads_max {
+            return Err(CapabilityError::ResourceExhausted(format!(
+                "this connection has {reads} long reads in flight, the node's limit \
+                 (engramd --reads-in-flight-max); wait for answers before sending more"
+            )));
+        }
+        let mut permit = self.begin_call()?;
+        permit.read = true;
+        self.budget.reads.set(reads + 1);
+        Ok(permit)
+    }
+
     /// Runs `work` on the blocking pool, off the RPC thread: it holds a place among the
-    /// connection's calls in flight (or fails with `resourceExhausted`) and waits for one
+    /// connection's reads in flight (or fails with `resourceExhausted`) and waits for one
     /// of the node's read workers, so heavy reads never hold up other connections and
     /// never run more at once than the node has workers.
     pub async fn off_thread<T: Send + 'static>(
         &self,
         work: impl FnOnce(&engram_store::Store) -> Result<T, engram_store::StoreError> + Send + 'static,
     ) -> Result<T, CapabilityError> {
-        let _permit = self.begin_call()?;
+        let _permit = self.begin_read()?;
         let _worker = self
             .node
             .read_workers

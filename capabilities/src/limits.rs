@@ -17,6 +17,10 @@ pub const CALLS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT: usize = 1024;
 /// Default of `engramd --login-attempts-per-minute`: login attempts one peer (an IP
 /// address, or a local user on the Unix socket) may make a minute, in a burst or spread.
 pub const LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT: u32 = 600;
+/// Default of `engramd --reads-in-flight-max`: reads off the RPC thread one connection
+/// may have waiting at once. Each may answer up to 8 MiB, so this bounds what one
+/// connection's pipelined reads can make the node hold.
+pub const READS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT: usize = 4;
 /// Default of `engramd --read-workers`: one read off the RPC thread per core, so heavy
 /// reads cannot crowd the RPC and writer threads out of the machine.
 pub fn read_workers_default() -> usize {

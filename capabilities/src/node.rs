@@ -59,6 +59,9 @@ pub struct NodeLimits {
     pub subscriptions_per_principal_max: usize,
     /// Writes, verifications and searches one connection may have in flight at once.
     pub calls_in_flight_per_connection_max: usize,
+    /// Of those, reads off the RPC thread (searches, long asks and replays,
+    /// verifications), whose answers may be large.
+    pub reads_in_flight_per_connection_max: usize,
     /// Login attempts one peer may make a minute; 0 sets no limit.
     pub login_attempts_per_minute: u32,
     /// Reads (searches, long asks and replays, verifications) run off the RPC thread at
@@ -72,6 +75,8 @@ impl Default for NodeLimits {
             subscriptions_per_principal_max: crate::limits::SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT,
             calls_in_flight_per_connection_max:
                 crate::limits::CALLS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT,
+            reads_in_flight_per_connection_max:
+                crate::limits::READS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT,
             login_attempts_per_minute: crate::limits::LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT,
             read_workers: crate::limits::read_workers_default(),
         }

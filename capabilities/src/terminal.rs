@@ -44,6 +44,7 @@ impl Terminal {
             logged_in: Rc::new(tokio::sync::Notify::new()),
             budget: Rc::new(CallBudget::new(
                 node.limits.calls_in_flight_per_connection_max,
+                node.limits.reads_in_flight_per_connection_max,
             )),
             node,
         }

@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod limits;
+mod outbox;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use engram_client::keyfile;
 use engram_schema::engram_capnp::terminal;
 use engram_store::writer::Writer;
 use engram_store::{Authority, Principal, Store, TextIndex, VectorIndex, WriteOp, WriteRequest};
+use outbox::{CountingWriter, Guarded, Outbox, PausingReader};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
@@ -50,6 +52,10 @@ pub struct Config {
     pub connections_per_address_max: usize,
     /// How long a connection may take to log in before it is closed.
     pub handshake_timeout: std::time::Duration,
+    /// Bytes of answers a connection may leave unread before its calls stop being read.
+    pub connection_unread_bytes_max: usize,
+    /// How long a connection's peer may take none of its answers before it is closed.
+    pub write_stall_timeout: std::time::Duration,
     pub message_bytes_max: usize,
     pub node_limits: NodeLimits,
     /// Bytes of the store's page cache.
@@ -441,12 +447,16 @@ fn connect(
         traversal_limit_in_words: Some(config.message_bytes_max / 8),
         nesting_limit: limits::MESSAGE_NESTING_MAX,
     };
+    let outbox = Outbox::new(config.connection_unread_bytes_max);
+    let writer = CountingWriter::new(writer, outbox.clone(), config.write_stall_timeout);
+    let reader = PausingReader::new(reader, outbox.clone());
     let network = twoparty::VatNetwork::new(
         reader.compat(),
         writer.compat_write(),
         rpc_twoparty_capnp::Side::Server,
         options,
     );
+    let network = Guarded::new(Box::new(network), outbox.clone());
     let connections = connections.clone();
     if let Some(reason) = refusal {
         let bootstrap =
@@ -483,7 +493,9 @@ fn connect(
             Some(ended) => ended,
             None => rpc_system.await,
         };
-        if let Err(error) = ended {
+        if outbox.stalled() {
+            tracing::warn!(%peer, "connection closed: its peer read none of its answers in time");
+        } else if let Err(error) = ended {
             tracing::debug!(%error, "connection ended");
         }
         connections.close(&peer);

@@ -8,6 +8,12 @@ pub const CONNECTIONS_PER_ADDRESS_MAX_DEFAULT: usize = 256;
 /// How long a new connection may take to log in before it is closed
 /// (`--handshake-timeout-ms`).
 pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Bytes of answers a connection may leave unread before the node stops reading its
+/// calls (`--connection-unread-bytes-max`).
+pub const CONNECTION_UNREAD_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
+/// How long a connection's peer may read none of its answers before the node closes it
+/// (`--write-stall-timeout-ms`).
+pub const WRITE_STALL_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// Connections past `--connections-max` answered with `resourceExhausted` at once;
 /// beyond them, a connection is closed without an answer.
 pub const REFUSED_CONNECTIONS_MAX: usize = 64;

@@ -7,11 +7,12 @@ use clap::Parser;
 use engram_capabilities::NodeLimits;
 use engram_capabilities::limits::{
     CALLS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT, LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT,
-    SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT,
+    READS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT, SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT,
 };
 use engram_server::limits::{
-    CONNECTIONS_MAX_DEFAULT, CONNECTIONS_PER_ADDRESS_MAX_DEFAULT, HANDSHAKE_TIMEOUT_MS_DEFAULT,
-    MESSAGE_BYTES_MAX_DEFAULT,
+    CONNECTION_UNREAD_BYTES_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT,
+    CONNECTIONS_PER_ADDRESS_MAX_DEFAULT, HANDSHAKE_TIMEOUT_MS_DEFAULT, MESSAGE_BYTES_MAX_DEFAULT,
+    WRITE_STALL_TIMEOUT_MS_DEFAULT,
 };
 use engram_server::{Config, SOCKET_FILE};
 use engram_store::limits::CACHE_BYTES_DEFAULT;
@@ -51,6 +52,14 @@ struct Arguments {
     /// Milliseconds a new connection may take to log in before it is closed.
     #[arg(long, default_value_t = HANDSHAKE_TIMEOUT_MS_DEFAULT)]
     handshake_timeout_ms: u64,
+    /// Bytes of answers a connection may leave unread; past it, its calls are not read
+    /// until it reads its answers.
+    #[arg(long, default_value_t = CONNECTION_UNREAD_BYTES_MAX_DEFAULT)]
+    connection_unread_bytes_max: usize,
+    /// Milliseconds a connection's peer may read none of its waiting answers before the
+    /// connection is closed.
+    #[arg(long, default_value_t = WRITE_STALL_TIMEOUT_MS_DEFAULT)]
+    write_stall_timeout_ms: u64,
     /// Login attempts one peer (as above) may make a minute, in a burst or spread;
     /// more are refused with resourceExhausted. 0 sets no limit.
     #[arg(long, default_value_t = LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT)]
@@ -68,6 +77,10 @@ struct Arguments {
     /// flight; more are refused with resourceExhausted.
     #[arg(long, default_value_t = CALLS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT)]
     calls_in_flight_max: usize,
+    /// Of those, reads off the RPC thread (searches, long asks and replays,
+    /// verifications) one connection may have in flight.
+    #[arg(long, default_value_t = READS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT)]
+    reads_in_flight_max: usize,
     /// Reads that run off the RPC thread at once (searches, asks and replays that
     /// examine more than a few hundred entries, verifications); more wait their turn
     /// [default: the number of cores].
@@ -99,11 +112,14 @@ fn main() -> ExitCode {
         connections_max: arguments.connections_max,
         connections_per_address_max: arguments.connections_per_address_max,
         handshake_timeout: std::time::Duration::from_millis(arguments.handshake_timeout_ms),
+        connection_unread_bytes_max: arguments.connection_unread_bytes_max,
+        write_stall_timeout: std::time::Duration::from_millis(arguments.write_stall_timeout_ms),
         message_bytes_max: arguments.message_bytes_max,
         cache_bytes: arguments.cache_mib.saturating_mul(1024 * 1024),
         node_limits: NodeLimits {
             subscriptions_per_principal_max: arguments.subscriptions_per_principal_max,
             calls_in_flight_per_connection_max: arguments.calls_in_flight_max,
+            reads_in_flight_per_connection_max: arguments.reads_in_flight_max,
             login_attempts_per_minute: arguments.login_attempts_per_minute,
             read_workers: arguments
                 .read_workers

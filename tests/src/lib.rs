@@ -139,6 +139,38 @@ impl TestNode {
         keyfile::read(&self.admin_key_path()).expect("the admin key")
     }
 
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the node is running").id()
+    }
+
+    /// A field of the node's `/proc/PID/status` in KiB, e.g. `VmHWM` (peak RSS).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("reading the node's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|value| value.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in the node's status"))
+    }
+
+    /// Waits until the node's log contains `text`, or fails after `deadline`.
+    pub async fn until_logged(&self, text: &str, deadline: std::time::Duration) {
+        let started = std::time::Instant::now();
+        loop {
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            if log.contains(text) {
+                return;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "the node never logged {text:?}; its log:\n{log}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL: no chance to clean up.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

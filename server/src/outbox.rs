@@ -1,0 +1,279 @@
+//! What a connection has been sent and has not read: the node stops reading a peer's
+//! calls while their answers pile up unread, and closes a connection whose peer reads
+//! nothing for too long. Without it, a peer that pipelines calls and never reads its
+//! socket would grow capnp-rpc's outgoing queue, and the node's memory, without bound.
+//!
+//! Messages are counted as they enter capnp-rpc's queue (a wrapper of its vat network)
+//! and as their bytes leave for the socket (a wrapper of the socket's write half). The
+//! queue side counts each message's words, the socket side its bytes with their frame,
+//! so the count never overstates what is queued and never goes below zero.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use capnp::capability::Promise;
+use capnp_rpc::rpc_twoparty_capnp::Side;
+use capnp_rpc::{Connection, FlowController, IncomingMessage, OutgoingMessage, VatNetwork};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// One connection's answers in flight to its peer.
+pub struct Outbox {
+    /// Bytes queued for the peer and not yet taken by its socket.
+    unread: Cell<usize>,
+    /// Past this, the peer's next call is not read until it reads its answers.
+    unread_max: usize,
+    /// The read side, waiting for `unread` to fall to `unread_max`.
+    reader: RefCell<Option<Waker>>,
+    /// Set once the node closed the connection because its peer stopped reading.
+    stalled: Cell<bool>,
+}
+
+impl Outbox {
+    pub fn new(unread_max: usize) -> Rc<Outbox> {
+        Rc::new(Outbox {
+            unread: Cell::new(0),
+            unread_max,
+            reader: RefCell::new(None),
+            stalled: Cell::new(false),
+        })
+    }
+
+    /// Whether the node closed the connection because its peer read nothing in time.
+    pub fn stalled(&self) -> bool {
+        self.stalled.get()
+    }
+
+    fn queued(&self, bytes: usize) {
+        self.unread.set(self.unread.get().saturating_add(bytes));
+    }
+
+    fn written(&self, bytes: usize) {
+        let before = self.unread.get();
+        self.unread.set(before.saturating_sub(bytes));
+        // The read side waits on the bound only when it was past it.
+        if before > self.unread_max
+            && self.unread.get() <= self.unread_max
+            && let Some(reader) = self.reader.borrow_mut().take()
+        {
+            reader.wake();
+        }
+    }
+
+    /// The peer took none of its answers in time: the read side fails too, which ends
+    /// the connection.
+    fn stall(&self) {
+        self.stalled.set(true);
+        if let Some(reader) = self.reader.borrow_mut().take() {
+            reader.wake();
+        }
+    }
+}
+
+/// A vat network whose connection counts what it queues in an [`Outbox`].
+pub struct Guarded {
+    inner: Box<dyn VatNetwork<Side>>,
+    outbox: Rc<Outbox>,
+}
+
+impl Guarded {
+    pub fn new(inner: Box<dyn VatNetwork<Side>>, outbox: Rc<Outbox>) -> Guarded {
+        Guarded { inner, outbox }
+    }
+}
+
+impl VatNetwork<Side> for Guarded {
+    fn connect(&mut self, host_id: Side) -> Option<Box<dyn Connection<Side>>> {
+        let outbox = self.outbox.clone();
+        self.inner
+            .connect(host_id)
+            .map(|inner| Box::new(GuardedConnection { inner, outbox }) as Box<dyn Connection<Side>>)
+    }
+
+    fn accept(&mut self) -> Promise<Box<dyn Connection<Side>>, capnp::Error> {
+        let accepted = self.inner.accept();
+        let outbox = self.outbox.clone();
+        Promise::from_future(async move {
+            let inner = accepted.await?;
+            Ok(Box::new(GuardedConnection { inner, outbox }) as Box<dyn Connection<Side>>)
+        })
+    }
+
+    fn drive_until_shutdown(&mut self) -> Promise<(), capnp::Error> {
+        self.inner.drive_until_shutdown()
+    }
+}
+
+struct GuardedConnection {
+    inner: Box<dyn Connection<Side>>,
+    outbox: Rc<Outbox>,
+}
+
+impl Connection<Side> for GuardedConnection {
+    fn get_peer_vat_id(&self) -> Side {
+        self.inner.get_peer_vat_id()
+    }
+
+    fn new_outgoing_message(&mut self, first_segment_word_size: u32) -> Box<dyn OutgoingMessage> {
+        Box::new(CountedMessage {
+            inner: self.inner.new_outgoing_message(first_segment_word_size),
+            outbox: self.outbox.clone(),
+        })
+    }
+
+    fn receive_incoming_message(
+        &mut self,
+    ) -> Promise<Option<Box<dyn IncomingMessage>>, capnp::Error> {
+        self.inner.receive_incoming_message()
+    }
+
+    fn new_stream(&mut self) -> (Box<dyn FlowController>, Promise<(), capnp::Error>) {
+        self.inner.new_stream()
+    }
+
+    fn shutdown(&mut self, result: capnp::Result<()>) -> Promise<(), capnp::Error> {
+        self.inner.shutdown(result)
+    }
+}
+
+struct CountedMessage {
+    inner: Box<dyn OutgoingMessage>,
+    outbox: Rc<Outbox>,
+}
+
+impl OutgoingMessage for CountedMessage {
+    fn get_body(&mut self) -> capnp::Result<capnp::any_pointer::Builder<'_>> {
+        self.inner.get_body()
+    }
+
+    fn get_body_as_reader(&self) -> capnp::Result<capnp::any_pointer::Reader<'_>> {
+        self.inner.get_body_as_reader()
+    }
+
+    fn send(
+        self: Box<Self>,
+    ) -> (
+        Promise<(), capnp::Error>,
+        Rc<capnp::message::Builder<capnp::message::HeapAllocator>>,
+    ) {
+        self.outbox.queued(self.inner.size_in_words() * 8);
+        self.inner.send()
+    }
+
+    fn take(self: Box<Self>) -> capnp::message::Builder<capnp::message::HeapAllocator> {
+        self.inner.take()
+    }
+
+    fn size_in_words(&self) -> usize {
+        self.inner.size_in_words()
+    }
+}
+
+/// The socket's read half: reads only while the peer's unread answers are within the
+/// bound, and fails once the connection stalled.
+pub struct PausingReader<R> {
+    inner: R,
+    outbox: Rc<Outbox>,
+}
+
+impl<R> PausingReader<R> {
+    pub fn new(inner: R, outbox: Rc<Outbox>) -> PausingReader<R> {
+        PausingReader { inner, outbox }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for PausingReader<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.outbox.stalled.get() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the peer read none of its answers in time",
+            )));
+        }
+        let polled = if this.outbox.unread.get() > this.outbox.unread_max {
+            Poll::Pending
+        } else {
+            Pin::new(&mut this.inner).poll_read(context, buffer)
+        };
+        if polled.is_pending() {
+            // Woken by the socket, by answers read, or by a stall.
+            *this.outbox.reader.borrow_mut() = Some(context.waker().clone());
+        }
+        polled
+    }
+}
+
+/// The socket's write half: counts what the peer's socket takes, and fails the
+/// connection once the peer has taken nothing for `stall_timeout` while answers wait.
+pub struct CountingWriter<W> {
+    inner: W,
+    outbox: Rc<Outbox>,
+    stall_timeout: Duration,
+    /// Running while a write waits for the peer to read.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<W> CountingWriter<W> {
+    pub fn new(inner: W, outbox: Rc<Outbox>, stall_timeout: Duration) -> CountingWriter<W> {
+        CountingWriter {
+            inner,
+            outbox,
+            stall_timeout,
+            stall: None,
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for CountingWriter<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write(context, buffer) {
+            Poll::Ready(Ok(written)) => {
+                this.stall = None;
+                this.outbox.written(written);
+                Poll::Ready(Ok(written))
+            }
+            Poll::Pending => {
+                let timeout = this.stall_timeout;
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if stall.as_mut().poll(context).is_ready() {
+                    this.outbox.stall();
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the peer read none of its answers in time",
+                    )));
+                }
+                Poll::Pending
+            }
+            ready => ready,
+        }
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(context)
+    }
+}
