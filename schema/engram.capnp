@@ -179,7 +179,21 @@ struct Restriction {
   # readers see only atoms that carry at least one of these labels.
   maxImportance @3 :Float32 = 1.0;
   # Writers may not write atoms above it; readers see only atoms at or below it.
-  expiresAtUnixMs @4 :Int64;  # 0 = no expiry; after it every call is `permissionDenied`.
+  expiresAtUnixMs @4 :Int64;
+  # 0 = no expiry; after it every call is `permissionDenied`, and a subscription ends
+  # with `permissionDenied` when it expires, whether or not anything is delivered.
+  #
+  # What a restriction hides. A reader or observer whose restriction hides atoms (by
+  # kind, label or importance) learns nothing of a hidden atom from any method: not its
+  # content, its id, its writer, nor that it exists. No answer contains one; counts
+  # (`verify`'s entries and chains, `ask`'s warning) count only visible atoms; `heads`
+  # shows, for each writer with a visible atom, its newest visible atom (not the
+  # chain's true head) and nothing of a writer with none; `verify` checks every entry
+  # but names a bad one only when it is a visible atom whose bytes changed. What it can
+  # learn, by the nature of hash chains and a node-wide commit counter: a visible
+  # atom's `seq` and `prev` show that its writer wrote entries before it that the reader
+  # may not see, and a cursor (`nextCommit`, `resumeBeforeCommit`) is a node-wide commit
+  # number, which may be that of an atom the call examined and did not return.
 }
 
 struct Epoch {
@@ -309,10 +323,14 @@ interface WorldReader {
   # returned); once the world's log is read to its end, the node's last commit.
 
   heads @4 () -> (heads :List(ChainHead));
-  # The head of every writer's chain in this world.
+  # The head of every writer's chain in this world. Through a restriction that hides
+  # atoms: each writer's newest visible atom instead, and no writer without one (see
+  # `Restriction`); `resourceExhausted` if finding them takes more than a call's budget.
 
   verify @5 () -> (report :VerifyReport);
-  # Recomputes every chain of this world and names the first bad entry, if any.
+  # Recomputes every chain of this world and names the first bad entry, if any. Through
+  # a restriction that hides atoms, the report speaks only of visible atoms (see
+  # `Restriction`).
 
   attenuate @6 (restriction :Restriction) -> (reader :WorldReader);
   # A reader narrowed by `restriction`. It can be handed to another process.

@@ -54,6 +54,7 @@ impl CapabilityError {
                 StoreError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
                 StoreError::PermissionDenied { .. } => ErrorCode::PermissionDenied,
                 StoreError::WriterStopped => ErrorCode::Unavailable,
+                StoreError::BudgetSpent { .. } => ErrorCode::ResourceExhausted,
                 _ => ErrorCode::Internal,
             },
         }

@@ -62,6 +62,12 @@ impl Restriction {
         self.expires_at_unix_ms != 0 && now_unix_ms >= self.expires_at_unix_ms
     }
 
+    /// Whether this restriction hides any atom (by kind, label or importance), as
+    /// opposed to narrowing only worlds and time.
+    pub(crate) fn hides_atoms(&self) -> bool {
+        self.kinds.is_some() || self.labels.is_some() || self.max_importance < 1.0
+    }
+
     /// Whether a reader under this restriction sees `atom`.
     pub(crate) fn shows(&self, atom: &Atom) -> bool {
         let content = &atom.content;

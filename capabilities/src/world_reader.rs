@@ -225,14 +225,29 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::HeadsResults,
     ) -> Result<(), capnp::Error> {
         self.check()?;
-        let heads = self
-            .grip
-            .node
-            .store
-            .read()
-            .wire()?
-            .heads(&self.world)
-            .wire()?;
+        let heads = if self.grip.restriction.hides_atoms() {
+            // A restricted reader sees the newest atom it may see of each chain, and
+            // nothing of a chain it may see no atom of.
+            let restriction = (*self.grip.restriction).clone();
+            let world = self.world.clone();
+            self.bounded(move |view, budget| {
+                match view.visible_heads(&world, budget, &|atom| restriction.shows(atom)) {
+                    Err(StoreError::BudgetSpent { .. }) if budget == ReadBudget::INLINE => {
+                        Ok((Vec::new(), true))
+                    }
+                    found => found.map(|heads| (heads, false)),
+                }
+            })
+            .await?
+        } else {
+            self.grip
+                .node
+                .store
+                .read()
+                .wire()?
+                .heads(&self.world)
+                .wire()?
+        };
         let mut list = results.get().init_heads(heads.len() as u32);
         for (index, head) in heads.iter().enumerate() {
             let mut entry = list.reborrow().get(index as u32);
@@ -251,9 +266,15 @@ impl world_reader::Server for WorldReader {
         self.check()?;
         // Hashing every entry is CPU work: it runs off the RPC thread.
         let world = self.world.clone();
+        let restriction = (*self.grip.restriction).clone();
         let report = self
             .grip
-            .off_thread(move |store| store.read()?.verify(&world))
+            .off_thread(move |store| {
+                let shows = |atom: &engram_store::Atom| restriction.shows(atom);
+                let visible: Option<&dyn Fn(&engram_store::Atom) -> bool> =
+                    restriction.hides_atoms().then_some(&shows);
+                store.read()?.verify(&world, visible)
+            })
             .await
             .wire()?;
         self.check()?;

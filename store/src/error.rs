@@ -58,6 +58,9 @@ pub enum StoreError {
     #[error("the write transaction failed, nothing was written: {reason}")]
     TransactionFailed { reason: String },
     /// The writer thread has stopped (the node is shutting down).
+    #[error("{what} needs more than one call's budget ({examined} entries examined)")]
+    BudgetSpent { what: String, examined: usize },
+
     #[error("the writer has stopped; the node is shutting down")]
     WriterStopped,
     /// Stored bytes do not decode: the file is damaged or was written by a newer engram.

@@ -489,6 +489,48 @@ impl ReadView {
         chain::heads_of(&self.table(HEADS)?, world)
     }
 
+    /// For a reader that sees only the atoms `visible` lets through: each writer's
+    /// newest visible atom as its head (seq and id), and no head for a writer none of
+    /// whose atoms is visible. `BudgetSpent` past `budget` entries examined.
+    pub fn visible_heads(
+        &self,
+        world: &str,
+        budget: ReadBudget,
+        visible: &dyn Fn(&Atom) -> bool,
+    ) -> Result<Vec<ChainHead>, StoreError> {
+        let mut found = Vec::new();
+        let mut examined = 0;
+        let mut term = Term::new();
+        for head in self.heads(world)? {
+            let key = term.writer(&head.writer);
+            let written = descending(
+                &self.snapshot.postings,
+                (world, key, 0),
+                (world, key, u64::MAX),
+                |(_, _, commit)| commit,
+            )?;
+            for commit in written {
+                examined += 1;
+                if examined > budget.examined {
+                    return Err(StoreError::BudgetSpent {
+                        what: "finding the newest visible atom of every chain".into(),
+                        examined: budget.examined,
+                    });
+                }
+                let atom = self.load(world, commit?)?;
+                if visible(&atom) {
+                    found.push(ChainHead {
+                        writer: head.writer,
+                        seq: atom.seq,
+                        id: atom.id,
+                    });
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Atoms of `world` with commit > `from_commit` in commit order for which `visible`
     /// holds, at most `limit`, within `budget`. The page's cursor is the last commit
     /// handled, which may be past the last atom returned.
@@ -617,10 +659,18 @@ impl ReadView {
         Ok(page)
     }
 
-    /// Recomputes every chain of `world`; see [`VerifyReport`].
-    pub fn verify(&self, world: &str) -> Result<VerifyReport, StoreError> {
+    /// Recomputes every chain of `world`; see [`VerifyReport`]. Every entry is checked;
+    /// for a restricted reader (`visible`), the report speaks only of what it lets
+    /// through: it counts visible entries and the chains that hold one, and names a bad
+    /// entry only when it is a visible one whose bytes changed (else it says that an
+    /// entry the reader may not see failed, naming no writer).
+    pub fn verify(
+        &self,
+        world: &str,
+        visible: Option<&dyn Fn(&Atom) -> bool>,
+    ) -> Result<VerifyReport, StoreError> {
         self.require_world(world)?;
-        chain::verify_world(self.entries(), &self.table(HEADS)?, world)
+        chain::verify_world(self.entries(), &self.table(HEADS)?, world, visible)
     }
 }
 

@@ -88,7 +88,7 @@ fn chains_link_commits_increase_and_verify_is_clean() {
     let heads = view.heads("team/auth").unwrap();
     assert_eq!(heads.len(), 1);
     assert_eq!((heads[0].seq, heads[0].id), (2, receipts[1].id));
-    let report = view.verify("team/auth").unwrap();
+    let report = view.verify("team/auth", None).unwrap();
     assert_eq!(
         (report.chains, report.entries, report.first_bad),
         (1, 2, None)
@@ -403,7 +403,7 @@ fn a_group_larger_than_the_journal_commits_durably_in_redb() {
     }
     let view = fixture.store.read().unwrap();
     assert_eq!(view.world("team/auth").unwrap().unwrap().atoms, 20_001);
-    assert_eq!(view.verify("team/auth").unwrap().first_bad, None);
+    assert_eq!(view.verify("team/auth", None).unwrap().first_bad, None);
     // The journal (store/FORMAT.md) starts over after the durable commit: its first
     // record is the small group alone.
     let journal = std::fs::read(fixture.directory.path().join("engram.journal")).unwrap();

@@ -1,0 +1,82 @@
+//! A restricted reader learns nothing of the atoms its restriction hides: not from
+//! `heads`, `verify`, `replay`'s cursor or `ask`, as the schema's `Restriction` says.
+
+use engram_client::{NewAtom, Restriction};
+use engram_tests::{TestNode, add_principal, run_local, session};
+
+#[test]
+fn a_restricted_reader_learns_nothing_of_hidden_atoms() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        engram_client::create_world(&admin.admin().unwrap(), "mixed")
+            .await
+            .unwrap();
+        let secretive = add_principal(&admin, "secretive", &["mixed=w"]).await;
+        let open_key = add_principal(&admin, "open", &["mixed=w"]).await;
+        let secretive = session(&node.tcp(), &secretive).await;
+        let open = session(&node.tcp(), &open_key).await;
+        // One writer writes only secret atoms; the other public and secret ones.
+        for index in 0..3 {
+            engram_client::remember(
+                &secretive.writer("mixed").unwrap(),
+                &[NewAtom::fact(format!("secret {index}")).labels(&["secret"])],
+            )
+            .await
+            .unwrap();
+        }
+        let public = engram_client::remember(
+            &open.writer("mixed").unwrap(),
+            &[NewAtom::fact("public").labels(&["public"])],
+        )
+        .await
+        .unwrap();
+        let last = engram_client::remember(
+            &open.writer("mixed").unwrap(),
+            &[NewAtom::fact("open's secret").labels(&["secret"])],
+        )
+        .await
+        .unwrap();
+
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        let reader = engram_client::attenuate_reader(
+            &admin.reader("mixed").unwrap(),
+            &Restriction {
+                labels: vec!["public".into()],
+                ..Restriction::default()
+            },
+        )
+        .await
+        .unwrap();
+
+        // heads: only the open writer's chain, at its newest visible atom.
+        let heads = engram_client::heads(&reader).await.unwrap();
+        assert_eq!(heads.len(), 1, "{heads:?}");
+        assert_eq!(heads[0].writer, open_key.verifying_key().to_bytes());
+        assert_eq!((heads[0].seq, heads[0].id), (public[0].seq, public[0].id));
+        assert_ne!(heads[0].id, last[0].id);
+
+        // verify: counts what the reader sees.
+        let report = engram_client::verify(&reader).await.unwrap();
+        assert_eq!((report.chains, report.entries), (1, 1));
+        assert_eq!(report.first_bad, None);
+
+        // replay: the visible atom, and a cursor that does not stop on a hidden one.
+        let (atoms, next) = engram_client::replay(&reader, 0, 10).await.unwrap();
+        assert_eq!(atoms.len(), 1);
+        assert_eq!(atoms[0].text, "public");
+        let (atoms, after) = engram_client::replay(&reader, next, 10).await.unwrap();
+        assert!(atoms.is_empty());
+        assert_eq!(after, next);
+
+        // The unrestricted reader sees both chains at their true heads.
+        let heads = engram_client::heads(&admin.reader("mixed").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(heads.len(), 2);
+        let report = engram_client::verify(&admin.reader("mixed").unwrap())
+            .await
+            .unwrap();
+        assert_eq!((report.chains, report.entries), (2, 5));
+    });
+}
