@@ -250,6 +250,9 @@ struct WorldInfo {
   name @0 :Text;  # Lowercase segments of [a-z0-9._-] separated by '/', at most 128 bytes.
   state @1 :WorldState;
   atoms @2 :UInt64;
+  vectorDimension @3 :UInt32;
+  # The dimension every vector in the world has: set at creation, or by the world's
+  # first vector when it was created without one; 0 until then.
 }
 
 struct Health {
@@ -403,8 +406,12 @@ interface Signer {
 interface Admin {
   # Operator capability: worlds, principals and the epoch. Held by admin principals.
 
-  createWorld @0 (name :Text) -> (world :WorldInfo);
-  # `conflict` if it exists; `invalidArgument` for a malformed name.
+  createWorld @0 (name :Text, vectorDimension :UInt32) -> (world :WorldInfo);
+  # `conflict` if it exists; `invalidArgument` for a malformed name or a dimension over
+  # 4096. With `vectorDimension` (1 to 4096), every vector written to the world must
+  # have exactly that many components, the first one included; with 0, the world's
+  # first vector fixes it, so any writer, however attenuated, could choose it: set it
+  # here for worlds that hold vectors.
 
   archiveWorld @1 (name :Text) -> (world :WorldInfo);
   resumeWorld @2 (name :Text) -> (world :WorldInfo);

@@ -78,8 +78,10 @@ impl admin::Server for Admin {
         params: admin::CreateWorldParams,
         mut results: admin::CreateWorldResults,
     ) -> Result<(), capnp::Error> {
-        let name = text(params.get()?.get_name()).wire()?;
-        match self.write(WriteOp::CreateWorld { name }).await? {
+        let params = params.get()?;
+        let name = text(params.get_name()).wire()?;
+        let dimension = params.get_vector_dimension();
+        match self.write(WriteOp::CreateWorld { name, dimension }).await? {
             WriteOutcome::World(world) => write_world(results.get().init_world(), &world),
             other => unreachable!("create world answered {other:?}"),
         }

@@ -308,6 +308,7 @@ pub(crate) fn write_world(mut builder: wire::world_info::Builder<'_>, world: &Wo
         WorldState::Archived => wire::WorldState::Archived,
     });
     builder.set_atoms(world.atoms);
+    builder.set_vector_dimension(world.dimension);
 }
 
 /// An epoch head given by a client: exactly 32 bytes, or empty for all zeros.

@@ -46,6 +46,7 @@ impl CapabilityError {
                 | StoreError::PrincipalExists { .. }
                 | StoreError::LastAdmin { .. } => ErrorCode::Conflict,
                 StoreError::InvalidWorldName { .. }
+                | StoreError::InvalidWorldDimension { .. }
                 | StoreError::InvalidAtom { .. }
                 | StoreError::InvalidBatch { .. }
                 | StoreError::InvalidQuery { .. }

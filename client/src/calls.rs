@@ -210,10 +210,21 @@ pub async fn signer_public_key(signer: &signer::Client) -> Result<[u8; 32], Clie
         .map_err(|_| ClientError::InvalidInput("the node sent a key that is not 32 bytes".into()))
 }
 
-/// Creates a world.
+/// Creates a world; its first vector will fix its vector dimension.
 pub async fn create_world(admin: &admin::Client, name: &str) -> Result<WorldView, ClientError> {
+    create_world_with_dimension(admin, name, 0).await
+}
+
+/// Creates a world whose every vector must have `vector_dimension` components (0 leaves
+/// it to the first vector written).
+pub async fn create_world_with_dimension(
+    admin: &admin::Client,
+    name: &str,
+    vector_dimension: u32,
+) -> Result<WorldView, ClientError> {
     let mut request = admin.create_world_request();
     request.get().set_name(name);
+    request.get().set_vector_dimension(vector_dimension);
     WorldView::read(request.send().promise.await?.get()?.get_world()?)
 }
 

@@ -83,9 +83,19 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum WorldCommand {
-    Create { name: String },
-    Archive { name: String },
-    Resume { name: String },
+    Create {
+        name: String,
+        /// Components every vector in the world must have (1 to 4096); without it, the
+        /// world's first vector fixes it.
+        #[arg(long, default_value_t = 0)]
+        vector_dimension: u32,
+    },
+    Archive {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
     List,
 }
 
@@ -337,9 +347,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::World(command) => {
             let admin = session(&cli).await?.admin()?;
             let worlds = match command {
-                WorldCommand::Create { name } => {
-                    vec![engram_client::create_world(&admin, name).await?]
-                }
+                WorldCommand::Create {
+                    name,
+                    vector_dimension,
+                } => vec![
+                    engram_client::create_world_with_dimension(&admin, name, *vector_dimension)
+                        .await?,
+                ],
                 WorldCommand::Archive { name } => {
                     vec![engram_client::set_world_archived(&admin, name, true).await?]
                 }
@@ -358,8 +372,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 worlds
                     .iter()
                     .map(|world| {
+                        let vectors = match world.vector_dimension {
+                            0 => String::new(),
+                            dimension => format!("  vectors of {dimension}"),
+                        };
                         format!(
-                            "{}  {}  {} atoms",
+                            "{}  {}  {} atoms{vectors}",
                             world.name,
                             if world.archived { "archived" } else { "active" },
                             world.atoms

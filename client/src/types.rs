@@ -481,6 +481,8 @@ pub struct WorldView {
     pub name: String,
     pub archived: bool,
     pub atoms: u64,
+    /// Components of every vector in the world; 0 until set.
+    pub vector_dimension: u32,
 }
 
 impl WorldView {
@@ -489,10 +491,16 @@ impl WorldView {
             name: text(reader.get_name())?,
             archived: reader.get_state().map_err(capnp::Error::from)? == wire::WorldState::Archived,
             atoms: reader.get_atoms(),
+            vector_dimension: reader.get_vector_dimension(),
         })
     }
 
     pub fn to_json(&self) -> Value {
-        json!({"name": self.name, "state": if self.archived { "archived" } else { "active" }, "atoms": self.atoms})
+        json!({
+            "name": self.name,
+            "state": if self.archived { "archived" } else { "active" },
+            "atoms": self.atoms,
+            "vector_dimension": self.vector_dimension,
+        })
     }
 }

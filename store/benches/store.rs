@@ -37,6 +37,7 @@ fn store(directory: &tempfile::TempDir) -> Store {
     for op in [
         WriteOp::CreateWorld {
             name: "bench".into(),
+            dimension: 0,
         },
         WriteOp::AddPrincipal(Principal {
             name: "writer".into(),

@@ -17,6 +17,12 @@ pub enum StoreError {
     #[error("world {world:?} is archived; resume it before writing")]
     WorldArchived { world: String },
     /// A world name broke the naming rules.
+    #[error(
+        "a world's vector dimension is 1 to {max} (0 leaves it to the first vector); got {dimension}",
+        max = crate::limits::ATOM_VECTOR_DIMENSIONS_MAX
+    )]
+    InvalidWorldDimension { dimension: u32 },
+
     #[error("invalid world name {name:?}: {reason}")]
     InvalidWorldName { name: String, reason: &'static str },
     /// An atom of a batch broke a rule; `index` is its position in the batch.

@@ -16,7 +16,7 @@ use crate::atom::{
 use crate::epoch::Epoch;
 use crate::error::StoreError;
 use crate::journal::{self, Journal};
-use crate::limits::BATCH_ATOMS_MAX;
+use crate::limits::{ATOM_VECTOR_DIMENSIONS_MAX, BATCH_ATOMS_MAX};
 use crate::principal::{Grant, Principal, Right, validate_grants, validate_principal_name};
 use crate::tables::*;
 use crate::world::{WorldInfo, WorldState, validate_world_name};
@@ -41,6 +41,8 @@ pub enum WriteOp {
     },
     CreateWorld {
         name: String,
+        /// 0 leaves it to the world's first vector.
+        dimension: u32,
     },
     SetWorldState {
         name: String,
@@ -399,9 +401,14 @@ fn apply_one(
             };
             remember(tables, group, &actor, world, atoms)
         }
-        WriteOp::CreateWorld { name } => {
+        WriteOp::CreateWorld { name, dimension } => {
             if let Err(error) = validate_world_name(name) {
                 return Ok(Err(error));
+            }
+            if *dimension as usize > ATOM_VECTOR_DIMENSIONS_MAX {
+                return Ok(Err(StoreError::InvalidWorldDimension {
+                    dimension: *dimension,
+                }));
             }
             if tables.worlds.get(name.as_str())?.is_some() {
                 return Ok(Err(StoreError::WorldExists {
@@ -412,7 +419,7 @@ fn apply_one(
                 name: name.clone(),
                 state: WorldState::Active,
                 atoms: 0,
-                dimension: 0,
+                dimension: *dimension,
             };
             tables.worlds.insert(name.as_str(), world.record())?;
             Ok(Ok(WriteOutcome::World(world)))

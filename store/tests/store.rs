@@ -20,7 +20,10 @@ fn fixture() -> Fixture {
         store
             .apply_one(WriteRequest {
                 authority: Authority::Node,
-                op: WriteOp::CreateWorld { name: name.into() },
+                op: WriteOp::CreateWorld {
+                    name: name.into(),
+                    dimension: 0,
+                },
             })
             .unwrap();
     }
@@ -370,6 +373,7 @@ fn removing_the_last_admin_is_refused_and_only_admins_administer() {
         authority: Authority::Principal { key: BOB, epoch: 1 },
         op: WriteOp::CreateWorld {
             name: "mine".into(),
+            dimension: 0,
         },
     });
     assert!(matches!(verdict, Err(StoreError::PermissionDenied { .. })));

@@ -384,3 +384,16 @@ def test_text_queries_are_words_never_query_syntax(node):
         await expect_code("invalidArgument", engram.ask(reader, text="*"))
 
     run(body())
+
+
+def test_a_world_created_with_a_vector_dimension_refuses_others(node):
+    async def body():
+        session = await admin_session(node.tcp, node)
+        world = await engram.create_world(session.admin, "fixed", vector_dimension=3)
+        assert world.vectorDimension == 3
+        session = await admin_session(node.tcp, node)
+        writer = session.writer("fixed")
+        await expect_code("invalidArgument", engram.remember(writer, NewAtom("flat", vector=[1.0, 0.0])))
+        await engram.remember(writer, NewAtom("right", vector=[1.0, 0.0, 0.0]))
+
+    run(body())

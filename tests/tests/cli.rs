@@ -146,7 +146,16 @@ fn the_tour_works_and_prints_json_on_request() {
     assert_eq!(whoami["worlds"][0]["rights"], "rwo");
 
     // Similarity from the command line.
-    assert!(ok(run(&["world", "create", "vectors"])).contains("vectors"));
+    assert!(
+        ok(run(&[
+            "world",
+            "create",
+            "vectors",
+            "--vector-dimension",
+            "3"
+        ]))
+        .contains("vectors  active  0 atoms  vectors of 3")
+    );
     for (text, vector) in [("north", "0,1,0"), ("east", "1,0,0"), ("down", "0,0,-1")] {
         ok(run(&["remember", "vectors", text, "--vector", vector]));
     }

@@ -187,3 +187,54 @@ async fn until_text_indexed(session: &Session, world: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[test]
+fn a_world_created_with_a_dimension_refuses_a_first_vector_that_disagrees() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        let created =
+            engram_client::create_world_with_dimension(&admin.admin().unwrap(), "fixed", 4)
+                .await
+                .unwrap();
+        assert_eq!(created.vector_dimension, 4);
+        engram_tests::assert_code(
+            engram_client::create_world_with_dimension(&admin.admin().unwrap(), "huge", 5000).await,
+            engram_client::ErrorCode::InvalidArgument,
+        );
+        let key = add_principal(&admin, "agent", &["fixed=w"]).await;
+        let agent = session(&node.tcp(), &key).await;
+        let writer = engram_client::attenuate_writer(
+            &agent.writer("fixed").unwrap(),
+            &Restriction {
+                labels: vec!["mine".into()],
+                ..Restriction::default()
+            },
+        )
+        .await
+        .unwrap();
+        // The weakest writer cannot choose the world's dimension with its first vector.
+        engram_tests::assert_code(
+            engram_client::remember(
+                &writer,
+                &[NewAtom::fact("flat")
+                    .labels(&["mine"])
+                    .vector(vec![1.0, 0.0])],
+            )
+            .await,
+            engram_client::ErrorCode::InvalidArgument,
+        );
+        engram_client::remember(
+            &writer,
+            &[NewAtom::fact("right")
+                .labels(&["mine"])
+                .vector(vec![1.0, 0.0, 0.0, 0.0])],
+        )
+        .await
+        .unwrap();
+        let worlds = engram_client::list_worlds(&admin.admin().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(worlds[0].vector_dimension, 4);
+    });
+}

@@ -477,9 +477,12 @@ async def signer_public_key(signer: Any) -> bytes:
     return bytes((await call(signer.publicKey())).key)
 
 
-async def create_world(admin: Any, name: str) -> Any:
+async def create_world(admin: Any, name: str, vector_dimension: int = 0) -> Any:
+    """Creates a world. With ``vector_dimension`` (1 to 4096), every vector written to it
+    must have that many components; with 0, the world's first vector fixes it."""
     request = admin.createWorld_request()
     request.name = name
+    request.vectorDimension = vector_dimension
     return (await call(request.send())).world
 
 
