@@ -194,6 +194,9 @@ struct Restriction {
   # atom's `seq` and `prev` show that its writer wrote entries before it that the reader
   # may not see, and a cursor (`nextCommit`, `resumeBeforeCommit`) is a node-wide commit
   # number, which may be that of an atom the call examined and did not return.
+  rate @5 :Rate;
+  # How fast the new capability, and every capability attenuated from it, may be used
+  # (see `Rate`); on top of every rate already on the holder's capability.
 }
 
 struct Epoch {
@@ -232,6 +235,19 @@ struct Grant {
   read @1 :Bool;
   write @2 :Bool;
   observe @3 :Bool;
+  rate @4 :Rate;
+  # How fast the principal may use the world, across all its logins and every
+  # capability it grafts there (default: no limit).
+}
+
+struct Rate {
+  # A token bucket of calls and of atoms written: each holds one second's worth (at
+  # least one) and refills at the rate, so bursts of up to a second's worth pass at once
+  # and more wait. 0 sets no limit. Past it, a call fails with `resourceExhausted` and
+  # does nothing. Rates only narrow: a capability obeys its grant's rate and the rate of
+  # every restriction on its way from the graft, so attenuating cannot buy more.
+  callsPerSecond @0 :UInt32;  # Calls through the capability.
+  atomsPerSecond @1 :UInt32;  # Atoms written through it (a batch counts each one).
 }
 
 struct PrincipalInfo {

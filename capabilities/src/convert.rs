@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use engram_schema::engram_capnp as wire;
 use engram_store::limits::{ATOM_LABELS_MAX, ATOM_LINKS_MAX, QUERY_FILTER_VALUES_MAX};
 use engram_store::{
-    Atom, AtomContent, AtomKind, Epoch, Grant, Hash, Link, LinkKind, Principal, Query, Receipt,
-    TimeInterval, WorldInfo, WorldState,
+    Atom, AtomContent, AtomKind, Epoch, Grant, Hash, Link, LinkKind, Principal, Query, Rate,
+    Receipt, TimeInterval, WorldInfo, WorldState,
 };
 
 use crate::error::CapabilityError;
@@ -260,6 +260,7 @@ pub(crate) fn read_restriction(
         labels: set(labels),
         max_importance,
         expires_at_unix_ms,
+        rate: read_rate(reader.get_rate().map_err(malformed)?),
     })
 }
 
@@ -279,6 +280,7 @@ pub(crate) fn read_grants(
             read: grant.get_read(),
             write: grant.get_write(),
             observe: grant.get_observe(),
+            rate: read_rate(grant.get_rate().map_err(malformed)?),
         });
     }
     Ok(grants)
@@ -298,6 +300,16 @@ pub(crate) fn write_principal(
         wire_grant.set_read(grant.read);
         wire_grant.set_write(grant.write);
         wire_grant.set_observe(grant.observe);
+        let mut rate = wire_grant.init_rate();
+        rate.set_calls_per_second(grant.rate.calls_per_second);
+        rate.set_atoms_per_second(grant.rate.atoms_per_second);
+    }
+}
+
+fn read_rate(reader: wire::rate::Reader<'_>) -> Rate {
+    Rate {
+        calls_per_second: reader.get_calls_per_second(),
+        atoms_per_second: reader.get_atoms_per_second(),
     }
 }
 

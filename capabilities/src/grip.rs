@@ -7,6 +7,7 @@ use engram_store::PublicKey;
 
 use crate::error::CapabilityError;
 use crate::node::Node;
+use crate::rate::Bucket;
 use crate::restriction::Restriction;
 
 /// Why a call through an expired capability fails.
@@ -23,6 +24,8 @@ pub(crate) struct Grip {
     /// Shared by every capability of the logins of one connection, attenuated or
     /// handed on.
     pub budget: Rc<CallBudget>,
+    /// The rates this capability obeys: its grant's, then each attenuation's.
+    pub rates: Rc<[Rc<Bucket>]>,
 }
 
 /// How many calls that wait on the writer or the blocking pool one connection's logins
@@ -151,10 +154,26 @@ impl Grip {
         Ok(done)
     }
 
-    /// The same grip, narrowed.
+    /// The epoch guard of [`Grip::check`], then one call and `atoms` atoms taken from
+    /// every rate the capability obeys: the entry of every call through it.
+    pub fn admit(&self, world: Option<&str>, atoms: u32) -> Result<(), CapabilityError> {
+        self.check(world)?;
+        for bucket in self.rates.iter() {
+            bucket.admit(atoms)?;
+        }
+        Ok(())
+    }
+
+    /// The same grip, narrowed: a rate in `restriction` adds a bucket of its own, on top
+    /// of those the capability already obeys.
     pub fn narrowed(&self, restriction: &Restriction) -> Grip {
+        let mut rates = self.rates.to_vec();
+        if let Some(bucket) = Bucket::new(restriction.rate, "this capability's restriction") {
+            rates.push(Rc::new(bucket));
+        }
         Grip {
             restriction: Rc::new(self.restriction.narrow(restriction)),
+            rates: rates.into(),
             ..self.clone()
         }
     }

@@ -15,6 +15,7 @@ pub mod membrane;
 pub mod node;
 pub mod observer;
 pub mod peer;
+mod rate;
 pub mod restriction;
 pub mod signer;
 pub mod subscription;

@@ -3,7 +3,7 @@
 use std::rc::Rc;
 
 use engram_schema::engram_capnp::membrane;
-use engram_store::{PublicKey, Right};
+use engram_store::{PublicKey, Rate, Right};
 
 use crate::admin::Admin;
 use crate::convert::{write_epoch, write_principal};
@@ -80,6 +80,7 @@ impl membrane::Server for Membrane {
             generation,
             restriction: Rc::new(Restriction::NONE),
             budget: self.budget.clone(),
+            rates: Rc::new([]),
         };
         let mut results = results.get();
         write_epoch(results.reborrow().init_epoch(), &epoch);
@@ -88,6 +89,19 @@ impl membrane::Server for Membrane {
         for (index, world) in worlds.iter().enumerate() {
             let mut entry = list.reborrow().get(index as u32);
             entry.set_world(world.name.as_str());
+            // The grant's rate, shared by every login of the principal.
+            let rate = principal
+                .grants
+                .iter()
+                .find(|grant| grant.world == world.name)
+                .map_or(Rate::UNLIMITED, |grant| grant.rate);
+            let grip = Grip {
+                rates: node
+                    .grant_rate(&self.principal, &world.name, rate)
+                    .into_iter()
+                    .collect(),
+                ..grip.clone()
+            };
             if principal.holds(&world.name, Right::Read) {
                 entry.set_reader(capnp_rpc::new_client(WorldReader::new(
                     grip.clone(),

@@ -10,11 +10,12 @@ use std::time::Instant;
 use ed25519_dalek::SigningKey;
 use engram_store::writer::Writer;
 use engram_store::{
-    Epoch, PublicKey, Store, StoreError, TextIndex, VectorIndex, WriteOutcome, WriteRequest,
+    Epoch, PublicKey, Rate, Store, StoreError, TextIndex, VectorIndex, WriteOutcome, WriteRequest,
 };
 use tokio::sync::watch;
 
 use crate::peer::LoginRate;
+use crate::rate::Bucket;
 
 /// Shared by every capability of the node (`Rc<Node>` on the RPC thread).
 pub struct Node {
@@ -50,6 +51,9 @@ pub struct Node {
     pub(crate) logins: LoginRate,
     /// Places for reads that run off the RPC thread (`Grip::off_thread`).
     pub(crate) read_workers: Arc<tokio::sync::Semaphore>,
+    /// The rate buckets of grants, by principal and world: one per grant, shared by every
+    /// login of the principal, so logging in again buys nothing.
+    grant_rates: RefCell<HashMap<(PublicKey, String), Rc<Bucket>>>,
 }
 
 /// Limits an operator configures.
@@ -121,6 +125,7 @@ impl Node {
             subscription_closed: tokio::sync::Notify::new(),
             logins: LoginRate::new(limits.login_attempts_per_minute),
             read_workers: Arc::new(tokio::sync::Semaphore::new(limits.read_workers.max(1))),
+            grant_rates: RefCell::new(HashMap::new()),
             limits,
         })
     }
@@ -175,10 +180,37 @@ impl Node {
             }
             WriteOutcome::PrincipalRemoved(principal) => {
                 self.generations.borrow_mut().remove(&principal.public_key);
+                self.grant_rates
+                    .borrow_mut()
+                    .retain(|(key, _), _| *key != principal.public_key);
             }
             WriteOutcome::Remembered(_) | WriteOutcome::World(_) => return,
         }
         self.policy.send_modify(|version| *version += 1);
+    }
+
+    /// The bucket of `principal`'s grant rate in `world`, shared by all its logins; a
+    /// new one when the rate changed, none when it sets no limit.
+    pub(crate) fn grant_rate(
+        &self,
+        principal: &PublicKey,
+        world: &str,
+        rate: Rate,
+    ) -> Option<Rc<Bucket>> {
+        let mut rates = self.grant_rates.borrow_mut();
+        let key = (*principal, world.to_owned());
+        if rate.is_unlimited() {
+            rates.remove(&key);
+            return None;
+        }
+        if let Some(bucket) = rates.get(&key)
+            && bucket.rate() == rate
+        {
+            return Some(bucket.clone());
+        }
+        let bucket = Rc::new(Bucket::new(rate, "this principal's grant")?);
+        rates.insert(key, bucket.clone());
+        Some(bucket)
     }
 
     /// Tells every subscription that the node is shutting down; they end with

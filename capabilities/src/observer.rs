@@ -25,7 +25,7 @@ impl observer::Server for Observer {
         params: observer::SubscribeParams,
         mut results: observer::SubscribeResults,
     ) -> Result<(), capnp::Error> {
-        self.grip.check(Some(&self.world)).wire()?;
+        self.grip.admit(Some(&self.world), 0).wire()?;
         let params = params.get()?;
         let request = read_ask(params.get_filter().map_err(malformed).wire()?).wire()?;
         if !request.vector.is_empty() || !request.text.is_empty() {
@@ -61,7 +61,7 @@ impl observer::Server for Observer {
         params: observer::AttenuateParams,
         mut results: observer::AttenuateResults,
     ) -> Result<(), capnp::Error> {
-        self.grip.check(Some(&self.world)).wire()?;
+        self.grip.admit(Some(&self.world), 0).wire()?;
         let restriction =
             read_restriction(params.get()?.get_restriction().map_err(malformed).wire()?).wire()?;
         let narrowed = Observer::new(self.grip.narrowed(&restriction), self.world.clone());

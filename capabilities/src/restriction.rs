@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use engram_store::{Atom, AtomContent, AtomFacts, AtomKind, Query};
+use engram_store::{Atom, AtomContent, AtomFacts, AtomKind, Query, Rate};
 
 /// The narrowing a capability carries.
 #[derive(Clone, Debug, PartialEq)]
@@ -14,6 +14,8 @@ pub struct Restriction {
     pub max_importance: f32,
     /// 0 = never.
     pub expires_at_unix_ms: i64,
+    /// The rate asked for by this narrowing (enforced by the buckets of the grip).
+    pub rate: Rate,
 }
 
 impl Restriction {
@@ -24,6 +26,7 @@ impl Restriction {
         labels: None,
         max_importance: 1.0,
         expires_at_unix_ms: 0,
+        rate: Rate::UNLIMITED,
     };
 
     /// The intersection of `self` and `other`: never wider than either.
@@ -49,6 +52,7 @@ impl Restriction {
             labels: intersect(&self.labels, &other.labels),
             max_importance: self.max_importance.min(other.max_importance),
             expires_at_unix_ms,
+            rate: self.rate.narrow(&other.rate),
         }
     }
 

@@ -51,7 +51,7 @@ impl signer::Server for Signer {
         _: signer::PublicKeyParams,
         mut results: signer::PublicKeyResults,
     ) -> Result<(), capnp::Error> {
-        self.grip.check(None).wire()?;
+        self.grip.admit(None, 0).wire()?;
         results.get().set_key(self.key().verifying_key().as_bytes());
         Ok(())
     }
@@ -61,7 +61,7 @@ impl signer::Server for Signer {
         params: signer::SignParams,
         mut results: signer::SignResults,
     ) -> Result<(), capnp::Error> {
-        self.grip.check(None).wire()?;
+        self.grip.admit(None, 0).wire()?;
         let params = params.get()?;
         let domain = params
             .get_domain()
@@ -97,7 +97,7 @@ impl signer::Server for Signer {
         params: signer::AttenuateParams,
         mut results: signer::AttenuateResults,
     ) -> Result<(), capnp::Error> {
-        self.grip.check(None).wire()?;
+        self.grip.admit(None, 0).wire()?;
         let list = params.get()?.get_domains().map_err(malformed).wire()?;
         if list.len() as usize > SIGN_DOMAINS_MAX {
             return Err(CapabilityError::invalid(format!(

@@ -25,6 +25,11 @@ impl WorldReader {
         self.grip.check(Some(&self.world)).wire()
     }
 
+    /// The entry of every call: the grip's check, and one call from its rates.
+    fn admit(&self) -> Result<(), capnp::Error> {
+        self.grip.admit(Some(&self.world), 0).wire()
+    }
+
     /// Runs `read` on the RPC thread within the inline budget; when it says it needs
     /// more, runs it again off the thread within the call's budget (`Grip::off_thread`),
     /// and checks the grip again after, since the epoch may have moved meanwhile.
@@ -100,7 +105,7 @@ impl world_reader::Server for WorldReader {
         _: world_reader::WorldParams,
         mut results: world_reader::WorldResults,
     ) -> Result<(), capnp::Error> {
-        self.check()?;
+        self.admit()?;
         results.get().set_name(self.world.as_str());
         Ok(())
     }
@@ -110,7 +115,7 @@ impl world_reader::Server for WorldReader {
         params: world_reader::GetParams,
         mut results: world_reader::GetResults,
     ) -> Result<(), capnp::Error> {
-        self.check()?;
+        self.admit()?;
         let id = bytes32(
             params.get()?.get_id().map_err(malformed).wire()?,
             "the atom id",
@@ -142,7 +147,7 @@ impl world_reader::Server for WorldReader {
         params: world_reader::AskParams,
         mut results: world_reader::AskResults,
     ) -> Result<(), capnp::Error> {
-        self.check()?;
+        self.admit()?;
         let mut request = read_ask(params.get()?.get_query().map_err(malformed).wire()?).wire()?;
         request
             .query
@@ -199,7 +204,7 @@ impl world_reader::Server for WorldReader {
         params: world_reader::ReplayParams,
         mut results: world_reader::ReplayResults,
     ) -> Result<(), capnp::Error> {
-        self.check()?;
+        self.admit()?;
         let params = params.get()?;
         let (from_commit, limit) = (params.get_from_commit(), params.get_limit());
         let restriction = (*self.grip.restriction).clone();
@@ -224,7 +229,7 @@ impl world_reader::Server for WorldReader {
         _: world_reader::HeadsParams,
         mut results: world_reader::HeadsResults,
     ) -> Result<(), capnp::Error> {
-        self.check()?;
+        self.admit()?;
         let heads = if self.grip.restriction.hides_atoms() {
             // A restricted reader sees the newest atom it may see of each chain, and
             // nothing of a chain it may see no atom of.
@@ -263,7 +268,7 @@ impl world_reader::Server for WorldReader {
         _: world_reader::VerifyParams,
         mut results: world_reader::VerifyResults,
     ) -> Result<(), capnp::Error> {
-        self.check()?;
+        self.admit()?;
         // Hashing every entry is CPU work: it runs off the RPC thread.
         let world = self.world.clone();
         let restriction = (*self.grip.restriction).clone();
@@ -299,7 +304,7 @@ impl world_reader::Server for WorldReader {
         params: world_reader::AttenuateParams,
         mut results: world_reader::AttenuateResults,
     ) -> Result<(), capnp::Error> {
-        self.check()?;
+        self.admit()?;
         let restriction =
             read_restriction(params.get()?.get_restriction().map_err(malformed).wire()?).wire()?;
         let narrowed = WorldReader::new(self.grip.narrowed(&restriction), self.world.clone());

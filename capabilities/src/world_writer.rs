@@ -71,7 +71,7 @@ impl world_writer::Server for WorldWriter {
         params: world_writer::RememberParams,
         mut results: world_writer::RememberResults,
     ) -> Result<(), capnp::Error> {
-        self.grip.check(Some(&self.world)).wire()?;
+        self.grip.admit(Some(&self.world), 1).wire()?;
         let content = read_content(params.get()?.get_atom().map_err(malformed).wire()?).wire()?;
         let receipts = self.commit_atoms(vec![content]).await.wire()?;
         write_receipt(results.get().init_receipt(), &receipts[0]);
@@ -92,6 +92,7 @@ impl world_writer::Server for WorldWriter {
             ))
             .into());
         }
+        self.grip.admit(Some(&self.world), list.len()).wire()?;
         let mut atoms = Vec::with_capacity(list.len() as usize);
         for (index, reader) in list.iter().enumerate() {
             atoms.push(
@@ -118,7 +119,7 @@ impl world_writer::Server for WorldWriter {
         params: world_writer::AttenuateParams,
         mut results: world_writer::AttenuateResults,
     ) -> Result<(), capnp::Error> {
-        self.grip.check(Some(&self.world)).wire()?;
+        self.grip.admit(Some(&self.world), 0).wire()?;
         let restriction =
             read_restriction(params.get()?.get_restriction().map_err(malformed).wire()?).wire()?;
         let narrowed = WorldWriter::new(self.grip.narrowed(&restriction), self.world.clone());

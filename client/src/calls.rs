@@ -266,6 +266,7 @@ fn fill_grants(
         builder.set_read(grant.read);
         builder.set_write(grant.write);
         builder.set_observe(grant.observe);
+        grant.rate.fill(builder.init_rate());
     }
 }
 

@@ -110,13 +110,16 @@ enum PrincipalCommand {
         /// Make it an admin.
         #[arg(long)]
         admin: bool,
-        /// WORLD=RIGHTS, rights from r (read), w (write), o (observe); repeatable.
+        /// WORLD=RIGHTS[@CALLS[/ATOMS]]: rights from r (read), w (write), o (observe),
+        /// and an optional rate in calls and atoms a second (0: no limit), e.g.
+        /// team/auth=rw@10/500; repeatable.
         #[arg(long = "grant")]
         grants: Vec<String>,
     },
     /// Replace a principal's grants (revokes its live capabilities).
     Grants {
         name: String,
+        /// As for `principal add`.
         #[arg(long = "grant")]
         grants: Vec<String>,
     },

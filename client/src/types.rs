@@ -365,6 +365,8 @@ pub struct Restriction {
     pub labels: Vec<String>,
     pub max_importance: f32,
     pub expires_at_unix_ms: i64,
+    /// How fast the narrowed capability may be used, on top of its holder's rates.
+    pub rate: Rate,
 }
 
 impl Default for Restriction {
@@ -375,6 +377,29 @@ impl Default for Restriction {
             labels: Vec::new(),
             max_importance: 1.0,
             expires_at_unix_ms: 0,
+            rate: Rate::default(),
+        }
+    }
+}
+
+/// A token-bucket rate of calls and of atoms written; 0 sets no limit (the schema's
+/// `Rate`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rate {
+    pub calls_per_second: u32,
+    pub atoms_per_second: u32,
+}
+
+impl Rate {
+    pub fn fill(&self, mut builder: wire::rate::Builder<'_>) {
+        builder.set_calls_per_second(self.calls_per_second);
+        builder.set_atoms_per_second(self.atoms_per_second);
+    }
+
+    pub fn read(reader: wire::rate::Reader<'_>) -> Rate {
+        Rate {
+            calls_per_second: reader.get_calls_per_second(),
+            atoms_per_second: reader.get_atoms_per_second(),
         }
     }
 }
@@ -395,6 +420,7 @@ impl Restriction {
         }
         builder.set_max_importance(self.max_importance);
         builder.set_expires_at_unix_ms(self.expires_at_unix_ms);
+        self.rate.fill(builder.init_rate());
     }
 }
 
@@ -405,16 +431,39 @@ pub struct Grant {
     pub read: bool,
     pub write: bool,
     pub observe: bool,
+    /// How fast the principal may use the world (default: no limit).
+    pub rate: Rate,
 }
 
 impl Grant {
-    /// Parses `WORLD=RIGHTS` where RIGHTS is a combination of r, w, o (e.g. `team/auth=rw`).
+    /// Parses `WORLD=RIGHTS[@CALLS[/ATOMS]]` where RIGHTS is a combination of r, w, o and
+    /// the optional rate is calls and atoms per second (e.g. `team/auth=rw`,
+    /// `team/auth=rw@10/500`).
     pub fn parse(text: &str) -> Result<Grant, ClientError> {
         let (world, rights) = text.rsplit_once('=').ok_or_else(|| {
             ClientError::InvalidInput(format!(
                 "grant {text:?} must look like WORLD=RIGHTS, e.g. team/auth=rwo"
             ))
         })?;
+        let (rights, rate) = match rights.split_once('@') {
+            None => (rights, Rate::default()),
+            Some((rights, rate)) => {
+                let (calls, atoms) = rate.split_once('/').unwrap_or((rate, "0"));
+                let number = |value: &str| {
+                    value.parse::<u32>().map_err(|_| {
+                        ClientError::InvalidInput(format!(
+                            "grant {text:?}: the rate is CALLS[/ATOMS] per second, whole \
+                             numbers (0 for no limit), e.g. team/auth=rw@10/500"
+                        ))
+                    })
+                };
+                let rate = Rate {
+                    calls_per_second: number(calls)?,
+                    atoms_per_second: number(atoms)?,
+                };
+                (rights, rate)
+            }
+        };
         if rights.is_empty() || !rights.chars().all(|right| "rwo".contains(right)) {
             return Err(ClientError::InvalidInput(format!(
                 "grant {text:?}: rights are letters r (read), w (write), o (observe)"
@@ -425,15 +474,25 @@ impl Grant {
             read: rights.contains('r'),
             write: rights.contains('w'),
             observe: rights.contains('o'),
+            rate,
         })
     }
 
+    /// The rights as letters, with the rate when it has one (`rw@10/500`), as `parse`
+    /// reads them.
     pub fn rights(&self) -> String {
-        [(self.read, 'r'), (self.write, 'w'), (self.observe, 'o')]
+        let letters: String = [(self.read, 'r'), (self.write, 'w'), (self.observe, 'o')]
             .iter()
             .filter(|(held, _)| *held)
             .map(|(_, letter)| *letter)
-            .collect()
+            .collect();
+        if self.rate == Rate::default() {
+            return letters;
+        }
+        format!(
+            "{letters}@{}/{}",
+            self.rate.calls_per_second, self.rate.atoms_per_second
+        )
     }
 }
 
@@ -455,6 +514,7 @@ impl PrincipalView {
                 read: grant.get_read(),
                 write: grant.get_write(),
                 observe: grant.get_observe(),
+                rate: Rate::read(grant.get_rate()?),
             });
         }
         Ok(PrincipalView {

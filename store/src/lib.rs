@@ -35,7 +35,7 @@ pub use atom::{Atom, AtomContent, AtomKind, Hash, Link, LinkKind, PublicKey, Tim
 pub use chain::{BadEntry, ChainHead, VerifyReport};
 pub use epoch::Epoch;
 pub use error::StoreError;
-pub use principal::{Grant, Principal, Right};
+pub use principal::{Grant, Principal, Rate, Right};
 pub use query::Query;
 
 pub use rank::Ranked;

@@ -14,6 +14,41 @@ pub struct Grant {
     pub read: bool,
     pub write: bool,
     pub observe: bool,
+    /// How fast the principal may use the world (records before it have none).
+    #[serde(default, skip_serializing_if = "Rate::is_unlimited")]
+    pub rate: Rate,
+}
+
+/// A token-bucket rate: calls and atoms per second; 0 sets no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rate {
+    pub calls_per_second: u32,
+    pub atoms_per_second: u32,
+}
+
+impl Rate {
+    /// No limit at all.
+    pub const UNLIMITED: Rate = Rate {
+        calls_per_second: 0,
+        atoms_per_second: 0,
+    };
+
+    pub fn is_unlimited(&self) -> bool {
+        *self == Rate::UNLIMITED
+    }
+
+    /// The slower of the two in each dimension (0, no limit, is the fastest).
+    pub fn narrow(&self, other: &Rate) -> Rate {
+        let slower = |mine: u32, theirs: u32| match (mine, theirs) {
+            (0, theirs) => theirs,
+            (mine, 0) => mine,
+            (mine, theirs) => mine.min(theirs),
+        };
+        Rate {
+            calls_per_second: slower(self.calls_per_second, other.calls_per_second),
+            atoms_per_second: slower(self.atoms_per_second, other.atoms_per_second),
+        }
+    }
 }
 
 /// A principal as stored. Admins hold every right in every world.

@@ -40,6 +40,7 @@ fn fixture() -> Fixture {
                         read: true,
                         write: true,
                         observe: true,
+                        rate: Default::default(),
                     }],
                 }),
             })

@@ -397,3 +397,18 @@ def test_a_world_created_with_a_vector_dimension_refuses_others(node):
         await engram.remember(writer, NewAtom("right", vector=[1.0, 0.0, 0.0]))
 
     run(body())
+
+
+def test_rates_of_grants_and_attenuations(node):
+    async def body():
+        session = await with_world(node.tcp, node, "rated")
+        reader = await engram.attenuate_reader(session.reader("rated"), calls_per_second=1)
+        await engram.replay(reader)
+        await expect_code("resourceExhausted", engram.replay(reader))
+        key = Ed25519PrivateKey.generate()
+        principal = await engram.add_principal(
+            session.admin, "rated-agent", engram.public_key_bytes(key), {"rated": "rw@0/3"}
+        )
+        assert (principal.grants[0].rate.callsPerSecond, principal.grants[0].rate.atomsPerSecond) == (0, 3)
+
+    run(body())

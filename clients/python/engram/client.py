@@ -427,6 +427,8 @@ def _fill_restriction(
     labels: Sequence[str],
     max_importance: float,
     expires_at_unix_ms: int,
+    calls_per_second: int,
+    atoms_per_second: int,
 ) -> None:
     for name, values in (("worlds", worlds), ("kinds", kinds), ("labels", labels)):
         built = builder.init(name, len(values))
@@ -434,6 +436,8 @@ def _fill_restriction(
             built[index] = value
     builder.maxImportance = max_importance
     builder.expiresAtUnixMs = expires_at_unix_ms
+    builder.rate.callsPerSecond = calls_per_second
+    builder.rate.atomsPerSecond = atoms_per_second
 
 
 async def _attenuate(capability: Any, returned: str, restriction: dict) -> Any:
@@ -448,15 +452,25 @@ def _restriction(
     labels: Sequence[str] = (),
     max_importance: float = 1.0,
     expires_at_unix_ms: int = 0,
+    calls_per_second: int = 0,
+    atoms_per_second: int = 0,
 ) -> dict:
     return dict(
-        worlds=worlds, kinds=kinds, labels=labels, max_importance=max_importance, expires_at_unix_ms=expires_at_unix_ms
+        worlds=worlds,
+        kinds=kinds,
+        labels=labels,
+        max_importance=max_importance,
+        expires_at_unix_ms=expires_at_unix_ms,
+        calls_per_second=calls_per_second,
+        atoms_per_second=atoms_per_second,
     )
 
 
 async def attenuate_reader(reader: Any, **restriction: Any) -> Any:
     """A reader narrowed to the intersection of its rights and the restriction
-    (``worlds``, ``kinds``, ``labels``, ``max_importance``, ``expires_at_unix_ms``)."""
+    (``worlds``, ``kinds``, ``labels``, ``max_importance``, ``expires_at_unix_ms``), and
+    limited to ``calls_per_second`` and ``atoms_per_second`` (0: no limit) on top of its
+    holder's rates."""
     return await _attenuate(reader, "reader", _restriction(**restriction))
 
 
@@ -493,17 +507,22 @@ async def add_principal(
     grants: Mapping[str, str] = {},
     is_admin: bool = False,
 ) -> Any:
-    """Adds a principal; ``grants`` maps world names to rights (letters r, w, o)."""
+    """Adds a principal; ``grants`` maps world names to rights: letters r, w, o, with an
+    optional rate of calls and atoms a second, ``"rw@10/500"`` (0: no limit)."""
     request = admin.addPrincipal_request()
     request.name = name
     request.publicKey = public_key
     request.admin = is_admin
     built = request.init("grants", len(grants))
     for index, (world, rights) in enumerate(grants.items()):
+        letters, _, rate = rights.partition("@")
+        calls, _, atoms = rate.partition("/")
         built[index].world = world
-        built[index].read = "r" in rights
-        built[index].write = "w" in rights
-        built[index].observe = "o" in rights
+        built[index].read = "r" in letters
+        built[index].write = "w" in letters
+        built[index].observe = "o" in letters
+        built[index].rate.callsPerSecond = int(calls or 0)
+        built[index].rate.atomsPerSecond = int(atoms or 0)
     return (await call(request.send())).principal
 
 

@@ -1,0 +1,70 @@
+//! Rates: token buckets of calls and atoms that a grant or a restriction puts on
+//! capabilities. A capability draws on every bucket on its way from the graft (its
+//! grant's, then each attenuation's), so attenuating again never buys more.
+
+use std::num::NonZeroU32;
+
+use engram_store::Rate;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::error::CapabilityError;
+
+/// One rate's buckets, shared by every capability that must obey it.
+pub(crate) struct Bucket {
+    rate: Rate,
+    /// Whose rate this is, for the error message.
+    source: &'static str,
+    calls: Option<DefaultDirectRateLimiter>,
+    atoms: Option<DefaultDirectRateLimiter>,
+}
+
+impl Bucket {
+    /// The buckets of `rate`, or `None` when it sets no limit.
+    pub fn new(rate: Rate, source: &'static str) -> Option<Bucket> {
+        if rate.is_unlimited() {
+            return None;
+        }
+        let limiter = |per_second: u32| {
+            NonZeroU32::new(per_second).map(|rate| RateLimiter::direct(Quota::per_second(rate)))
+        };
+        Some(Bucket {
+            rate,
+            source,
+            calls: limiter(rate.calls_per_second),
+            atoms: limiter(rate.atoms_per_second),
+        })
+    }
+
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    /// Takes one call and `atoms` atoms, or says why not.
+    pub fn admit(&self, atoms: u32) -> Result<(), CapabilityError> {
+        let exhausted = |what: &str, per_second: u32| {
+            CapabilityError::ResourceExhausted(format!(
+                "{} allows {per_second} {what} a second; slow down and try again",
+                self.source
+            ))
+        };
+        if let Some(calls) = &self.calls
+            && calls.check().is_err()
+        {
+            return Err(exhausted("calls", self.rate.calls_per_second));
+        }
+        if let (Some(limiter), Some(count)) = (&self.atoms, NonZeroU32::new(atoms)) {
+            match limiter.check_n(count) {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(exhausted("atoms", self.rate.atoms_per_second)),
+                Err(_) => {
+                    return Err(CapabilityError::ResourceExhausted(format!(
+                        "{} allows {} atoms a second, fewer than the {atoms} of this call; \
+                         write them in smaller batches",
+                        self.source, self.rate.atoms_per_second
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
