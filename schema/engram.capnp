@@ -32,7 +32,11 @@
 #   of them for `engramd --write-stall-timeout-ms`.
 # - A connection must log in within `engramd --handshake-timeout-ms`; one peer (an IP
 #   address, or a user on the Unix socket) holds at most `--connections-per-address-max`
-#   connections and makes at most `--login-attempts-per-minute` login attempts.
+#   connections and makes at most `--login-attempts-per-minute` login attempts. A
+#   logged-in connection that sends nothing for `--idle-timeout-ms` while it waits on
+#   nothing (no call in flight, no live subscription) is closed.
+# - A capability may carry a `Rate` (from its grant or an attenuation): past it, calls
+#   fail with `resourceExhausted`.
 
 const schemaVersion :UInt32 = 1;
 # Bumped when this contract changes incompatibly. Additions keep the number.

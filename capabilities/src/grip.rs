@@ -36,6 +36,8 @@ pub(crate) struct CallBudget {
     max: usize,
     reads: Cell<usize>,
     reads_max: usize,
+    /// Live subscriptions started through the connection's logins.
+    pub subscriptions: Cell<usize>,
 }
 
 impl CallBudget {
@@ -45,7 +47,13 @@ impl CallBudget {
             max,
             reads: Cell::new(0),
             reads_max,
+            subscriptions: Cell::new(0),
         }
+    }
+
+    /// Whether the connection waits on anything: a call in flight or a subscription.
+    pub fn busy(&self) -> bool {
+        self.in_flight.get() > 0 || self.subscriptions.get() > 0
     }
 }
 

@@ -57,8 +57,12 @@ pub(crate) fn start(
 ) -> subscription::Client {
     let (cancel, cancelled) = watch::channel(false);
     let (end, ended) = watch::channel(false);
+    let subscriptions = &grip.budget.subscriptions;
+    subscriptions.set(subscriptions.get() + 1);
     tokio::task::spawn_local(async move {
         let ending = deliver(&grip, &world, &filter, &sink, from_commit, cancelled).await;
+        let subscriptions = &grip.budget.subscriptions;
+        subscriptions.set(subscriptions.get() - 1);
         // Ended: the principal's place is free, and a cancel returns, before the sink is
         // told (which a sink stuck in a push takes only once it returns from it).
         grip.node.close_subscription(&grip.principal);

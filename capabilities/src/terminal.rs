@@ -22,6 +22,16 @@ pub const LOGIN_FAILED: &str = "login failed: the key is not registered, the sig
      does not verify, or the nonce is unknown, used, from another connection or from an \
      earlier epoch; call challenge again";
 
+/// Whether a connection waits on anything the node does for it: a call in flight or a
+/// live subscription. A connection that waits on nothing and sends nothing is idle.
+pub struct Activity(Rc<CallBudget>);
+
+impl Activity {
+    pub fn busy(&self) -> bool {
+        self.0.busy()
+    }
+}
+
 /// One per connection: nonces issued here can be used only here, once.
 pub struct Terminal {
     node: Rc<Node>,
@@ -48,6 +58,11 @@ impl Terminal {
             )),
             node,
         }
+    }
+
+    /// What the connection waits on, for its idle timeout.
+    pub fn activity(&self) -> Activity {
+        Activity(self.budget.clone())
     }
 
     /// Notified (once, with a stored permit) when a login on this connection succeeds.

@@ -56,6 +56,9 @@ pub struct Config {
     pub connection_unread_bytes_max: usize,
     /// How long a connection's peer may take none of its answers before it is closed.
     pub write_stall_timeout: std::time::Duration,
+    /// How long a logged-in connection may send nothing while it waits on nothing
+    /// before it is closed; zero for never.
+    pub idle_timeout: std::time::Duration,
     pub message_bytes_max: usize,
     pub node_limits: NodeLimits,
     /// Bytes of the store's page cache.
@@ -377,6 +380,29 @@ async fn accept_unix(listener: Option<&UnixListener>) -> std::io::Result<tokio::
     }
 }
 
+/// Resolves once the connection has sent nothing for `timeout` while it waited on
+/// nothing (no call in flight, no live subscription); never with a zero timeout.
+async fn until_idle(
+    outbox: &Outbox,
+    activity: &engram_capabilities::terminal::Activity,
+    timeout: std::time::Duration,
+) {
+    if timeout.is_zero() {
+        return std::future::pending().await;
+    }
+    loop {
+        let quiet_since = outbox.last_heard();
+        tokio::time::sleep_until(quiet_since + timeout).await;
+        if outbox.last_heard() == quiet_since && !activity.busy() {
+            return;
+        }
+        if activity.busy() {
+            // Busy now: look again a full timeout later.
+            tokio::time::sleep(timeout).await;
+        }
+    }
+}
+
 /// The connections being served, in all and per peer, and those being refused.
 #[derive(Default)]
 struct Connections {
@@ -472,6 +498,8 @@ fn connect(
     }
     let terminal = Terminal::new(node.clone(), peer);
     let logged_in = terminal.logged_in();
+    let activity = terminal.activity();
+    let idle_timeout = config.idle_timeout;
     let terminal: terminal::Client = capnp_rpc::new_client(terminal);
     let mut rpc_system = RpcSystem::new(Box::new(network), Some(terminal.client));
     connections.open(peer);
@@ -488,10 +516,20 @@ fn connect(
                 }
             },
         };
-        // Without a login in time, dropping the RPC system closes the socket.
+        // Without a login in time, or idle for too long, dropping the RPC system closes
+        // the socket.
         let ended = match ended {
             Some(ended) => ended,
-            None => rpc_system.await,
+            None => {
+                let idle = until_idle(&outbox, &activity, idle_timeout);
+                tokio::select! {
+                    ended = &mut rpc_system => ended,
+                    _ = idle => {
+                        tracing::info!(%peer, "connection closed: idle");
+                        Ok(())
+                    }
+                }
+            }
         };
         if outbox.stalled() {
             tracing::warn!(%peer, "connection closed: its peer read none of its answers in time");

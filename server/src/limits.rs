@@ -14,6 +14,9 @@ pub const CONNECTION_UNREAD_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
 /// How long a connection's peer may read none of its answers before the node closes it
 /// (`--write-stall-timeout-ms`).
 pub const WRITE_STALL_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// How long a logged-in connection may send nothing, with no call in flight and no live
+/// subscription, before the node closes it (`--idle-timeout-ms`; 0 for never).
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 600_000;
 /// Connections past `--connections-max` answered with `resourceExhausted` at once;
 /// beyond them, a connection is closed without an answer.
 pub const REFUSED_CONNECTIONS_MAX: usize = 64;

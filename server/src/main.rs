@@ -11,8 +11,8 @@ use engram_capabilities::limits::{
 };
 use engram_server::limits::{
     CONNECTION_UNREAD_BYTES_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT,
-    CONNECTIONS_PER_ADDRESS_MAX_DEFAULT, HANDSHAKE_TIMEOUT_MS_DEFAULT, MESSAGE_BYTES_MAX_DEFAULT,
-    WRITE_STALL_TIMEOUT_MS_DEFAULT,
+    CONNECTIONS_PER_ADDRESS_MAX_DEFAULT, HANDSHAKE_TIMEOUT_MS_DEFAULT, IDLE_TIMEOUT_MS_DEFAULT,
+    MESSAGE_BYTES_MAX_DEFAULT, WRITE_STALL_TIMEOUT_MS_DEFAULT,
 };
 use engram_server::{Config, SOCKET_FILE};
 use engram_store::limits::CACHE_BYTES_DEFAULT;
@@ -52,6 +52,10 @@ struct Arguments {
     /// Milliseconds a new connection may take to log in before it is closed.
     #[arg(long, default_value_t = HANDSHAKE_TIMEOUT_MS_DEFAULT)]
     handshake_timeout_ms: u64,
+    /// Milliseconds a logged-in connection may send nothing, with no call in flight and
+    /// no live subscription, before it is closed; 0 for never.
+    #[arg(long, default_value_t = IDLE_TIMEOUT_MS_DEFAULT)]
+    idle_timeout_ms: u64,
     /// Bytes of answers a connection may leave unread; past it, its calls are not read
     /// until it reads its answers.
     #[arg(long, default_value_t = CONNECTION_UNREAD_BYTES_MAX_DEFAULT)]
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
         handshake_timeout: std::time::Duration::from_millis(arguments.handshake_timeout_ms),
         connection_unread_bytes_max: arguments.connection_unread_bytes_max,
         write_stall_timeout: std::time::Duration::from_millis(arguments.write_stall_timeout_ms),
+        idle_timeout: std::time::Duration::from_millis(arguments.idle_timeout_ms),
         message_bytes_max: arguments.message_bytes_max,
         cache_bytes: arguments.cache_mib.saturating_mul(1024 * 1024),
         node_limits: NodeLimits {

@@ -30,6 +30,8 @@ pub struct Outbox {
     reader: RefCell<Option<Waker>>,
     /// Set once the node closed the connection because its peer stopped reading.
     stalled: Cell<bool>,
+    /// When the peer last sent anything.
+    last_heard: Cell<tokio::time::Instant>,
 }
 
 impl Outbox {
@@ -39,7 +41,13 @@ impl Outbox {
             unread_max,
             reader: RefCell::new(None),
             stalled: Cell::new(false),
+            last_heard: Cell::new(tokio::time::Instant::now()),
         })
+    }
+
+    /// When the peer last sent anything.
+    pub fn last_heard(&self) -> tokio::time::Instant {
+        self.last_heard.get()
     }
 
     /// Whether the node closed the connection because its peer read nothing in time.
@@ -201,7 +209,12 @@ impl<R: AsyncRead + Unpin> AsyncRead for PausingReader<R> {
         let polled = if this.outbox.unread.get() > this.outbox.unread_max {
             Poll::Pending
         } else {
-            Pin::new(&mut this.inner).poll_read(context, buffer)
+            let before = buffer.filled().len();
+            let polled = Pin::new(&mut this.inner).poll_read(context, buffer);
+            if buffer.filled().len() > before {
+                this.outbox.last_heard.set(tokio::time::Instant::now());
+            }
+            polled
         };
         if polled.is_pending() {
             // Woken by the socket, by answers read, or by a stall.

@@ -155,12 +155,13 @@ impl TestNode {
             .unwrap_or_else(|| panic!("no {field} in the node's status"))
     }
 
-    /// Waits until the node's log contains `text`, or fails after `deadline`.
-    pub async fn until_logged(&self, text: &str, deadline: std::time::Duration) {
+    /// Waits until the node's log contains `text` `times` times, or fails after
+    /// `deadline`.
+    pub async fn until_logged(&self, text: &str, times: usize, deadline: std::time::Duration) {
         let started = std::time::Instant::now();
         loop {
             let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-            if log.contains(text) {
+            if log.matches(text).count() >= times {
                 return;
             }
             assert!(

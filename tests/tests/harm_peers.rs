@@ -126,3 +126,37 @@ fn login_attempts_per_address_are_rate_limited() {
         session(&node.unix(), &node.admin_key()).await;
     });
 }
+
+#[test]
+fn an_idle_connection_is_closed_and_a_subscriber_is_not_idle() {
+    let node = TestNode::start_with(&["--idle-timeout-ms", "300"]);
+    run_local(async {
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        engram_client::create_world(&admin.admin().unwrap(), "quiet")
+            .await
+            .unwrap();
+        let subscriber = session(&node.unix(), &node.admin_key()).await;
+        let _watch = engram_client::subscribe(
+            &subscriber.observer("quiet").unwrap(),
+            &engram_client::Filter::default(),
+            0,
+        )
+        .await
+        .unwrap();
+        // Logged in after the subscriber: its idle time ends later than the subscriber's.
+        // The first connection closed is the admin's, which has been idle since.
+        let idle = session(&node.tcp(), &node.admin_key()).await;
+        node.until_logged("connection closed: idle", 2, Duration::from_secs(30))
+            .await;
+        assert!(
+            engram_client::heads(&idle.reader("quiet").unwrap())
+                .await
+                .is_err(),
+            "the idle connection still answers"
+        );
+        // Waiting on its subscription, the subscriber was not idle.
+        engram_client::heads(&subscriber.reader("quiet").unwrap())
+            .await
+            .unwrap();
+    });
+}
