@@ -5,8 +5,10 @@
 //! ```text
 //! cargo build --release --bins && target/release/engram-bench all
 //! cargo build --release --bins && target/release/engram-bench observe
+//! cargo build --release --bins && target/release/engram-bench abuse
 //! ```
 
+mod abuse;
 mod echo;
 mod node;
 mod observe;
@@ -53,6 +55,23 @@ enum Benchmark {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Good clients (remember, ask, search, subscribe) alone and beside hostile ones
+    /// (idle sockets, login floods, unread pipelined reads, a stuck subscriber, crafted
+    /// vectors, full-scan asks): their throughput and p99, and the node's peak RSS.
+    Abuse {
+        /// Seconds of each run of the good workload.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Good client connections.
+        #[arg(long, default_value_t = 4)]
+        good_clients: usize,
+        /// Small atoms in the world the full-scan asks walk.
+        #[arg(long, default_value_t = 100_000)]
+        scanned_atoms: usize,
+        /// Idle sockets the hostile peer holds open.
+        #[arg(long, default_value_t = 200)]
+        idle_sockets: usize,
+    },
     /// The Cap'n Proto echo baseline server (started by `all`).
     #[command(hide = true)]
     EchoServer,
@@ -92,6 +111,20 @@ fn main() {
             }),
         ),
         Benchmark::EchoServer => local.block_on(&runtime, echo::serve()),
+        Benchmark::Abuse {
+            seconds,
+            good_clients,
+            scanned_atoms,
+            idle_sockets,
+        } => local.block_on(
+            &runtime,
+            abuse::run(abuse::Options {
+                seconds,
+                good_clients,
+                scanned_atoms,
+                idle_sockets,
+            }),
+        ),
         Benchmark::Vectors {
             atoms,
             dimensions,

@@ -15,6 +15,8 @@ pub struct BenchNode {
     child: Child,
     pub tcp: String,
     pub admin_key: PathBuf,
+    /// engramd's options beyond the data directory and the TCP address.
+    arguments: Vec<String>,
 }
 
 /// Starts `program` and reads its ready line `... tcp=ADDRESS ...`.
@@ -74,35 +76,55 @@ fn engramd() -> PathBuf {
 }
 
 impl BenchNode {
+    /// A node on TCP only.
     pub fn start() -> BenchNode {
+        BenchNode::start_with(&["--no-socket"])
+    }
+
+    /// A node with these engramd options (beyond its data directory and TCP address).
+    pub fn start_with(arguments: &[&str]) -> BenchNode {
         let directory = tempfile::tempdir().expect("a temporary directory");
         let data = directory.path().join("data");
-        let (child, tcp) = launch(BenchNode::command(&data));
+        let arguments: Vec<String> = arguments
+            .iter()
+            .map(|argument| argument.to_string())
+            .collect();
+        let (child, tcp) = launch(BenchNode::command(&data, &arguments));
         BenchNode {
             _directory: directory,
             admin_key: data.join("admin.key"),
             data,
             child,
             tcp,
+            arguments,
         }
     }
 
-    fn command(data: &std::path::Path) -> Command {
+    fn command(data: &std::path::Path, arguments: &[String]) -> Command {
         let mut command = Command::new(engramd());
         command
             .arg("--data")
             .arg(data)
-            .args(["--listen", "127.0.0.1:0", "--no-socket"])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(arguments)
             .env("RUST_LOG", "warn");
         command
     }
 
-    /// Connects as the admin, logs in and grafts.
+    /// The node's Unix socket (unless started with `--no-socket`).
+    pub fn unix(&self) -> Endpoint {
+        Endpoint::Unix(self.data.join("engramd.sock"))
+    }
+
+    /// Connects as the admin over TCP, logs in and grafts.
     pub async fn login(&self) -> Session {
+        self.login_at(&Endpoint::Tcp(self.tcp.clone())).await
+    }
+
+    /// Connects as the admin at `endpoint`, logs in and grafts.
+    pub async fn login_at(&self, endpoint: &Endpoint) -> Session {
         let key = keyfile::read(&self.admin_key).expect("the admin key");
-        let connection = connect(&Endpoint::Tcp(self.tcp.clone()))
-            .await
-            .expect("connecting");
+        let connection = connect(endpoint).await.expect("connecting");
         connection
             .login(&key)
             .await
@@ -133,7 +155,7 @@ impl BenchNode {
     /// Starts the stopped node again; returns how long it took to accept connections.
     pub fn restart(&mut self) -> std::time::Duration {
         let started = std::time::Instant::now();
-        let (child, tcp) = launch(BenchNode::command(&self.data));
+        let (child, tcp) = launch(BenchNode::command(&self.data, &self.arguments));
         let elapsed = started.elapsed();
         self.child = child;
         self.tcp = tcp;
