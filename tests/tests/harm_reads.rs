@@ -158,3 +158,43 @@ fn answers_are_bounded_in_bytes_and_continue_by_cursor() {
         assert_eq!(texts, newest_first);
     });
 }
+
+#[test]
+fn logins_on_one_connection_share_its_reads_in_flight() {
+    let node = TestNode::start_with(&["--reads-in-flight-max", "1"]);
+    run_local(async {
+        big_world(&node).await;
+        let connection = engram_client::connect(&node.tcp()).await.unwrap();
+        let first = connection
+            .login(&node.admin_key())
+            .await
+            .unwrap()
+            .graft()
+            .await
+            .unwrap();
+        let second = connection
+            .login(&node.admin_key())
+            .await
+            .unwrap()
+            .graft()
+            .await
+            .unwrap();
+        let (first, second) = (first.reader("big").unwrap(), second.reader("big").unwrap());
+        // Two long reads at once on one connection, one per login: logging in again
+        // buys no second place.
+        let filter = important_only();
+        let (one, other) = futures::join!(
+            engram_client::ask_scored(&first, &filter),
+            engram_client::ask_scored(&second, &filter),
+        );
+        let refused = [&one, &other]
+            .iter()
+            .filter(|answer| {
+                matches!(answer, Err(error)
+                    if error.code() == Some(engram_client::ErrorCode::ResourceExhausted)
+                        && error.to_string().contains("--reads-in-flight-max"))
+            })
+            .count();
+        assert_eq!(refused, 1, "{one:?} {other:?}");
+    });
+}
