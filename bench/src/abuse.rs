@@ -8,19 +8,15 @@
 //! crafted vectors, and full-scan asks. The figures are the good clients' throughput and
 //! p99 in both runs, their ratios, the node's peak RSS, and the good atoms lost.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
-use ed25519_dalek::Signer as _;
-use engram_client::engram_schema::engram_capnp::{atom_sink, terminal};
-use engram_client::engram_schema::login_message;
-use engram_client::{Filter, Membrane, NewAtom, Restriction, Session, WatchEvent, keyfile};
+use engram_client::engram_schema::engram_capnp::atom_sink;
+use engram_client::{Filter, NewAtom, Restriction, Session, WatchEvent, keyfile};
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 use crate::node::BenchNode;
 use crate::report::{mib, percentile, print};
@@ -313,7 +309,7 @@ async fn start_hostile(node: &BenchNode, options: &Options, stop: Rc<Cell<bool>>
                 };
                 let reader = hostile.reader("big").unwrap();
                 paused.set(true);
-                let pending: Vec<_> = (0..200)
+                let _pending: Vec<_> = (0..200)
                     .map(|_| {
                         let mut request = reader.replay_request();
                         request.get().set_from_commit(0);
@@ -321,8 +317,10 @@ async fn start_hostile(node: &BenchNode, options: &Options, stop: Rc<Cell<bool>>
                         request.send().promise
                     })
                     .collect();
-                // Ends once the node cuts the connection off (the promises fail).
-                let _ = futures::future::join_all(pending).await;
+                // This client reads nothing, not even that the node cut it off: it
+                // starts again once the node has had time to.
+                let stall: u64 = STALL_TIMEOUT_MS.parse().expect("a number");
+                tokio::time::sleep(Duration::from_millis(stall + 1_000)).await;
             }
         }));
     }
@@ -397,11 +395,10 @@ impl atom_sink::Server for StuckSink {
     }
 }
 
-/// A socket's read half that reads nothing while paused.
+/// A socket's read half that, once `paused` is set, never reads again.
 struct Pausable<R> {
     inner: R,
     paused: Rc<Cell<bool>>,
-    waiting: Rc<RefCell<Option<Waker>>>,
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Pausable<R> {
@@ -411,7 +408,6 @@ impl<R: AsyncRead + Unpin> AsyncRead for Pausable<R> {
         buffer: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         if self.paused.get() {
-            *self.waiting.borrow_mut() = Some(context.waker().clone());
             return Poll::Pending;
         }
         Pin::new(&mut self.inner).poll_read(context, buffer)
@@ -429,32 +425,8 @@ async fn unread_session(
     let reader = Pausable {
         inner: read,
         paused: paused.clone(),
-        waiting: Rc::new(RefCell::new(None)),
     };
-    let network = twoparty::VatNetwork::new(
-        reader.compat(),
-        write.compat_write(),
-        Side::Client,
-        capnp::message::ReaderOptions {
-            traversal_limit_in_words: None,
-            nesting_limit: 64,
-        },
-    );
-    let mut system = RpcSystem::new(Box::new(network), None);
-    let terminal: terminal::Client = system.bootstrap(Side::Server);
-    tokio::task::spawn_local(system);
-    let challenge = terminal.challenge_request().send().promise.await.ok()?;
-    let challenge = challenge.get().ok()?;
-    let nonce: [u8; 32] = challenge.get_nonce().ok()?.try_into().ok()?;
-    let node_key: [u8; 32] = challenge.get_node_key().ok()?.try_into().ok()?;
-    let signature = key.sign(&login_message(&nonce, &node_key, challenge.get_epoch()));
-    let mut login = terminal.login_request();
-    login.get().set_public_key(key.verifying_key().as_bytes());
-    login.get().set_nonce(&nonce);
-    login.get().set_signature(&signature.to_bytes());
-    let response = login.send().promise.await.ok()?;
-    let membrane = Membrane {
-        client: response.get().ok()?.get_membrane().ok()?,
-    };
-    Some((membrane.graft().await.ok()?, paused))
+    let connection = engram_client::connect_over(reader, write);
+    let session = connection.login(key).await.ok()?.graft().await.ok()?;
+    Some((session, paused))
 }

@@ -79,31 +79,39 @@ pub async fn connect(endpoint: &Endpoint) -> Result<Connection, ClientError> {
         endpoint: endpoint.to_string(),
         source,
     };
-    let network = match endpoint {
+    match endpoint {
         Endpoint::Tcp(address) => {
             let stream = tokio::net::TcpStream::connect(address)
                 .await
                 .map_err(connect_error)?;
             stream.set_nodelay(true).map_err(connect_error)?;
             let (reader, writer) = stream.into_split();
-            network(reader.compat(), writer.compat_write())
+            Ok(connect_over(reader, writer))
         }
         Endpoint::Unix(path) => {
             let stream = tokio::net::UnixStream::connect(path)
                 .await
                 .map_err(connect_error)?;
             let (reader, writer) = stream.into_split();
-            network(reader.compat(), writer.compat_write())
+            Ok(connect_over(reader, writer))
         }
-    };
-    let mut rpc_system = RpcSystem::new(network, None);
+    }
+}
+
+/// Speaks engram's protocol over a byte stream already open to a node (the two halves of
+/// any transport `connect` does not know). Must run inside a `tokio::task::LocalSet`.
+pub fn connect_over(
+    reader: impl tokio::io::AsyncRead + Unpin + 'static,
+    writer: impl tokio::io::AsyncWrite + Unpin + 'static,
+) -> Connection {
+    let mut rpc_system = RpcSystem::new(network(reader.compat(), writer.compat_write()), None);
     let terminal: terminal::Client = rpc_system.bootstrap(rpc_twoparty_capnp::Side::Server);
     let disconnector = rpc_system.get_disconnector();
     tokio::task::spawn_local(rpc_system);
-    Ok(Connection {
+    Connection {
         terminal,
         disconnector,
-    })
+    }
 }
 
 fn network(

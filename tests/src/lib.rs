@@ -232,6 +232,16 @@ pub async fn session(endpoint: &Endpoint, key: &SigningKey) -> Session {
     membrane.graft().await.expect("grafting")
 }
 
+/// Creates `world` as the admin, and returns an admin session grafted after it exists
+/// (so it holds the world's capabilities).
+pub async fn admin_with_world(node: &TestNode, world: &str) -> Session {
+    let admin = session(&node.tcp(), &node.admin_key()).await;
+    engram_client::create_world(&admin.admin().expect("admin"), world)
+        .await
+        .expect("creating a world");
+    session(&node.tcp(), &node.admin_key()).await
+}
+
 /// Creates worlds and a principal with grants through the admin; returns its key.
 pub async fn add_principal(admin: &Session, name: &str, grants: &[&str]) -> SigningKey {
     let key = keyfile::generate().expect("a key");

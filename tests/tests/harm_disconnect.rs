@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use engram_client::{ErrorCode, Filter, NewAtom, WatchEvent, connect};
+use ed25519_dalek::SigningKey;
+use engram_client::{ErrorCode, Filter, NewAtom, Session, Watch, WatchEvent, connect};
 use engram_tests::{TestNode, add_principal, assert_code, run_local, session};
 
 /// Atoms per batch and batches queued ahead of the change: enough for the writer to
@@ -39,28 +40,51 @@ async fn queue_and_disconnect(node: &TestNode, change: impl FnOnce(&engram_clien
     drop(pending);
 }
 
+/// A world `busy`, and an agent watching it over the Unix socket (a quiet filter, so its
+/// subscription waits on the node's policy, not on deliveries).
+async fn agent_watching(node: &TestNode) -> (SigningKey, Session, Watch) {
+    let admin = session(&node.tcp(), &node.admin_key()).await;
+    engram_client::create_world(&admin.admin().unwrap(), "busy")
+        .await
+        .unwrap();
+    let key = add_principal(&admin, "agent", &["busy=ro"]).await;
+    let agent = session(&node.unix(), &key).await;
+    let watch = engram_client::subscribe(
+        &agent.observer("busy").unwrap(),
+        &Filter {
+            labels: vec!["quiet".into()],
+            ..Filter::default()
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    (key, agent, watch)
+}
+
+/// The code the node ends `watch` with, within a deadline.
+async fn end_code(watch: &mut Watch) -> Option<ErrorCode> {
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match watch.next().await {
+                Some(WatchEvent::Atoms(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the subscription never ended");
+    match ended {
+        Some(WatchEvent::End { code, .. }) => code,
+        other => panic!("expected the end notice, got {other:?}"),
+    }
+}
+
 #[test]
 fn an_epoch_advance_takes_effect_when_its_caller_is_gone() {
     let node = TestNode::start();
     run_local(async {
-        let admin = session(&node.tcp(), &node.admin_key()).await;
-        let admin_capability = admin.admin().unwrap();
-        engram_client::create_world(&admin_capability, "busy")
-            .await
-            .unwrap();
-        let key = add_principal(&admin, "agent", &["busy=ro"]).await;
-        let agent = session(&node.unix(), &key).await;
-        let mut watch = engram_client::subscribe(
-            &agent.observer("busy").unwrap(),
-            &Filter {
-                labels: vec!["quiet".into()],
-                ..Filter::default()
-            },
-            0,
-        )
-        .await
-        .unwrap();
-
+        let (key, agent, mut watch) = agent_watching(&node).await;
         queue_and_disconnect(&node, |hostile| {
             let mut request = hostile.admin().unwrap().advance_epoch_request();
             request.get().set_head(&[0xee; 32]);
@@ -68,25 +92,9 @@ fn an_epoch_advance_takes_effect_when_its_caller_is_gone() {
             std::mem::forget(request.send());
         })
         .await;
-
         // The agent's subscription of the old epoch ends with staleEpoch once the
         // advance is durable, although nobody waits for the advance's answer.
-        let ended = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                match watch.next().await {
-                    Some(WatchEvent::Atoms(_)) => continue,
-                    other => return other,
-                }
-            }
-        })
-        .await
-        .expect("the old epoch's subscription never ended");
-        match ended {
-            Some(WatchEvent::End { code, message }) => {
-                assert_eq!(code, Some(ErrorCode::StaleEpoch), "{message}")
-            }
-            other => panic!("expected the end notice, got {other:?}"),
-        }
+        assert_eq!(end_code(&mut watch).await, Some(ErrorCode::StaleEpoch));
         assert_code(
             engram_client::heads(&agent.reader("busy").unwrap()).await,
             ErrorCode::StaleEpoch,
@@ -105,49 +113,19 @@ fn an_epoch_advance_takes_effect_when_its_caller_is_gone() {
 fn a_revocation_takes_effect_when_its_caller_is_gone() {
     let node = TestNode::start();
     run_local(async {
-        let admin = session(&node.tcp(), &node.admin_key()).await;
-        engram_client::create_world(&admin.admin().unwrap(), "busy")
-            .await
-            .unwrap();
-        let key = add_principal(&admin, "agent", &["busy=ro"]).await;
-        let agent = session(&node.unix(), &key).await;
-        let reader = agent.reader("busy").unwrap();
-        let mut watch = engram_client::subscribe(
-            &agent.observer("busy").unwrap(),
-            &Filter {
-                labels: vec!["quiet".into()],
-                ..Filter::default()
-            },
-            0,
-        )
-        .await
-        .unwrap();
-
+        let (_, agent, mut watch) = agent_watching(&node).await;
         queue_and_disconnect(&node, |hostile| {
             let mut request = hostile.admin().unwrap().remove_principal_request();
             request.get().set_name("agent");
             std::mem::forget(request.send());
         })
         .await;
-
-        let ended = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                match watch.next().await {
-                    Some(WatchEvent::Atoms(_)) => continue,
-                    other => return other,
-                }
-            }
-        })
-        .await
-        .expect("the removed principal's subscription never ended");
-        match ended {
-            Some(WatchEvent::End { code, message }) => {
-                assert_eq!(code, Some(ErrorCode::PermissionDenied), "{message}")
-            }
-            other => panic!("expected the end notice, got {other:?}"),
-        }
+        assert_eq!(
+            end_code(&mut watch).await,
+            Some(ErrorCode::PermissionDenied)
+        );
         assert_code(
-            engram_client::heads(&reader).await,
+            engram_client::heads(&agent.reader("busy").unwrap()).await,
             ErrorCode::PermissionDenied,
         );
     });

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use engram_client::{Filter, NewAtom, Restriction, Session};
-use engram_tests::{TestNode, add_principal, run_local, session};
+use engram_tests::{TestNode, add_principal, admin_with_world, run_local, session};
 
 /// A vector whose norm is 1 by a sequential f32 sum, but whose self-dot summed in SIMD
 /// lanes is above hnsw_rs's bound of 1.000002: unnormalised, it panicked the indexer.
@@ -124,11 +124,7 @@ async fn by_text(
 fn text_search_takes_words_and_never_query_syntax() {
     let node = TestNode::start();
     run_local(async {
-        let admin = session(&node.tcp(), &node.admin_key()).await;
-        engram_client::create_world(&admin.admin().unwrap(), "words")
-            .await
-            .unwrap();
-        let admin = session(&node.tcp(), &node.admin_key()).await;
+        let admin = admin_with_world(&node, "words").await;
         let atoms: Vec<NewAtom> = ["alphabet soup", "alpha centauri", "gamma ray"]
             .into_iter()
             .map(NewAtom::fact)

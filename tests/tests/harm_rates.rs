@@ -3,7 +3,7 @@
 
 use engram_client::engram_schema::engram_capnp::world_reader;
 use engram_client::{ClientError, ErrorCode, NewAtom, Rate, Restriction};
-use engram_tests::{TestNode, add_principal, assert_code, run_local, session};
+use engram_tests::{TestNode, add_principal, admin_with_world, assert_code, run_local, session};
 
 async fn world_call(reader: &world_reader::Client) -> Result<(), ClientError> {
     reader.world_request().send().promise.await?;
@@ -28,6 +28,17 @@ async fn burst(readers: &[world_reader::Client], calls: usize) -> usize {
         }
     }
     passed
+}
+
+/// A restriction of rate only.
+fn rated(calls_per_second: u32, atoms_per_second: u32) -> Restriction {
+    Restriction {
+        rate: Rate {
+            calls_per_second,
+            atoms_per_second,
+        },
+        ..Restriction::default()
+    }
 }
 
 #[test]
@@ -60,37 +71,15 @@ fn a_grant_rate_holds_across_every_login_of_the_principal() {
 fn an_attenuated_rate_only_narrows() {
     let node = TestNode::start();
     run_local(async {
-        let admin = session(&node.tcp(), &node.admin_key()).await;
-        engram_client::create_world(&admin.admin().unwrap(), "w")
+        let admin = admin_with_world(&node, "w").await;
+        let slow = engram_client::attenuate_reader(&admin.reader("w").unwrap(), &rated(3, 0))
             .await
             .unwrap();
-        let admin = session(&node.tcp(), &node.admin_key()).await;
-        let slow = engram_client::attenuate_reader(
-            &admin.reader("w").unwrap(),
-            &Restriction {
-                rate: Rate {
-                    calls_per_second: 3,
-                    atoms_per_second: 0,
-                },
-                ..Restriction::default()
-            },
-        )
-        .await
-        .unwrap();
         // Attenuating the slow reader again to a faster rate draws on the same bucket:
         // that call and the faster child's calls all count against the rate of 3.
-        let faster = engram_client::attenuate_reader(
-            &slow,
-            &Restriction {
-                rate: Rate {
-                    calls_per_second: 1000,
-                    atoms_per_second: 0,
-                },
-                ..Restriction::default()
-            },
-        )
-        .await
-        .unwrap();
+        let faster = engram_client::attenuate_reader(&slow, &rated(1000, 0))
+            .await
+            .unwrap();
         let passed = burst(std::slice::from_ref(&faster), 10).await;
         assert!((2..=3).contains(&passed), "{passed} of 10 calls passed");
         // The holder's own reader is untouched.
@@ -102,23 +91,10 @@ fn an_attenuated_rate_only_narrows() {
 fn an_atoms_rate_bounds_what_a_writer_writes() {
     let node = TestNode::start();
     run_local(async {
-        let admin = session(&node.tcp(), &node.admin_key()).await;
-        engram_client::create_world(&admin.admin().unwrap(), "w")
+        let admin = admin_with_world(&node, "w").await;
+        let writer = engram_client::attenuate_writer(&admin.writer("w").unwrap(), &rated(0, 10))
             .await
             .unwrap();
-        let admin = session(&node.tcp(), &node.admin_key()).await;
-        let writer = engram_client::attenuate_writer(
-            &admin.writer("w").unwrap(),
-            &Restriction {
-                rate: Rate {
-                    calls_per_second: 0,
-                    atoms_per_second: 10,
-                },
-                ..Restriction::default()
-            },
-        )
-        .await
-        .unwrap();
         let batch = |count: usize| -> Vec<NewAtom> {
             (0..count)
                 .map(|index| NewAtom::fact(format!("atom {index}")))

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use engram_client::{Filter, NewAtom, Session};
-use engram_tests::{TestNode, run_local, session};
+use engram_tests::{TestNode, admin_with_world, run_local, session};
 
 /// Atoms in the big world; more than three calls' budgets of entries examined.
 const ATOMS: usize = 30_000;
@@ -102,11 +102,7 @@ fn full_scan_asks_never_hold_up_other_connections() {
 fn answers_are_bounded_in_bytes_and_continue_by_cursor() {
     let node = TestNode::start();
     run_local(async {
-        let admin = session(&node.tcp(), &node.admin_key()).await;
-        engram_client::create_world(&admin.admin().unwrap(), "large")
-            .await
-            .unwrap();
-        let admin = session(&node.tcp(), &node.admin_key()).await;
+        let admin = admin_with_world(&node, "large").await;
         let writer = admin.writer("large").unwrap();
         let large: Vec<NewAtom> = (0..24)
             .map(|index| NewAtom {
@@ -165,20 +161,9 @@ fn logins_on_one_connection_share_its_reads_in_flight() {
     run_local(async {
         big_world(&node).await;
         let connection = engram_client::connect(&node.tcp()).await.unwrap();
-        let first = connection
-            .login(&node.admin_key())
-            .await
-            .unwrap()
-            .graft()
-            .await
-            .unwrap();
-        let second = connection
-            .login(&node.admin_key())
-            .await
-            .unwrap()
-            .graft()
-            .await
-            .unwrap();
+        let key = node.admin_key();
+        let login = || async { connection.login(&key).await.unwrap().graft().await.unwrap() };
+        let (first, second) = (login().await, login().await);
         let (first, second) = (first.reader("big").unwrap(), second.reader("big").unwrap());
         // Two long reads at once on one connection, one per login: logging in again
         // buys no second place.

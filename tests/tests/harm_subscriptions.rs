@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use engram_client::engram_schema::engram_capnp::{atom_sink, observer, subscription};
 use engram_client::{ErrorCode, Filter, NewAtom, Restriction};
-use engram_tests::{TestNode, add_principal, run_local, session};
+use engram_tests::{TestNode, add_principal, admin_with_world, run_local, session};
 use futures::StreamExt;
 use futures::channel::mpsc;
 
@@ -132,11 +132,7 @@ fn a_stuck_push_does_not_outlive_a_cancel_or_an_epoch_advance() {
 fn an_expiring_restriction_ends_an_idle_subscription_when_it_expires() {
     let node = TestNode::start();
     run_local(async {
-        let admin = session(&node.tcp(), &node.admin_key()).await;
-        engram_client::create_world(&admin.admin().unwrap(), "w")
-            .await
-            .unwrap();
-        let admin = session(&node.tcp(), &node.admin_key()).await;
+        let admin = admin_with_world(&node, "w").await;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

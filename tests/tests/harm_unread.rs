@@ -7,14 +7,9 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
-use ed25519_dalek::Signer;
-use engram_client::engram_schema::engram_capnp::terminal;
-use engram_client::engram_schema::login_message;
-use engram_client::{Membrane, NewAtom};
-use engram_tests::{TestNode, run_local, session};
+use engram_client::NewAtom;
+use engram_tests::{TestNode, admin_with_world, run_local, session};
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 /// A socket's read half that reads nothing while paused.
 struct Pausable<R> {
@@ -41,11 +36,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Pausable<R> {
 fn a_client_that_never_reads_its_answers_is_cut_off_within_bounded_memory() {
     let node = TestNode::start_with(&["--write-stall-timeout-ms", "2000"]);
     run_local(async {
-        let admin = session(&node.tcp(), &node.admin_key()).await;
-        engram_client::create_world(&admin.admin().unwrap(), "large")
-            .await
-            .unwrap();
-        let admin = session(&node.tcp(), &node.admin_key()).await;
+        let admin = admin_with_world(&node, "large").await;
         let large: Vec<NewAtom> = (0..24)
             .map(|index| NewAtom {
                 payload: vec![7; 1024 * 1024],
@@ -70,35 +61,13 @@ fn a_client_that_never_reads_its_answers_is_cut_off_within_bounded_memory() {
             paused: paused.clone(),
             waiting: waiting.clone(),
         };
-        let network = twoparty::VatNetwork::new(
-            reader.compat(),
-            write.compat_write(),
-            Side::Client,
-            capnp::message::ReaderOptions {
-                traversal_limit_in_words: None,
-                nesting_limit: 64,
-            },
-        );
-        let mut system = RpcSystem::new(Box::new(network), None);
-        let terminal: terminal::Client = system.bootstrap(Side::Server);
-        tokio::task::spawn_local(system);
-        let key = node.admin_key();
-        let challenge = terminal.challenge_request().send().promise.await.unwrap();
-        let challenge = challenge.get().unwrap();
-        let mut login = terminal.login_request();
-        login.get().set_public_key(key.verifying_key().as_bytes());
-        login.get().set_nonce(challenge.get_nonce().unwrap());
-        let node_key: [u8; 32] = challenge.get_node_key().unwrap().try_into().unwrap();
-        let nonce: [u8; 32] = challenge.get_nonce().unwrap().try_into().unwrap();
-        let signature = key.sign(&login_message(&nonce, &node_key, challenge.get_epoch()));
-        login.get().set_signature(&signature.to_bytes());
-        let membrane = login.send().promise.await.unwrap();
-        let hostile = Membrane {
-            client: membrane.get().unwrap().get_membrane().unwrap(),
-        }
-        .graft()
-        .await
-        .unwrap();
+        let hostile = engram_client::connect_over(reader, write)
+            .login(&node.admin_key())
+            .await
+            .unwrap()
+            .graft()
+            .await
+            .unwrap();
         let reader = hostile.reader("large").unwrap();
         paused.set(true);
         let mut pending = Vec::new();

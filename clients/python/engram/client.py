@@ -331,9 +331,8 @@ async def ask(
 ) -> list[AtomView]:
     """Atoms matching every filter: newest first, or most relevant first with ``vector``
     (similarity), ``text`` (words) or both fused (see the schema's ``Hit.score``)."""
-    request = reader.ask_request()
-    _fill_filter(
-        request.init("query"),
+    page = await ask_page(
+        reader,
         kinds=kinds,
         labels=labels,
         writers=writers,
@@ -344,8 +343,7 @@ async def ask(
         vector=vector,
         text=text,
     )
-    result = await call(request.send())
-    return [AtomView.read(hit.atom) for hit in result.hits]
+    return page.atoms
 
 
 @dataclass(frozen=True)
