@@ -19,7 +19,7 @@ use engram_client::{Filter, NewAtom, Restriction, Session, WatchEvent, keyfile};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::node::BenchNode;
-use crate::report::{mib, percentile, print};
+use crate::report::{mib, percentile, print, print_text};
 
 pub struct Options {
     /// Seconds each run of the good workload lasts.
@@ -30,7 +30,20 @@ pub struct Options {
     pub scanned_atoms: usize,
     /// Idle sockets the hostile peer keeps open.
     pub idle_sockets: usize,
+    /// Which hostile clients run (`HOSTILE_KINDS`); all by default.
+    pub hostile: Vec<String>,
+    /// The rate on the hostile principal's grants, `CALLS/ATOMS` a second (`0/0`: none).
+    pub hostile_rate: String,
 }
+
+/// The good clients' principal and the hostile one's.
+struct Principals {
+    good: ed25519_dalek::SigningKey,
+    hostile: ed25519_dalek::SigningKey,
+}
+
+/// The kinds of hostile client, as `--hostile` names them.
+pub const HOSTILE_KINDS: [&str; 6] = ["unread", "stuck", "crafted", "scans", "idle", "logins"];
 
 /// Dimensions of the good world's vectors (the crafted vector's too).
 const DIMENSIONS: usize = 128;
@@ -47,16 +60,47 @@ pub async fn run(options: Options) {
     engram_client::create_world(&admin_capability, "big")
         .await
         .unwrap();
+    let principals = Principals {
+        good: keyfile::generate().expect("a key"),
+        hostile: keyfile::generate().expect("a key"),
+    };
+    let grant = |text: &str| engram_client::Grant::parse(text).expect("a grant");
+    engram_client::add_principal(
+        &admin_capability,
+        "good",
+        principals.good.verifying_key().as_bytes(),
+        false,
+        &[grant("good=rwo")],
+    )
+    .await
+    .unwrap();
+    let rate = &options.hostile_rate;
+    engram_client::add_principal(
+        &admin_capability,
+        "hostile",
+        principals.hostile.verifying_key().as_bytes(),
+        false,
+        &[
+            grant(&format!("good=wo@{rate}")),
+            grant(&format!("big=r@{rate}")),
+        ],
+    )
+    .await
+    .unwrap();
+    print_text(
+        "abuse.hostile_rate",
+        &format!("{rate} (calls/atoms a second; 0: none)"),
+    );
     let admin = node.login_at(&node.unix()).await;
     let started = Instant::now();
     fill_big_world(&admin, options.scanned_atoms).await;
     print("abuse.setup", started.elapsed().as_secs_f64(), "s");
 
-    let alone = good_workload(&node, &options).await;
-    let stop = Rc::new(Cell::new(false));
-    let hostile = start_hostile(&node, &options, stop.clone()).await;
-    let beside = good_workload(&node, &options).await;
-    stop.set(true);
+    let alone = good_workload(&node, &options, &principals).await;
+    // The hostile clients run in a process of their own, so that their work does not
+    // share the good clients' thread.
+    let hostile = HostileProcess::start(&node, &options, &principals.hostile);
+    let beside = good_workload(&node, &options, &principals).await;
     let peak_rss_kib = node.memory_kib("VmHWM");
     drop(hostile);
 
@@ -160,9 +204,9 @@ fn vector(seed: u64) -> Vec<f32> {
 
 /// Each good client loops: remember one atom with a vector, ask by label, ask by
 /// similarity; one more subscribes to the good world and counts what it receives.
-async fn good_workload(node: &BenchNode, options: &Options) -> Workload {
+async fn good_workload(node: &BenchNode, options: &Options, principals: &Principals) -> Workload {
     let deadline = Instant::now() + Duration::from_secs(options.seconds);
-    let subscriber = node.login_at(&node.unix()).await;
+    let subscriber = node.login_as(&node.unix(), &principals.good).await;
     let mut watch = engram_client::subscribe(
         &subscriber.observer("good").unwrap(),
         &Filter {
@@ -183,7 +227,7 @@ async fn good_workload(node: &BenchNode, options: &Options) -> Workload {
     let started = Instant::now();
     let mut clients = Vec::new();
     for client in 0..options.good_clients {
-        let session = node.login_at(&node.unix()).await;
+        let session = node.login_as(&node.unix(), &principals.good).await;
         clients.push(tokio::task::spawn_local(async move {
             let (writer, reader) = (
                 session.writer("good").unwrap(),
@@ -246,64 +290,98 @@ async fn good_workload(node: &BenchNode, options: &Options) -> Workload {
     workload
 }
 
-/// The hostile tasks, running until `stop` is set; dropping the handles ends them.
-struct Hostile(Vec<tokio::task::JoinHandle<()>>);
+/// The hostile clients' process (`engram-bench abuse-hostile`), killed on drop.
+struct HostileProcess {
+    child: std::process::Child,
+    _key_directory: tempfile::TempDir,
+}
 
-impl Drop for Hostile {
-    fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
+impl HostileProcess {
+    fn start(
+        node: &BenchNode,
+        options: &Options,
+        key: &ed25519_dalek::SigningKey,
+    ) -> HostileProcess {
+        let key_directory = tempfile::tempdir().expect("a temporary directory");
+        let key_path = key_directory.path().join("hostile.key");
+        keyfile::write_new(&key_path, key).expect("writing the hostile key");
+        let mut child = std::process::Command::new(std::env::current_exe().expect("this binary"))
+            .arg("abuse-hostile")
+            .args(["--tcp", &node.tcp])
+            .arg("--key")
+            .arg(&key_path)
+            .args(["--hostile", &options.hostile.join(",")])
+            .args(["--idle-sockets", &options.idle_sockets.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting the hostile clients");
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut ready,
+        )
+        .expect("the hostile clients' ready line");
+        assert_eq!(
+            ready.trim(),
+            "hostile ready",
+            "the hostile clients did not start"
+        );
+        HostileProcess {
+            child,
+            _key_directory: key_directory,
         }
     }
 }
 
-async fn start_hostile(node: &BenchNode, options: &Options, stop: Rc<Cell<bool>>) -> Hostile {
+impl Drop for HostileProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `engram-bench abuse-hostile`: runs the hostile clients against the node at `tcp` as
+/// the principal of `key`, prints `hostile ready` once they all run, until killed.
+pub async fn serve_hostile(
+    tcp: String,
+    key: std::path::PathBuf,
+    hostile: Vec<String>,
+    idle_sockets: usize,
+) {
+    let key = keyfile::read(&key).expect("the hostile key");
+    let _tasks = start_hostile(tcp, key, &hostile, idle_sockets).await;
+    println!("hostile ready");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    std::future::pending::<()>().await;
+}
+
+/// Logs in as `key` over TCP and grafts.
+async fn login(tcp: &str, key: &ed25519_dalek::SigningKey) -> Session {
+    engram_client::connect(&engram_client::Endpoint::Tcp(tcp.to_owned()))
+        .await
+        .expect("connecting")
+        .login(key)
+        .await
+        .expect("logging in")
+        .graft()
+        .await
+        .expect("grafting")
+}
+
+async fn start_hostile(
+    tcp: String,
+    key: ed25519_dalek::SigningKey,
+    hostile: &[String],
+    idle_sockets: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
-    let tcp = node.tcp.clone();
-    let key = keyfile::read(&node.admin_key).expect("the admin key");
-
-    // Idle sockets that never send a byte, opened again whenever the node closes them.
-    for _ in 0..options.idle_sockets {
-        let (tcp, stop) = (tcp.clone(), stop.clone());
-        tasks.push(tokio::task::spawn_local(async move {
-            while !stop.get() {
-                let Ok(mut socket) = tokio::net::TcpStream::connect(&tcp).await else {
-                    continue;
-                };
-                let mut buffer = [0u8; 256];
-                while let Ok(read) = tokio::io::AsyncReadExt::read(&mut socket, &mut buffer).await {
-                    if read == 0 {
-                        break;
-                    }
-                }
-            }
-        }));
-    }
-
-    // A login flood with an unknown key, and many logins on one connection.
-    let stranger = keyfile::generate().expect("a key");
-    for one_connection in [false, true] {
-        let (tcp, stop, stranger) = (tcp.clone(), stop.clone(), stranger.clone());
-        tasks.push(tokio::task::spawn_local(async move {
-            let mut held = None;
-            while !stop.get() {
-                if held.is_none() || !one_connection {
-                    held = engram_client::connect(&engram_client::Endpoint::Tcp(tcp.clone()))
-                        .await
-                        .ok();
-                }
-                if let Some(connection) = &held {
-                    let _ = connection.login(&stranger).await;
-                }
-            }
-        }));
-    }
+    let wants = |kind: &str| hostile.iter().any(|wanted| wanted == kind);
 
     // Pipelined large reads whose answers are never read, again whenever cut off.
-    {
-        let (tcp, stop, key) = (tcp.clone(), stop.clone(), key.clone());
+    if wants("unread") {
+        let (tcp, key) = (tcp.clone(), key.clone());
         tasks.push(tokio::task::spawn_local(async move {
-            while !stop.get() {
+            loop {
                 let Some((hostile, paused)) = unread_session(&tcp, &key).await else {
                     continue;
                 };
@@ -326,8 +404,8 @@ async fn start_hostile(node: &BenchNode, options: &Options, stop: Rc<Cell<bool>>
     }
 
     // A subscriber whose sink never returns from a push, on the busy good world.
-    {
-        let hostile = node.login().await;
+    if wants("stuck") {
+        let hostile = login(&tcp, &key).await;
         let observer = hostile.observer("good").unwrap();
         tasks.push(tokio::task::spawn_local(async move {
             let sink: atom_sink::Client = capnp_rpc::new_client(StuckSink);
@@ -341,8 +419,8 @@ async fn start_hostile(node: &BenchNode, options: &Options, stop: Rc<Cell<bool>>
     }
 
     // Crafted vectors from the weakest writer, and full-scan asks.
-    {
-        let hostile = node.login().await;
+    if wants("crafted") {
+        let hostile = login(&tcp, &key).await;
         let writer = engram_client::attenuate_writer(
             &hostile.writer("good").unwrap(),
             &Restriction {
@@ -352,11 +430,10 @@ async fn start_hostile(node: &BenchNode, options: &Options, stop: Rc<Cell<bool>>
         )
         .await
         .unwrap();
-        let stop = stop.clone();
         tasks.push(tokio::task::spawn_local(async move {
             let mut crafted = vec![2.4e-4f32; DIMENSIONS];
             crafted[0] = 1.0;
-            while !stop.get() {
+            loop {
                 let atoms: Vec<NewAtom> = (0..50)
                     .map(|_| {
                         NewAtom::fact("crafted")
@@ -368,9 +445,8 @@ async fn start_hostile(node: &BenchNode, options: &Options, stop: Rc<Cell<bool>>
             }
         }));
     }
-    for _ in 0..4 {
-        let hostile = node.login().await;
-        let stop = stop.clone();
+    for _ in 0..if wants("scans") { 4 } else { 0 } {
+        let hostile = login(&tcp, &key).await;
         tasks.push(tokio::task::spawn_local(async move {
             let reader = hostile.reader("big").unwrap();
             let nothing_matches = Filter {
@@ -378,12 +454,53 @@ async fn start_hostile(node: &BenchNode, options: &Options, stop: Rc<Cell<bool>>
                 limit: 1000,
                 ..Filter::default()
             };
-            while !stop.get() {
+            loop {
                 let _ = engram_client::ask(&reader, &nothing_matches).await;
             }
         }));
     }
-    Hostile(tasks)
+    // Last, once the other hostile clients hold their sessions: the same peer's idle
+    // sockets, login flood and many logins on one connection fill its per-address limits.
+    // Idle sockets that never send a byte, opened again whenever the node closes them.
+    for _ in 0..if wants("idle") { idle_sockets } else { 0 } {
+        let tcp = tcp.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            loop {
+                let Ok(mut socket) = tokio::net::TcpStream::connect(&tcp).await else {
+                    continue;
+                };
+                let mut buffer = [0u8; 256];
+                while let Ok(read) = tokio::io::AsyncReadExt::read(&mut socket, &mut buffer).await {
+                    if read == 0 {
+                        break;
+                    }
+                }
+                // Closed (refused, or its handshake time is up): open another soon.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+
+    // A login flood with an unknown key, and many logins on one connection.
+    let stranger = keyfile::generate().expect("a key");
+    for one_connection in [false, true].into_iter().filter(|_| wants("logins")) {
+        let (tcp, stranger) = (tcp.clone(), stranger.clone());
+        tasks.push(tokio::task::spawn_local(async move {
+            let mut held = None;
+            loop {
+                if held.is_none() || !one_connection {
+                    held = engram_client::connect(&engram_client::Endpoint::Tcp(tcp.clone()))
+                        .await
+                        .ok();
+                }
+                if let Some(connection) = &held {
+                    let _ = connection.login(&stranger).await;
+                }
+            }
+        }));
+    }
+
+    tasks
 }
 
 /// A sink that never returns from a push.

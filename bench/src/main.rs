@@ -71,6 +71,27 @@ enum Benchmark {
         /// Idle sockets the hostile peer holds open.
         #[arg(long, default_value_t = 200)]
         idle_sockets: usize,
+        /// The hostile clients to run, of: unread (pipelined reads never read), stuck (a
+        /// subscriber that never takes a push), crafted (crafted vectors), scans
+        /// (full-scan asks), idle (idle sockets), logins (login floods).
+        #[arg(long, value_delimiter = ',', default_values_t = abuse::HOSTILE_KINDS.map(String::from))]
+        hostile: Vec<String>,
+        /// The rate on the hostile principal's grants, CALLS/ATOMS a second, as an
+        /// operator would give an agent it does not trust (0/0: no rate at all).
+        #[arg(long, default_value = "100/2000")]
+        hostile_rate: String,
+    },
+    /// The hostile clients of `abuse`, in a process of their own (started by `abuse`).
+    #[command(hide = true)]
+    AbuseHostile {
+        #[arg(long)]
+        tcp: String,
+        #[arg(long)]
+        key: std::path::PathBuf,
+        #[arg(long, value_delimiter = ',')]
+        hostile: Vec<String>,
+        #[arg(long)]
+        idle_sockets: usize,
     },
     /// The Cap'n Proto echo baseline server (started by `all`).
     #[command(hide = true)]
@@ -111,11 +132,22 @@ fn main() {
             }),
         ),
         Benchmark::EchoServer => local.block_on(&runtime, echo::serve()),
+        Benchmark::AbuseHostile {
+            tcp,
+            key,
+            hostile,
+            idle_sockets,
+        } => local.block_on(
+            &runtime,
+            abuse::serve_hostile(tcp, key, hostile, idle_sockets),
+        ),
         Benchmark::Abuse {
             seconds,
             good_clients,
             scanned_atoms,
             idle_sockets,
+            hostile,
+            hostile_rate,
         } => local.block_on(
             &runtime,
             abuse::run(abuse::Options {
@@ -123,6 +155,8 @@ fn main() {
                 good_clients,
                 scanned_atoms,
                 idle_sockets,
+                hostile,
+                hostile_rate,
             }),
         ),
         Benchmark::Vectors {

@@ -124,9 +124,14 @@ impl BenchNode {
     /// Connects as the admin at `endpoint`, logs in and grafts.
     pub async fn login_at(&self, endpoint: &Endpoint) -> Session {
         let key = keyfile::read(&self.admin_key).expect("the admin key");
+        self.login_as(endpoint, &key).await
+    }
+
+    /// Connects at `endpoint`, logs in with `key` and grafts.
+    pub async fn login_as(&self, endpoint: &Endpoint, key: &ed25519_dalek::SigningKey) -> Session {
         let connection = connect(endpoint).await.expect("connecting");
         connection
-            .login(&key)
+            .login(key)
             .await
             .expect("login")
             .graft()

@@ -13,6 +13,11 @@ pub fn print(name: &str, value: f64, unit: &str) {
     println!("{}", line.trim_end());
 }
 
+/// A figure that is not a number, as `name: text`.
+pub fn print_text(name: &str, text: &str) {
+    println!("{name}: {text}");
+}
+
 /// The `fraction` percentile of sorted durations.
 pub fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     if sorted.is_empty() {

@@ -144,21 +144,32 @@ impl Grip {
         work: impl FnOnce(&engram_store::Store) -> Result<T, engram_store::StoreError> + Send + 'static,
     ) -> Result<T, CapabilityError> {
         let _permit = self.begin_read()?;
+        let shutting_down = |_| CapabilityError::Unavailable("the node is shutting down".into());
+        // The principal's share first, so that its queued reads hold no node-wide place.
+        let _share = self
+            .node
+            .read_share(&self.principal)
+            .acquire_owned()
+            .await
+            .map_err(shutting_down)?;
         let _worker = self
             .node
             .read_workers
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| CapabilityError::Unavailable("the node is shutting down".into()))?;
+            .map_err(shutting_down)?;
         let store = self.node.store.clone();
-        let done = tokio::task::spawn_blocking(move || work(&store))
-            .await
-            .map_err(|error| {
-                CapabilityError::Store(engram_store::StoreError::TransactionFailed {
-                    reason: format!("a read task failed: {error}"),
-                })
-            })??;
+        let done = tokio::task::spawn_blocking(move || {
+            lower_priority();
+            work(&store)
+        })
+        .await
+        .map_err(|error| {
+            CapabilityError::Store(engram_store::StoreError::TransactionFailed {
+                reason: format!("a read task failed: {error}"),
+            })
+        })??;
         Ok(done)
     }
 
@@ -186,6 +197,27 @@ impl Grip {
         }
     }
 }
+
+/// Lowers the calling blocking-pool thread's scheduling priority (once per thread):
+/// reads off the RPC thread take the CPU the RPC and writer threads leave, so a flood of
+/// long reads slows other reads, never the calls that need no worker.
+fn lower_priority() {
+    thread_local! {
+        static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    LOWERED.with(|lowered| {
+        if !lowered.replace(true) {
+            // SAFETY: setpriority(2) on the calling thread (who 0), which Linux applies
+            // to that thread alone; a failure only leaves the priority as it was.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, READ_WORKER_NICENESS);
+            }
+        }
+    });
+}
+
+/// The niceness of the threads that run reads off the RPC thread.
+const READ_WORKER_NICENESS: libc::c_int = 10;
 
 pub(crate) fn now_unix_ms() -> i64 {
     std::time::SystemTime::now()

@@ -51,6 +51,9 @@ pub struct Node {
     pub(crate) logins: LoginRate,
     /// Places for reads that run off the RPC thread (`Grip::off_thread`).
     pub(crate) read_workers: Arc<tokio::sync::Semaphore>,
+    /// Each principal's share of them: half the workers (at least one), so one
+    /// principal's reads never take every worker.
+    read_shares: RefCell<HashMap<PublicKey, Arc<tokio::sync::Semaphore>>>,
     /// The rate buckets of grants, by principal and world: one per grant, shared by every
     /// login of the principal, so logging in again buys nothing.
     grant_rates: RefCell<HashMap<(PublicKey, String), Rc<Bucket>>>,
@@ -126,8 +129,14 @@ impl Node {
             logins: LoginRate::new(limits.login_attempts_per_minute),
             read_workers: Arc::new(tokio::sync::Semaphore::new(limits.read_workers.max(1))),
             grant_rates: RefCell::new(HashMap::new()),
+            read_shares: RefCell::new(HashMap::new()),
             limits,
         })
+    }
+
+    /// Why a new connection of `peer` is refused at once, if it is past its login rate.
+    pub fn login_refusal(&self, peer: &crate::Peer) -> Option<String> {
+        self.logins.blocks(peer).then(|| self.logins.refusal(peer))
     }
 
     /// The current epoch number.
@@ -211,6 +220,20 @@ impl Node {
         let bucket = Rc::new(Bucket::new(rate, "this principal's grant")?);
         rates.insert(key, bucket.clone());
         Some(bucket)
+    }
+
+    /// The places `principal` may hold among the read workers.
+    pub(crate) fn read_share(&self, principal: &PublicKey) -> Arc<tokio::sync::Semaphore> {
+        let share = (self.limits.read_workers / 2).max(1);
+        let mut shares = self.read_shares.borrow_mut();
+        // Forget the shares nobody holds or waits for, so the map stays small.
+        if shares.len() > 1024 {
+            shares.retain(|_, semaphore| Arc::strong_count(semaphore) > 1);
+        }
+        shares
+            .entry(*principal)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(share)))
+            .clone()
     }
 
     /// Tells every subscription that the node is shutting down; they end with

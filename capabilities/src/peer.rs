@@ -1,7 +1,10 @@
 //! Who is at the other end of a connection, and how often one peer may try to log in.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::time::Instant;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -36,6 +39,9 @@ const REMEMBERED_PEERS_MAX: usize = 4096;
 pub struct LoginRate {
     limiter: Option<DefaultKeyedRateLimiter<Peer>>,
     per_minute: u32,
+    /// Peers past their rate, until their next attempt would be allowed: their new
+    /// connections are closed at once, before any work is spent on them.
+    blocked: RefCell<HashMap<Peer, Instant>>,
 }
 
 impl LoginRate {
@@ -45,6 +51,21 @@ impl LoginRate {
             limiter: NonZeroU32::new(per_minute)
                 .map(|rate| RateLimiter::keyed(Quota::per_minute(rate))),
             per_minute,
+            blocked: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `peer` is past its rate now, so that a new connection of its is closed
+    /// without being served.
+    pub fn blocks(&self, peer: &Peer) -> bool {
+        let mut blocked = self.blocked.borrow_mut();
+        match blocked.get(peer) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                blocked.remove(peer);
+                false
+            }
+            None => false,
         }
     }
 
@@ -56,12 +77,26 @@ impl LoginRate {
         if limiter.len() > REMEMBERED_PEERS_MAX {
             limiter.retain_recent();
         }
-        limiter.check_key(peer).map_err(|_| {
-            CapabilityError::ResourceExhausted(format!(
-                "too many login attempts from {peer}: the node allows {} a minute \
-                 (engramd --login-attempts-per-minute); try again later",
-                self.per_minute
-            ))
+        limiter.check_key(peer).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            let mut blocked = self.blocked.borrow_mut();
+            if blocked.len() > REMEMBERED_PEERS_MAX {
+                let now = Instant::now();
+                blocked.retain(|_, until| *until > now);
+            }
+            blocked.insert(*peer, Instant::now() + wait);
+            CapabilityError::ResourceExhausted(self.refusal(peer))
         })
+    }
+
+    /// What a peer past its rate is told.
+    pub fn refusal(&self, peer: &Peer) -> String {
+        format!(
+            "too many login attempts from {peer}: the node allows {} a minute \
+             (engramd --login-attempts-per-minute); try again later",
+            self.per_minute
+        )
     }
 }

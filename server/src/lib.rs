@@ -409,9 +409,29 @@ struct Connections {
     active: Cell<usize>,
     per_peer: RefCell<HashMap<Peer, usize>>,
     refused: Cell<usize>,
+    /// Refusals not logged yet, and when the last was: a flood logs a line a second.
+    unlogged_refusals: Cell<u64>,
+    last_refusal_logged: Cell<Option<std::time::Instant>>,
 }
 
 impl Connections {
+    /// Logs a refusal, or counts it into the next line when one was logged less than a
+    /// second ago.
+    fn log_refusal(&self, peer: &Peer, reason: &str) {
+        let now = std::time::Instant::now();
+        let recent = self
+            .last_refusal_logged
+            .get()
+            .is_some_and(|last| now.duration_since(last) < std::time::Duration::from_secs(1));
+        if recent {
+            self.unlogged_refusals.set(self.unlogged_refusals.get() + 1);
+            return;
+        }
+        let also = self.unlogged_refusals.replace(0);
+        self.last_refusal_logged.set(Some(now));
+        tracing::warn!(%peer, reason, refused_since_last_line = also, "connection refused");
+    }
+
     /// Why a new connection from `peer` may not be served, if it may not.
     fn refusal(&self, config: &Config, peer: &Peer) -> Option<String> {
         if self.active.get() >= config.connections_max {
@@ -462,9 +482,12 @@ fn connect(
     reader: impl AsyncRead + Unpin + 'static,
     writer: impl AsyncWrite + Unpin + 'static,
 ) {
-    let refusal = connections.refusal(config, &peer);
+    // A peer past its login rate is refused at once, before a login is spent on it.
+    let refusal = node
+        .login_refusal(&peer)
+        .or_else(|| connections.refusal(config, &peer));
     if let Some(reason) = &refusal {
-        tracing::warn!(%peer, reason, "connection refused");
+        connections.log_refusal(&peer, reason);
         if connections.refused.get() >= limits::REFUSED_CONNECTIONS_MAX {
             return;
         }
