@@ -58,6 +58,21 @@ fn edit_entries(node: &TestNode, edit: impl FnOnce(&mut redb::Table<'_, (&str, u
     transaction.commit().unwrap();
 }
 
+/// Changes "paid 100" to "paid 900" in the stored entry of `victim`.
+fn change_the_payment(node: &TestNode, victim: &Receipt) {
+    edit_entries(node, |entries| {
+        let key = ("ledger", victim.commit);
+        let mut bytes = entries.get(key).unwrap().unwrap().value().to_vec();
+        assert_eq!(bytes[..32], victim.id, "the row starts with the entry's id");
+        let position = bytes
+            .windows(3)
+            .position(|window| window == b"100")
+            .expect("the text is stored verbatim");
+        bytes[position] = b'9';
+        entries.insert(key, bytes.as_slice()).unwrap();
+    });
+}
+
 /// Restarts the node and returns what `verify` reports as the first bad entry.
 fn first_bad_after_restart(node: &mut TestNode) -> ([u8; 32], u64, String) {
     node.restart();
@@ -74,17 +89,7 @@ fn first_bad_after_restart(node: &mut TestNode) -> ([u8; 32], u64, String) {
 fn verify_names_the_edited_entry() {
     let (mut node, receipts, agent_public) = stopped_ledger();
     let victim = receipts[1];
-    edit_entries(&node, |entries| {
-        let key = ("ledger", victim.commit);
-        let mut bytes = entries.get(key).unwrap().unwrap().value().to_vec();
-        assert_eq!(bytes[..32], victim.id, "the row starts with the entry's id");
-        let position = bytes
-            .windows(3)
-            .position(|window| window == b"100")
-            .expect("the text is stored verbatim");
-        bytes[position] = b'9';
-        entries.insert(key, bytes.as_slice()).unwrap();
-    });
+    change_the_payment(&node, &victim);
 
     let (writer, seq, reason) = first_bad_after_restart(&mut node);
     assert_eq!((writer, seq), (agent_public, victim.seq));
@@ -121,4 +126,29 @@ fn verify_names_a_removed_entry_and_a_cut_chain() {
     let (writer, seq, reason) = first_bad_after_restart(&mut node);
     assert_eq!((writer, seq), (agent_public, 3));
     assert!(reason.contains("ends at entry 1"), "{reason}");
+}
+
+#[test]
+fn a_restricted_reader_learns_only_that_a_hidden_entry_failed() {
+    let (mut node, receipts, _) = stopped_ledger();
+    change_the_payment(&node, &receipts[1]);
+    node.restart();
+    run_local(async {
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        // No atom of the ledger carries the label: every entry is hidden from it.
+        let reader = engram_client::attenuate_reader(
+            &admin.reader("ledger").unwrap(),
+            &engram_client::Restriction {
+                labels: vec!["public".into()],
+                ..engram_client::Restriction::default()
+            },
+        )
+        .await
+        .unwrap();
+        let report = engram_client::verify(&reader).await.unwrap();
+        let (writer, seq, reason) = report.first_bad.expect("the change is detected");
+        assert_eq!((writer, seq), ([0; 32], 0), "{reason}");
+        assert!(reason.contains("may not see"), "{reason}");
+        assert_eq!(report.entries, 0);
+    });
 }
