@@ -333,7 +333,7 @@ interface WorldReader {
   # catch up after writes and restarts): it then says what was compared exactly, what
   # was not searched, or where the answer stopped.
   #
-  # Every call has a budget (see "Cost model" below). A newest-first ask that reaches
+  # Every call has a budget (see "Cost model" at the top of this file). A newest-first ask that reaches
   # it before `limit` hits returns what it found with `resumeBeforeCommit` set: ask
   # again with `query.beforeCommit` = that value for the next page. 0 means the answer
   # is complete. A ranked ask (vector or text) answers within its budget and says in

@@ -146,13 +146,13 @@ impl Grip {
         let _permit = self.begin_read()?;
         let shutting_down = |_| CapabilityError::Unavailable("the node is shutting down".into());
         // The principal's share first, so that its queued reads hold no node-wide place.
-        let _share = self
+        let share = self
             .node
             .read_share(&self.principal)
             .acquire_owned()
             .await
             .map_err(shutting_down)?;
-        let _worker = self
+        let worker = self
             .node
             .read_workers
             .clone()
@@ -160,7 +160,11 @@ impl Grip {
             .await
             .map_err(shutting_down)?;
         let store = self.node.store.clone();
+        // The places go with the work: a caller that cancels stops waiting, but the work
+        // it started holds its worker until it ends, so cancelled reads cannot pile up
+        // on the blocking pool.
         let done = tokio::task::spawn_blocking(move || {
+            let _places = (share, worker);
             lower_priority();
             work(&store)
         })
