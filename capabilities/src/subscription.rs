@@ -175,9 +175,8 @@ async fn deliver(
                     }
                     _ = cancelled.changed() => return None,
                     _ = shutdown.changed() => return Some(shutting_down(cursor)),
-                    _ = policy.changed() => if let Err(error) = grip.check(Some(world)) {
-                        return Some(coded(error));
-                    },
+                    // A revocation or an epoch advance: the check below says which.
+                    _ = policy.changed() => {}
                     _ = &mut expired => return Some(expired_notice()),
                 }
                 if let Err(error) = grip.check(Some(world)) {

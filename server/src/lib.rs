@@ -524,35 +524,25 @@ fn connect(
     let activity = terminal.activity();
     let idle_timeout = config.idle_timeout;
     let terminal: terminal::Client = capnp_rpc::new_client(terminal);
-    let mut rpc_system = RpcSystem::new(Box::new(network), Some(terminal.client));
+    let rpc_system = RpcSystem::new(Box::new(network), Some(terminal.client));
     connections.open(peer);
     let handshake_timeout = config.handshake_timeout;
     tokio::task::spawn_local(async move {
-        let handshake = tokio::time::timeout(handshake_timeout, logged_in.notified());
-        let ended = tokio::select! {
-            ended = &mut rpc_system => Some(ended),
-            shook = handshake => match shook {
-                Ok(()) => None,
-                Err(_) => {
-                    tracing::info!(%peer, "connection closed: no login within the handshake timeout");
-                    Some(Ok(()))
-                }
-            },
-        };
         // Without a login in time, or idle for too long, dropping the RPC system closes
         // the socket.
-        let ended = match ended {
-            Some(ended) => ended,
-            None => {
-                let idle = until_idle(&outbox, &activity, idle_timeout);
-                tokio::select! {
-                    ended = &mut rpc_system => ended,
-                    _ = idle => {
-                        tracing::info!(%peer, "connection closed: idle");
-                        Ok(())
-                    }
-                }
+        let expired = async {
+            let handshake = tokio::time::timeout(handshake_timeout, logged_in.notified());
+            if handshake.await.is_err() {
+                // Logged at debug: a flood of sockets must not flood the log.
+                tracing::debug!(%peer, "connection closed: no login within the handshake timeout");
+                return;
             }
+            until_idle(&outbox, &activity, idle_timeout).await;
+            tracing::info!(%peer, "connection closed: idle");
+        };
+        let ended = tokio::select! {
+            ended = rpc_system => ended,
+            () = expired => Ok(()),
         };
         if outbox.stalled() {
             tracing::warn!(%peer, "connection closed: its peer read none of its answers in time");

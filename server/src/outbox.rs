@@ -20,13 +20,15 @@ use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{Connection, FlowController, IncomingMessage, OutgoingMessage, VatNetwork};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// One connection's answers in flight to its peer.
+/// One connection's traffic: its answers in flight to its peer, and when it last heard
+/// from it.
 pub struct Outbox {
     /// Bytes queued for the peer and not yet taken by its socket.
     unread: Cell<usize>,
     /// Past this, the peer's next call is not read until it reads its answers.
     unread_max: usize,
-    /// The read side, waiting for `unread` to fall to `unread_max`.
+    /// The read side's waker when it last waited (on the socket or on the bound): woken
+    /// when `unread` falls back to `unread_max`, and when the connection stalls.
     reader: RefCell<Option<Waker>>,
     /// Set once the node closed the connection because its peer stopped reading.
     stalled: Cell<bool>,
