@@ -1,9 +1,10 @@
 //! Abuse: well-behaved clients beside hostile ones on one node, over loopback.
 //!
-//! The good clients (on the Unix socket, so the per-address limits of the hostile TCP
-//! peer do not apply to them) remember atoms with vectors, ask by label and by
-//! similarity, and one of them subscribes. The workload runs once alone and once beside
-//! every hostile client at once: idle sockets, a login flood, many logins on one
+//! The good clients (principal `good`, on the Unix socket, so the per-address limits of
+//! the hostile TCP peer do not apply to them) remember atoms with vectors, ask by label
+//! and by similarity, and one of them subscribes. The workload runs once alone and once
+//! beside the hostile clients, which run in a process of their own as principal
+//! `hostile` (with a rate on its grants): idle sockets, a login flood, many logins on one
 //! connection, pipelined large reads never read, a subscriber whose sink never returns,
 //! crafted vectors, and full-scan asks. The figures are the good clients' throughput and
 //! p99 in both runs, their ratios, the node's peak RSS, and the good atoms lost.
@@ -18,7 +19,7 @@ use engram_client::engram_schema::engram_capnp::atom_sink;
 use engram_client::{Filter, NewAtom, Restriction, Session, WatchEvent, keyfile};
 use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::node::BenchNode;
+use crate::node::{BenchNode, login_as};
 use crate::report::{mib, percentile, print, print_text};
 
 pub struct Options {
@@ -28,12 +29,22 @@ pub struct Options {
     pub good_clients: usize,
     /// Small atoms in the world the full-scan asks walk.
     pub scanned_atoms: usize,
-    /// Idle sockets the hostile peer keeps open.
-    pub idle_sockets: usize,
-    /// Which hostile clients run (`HOSTILE_KINDS`); all by default.
-    pub hostile: Vec<String>,
+    pub hostile: HostileOptions,
     /// The rate on the hostile principal's grants, `CALLS/ATOMS` a second (`0/0`: none).
     pub hostile_rate: String,
+}
+
+/// What the hostile process runs (the options `abuse` hands on to `abuse-hostile`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct HostileOptions {
+    /// The hostile clients to run, of: unread (pipelined reads never read), stuck (a
+    /// subscriber that never takes a push), crafted (crafted vectors), scans (full-scan
+    /// asks), idle (idle sockets), logins (login floods).
+    #[arg(long = "hostile", value_delimiter = ',', default_values_t = HOSTILE_KINDS.map(String::from))]
+    pub kinds: Vec<String>,
+    /// Idle sockets the hostile peer holds open.
+    #[arg(long, default_value_t = 200)]
+    pub idle_sockets: usize,
 }
 
 /// The good clients' principal and the hostile one's.
@@ -48,10 +59,10 @@ pub const HOSTILE_KINDS: [&str; 6] = ["unread", "stuck", "crafted", "scans", "id
 /// Dimensions of the good world's vectors (the crafted vector's too).
 const DIMENSIONS: usize = 128;
 /// How long the hostile peer's unread connection may stall before the node cuts it.
-const STALL_TIMEOUT_MS: &str = "3000";
+const STALL_TIMEOUT_MS: u64 = 3_000;
 
 pub async fn run(options: Options) {
-    let node = BenchNode::start_with(&["--write-stall-timeout-ms", STALL_TIMEOUT_MS]);
+    let node = BenchNode::start_with(&["--write-stall-timeout-ms", &STALL_TIMEOUT_MS.to_string()]);
     let admin = node.login_at(&node.unix()).await;
     let admin_capability = admin.admin().unwrap();
     engram_client::create_world_with_dimension(&admin_capability, "good", DIMENSIONS as u32)
@@ -206,7 +217,7 @@ fn vector(seed: u64) -> Vec<f32> {
 /// similarity; one more subscribes to the good world and counts what it receives.
 async fn good_workload(node: &BenchNode, options: &Options, principals: &Principals) -> Workload {
     let deadline = Instant::now() + Duration::from_secs(options.seconds);
-    let subscriber = node.login_as(&node.unix(), &principals.good).await;
+    let subscriber = login_as(&node.unix(), &principals.good).await;
     let mut watch = engram_client::subscribe(
         &subscriber.observer("good").unwrap(),
         &Filter {
@@ -227,7 +238,7 @@ async fn good_workload(node: &BenchNode, options: &Options, principals: &Princip
     let started = Instant::now();
     let mut clients = Vec::new();
     for client in 0..options.good_clients {
-        let session = node.login_as(&node.unix(), &principals.good).await;
+        let session = login_as(&node.unix(), &principals.good).await;
         clients.push(tokio::task::spawn_local(async move {
             let (writer, reader) = (
                 session.writer("good").unwrap(),
@@ -310,8 +321,8 @@ impl HostileProcess {
             .args(["--tcp", &node.tcp])
             .arg("--key")
             .arg(&key_path)
-            .args(["--hostile", &options.hostile.join(",")])
-            .args(["--idle-sockets", &options.idle_sockets.to_string()])
+            .args(["--hostile", &options.hostile.kinds.join(",")])
+            .args(["--idle-sockets", &options.hostile.idle_sockets.to_string()])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("starting the hostile clients");
@@ -342,40 +353,22 @@ impl Drop for HostileProcess {
 
 /// `engram-bench abuse-hostile`: runs the hostile clients against the node at `tcp` as
 /// the principal of `key`, prints `hostile ready` once they all run, until killed.
-pub async fn serve_hostile(
-    tcp: String,
-    key: std::path::PathBuf,
-    hostile: Vec<String>,
-    idle_sockets: usize,
-) {
+pub async fn serve_hostile(tcp: String, key: std::path::PathBuf, options: HostileOptions) {
     let key = keyfile::read(&key).expect("the hostile key");
-    let _tasks = start_hostile(tcp, key, &hostile, idle_sockets).await;
+    let _tasks = start_hostile(tcp, key, &options).await;
     println!("hostile ready");
     let _ = std::io::Write::flush(&mut std::io::stdout());
     std::future::pending::<()>().await;
 }
 
-/// Logs in as `key` over TCP and grafts.
-async fn login(tcp: &str, key: &ed25519_dalek::SigningKey) -> Session {
-    engram_client::connect(&engram_client::Endpoint::Tcp(tcp.to_owned()))
-        .await
-        .expect("connecting")
-        .login(key)
-        .await
-        .expect("logging in")
-        .graft()
-        .await
-        .expect("grafting")
-}
-
 async fn start_hostile(
     tcp: String,
     key: ed25519_dalek::SigningKey,
-    hostile: &[String],
-    idle_sockets: usize,
+    options: &HostileOptions,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
-    let wants = |kind: &str| hostile.iter().any(|wanted| wanted == kind);
+    let endpoint = engram_client::Endpoint::Tcp(tcp.clone());
+    let wants = |kind: &str| options.kinds.iter().any(|wanted| wanted == kind);
 
     // Pipelined large reads whose answers are never read, again whenever cut off.
     if wants("unread") {
@@ -397,15 +390,14 @@ async fn start_hostile(
                     .collect();
                 // This client reads nothing, not even that the node cut it off: it
                 // starts again once the node has had time to.
-                let stall: u64 = STALL_TIMEOUT_MS.parse().expect("a number");
-                tokio::time::sleep(Duration::from_millis(stall + 1_000)).await;
+                tokio::time::sleep(Duration::from_millis(STALL_TIMEOUT_MS + 1_000)).await;
             }
         }));
     }
 
     // A subscriber whose sink never returns from a push, on the busy good world.
     if wants("stuck") {
-        let hostile = login(&tcp, &key).await;
+        let hostile = login_as(&endpoint, &key).await;
         let observer = hostile.observer("good").unwrap();
         tasks.push(tokio::task::spawn_local(async move {
             let sink: atom_sink::Client = capnp_rpc::new_client(StuckSink);
@@ -420,7 +412,7 @@ async fn start_hostile(
 
     // Crafted vectors from the weakest writer, and full-scan asks.
     if wants("crafted") {
-        let hostile = login(&tcp, &key).await;
+        let hostile = login_as(&endpoint, &key).await;
         let writer = engram_client::attenuate_writer(
             &hostile.writer("good").unwrap(),
             &Restriction {
@@ -446,7 +438,7 @@ async fn start_hostile(
         }));
     }
     for _ in 0..if wants("scans") { 4 } else { 0 } {
-        let hostile = login(&tcp, &key).await;
+        let hostile = login_as(&endpoint, &key).await;
         tasks.push(tokio::task::spawn_local(async move {
             let reader = hostile.reader("big").unwrap();
             let nothing_matches = Filter {
@@ -462,7 +454,11 @@ async fn start_hostile(
     // Last, once the other hostile clients hold their sessions: the same peer's idle
     // sockets, login flood and many logins on one connection fill its per-address limits.
     // Idle sockets that never send a byte, opened again whenever the node closes them.
-    for _ in 0..if wants("idle") { idle_sockets } else { 0 } {
+    for _ in 0..if wants("idle") {
+        options.idle_sockets
+    } else {
+        0
+    } {
         let tcp = tcp.clone();
         tasks.push(tokio::task::spawn_local(async move {
             loop {

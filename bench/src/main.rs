@@ -68,14 +68,8 @@ enum Benchmark {
         /// Small atoms in the world the full-scan asks walk.
         #[arg(long, default_value_t = 100_000)]
         scanned_atoms: usize,
-        /// Idle sockets the hostile peer holds open.
-        #[arg(long, default_value_t = 200)]
-        idle_sockets: usize,
-        /// The hostile clients to run, of: unread (pipelined reads never read), stuck (a
-        /// subscriber that never takes a push), crafted (crafted vectors), scans
-        /// (full-scan asks), idle (idle sockets), logins (login floods).
-        #[arg(long, value_delimiter = ',', default_values_t = abuse::HOSTILE_KINDS.map(String::from))]
-        hostile: Vec<String>,
+        #[command(flatten)]
+        hostile: abuse::HostileOptions,
         /// The rate on the hostile principal's grants, CALLS/ATOMS a second, as an
         /// operator would give an agent it does not trust (0/0: no rate at all).
         #[arg(long, default_value = "100/2000")]
@@ -88,10 +82,8 @@ enum Benchmark {
         tcp: String,
         #[arg(long)]
         key: std::path::PathBuf,
-        #[arg(long, value_delimiter = ',')]
-        hostile: Vec<String>,
-        #[arg(long)]
-        idle_sockets: usize,
+        #[command(flatten)]
+        hostile: abuse::HostileOptions,
     },
     /// The Cap'n Proto echo baseline server (started by `all`).
     #[command(hide = true)]
@@ -132,20 +124,13 @@ fn main() {
             }),
         ),
         Benchmark::EchoServer => local.block_on(&runtime, echo::serve()),
-        Benchmark::AbuseHostile {
-            tcp,
-            key,
-            hostile,
-            idle_sockets,
-        } => local.block_on(
-            &runtime,
-            abuse::serve_hostile(tcp, key, hostile, idle_sockets),
-        ),
+        Benchmark::AbuseHostile { tcp, key, hostile } => {
+            local.block_on(&runtime, abuse::serve_hostile(tcp, key, hostile))
+        }
         Benchmark::Abuse {
             seconds,
             good_clients,
             scanned_atoms,
-            idle_sockets,
             hostile,
             hostile_rate,
         } => local.block_on(
@@ -154,7 +139,6 @@ fn main() {
                 seconds,
                 good_clients,
                 scanned_atoms,
-                idle_sockets,
                 hostile,
                 hostile_rate,
             }),

@@ -75,6 +75,19 @@ fn engramd() -> PathBuf {
     path
 }
 
+/// Connects at `endpoint`, logs in with `key` and grafts.
+pub async fn login_as(endpoint: &Endpoint, key: &ed25519_dalek::SigningKey) -> Session {
+    connect(endpoint)
+        .await
+        .expect("connecting")
+        .login(key)
+        .await
+        .expect("login")
+        .graft()
+        .await
+        .expect("graft")
+}
+
 impl BenchNode {
     /// A node on TCP only.
     pub fn start() -> BenchNode {
@@ -124,19 +137,7 @@ impl BenchNode {
     /// Connects as the admin at `endpoint`, logs in and grafts.
     pub async fn login_at(&self, endpoint: &Endpoint) -> Session {
         let key = keyfile::read(&self.admin_key).expect("the admin key");
-        self.login_as(endpoint, &key).await
-    }
-
-    /// Connects at `endpoint`, logs in with `key` and grafts.
-    pub async fn login_as(&self, endpoint: &Endpoint, key: &ed25519_dalek::SigningKey) -> Session {
-        let connection = connect(endpoint).await.expect("connecting");
-        connection
-            .login(key)
-            .await
-            .expect("login")
-            .graft()
-            .await
-            .expect("graft")
+        login_as(endpoint, &key).await
     }
 
     /// The data directory.
