@@ -207,11 +207,14 @@ impl Node {
         rate: Rate,
     ) -> Option<Rc<Bucket>> {
         let mut rates = self.grant_rates.borrow_mut();
-        let key = (*principal, world.to_owned());
         if rate.is_unlimited() {
-            rates.remove(&key);
+            // The usual case: no key is built unless a bucket of an older grant is left.
+            if !rates.is_empty() {
+                rates.remove(&(*principal, world.to_owned()));
+            }
             return None;
         }
+        let key = (*principal, world.to_owned());
         if let Some(bucket) = rates.get(&key)
             && bucket.rate() == rate
         {

@@ -10,6 +10,7 @@ use crate::convert::{
 };
 use crate::error::{CapabilityError, Wire};
 use crate::grip::Grip;
+use crate::restriction::Restriction;
 
 pub struct WorldReader {
     grip: Grip,
@@ -30,22 +31,35 @@ impl WorldReader {
         self.grip.admit(Some(&self.world), 0).wire()
     }
 
-    /// Runs `read` on the RPC thread within the inline budget; when it says it needs
-    /// more, runs it again off the thread within the call's budget (`Grip::off_thread`),
-    /// and checks the grip again after, since the epoch may have moved meanwhile.
+    /// Runs `read` (of this world, through this reader's restriction) on the RPC thread
+    /// within the inline budget; when it says it needs more, runs it again off the thread
+    /// within the call's budget (`Grip::off_thread`), and checks the grip again after,
+    /// since the epoch may have moved meanwhile. Only a read that moves off the thread
+    /// takes copies of the world's name and the restriction.
     async fn bounded<T: Send + 'static>(
         &self,
-        read: impl Fn(&ReadView, ReadBudget) -> Result<(T, bool), StoreError> + Send + 'static,
+        read: impl Fn(&ReadView, &str, &Restriction, ReadBudget) -> Result<(T, bool), StoreError>
+        + Send
+        + 'static,
     ) -> Result<T, capnp::Error> {
         let view = self.grip.node.store.read().wire()?;
-        let (inline, unfinished) = read(&view, ReadBudget::INLINE).wire()?;
+        let (inline, unfinished) = read(
+            &view,
+            &self.world,
+            &self.grip.restriction,
+            ReadBudget::INLINE,
+        )
+        .wire()?;
         drop(view);
         if !unfinished {
             return Ok(inline);
         }
+        let (world, restriction) = (self.world.clone(), (*self.grip.restriction).clone());
         let answer = self
             .grip
-            .off_thread(move |store| Ok(read(&store.read()?, ReadBudget::CALL)?.0))
+            .off_thread(move |store| {
+                Ok(read(&store.read()?, &world, &restriction, ReadBudget::CALL)?.0)
+            })
             .await
             .wire()?;
         self.check()?;
@@ -162,11 +176,9 @@ impl world_reader::Server for WorldReader {
             return self.ask_ranked(request, results).await;
         }
         let (query, explain) = (request.query, request.explain);
-        let restriction = (*self.grip.restriction).clone();
-        let world = self.world.clone();
         let page = self
-            .bounded(move |view, budget| {
-                let page = view.ask(&world, &query, budget, &|atom| restriction.shows(atom))?;
+            .bounded(move |view, world, restriction, budget| {
+                let page = view.ask(world, &query, budget, &|atom| restriction.shows(atom))?;
                 let unfinished = page.examined_budget_spent;
                 Ok((page, unfinished))
             })
@@ -207,11 +219,9 @@ impl world_reader::Server for WorldReader {
         self.admit()?;
         let params = params.get()?;
         let (from_commit, limit) = (params.get_from_commit(), params.get_limit());
-        let restriction = (*self.grip.restriction).clone();
-        let world = self.world.clone();
         let page = self
-            .bounded(move |view, budget| {
-                let page = view.replay(&world, from_commit, limit, budget, &|atom| {
+            .bounded(move |view, world, restriction, budget| {
+                let page = view.replay(world, from_commit, limit, budget, &|atom| {
                     restriction.shows(atom)
                 })?;
                 let unfinished = page.examined_budget_spent;
@@ -233,10 +243,8 @@ impl world_reader::Server for WorldReader {
         let heads = if self.grip.restriction.hides_atoms() {
             // A restricted reader sees the newest atom it may see of each chain, and
             // nothing of a chain it may see no atom of.
-            let restriction = (*self.grip.restriction).clone();
-            let world = self.world.clone();
-            self.bounded(move |view, budget| {
-                match view.visible_heads(&world, budget, &|atom| restriction.shows(atom)) {
+            self.bounded(|view, world, restriction, budget| {
+                match view.visible_heads(world, budget, &|atom| restriction.shows(atom)) {
                     Err(StoreError::BudgetSpent { .. }) if budget == ReadBudget::INLINE => {
                         Ok((Vec::new(), true))
                     }
