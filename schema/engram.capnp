@@ -36,7 +36,10 @@
 #   logged-in connection that sends nothing for `--idle-timeout-ms` while it waits on
 #   nothing (no call in flight, no live subscription) is closed.
 # - A capability may carry a `Rate` (from its grant or an attenuation): past it, calls
-#   fail with `resourceExhausted`.
+#   fail with `resourceExhausted` and the connection is not read until the rate allows
+#   a call again; a read that continues off the RPC thread costs one call for every 256
+#   entries it may examine, and answers in part, with its cursor, when the rate cannot
+#   pay (see `Rate`).
 
 const schemaVersion :UInt32 = 1;
 # Bumped when this contract changes incompatibly. Additions keep the number.
@@ -248,8 +251,14 @@ struct Rate {
   # A token bucket of calls and of atoms written: each holds one second's worth (at
   # least one) and refills at the rate, so bursts of up to a second's worth pass at once
   # and more wait. 0 sets no limit. Past it, a call fails with `resourceExhausted` and
-  # does nothing. Rates only narrow: a capability obeys its grant's rate and the rate of
-  # every restriction on its way from the graft, so attenuating cannot buy more.
+  # does nothing, and the node reads no more calls from that connection until the rate
+  # allows one again (at most a second), so a client that keeps calling costs it
+  # nothing meanwhile. A read that examines more than the RPC thread's share of entries
+  # (see the cost model) draws one more call for each 256 entries it may examine (39
+  # more, or a second's worth when that is fewer); when the bucket cannot pay, it
+  # answers with the part read so far and its cursor. Rates only narrow: a capability
+  # obeys its grant's rate and the rate of every restriction on its way from the graft,
+  # so attenuating cannot buy more.
   callsPerSecond @0 :UInt32;  # Calls through the capability.
   atomsPerSecond @1 :UInt32;  # Atoms written through it (a batch counts each one).
 }

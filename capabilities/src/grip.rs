@@ -4,6 +4,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use engram_store::PublicKey;
+use engram_store::limits::{READ_EXAMINED_MAX, READ_INLINE_EXAMINED_MAX};
 
 use crate::error::CapabilityError;
 use crate::node::Node;
@@ -38,6 +39,9 @@ pub(crate) struct CallBudget {
     reads_max: usize,
     /// Live subscriptions started through the connection's logins.
     pub subscriptions: Cell<usize>,
+    /// Until when the connection's next calls are not read: a call past a rate makes
+    /// its connection rest until the rate allows another.
+    resting_until: Cell<Option<tokio::time::Instant>>,
 }
 
 impl CallBudget {
@@ -48,6 +52,25 @@ impl CallBudget {
             reads: Cell::new(0),
             reads_max,
             subscriptions: Cell::new(0),
+            resting_until: Cell::new(None),
+        }
+    }
+
+    /// Until when the connection's next calls are not read, if it rests.
+    pub fn resting_until(&self) -> Option<tokio::time::Instant> {
+        self.resting_until.get()
+    }
+
+    /// Rests the connection for `time` (at most a second) from now, or longer if it
+    /// already rests longer.
+    fn rest(&self, time: std::time::Duration) {
+        let until = tokio::time::Instant::now() + time.min(std::time::Duration::from_secs(1));
+        if self
+            .resting_until
+            .get()
+            .is_none_or(|resting| resting < until)
+        {
+            self.resting_until.set(Some(until));
         }
     }
 
@@ -182,9 +205,21 @@ impl Grip {
     pub fn admit(&self, world: Option<&str>, atoms: u32) -> Result<(), CapabilityError> {
         self.check(world)?;
         for bucket in self.rates.iter() {
-            bucket.admit(atoms)?;
+            // Refused: the caller's next calls wait in its socket, not on the RPC thread.
+            bucket.admit(atoms).map_err(|(error, wait)| {
+                self.budget.rest(wait);
+                error
+            })?;
         }
         Ok(())
+    }
+
+    /// Takes what a read off the RPC thread costs beyond one call from every rate the
+    /// capability obeys: a call for each [`READ_INLINE_EXAMINED_MAX`] entries it may
+    /// examine (at most a second's worth of each rate); whether every rate paid.
+    pub fn pay_for_long_read(&self) -> bool {
+        let calls = (READ_EXAMINED_MAX / READ_INLINE_EXAMINED_MAX - 1) as u32;
+        self.rates.iter().all(|bucket| bucket.pay(calls))
     }
 
     /// The same grip, narrowed: a rate in `restriction` adds a bucket of its own, on top

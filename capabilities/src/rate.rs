@@ -3,9 +3,11 @@
 //! grant's, then each attenuation's), so attenuating again never buys more.
 
 use std::num::NonZeroU32;
+use std::time::Duration;
 
 use engram_store::Rate;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::clock::Clock;
+use governor::{DefaultDirectRateLimiter, NotUntil, Quota, RateLimiter};
 
 use crate::error::CapabilityError;
 
@@ -39,29 +41,56 @@ impl Bucket {
         self.rate
     }
 
-    /// Takes one call and `atoms` atoms, or says why not.
-    pub fn admit(&self, atoms: u32) -> Result<(), CapabilityError> {
-        let exhausted = |what: &str, per_second: u32| {
-            CapabilityError::ResourceExhausted(format!(
-                "{} allows {per_second} {what} a second; slow down and try again",
-                self.source
-            ))
+    /// Takes `calls` more calls (at most a second's worth) for work beyond an ordinary
+    /// call's, if the bucket holds them now; whether it did.
+    pub fn pay(&self, calls: u32) -> bool {
+        let Some(limiter) = &self.calls else {
+            return true;
+        };
+        let calls = calls.min(self.rate.calls_per_second);
+        NonZeroU32::new(calls).is_none_or(|calls| matches!(limiter.check_n(calls), Ok(Ok(()))))
+    }
+
+    /// Takes one call and `atoms` atoms, or says why not and how long until the bucket
+    /// could take them.
+    pub fn admit(&self, atoms: u32) -> Result<(), (CapabilityError, Duration)> {
+        let exhausted = |what: &str,
+                         per_second: u32,
+                         limiter: &DefaultDirectRateLimiter,
+                         until: NotUntil<_>| {
+            (
+                CapabilityError::ResourceExhausted(format!(
+                    "{} allows {per_second} {what} a second; slow down and try again",
+                    self.source
+                )),
+                until.wait_time_from(limiter.clock().now()),
+            )
         };
         if let Some(calls) = &self.calls
-            && calls.check().is_err()
+            && let Err(until) = calls.check()
         {
-            return Err(exhausted("calls", self.rate.calls_per_second));
+            return Err(exhausted("calls", self.rate.calls_per_second, calls, until));
         }
         if let (Some(limiter), Some(count)) = (&self.atoms, NonZeroU32::new(atoms)) {
             match limiter.check_n(count) {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(exhausted("atoms", self.rate.atoms_per_second)),
+                Ok(Err(until)) => {
+                    return Err(exhausted(
+                        "atoms",
+                        self.rate.atoms_per_second,
+                        limiter,
+                        until,
+                    ));
+                }
                 Err(_) => {
-                    return Err(CapabilityError::ResourceExhausted(format!(
-                        "{} allows {} atoms a second, fewer than the {atoms} of this call; \
-                         write them in smaller batches",
-                        self.source, self.rate.atoms_per_second
-                    )));
+                    return Err((
+                        CapabilityError::ResourceExhausted(format!(
+                            "{} allows {} atoms a second, fewer than the {atoms} of this \
+                             call; write them in smaller batches",
+                            self.source, self.rate.atoms_per_second
+                        )),
+                        Duration::ZERO,
+                    ));
                 }
             }
         }

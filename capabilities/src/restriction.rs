@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use engram_store::{Atom, AtomContent, AtomFacts, AtomKind, Query, Rate};
+use engram_store::{AtomContent, AtomKind, Facts, Query, Rate};
 
 /// The narrowing a capability carries.
 #[derive(Clone, Debug, PartialEq)]
@@ -72,27 +72,16 @@ impl Restriction {
         self.kinds.is_some() || self.labels.is_some() || self.max_importance < 1.0
     }
 
-    /// Whether a reader under this restriction sees `atom`.
-    pub(crate) fn shows(&self, atom: &Atom) -> bool {
-        let content = &atom.content;
-        self.shows_parts(content.kind, &content.labels, content.importance)
-    }
-
-    /// Whether a reader under this restriction sees an atom with these facts (inside a
-    /// vector search).
-    pub(crate) fn shows_facts(&self, facts: &AtomFacts) -> bool {
-        self.shows_parts(facts.kind, &facts.labels, facts.importance)
-    }
-
-    fn shows_parts(&self, kind: AtomKind, labels: &[String], importance: f32) -> bool {
+    /// Whether a reader under this restriction sees an atom with these facts.
+    pub(crate) fn shows(&self, facts: &(impl Facts + ?Sized)) -> bool {
         self.kinds
             .as_ref()
-            .is_none_or(|kinds| kinds.contains(&kind))
+            .is_none_or(|kinds| kinds.contains(&facts.kind()))
             && self
                 .labels
                 .as_ref()
-                .is_none_or(|allowed| labels.iter().any(|label| allowed.contains(label)))
-            && importance <= self.max_importance
+                .is_none_or(|allowed| facts.any_label(&mut |label| allowed.contains(label)))
+            && facts.importance() <= self.max_importance
     }
 
     /// Why a writer under this restriction may not write `content`, if it may not.

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use engram_schema::engram_capnp::{atom_sink, subscription};
-use engram_store::{Query, ReadBudget, ReplayPage};
+use engram_store::{Facts, Query, ReadBudget, ReplayPage};
 use tokio::sync::watch;
 
 use crate::convert::write_atoms;
@@ -121,7 +121,7 @@ async fn deliver(
     let mut committed = node.committed.clone();
     let mut policy = node.policy.subscribe();
     let mut shutdown = node.shutdown.subscribe();
-    let shows = |atom: &engram_store::Atom| filter.matches(atom) && grip.restriction.shows(atom);
+    let shows = |facts: &dyn Facts| filter.matches(facts) && grip.restriction.shows(facts);
     let mut cursor = from_commit;
     let expired = expiry(grip);
     let mut expired = std::pin::pin!(expired);

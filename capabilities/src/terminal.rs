@@ -30,6 +30,12 @@ impl Activity {
     pub fn busy(&self) -> bool {
         self.0.busy()
     }
+
+    /// Until when the connection's next calls are not read: set when a call went past
+    /// a rate, until the rate allows another.
+    pub fn resting_until(&self) -> Option<tokio::time::Instant> {
+        self.0.resting_until()
+    }
 }
 
 /// One per connection: nonces issued here can be used only here, once.

@@ -3,7 +3,7 @@
 use std::rc::Rc;
 
 use engram_schema::engram_capnp::world_reader;
-use engram_store::{ReadBudget, ReadView, StoreError};
+use engram_store::{Facts, ReadBudget, ReadView, StoreError};
 
 use crate::convert::{
     AskRequest, bytes32, malformed, read_ask, read_restriction, write_atom, write_atoms,
@@ -32,16 +32,17 @@ impl WorldReader {
     }
 
     /// Runs `read` (of this world, through this reader's restriction) on the RPC thread
-    /// within the inline budget; when it says it needs more, runs it again off the thread
-    /// within the call's budget (`Grip::off_thread`), and checks the grip again after,
-    /// since the epoch may have moved meanwhile. Only a read that moves off the thread
-    /// takes copies of the world's name and the restriction.
+    /// within the inline budget; when it says it needs more, and the capability's rates
+    /// pay for it (`Grip::pay_for_long_read`), runs it again off the thread within the
+    /// call's budget (`Grip::off_thread`), and checks the grip again after, since the
+    /// epoch may have moved meanwhile. Only a read that moves off the thread takes copies
+    /// of the world's name and the restriction.
     async fn bounded<T: Send + 'static>(
         &self,
         read: impl Fn(&ReadView, &str, &Restriction, ReadBudget) -> Result<(T, bool), StoreError>
         + Send
         + 'static,
-    ) -> Result<T, capnp::Error> {
+    ) -> Result<Bounded<T>, capnp::Error> {
         let view = self.grip.node.store.read().wire()?;
         let (inline, unfinished) = read(
             &view,
@@ -52,7 +53,10 @@ impl WorldReader {
         .wire()?;
         drop(view);
         if !unfinished {
-            return Ok(inline);
+            return Ok(Bounded::Whole(inline));
+        }
+        if !self.grip.pay_for_long_read() {
+            return Ok(Bounded::Cut(inline));
         }
         let (world, restriction) = (self.world.clone(), (*self.grip.restriction).clone());
         let answer = self
@@ -63,7 +67,7 @@ impl WorldReader {
             .await
             .wire()?;
         self.check()?;
-        Ok(answer)
+        Ok(Bounded::Whole(answer))
     }
 
     /// A ranked ask (by vector, text or both): the search runs off the RPC thread,
@@ -88,7 +92,7 @@ impl WorldReader {
                     &request.query,
                     &request.vector,
                     &request.text,
-                    &|facts| restriction.shows_facts(facts),
+                    &|facts| restriction.shows(facts),
                 )
             })
             .await
@@ -183,16 +187,17 @@ impl world_reader::Server for WorldReader {
                 Ok((page, unfinished))
             })
             .await?;
+        let (page, budget) = match page {
+            Bounded::Whole(page) => (page, "the node's budget for one call"),
+            Bounded::Cut(page) => (page, "what this capability's rate pays for now"),
+        };
         let mut results = results.get();
         if let Some(before) = page.resume_before_commit {
             results.set_resume_before_commit(before);
             results.set_warning(
                 format!(
-                    "this answer stopped at the node's budget for one call ({} entries \
-                     examined, {} MiB returned) with {} atoms; ask again with beforeCommit \
-                     {before} for more",
-                    engram_store::limits::READ_EXAMINED_MAX,
-                    engram_store::limits::ANSWER_BYTES_MAX / (1024 * 1024),
+                    "this answer stopped at {budget} with {} atoms; ask again with \
+                     beforeCommit {before} for more",
                     page.atoms.len()
                 )
                 .as_str(),
@@ -227,7 +232,8 @@ impl world_reader::Server for WorldReader {
                 let unfinished = page.examined_budget_spent;
                 Ok((page, unfinished))
             })
-            .await?;
+            .await?
+            .either();
         let mut results = results.get();
         results.set_next_commit(page.next_commit);
         write_atoms(results.init_atoms(page.atoms.len() as u32), &page.atoms);
@@ -252,6 +258,8 @@ impl world_reader::Server for WorldReader {
                 }
             })
             .await?
+            .whole()
+            .wire()?
         } else {
             self.grip
                 .node
@@ -283,8 +291,8 @@ impl world_reader::Server for WorldReader {
         let report = self
             .grip
             .off_thread(move |store| {
-                let shows = |atom: &engram_store::Atom| restriction.shows(atom);
-                let visible: Option<&dyn Fn(&engram_store::Atom) -> bool> =
+                let shows = |facts: &dyn Facts| restriction.shows(facts);
+                let visible: Option<engram_store::Visible<'_>> =
                     restriction.hides_atoms().then_some(&shows);
                 store.read()?.verify(&world, visible)
             })
@@ -318,5 +326,35 @@ impl world_reader::Server for WorldReader {
         let narrowed = WorldReader::new(self.grip.narrowed(&restriction), self.world.clone());
         results.get().set_reader(capnp_rpc::new_client(narrowed));
         Ok(())
+    }
+}
+
+/// A bounded read's answer.
+enum Bounded<T> {
+    /// Read within the call's budget.
+    Whole(T),
+    /// Only what the RPC thread's budget allowed, with its cursor: the capability's
+    /// rates could not pay for more now.
+    Cut(T),
+}
+
+impl<T> Bounded<T> {
+    /// The answer, whole or cut (a page whose cursor says where to go on).
+    fn either(self) -> T {
+        match self {
+            Bounded::Whole(answer) | Bounded::Cut(answer) => answer,
+        }
+    }
+
+    /// The whole answer, or `resourceExhausted` for a read that has no partial answer.
+    fn whole(self) -> Result<T, CapabilityError> {
+        match self {
+            Bounded::Whole(answer) => Ok(answer),
+            Bounded::Cut(_) => Err(CapabilityError::ResourceExhausted(
+                "this read needs more work than this capability's rate pays for now; \
+                 slow down and try again"
+                    .into(),
+            )),
+        }
     }
 }

@@ -206,8 +206,9 @@ pub struct Answer {
     pub hits: Vec<HitView>,
     /// Empty unless the answer is incomplete or was not served entirely by the indexes.
     pub warning: String,
-    /// Set when a newest-first answer stopped at the node's budget for one call: ask
-    /// again with `Filter::before_commit` set to it for the next page.
+    /// Set when a newest-first answer stopped at the node's budget for one call, or at
+    /// what the capability's rate pays for: ask again with `Filter::before_commit` set
+    /// to it for the next page.
     pub resume_before_commit: Option<u64>,
 }
 

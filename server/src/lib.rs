@@ -496,9 +496,10 @@ fn connect(
         traversal_limit_in_words: Some(config.message_bytes_max / 8),
         nesting_limit: limits::MESSAGE_NESTING_MAX,
     };
+    let terminal = Terminal::new(node.clone(), peer);
     let outbox = Outbox::new(config.connection_unread_bytes_max);
     let writer = CountingWriter::new(writer, outbox.clone(), config.write_stall_timeout);
-    let reader = PausingReader::new(reader, outbox.clone());
+    let reader = PausingReader::new(reader, outbox.clone(), terminal.activity());
     let network = twoparty::VatNetwork::new(
         reader.compat(),
         writer.compat_write(),
@@ -519,7 +520,6 @@ fn connect(
         });
         return;
     }
-    let terminal = Terminal::new(node.clone(), peer);
     let logged_in = terminal.logged_in();
     let activity = terminal.activity();
     let idle_timeout = config.idle_timeout;

@@ -18,6 +18,7 @@ use std::time::Duration;
 use capnp::capability::Promise;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{Connection, FlowController, IncomingMessage, OutgoingMessage, VatNetwork};
+use engram_capabilities::terminal::Activity;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// One connection's traffic: its answers in flight to its peer, and when it last heard
@@ -183,15 +184,44 @@ impl OutgoingMessage for CountedMessage {
 }
 
 /// The socket's read half: reads only while the peer's unread answers are within the
-/// bound, and fails once the connection stalled.
+/// bound and the connection does not rest (a call of it went past a rate), and fails
+/// once the connection stalled.
 pub struct PausingReader<R> {
     inner: R,
     outbox: Rc<Outbox>,
+    /// The connection's calls, which say when it rests.
+    activity: Activity,
+    /// Running while the connection rests.
+    rest: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<R> PausingReader<R> {
-    pub fn new(inner: R, outbox: Rc<Outbox>) -> PausingReader<R> {
-        PausingReader { inner, outbox }
+    pub fn new(inner: R, outbox: Rc<Outbox>, activity: Activity) -> PausingReader<R> {
+        PausingReader {
+            inner,
+            outbox,
+            activity,
+            rest: None,
+        }
+    }
+
+    /// Whether the connection rests now; if so, its timer wakes `context` when the rest
+    /// ends.
+    fn resting(&mut self, context: &mut Context<'_>) -> bool {
+        let Some(until) = self.activity.resting_until() else {
+            return false;
+        };
+        if until <= tokio::time::Instant::now() {
+            self.rest = None;
+            return false;
+        }
+        let rest = self
+            .rest
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+        if rest.deadline() != until {
+            rest.as_mut().reset(until);
+        }
+        rest.as_mut().poll(context).is_pending()
     }
 }
 
@@ -208,7 +238,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for PausingReader<R> {
                 "the peer read none of its answers in time",
             )));
         }
-        let polled = if this.outbox.unread.get() > this.outbox.unread_max {
+        let polled = if this.outbox.unread.get() > this.outbox.unread_max || this.resting(context) {
             Poll::Pending
         } else {
             let before = buffer.filled().len();
@@ -219,7 +249,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for PausingReader<R> {
             polled
         };
         if polled.is_pending() {
-            // Woken by the socket, by answers read, or by a stall.
+            // Woken by the socket, by answers read, by a stall, or when a rest ends.
             *this.outbox.reader.borrow_mut() = Some(context.waker().clone());
         }
         polled

@@ -341,6 +341,127 @@ pub(crate) fn writer_at(bytes: &[u8]) -> Option<PublicKey> {
     bytes.get(start..start + 32)?.try_into().ok()
 }
 
+/// What filters and restrictions look at: an atom's kind, labels, writer, importance
+/// and commit, whether read from a whole [`Atom`], the facts kept beside an index
+/// ([`crate::AtomFacts`]), or an entry's bytes without copying them ([`EntryFacts`]).
+pub trait Facts {
+    fn kind(&self) -> AtomKind;
+    fn writer(&self) -> &PublicKey;
+    fn importance(&self) -> f32;
+    fn commit(&self) -> u64;
+    /// Whether any of the atom's labels passes `test`.
+    fn any_label(&self, test: &mut dyn FnMut(&str) -> bool) -> bool;
+}
+
+impl Facts for Atom {
+    fn kind(&self) -> AtomKind {
+        self.content.kind
+    }
+    fn writer(&self) -> &PublicKey {
+        &self.writer
+    }
+    fn importance(&self) -> f32 {
+        self.content.importance
+    }
+    fn commit(&self) -> u64 {
+        self.commit
+    }
+    fn any_label(&self, test: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.content.labels.iter().any(|label| test(label))
+    }
+}
+
+/// Whether a reader sees an atom: a restriction's test, as reads take it.
+pub type Visible<'a> = &'a dyn Fn(&dyn Facts) -> bool;
+
+/// The [`Facts`] of a stored entry, read in place: a read checks its filters and the
+/// reader's restriction on these, and copies an entry (its text, payload and vector)
+/// only when it passes them.
+pub struct EntryFacts<'a> {
+    kind: AtomKind,
+    writer: PublicKey,
+    importance: f32,
+    commit: u64,
+    label_count: u16,
+    /// The encoded labels: each a u16 length, then its bytes.
+    labels: &'a [u8],
+}
+
+impl<'a> EntryFacts<'a> {
+    /// The facts of the encoded entry `bytes`, or `None` when they do not decode (the
+    /// caller's full decode then says what is wrong).
+    pub fn read(bytes: &'a [u8]) -> Option<EntryFacts<'a>> {
+        let mut reader = EntryReader { bytes, position: 0 };
+        if reader.u8()? != ENTRY_FORMAT_VERSION {
+            return None;
+        }
+        let world_length = reader.u16()? as usize;
+        reader.take(world_length)?;
+        let writer = reader.array32()?;
+        reader.take(8 + 32)?; // seq, prev
+        let commit = reader.u64()?;
+        reader.take(8)?; // recorded at
+        let kind = AtomKind::from_code(reader.u16()?)?;
+        let importance = f32::from_bits(reader.u32()?);
+        reader.take(4)?; // confidence
+        match reader.u8()? {
+            0 => {}
+            1 => {
+                reader.take(16)?;
+            }
+            _ => return None,
+        }
+        let text_length = reader.u32()? as usize;
+        reader.take(text_length)?;
+        let payload_length = reader.u32()? as usize;
+        reader.take(payload_length)?;
+        let label_count = reader.u16()?;
+        let labels = &bytes[reader.position..];
+        Some(EntryFacts {
+            kind,
+            writer,
+            importance,
+            commit,
+            label_count,
+            labels,
+        })
+    }
+}
+
+impl Facts for EntryFacts<'_> {
+    fn kind(&self) -> AtomKind {
+        self.kind
+    }
+    fn writer(&self) -> &PublicKey {
+        &self.writer
+    }
+    fn importance(&self) -> f32 {
+        self.importance
+    }
+    fn commit(&self) -> u64 {
+        self.commit
+    }
+    fn any_label(&self, test: &mut dyn FnMut(&str) -> bool) -> bool {
+        let mut reader = EntryReader {
+            bytes: self.labels,
+            position: 0,
+        };
+        for _ in 0..self.label_count {
+            let Some(label) = reader
+                .u16()
+                .and_then(|length| reader.take(length as usize))
+                .and_then(|label| std::str::from_utf8(label).ok())
+            else {
+                return false;
+            };
+            if test(label) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
 /// Decodes a stored entry. `id` is the id recorded beside it; it is not re-hashed here
 /// (`verify` does that).
 pub fn decode_entry(id: Hash, bytes: &[u8]) -> Result<Atom, StoreError> {
@@ -489,6 +610,27 @@ mod tests {
             (atom.world.as_str(), atom.seq, atom.commit, atom.prev),
             ("team/auth", 3, 9, [2; 32])
         );
+        // The facts read in place are the decoded atom's.
+        let facts = EntryFacts::read(&bytes).unwrap();
+        let labels = |facts: &dyn Facts| {
+            let mut seen = Vec::new();
+            facts.any_label(&mut |label| {
+                seen.push(label.to_owned());
+                false
+            });
+            seen
+        };
+        assert_eq!(
+            (
+                facts.kind(),
+                *facts.writer(),
+                facts.importance(),
+                facts.commit()
+            ),
+            (atom.kind(), atom.writer, atom.importance(), atom.commit)
+        );
+        assert_eq!(labels(&facts), content.labels);
+        assert!(EntryFacts::read(&bytes[..40]).is_none());
         // Flipping any single byte changes the hash or fails to decode.
         for position in 0..bytes.len() {
             let mut damaged = bytes.clone();

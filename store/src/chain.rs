@@ -56,7 +56,7 @@ pub(crate) fn verify_world(
     entries: &ReadOnlyTable<(&'static str, u64), &'static [u8]>,
     heads: &ReadOnlyTable<(&'static str, PublicKey), (u64, Hash)>,
     world: &str,
-    visible: Option<&dyn Fn(&crate::Atom) -> bool>,
+    visible: Option<crate::atom::Visible<'_>>,
 ) -> Result<VerifyReport, StoreError> {
     let visible_all = visible.is_none();
     let mut report = VerifyReport {

@@ -31,7 +31,9 @@ use redb::{
     Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
 };
 
-pub use atom::{Atom, AtomContent, AtomKind, Hash, Link, LinkKind, PublicKey, TimeInterval};
+pub use atom::{
+    Atom, AtomContent, AtomKind, Facts, Hash, Link, LinkKind, PublicKey, TimeInterval, Visible,
+};
 pub use chain::{BadEntry, ChainHead, VerifyReport};
 pub use epoch::Epoch;
 pub use error::StoreError;
@@ -44,7 +46,7 @@ pub use vector::{AtomFacts, VectorIndex};
 pub use world::{WorldInfo, WorldState};
 pub use write::{Authority, Receipt, WriteOp, WriteOutcome, WriteRequest};
 
-use crate::atom::decode_entry;
+use crate::atom::{EntryFacts, decode_entry};
 use crate::journal::Journal;
 use crate::query::{Candidates, descending, merge_descending, validate_replay_limit};
 use crate::tables::*;
@@ -426,13 +428,32 @@ impl ReadView {
 
     /// The atom at `commit` of `world`, which an index named.
     fn load(&self, world: &str, commit: u64) -> Result<Atom, StoreError> {
-        let row = self
-            .entries()
+        decode_row(world, commit, self.row(world, commit)?.value())
+    }
+
+    /// The stored row of `commit` in `world`, which an index names.
+    fn row(
+        &self,
+        world: &str,
+        commit: u64,
+    ) -> Result<redb::AccessGuard<'static, &'static [u8]>, StoreError> {
+        self.entries()
             .get((world, commit))?
             .ok_or_else(|| StoreError::Corrupt {
                 what: format!("an index names commit {commit} which {world:?} lacks"),
-            })?;
-        decode_row(world, commit, row.value())
+            })
+    }
+
+    /// The facts of the entry of `commit` in `world`, read in place.
+    fn facts<'a>(
+        &self,
+        world: &str,
+        commit: u64,
+        entry: &'a [u8],
+    ) -> Result<EntryFacts<'a>, StoreError> {
+        EntryFacts::read(entry).ok_or_else(|| StoreError::Corrupt {
+            what: format!("the entry of commit {commit} in {world:?} does not decode"),
+        })
     }
 
     /// The atoms of `world` with `after < commit <= up_to`, in commit order, read in
@@ -496,7 +517,7 @@ impl ReadView {
         &self,
         world: &str,
         budget: ReadBudget,
-        visible: &dyn Fn(&Atom) -> bool,
+        visible: Visible<'_>,
     ) -> Result<Vec<ChainHead>, StoreError> {
         let mut found = Vec::new();
         let mut examined = 0;
@@ -517,12 +538,14 @@ impl ReadView {
                         examined: budget.examined,
                     });
                 }
-                let atom = self.load(world, commit?)?;
-                if visible(&atom) {
+                let commit = commit?;
+                let row = self.row(world, commit)?;
+                let (id, entry) = split_row(world, commit, row.value())?;
+                if visible(&self.facts(world, commit, entry)?) {
                     found.push(ChainHead {
                         writer: head.writer,
-                        seq: atom.seq,
-                        id: atom.id,
+                        seq: decode_entry(id, entry)?.seq,
+                        id,
                     });
                     break;
                 }
@@ -540,7 +563,7 @@ impl ReadView {
         from_commit: u64,
         limit: u32,
         budget: ReadBudget,
-        visible: &dyn Fn(&Atom) -> bool,
+        visible: Visible<'_>,
     ) -> Result<ReplayPage, StoreError> {
         self.require_world(world)?;
         validate_replay_limit(limit)?;
@@ -551,14 +574,23 @@ impl ReadView {
         };
         let mut bytes = 0;
         let mut stopped = false;
-        for (examined, atom) in self.atoms_in_log(world, from_commit, u64::MAX)?.enumerate() {
+        let rows = self
+            .entries()
+            .range((world, from_commit.saturating_add(1))..)?;
+        for (examined, row) in rows.enumerate() {
             if examined == budget.examined {
                 page.examined_budget_spent = true;
                 stopped = true;
                 break;
             }
-            let atom = atom?;
-            if visible(&atom) {
+            let (key, row) = row?;
+            let (row_world, commit) = key.value();
+            if row_world != world {
+                break;
+            }
+            let (id, entry) = split_row(world, commit, row.value())?;
+            if visible(&self.facts(world, commit, entry)?) {
+                let atom = decode_entry(id, entry)?;
                 bytes += atom.answer_bytes();
                 if bytes > budget.bytes && !page.atoms.is_empty() {
                     stopped = true;
@@ -571,7 +603,7 @@ impl ReadView {
                     break;
                 }
             } else {
-                page.next_commit = atom.commit;
+                page.next_commit = commit;
             }
         }
         if !stopped {
@@ -593,7 +625,7 @@ impl ReadView {
         world: &str,
         query: &Query,
         budget: ReadBudget,
-        visible: &dyn Fn(&Atom) -> bool,
+        visible: Visible<'_>,
     ) -> Result<AskPage, StoreError> {
         self.require_world(world)?;
         query.validate()?;
@@ -642,8 +674,11 @@ impl ReadView {
                 page.resume_before_commit = Some(handled_down_to);
                 break;
             }
-            let atom = self.load(world, commit)?;
-            if query.matches(&atom) && visible(&atom) {
+            let row = self.row(world, commit)?;
+            let (id, entry) = split_row(world, commit, row.value())?;
+            let facts = self.facts(world, commit, entry)?;
+            if query.matches(&facts) && visible(&facts) {
+                let atom = decode_entry(id, entry)?;
                 bytes += atom.answer_bytes();
                 if bytes > budget.bytes && !page.atoms.is_empty() {
                     page.resume_before_commit = Some(handled_down_to);
@@ -667,7 +702,7 @@ impl ReadView {
     pub fn verify(
         &self,
         world: &str,
-        visible: Option<&dyn Fn(&Atom) -> bool>,
+        visible: Option<Visible<'_>>,
     ) -> Result<VerifyReport, StoreError> {
         self.require_world(world)?;
         chain::verify_world(self.entries(), &self.table(HEADS)?, world, visible)
@@ -778,7 +813,7 @@ impl Store {
         allowed: &(dyn Fn(&AtomFacts) -> bool + Sync),
     ) -> Result<(Vec<Ranked>, Coverage), StoreError> {
         query.validate()?;
-        let filter = |facts: &AtomFacts| query.matches_facts(facts) && allowed(facts);
+        let filter = |facts: &AtomFacts| query.matches(facts) && allowed(facts);
         // Rank more candidates than asked for, so the other factors can reorder them.
         let candidates = query.limit as usize * 4;
         let mut coverage = Coverage::default();

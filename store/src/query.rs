@@ -6,10 +6,9 @@ use std::collections::BinaryHeap;
 
 use redb::ReadOnlyTable;
 
-use crate::atom::{Atom, AtomKind, PublicKey, validate_label};
+use crate::atom::{AtomKind, Facts, PublicKey, validate_label};
 use crate::error::StoreError;
 use crate::limits::{ASK_LIMIT_MAX, QUERY_FILTER_VALUES_MAX, REPLAY_LIMIT_MAX};
-use crate::vector::AtomFacts;
 
 /// Filters of `ask`. Empty lists filter nothing.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,43 +79,19 @@ impl Query {
         Ok(())
     }
 
-    /// Whether `atom` passes every filter.
-    pub fn matches(&self, atom: &Atom) -> bool {
-        let content = &atom.content;
-        self.matches_parts(
-            content.kind,
-            &content.labels,
-            &atom.writer,
-            content.importance,
-            atom.commit,
-        )
-    }
-
-    /// Whether an atom with these facts passes every filter (inside a vector search).
-    pub fn matches_facts(&self, facts: &AtomFacts) -> bool {
-        self.matches_parts(
-            facts.kind,
-            &facts.labels,
-            &facts.writer,
-            facts.importance,
-            facts.commit,
-        )
-    }
-
-    fn matches_parts(
-        &self,
-        kind: AtomKind,
-        labels: &[String],
-        writer: &PublicKey,
-        importance: f32,
-        commit: u64,
-    ) -> bool {
-        (self.kinds.is_empty() || self.kinds.contains(&kind))
-            && self.labels.iter().all(|label| labels.contains(label))
-            && (self.writers.is_empty() || self.writers.contains(writer))
-            && importance >= self.min_importance
-            && importance <= self.max_importance
-            && self.before_commit.is_none_or(|before| commit < before)
+    /// Whether an atom with these facts passes every filter.
+    pub fn matches(&self, facts: &(impl Facts + ?Sized)) -> bool {
+        (self.kinds.is_empty() || self.kinds.contains(&facts.kind()))
+            && self
+                .labels
+                .iter()
+                .all(|wanted| facts.any_label(&mut |label| label == wanted))
+            && (self.writers.is_empty() || self.writers.contains(facts.writer()))
+            && facts.importance() >= self.min_importance
+            && facts.importance() <= self.max_importance
+            && self
+                .before_commit
+                .is_none_or(|before| facts.commit() < before)
     }
 }
 

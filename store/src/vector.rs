@@ -62,6 +62,24 @@ pub struct AtomFacts {
     pub commit: u64,
 }
 
+impl crate::atom::Facts for AtomFacts {
+    fn kind(&self) -> AtomKind {
+        self.kind
+    }
+    fn writer(&self) -> &PublicKey {
+        &self.writer
+    }
+    fn importance(&self) -> f32 {
+        self.importance
+    }
+    fn commit(&self) -> u64 {
+        self.commit
+    }
+    fn any_label(&self, test: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.labels.iter().any(|label| test(label))
+    }
+}
+
 impl AtomFacts {
     pub fn of(atom: &Atom) -> AtomFacts {
         AtomFacts {
