@@ -25,6 +25,8 @@ use crate::report::{mib, percentile, print, print_text};
 pub struct Options {
     /// Seconds each run of the good workload lasts.
     pub seconds: u64,
+    /// Rounds of one run alone, then one beside the hostile clients.
+    pub rounds: u32,
     /// Good client connections.
     pub good_clients: usize,
     /// Small atoms in the world the full-scan asks walk.
@@ -45,6 +47,12 @@ pub struct HostileOptions {
     /// Idle sockets the hostile peer holds open.
     #[arg(long, default_value_t = 200)]
     pub idle_sockets: usize,
+    /// The hostile process's niceness (0 to 19). Its clients stand in for agents on
+    /// other machines or in CPU-limited sandboxes: at 19 their own loops take only the
+    /// CPU the node and the good clients leave, so what the figures show is what the
+    /// node spends on them. 0 lets them compete for the cores as equals.
+    #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub hostile_nice: i32,
 }
 
 /// The good clients' principal and the hostile one's.
@@ -102,18 +110,27 @@ pub async fn run(options: Options) {
         "abuse.hostile_rate",
         &format!("{rate} (calls/atoms a second; 0: none)"),
     );
+    print_text(
+        "abuse.hostile_nice",
+        &options.hostile.hostile_nice.to_string(),
+    );
     let admin = node.login_at(&node.unix()).await;
     let started = Instant::now();
     fill_big_world(&admin, options.scanned_atoms).await;
     print("abuse.setup", started.elapsed().as_secs_f64(), "s");
 
-    let alone = good_workload(&node, &options, &principals).await;
-    // The hostile clients run in a process of their own, so that their work does not
-    // share the good clients' thread.
-    let hostile = HostileProcess::start(&node, &options, &principals.hostile);
-    let beside = good_workload(&node, &options, &principals).await;
+    let (mut alone, mut beside) = (Workload::default(), Workload::default());
+    for _ in 0..options.rounds {
+        alone.add(good_workload(&node, &options, &principals).await);
+        // The hostile clients run in a process of their own, so that their work does
+        // not share the good clients' thread.
+        let hostile = HostileProcess::start(&node, &options, &principals.hostile);
+        beside.add(good_workload(&node, &options, &principals).await);
+        drop(hostile);
+    }
+    alone.latencies.sort();
+    beside.latencies.sort();
     let peak_rss_kib = node.memory_kib("VmHWM");
-    drop(hostile);
 
     // Nothing a good client was told is durable may be missing.
     let reader = admin.reader("good").unwrap();
@@ -183,6 +200,8 @@ async fn fill_big_world(admin: &Session, atoms: usize) {
     }
 }
 
+/// What the good clients did in one or more runs.
+#[derive(Default)]
 struct Workload {
     latencies: Vec<Duration>,
     elapsed: Duration,
@@ -191,6 +210,14 @@ struct Workload {
 }
 
 impl Workload {
+    /// Adds another run's figures (its latencies unsorted).
+    fn add(&mut self, run: Workload) {
+        self.latencies.extend(run.latencies);
+        self.elapsed += run.elapsed;
+        self.acknowledged += run.acknowledged;
+        self.delivered += run.delivered;
+    }
+
     fn ops_per_s(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
@@ -283,19 +310,13 @@ async fn good_workload(node: &BenchNode, options: &Options, principals: &Princip
             (latencies, acknowledged)
         }));
     }
-    let mut workload = Workload {
-        latencies: Vec::new(),
-        elapsed: Duration::ZERO,
-        acknowledged: 0,
-        delivered: 0,
-    };
+    let mut workload = Workload::default();
     for client in clients {
         let (latencies, acknowledged) = client.await.unwrap();
         workload.latencies.extend(latencies);
         workload.acknowledged += acknowledged;
     }
     workload.elapsed = started.elapsed();
-    workload.latencies.sort();
     workload.delivered = delivered.get();
     watching.abort();
     workload
@@ -323,6 +344,7 @@ impl HostileProcess {
             .arg(&key_path)
             .args(["--hostile", &options.hostile.kinds.join(",")])
             .args(["--idle-sockets", &options.hostile.idle_sockets.to_string()])
+            .args(["--hostile-nice", &options.hostile.hostile_nice.to_string()])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("starting the hostile clients");
@@ -354,6 +376,11 @@ impl Drop for HostileProcess {
 /// `engram-bench abuse-hostile`: runs the hostile clients against the node at `tcp` as
 /// the principal of `key`, prints `hostile ready` once they all run, until killed.
 pub async fn serve_hostile(tcp: String, key: std::path::PathBuf, options: HostileOptions) {
+    // SAFETY: setpriority(2) on this process's only thread so far (who 0); the threads
+    // it starts later inherit the niceness. A failure leaves the priority as it was.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, options.hostile_nice);
+    }
     let key = keyfile::read(&key).expect("the hostile key");
     let _tasks = start_hostile(tcp, key, &options).await;
     println!("hostile ready");

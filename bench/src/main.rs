@@ -60,8 +60,12 @@ enum Benchmark {
     /// vectors, full-scan asks): their throughput and p99, and the node's peak RSS.
     Abuse {
         /// Seconds of each run of the good workload.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Rounds of one run alone then one beside the hostile clients (alternating, so
+        /// that a drift in the machine's speed falls on both alike).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
         /// Good client connections.
         #[arg(long, default_value_t = 4)]
         good_clients: usize,
@@ -129,6 +133,7 @@ fn main() {
         }
         Benchmark::Abuse {
             seconds,
+            rounds,
             good_clients,
             scanned_atoms,
             hostile,
@@ -137,6 +142,7 @@ fn main() {
             &runtime,
             abuse::run(abuse::Options {
                 seconds,
+                rounds,
                 good_clients,
                 scanned_atoms,
                 hostile,

@@ -63,7 +63,7 @@ impl CallBudget {
 
     /// Rests the connection for `time` (at most a second) from now, or longer if it
     /// already rests longer.
-    fn rest(&self, time: std::time::Duration) {
+    pub fn rest(&self, time: std::time::Duration) {
         let until = tokio::time::Instant::now() + time.min(std::time::Duration::from_secs(1));
         if self
             .resting_until

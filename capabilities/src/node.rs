@@ -134,9 +134,11 @@ impl Node {
         })
     }
 
-    /// Why a new connection of `peer` is refused at once, if it is past its login rate.
-    pub fn login_refusal(&self, peer: &crate::Peer) -> Option<String> {
-        self.logins.blocks(peer).then(|| self.logins.refusal(peer))
+    /// Why a new connection of `peer` is refused, and how long the peer stays past its
+    /// login rate, if it is now.
+    pub fn login_refusal(&self, peer: &crate::Peer) -> Option<(String, std::time::Duration)> {
+        let left = self.logins.blocks(peer)?;
+        Some((self.logins.refusal(peer), left))
     }
 
     /// The current epoch number.

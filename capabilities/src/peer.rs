@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -55,22 +55,21 @@ impl LoginRate {
         }
     }
 
-    /// Whether `peer` is past its rate now, so that a new connection of its is closed
-    /// without being served.
-    pub fn blocks(&self, peer: &Peer) -> bool {
+    /// How long `peer` stays past its rate, if it is now, so that a new connection of
+    /// its is refused without being served.
+    pub fn blocks(&self, peer: &Peer) -> Option<Duration> {
         let mut blocked = self.blocked.borrow_mut();
-        match blocked.get(peer) {
-            Some(until) if *until > Instant::now() => true,
-            Some(_) => {
-                blocked.remove(peer);
-                false
-            }
-            None => false,
+        let until = *blocked.get(peer)?;
+        let left = until.checked_duration_since(Instant::now());
+        if left.is_none() {
+            blocked.remove(peer);
         }
+        left
     }
 
-    /// Counts one attempt of `peer`, or refuses it with `resourceExhausted`.
-    pub fn attempt(&self, peer: &Peer) -> Result<(), CapabilityError> {
+    /// Counts one attempt of `peer`, or refuses it with `resourceExhausted` and the time
+    /// until its next attempt would be allowed.
+    pub fn attempt(&self, peer: &Peer) -> Result<(), (CapabilityError, Duration)> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
@@ -87,7 +86,7 @@ impl LoginRate {
                 blocked.retain(|_, until| *until > now);
             }
             blocked.insert(*peer, Instant::now() + wait);
-            CapabilityError::ResourceExhausted(self.refusal(peer))
+            (CapabilityError::ResourceExhausted(self.refusal(peer)), wait)
         })
     }
 

@@ -82,7 +82,14 @@ impl Terminal {
         nonce: &[u8],
         signature: &[u8],
     ) -> Result<Membrane, CapabilityError> {
-        self.node.logins.attempt(&self.peer)?;
+        // Refused: the connection rests, so a peer that keeps trying costs nothing.
+        self.node
+            .logins
+            .attempt(&self.peer)
+            .map_err(|(error, wait)| {
+                self.budget.rest(wait);
+                error
+            })?;
         let nonce = bytes32(nonce, "the nonce")?;
         let public_key = bytes32(public_key, "the public key")?;
         let signature: [u8; 64] = signature.try_into().map_err(|_| {

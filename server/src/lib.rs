@@ -473,7 +473,9 @@ impl Connections {
 /// capability is broken, so that the client's first call fails with
 /// `resourceExhausted` instead of a bare disconnect; it is closed after
 /// `REFUSED_GRACE_MS`, and past `REFUSED_CONNECTIONS_MAX` of those at once, a
-/// connection is closed at once.
+/// connection is closed at once. A peer past its login rate is refused the same way,
+/// but answered only once its rate allows an attempt again (at most `REFUSED_GRACE_MS`
+/// later), so a peer that reconnects as soon as it is refused waits for each refusal.
 fn connect(
     node: &Rc<Node>,
     connections: &Rc<Connections>,
@@ -482,10 +484,15 @@ fn connect(
     reader: impl AsyncRead + Unpin + 'static,
     writer: impl AsyncWrite + Unpin + 'static,
 ) {
-    // A peer past its login rate is refused at once, before a login is spent on it.
-    let refusal = node
-        .login_refusal(&peer)
-        .or_else(|| connections.refusal(config, &peer));
+    // A peer past its login rate is refused, before a login is spent on it.
+    let grace = std::time::Duration::from_millis(limits::REFUSED_GRACE_MS);
+    let (refusal, answer_after) = match node.login_refusal(&peer) {
+        Some((reason, left)) => (Some(reason), left.min(grace)),
+        None => (
+            connections.refusal(config, &peer),
+            std::time::Duration::ZERO,
+        ),
+    };
     if let Some(reason) = &refusal {
         connections.log_refusal(&peer, reason);
         if connections.refused.get() >= limits::REFUSED_CONNECTIONS_MAX {
@@ -514,7 +521,8 @@ fn connect(
         let rpc_system = RpcSystem::new(Box::new(network), Some(bootstrap));
         connections.refused.set(connections.refused.get() + 1);
         tokio::task::spawn_local(async move {
-            let grace = std::time::Duration::from_millis(limits::REFUSED_GRACE_MS);
+            // Nothing of the connection is read until then.
+            tokio::time::sleep(answer_after).await;
             let _ = tokio::time::timeout(grace, rpc_system).await;
             connections.refused.set(connections.refused.get() - 1);
         });

@@ -113,17 +113,40 @@ fn login_attempts_per_address_are_rate_limited() {
             };
             assert_eq!(error.code(), Some(ErrorCode::Unauthenticated), "{error}");
         }
-        // Past the rate, even the right key waits, on a new connection too.
-        for connection in [connection, connect(&node.tcp()).await.unwrap()] {
-            let error = match connection.login(&node.admin_key()).await {
+        // Past the rate, even the right key is refused, on a new connection too.
+        let refused = |answer: Result<_, engram_client::ClientError>| {
+            let error = match answer {
                 Ok(_) => panic!("a login past the rate went through"),
                 Err(error) => error,
             };
             assert_eq!(error.code(), Some(ErrorCode::ResourceExhausted), "{error}");
             assert!(error.to_string().contains("login attempts"), "{error}");
-        }
-        // Another peer (the Unix socket) is not held back by this address.
-        session(&node.unix(), &node.admin_key()).await;
+        };
+        refused(connection.login(&node.admin_key()).await.map(|_| ()));
+        // A new connection's refusal is answered only once the peer's rate would allow
+        // an attempt (at most a second later), so a peer that reconnects at once does not
+        // keep the node busy refusing it. Another peer (the Unix socket) is served
+        // meanwhile, not held back by this address.
+        let asked_at = std::time::Instant::now();
+        let reconnected = async {
+            let connection = connect(&node.tcp()).await?;
+            connection.login(&node.admin_key()).await.map(|_| ())
+        };
+        futures::pin_mut!(reconnected);
+        let (unix, admin_key) = (node.unix(), node.admin_key());
+        let other_peer = Box::pin(session(&unix, &admin_key));
+        let reconnected = match futures::future::select(reconnected, other_peer).await {
+            futures::future::Either::Right((_, reconnected)) => reconnected,
+            futures::future::Either::Left(_) => {
+                panic!("the peer past its rate was answered before another peer")
+            }
+        };
+        refused(reconnected.await);
+        let waited = asked_at.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(500),
+            "the refusal came after {waited:?}"
+        );
     });
 }
 
