@@ -47,12 +47,28 @@ pub struct HostileOptions {
     /// Idle sockets the hostile peer holds open.
     #[arg(long, default_value_t = 200)]
     pub idle_sockets: usize,
-    /// The hostile process's niceness (0 to 19). Its clients stand in for agents on
-    /// other machines or in CPU-limited sandboxes: at 19 their own loops take only the
-    /// CPU the node and the good clients leave, so what the figures show is what the
-    /// node spends on them. 0 lets them compete for the cores as equals.
-    #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(i32).range(0..=19))]
-    pub hostile_nice: i32,
+    /// The hostile process's CPU scheduling. Its clients stand in for agents on other
+    /// machines or in CPU-limited sandboxes: `idle` (Linux's SCHED_IDLE) runs their own
+    /// loops only on CPU the node and the good clients leave, so the figures show what
+    /// the node spends on them; `normal` lets them compete for the cores as equals.
+    #[arg(long, value_enum, default_value_t = HostilePriority::Idle)]
+    pub hostile_priority: HostilePriority,
+}
+
+/// How the hostile process is scheduled (`--hostile-priority`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostilePriority {
+    Idle,
+    Normal,
+}
+
+impl HostilePriority {
+    fn name(self) -> &'static str {
+        match self {
+            HostilePriority::Idle => "idle",
+            HostilePriority::Normal => "normal",
+        }
+    }
 }
 
 /// The good clients' principal and the hostile one's.
@@ -63,6 +79,9 @@ struct Principals {
 
 /// The kinds of hostile client, as `--hostile` names them.
 pub const HOSTILE_KINDS: [&str; 6] = ["unread", "stuck", "crafted", "scans", "idle", "logins"];
+
+/// Clock ticks of /proc's CPU times a second (`getconf CLK_TCK` on Linux).
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 /// Dimensions of the good world's vectors (the crafted vector's too).
 const DIMENSIONS: usize = 128;
@@ -111,22 +130,40 @@ pub async fn run(options: Options) {
         &format!("{rate} (calls/atoms a second; 0: none)"),
     );
     print_text(
-        "abuse.hostile_nice",
-        &options.hostile.hostile_nice.to_string(),
+        "abuse.hostile_priority",
+        options.hostile.hostile_priority.name(),
     );
     let admin = node.login_at(&node.unix()).await;
     let started = Instant::now();
     fill_big_world(&admin, options.scanned_atoms).await;
     print("abuse.setup", started.elapsed().as_secs_f64(), "s");
 
+    // Rounds of one run alone and one beside the hostile clients, in the order alone,
+    // beside, then beside, alone, and so on: a drift in the machine's speed, and the
+    // good world's growth, fall on both alike.
     let (mut alone, mut beside) = (Workload::default(), Workload::default());
-    for _ in 0..options.rounds {
-        alone.add(good_workload(&node, &options, &principals).await);
-        // The hostile clients run in a process of their own, so that their work does
-        // not share the good clients' thread.
-        let hostile = HostileProcess::start(&node, &options, &principals.hostile);
-        beside.add(good_workload(&node, &options, &principals).await);
-        drop(hostile);
+    // The hostile clients run in a process of their own, so that their work does not
+    // share the good clients' thread; it runs on through two runs beside it in a row.
+    let mut hostile: Option<HostileProcess> = None;
+    // CPU time the hostile processes used, in clock ticks.
+    let mut hostile_ticks = 0;
+    for round in 0..options.rounds {
+        for with_hostile in [round % 2 == 1, round % 2 == 0] {
+            if with_hostile {
+                hostile.get_or_insert_with(|| {
+                    HostileProcess::start(&node, &options, &principals.hostile)
+                });
+                beside.add(good_workload(&node, &options, &principals).await);
+            } else {
+                if let Some(process) = hostile.take() {
+                    hostile_ticks += process.stop();
+                }
+                alone.add(good_workload(&node, &options, &principals).await);
+            }
+        }
+    }
+    if let Some(process) = hostile.take() {
+        hostile_ticks += process.stop();
     }
     alone.latencies.sort();
     beside.latencies.sort();
@@ -177,6 +214,17 @@ pub async fn run(options: Options) {
         acknowledged.saturating_sub(stored) as f64,
         "atoms",
     );
+    print("abuse.node.cpu.alone", alone.node_cores(), "cores");
+    print(
+        "abuse.node.cpu.beside_hostile",
+        beside.node_cores(),
+        "cores",
+    );
+    print(
+        "abuse.hostile.cpu",
+        hostile_ticks as f64 / CLOCK_TICKS_PER_SECOND / beside.elapsed.as_secs_f64(),
+        "cores",
+    );
     print("abuse.node.peak_rss", mib(peak_rss_kib), "MiB");
 }
 
@@ -207,6 +255,8 @@ struct Workload {
     elapsed: Duration,
     acknowledged: usize,
     delivered: usize,
+    /// CPU time the node used meanwhile, in clock ticks.
+    node_ticks: u64,
 }
 
 impl Workload {
@@ -216,6 +266,12 @@ impl Workload {
         self.elapsed += run.elapsed;
         self.acknowledged += run.acknowledged;
         self.delivered += run.delivered;
+        self.node_ticks += run.node_ticks;
+    }
+
+    /// The node's CPU use meanwhile, in cores.
+    fn node_cores(&self) -> f64 {
+        self.node_ticks as f64 / CLOCK_TICKS_PER_SECOND / self.elapsed.as_secs_f64()
     }
 
     fn ops_per_s(&self) -> f64 {
@@ -263,6 +319,7 @@ async fn good_workload(node: &BenchNode, options: &Options, principals: &Princip
         }
     });
     let started = Instant::now();
+    let node_ticks = node.cpu_ticks();
     let mut clients = Vec::new();
     for client in 0..options.good_clients {
         let session = login_as(&node.unix(), &principals.good).await;
@@ -317,6 +374,7 @@ async fn good_workload(node: &BenchNode, options: &Options, principals: &Princip
         workload.acknowledged += acknowledged;
     }
     workload.elapsed = started.elapsed();
+    workload.node_ticks = node.cpu_ticks() - node_ticks;
     workload.delivered = delivered.get();
     watching.abort();
     workload
@@ -344,7 +402,10 @@ impl HostileProcess {
             .arg(&key_path)
             .args(["--hostile", &options.hostile.kinds.join(",")])
             .args(["--idle-sockets", &options.hostile.idle_sockets.to_string()])
-            .args(["--hostile-nice", &options.hostile.hostile_nice.to_string()])
+            .args([
+                "--hostile-priority",
+                options.hostile.hostile_priority.name(),
+            ])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("starting the hostile clients");
@@ -366,6 +427,13 @@ impl HostileProcess {
     }
 }
 
+impl HostileProcess {
+    /// Stops the hostile clients; the CPU time they used, in clock ticks.
+    fn stop(self) -> u64 {
+        crate::node::cpu_ticks(self.child.id())
+    }
+}
+
 impl Drop for HostileProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -376,10 +444,16 @@ impl Drop for HostileProcess {
 /// `engram-bench abuse-hostile`: runs the hostile clients against the node at `tcp` as
 /// the principal of `key`, prints `hostile ready` once they all run, until killed.
 pub async fn serve_hostile(tcp: String, key: std::path::PathBuf, options: HostileOptions) {
-    // SAFETY: setpriority(2) on this process's only thread so far (who 0); the threads
-    // it starts later inherit the niceness. A failure leaves the priority as it was.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, options.hostile_nice);
+    if options.hostile_priority == HostilePriority::Idle {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler(2) on this process's only thread so far (pid 0:
+        // the caller); the threads it starts later inherit the policy.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+            panic!(
+                "SCHED_IDLE for the hostile clients: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
     let key = keyfile::read(&key).expect("the hostile key");
     let _tasks = start_hostile(tcp, key, &options).await;
@@ -516,8 +590,13 @@ async fn start_hostile(
                         .await
                         .ok();
                 }
-                if let Some(connection) = &held {
-                    let _ = connection.login(&stranger).await;
+                if let Some(connection) = &held
+                    && let Err(error) = connection.login(&stranger).await
+                    && error.code().is_none()
+                {
+                    // Not the node's answer: the connection is gone (its handshake time
+                    // is up); open another.
+                    held = None;
                 }
             }
         }));

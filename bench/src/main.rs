@@ -60,11 +60,12 @@ enum Benchmark {
     /// vectors, full-scan asks): their throughput and p99, and the node's peak RSS.
     Abuse {
         /// Seconds of each run of the good workload.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 4)]
         seconds: u64,
-        /// Rounds of one run alone then one beside the hostile clients (alternating, so
-        /// that a drift in the machine's speed falls on both alike).
-        #[arg(long, default_value_t = 3)]
+        /// Rounds of one run alone and one beside the hostile clients (alone first in
+        /// even rounds, beside first in odd ones, so that a drift in the machine's speed
+        /// falls on both alike).
+        #[arg(long, default_value_t = 4)]
         rounds: u32,
         /// Good client connections.
         #[arg(long, default_value_t = 4)]
@@ -75,8 +76,9 @@ enum Benchmark {
         #[command(flatten)]
         hostile: abuse::HostileOptions,
         /// The rate on the hostile principal's grants, CALLS/ATOMS a second, as an
-        /// operator would give an agent it does not trust (0/0: no rate at all).
-        #[arg(long, default_value = "100/2000")]
+        /// operator would give an agent it does not trust: by default about what the
+        /// good clients write together (0/0: no rate at all).
+        #[arg(long, default_value = "100/500")]
         hostile_rate: String,
     },
     /// The hostile clients of `abuse`, in a process of their own (started by `abuse`).

@@ -168,6 +168,11 @@ impl BenchNode {
         elapsed
     }
 
+    /// CPU time the node has used so far, user and system, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        cpu_ticks(self.child.id())
+    }
+
     /// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
     pub fn memory_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -209,4 +214,22 @@ pub async fn until_indexed(session: &Session, world: &str, probe: &[f32]) -> Dur
         // A benchmark, not a test: poll the node's own report at a coarse interval.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// CPU time process `pid` has used so far, user and system, in clock ticks
+/// (`getconf CLK_TCK`, 100 on Linux).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc");
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of stat(5): the 12th and 13th after the name.
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|value| value.parse::<u64>().ok())
+    };
+    ticks(11).unwrap_or(0) + ticks(12).unwrap_or(0)
 }
