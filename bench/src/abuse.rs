@@ -2,12 +2,15 @@
 //!
 //! The good clients (principal `good`, on the Unix socket, so the per-address limits of
 //! the hostile TCP peer do not apply to them) remember atoms with vectors, ask by label
-//! and by similarity, and one of them subscribes. The workload runs once alone and once
-//! beside the hostile clients, which run in a process of their own as principal
-//! `hostile` (with a rate on its grants): idle sockets, a login flood, many logins on one
-//! connection, pipelined large reads never read, a subscriber whose sink never returns,
-//! crafted vectors, and full-scan asks. The figures are the good clients' throughput and
-//! p99 in both runs, their ratios, the node's peak RSS, and the good atoms lost.
+//! and by similarity, and one of them subscribes. The workload runs in rounds, alone and
+//! beside the hostile clients in turn (alone first, then beside first, and so on), which
+//! run in a process of their own as principal `hostile` (with a rate on its grants, and
+//! under SCHED_IDLE by default, standing in for agents on other machines): idle sockets,
+//! a login flood, many logins on one connection, pipelined large reads never read, a
+//! subscriber whose sink never returns, crafted vectors, and full-scan asks. The figures
+//! are the good clients' throughput and p99 alone and beside them, their ratios, the
+//! node's and the hostile process's CPU use, the node's peak RSS, and the good atoms
+//! lost.
 
 use std::cell::Cell;
 use std::pin::Pin;
@@ -141,6 +144,8 @@ pub async fn run(options: Options) {
     // Rounds of one run alone and one beside the hostile clients, in the order alone,
     // beside, then beside, alone, and so on: a drift in the machine's speed, and the
     // good world's growth, fall on both alike.
+    // A first run, not counted, so that no counted run meets an empty good world.
+    good_workload(&node, &options, &principals).await;
     let (mut alone, mut beside) = (Workload::default(), Workload::default());
     // The hostile clients run in a process of their own, so that their work does not
     // share the good clients' thread; it runs on through two runs beside it in a row.
@@ -186,6 +191,16 @@ pub async fn run(options: Options) {
     }
     let acknowledged = alone.acknowledged + beside.acknowledged;
 
+    let each_run = |workload: &Workload| {
+        let runs: Vec<String> = workload
+            .runs_ops_per_s
+            .iter()
+            .map(|ops| format!("{ops:.0}"))
+            .collect();
+        format!("{} ops/s", runs.join(" "))
+    };
+    print_text("abuse.good.alone.each_run", &each_run(&alone));
+    print_text("abuse.good.beside_hostile.each_run", &each_run(&beside));
     print("abuse.good.alone.ops_per_s", alone.ops_per_s(), "ops/s");
     print("abuse.good.alone.p99", alone.p99_ms(), "ms");
     print(
@@ -257,11 +272,14 @@ struct Workload {
     delivered: usize,
     /// CPU time the node used meanwhile, in clock ticks.
     node_ticks: u64,
+    /// Each run's operations a second, in order: how much the machine's speed varies.
+    runs_ops_per_s: Vec<f64>,
 }
 
 impl Workload {
     /// Adds another run's figures (its latencies unsorted).
     fn add(&mut self, run: Workload) {
+        self.runs_ops_per_s.push(run.ops_per_s());
         self.latencies.extend(run.latencies);
         self.elapsed += run.elapsed;
         self.acknowledged += run.acknowledged;

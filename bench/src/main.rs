@@ -65,7 +65,7 @@ enum Benchmark {
         /// Rounds of one run alone and one beside the hostile clients (alone first in
         /// even rounds, beside first in odd ones, so that a drift in the machine's speed
         /// falls on both alike).
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 6)]
         rounds: u32,
         /// Good client connections.
         #[arg(long, default_value_t = 4)]

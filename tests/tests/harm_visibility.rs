@@ -1,8 +1,8 @@
 //! A restricted reader learns nothing of the atoms its restriction hides: not from
 //! `heads`, `verify`, `replay`'s cursor or `ask`, as the schema's `Restriction` says.
 
-use engram_client::{NewAtom, Restriction};
-use engram_tests::{TestNode, add_principal, run_local, session};
+use engram_client::{ErrorCode, NewAtom, Restriction};
+use engram_tests::{TestNode, add_principal, admin_with_world, run_local, session};
 
 #[test]
 fn a_restricted_reader_learns_nothing_of_hidden_atoms() {
@@ -78,5 +78,47 @@ fn a_restricted_reader_learns_nothing_of_hidden_atoms() {
             .await
             .unwrap();
         assert_eq!((report.chains, report.entries), (2, 5));
+    });
+}
+
+/// Finding a restricted reader's heads walks each chain back to its newest visible atom;
+/// a chain whose newest 10,000 atoms are all hidden stops the walk at the call's budget
+/// with `resourceExhausted`, rather than reading the whole chain on the node's time, and
+/// the reader still learns nothing it may not see.
+#[test]
+fn a_restricted_readers_heads_stop_at_the_budget() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = admin_with_world(&node, "deep").await;
+        let writer = admin.writer("deep").unwrap();
+        engram_client::remember(&writer, &[NewAtom::fact("public").labels(&["public"])])
+            .await
+            .unwrap();
+        for start in (0..10_001).step_by(5_000) {
+            let batch: Vec<NewAtom> = (start..(start + 5_000).min(10_001))
+                .map(|index| NewAtom::fact(format!("secret {index}")).labels(&["secret"]))
+                .collect();
+            engram_client::remember(&writer, &batch).await.unwrap();
+        }
+        let reader = engram_client::attenuate_reader(
+            &admin.reader("deep").unwrap(),
+            &Restriction {
+                labels: vec!["public".into()],
+                ..Restriction::default()
+            },
+        )
+        .await
+        .unwrap();
+        let error = match engram_client::heads(&reader).await {
+            Ok(heads) => panic!("heads past the budget answered {heads:?}"),
+            Err(error) => error,
+        };
+        assert_eq!(error.code(), Some(ErrorCode::ResourceExhausted), "{error}");
+        assert!(!error.to_string().contains("secret"), "{error}");
+        // An unrestricted reader's heads come from the heads table, at no such cost.
+        let heads = engram_client::heads(&admin.reader("deep").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(heads[0].seq, 10_002);
     });
 }
