@@ -61,10 +61,11 @@ impl CallBudget {
         self.resting_until.get()
     }
 
-    /// Rests the connection for `time` (at most a second) from now, or longer if it
+    /// Rests the connection for `time` (at most `REST_MAX_MS`) from now, or longer if it
     /// already rests longer.
     pub fn rest(&self, time: std::time::Duration) {
-        let until = tokio::time::Instant::now() + time.min(std::time::Duration::from_secs(1));
+        let longest = std::time::Duration::from_millis(crate::limits::REST_MAX_MS);
+        let until = tokio::time::Instant::now() + time.min(longest);
         if self
             .resting_until
             .get()

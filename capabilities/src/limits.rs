@@ -30,6 +30,10 @@ pub fn read_workers_default() -> usize {
 /// bounds what the node holds for a slow subscriber.
 pub const SUBSCRIPTION_PUSH_ATOMS_MAX: u32 = 64;
 
+/// The longest a connection rests after a call past a rate or a refused login (until the
+/// rate allows another, but no longer than this).
+pub const REST_MAX_MS: u64 = 1_000;
+
 /// How long a subscription's end notice waits for the sink to take it; a sink that never
 /// answers does not keep the subscription counted.
 pub const SUBSCRIPTION_END_WAIT_MS: u64 = 5_000;

@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use engram_store::Rate;
-use governor::clock::Clock;
+use governor::clock::{Clock, QuantaInstant};
 use governor::{DefaultDirectRateLimiter, NotUntil, Quota, RateLimiter};
 
 use crate::error::CapabilityError;
@@ -54,33 +54,17 @@ impl Bucket {
     /// Takes one call and `atoms` atoms, or says why not and how long until the bucket
     /// could take them.
     pub fn admit(&self, atoms: u32) -> Result<(), (CapabilityError, Duration)> {
-        let exhausted = |what: &str,
-                         per_second: u32,
-                         limiter: &DefaultDirectRateLimiter,
-                         until: NotUntil<_>| {
-            (
-                CapabilityError::ResourceExhausted(format!(
-                    "{} allows {per_second} {what} a second; slow down and try again",
-                    self.source
-                )),
-                until.wait_time_from(limiter.clock().now()),
-            )
-        };
         if let Some(calls) = &self.calls
             && let Err(until) = calls.check()
         {
-            return Err(exhausted("calls", self.rate.calls_per_second, calls, until));
+            return Err(self.exhausted("calls", self.rate.calls_per_second, calls, until));
         }
         if let (Some(limiter), Some(count)) = (&self.atoms, NonZeroU32::new(atoms)) {
             match limiter.check_n(count) {
                 Ok(Ok(())) => {}
                 Ok(Err(until)) => {
-                    return Err(exhausted(
-                        "atoms",
-                        self.rate.atoms_per_second,
-                        limiter,
-                        until,
-                    ));
+                    let per_second = self.rate.atoms_per_second;
+                    return Err(self.exhausted("atoms", per_second, limiter, until));
                 }
                 Err(_) => {
                     return Err((
@@ -95,5 +79,20 @@ impl Bucket {
             }
         }
         Ok(())
+    }
+
+    /// The refusal of a call past `limiter`, and the time until it would admit one.
+    fn exhausted(
+        &self,
+        what: &str,
+        per_second: u32,
+        limiter: &DefaultDirectRateLimiter,
+        until: NotUntil<QuantaInstant>,
+    ) -> (CapabilityError, Duration) {
+        let error = CapabilityError::ResourceExhausted(format!(
+            "{} allows {per_second} {what} a second; slow down and try again",
+            self.source
+        ));
+        (error, until.wait_time_from(limiter.clock().now()))
     }
 }
