@@ -212,6 +212,22 @@ struct Epoch {
   advancedAtUnixMs @2 :Int64;   # Display only.
 }
 
+struct Generation {
+  # Where one world stands, as one reader may know it (`WorldReader.generation`).
+  nodeCommit @0 :UInt64;
+  # The node's last commit when this was answered: every read after it sees at least
+  # what was committed up to it.
+  lastCommit @1 :UInt64;
+  # The commit of the world's newest atom (0 while it has none). Through a restriction
+  # that hides atoms, `nodeCommit` instead: the reader learns nothing of hidden writes,
+  # at the price of seeing a change where none is visible to it.
+  atoms @2 :UInt64;
+  # Atoms in the world; 0 through a restriction that hides atoms (see `counted`).
+  counted @3 :Bool;
+  # Whether `atoms` counts the world: false through a restriction that hides atoms,
+  # since counting what it lets through would be a scan.
+}
+
 struct ChainHead {
   # The last entry of one (world, writer) chain.
   writer @0 :Data;
@@ -366,6 +382,12 @@ interface WorldReader {
 
   attenuate @6 (restriction :Restriction) -> (reader :WorldReader);
   # A reader narrowed by `restriction`. It can be handed to another process.
+
+  generation @7 () -> (generation :Generation);
+  # "Anything new?" in one small call, for a client that polls instead of subscribing:
+  # when `lastCommit` is what the previous call said, nothing this reader may see has
+  # been written since. Answered from the world's record and one index lookup, never a
+  # scan.
 }
 
 interface WorldWriter {

@@ -279,6 +279,33 @@ impl world_reader::Server for WorldReader {
         Ok(())
     }
 
+    async fn generation(
+        self: Rc<Self>,
+        _: world_reader::GenerationParams,
+        mut results: world_reader::GenerationResults,
+    ) -> Result<(), capnp::Error> {
+        self.admit()?;
+        let generation = self
+            .grip
+            .node
+            .store
+            .read()
+            .wire()?
+            .generation(&self.world)
+            .wire()?;
+        let mut answer = results.get().init_generation();
+        answer.set_node_commit(generation.node_commit);
+        if self.grip.restriction.hides_atoms() {
+            // Nothing of hidden writes: the node's commit moves with every write.
+            answer.set_last_commit(generation.node_commit);
+        } else {
+            answer.set_last_commit(generation.last_commit);
+            answer.set_atoms(generation.atoms);
+            answer.set_counted(true);
+        }
+        Ok(())
+    }
+
     async fn verify(
         self: Rc<Self>,
         _: world_reader::VerifyParams,

@@ -4,8 +4,8 @@ use engram_schema::engram_capnp::{admin, observer, signer, world_reader, world_w
 
 use crate::error::ClientError;
 use crate::types::{
-    Answer, AtomView, Epoch, Filter, Grant, Head, HitView, NewAtom, PrincipalView, Receipt,
-    Restriction, Verification, WorldView,
+    Answer, AtomView, Epoch, Filter, Generation, Grant, Head, HitView, NewAtom, PrincipalView,
+    Receipt, Restriction, Verification, WorldView,
 };
 
 /// Remembers atoms: `remember` for one, `rememberBatch` (all or nothing) for several.
@@ -105,6 +105,19 @@ pub async fn replay(
         .map(AtomView::read)
         .collect::<Result<_, _>>()?;
     Ok((atoms, results.get_next_commit()))
+}
+
+/// Where the reader's world stands: compare `last_commit` with the previous call's to
+/// tell whether anything new was written, without a query.
+pub async fn generation(reader: &world_reader::Client) -> Result<Generation, ClientError> {
+    let response = reader.generation_request().send().promise.await?;
+    let generation = response.get()?.get_generation()?;
+    Ok(Generation {
+        node_commit: generation.get_node_commit(),
+        last_commit: generation.get_last_commit(),
+        atoms: generation.get_atoms(),
+        counted: generation.get_counted(),
+    })
 }
 
 /// The head of every chain of the reader's world.

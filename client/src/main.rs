@@ -74,6 +74,9 @@ enum Command {
     Watch(WatchArguments),
     /// Print the head of every writer's chain in a world.
     Heads { world: String },
+    /// Print where a world stands: the commit of its newest atom (unchanged means
+    /// nothing new), its atoms, and the node's last commit.
+    Generation { world: String },
     /// Recompute every chain of a world; exit 4 naming the first bad entry.
     Verify { world: String },
     /// Show or advance the epoch (admin).
@@ -608,6 +611,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
+            });
+        }
+        Command::Generation { world } => {
+            let reader = session(&cli).await?.reader(world)?;
+            let generation = engram_client::generation(&reader).await?;
+            emit(json_output, generation.to_json(), || {
+                let atoms = if generation.counted {
+                    format!("{} atoms", generation.atoms)
+                } else {
+                    "atoms not counted through this restriction".to_owned()
+                };
+                format!(
+                    "world {world}: last commit {}, {atoms}; node at commit {}",
+                    generation.last_commit, generation.node_commit
+                )
             });
         }
         Command::Verify { world } => {

@@ -276,6 +276,29 @@ impl Head {
     }
 }
 
+/// Where one world stands, as one reader may know it (`WorldReader.generation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Generation {
+    /// The node's last commit when it answered.
+    pub node_commit: u64,
+    /// The commit of the world's newest atom the reader may know of: unchanged since
+    /// the previous call means nothing new for this reader.
+    pub last_commit: u64,
+    /// Atoms in the world, when `counted` (not through a restriction that hides atoms).
+    pub atoms: u64,
+    pub counted: bool,
+}
+
+impl Generation {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "node_commit": self.node_commit,
+            "last_commit": self.last_commit,
+            "atoms": self.counted.then_some(self.atoms),
+        })
+    }
+}
+
 /// What `verify` found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verification {

@@ -504,6 +504,29 @@ impl ReadView {
         Ok(atom)
     }
 
+    /// Where `world` stands: the node's last commit, the commit of the world's newest
+    /// atom (0 while it has none) and its atoms. One record and one index lookup.
+    pub fn generation(&self, world: &str) -> Result<Generation, StoreError> {
+        let info = self
+            .world(world)?
+            .ok_or_else(|| StoreError::WorldNotFound {
+                world: world.to_owned(),
+            })?;
+        let newest = self
+            .entries()
+            .range((world, 0)..=(world, u64::MAX))?
+            .next_back();
+        let last_commit = match newest {
+            Some(row) => row?.0.value().1,
+            None => 0,
+        };
+        Ok(Generation {
+            node_commit: self.last_commit()?,
+            last_commit,
+            atoms: info.atoms,
+        })
+    }
+
     /// The head of every chain of `world`, by writer key.
     pub fn heads(&self, world: &str) -> Result<Vec<ChainHead>, StoreError> {
         self.require_world(world)?;
@@ -707,6 +730,17 @@ impl ReadView {
         self.require_world(world)?;
         chain::verify_world(self.entries(), &self.table(HEADS)?, world, visible)
     }
+}
+
+/// Where one world stands ([`ReadView::generation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Generation {
+    /// The node's last commit.
+    pub node_commit: u64,
+    /// The commit of the world's newest atom; 0 while it has none.
+    pub last_commit: u64,
+    /// Atoms in the world.
+    pub atoms: u64,
 }
 
 /// What one read may examine and return.

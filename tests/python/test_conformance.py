@@ -412,3 +412,22 @@ def test_rates_of_grants_and_attenuations(node):
         assert (principal.grants[0].rate.callsPerSecond, principal.grants[0].rate.atomsPerSecond) == (0, 3)
 
     run(body())
+
+
+def test_generation_tells_whether_anything_is_new(node):
+    async def body():
+        session = await with_world(node.tcp, node, "polled")
+        reader, writer = session.reader("polled"), session.writer("polled")
+        empty = await engram.generation(reader)
+        assert (empty.last_commit, empty.atoms) == (0, 0)
+        (receipt,) = await engram.remember(writer, NewAtom("first", labels=["public"]))
+        first = await engram.generation(reader)
+        assert (first.last_commit, first.atoms) == (receipt.commit, 1)
+        assert first.node_commit >= receipt.commit
+        assert await engram.generation(reader) == first
+        # Through a restriction that hides atoms: nothing of hidden writes.
+        restricted = await engram.attenuate_reader(reader, labels=["public"])
+        seen = await engram.generation(restricted)
+        assert seen.atoms is None and seen.last_commit == seen.node_commit
+
+    run(body())

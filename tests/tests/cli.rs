@@ -139,6 +139,13 @@ fn the_tour_works_and_prints_json_on_request() {
 
     let heads = json(run(&["--json", "heads", "team/auth"]));
     assert_eq!(heads.as_array().unwrap().len(), 2);
+    let generation = json(run(&["--json", "generation", "team/auth"]));
+    assert_eq!(generation["last_commit"], 3);
+    assert_eq!(generation["atoms"], 3);
+    assert!(
+        ok(run(&["generation", "team/auth"]))
+            .starts_with("world team/auth: last commit 3, 3 atoms")
+    );
     assert!(ok(run(&["verify", "team/auth"])).starts_with("ok: 2 chains, 3 entries"));
 
     let whoami = json(engram(&node, &agent_key, &["--json", "whoami"]));

@@ -69,6 +69,21 @@ fn a_restricted_reader_learns_nothing_of_hidden_atoms() {
         assert!(atoms.is_empty());
         assert_eq!(after, next);
 
+        // generation: no count, and the node's commit for the world's newest atom, so
+        // that the hidden atom written last does not show.
+        let seen = engram_client::generation(&reader).await.unwrap();
+        assert!(!seen.counted);
+        assert_eq!(seen.atoms, 0);
+        assert_eq!(seen.last_commit, seen.node_commit);
+        let unrestricted = engram_client::generation(&admin.reader("mixed").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            (unrestricted.last_commit, unrestricted.atoms),
+            (last[0].commit, 5)
+        );
+        assert!(unrestricted.counted);
+
         // The unrestricted reader sees both chains at their true heads.
         let heads = engram_client::heads(&admin.reader("mixed").unwrap())
             .await

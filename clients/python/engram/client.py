@@ -408,6 +408,27 @@ async def heads(reader: Any) -> list[tuple[bytes, int, bytes]]:
     return [(bytes(head.writer), head.seq, bytes(head.id)) for head in result.heads]
 
 
+@dataclass(frozen=True)
+class Generation:
+    """Where one world stands, as one reader may know it. ``last_commit`` unchanged since
+    the previous call means nothing new for this reader; ``atoms`` is ``None`` through a
+    restriction that hides atoms (counting what it lets through would be a scan)."""
+
+    node_commit: int
+    last_commit: int
+    atoms: int | None
+
+
+async def generation(reader: Any) -> Generation:
+    """Where the reader's world stands: one small call, for a client that polls."""
+    result = (await call(reader.generation())).generation
+    return Generation(
+        node_commit=result.nodeCommit,
+        last_commit=result.lastCommit,
+        atoms=result.atoms if result.counted else None,
+    )
+
+
 async def verify(reader: Any) -> dict:
     """``{"chains", "entries", "bad"}``; ``bad`` is ``None`` or ``(writer, seq, reason)``."""
     report = (await call(reader.verify())).report
