@@ -160,6 +160,15 @@ struct Query {
   # Lexical search: rank atoms whose text has these words (BM25; words split at anything
   # that is not a letter or digit, case-insensitive). With `vector` too, the two rankings
   # are fused by reciprocal rank. Filters apply inside the search. Empty: no text search.
+  validAt :union {
+    # When the atom holds in the world (its claimed `validTime`), apart from when the node
+    # recorded it.
+    anyTime @10 :Void;       # No filter on valid time.
+    instant @11 :Int64;
+    # Only atoms whose `validTime` is an interval holding at this instant (unix ms):
+    # `fromUnixMs <= instant` and (`untilUnixMs` is 0 or `instant < untilUnixMs`). An atom
+    # that makes no claim (`unknown`) does not match.
+  }
 }
 
 struct Hit {

@@ -221,6 +221,15 @@ pub(crate) fn read_query(reader: wire::query::Reader<'_>) -> Result<Query, Capab
         }
     }
     let before = reader.get_before_commit();
+    let valid_at = match reader.get_valid_at().which() {
+        Ok(wire::query::valid_at::AnyTime(())) => None,
+        Ok(wire::query::valid_at::Instant(instant)) => Some(instant),
+        Err(capnp::NotInSchema(which)) => {
+            return Err(CapabilityError::invalid(format!(
+                "validAt has an unknown variant {which}"
+            )));
+        }
+    };
     Ok(Query {
         kinds,
         labels: text_list(labels)?,
@@ -229,6 +238,7 @@ pub(crate) fn read_query(reader: wire::query::Reader<'_>) -> Result<Query, Capab
         max_importance,
         limit: reader.get_limit(),
         before_commit: (before != 0).then_some(before),
+        valid_at,
     })
 }
 

@@ -162,8 +162,15 @@ struct RememberArguments {
     /// An embedding: comma-separated numbers; the world's first fixes its dimension.
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     vector: Vec<f32>,
+    /// When the atom starts to hold in the world: an RFC 3339 time
+    /// (2026-03-03T00:00:00Z) or unix milliseconds.
+    #[arg(long, conflicts_with = "batch")]
+    valid_from: Option<String>,
+    /// When it stops holding (excluded), as --valid-from; without it, open-ended.
+    #[arg(long, requires = "valid_from")]
+    valid_until: Option<String>,
     /// A file of JSON lines ({"text": ..., "kind": ..., "labels": [...], "importance": ...,
-    /// "vector": [...]}),
+    /// "vector": [...], "validFrom": ..., "validUntil": ...}),
     /// or - for stdin; remembered as one all-or-nothing batch.
     #[arg(long)]
     batch: Option<PathBuf>,
@@ -213,6 +220,10 @@ struct AskArguments {
     /// Show each hit's score and how it was computed.
     #[arg(long)]
     explain: bool,
+    /// Only atoms claimed to hold in the world at this instant: an RFC 3339 time or unix
+    /// milliseconds (atoms that claim no validity do not match).
+    #[arg(long)]
+    valid_at: Option<String>,
 }
 
 /// A failure and the exit code it maps to.
@@ -277,6 +288,20 @@ fn emit(json_output: bool, value: Value, text: impl FnOnce() -> String) {
     } else {
         println!("{}", text());
     }
+}
+
+/// An instant given as unix milliseconds or an RFC 3339 time, in unix milliseconds.
+fn parse_instant(text: &str, flag: &str) -> Result<i64, Failure> {
+    if let Ok(unix_ms) = text.parse::<i64>() {
+        return Ok(unix_ms);
+    }
+    let time: jiff::Timestamp = text.parse().map_err(|error| {
+        usage(format!(
+            "{flag} {text:?}: expected an RFC 3339 time (2026-03-03T00:00:00Z) or unix \
+             milliseconds: {error}"
+        ))
+    })?;
+    Ok(time.as_millisecond())
 }
 
 fn parse_hex32(text: &str, what: &str) -> Result<[u8; 32], Failure> {
@@ -471,6 +496,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     atom.importance = arguments.importance;
                     atom.confidence = arguments.confidence;
                     atom.vector = arguments.vector.clone();
+                    if let Some(from) = &arguments.valid_from {
+                        let until = match &arguments.valid_until {
+                            Some(until) => parse_instant(until, "--valid-until")?,
+                            None => 0,
+                        };
+                        atom = atom.valid(parse_instant(from, "--valid-from")?, until);
+                    }
                     vec![atom]
                 }
             };
@@ -508,6 +540,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 vector: arguments.vector.clone(),
                 text: arguments.text.clone().unwrap_or_default(),
                 explain: arguments.explain,
+                valid_at: match &arguments.valid_at {
+                    Some(instant) => Some(parse_instant(instant, "--valid-at")?),
+                    None => None,
+                },
                 ..Filter::default()
             };
             for kind in &arguments.kinds {
@@ -764,6 +800,24 @@ fn read_batch(path: &PathBuf) -> Result<Vec<NewAtom>, Failure> {
                 .as_f64()
                 .ok_or_else(|| at("\"importance\" must be a number".into()))?
                 as f32;
+        }
+        if let Some(from) = value.get("validFrom") {
+            let instant = |value: &Value, name: &str| match value {
+                Value::Number(number) => number
+                    .as_i64()
+                    .ok_or_else(|| at(format!("\"{name}\" must be whole unix milliseconds"))),
+                Value::String(text) => {
+                    parse_instant(text, name).map_err(|error| at(error.message.clone()))
+                }
+                _ => Err(at(format!(
+                    "\"{name}\" must be an RFC 3339 time or unix milliseconds"
+                ))),
+            };
+            let until = match value.get("validUntil") {
+                Some(until) => instant(until, "validUntil")?,
+                None => 0,
+            };
+            atom = atom.valid(instant(from, "validFrom")?, until);
         }
         atoms.push(atom);
     }

@@ -63,6 +63,21 @@ pub struct NewAtom {
     pub payload: Vec<u8>,
     /// An embedding; the world's first vector fixes its dimension.
     pub vector: Vec<f32>,
+    /// When the atom holds in the world, if it claims to.
+    pub valid_time: Option<ValidTime>,
+}
+
+/// An interval of validity in the world (unix ms); `until_unix_ms` 0 is open-ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ValidTime {
+    pub from_unix_ms: i64,
+    pub until_unix_ms: i64,
+}
+
+impl ValidTime {
+    fn to_json(self) -> Value {
+        json!({"fromUnixMs": self.from_unix_ms, "untilUnixMs": self.until_unix_ms})
+    }
 }
 
 impl NewAtom {
@@ -76,7 +91,18 @@ impl NewAtom {
             confidence: 1.0,
             payload: Vec::new(),
             vector: Vec::new(),
+            valid_time: None,
         }
+    }
+
+    /// The same atom, claimed to hold in the world from `from_unix_ms` until
+    /// `until_unix_ms` (0: open-ended).
+    pub fn valid(mut self, from_unix_ms: i64, until_unix_ms: i64) -> NewAtom {
+        self.valid_time = Some(ValidTime {
+            from_unix_ms,
+            until_unix_ms,
+        });
+        self
     }
 
     /// The same atom with this vector.
@@ -115,6 +141,11 @@ impl NewAtom {
         for (index, label) in self.labels.iter().enumerate() {
             labels.set(index as u32, label.as_str());
         }
+        if let Some(valid) = self.valid_time {
+            let mut interval = builder.reborrow().get_valid_time().init_interval();
+            interval.set_from_unix_ms(valid.from_unix_ms);
+            interval.set_until_unix_ms(valid.until_unix_ms);
+        }
         if !self.vector.is_empty() {
             let mut vector = builder.init_vector(self.vector.len() as u32);
             for (index, component) in self.vector.iter().enumerate() {
@@ -140,6 +171,8 @@ pub struct AtomView {
     pub importance: f32,
     pub confidence: f32,
     pub payload: Vec<u8>,
+    /// When the atom claims to hold in the world, if it does.
+    pub valid_time: Option<ValidTime>,
 }
 
 impl AtomView {
@@ -149,6 +182,20 @@ impl AtomView {
         for label in content.get_labels()?.iter() {
             labels.push(text(label)?);
         }
+        let valid_time = match content
+            .get_valid_time()
+            .which()
+            .map_err(capnp::Error::from)?
+        {
+            wire::atom_content::valid_time::Unknown(()) => None,
+            wire::atom_content::valid_time::Interval(interval) => {
+                let interval = interval?;
+                Some(ValidTime {
+                    from_unix_ms: interval.get_from_unix_ms(),
+                    until_unix_ms: interval.get_until_unix_ms(),
+                })
+            }
+        };
         Ok(AtomView {
             id: hash(reader.get_id())?,
             world: text(reader.get_world())?,
@@ -163,6 +210,7 @@ impl AtomView {
             importance: content.get_importance(),
             confidence: content.get_confidence(),
             payload: content.get_payload()?.to_vec(),
+            valid_time,
         })
     }
 
@@ -185,6 +233,7 @@ impl AtomView {
             "importance": self.importance,
             "confidence": self.confidence,
             "payload": String::from_utf8(self.payload.clone()).map(Value::String).unwrap_or_else(|_| Value::String(hex::encode(&self.payload))),
+            "validTime": self.valid_time.map(ValidTime::to_json),
         })
     }
 }
@@ -333,6 +382,8 @@ pub struct Filter {
     pub text: String,
     /// Ask the node to explain each score.
     pub explain: bool,
+    /// Only atoms claimed to hold in the world at this instant (unix ms).
+    pub valid_at: Option<i64>,
 }
 
 impl Default for Filter {
@@ -348,6 +399,7 @@ impl Default for Filter {
             vector: Vec::new(),
             text: String::new(),
             explain: false,
+            valid_at: None,
         }
     }
 }
@@ -372,6 +424,9 @@ impl Filter {
         builder.set_before_commit(self.before_commit);
         builder.set_explain(self.explain);
         builder.set_text(self.text.as_str());
+        if let Some(instant) = self.valid_at {
+            builder.reborrow().get_valid_at().set_instant(instant);
+        }
         if !self.vector.is_empty() {
             let mut vector = builder.init_vector(self.vector.len() as u32);
             for (index, component) in self.vector.iter().enumerate() {

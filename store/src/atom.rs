@@ -101,6 +101,14 @@ pub struct TimeInterval {
     pub until_unix_ms: i64,
 }
 
+impl TimeInterval {
+    /// Whether the interval holds at `instant` (unix ms): from its start, until its end
+    /// (excluded), or for ever when open-ended.
+    pub fn holds_at(&self, instant: i64) -> bool {
+        self.from_unix_ms <= instant && (self.until_unix_ms == 0 || instant < self.until_unix_ms)
+    }
+}
+
 /// What a writer supplies for one atom.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AtomContent {
@@ -349,6 +357,8 @@ pub trait Facts {
     fn writer(&self) -> &PublicKey;
     fn importance(&self) -> f32;
     fn commit(&self) -> u64;
+    /// The interval the atom claims to hold in the world, if it claims one.
+    fn valid_time(&self) -> Option<TimeInterval>;
     /// Whether any of the atom's labels passes `test`.
     fn any_label(&self, test: &mut dyn FnMut(&str) -> bool) -> bool;
 }
@@ -366,6 +376,9 @@ impl Facts for Atom {
     fn commit(&self) -> u64 {
         self.commit
     }
+    fn valid_time(&self) -> Option<TimeInterval> {
+        self.content.valid_time
+    }
     fn any_label(&self, test: &mut dyn FnMut(&str) -> bool) -> bool {
         self.content.labels.iter().any(|label| test(label))
     }
@@ -382,6 +395,7 @@ pub struct EntryFacts<'a> {
     writer: PublicKey,
     importance: f32,
     commit: u64,
+    valid_time: Option<TimeInterval>,
     label_count: u16,
     /// The encoded labels: each a u16 length, then its bytes.
     labels: &'a [u8],
@@ -404,13 +418,14 @@ impl<'a> EntryFacts<'a> {
         let kind = AtomKind::from_code(reader.u16()?)?;
         let importance = f32::from_bits(reader.u32()?);
         reader.take(4)?; // confidence
-        match reader.u8()? {
-            0 => {}
-            1 => {
-                reader.take(16)?;
-            }
+        let valid_time = match reader.u8()? {
+            0 => None,
+            1 => Some(TimeInterval {
+                from_unix_ms: reader.u64()? as i64,
+                until_unix_ms: reader.u64()? as i64,
+            }),
             _ => return None,
-        }
+        };
         let text_length = reader.u32()? as usize;
         reader.take(text_length)?;
         let payload_length = reader.u32()? as usize;
@@ -422,6 +437,7 @@ impl<'a> EntryFacts<'a> {
             writer,
             importance,
             commit,
+            valid_time,
             label_count,
             labels,
         })
@@ -440,6 +456,9 @@ impl Facts for EntryFacts<'_> {
     }
     fn commit(&self) -> u64 {
         self.commit
+    }
+    fn valid_time(&self) -> Option<TimeInterval> {
+        self.valid_time
     }
     fn any_label(&self, test: &mut dyn FnMut(&str) -> bool) -> bool {
         let mut reader = EntryReader {

@@ -25,6 +25,8 @@ pub struct Query {
     pub limit: u32,
     /// Only atoms with a commit below this.
     pub before_commit: Option<u64>,
+    /// Only atoms whose claimed validity holds at this instant (unix ms).
+    pub valid_at: Option<i64>,
 }
 
 impl Default for Query {
@@ -37,6 +39,7 @@ impl Default for Query {
             max_importance: 1.0,
             limit: 20,
             before_commit: None,
+            valid_at: None,
         }
     }
 }
@@ -92,6 +95,11 @@ impl Query {
             && self
                 .before_commit
                 .is_none_or(|before| facts.commit() < before)
+            && self.valid_at.is_none_or(|instant| {
+                facts
+                    .valid_time()
+                    .is_some_and(|valid| valid.holds_at(instant))
+            })
     }
 }
 

@@ -23,7 +23,7 @@ use std::path::Path;
 
 use hnsw_rs::prelude::{AnnT, DistDot, Hnsw, HnswIo};
 
-use crate::atom::{AtomKind, PublicKey};
+use crate::atom::{AtomKind, PublicKey, TimeInterval};
 use crate::error::StoreError;
 use crate::limits::SEARCH_EXAMINED_MAX;
 use crate::tables::WORLDS;
@@ -60,6 +60,7 @@ pub struct AtomFacts {
     pub writer: PublicKey,
     pub importance: f32,
     pub commit: u64,
+    pub valid_time: Option<TimeInterval>,
 }
 
 impl crate::atom::Facts for AtomFacts {
@@ -75,6 +76,9 @@ impl crate::atom::Facts for AtomFacts {
     fn commit(&self) -> u64 {
         self.commit
     }
+    fn valid_time(&self) -> Option<TimeInterval> {
+        self.valid_time
+    }
     fn any_label(&self, test: &mut dyn FnMut(&str) -> bool) -> bool {
         self.labels.iter().any(|label| test(label))
     }
@@ -88,6 +92,7 @@ impl AtomFacts {
             writer: atom.writer,
             importance: atom.content.importance,
             commit: atom.commit,
+            valid_time: atom.content.valid_time,
         }
     }
 }

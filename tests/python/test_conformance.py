@@ -431,3 +431,21 @@ def test_generation_tells_whether_anything_is_new(node):
         assert seen.atoms is None and seen.last_commit == seen.node_commit
 
     run(body())
+
+
+def test_ask_filters_by_valid_time(node):
+    async def body():
+        session = await with_world(node.tcp, node, "limits")
+        writer, reader = session.writer("limits"), session.reader("limits")
+        march, april, may = 1772496000000, 1775174400000, 1777766400000
+        await engram.remember(writer, NewAtom("rate limit 100/s", labels=["rate"], valid_from=march, valid_until=april))
+        await engram.remember(writer, NewAtom("rate limit 500/s", labels=["rate"], valid_from=april))
+        await engram.remember(writer, NewAtom("rate limits matter", labels=["rate"]))
+        assert [atom.text for atom in await engram.ask(reader, labels=["rate"], valid_at=march + 1)] == [
+            "rate limit 100/s"
+        ]
+        (later,) = await engram.ask(reader, labels=["rate"], valid_at=may)
+        assert (later.text, later.valid_time) == ("rate limit 500/s", (april, 0))
+        assert len(await engram.ask(reader, labels=["rate"])) == 3
+
+    run(body())

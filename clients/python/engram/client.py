@@ -100,6 +100,10 @@ class NewAtom:
     confidence: float = 1.0
     payload: bytes = b""
     vector: Sequence[float] = ()
+    valid_from: int | None = None
+    """When the atom starts to hold in the world (unix ms); ``None``: no claim."""
+    valid_until: int = 0
+    """When it stops holding (unix ms, excluded); 0: open-ended."""
 
     def fill(self, builder: Any) -> None:
         builder.kind = self.kind
@@ -113,6 +117,10 @@ class NewAtom:
             labels[index] = label
         if self.vector:
             builder.vector = list(self.vector)
+        if self.valid_from is not None:
+            interval = builder.validTime.init("interval")
+            interval.fromUnixMs = self.valid_from
+            interval.untilUnixMs = self.valid_until
 
 
 @dataclass(frozen=True)
@@ -131,10 +139,16 @@ class AtomView:
     importance: float
     confidence: float
     payload: bytes
+    valid_time: tuple[int, int] | None = None
+    """``(from_unix_ms, until_unix_ms)`` when the atom claims to hold in the world."""
 
     @classmethod
     def read(cls, atom: Any) -> "AtomView":
         content = atom.content
+        valid_time = None
+        if content.validTime.which() == "interval":
+            interval = content.validTime.interval
+            valid_time = (interval.fromUnixMs, interval.untilUnixMs)
         return cls(
             id=bytes(atom.id),
             world=atom.world,
@@ -148,6 +162,7 @@ class AtomView:
             importance=content.importance,
             confidence=content.confidence,
             payload=bytes(content.payload),
+            valid_time=valid_time,
         )
 
 
@@ -301,6 +316,7 @@ def _fill_filter(
     before_commit: int = 0,
     vector: Sequence[float] = (),
     text: str = "",
+    valid_at: int | None = None,
 ) -> None:
     """Fills a schema ``Query``; the one place ``ask`` and ``subscribe`` build filters."""
     for name, values in (("kinds", list(kinds)), ("labels", list(labels)), ("writers", list(writers))):
@@ -315,6 +331,8 @@ def _fill_filter(
         query.vector = list(vector)
     if text:
         query.text = text
+    if valid_at is not None:
+        query.validAt.instant = valid_at
 
 
 async def ask(
@@ -328,9 +346,11 @@ async def ask(
     before_commit: int = 0,
     vector: Sequence[float] = (),
     text: str = "",
+    valid_at: int | None = None,
 ) -> list[AtomView]:
     """Atoms matching every filter: newest first, or most relevant first with ``vector``
-    (similarity), ``text`` (words) or both fused (see the schema's ``Hit.score``)."""
+    (similarity), ``text`` (words) or both fused (see the schema's ``Hit.score``).
+    ``valid_at`` (unix ms) keeps atoms claimed to hold in the world at that instant."""
     page = await ask_page(
         reader,
         kinds=kinds,
@@ -342,6 +362,7 @@ async def ask(
         before_commit=before_commit,
         vector=vector,
         text=text,
+        valid_at=valid_at,
     )
     return page.atoms
 
@@ -369,6 +390,7 @@ async def ask_page(
     before_commit: int = 0,
     vector: Sequence[float] = (),
     text: str = "",
+    valid_at: int | None = None,
 ) -> AskPage:
     """``ask``, with the node's warning and the cursor of an answer that stopped at the
     node's budget for one call (the schema's cost model)."""
@@ -384,6 +406,7 @@ async def ask_page(
         before_commit=before_commit,
         vector=vector,
         text=text,
+        valid_at=valid_at,
     )
     result = await call(request.send())
     return AskPage(
