@@ -60,7 +60,8 @@ pub struct AtomFacts {
     pub writer: PublicKey,
     pub importance: f32,
     pub commit: u64,
-    pub valid_time: Option<TimeInterval>,
+    /// Boxed: most atoms claim no validity, and these facts are kept for every atom.
+    pub valid_time: Option<Box<TimeInterval>>,
 }
 
 impl crate::atom::Facts for AtomFacts {
@@ -77,7 +78,7 @@ impl crate::atom::Facts for AtomFacts {
         self.commit
     }
     fn valid_time(&self) -> Option<TimeInterval> {
-        self.valid_time
+        self.valid_time.as_deref().copied()
     }
     fn any_label(&self, test: &mut dyn FnMut(&str) -> bool) -> bool {
         self.labels.iter().any(|label| test(label))
@@ -92,7 +93,7 @@ impl AtomFacts {
             writer: atom.writer,
             importance: atom.content.importance,
             commit: atom.commit,
-            valid_time: atom.content.valid_time,
+            valid_time: atom.content.valid_time.map(Box::new),
         }
     }
 }
