@@ -169,6 +169,10 @@ struct Query {
     # `fromUnixMs <= instant` and (`untilUnixMs` is 0 or `instant < untilUnixMs`). An atom
     # that makes no claim (`unknown`) does not match.
   }
+  asOf @12 :UInt64;
+  # Time travel: answer as things stood at this commit, counting only atoms committed
+  # at or before it (0: now). Unlike `beforeCommit`, which pages through an answer, it
+  # names a moment. `invalidArgument` in a subscription's filter.
 }
 
 struct Hit {
@@ -356,9 +360,10 @@ interface WorldReader {
 
   world @0 () -> (name :Text);
 
-  get @1 (id :Data) -> (atom :Atom);
+  get @1 (id :Data, asOf :UInt64) -> (atom :Atom);
   # The atom with this id. `notFound` if it is not in this world or not visible
-  # through this capability's restriction.
+  # through this capability's restriction, or, with `asOf` (a commit; 0: now), if it was
+  # committed after it.
 
   ask @2 (query :Query) -> (hits :List(Hit), warning :Text, resumeBeforeCommit :UInt64);
   # The atoms matching the filters, answered from indexes: newest first, or with
@@ -379,8 +384,10 @@ interface WorldReader {
   # pass next time: the last commit the call handled (it may be past the last atom
   # returned); once the world's log is read to its end, the node's last commit.
 
-  heads @4 () -> (heads :List(ChainHead));
-  # The head of every writer's chain in this world. Through a restriction that hides
+  heads @4 (asOf :UInt64) -> (heads :List(ChainHead));
+  # The head of every writer's chain in this world; with `asOf` (a commit; 0: now), as
+  # they stood then: each chain's newest entry committed at or before it, and no chain
+  # begun after it. Through a restriction that hides
   # atoms: each writer's newest visible atom instead, and no writer without one (see
   # `Restriction`); `resourceExhausted` if finding them takes more than a call's budget.
 

@@ -220,7 +220,13 @@ pub(crate) fn read_query(reader: wire::query::Reader<'_>) -> Result<Query, Capab
             )));
         }
     }
-    let before = reader.get_before_commit();
+    // Time travel and paging both bound the commits: the answer counts atoms committed
+    // at or before `asOf` and before `beforeCommit`.
+    let before = match (reader.get_before_commit(), reader.get_as_of()) {
+        (before, 0) => before,
+        (0, as_of) => as_of.saturating_add(1),
+        (before, as_of) => before.min(as_of.saturating_add(1)),
+    };
     let valid_at = match reader.get_valid_at().which() {
         Ok(wire::query::valid_at::AnyTime(())) => None,
         Ok(wire::query::valid_at::Instant(instant)) => Some(instant),

@@ -27,7 +27,14 @@ impl observer::Server for Observer {
     ) -> Result<(), capnp::Error> {
         self.grip.admit(Some(&self.world), 0).wire()?;
         let params = params.get()?;
-        let request = read_ask(params.get_filter().map_err(malformed).wire()?).wire()?;
+        let filter = params.get_filter().map_err(malformed).wire()?;
+        if filter.get_as_of() != 0 {
+            return Err(CapabilityError::invalid(
+                "a subscription delivers what is committed from now on; asOf does not apply",
+            )
+            .into());
+        }
+        let request = read_ask(filter).wire()?;
         if !request.vector.is_empty() || !request.text.is_empty() {
             return Err(CapabilityError::invalid(
                 "a subscription delivers in commit order; it takes no query vector or text",

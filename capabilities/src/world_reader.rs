@@ -134,11 +134,9 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::GetResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let id = bytes32(
-            params.get()?.get_id().map_err(malformed).wire()?,
-            "the atom id",
-        )
-        .wire()?;
+        let params = params.get()?;
+        let id = bytes32(params.get_id().map_err(malformed).wire()?, "the atom id").wire()?;
+        let as_of = params.get_as_of();
         let atom = self
             .grip
             .node
@@ -147,7 +145,8 @@ impl world_reader::Server for WorldReader {
             .wire()?
             .atom(&self.world, &id)
             .wire()?;
-        if !self.grip.restriction.shows(&atom) {
+        // Hidden, or not yet committed at `asOf`: not found, alike.
+        if !self.grip.restriction.shows(&atom) || (as_of != 0 && atom.commit > as_of) {
             return Err(
                 CapabilityError::Store(engram_store::StoreError::AtomNotFound {
                     world: self.world.clone(),
@@ -242,15 +241,19 @@ impl world_reader::Server for WorldReader {
 
     async fn heads(
         self: Rc<Self>,
-        _: world_reader::HeadsParams,
+        params: world_reader::HeadsParams,
         mut results: world_reader::HeadsResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let heads = if self.grip.restriction.hides_atoms() {
+        let as_of = params.get()?.get_as_of();
+        let heads = if self.grip.restriction.hides_atoms() || as_of != 0 {
             // A restricted reader sees the newest atom it may see of each chain, and
-            // nothing of a chain it may see no atom of.
-            self.bounded(|view, world, restriction, budget| {
-                match view.visible_heads(world, budget, &|atom| restriction.shows(atom)) {
+            // nothing of a chain it may see no atom of; the heads as of a commit are each
+            // chain's newest entry committed by then.
+            let as_of = if as_of == 0 { u64::MAX } else { as_of };
+            self.bounded(move |view, world, restriction, budget| {
+                let visible = |atom: &dyn Facts| restriction.shows(atom);
+                match view.visible_heads(world, as_of, budget, &visible) {
                     Err(StoreError::BudgetSpent { .. }) if budget == ReadBudget::INLINE => {
                         Ok((Vec::new(), true))
                     }

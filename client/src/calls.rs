@@ -36,8 +36,19 @@ pub async fn remember(
 
 /// The atom with this id.
 pub async fn get(reader: &world_reader::Client, id: &[u8]) -> Result<AtomView, ClientError> {
+    get_as_of(reader, id, 0).await
+}
+
+/// The atom `id` as the world stood at commit `as_of` (0: now): `notFound` if it was
+/// committed after it.
+pub async fn get_as_of(
+    reader: &world_reader::Client,
+    id: &[u8],
+    as_of: u64,
+) -> Result<AtomView, ClientError> {
     let mut request = reader.get_request();
     request.get().set_id(id);
+    request.get().set_as_of(as_of);
     let response = request.send().promise.await?;
     AtomView::read(response.get()?.get_atom()?)
 }
@@ -122,7 +133,17 @@ pub async fn generation(reader: &world_reader::Client) -> Result<Generation, Cli
 
 /// The head of every chain of the reader's world.
 pub async fn heads(reader: &world_reader::Client) -> Result<Vec<Head>, ClientError> {
-    let response = reader.heads_request().send().promise.await?;
+    heads_as_of(reader, 0).await
+}
+
+/// The head of every chain of the reader's world as it stood at commit `as_of` (0: now).
+pub async fn heads_as_of(
+    reader: &world_reader::Client,
+    as_of: u64,
+) -> Result<Vec<Head>, ClientError> {
+    let mut request = reader.heads_request();
+    request.get().set_as_of(as_of);
+    let response = request.send().promise.await?;
     let mut heads = Vec::new();
     for head in response.get()?.get_heads()?.iter() {
         let bytes = |data: &[u8]| -> Result<[u8; 32], ClientError> {

@@ -56,7 +56,13 @@ enum Command {
     /// Remember an atom (TEXT), or a batch of JSON lines from --batch.
     Remember(RememberArguments),
     /// Print one atom by id.
-    Get { world: String, id: String },
+    Get {
+        world: String,
+        id: String,
+        /// As the world stood at this commit (0: now): not found if committed after it.
+        #[arg(long, default_value_t = 0)]
+        as_of: u64,
+    },
     /// Ask for atoms by kind, label, writer and importance, newest first.
     Ask(AskArguments),
     /// Print atoms in commit order after a cursor.
@@ -73,7 +79,12 @@ enum Command {
     /// the node; with --json one JSON object per line.
     Watch(WatchArguments),
     /// Print the head of every writer's chain in a world.
-    Heads { world: String },
+    Heads {
+        world: String,
+        /// As the chains stood at this commit (0: now).
+        #[arg(long, default_value_t = 0)]
+        as_of: u64,
+    },
     /// Print where a world stands: the commit of its newest atom (unchanged means
     /// nothing new), its atoms, and the node's last commit.
     Generation { world: String },
@@ -224,6 +235,9 @@ struct AskArguments {
     /// milliseconds (atoms that claim no validity do not match).
     #[arg(long)]
     valid_at: Option<String>,
+    /// Answer as the world stood at this commit (0: now).
+    #[arg(long, default_value_t = 0)]
+    as_of: u64,
 }
 
 /// A failure and the exit code it maps to.
@@ -524,10 +538,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     .join("\n")
             });
         }
-        Command::Get { world, id } => {
+        Command::Get { world, id, as_of } => {
             let id = parse_hex32(id, "the atom id")?;
             let reader = session(&cli).await?.reader(world)?;
-            let atom = engram_client::get(&reader, &id).await?;
+            let atom = engram_client::get_as_of(&reader, &id, *as_of).await?;
             emit(json_output, atom.to_json(), || describe(&atom, true));
         }
         Command::Ask(arguments) => {
@@ -540,6 +554,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 vector: arguments.vector.clone(),
                 text: arguments.text.clone().unwrap_or_default(),
                 explain: arguments.explain,
+                as_of: arguments.as_of,
                 valid_at: match &arguments.valid_at {
                     Some(instant) => Some(parse_instant(instant, "--valid-at")?),
                     None => None,
@@ -630,9 +645,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 message: "the connection to the node was lost".into(),
             });
         }
-        Command::Heads { world } => {
+        Command::Heads { world, as_of } => {
             let reader = session(&cli).await?.reader(world)?;
-            let heads = engram_client::heads(&reader).await?;
+            let heads = engram_client::heads_as_of(&reader, *as_of).await?;
             let values: Vec<Value> = heads.iter().map(|head| head.to_json()).collect();
             emit(json_output, Value::Array(values), || {
                 heads

@@ -384,6 +384,8 @@ pub struct Filter {
     pub explain: bool,
     /// Only atoms claimed to hold in the world at this instant (unix ms).
     pub valid_at: Option<i64>,
+    /// As the world stood at this commit: only atoms committed at or before it (0: now).
+    pub as_of: u64,
 }
 
 impl Default for Filter {
@@ -400,6 +402,7 @@ impl Default for Filter {
             text: String::new(),
             explain: false,
             valid_at: None,
+            as_of: 0,
         }
     }
 }
@@ -422,6 +425,7 @@ impl Filter {
         builder.set_max_importance(self.max_importance);
         builder.set_limit(self.limit);
         builder.set_before_commit(self.before_commit);
+        builder.set_as_of(self.as_of);
         builder.set_explain(self.explain);
         builder.set_text(self.text.as_str());
         if let Some(instant) = self.valid_at {

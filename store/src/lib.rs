@@ -533,12 +533,14 @@ impl ReadView {
         chain::heads_of(&self.table(HEADS)?, world)
     }
 
-    /// For a reader that sees only the atoms `visible` lets through: each writer's
-    /// newest visible atom as its head (seq and id), and no head for a writer none of
-    /// whose atoms is visible. `BudgetSpent` past `budget` entries examined.
+    /// For a reader that sees only the atoms `visible` lets through, as the world stood
+    /// at commit `as_of` (`u64::MAX`: now): each writer's newest visible atom as its head
+    /// (seq and id), and no head for a writer none of whose atoms is visible then.
+    /// `BudgetSpent` past `budget` entries examined.
     pub fn visible_heads(
         &self,
         world: &str,
+        as_of: u64,
         budget: ReadBudget,
         visible: Visible<'_>,
     ) -> Result<Vec<ChainHead>, StoreError> {
@@ -550,7 +552,7 @@ impl ReadView {
             let written = descending(
                 &self.snapshot.postings,
                 (world, key, 0),
-                (world, key, u64::MAX),
+                (world, key, as_of.saturating_add(1)),
                 |(_, _, commit)| commit,
             )?;
             for commit in written {

@@ -449,3 +449,20 @@ def test_ask_filters_by_valid_time(node):
         assert len(await engram.ask(reader, labels=["rate"])) == 3
 
     run(body())
+
+
+def test_time_travel_answers_as_the_world_stood_at_a_commit(node):
+    async def body():
+        session = await with_world(node.tcp, node, "history")
+        writer, reader = session.writer("history"), session.reader("history")
+        (first,) = await engram.remember(writer, NewAtom("JWT algorithm: RS256", labels=["jwt"]))
+        (second,) = await engram.remember(writer, NewAtom("JWT algorithm: ES256", labels=["jwt"]))
+        then = [atom.text for atom in await engram.ask(reader, labels=["jwt"], as_of=first.commit)]
+        assert then == ["JWT algorithm: RS256"]
+        assert len(await engram.ask(reader, labels=["jwt"])) == 2
+        assert (await engram.get(reader, second.id)).text == "JWT algorithm: ES256"
+        await expect_code("notFound", engram.get(reader, second.id, as_of=first.commit))
+        (head,) = await engram.heads(reader, as_of=first.commit)
+        assert (head[1], head[2]) == (first.seq, first.id)
+
+    run(body())

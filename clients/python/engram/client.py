@@ -299,9 +299,12 @@ async def remember(writer: Any, *atoms: NewAtom) -> list[Receipt]:
     return [Receipt.read(receipt) for receipt in result.receipts]
 
 
-async def get(reader: Any, atom_id: bytes) -> AtomView:
+async def get(reader: Any, atom_id: bytes, as_of: int = 0) -> AtomView:
+    """The atom ``atom_id``; with ``as_of`` (a commit), ``notFound`` if it was committed
+    after it."""
     request = reader.get_request()
     request.id = atom_id
+    request.asOf = as_of
     return AtomView.read((await call(request.send())).atom)
 
 
@@ -317,6 +320,7 @@ def _fill_filter(
     vector: Sequence[float] = (),
     text: str = "",
     valid_at: int | None = None,
+    as_of: int = 0,
 ) -> None:
     """Fills a schema ``Query``; the one place ``ask`` and ``subscribe`` build filters."""
     for name, values in (("kinds", list(kinds)), ("labels", list(labels)), ("writers", list(writers))):
@@ -333,6 +337,7 @@ def _fill_filter(
         query.text = text
     if valid_at is not None:
         query.validAt.instant = valid_at
+    query.asOf = as_of
 
 
 async def ask(
@@ -347,10 +352,12 @@ async def ask(
     vector: Sequence[float] = (),
     text: str = "",
     valid_at: int | None = None,
+    as_of: int = 0,
 ) -> list[AtomView]:
     """Atoms matching every filter: newest first, or most relevant first with ``vector``
     (similarity), ``text`` (words) or both fused (see the schema's ``Hit.score``).
-    ``valid_at`` (unix ms) keeps atoms claimed to hold in the world at that instant."""
+    ``valid_at`` (unix ms) keeps atoms claimed to hold in the world at that instant;
+    ``as_of`` (a commit) answers as the world stood then."""
     page = await ask_page(
         reader,
         kinds=kinds,
@@ -363,6 +370,7 @@ async def ask(
         vector=vector,
         text=text,
         valid_at=valid_at,
+        as_of=as_of,
     )
     return page.atoms
 
@@ -391,6 +399,7 @@ async def ask_page(
     vector: Sequence[float] = (),
     text: str = "",
     valid_at: int | None = None,
+    as_of: int = 0,
 ) -> AskPage:
     """``ask``, with the node's warning and the cursor of an answer that stopped at the
     node's budget for one call (the schema's cost model)."""
@@ -407,6 +416,7 @@ async def ask_page(
         vector=vector,
         text=text,
         valid_at=valid_at,
+        as_of=as_of,
     )
     result = await call(request.send())
     return AskPage(
@@ -425,9 +435,12 @@ async def replay(reader: Any, from_commit: int = 0, limit: int = 100) -> tuple[l
     return [AtomView.read(atom) for atom in result.atoms], result.nextCommit
 
 
-async def heads(reader: Any) -> list[tuple[bytes, int, bytes]]:
-    """``(writer, seq, id)`` of every chain's head."""
-    result = await call(reader.heads())
+async def heads(reader: Any, as_of: int = 0) -> list[tuple[bytes, int, bytes]]:
+    """``(writer, seq, id)`` of every chain's head; with ``as_of`` (a commit), as the
+    chains stood then."""
+    request = reader.heads_request()
+    request.asOf = as_of
+    result = await call(request.send())
     return [(bytes(head.writer), head.seq, bytes(head.id)) for head in result.heads]
 
 

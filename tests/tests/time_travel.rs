@@ -1,0 +1,136 @@
+//! Time travel: `ask`, `get` and `heads` answer as the world stood at a commit (`asOf`),
+//! for unrestricted and restricted readers, from the Rust client and the CLI; a
+//! subscription refuses it.
+
+use std::process::Command;
+
+use engram_client::{ErrorCode, Filter, NewAtom, Restriction};
+use engram_tests::{TestNode, admin_with_world, assert_code, binary, run_local};
+
+#[test]
+fn ask_get_and_heads_answer_as_of_a_commit() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = admin_with_world(&node, "history").await;
+        let writer = admin.writer("history").unwrap();
+        let remember = |text: &'static str, label: &'static str| {
+            let writer = writer.clone();
+            async move {
+                engram_client::remember(&writer, &[NewAtom::fact(text).labels(&["jwt", label])])
+                    .await
+                    .unwrap()[0]
+            }
+        };
+        let first = remember("JWT algorithm: RS256", "public").await;
+        let second = remember("JWT algorithm: ES256", "secret").await;
+        let third = remember("JWT keys rotate monthly", "public").await;
+        let reader = admin.reader("history").unwrap();
+        let texts = |atoms: Vec<engram_client::AtomView>| -> Vec<String> {
+            atoms.into_iter().map(|atom| atom.text).collect()
+        };
+        let as_of = |commit: u64| Filter {
+            labels: vec!["jwt".into()],
+            as_of: commit,
+            ..Filter::default()
+        };
+        assert_eq!(
+            texts(
+                engram_client::ask(&reader, &as_of(first.commit))
+                    .await
+                    .unwrap()
+            ),
+            ["JWT algorithm: RS256"]
+        );
+        assert_eq!(
+            engram_client::ask(&reader, &as_of(second.commit))
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            engram_client::ask(&reader, &as_of(0)).await.unwrap().len(),
+            3
+        );
+        // Paging within a moment: beforeCommit and asOf both bound the answer.
+        let paged = Filter {
+            before_commit: second.commit,
+            ..as_of(third.commit)
+        };
+        assert_eq!(
+            texts(engram_client::ask(&reader, &paged).await.unwrap()),
+            ["JWT algorithm: RS256"]
+        );
+
+        assert_code(
+            engram_client::get_as_of(&reader, &third.id, second.commit).await,
+            ErrorCode::NotFound,
+        );
+        let got = engram_client::get_as_of(&reader, &third.id, third.commit)
+            .await
+            .unwrap();
+        assert_eq!(got.text, "JWT keys rotate monthly");
+
+        let heads = engram_client::heads_as_of(&reader, second.commit)
+            .await
+            .unwrap();
+        assert_eq!(heads.len(), 1);
+        assert_eq!((heads[0].seq, heads[0].id), (second.seq, second.id));
+        assert_eq!(engram_client::heads(&reader).await.unwrap()[0].id, third.id);
+        // A restricted reader's heads as of a commit: its newest visible atom by then.
+        let public = engram_client::attenuate_reader(
+            &reader,
+            &Restriction {
+                labels: vec!["public".into()],
+                ..Restriction::default()
+            },
+        )
+        .await
+        .unwrap();
+        let heads = engram_client::heads_as_of(&public, second.commit)
+            .await
+            .unwrap();
+        assert_eq!(heads[0].id, first.id);
+
+        // A subscription delivers what comes; asOf has no meaning there.
+        let observer = admin.observer("history").unwrap();
+        let mut request = observer.subscribe_request();
+        as_of(first.commit).fill(request.get().init_filter());
+        let error = match request.send().promise.await {
+            Ok(_) => panic!("a subscription took asOf"),
+            Err(error) => engram_client::ClientError::from(error),
+        };
+        assert_eq!(error.code(), Some(ErrorCode::InvalidArgument), "{error}");
+    });
+}
+
+#[test]
+fn the_cli_takes_as_of() {
+    let node = TestNode::start();
+    let run = |arguments: &[&str]| {
+        let output = Command::new(binary("engram"))
+            .args(["--node", node.tcp_address(), "--key"])
+            .arg(node.admin_key_path())
+            .args(arguments)
+            .env_remove("ENGRAM_NODE")
+            .env_remove("ENGRAM_KEY")
+            .output()
+            .expect("running engram");
+        assert!(output.status.success(), "{output:?}");
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap_or_default()
+    };
+    run(&["world", "create", "history"]);
+    let first = run(&["--json", "remember", "history", "RS256"]);
+    run(&["--json", "remember", "history", "ES256"]);
+    let commit = first[0]["commit"].as_u64().unwrap().to_string();
+    let then = run(&["--json", "ask", "history", "--as-of", &commit]);
+    assert_eq!(then.as_array().unwrap().len(), 1);
+    assert_eq!(then[0]["text"], "RS256");
+    let heads = run(&["--json", "heads", "history", "--as-of", &commit]);
+    assert_eq!(heads[0]["seq"], 1);
+    let id = first[0]["id"].as_str().unwrap();
+    assert_eq!(
+        run(&["--json", "get", "history", id, "--as-of", &commit])["text"],
+        "RS256"
+    );
+}
