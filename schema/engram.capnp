@@ -404,6 +404,13 @@ interface WorldReader {
   # when `lastCommit` is what the previous call said, nothing this reader may see has
   # been written since. Answered from the world's record and one index lookup, never a
   # scan.
+
+  diff @8 (fromCommit :UInt64, toCommit :UInt64, limit :UInt32)
+      -> (atoms :List(Atom), nextCommit :UInt64);
+  # What changed in this world between two commits: the visible atoms committed after
+  # `fromCommit` and at or before `toCommit` (0: now), in commit order, at most `limit`
+  # (1 to 1000) and within the call's budget. `nextCommit` is where to continue (pass it
+  # as `fromCommit`); it is `toCommit` once everything up to it was read.
 }
 
 interface WorldWriter {

@@ -70,6 +70,25 @@ impl WorldReader {
         Ok(Bounded::Whole(answer))
     }
 
+    /// One page of the world's log in commit order, as `replay` and `diff` answer it:
+    /// visible atoms after `from_commit`, up to `up_to`, within the call's budget.
+    async fn log_page(
+        &self,
+        from_commit: u64,
+        up_to: u64,
+        limit: u32,
+    ) -> Result<engram_store::ReplayPage, capnp::Error> {
+        let page = self
+            .bounded(move |view, world, restriction, budget| {
+                let visible = |atom: &dyn Facts| restriction.shows(atom);
+                let page = view.replay_until(world, from_commit, up_to, limit, budget, &visible)?;
+                let unfinished = page.examined_budget_spent;
+                Ok((page, unfinished))
+            })
+            .await?;
+        Ok(page.either())
+    }
+
     /// A ranked ask (by vector, text or both): the search runs off the RPC thread,
     /// with the query's filters and this reader's restriction applied inside it.
     async fn ask_ranked(
@@ -223,16 +242,7 @@ impl world_reader::Server for WorldReader {
         self.admit()?;
         let params = params.get()?;
         let (from_commit, limit) = (params.get_from_commit(), params.get_limit());
-        let page = self
-            .bounded(move |view, world, restriction, budget| {
-                let page = view.replay(world, from_commit, limit, budget, &|atom| {
-                    restriction.shows(atom)
-                })?;
-                let unfinished = page.examined_budget_spent;
-                Ok((page, unfinished))
-            })
-            .await?
-            .either();
+        let page = self.log_page(from_commit, u64::MAX, limit).await?;
         let mut results = results.get();
         results.set_next_commit(page.next_commit);
         write_atoms(results.init_atoms(page.atoms.len() as u32), &page.atoms);
@@ -279,6 +289,25 @@ impl world_reader::Server for WorldReader {
             entry.set_seq(head.seq);
             entry.set_id(&head.id);
         }
+        Ok(())
+    }
+
+    async fn diff(
+        self: Rc<Self>,
+        params: world_reader::DiffParams,
+        mut results: world_reader::DiffResults,
+    ) -> Result<(), capnp::Error> {
+        self.admit()?;
+        let params = params.get()?;
+        let (from_commit, limit) = (params.get_from_commit(), params.get_limit());
+        let up_to = match params.get_to_commit() {
+            0 => u64::MAX,
+            to_commit => to_commit,
+        };
+        let page = self.log_page(from_commit, up_to, limit).await?;
+        let mut results = results.get();
+        results.set_next_commit(page.next_commit);
+        write_atoms(results.init_atoms(page.atoms.len() as u32), &page.atoms);
         Ok(())
     }
 

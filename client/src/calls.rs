@@ -110,12 +110,31 @@ pub async fn replay(
     request.get().set_limit(limit);
     let response = request.send().promise.await?;
     let results = response.get()?;
-    let atoms = results
-        .get_atoms()?
-        .iter()
-        .map(AtomView::read)
-        .collect::<Result<_, _>>()?;
-    Ok((atoms, results.get_next_commit()))
+    Ok((read_atoms(results.get_atoms()?)?, results.get_next_commit()))
+}
+
+/// What changed between two commits: the atoms committed after `from_commit` and at or
+/// before `to_commit` (0: now), in commit order, at most `limit`, and the cursor to
+/// continue from (`to_commit` once everything up to it was read).
+pub async fn diff(
+    reader: &world_reader::Client,
+    from_commit: u64,
+    to_commit: u64,
+    limit: u32,
+) -> Result<(Vec<AtomView>, u64), ClientError> {
+    let mut request = reader.diff_request();
+    request.get().set_from_commit(from_commit);
+    request.get().set_to_commit(to_commit);
+    request.get().set_limit(limit);
+    let response = request.send().promise.await?;
+    let results = response.get()?;
+    Ok((read_atoms(results.get_atoms()?)?, results.get_next_commit()))
+}
+
+fn read_atoms(
+    atoms: capnp::struct_list::Reader<'_, engram_schema::engram_capnp::atom::Owned>,
+) -> Result<Vec<AtomView>, ClientError> {
+    atoms.iter().map(AtomView::read).collect()
 }
 
 /// Where the reader's world stands: compare `last_commit` with the previous call's to

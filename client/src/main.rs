@@ -75,6 +75,19 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// Print what changed in a world between two commits, in commit order.
+    Diff {
+        world: String,
+        /// Changes after this commit.
+        #[arg(long)]
+        from: u64,
+        /// Changes at or before this commit (0: now).
+        #[arg(long, default_value_t = 0)]
+        to: u64,
+        /// At most this many atoms (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Print atoms as they are committed (after --from), until interrupted or ended by
     /// the node; with --json one JSON object per line.
     Watch(WatchArguments),
@@ -316,6 +329,18 @@ fn parse_instant(text: &str, flag: &str) -> Result<i64, Failure> {
         ))
     })?;
     Ok(time.as_millisecond())
+}
+
+/// A page of atoms in commit order and its cursor: JSON `{"atoms", "nextCommit"}`, or
+/// the atoms with the cursor on stderr.
+fn print_page(json_output: bool, atoms: &[engram_client::AtomView], next: u64) {
+    if json_output {
+        let values: Vec<Value> = atoms.iter().map(|atom| atom.to_json()).collect();
+        println!("{}", json!({"atoms": values, "nextCommit": next}));
+    } else {
+        print_atoms(false, atoms);
+        eprintln!("next cursor: --from {next}");
+    }
 }
 
 fn parse_hex32(text: &str, what: &str) -> Result<[u8; 32], Failure> {
@@ -602,13 +627,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Replay { world, from, limit } => {
             let reader = session(&cli).await?.reader(world)?;
             let (atoms, next) = engram_client::replay(&reader, *from, *limit).await?;
-            if json_output {
-                let values: Vec<Value> = atoms.iter().map(|atom| atom.to_json()).collect();
-                println!("{}", json!({"atoms": values, "nextCommit": next}));
-            } else {
-                print_atoms(false, &atoms);
-                eprintln!("next cursor: --from {next}");
-            }
+            print_page(json_output, &atoms, next);
+        }
+        Command::Diff {
+            world,
+            from,
+            to,
+            limit,
+        } => {
+            let reader = session(&cli).await?.reader(world)?;
+            let (atoms, next) = engram_client::diff(&reader, *from, *to, *limit).await?;
+            print_page(json_output, &atoms, next);
         }
         Command::Watch(arguments) => {
             let mut filter = Filter {

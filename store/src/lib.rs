@@ -590,6 +590,20 @@ impl ReadView {
         budget: ReadBudget,
         visible: Visible<'_>,
     ) -> Result<ReplayPage, StoreError> {
+        self.replay_until(world, from_commit, u64::MAX, limit, budget, visible)
+    }
+
+    /// [`ReadView::replay`] of the atoms committed up to `up_to` only: once they are all
+    /// read, the cursor is `up_to` (or, with `u64::MAX`, the node's last commit).
+    pub fn replay_until(
+        &self,
+        world: &str,
+        from_commit: u64,
+        up_to: u64,
+        limit: u32,
+        budget: ReadBudget,
+        visible: Visible<'_>,
+    ) -> Result<ReplayPage, StoreError> {
         self.require_world(world)?;
         validate_replay_limit(limit)?;
         let mut page = ReplayPage {
@@ -599,9 +613,12 @@ impl ReadView {
         };
         let mut bytes = 0;
         let mut stopped = false;
+        if from_commit >= up_to {
+            return Ok(page);
+        }
         let rows = self
             .entries()
-            .range((world, from_commit.saturating_add(1))..)?;
+            .range((world, from_commit.saturating_add(1))..=(world, up_to))?;
         for (examined, row) in rows.enumerate() {
             if examined == budget.examined {
                 page.examined_budget_spent = true;
@@ -609,10 +626,7 @@ impl ReadView {
                 break;
             }
             let (key, row) = row?;
-            let (row_world, commit) = key.value();
-            if row_world != world {
-                break;
-            }
+            let (_, commit) = key.value();
             let (id, entry) = split_row(world, commit, row.value())?;
             if visible(&self.facts(world, commit, entry)?) {
                 let atom = decode_entry(id, entry)?;
@@ -632,9 +646,14 @@ impl ReadView {
             }
         }
         if !stopped {
-            // The world's log is read to its end: the cursor moves to the node's last
-            // commit, so it does not tell where the world's last (perhaps hidden) atom is.
-            page.next_commit = page.next_commit.max(self.last_commit()?);
+            // The world's log is read to its end (or to `up_to`): the cursor moves there,
+            // so it does not tell where the world's last (perhaps hidden) atom is.
+            let end = if up_to == u64::MAX {
+                self.last_commit()?
+            } else {
+                up_to
+            };
+            page.next_commit = page.next_commit.max(end);
         }
         Ok(page)
     }

@@ -464,5 +464,10 @@ def test_time_travel_answers_as_the_world_stood_at_a_commit(node):
         await expect_code("notFound", engram.get(reader, second.id, as_of=first.commit))
         (head,) = await engram.heads(reader, as_of=first.commit)
         assert (head[1], head[2]) == (first.seq, first.id)
+        (third,) = await engram.remember(writer, NewAtom("JWT keys rotate monthly", labels=["jwt"]))
+        changed, cursor = await engram.diff(reader, first.commit, second.commit)
+        assert ([atom.text for atom in changed], cursor) == (["JWT algorithm: ES256"], second.commit)
+        changed, _ = await engram.diff(reader, first.commit)
+        assert [atom.commit for atom in changed] == [second.commit, third.commit]
 
     run(body())

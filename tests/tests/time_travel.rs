@@ -92,6 +92,32 @@ fn ask_get_and_heads_answer_as_of_a_commit() {
             .unwrap();
         assert_eq!(heads[0].id, first.id);
 
+        // diff: what changed between two commits, in commit order, paged.
+        let (changed, cursor) = engram_client::diff(&reader, first.commit, third.commit, 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            (texts(changed), cursor),
+            (vec!["JWT algorithm: ES256".to_owned()], second.commit)
+        );
+        let (changed, cursor) = engram_client::diff(&reader, cursor, third.commit, 1)
+            .await
+            .unwrap();
+        assert_eq!((changed[0].id, cursor), (third.id, third.commit));
+        let (changed, cursor) = engram_client::diff(&reader, cursor, third.commit, 1)
+            .await
+            .unwrap();
+        assert_eq!((changed.len(), cursor), (0, third.commit));
+        // Through a restriction: the hidden change is not there, and the cursor does not
+        // stop on it.
+        let (changed, cursor) = engram_client::diff(&public, first.commit, third.commit, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            (texts(changed), cursor),
+            (vec!["JWT keys rotate monthly".to_owned()], third.commit)
+        );
+
         // A subscription delivers what comes; asOf has no meaning there.
         let observer = admin.observer("history").unwrap();
         let mut request = observer.subscribe_request();
@@ -133,4 +159,7 @@ fn the_cli_takes_as_of() {
         run(&["--json", "get", "history", id, "--as-of", &commit])["text"],
         "RS256"
     );
+    let changed = run(&["--json", "diff", "history", "--from", &commit]);
+    assert_eq!(changed["atoms"][0]["text"], "ES256");
+    assert_eq!(changed["atoms"].as_array().unwrap().len(), 1);
 }

@@ -435,6 +435,20 @@ async def replay(reader: Any, from_commit: int = 0, limit: int = 100) -> tuple[l
     return [AtomView.read(atom) for atom in result.atoms], result.nextCommit
 
 
+async def diff(
+    reader: Any, from_commit: int, to_commit: int = 0, limit: int = 100
+) -> tuple[list[AtomView], int]:
+    """What changed between two commits: atoms committed after ``from_commit`` and at or
+    before ``to_commit`` (0: now) in commit order, and the cursor to continue from
+    (``to_commit`` once everything up to it was read)."""
+    request = reader.diff_request()
+    request.fromCommit = from_commit
+    request.toCommit = to_commit
+    request.limit = limit
+    result = await call(request.send())
+    return [AtomView.read(atom) for atom in result.atoms], result.nextCommit
+
+
 async def heads(reader: Any, as_of: int = 0) -> list[tuple[bytes, int, bytes]]:
     """``(writer, seq, id)`` of every chain's head; with ``as_of`` (a commit), as the
     chains stood then."""
