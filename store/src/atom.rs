@@ -409,15 +409,50 @@ impl<'a> EntryFacts<'a> {
         if reader.u8()? != ENTRY_FORMAT_VERSION {
             return None;
         }
+        let head = EntryHead::read(&mut reader)?;
+        let label_count = reader.u16()?;
+        Some(EntryFacts {
+            kind: head.kind,
+            writer: head.writer,
+            importance: head.importance,
+            commit: head.commit,
+            valid_time: head.valid_time,
+            label_count,
+            labels: &bytes[reader.position..],
+        })
+    }
+}
+
+/// An entry's fields up to its labels, as they lie in its bytes: the one walk of the
+/// format that a full decode and [`EntryFacts`] both start with.
+struct EntryHead<'a> {
+    world: &'a [u8],
+    writer: PublicKey,
+    seq: u64,
+    prev: Hash,
+    commit: u64,
+    recorded_at_unix_ms: i64,
+    kind: AtomKind,
+    importance: f32,
+    confidence: f32,
+    valid_time: Option<TimeInterval>,
+    text: &'a [u8],
+    payload: &'a [u8],
+}
+
+impl<'a> EntryHead<'a> {
+    /// Reads from just after the version byte; `reader` is left at the label count.
+    fn read(reader: &mut EntryReader<'a>) -> Option<EntryHead<'a>> {
         let world_length = reader.u16()? as usize;
-        reader.take(world_length)?;
+        let world = reader.take(world_length)?;
         let writer = reader.array32()?;
-        reader.take(8 + 32)?; // seq, prev
+        let seq = reader.u64()?;
+        let prev = reader.array32()?;
         let commit = reader.u64()?;
-        reader.take(8)?; // recorded at
+        let recorded_at_unix_ms = reader.u64()? as i64;
         let kind = AtomKind::from_code(reader.u16()?)?;
         let importance = f32::from_bits(reader.u32()?);
-        reader.take(4)?; // confidence
+        let confidence = f32::from_bits(reader.u32()?);
         let valid_time = match reader.u8()? {
             0 => None,
             1 => Some(TimeInterval {
@@ -427,19 +462,22 @@ impl<'a> EntryFacts<'a> {
             _ => return None,
         };
         let text_length = reader.u32()? as usize;
-        reader.take(text_length)?;
+        let text = reader.take(text_length)?;
         let payload_length = reader.u32()? as usize;
-        reader.take(payload_length)?;
-        let label_count = reader.u16()?;
-        let labels = &bytes[reader.position..];
-        Some(EntryFacts {
-            kind,
+        let payload = reader.take(payload_length)?;
+        Some(EntryHead {
+            world,
             writer,
-            importance,
+            seq,
+            prev,
             commit,
+            recorded_at_unix_ms,
+            kind,
+            importance,
+            confidence,
             valid_time,
-            label_count,
-            labels,
+            text,
+            payload,
         })
     }
 }
@@ -493,28 +531,9 @@ pub fn decode_entry(id: Hash, bytes: &[u8]) -> Result<Atom, StoreError> {
         return Err(corrupt(&format!("unknown entry version {version}")));
     }
     let decoded = (|| {
-        let world_length = reader.u16()? as usize;
-        let world = reader.string(world_length)?;
-        let writer = reader.array32()?;
-        let seq = reader.u64()?;
-        let prev = reader.array32()?;
-        let commit = reader.u64()?;
-        let recorded_at_unix_ms = reader.u64()? as i64;
-        let kind = AtomKind::from_code(reader.u16()?)?;
-        let importance = f32::from_bits(reader.u32()?);
-        let confidence = f32::from_bits(reader.u32()?);
-        let valid_time = match reader.u8()? {
-            0 => None,
-            1 => Some(TimeInterval {
-                from_unix_ms: reader.u64()? as i64,
-                until_unix_ms: reader.u64()? as i64,
-            }),
-            _ => return None,
-        };
-        let text_length = reader.u32()? as usize;
-        let text = reader.string(text_length)?;
-        let payload_length = reader.u32()? as usize;
-        let payload = reader.take(payload_length)?.to_vec();
+        let head = EntryHead::read(&mut reader)?;
+        let owned = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).ok();
+        let (world, text) = (owned(head.world)?, owned(head.text)?);
         let label_count = reader.u16()? as usize;
         let mut labels = Vec::with_capacity(label_count.min(ATOM_LABELS_MAX));
         for _ in 0..label_count {
@@ -541,21 +560,21 @@ pub fn decode_entry(id: Hash, bytes: &[u8]) -> Result<Atom, StoreError> {
         Some(Atom {
             id,
             world,
-            writer,
-            seq,
-            prev,
-            commit,
-            recorded_at_unix_ms,
+            writer: head.writer,
+            seq: head.seq,
+            prev: head.prev,
+            commit: head.commit,
+            recorded_at_unix_ms: head.recorded_at_unix_ms,
             content: AtomContent {
-                kind,
+                kind: head.kind,
                 text,
-                payload,
+                payload: head.payload.to_vec(),
                 labels,
                 links,
-                importance,
-                confidence,
+                importance: head.importance,
+                confidence: head.confidence,
                 vector,
-                valid_time,
+                valid_time: head.valid_time,
             },
         })
     })();

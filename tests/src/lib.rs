@@ -12,6 +12,45 @@ use std::process::{Child, Command, Stdio};
 use ed25519_dalek::SigningKey;
 use engram_client::{ClientError, Endpoint, ErrorCode, Grant, Session, connect, keyfile};
 
+/// Asks with `filter` until the answer carries no warning, that is until the vector and
+/// text indexes cover every atom the ask could find, and returns that answer; fails
+/// after `deadline`. Polls: the indexes catch up on a thread of their own and announce
+/// it nowhere a client can wait on.
+pub async fn ask_when_indexed(
+    reader: &engram_client::engram_schema::engram_capnp::world_reader::Client,
+    filter: &engram_client::Filter,
+    deadline: std::time::Duration,
+) -> engram_client::Answer {
+    let started = std::time::Instant::now();
+    loop {
+        let answer = engram_client::ask_scored(reader, filter)
+            .await
+            .expect("an ask answers");
+        if answer.warning.is_empty() {
+            return answer;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "the indexes never caught up: {}",
+            answer.warning
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs the `engram` CLI against `node`'s TCP listener with the key at `key`, ignoring
+/// any `ENGRAM_NODE` and `ENGRAM_KEY` of the environment.
+pub fn engram_cli(node: &TestNode, key: &Path, arguments: &[&str]) -> std::process::Output {
+    Command::new(binary("engram"))
+        .args(["--node", node.tcp_address(), "--key"])
+        .arg(key)
+        .args(arguments)
+        .env_remove("ENGRAM_NODE")
+        .env_remove("ENGRAM_KEY")
+        .output()
+        .expect("running engram")
+}
+
 /// A binary of this workspace, found beside the running test executable.
 pub fn binary(name: &str) -> PathBuf {
     let variable = format!("{}_BIN", name.to_uppercase());

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use engram_tests::{TestNode, binary};
+use engram_tests::{TestNode, binary, engram_cli};
 use serde_json::Value;
 
 struct Outcome {
@@ -15,14 +15,7 @@ struct Outcome {
 }
 
 fn engram(node: &TestNode, key: &Path, arguments: &[&str]) -> Outcome {
-    let output = Command::new(binary("engram"))
-        .args(["--node", node.tcp_address(), "--key"])
-        .arg(key)
-        .args(arguments)
-        .env_remove("ENGRAM_NODE")
-        .env_remove("ENGRAM_KEY")
-        .output()
-        .expect("running engram");
+    let output = engram_cli(node, key, arguments);
     Outcome {
         code: output.status.code().expect("engram exited"),
         stdout: String::from_utf8(output.stdout).expect("UTF-8 output"),

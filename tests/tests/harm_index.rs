@@ -1,10 +1,12 @@
 //! Bounded harm in the derived indexes: a writer with the weakest capability cannot take
 //! the similarity or text index down, or make a search walk more than it asked for.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use engram_client::{Filter, NewAtom, Restriction, Session};
-use engram_tests::{TestNode, add_principal, admin_with_world, run_local, session};
+use engram_tests::{
+    TestNode, add_principal, admin_with_world, ask_when_indexed, run_local, session,
+};
 
 /// A vector whose norm is 1 by a sequential f32 sum, but whose self-dot summed in SIMD
 /// lanes is above hnsw_rs's bound of 1.000002: unnormalised, it panicked the indexer.
@@ -17,27 +19,12 @@ fn crafted_vector() -> Vec<f32> {
 /// Asks by `vector` until the answer carries no warning, that is until the similarity
 /// index covers every atom; fails after `deadline`.
 async fn until_indexed(session: &Session, world: &str, vector: &[f32], deadline: Duration) {
-    let reader = session.reader(world).unwrap();
-    let started = Instant::now();
-    loop {
-        let filter = Filter {
-            vector: vector.to_vec(),
-            limit: 5,
-            ..Filter::default()
-        };
-        let answer = engram_client::ask_scored(&reader, &filter)
-            .await
-            .expect("a similarity ask answers");
-        if answer.warning.is_empty() {
-            return;
-        }
-        assert!(
-            started.elapsed() < deadline,
-            "the similarity index never caught up: {}",
-            answer.warning
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let filter = Filter {
+        vector: vector.to_vec(),
+        limit: 5,
+        ..Filter::default()
+    };
+    ask_when_indexed(&session.reader(world).unwrap(), &filter, deadline).await;
 }
 
 #[test]
@@ -163,25 +150,13 @@ fn text_search_takes_words_and_never_query_syntax() {
 
 /// Waits until text asks in `world` carry no warning: the text index holds every atom.
 async fn until_text_indexed(session: &Session, world: &str) {
+    let filter = Filter {
+        text: "probe".into(),
+        limit: 1,
+        ..Filter::default()
+    };
     let reader = session.reader(world).unwrap();
-    let started = Instant::now();
-    loop {
-        let filter = Filter {
-            text: "probe".into(),
-            limit: 1,
-            ..Filter::default()
-        };
-        let answer = engram_client::ask_scored(&reader, &filter).await.unwrap();
-        if answer.warning.is_empty() {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{}",
-            answer.warning
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    ask_when_indexed(&reader, &filter, Duration::from_secs(30)).await;
 }
 
 #[test]

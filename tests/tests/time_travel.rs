@@ -2,10 +2,8 @@
 //! for unrestricted and restricted readers, from the Rust client and the CLI; a
 //! subscription refuses it.
 
-use std::process::Command;
-
 use engram_client::{ErrorCode, Filter, NewAtom, Restriction};
-use engram_tests::{TestNode, admin_with_world, assert_code, binary, run_local};
+use engram_tests::{TestNode, admin_with_world, assert_code, engram_cli, run_local};
 
 #[test]
 fn ask_get_and_heads_answer_as_of_a_commit() {
@@ -134,14 +132,7 @@ fn ask_get_and_heads_answer_as_of_a_commit() {
 fn the_cli_takes_as_of() {
     let node = TestNode::start();
     let run = |arguments: &[&str]| {
-        let output = Command::new(binary("engram"))
-            .args(["--node", node.tcp_address(), "--key"])
-            .arg(node.admin_key_path())
-            .args(arguments)
-            .env_remove("ENGRAM_NODE")
-            .env_remove("ENGRAM_KEY")
-            .output()
-            .expect("running engram");
+        let output = engram_cli(&node, &node.admin_key_path(), arguments);
         assert!(output.status.success(), "{output:?}");
         serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap_or_default()
     };

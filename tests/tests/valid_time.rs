@@ -2,35 +2,23 @@
 //! from when the node recorded them, in structured, text and similarity asks alike, from
 //! the Rust client and the CLI.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use engram_client::{Filter, NewAtom, ValidTime};
-use engram_tests::{TestNode, admin_with_world, binary, run_local};
+use engram_tests::{TestNode, admin_with_world, ask_when_indexed, engram_cli, run_local};
 
 const MARCH: i64 = 1_772_496_000_000; // 2026-03-03T00:00:00Z
 const APRIL: i64 = 1_775_174_400_000; // 2026-04-03T00:00:00Z
 const MAY: i64 = 1_777_766_400_000; // 2026-05-03T00:00:00Z
 
-/// Asks until the answer carries no warning (the indexes caught up), so that the filter
-/// is applied inside the indexed search and not only to atoms compared exactly.
+/// The texts of the answer once the indexes caught up, so that the filter is applied
+/// inside the indexed search and not only to atoms compared exactly.
 async fn indexed_texts(
     reader: &engram_client::engram_schema::engram_capnp::world_reader::Client,
     filter: &Filter,
 ) -> Vec<String> {
-    let started = Instant::now();
-    loop {
-        let answer = engram_client::ask_scored(reader, filter).await.unwrap();
-        if answer.warning.is_empty() {
-            return answer.hits.into_iter().map(|hit| hit.atom.text).collect();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the indexes never caught up: {}",
-            answer.warning
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let answer = ask_when_indexed(reader, filter, Duration::from_secs(30)).await;
+    answer.hits.into_iter().map(|hit| hit.atom.text).collect()
 }
 
 #[test]
@@ -115,16 +103,7 @@ fn ask_keeps_what_holds_at_an_instant() {
 #[test]
 fn the_cli_takes_rfc_3339_times_and_unix_milliseconds() {
     let node = TestNode::start();
-    let run = |arguments: &[&str]| {
-        Command::new(binary("engram"))
-            .args(["--node", node.tcp_address(), "--key"])
-            .arg(node.admin_key_path())
-            .args(arguments)
-            .env_remove("ENGRAM_NODE")
-            .env_remove("ENGRAM_KEY")
-            .output()
-            .expect("running engram")
-    };
+    let run = |arguments: &[&str]| engram_cli(&node, &node.admin_key_path(), arguments);
     assert!(run(&["world", "create", "limits"]).status.success());
     let remembered = run(&[
         "remember",
