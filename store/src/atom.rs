@@ -393,6 +393,7 @@ pub type Visible<'a> = &'a dyn Fn(&dyn Facts) -> bool;
 pub struct EntryFacts<'a> {
     kind: AtomKind,
     writer: PublicKey,
+    seq: u64,
     importance: f32,
     commit: u64,
     valid_time: Option<TimeInterval>,
@@ -414,6 +415,7 @@ impl<'a> EntryFacts<'a> {
         Some(EntryFacts {
             kind: head.kind,
             writer: head.writer,
+            seq: head.seq,
             importance: head.importance,
             commit: head.commit,
             valid_time: head.valid_time,
@@ -479,6 +481,13 @@ impl<'a> EntryHead<'a> {
             text,
             payload,
         })
+    }
+}
+
+impl EntryFacts<'_> {
+    /// The entry's place in its writer's chain.
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
 }
 
@@ -668,6 +677,7 @@ mod tests {
             (atom.kind(), atom.writer, atom.importance(), atom.commit)
         );
         assert_eq!(labels(&facts), content.labels);
+        assert_eq!(facts.seq(), atom.seq);
         assert!(EntryFacts::read(&bytes[..40]).is_none());
         // Flipping any single byte changes the hash or fails to decode.
         for position in 0..bytes.len() {

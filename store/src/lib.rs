@@ -566,10 +566,12 @@ impl ReadView {
                 let commit = commit?;
                 let row = self.row(world, commit)?;
                 let (id, entry) = split_row(world, commit, row.value())?;
-                if visible(&self.facts(world, commit, entry)?) {
+                // The head's seq is among the facts: its text and payload stay unread.
+                let facts = self.facts(world, commit, entry)?;
+                if visible(&facts) {
                     found.push(ChainHead {
                         writer: head.writer,
-                        seq: decode_entry(id, entry)?.seq,
+                        seq: facts.seq(),
                         id,
                     });
                     break;
