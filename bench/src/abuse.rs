@@ -25,17 +25,29 @@ use tokio::io::{AsyncRead, ReadBuf};
 use crate::node::{BenchNode, login_as};
 use crate::report::{mib, percentile, print, print_text};
 
+/// What `engram-bench abuse` runs (its command-line options).
+#[derive(clap::Args, Debug)]
 pub struct Options {
-    /// Seconds each run of the good workload lasts.
+    /// Seconds of each run of the good workload.
+    #[arg(long, default_value_t = 4)]
     pub seconds: u64,
-    /// Rounds of one run alone, then one beside the hostile clients.
+    /// Rounds of one run alone and one beside the hostile clients (alone first in even
+    /// rounds, beside first in odd ones, so that a drift in the machine's speed falls on
+    /// both alike).
+    #[arg(long, default_value_t = 6)]
     pub rounds: u32,
     /// Good client connections.
+    #[arg(long, default_value_t = 4)]
     pub good_clients: usize,
     /// Small atoms in the world the full-scan asks walk.
+    #[arg(long, default_value_t = 100_000)]
     pub scanned_atoms: usize,
+    #[command(flatten)]
     pub hostile: HostileOptions,
-    /// The rate on the hostile principal's grants, `CALLS/ATOMS` a second (`0/0`: none).
+    /// The rate on the hostile principal's grants, CALLS/ATOMS a second, as an operator
+    /// would give an agent it does not trust: by default about what the good clients
+    /// write together (0/0: no rate at all).
+    #[arg(long, default_value = "100/500")]
     pub hostile_rate: String,
 }
 

@@ -58,29 +58,7 @@ enum Benchmark {
     /// Good clients (remember, ask, search, subscribe) alone and beside hostile ones
     /// (idle sockets, login floods, unread pipelined reads, a stuck subscriber, crafted
     /// vectors, full-scan asks): their throughput and p99, and the node's peak RSS.
-    Abuse {
-        /// Seconds of each run of the good workload.
-        #[arg(long, default_value_t = 4)]
-        seconds: u64,
-        /// Rounds of one run alone and one beside the hostile clients (alone first in
-        /// even rounds, beside first in odd ones, so that a drift in the machine's speed
-        /// falls on both alike).
-        #[arg(long, default_value_t = 6)]
-        rounds: u32,
-        /// Good client connections.
-        #[arg(long, default_value_t = 4)]
-        good_clients: usize,
-        /// Small atoms in the world the full-scan asks walk.
-        #[arg(long, default_value_t = 100_000)]
-        scanned_atoms: usize,
-        #[command(flatten)]
-        hostile: abuse::HostileOptions,
-        /// The rate on the hostile principal's grants, CALLS/ATOMS a second, as an
-        /// operator would give an agent it does not trust: by default about what the
-        /// good clients write together (0/0: no rate at all).
-        #[arg(long, default_value = "100/500")]
-        hostile_rate: String,
-    },
+    Abuse(abuse::Options),
     /// The hostile clients of `abuse`, in a process of their own (started by `abuse`).
     #[command(hide = true)]
     AbuseHostile {
@@ -133,24 +111,7 @@ fn main() {
         Benchmark::AbuseHostile { tcp, key, hostile } => {
             local.block_on(&runtime, abuse::serve_hostile(tcp, key, hostile))
         }
-        Benchmark::Abuse {
-            seconds,
-            rounds,
-            good_clients,
-            scanned_atoms,
-            hostile,
-            hostile_rate,
-        } => local.block_on(
-            &runtime,
-            abuse::run(abuse::Options {
-                seconds,
-                rounds,
-                good_clients,
-                scanned_atoms,
-                hostile,
-                hostile_rate,
-            }),
-        ),
+        Benchmark::Abuse(options) => local.block_on(&runtime, abuse::run(options)),
         Benchmark::Vectors {
             atoms,
             dimensions,
