@@ -340,39 +340,14 @@ def _fill_filter(
     query.asOf = as_of
 
 
-async def ask(
-    reader: Any,
-    kinds: Iterable[str] = (),
-    labels: Iterable[str] = (),
-    writers: Iterable[bytes] = (),
-    min_importance: float = 0.0,
-    max_importance: float = 1.0,
-    limit: int = 20,
-    before_commit: int = 0,
-    vector: Sequence[float] = (),
-    text: str = "",
-    valid_at: int | None = None,
-    as_of: int = 0,
-) -> list[AtomView]:
+async def ask(reader: Any, **filters: Any) -> list[AtomView]:
     """Atoms matching every filter: newest first, or most relevant first with ``vector``
-    (similarity), ``text`` (words) or both fused (see the schema's ``Hit.score``).
-    ``valid_at`` (unix ms) keeps atoms claimed to hold in the world at that instant;
-    ``as_of`` (a commit) answers as the world stood then."""
-    page = await ask_page(
-        reader,
-        kinds=kinds,
-        labels=labels,
-        writers=writers,
-        min_importance=min_importance,
-        max_importance=max_importance,
-        limit=limit,
-        before_commit=before_commit,
-        vector=vector,
-        text=text,
-        valid_at=valid_at,
-        as_of=as_of,
-    )
-    return page.atoms
+    (similarity), ``text`` (words) or both fused (see the schema's ``Hit.score``). The
+    filters are ``ask_page``'s: ``kinds``, ``labels``, ``writers``, ``min_importance``,
+    ``max_importance``, ``limit``, ``before_commit``, ``vector``, ``text``, ``valid_at``
+    (unix ms: atoms claimed to hold in the world then) and ``as_of`` (a commit: as the
+    world stood then)."""
+    return (await ask_page(reader, **filters)).atoms
 
 
 @dataclass(frozen=True)
