@@ -183,3 +183,41 @@ fn logins_on_one_connection_share_its_reads_in_flight() {
         assert_eq!(refused, 1, "{one:?} {other:?}");
     });
 }
+
+/// The reads the knowledge calls added keep to the same budget: a `diff` through a
+/// restriction that hides every atom, and an `ask` by valid time that nothing matches,
+/// each stop at the call's budget with a cursor instead of walking the whole world, and
+/// `heads` as of a commit answers at once.
+#[test]
+fn diff_valid_time_and_as_of_reads_stop_at_the_budget() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = big_world(&node).await;
+        let hidden_all = engram_client::attenuate_reader(
+            &admin.reader("big").unwrap(),
+            &engram_client::Restriction {
+                labels: vec!["nowhere".into()],
+                ..engram_client::Restriction::default()
+            },
+        )
+        .await
+        .unwrap();
+        let (atoms, cursor) = engram_client::diff(&hidden_all, 0, 0, 1000).await.unwrap();
+        assert!(atoms.is_empty());
+        assert!(
+            cursor < ATOMS as u64,
+            "a diff of {ATOMS} hidden atoms read to {cursor} in one call"
+        );
+        let reader = admin.reader("big").unwrap();
+        let never = Filter {
+            valid_at: Some(0),
+            limit: 10,
+            ..Filter::default()
+        };
+        let answer = engram_client::ask_scored(&reader, &never).await.unwrap();
+        assert!(answer.hits.is_empty());
+        assert!(answer.resume_before_commit.is_some(), "{}", answer.warning);
+        let heads = engram_client::heads_as_of(&reader, 1).await.unwrap();
+        assert_eq!(heads[0].seq, 1);
+    });
+}
