@@ -79,6 +79,40 @@ enum AtomKind {
   message @6;      # A message from one agent to others.
   question @7;     # An open question.
   preference @8;   # A stated preference of a user or agent.
+  transition @9;
+  # A lifecycle transition of another atom, written by `WorldWriter.transition`: its one
+  # link (approves, rejects, deprecates or retracts) names the atom it changes, and its
+  # text is the reason. It stands as written (no transition acts on a transition) and
+  # is left out of current knowledge (see `Query.states`) unless asked for by kind.
+}
+
+enum LifecycleState {
+  # Where an atom stands. An atom starts asserted, or proposed when written with
+  # `AtomContent.proposed`; transitions move it (ARCHITECTURE.md, Lifecycle, has the
+  # whole table):
+  #   approve:   proposed or asserted -> approved
+  #   reject:    proposed -> rejected
+  #   deprecate: asserted or approved -> deprecated
+  #   supersede: any state but rejected, superseded and retracted -> superseded
+  #   retract:   any state but rejected, superseded and retracted -> retracted (its writer only)
+  # Any other transition fails with `conflict` and changes nothing. Rejected, superseded
+  # and retracted are final. Current knowledge is what is asserted or approved.
+  asserted @0;    # Stated by its writer; the state of every atom written without one.
+  proposed @1;    # Put forward for approval; not yet knowledge.
+  approved @2;    # Approved by a principal holding the approve right.
+  rejected @3;    # A proposal that was turned down.
+  deprecated @4;  # No longer to be relied on, though not replaced.
+  superseded @5;  # Replaced by an atom that `supersedes` it.
+  retracted @6;   # Withdrawn by its writer.
+}
+
+enum TransitionKind {
+  # What `WorldWriter.transition` does to its target (supersession is a `supersedes`
+  # link on the replacing atom instead).
+  approve @0;     # Needs the approve right.
+  reject @1;      # Needs the approve right.
+  deprecate @2;   # Needs the approve right.
+  retract @3;     # Only the target's writer may retract it.
 }
 
 enum LinkKind {
@@ -88,6 +122,15 @@ enum LinkKind {
   confirms @2;
   corrects @3;
   derivedFrom @4;
+  approves @5;     # Carried by transition atoms only (see `AtomKind.transition`).
+  rejects @6;      # Carried by transition atoms only.
+  deprecates @7;   # Carried by transition atoms only.
+  retracts @8;     # Carried by transition atoms only.
+  # A `supersedes` link makes its target superseded when the atom is written: the
+  # target must be in the same world (else `conflict`), visible to the writer's
+  # capability and not already final (else `notFound`, `conflict`); superseding
+  # another writer's atom needs the approve right. A proposal cannot supersede.
+  # (Links written before lifecycles existed changed no state, and still do not.)
 }
 
 struct Link {
@@ -119,6 +162,9 @@ struct AtomContent {
     unknown @8 :Void;         # No claim about when it holds in the world.
     interval @9 :TimeInterval;
   }
+  proposed @10 :Bool;
+  # Write it as a proposal (state `proposed`): found only by asks that ask for
+  # proposals, until someone holding the approve right approves it. False: asserted.
 }
 
 struct Atom {
@@ -131,6 +177,9 @@ struct Atom {
   commit @5 :UInt64;    # Node-wide commit number; strictly increasing, starting at 1.
   recordedAtUnixMs @6 :Int64;  # The node's wall clock when it committed (display only).
   content @7 :AtomContent;
+  state @8 :LifecycleState;
+  # Where the atom stands as of the answer: now, or at the call's `asOf` (and, for
+  # `diff`, at its `toCommit`).
 }
 
 struct Receipt {
@@ -172,7 +221,14 @@ struct Query {
   asOf @12 :UInt64;
   # Time travel: answer as things stood at this commit, counting only atoms committed
   # at or before it (0: now). Unlike `beforeCommit`, which pages through an answer, it
-  # names a moment. `invalidArgument` in a subscription's filter.
+  # names a moment; states (`states`, `Atom.state`) are as they stood then too.
+  # `invalidArgument` in a subscription's filter.
+  states @13 :List(LifecycleState);
+  # Only atoms in one of these states. Empty: current knowledge, i.e. asserted or
+  # approved atoms, and no transition atoms unless `kinds` names them. Ask for
+  # `[asserted, proposed, approved]` to see proposals beside decisions; every hit's
+  # `atom.state` says which is which. Ignored by subscriptions, which deliver every atom
+  # (transitions included) as it is committed.
 }
 
 struct Hit {
@@ -217,6 +273,9 @@ struct Restriction {
   rate @5 :Rate;
   # How fast the new capability, and every capability attenuated from it, may be used
   # (see `Rate`); on top of every rate already on the holder's capability.
+  withoutApprove @6 :Bool;
+  # Takes away the approve right (see `Grant.approve`): a writer that may only
+  # propose, assert and retract its own atoms.
 }
 
 struct Epoch {
@@ -274,6 +333,9 @@ struct Grant {
   rate @4 :Rate;
   # How fast the principal may use the world, across all its logins and every
   # capability it grafts there (default: no limit).
+  approve @5 :Bool;
+  # May approve, reject and deprecate atoms of the world, and supersede other writers'
+  # atoms (`WorldWriter.transition`, `supersedes` links). Needs `write` to be used.
 }
 
 struct Rate {
@@ -424,6 +486,17 @@ interface WorldWriter {
 
   attenuate @2 (restriction :Restriction) -> (writer :WorldWriter);
   # A writer narrowed by `restriction`. It can be handed to another process.
+
+  transition @3 (target :Data, kind :TransitionKind, reason :Text) -> (receipt :Receipt);
+  # Moves the atom `target` of this world to its next lifecycle state (see
+  # `LifecycleState`) by appending a transition atom to the writer's chain, with
+  # `reason` as its text (empty: the transition's name); the state index changes in
+  # the same transaction. Returns the transition atom's receipt once durable.
+  # `notFound` if the target is not in this world or not visible through this
+  # capability's restriction; `conflict` if it is in another world, is a transition,
+  # or its state does not allow the transition; `permissionDenied` without the right
+  # (approve, reject and deprecate need the approve right; retract, being the
+  # target's writer).
 }
 
 interface AtomSink {

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use engram_schema::engram_capnp as wire;
 use engram_store::limits::{ATOM_LABELS_MAX, ATOM_LINKS_MAX, QUERY_FILTER_VALUES_MAX};
 use engram_store::{
-    Atom, AtomContent, AtomKind, Epoch, Grant, Hash, Link, LinkKind, Principal, Query, Rate,
-    Receipt, TimeInterval, WorldInfo, WorldState,
+    Atom, AtomContent, AtomKind, Epoch, Grant, Hash, LifecycleState, Link, LinkKind, Principal,
+    Query, Rate, Receipt, TimeInterval, WorldInfo, WorldState,
 };
 
 use crate::error::CapabilityError;
@@ -86,6 +86,7 @@ pub(crate) fn read_content(
         confidence: reader.get_confidence(),
         vector: reader.get_vector().map_err(malformed)?.iter().collect(),
         valid_time,
+        proposed: reader.get_proposed(),
     })
 }
 
@@ -97,6 +98,7 @@ pub(crate) fn write_content(mut builder: wire::atom_content::Builder<'_>, conten
     }
     builder.set_importance(content.importance);
     builder.set_confidence(content.confidence);
+    builder.set_proposed(content.proposed);
     match content.valid_time {
         None => builder.reborrow().init_valid_time().set_unknown(()),
         Some(interval) => {
@@ -136,6 +138,9 @@ pub(crate) fn write_atom(mut builder: wire::atom::Builder<'_>, atom: &Atom) {
     builder.set_prev(&atom.prev);
     builder.set_commit(atom.commit);
     builder.set_recorded_at_unix_ms(atom.recorded_at_unix_ms);
+    builder.set_state(
+        wire::LifecycleState::try_from(atom.state.code()).expect("same lifecycle states"),
+    );
     write_content(builder.init_content(), &atom.content);
 }
 
@@ -236,6 +241,13 @@ pub(crate) fn read_query(reader: wire::query::Reader<'_>) -> Result<Query, Capab
             )));
         }
     };
+    let states_reader = reader.get_states().map_err(malformed)?;
+    check_count(states_reader.len(), LifecycleState::ALL.len(), "states")?;
+    let mut states = Vec::with_capacity(states_reader.len() as usize);
+    for state in states_reader.iter() {
+        states.push(LifecycleState::from_code(state? as u16).expect("same lifecycle states"));
+    }
+    let as_of = reader.get_as_of();
     Ok(Query {
         kinds,
         labels: text_list(labels)?,
@@ -245,6 +257,8 @@ pub(crate) fn read_query(reader: wire::query::Reader<'_>) -> Result<Query, Capab
         limit: reader.get_limit(),
         before_commit: (before != 0).then_some(before),
         valid_at,
+        states,
+        as_of: (as_of != 0).then_some(as_of),
     })
 }
 
@@ -277,6 +291,7 @@ pub(crate) fn read_restriction(
         max_importance,
         expires_at_unix_ms,
         rate: read_rate(reader.get_rate().map_err(malformed)?),
+        approve: !reader.get_without_approve(),
     })
 }
 
@@ -296,6 +311,7 @@ pub(crate) fn read_grants(
             read: grant.get_read(),
             write: grant.get_write(),
             observe: grant.get_observe(),
+            approve: grant.get_approve(),
             rate: read_rate(grant.get_rate().map_err(malformed)?),
         });
     }
@@ -316,6 +332,7 @@ pub(crate) fn write_principal(
         wire_grant.set_read(grant.read);
         wire_grant.set_write(grant.write);
         wire_grant.set_observe(grant.observe);
+        wire_grant.set_approve(grant.approve);
         let mut rate = wire_grant.init_rate();
         rate.set_calls_per_second(grant.rate.calls_per_second);
         rate.set_atoms_per_second(grant.rate.atoms_per_second);

@@ -44,7 +44,8 @@ impl CapabilityError {
                 StoreError::WorldExists { .. }
                 | StoreError::WorldArchived { .. }
                 | StoreError::PrincipalExists { .. }
-                | StoreError::LastAdmin { .. } => ErrorCode::Conflict,
+                | StoreError::LastAdmin { .. }
+                | StoreError::IllegalTransition { .. } => ErrorCode::Conflict,
                 StoreError::InvalidWorldName { .. }
                 | StoreError::InvalidWorldDimension { .. }
                 | StoreError::InvalidAtom { .. }

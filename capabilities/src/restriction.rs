@@ -16,6 +16,9 @@ pub struct Restriction {
     pub expires_at_unix_ms: i64,
     /// The rate asked for by this narrowing (enforced by the buckets of the grip).
     pub rate: Rate,
+    /// Whether the approve right survives this narrowing (`Restriction.withoutApprove`
+    /// takes it away).
+    pub approve: bool,
 }
 
 impl Restriction {
@@ -27,6 +30,7 @@ impl Restriction {
         max_importance: 1.0,
         expires_at_unix_ms: 0,
         rate: Rate::UNLIMITED,
+        approve: true,
     };
 
     /// The intersection of `self` and `other`: never wider than either.
@@ -53,6 +57,7 @@ impl Restriction {
             max_importance: self.max_importance.min(other.max_importance),
             expires_at_unix_ms,
             rate: self.rate.narrow(&other.rate),
+            approve: self.approve && other.approve,
         }
     }
 

@@ -162,10 +162,10 @@ impl world_reader::Server for WorldReader {
             .store
             .read()
             .wire()?
-            .atom(&self.world, &id)
+            .atom_as_of(&self.world, &id, if as_of == 0 { u64::MAX } else { as_of })
             .wire()?;
-        // Hidden, or not yet committed at `asOf`: not found, alike.
-        if !self.grip.restriction.shows(&atom) || (as_of != 0 && atom.commit > as_of) {
+        // Hidden, or (by `atom_as_of`) not yet committed at `asOf`: not found, alike.
+        if !self.grip.restriction.shows(&atom) {
             return Err(
                 CapabilityError::Store(engram_store::StoreError::AtomNotFound {
                     world: self.world.clone(),

@@ -2,11 +2,14 @@
 
 use std::rc::Rc;
 
-use engram_schema::engram_capnp::world_writer;
+use engram_schema::engram_capnp::{TransitionKind, world_writer};
 use engram_store::limits::BATCH_ATOMS_MAX;
-use engram_store::{AtomContent, Authority, WriteOp, WriteOutcome, WriteRequest};
+use engram_store::{
+    AtomContent, AtomKind, Authority, Link, StoreError, Transition, WriteOp, WriteOutcome,
+    WriteRequest,
+};
 
-use crate::convert::{malformed, read_content, read_restriction, write_receipt};
+use crate::convert::{bytes32, malformed, read_content, read_restriction, write_receipt};
 use crate::error::{CapabilityError, Wire};
 use crate::grip::Grip;
 
@@ -40,9 +43,20 @@ impl WorldWriter {
             }
         }
         for (index, content) in atoms.iter().enumerate() {
-            if let Some(reason) = self.grip.restriction.forbids_writing(content) {
+            // A transition atom is bounded by what it acts on, below, not by what the
+            // restriction lets this writer write.
+            if content.kind != AtomKind::Transition
+                && let Some(reason) = self.grip.restriction.forbids_writing(content)
+            {
                 return Err(CapabilityError::denied(format!("{}{reason}", at(index))));
             }
+            self.check_transitions(content)
+                .map_err(|error| match error {
+                    CapabilityError::PermissionDenied(reason) => {
+                        CapabilityError::denied(format!("{}{reason}", at(index)))
+                    }
+                    other => other,
+                })?;
         }
         let outcome = self
             .grip
@@ -65,7 +79,98 @@ impl WorldWriter {
     }
 }
 
+impl WorldWriter {
+    /// What this capability's restriction says of the transitions `content` makes: the
+    /// target must be visible through it (else `notFound`, as if it did not exist), and
+    /// a transition that takes the approve right needs the restriction to have kept it.
+    /// The store checks the rest (the target's world and state, the principal's
+    /// rights) inside the write transaction.
+    fn check_transitions(&self, content: &AtomContent) -> Result<(), CapabilityError> {
+        let mut transitions = content.transitions().peekable();
+        if transitions.peek().is_none() {
+            return Ok(());
+        }
+        let view = self.grip.node.store.read()?;
+        for (transition, target) in transitions {
+            let own = match view.atom(&self.world, target) {
+                Ok(atom) if self.grip.restriction.shows(&atom) => {
+                    atom.writer == self.grip.principal
+                }
+                Ok(_) => {
+                    return Err(CapabilityError::Store(StoreError::AtomNotFound {
+                        world: self.world.clone(),
+                        id: hex::encode(target),
+                    }));
+                }
+                // Not in this world: the store says whether it is in another one.
+                Err(StoreError::AtomNotFound { .. }) => continue,
+                Err(other) => return Err(other.into()),
+            };
+            if transition.needs_approve_right(own) && !self.grip.restriction.approve {
+                return Err(CapabilityError::denied(format!(
+                    "this writer was attenuated without the approve right: it may not \
+                     {transition} {}",
+                    if own {
+                        "atoms"
+                    } else {
+                        "another writer's atoms"
+                    }
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl world_writer::Server for WorldWriter {
+    async fn transition(
+        self: Rc<Self>,
+        params: world_writer::TransitionParams,
+        mut results: world_writer::TransitionResults,
+    ) -> Result<(), capnp::Error> {
+        self.grip.admit(Some(&self.world), 1).wire()?;
+        let params = params.get()?;
+        let target = bytes32(
+            params.get_target().map_err(malformed).wire()?,
+            "the target id",
+        )
+        .wire()?;
+        let transition = match params.get_kind() {
+            Ok(TransitionKind::Approve) => Transition::Approve,
+            Ok(TransitionKind::Reject) => Transition::Reject,
+            Ok(TransitionKind::Deprecate) => Transition::Deprecate,
+            Ok(TransitionKind::Retract) => Transition::Retract,
+            Err(capnp::NotInSchema(which)) => {
+                return Err(
+                    CapabilityError::invalid(format!("unknown transition kind {which}")).into(),
+                );
+            }
+        };
+        let reason = params
+            .get_reason()
+            .map_err(malformed)
+            .wire()?
+            .to_string()
+            .map_err(CapabilityError::from)
+            .wire()?;
+        let mut content = AtomContent::new(
+            AtomKind::Transition,
+            if reason.is_empty() {
+                transition.name().to_owned()
+            } else {
+                reason
+            },
+        );
+        content.importance = 0.0;
+        content.links = vec![Link {
+            kind: transition.link_kind(),
+            target,
+        }];
+        let receipts = self.commit_atoms(vec![content]).await.wire()?;
+        write_receipt(results.get().init_receipt(), &receipts[0]);
+        Ok(())
+    }
+
     async fn remember(
         self: Rc<Self>,
         params: world_writer::RememberParams,

@@ -1,6 +1,8 @@
 //! Typed helpers for the common calls. Each is one round trip.
 
-use engram_schema::engram_capnp::{admin, observer, signer, world_reader, world_writer};
+use engram_schema::engram_capnp::{
+    self as wire, admin, observer, signer, world_reader, world_writer,
+};
 
 use crate::error::ClientError;
 use crate::types::{
@@ -32,6 +34,24 @@ pub async fn remember(
         .iter()
         .map(Receipt::read)
         .collect()
+}
+
+/// Moves the atom `target` to its next lifecycle state (`WorldWriter.transition`):
+/// approve, reject, deprecate or retract, with `reason` as the transition atom's text
+/// (empty: the transition's name). Returns the transition atom's receipt once durable.
+pub async fn transition(
+    writer: &world_writer::Client,
+    target: &[u8; 32],
+    kind: wire::TransitionKind,
+    reason: &str,
+) -> Result<Receipt, ClientError> {
+    let mut request = writer.transition_request();
+    let mut params = request.get();
+    params.set_target(target);
+    params.set_kind(kind);
+    params.set_reason(reason);
+    let response = request.send().promise.await?;
+    Receipt::read(response.get()?.get_receipt()?)
 }
 
 /// The atom with this id.
@@ -319,6 +339,7 @@ fn fill_grants(
         builder.set_read(grant.read);
         builder.set_write(grant.write);
         builder.set_observe(grant.observe);
+        builder.set_approve(grant.approve);
         grant.rate.fill(builder.init_rate());
     }
 }

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use engram_client::engram_schema::engram_capnp::{LifecycleState, TransitionKind};
 use engram_client::{
     ClientError, Endpoint, ErrorCode, Filter, Grant, NewAtom, Session, WatchEvent, connect,
-    keyfile, kind_from_name, kind_name,
+    keyfile, kind_from_name, kind_name, state_from_name, state_name,
 };
 use serde_json::{Value, json};
 
@@ -55,6 +56,20 @@ enum Command {
     Principal(PrincipalCommand),
     /// Remember an atom (TEXT), or a batch of JSON lines from --batch.
     Remember(RememberArguments),
+    /// Remember an atom as a proposal: not current knowledge until someone with the
+    /// approve right approves it.
+    Propose(ProposeArguments),
+    /// Remember an atom that replaces an older one (OLD, an id), which leaves current
+    /// knowledge as superseded. Another writer's atom takes the approve right.
+    Supersede(SupersedeArguments),
+    /// Approve a proposed or asserted atom (needs the approve right).
+    Approve(TransitionArguments),
+    /// Reject a proposal (needs the approve right).
+    Reject(TransitionArguments),
+    /// Deprecate an asserted or approved atom (needs the approve right).
+    Deprecate(TransitionArguments),
+    /// Retract one of your own atoms.
+    Retract(TransitionArguments),
     /// Print one atom by id.
     Get {
         world: String,
@@ -138,7 +153,7 @@ enum PrincipalCommand {
         #[arg(long)]
         admin: bool,
         /// WORLD=RIGHTS[@CALLS[/ATOMS]]: rights from r (read), w (write), o (observe),
-        /// and an optional rate in calls and atoms a second (0: no limit), e.g.
+        /// a (approve, reject, deprecate, supersede others' atoms), and an optional rate in calls and atoms a second (0: no limit), e.g.
         /// team/auth=rw@10/500; repeatable.
         #[arg(long = "grant")]
         grants: Vec<String>,
@@ -174,6 +189,51 @@ struct RememberArguments {
     /// The atom's text.
     #[arg(required_unless_present = "batch", conflicts_with = "batch")]
     text: Option<String>,
+    #[command(flatten)]
+    atom: AtomOptions,
+    /// Write it as a proposal (see `engram propose`).
+    #[arg(long)]
+    proposed: bool,
+    /// A file of JSON lines ({"text": ..., "kind": ..., "labels": [...], "importance": ...,
+    /// "vector": [...], "validFrom": ..., "validUntil": ..., "proposed": true,
+    /// "supersedes": [ID, ...]}), or - for stdin; remembered as one all-or-nothing batch.
+    #[arg(long, conflicts_with_all = ["proposed", "valid_from"])]
+    batch: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ProposeArguments {
+    world: String,
+    /// The proposal's text.
+    text: String,
+    #[command(flatten)]
+    atom: AtomOptions,
+}
+
+#[derive(Args, Debug)]
+struct SupersedeArguments {
+    world: String,
+    /// The id of the atom it replaces.
+    old: String,
+    /// The new atom's text.
+    text: String,
+    #[command(flatten)]
+    atom: AtomOptions,
+}
+
+#[derive(Args, Debug)]
+struct TransitionArguments {
+    world: String,
+    /// The id of the atom to act on.
+    id: String,
+    /// Why (the transition atom's text); default: the transition's name.
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+/// What a new atom is, besides its text.
+#[derive(Args, Debug)]
+struct AtomOptions {
     #[arg(long, default_value = "observation")]
     kind: String,
     /// Repeatable.
@@ -188,16 +248,30 @@ struct RememberArguments {
     vector: Vec<f32>,
     /// When the atom starts to hold in the world: an RFC 3339 time
     /// (2026-03-03T00:00:00Z) or unix milliseconds.
-    #[arg(long, conflicts_with = "batch")]
+    #[arg(long)]
     valid_from: Option<String>,
     /// When it stops holding (excluded), as --valid-from; without it, open-ended.
     #[arg(long, requires = "valid_from")]
     valid_until: Option<String>,
-    /// A file of JSON lines ({"text": ..., "kind": ..., "labels": [...], "importance": ...,
-    /// "vector": [...], "validFrom": ..., "validUntil": ...}),
-    /// or - for stdin; remembered as one all-or-nothing batch.
-    #[arg(long)]
-    batch: Option<PathBuf>,
+}
+
+impl AtomOptions {
+    /// The new atom of `text` these options describe.
+    fn atom(&self, text: &str) -> Result<NewAtom, Failure> {
+        let mut atom = NewAtom::new(kind_from_name(&self.kind)?, text);
+        atom.labels = self.labels.clone();
+        atom.importance = self.importance;
+        atom.confidence = self.confidence;
+        atom.vector = self.vector.clone();
+        if let Some(from) = &self.valid_from {
+            let until = match &self.valid_until {
+                Some(until) => parse_instant(until, "--valid-until")?,
+                None => 0,
+            };
+            atom = atom.valid(parse_instant(from, "--valid-from")?, until);
+        }
+        Ok(atom)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -248,9 +322,18 @@ struct AskArguments {
     /// milliseconds (atoms that claim no validity do not match).
     #[arg(long)]
     valid_at: Option<String>,
-    /// Answer as the world stood at this commit (0: now).
+    /// Answer as the world stood at this commit (0: now), states included.
     #[arg(long, default_value_t = 0)]
     as_of: u64,
+    /// Only atoms in this lifecycle state (asserted, proposed, approved, rejected,
+    /// deprecated, superseded, retracted); repeatable. Default: current knowledge
+    /// (asserted or approved).
+    #[arg(long = "state")]
+    states: Vec<String>,
+    /// Current knowledge and the proposals beside it: --state asserted --state proposed
+    /// --state approved.
+    #[arg(long, conflicts_with = "states")]
+    include_proposals: bool,
 }
 
 /// A failure and the exit code it maps to.
@@ -527,41 +610,38 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let atoms = match &arguments.batch {
                 Some(path) => read_batch(path)?,
                 None => {
-                    let mut atom = NewAtom::new(
-                        kind_from_name(&arguments.kind)?,
-                        arguments.text.clone().unwrap_or_default(),
-                    );
-                    atom.labels = arguments.labels.clone();
-                    atom.importance = arguments.importance;
-                    atom.confidence = arguments.confidence;
-                    atom.vector = arguments.vector.clone();
-                    if let Some(from) = &arguments.valid_from {
-                        let until = match &arguments.valid_until {
-                            Some(until) => parse_instant(until, "--valid-until")?,
-                            None => 0,
-                        };
-                        atom = atom.valid(parse_instant(from, "--valid-from")?, until);
-                    }
-                    vec![atom]
+                    let atom = arguments
+                        .atom
+                        .atom(arguments.text.as_deref().unwrap_or_default())?;
+                    vec![if arguments.proposed {
+                        atom.proposed()
+                    } else {
+                        atom
+                    }]
                 }
             };
-            let writer = session(&cli).await?.writer(&arguments.world)?;
-            let receipts = engram_client::remember(&writer, &atoms).await?;
-            let values: Vec<Value> = receipts.iter().map(|receipt| receipt.to_json()).collect();
-            emit(json_output, Value::Array(values), || {
-                receipts
-                    .iter()
-                    .map(|receipt| {
-                        format!(
-                            "{}  seq {}  commit {}",
-                            receipt.id_hex(),
-                            receipt.seq,
-                            receipt.commit
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            });
+            remember(&cli, &arguments.world, &atoms).await?;
+        }
+        Command::Propose(arguments) => {
+            let atom = arguments.atom.atom(&arguments.text)?.proposed();
+            remember(&cli, &arguments.world, &[atom]).await?;
+        }
+        Command::Supersede(arguments) => {
+            let old = parse_hex32(&arguments.old, "the id of the atom it replaces")?;
+            let atom = arguments.atom.atom(&arguments.text)?.supersedes(old);
+            remember(&cli, &arguments.world, &[atom]).await?;
+        }
+        Command::Approve(arguments) => {
+            transition(&cli, arguments, TransitionKind::Approve).await?;
+        }
+        Command::Reject(arguments) => {
+            transition(&cli, arguments, TransitionKind::Reject).await?;
+        }
+        Command::Deprecate(arguments) => {
+            transition(&cli, arguments, TransitionKind::Deprecate).await?;
+        }
+        Command::Retract(arguments) => {
+            transition(&cli, arguments, TransitionKind::Retract).await?;
         }
         Command::Get { world, id, as_of } => {
             let id = parse_hex32(id, "the atom id")?;
@@ -586,6 +666,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 },
                 ..Filter::default()
             };
+            if arguments.include_proposals {
+                filter.states = vec![
+                    LifecycleState::Asserted,
+                    LifecycleState::Proposed,
+                    LifecycleState::Approved,
+                ];
+            }
+            for state in &arguments.states {
+                filter.states.push(state_from_name(state)?);
+            }
             for kind in &arguments.kinds {
                 filter.kinds.push(kind_from_name(kind)?);
             }
@@ -752,16 +842,62 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Remembers `atoms` in `world` and prints their receipts.
+async fn remember(cli: &Cli, world: &str, atoms: &[NewAtom]) -> Result<(), Failure> {
+    let writer = session(cli).await?.writer(world)?;
+    let receipts = engram_client::remember(&writer, atoms).await?;
+    print_receipts(cli.json, &receipts);
+    Ok(())
+}
+
+/// Makes one lifecycle transition and prints the transition atom's receipt.
+async fn transition(
+    cli: &Cli,
+    arguments: &TransitionArguments,
+    kind: TransitionKind,
+) -> Result<(), Failure> {
+    let target = parse_hex32(&arguments.id, "the atom id")?;
+    let writer = session(cli).await?.writer(&arguments.world)?;
+    let receipt = engram_client::transition(&writer, &target, kind, &arguments.reason).await?;
+    print_receipts(cli.json, &[receipt]);
+    Ok(())
+}
+
+fn print_receipts(json_output: bool, receipts: &[engram_client::Receipt]) {
+    let values: Vec<Value> = receipts.iter().map(|receipt| receipt.to_json()).collect();
+    emit(json_output, Value::Array(values), || {
+        receipts
+            .iter()
+            .map(|receipt| {
+                format!(
+                    "{}  seq {}  commit {}",
+                    receipt.id_hex(),
+                    receipt.seq,
+                    receipt.commit
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+}
+
 fn describe(atom: &engram_client::AtomView, long: bool) -> String {
     let labels = if atom.labels.is_empty() {
         String::new()
     } else {
         format!("  [{}]", atom.labels.join(", "))
     };
+    // Most atoms are asserted: only another state is worth a word.
+    let state = if atom.state == LifecycleState::Asserted {
+        String::new()
+    } else {
+        format!(" ({})", state_name(atom.state))
+    };
     let mut text = format!(
-        "#{} {} {}{}  importance {}\n    {}",
+        "#{} {}{} {}{}  importance {}\n    {}",
         atom.commit,
         kind_name(atom.kind),
+        state,
         &atom.id_hex()[..16],
         labels,
         atom.importance,
@@ -836,6 +972,25 @@ fn read_batch(path: &PathBuf) -> Result<Vec<NewAtom>, Failure> {
                         .as_f64()
                         .ok_or_else(|| at("\"vector\" must be an array of numbers".into()))?
                         as f32,
+                );
+            }
+        }
+        if let Some(proposed) = value.get("proposed") {
+            atom.proposed = proposed
+                .as_bool()
+                .ok_or_else(|| at("\"proposed\" must be true or false".into()))?;
+        }
+        if let Some(targets) = value.get("supersedes") {
+            let targets = targets
+                .as_array()
+                .ok_or_else(|| at("\"supersedes\" must be an array of ids".into()))?;
+            for target in targets {
+                let target = target
+                    .as_str()
+                    .ok_or_else(|| at("\"supersedes\" must be an array of ids".into()))?;
+                atom = atom.supersedes(
+                    parse_hex32(target, "a \"supersedes\" id")
+                        .map_err(|error| at(error.message))?,
                 );
             }
         }

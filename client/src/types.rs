@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use crate::error::ClientError;
 
 /// Atom kinds by schema name.
-pub const KINDS: [(&str, wire::AtomKind); 9] = [
+pub const KINDS: [(&str, wire::AtomKind); 10] = [
     ("observation", wire::AtomKind::Observation),
     ("fact", wire::AtomKind::Fact),
     ("decision", wire::AtomKind::Decision),
@@ -16,30 +16,86 @@ pub const KINDS: [(&str, wire::AtomKind); 9] = [
     ("message", wire::AtomKind::Message),
     ("question", wire::AtomKind::Question),
     ("preference", wire::AtomKind::Preference),
+    ("transition", wire::AtomKind::Transition),
 ];
 
-/// The kind with this schema name.
-pub fn kind_from_name(name: &str) -> Result<wire::AtomKind, ClientError> {
-    KINDS
+/// Lifecycle states by schema name.
+pub const STATES: [(&str, wire::LifecycleState); 7] = [
+    ("asserted", wire::LifecycleState::Asserted),
+    ("proposed", wire::LifecycleState::Proposed),
+    ("approved", wire::LifecycleState::Approved),
+    ("rejected", wire::LifecycleState::Rejected),
+    ("deprecated", wire::LifecycleState::Deprecated),
+    ("superseded", wire::LifecycleState::Superseded),
+    ("retracted", wire::LifecycleState::Retracted),
+];
+
+/// Link kinds by schema name.
+pub const LINK_KINDS: [(&str, wire::LinkKind); 9] = [
+    ("supersedes", wire::LinkKind::Supersedes),
+    ("contradicts", wire::LinkKind::Contradicts),
+    ("confirms", wire::LinkKind::Confirms),
+    ("corrects", wire::LinkKind::Corrects),
+    ("derivedFrom", wire::LinkKind::DerivedFrom),
+    ("approves", wire::LinkKind::Approves),
+    ("rejects", wire::LinkKind::Rejects),
+    ("deprecates", wire::LinkKind::Deprecates),
+    ("retracts", wire::LinkKind::Retracts),
+];
+
+/// The value named `name` in a table of schema names; `what` names the table in the
+/// error.
+fn by_name<T: Copy>(table: &[(&str, T)], name: &str, what: &str) -> Result<T, ClientError> {
+    table
         .iter()
         .find(|(known, _)| *known == name)
-        .map(|(_, kind)| *kind)
+        .map(|(_, value)| *value)
         .ok_or_else(|| {
-            let names: Vec<&str> = KINDS.iter().map(|(known, _)| *known).collect();
+            let names: Vec<&str> = table.iter().map(|(known, _)| *known).collect();
             ClientError::InvalidInput(format!(
-                "unknown kind {name:?}; kinds are {}",
+                "unknown {what} {name:?}; {what}s are {}",
                 names.join(", ")
             ))
         })
 }
 
+/// The schema name of a value of a table of schema names.
+fn name_of<T: Copy + PartialEq>(table: &[(&'static str, T)], value: T) -> &'static str {
+    table
+        .iter()
+        .find(|(_, known)| *known == value)
+        .map(|(name, _)| *name)
+        .expect("the table lists every value of the schema")
+}
+
+/// The lifecycle state with this schema name.
+pub fn state_from_name(name: &str) -> Result<wire::LifecycleState, ClientError> {
+    by_name(&STATES, name, "state")
+}
+
+/// The schema name of a lifecycle state.
+pub fn state_name(state: wire::LifecycleState) -> &'static str {
+    name_of(&STATES, state)
+}
+
+/// The link kind with this schema name.
+pub fn link_kind_from_name(name: &str) -> Result<wire::LinkKind, ClientError> {
+    by_name(&LINK_KINDS, name, "link kind")
+}
+
+/// The schema name of a link kind.
+pub fn link_kind_name(kind: wire::LinkKind) -> &'static str {
+    name_of(&LINK_KINDS, kind)
+}
+
+/// The kind with this schema name.
+pub fn kind_from_name(name: &str) -> Result<wire::AtomKind, ClientError> {
+    by_name(&KINDS, name, "kind")
+}
+
 /// The schema name of a kind.
 pub fn kind_name(kind: wire::AtomKind) -> &'static str {
-    KINDS
-        .iter()
-        .find(|(_, known)| *known == kind)
-        .map(|(name, _)| *name)
-        .expect("KINDS lists every kind")
+    name_of(&KINDS, kind)
 }
 
 fn text(reader: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, ClientError> {
@@ -65,6 +121,23 @@ pub struct NewAtom {
     pub vector: Vec<f32>,
     /// When the atom holds in the world, if it claims to.
     pub valid_time: Option<ValidTime>,
+    /// Typed references to earlier atoms (a `supersedes` link replaces its target).
+    pub links: Vec<Link>,
+    /// Written as a proposal rather than asserted.
+    pub proposed: bool,
+}
+
+/// A typed reference from one atom to another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub kind: wire::LinkKind,
+    pub target: [u8; 32],
+}
+
+impl Link {
+    fn to_json(self) -> Value {
+        json!({"kind": link_kind_name(self.kind), "target": hex::encode(self.target)})
+    }
 }
 
 /// An interval of validity in the world (unix ms); `until_unix_ms` 0 is open-ended.
@@ -92,7 +165,26 @@ impl NewAtom {
             payload: Vec::new(),
             vector: Vec::new(),
             valid_time: None,
+            links: Vec::new(),
+            proposed: false,
         }
+    }
+
+    /// The same atom as a proposal: not current knowledge until approved.
+    pub fn proposed(mut self) -> NewAtom {
+        self.proposed = true;
+        self
+    }
+
+    /// The same atom, replacing the atom `target` (which becomes superseded).
+    pub fn supersedes(self, target: [u8; 32]) -> NewAtom {
+        self.link(wire::LinkKind::Supersedes, target)
+    }
+
+    /// The same atom with one more link.
+    pub fn link(mut self, kind: wire::LinkKind, target: [u8; 32]) -> NewAtom {
+        self.links.push(Link { kind, target });
+        self
     }
 
     /// The same atom, claimed to hold in the world from `from_unix_ms` until
@@ -134,6 +226,15 @@ impl NewAtom {
         builder.set_text(self.text.as_str());
         builder.set_importance(self.importance);
         builder.set_confidence(self.confidence);
+        builder.set_proposed(self.proposed);
+        if !self.links.is_empty() {
+            let mut links = builder.reborrow().init_links(self.links.len() as u32);
+            for (index, link) in self.links.iter().enumerate() {
+                let mut wire_link = links.reborrow().get(index as u32);
+                wire_link.set_kind(link.kind);
+                wire_link.set_target(&link.target);
+            }
+        }
         if !self.payload.is_empty() {
             builder.set_payload(&self.payload);
         }
@@ -173,6 +274,9 @@ pub struct AtomView {
     pub payload: Vec<u8>,
     /// When the atom claims to hold in the world, if it does.
     pub valid_time: Option<ValidTime>,
+    pub links: Vec<Link>,
+    /// Where it stands as of the answer (now, or the call's `asOf`).
+    pub state: wire::LifecycleState,
 }
 
 impl AtomView {
@@ -181,6 +285,13 @@ impl AtomView {
         let mut labels = Vec::new();
         for label in content.get_labels()?.iter() {
             labels.push(text(label)?);
+        }
+        let mut links = Vec::new();
+        for link in content.get_links()?.iter() {
+            links.push(Link {
+                kind: link.get_kind().map_err(capnp::Error::from)?,
+                target: hash(link.get_target())?,
+            });
         }
         let valid_time = match content
             .get_valid_time()
@@ -211,6 +322,8 @@ impl AtomView {
             confidence: content.get_confidence(),
             payload: content.get_payload()?.to_vec(),
             valid_time,
+            links,
+            state: reader.get_state().map_err(capnp::Error::from)?,
         })
     }
 
@@ -234,6 +347,8 @@ impl AtomView {
             "confidence": self.confidence,
             "payload": String::from_utf8(self.payload.clone()).map(Value::String).unwrap_or_else(|_| Value::String(hex::encode(&self.payload))),
             "validTime": self.valid_time.map(ValidTime::to_json),
+            "links": self.links.iter().map(|link| link.to_json()).collect::<Vec<_>>(),
+            "state": state_name(self.state),
         })
     }
 }
@@ -384,8 +499,12 @@ pub struct Filter {
     pub explain: bool,
     /// Only atoms claimed to hold in the world at this instant (unix ms).
     pub valid_at: Option<i64>,
-    /// As the world stood at this commit: only atoms committed at or before it (0: now).
+    /// As the world stood at this commit: only atoms committed at or before it, in
+    /// the states they had then (0: now).
     pub as_of: u64,
+    /// Only atoms in these lifecycle states; empty: current knowledge (asserted or
+    /// approved).
+    pub states: Vec<wire::LifecycleState>,
 }
 
 impl Default for Filter {
@@ -403,6 +522,7 @@ impl Default for Filter {
             explain: false,
             valid_at: None,
             as_of: 0,
+            states: Vec::new(),
         }
     }
 }
@@ -420,6 +540,12 @@ impl Filter {
         let mut writers = builder.reborrow().init_writers(self.writers.len() as u32);
         for (index, writer) in self.writers.iter().enumerate() {
             writers.set(index as u32, writer);
+        }
+        if !self.states.is_empty() {
+            let mut states = builder.reborrow().init_states(self.states.len() as u32);
+            for (index, state) in self.states.iter().enumerate() {
+                states.set(index as u32, *state);
+            }
         }
         builder.set_min_importance(self.min_importance);
         builder.set_max_importance(self.max_importance);
@@ -450,6 +576,9 @@ pub struct Restriction {
     pub expires_at_unix_ms: i64,
     /// How fast the narrowed capability may be used, on top of its holder's rates.
     pub rate: Rate,
+    /// Take away the approve right: a writer that may only propose, assert and retract
+    /// its own atoms.
+    pub without_approve: bool,
 }
 
 impl Default for Restriction {
@@ -461,6 +590,7 @@ impl Default for Restriction {
             max_importance: 1.0,
             expires_at_unix_ms: 0,
             rate: Rate::default(),
+            without_approve: false,
         }
     }
 }
@@ -503,6 +633,7 @@ impl Restriction {
         }
         builder.set_max_importance(self.max_importance);
         builder.set_expires_at_unix_ms(self.expires_at_unix_ms);
+        builder.set_without_approve(self.without_approve);
         self.rate.fill(builder.init_rate());
     }
 }
@@ -514,13 +645,15 @@ pub struct Grant {
     pub read: bool,
     pub write: bool,
     pub observe: bool,
+    /// May approve, reject and deprecate atoms and supersede other writers' atoms.
+    pub approve: bool,
     /// How fast the principal may use the world (default: no limit).
     pub rate: Rate,
 }
 
 impl Grant {
-    /// Parses `WORLD=RIGHTS[@CALLS[/ATOMS]]` where RIGHTS is a combination of r, w, o and
-    /// the optional rate is calls and atoms per second (e.g. `team/auth=rw`,
+    /// Parses `WORLD=RIGHTS[@CALLS[/ATOMS]]` where RIGHTS is a combination of r, w, o, a
+    /// (approve) and the optional rate is calls and atoms per second (e.g. `team/auth=rw`,
     /// `team/auth=rw@10/500`).
     pub fn parse(text: &str) -> Result<Grant, ClientError> {
         let (world, rights) = text.rsplit_once('=').ok_or_else(|| {
@@ -547,9 +680,10 @@ impl Grant {
                 (rights, rate)
             }
         };
-        if rights.is_empty() || !rights.chars().all(|right| "rwo".contains(right)) {
+        if rights.is_empty() || !rights.chars().all(|right| "rwoa".contains(right)) {
             return Err(ClientError::InvalidInput(format!(
-                "grant {text:?}: rights are letters r (read), w (write), o (observe)"
+                "grant {text:?}: rights are letters r (read), w (write), o (observe), \
+                 a (approve)"
             )));
         }
         Ok(Grant {
@@ -557,6 +691,7 @@ impl Grant {
             read: rights.contains('r'),
             write: rights.contains('w'),
             observe: rights.contains('o'),
+            approve: rights.contains('a'),
             rate,
         })
     }
@@ -564,11 +699,16 @@ impl Grant {
     /// The rights as letters, with the rate when it has one (`rw@10/500`), as `parse`
     /// reads them.
     pub fn rights(&self) -> String {
-        let letters: String = [(self.read, 'r'), (self.write, 'w'), (self.observe, 'o')]
-            .iter()
-            .filter(|(held, _)| *held)
-            .map(|(_, letter)| *letter)
-            .collect();
+        let letters: String = [
+            (self.read, 'r'),
+            (self.write, 'w'),
+            (self.observe, 'o'),
+            (self.approve, 'a'),
+        ]
+        .iter()
+        .filter(|(held, _)| *held)
+        .map(|(_, letter)| *letter)
+        .collect();
         if self.rate == Rate::default() {
             return letters;
         }
@@ -597,6 +737,7 @@ impl PrincipalView {
                 read: grant.get_read(),
                 write: grant.get_write(),
                 observe: grant.get_observe(),
+                approve: grant.get_approve(),
                 rate: Rate::read(grant.get_rate()?),
             });
         }

@@ -48,6 +48,7 @@ fn store(directory: &tempfile::TempDir) -> Store {
                 read: true,
                 write: true,
                 observe: true,
+                approve: false,
                 rate: Default::default(),
             }],
         }),

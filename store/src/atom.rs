@@ -15,8 +15,12 @@ pub type PublicKey = [u8; 32];
 /// The `prev` of the first entry of every chain.
 pub const ZERO_HASH: Hash = [0; 32];
 
-/// Version byte that starts every stored entry.
-pub const ENTRY_FORMAT_VERSION: u8 = 1;
+/// Version byte that starts every entry written now. Version 2 adds the atom's initial
+/// lifecycle state; version 1 entries (written before lifecycles) decode as asserted,
+/// and their `supersedes` links change no state (store/FORMAT.md).
+pub const ENTRY_FORMAT_VERSION: u8 = 2;
+/// The first entry version, still read.
+pub const ENTRY_FORMAT_VERSION_1: u8 = 1;
 
 /// The BLAKE3 key-derivation context of chain entry hashes: the domain tag that keeps
 /// an entry hash from ever equalling any other BLAKE3 hash engram or anyone computes.
@@ -73,6 +77,7 @@ code_enum!(
         Message = 6, "message";
         Question = 7, "question";
         Preference = 8, "preference";
+        Transition = 9, "transition";
     }
 );
 
@@ -84,8 +89,110 @@ code_enum!(
         Confirms = 2, "confirms";
         Corrects = 3, "corrects";
         DerivedFrom = 4, "derivedFrom";
+        Approves = 5, "approves";
+        Rejects = 6, "rejects";
+        Deprecates = 7, "deprecates";
+        Retracts = 8, "retracts";
     }
 );
+
+code_enum!(
+    /// Where an atom stands in its lifecycle (ARCHITECTURE.md, Lifecycle). The codes are
+    /// the schema's `LifecycleState` ordinals.
+    LifecycleState {
+        Asserted = 0, "asserted";
+        Proposed = 1, "proposed";
+        Approved = 2, "approved";
+        Rejected = 3, "rejected";
+        Deprecated = 4, "deprecated";
+        Superseded = 5, "superseded";
+        Retracted = 6, "retracted";
+    }
+);
+
+impl LinkKind {
+    /// The transition a link of this kind makes on its target, if it makes one. Only
+    /// transition atoms carry the transition kinds; `supersedes` is carried by the atom
+    /// that replaces its target (in entries of version 2 and later).
+    pub fn transition(self) -> Option<Transition> {
+        match self {
+            LinkKind::Approves => Some(Transition::Approve),
+            LinkKind::Rejects => Some(Transition::Reject),
+            LinkKind::Deprecates => Some(Transition::Deprecate),
+            LinkKind::Retracts => Some(Transition::Retract),
+            LinkKind::Supersedes => Some(Transition::Supersede),
+            LinkKind::Contradicts
+            | LinkKind::Confirms
+            | LinkKind::Corrects
+            | LinkKind::DerivedFrom => None,
+        }
+    }
+}
+
+/// A change of an atom's lifecycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    Approve,
+    Reject,
+    Deprecate,
+    Supersede,
+    Retract,
+}
+
+impl Transition {
+    /// The link a transition atom carries to its target (supersession is a link of
+    /// the replacing atom instead).
+    pub fn link_kind(self) -> LinkKind {
+        match self {
+            Transition::Approve => LinkKind::Approves,
+            Transition::Reject => LinkKind::Rejects,
+            Transition::Deprecate => LinkKind::Deprecates,
+            Transition::Retract => LinkKind::Retracts,
+            Transition::Supersede => LinkKind::Supersedes,
+        }
+    }
+
+    /// The state this transition leads to from `from`, or `None` when it is illegal
+    /// there (the table in ARCHITECTURE.md, Lifecycle).
+    pub fn from(self, from: LifecycleState) -> Option<LifecycleState> {
+        use LifecycleState::*;
+        match (self, from) {
+            (_, Rejected | Superseded | Retracted) => None,
+            (Transition::Approve, Proposed | Asserted) => Some(Approved),
+            (Transition::Reject, Proposed) => Some(Rejected),
+            (Transition::Deprecate, Asserted | Approved) => Some(Deprecated),
+            (Transition::Supersede, _) => Some(Superseded),
+            (Transition::Retract, _) => Some(Retracted),
+            (Transition::Approve | Transition::Reject | Transition::Deprecate, _) => None,
+        }
+    }
+
+    /// Whether it takes the approve right: approving, rejecting and deprecating always
+    /// do; superseding does when the target is another writer's.
+    pub fn needs_approve_right(self, own_target: bool) -> bool {
+        match self {
+            Transition::Approve | Transition::Reject | Transition::Deprecate => true,
+            Transition::Supersede => !own_target,
+            Transition::Retract => false,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transition::Approve => "approve",
+            Transition::Reject => "reject",
+            Transition::Deprecate => "deprecate",
+            Transition::Supersede => "supersede",
+            Transition::Retract => "retract",
+        }
+    }
+}
+
+impl std::fmt::Display for Transition {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.name())
+    }
+}
 
 /// A typed reference to another atom.
 #[derive(Clone, Debug, PartialEq)]
@@ -121,6 +228,8 @@ pub struct AtomContent {
     pub confidence: f32,
     pub vector: Vec<f32>,
     pub valid_time: Option<TimeInterval>,
+    /// Remembered as a proposal (initial state `proposed`) rather than asserted.
+    pub proposed: bool,
 }
 
 impl AtomContent {
@@ -136,7 +245,25 @@ impl AtomContent {
             confidence: 1.0,
             vector: Vec::new(),
             valid_time: None,
+            proposed: false,
         }
+    }
+
+    /// The state the atom starts in.
+    pub fn initial_state(&self) -> LifecycleState {
+        if self.proposed {
+            LifecycleState::Proposed
+        } else {
+            LifecycleState::Asserted
+        }
+    }
+
+    /// The transitions this content makes on other atoms (by an entry of the current
+    /// version): its transition link, or its `supersedes` links.
+    pub fn transitions(&self) -> impl Iterator<Item = (Transition, &Hash)> {
+        self.links
+            .iter()
+            .filter_map(|link| Some((link.kind.transition()?, &link.target)))
     }
 
     /// Checks every rule content must follow; the message says which rule and how to fix it.
@@ -200,6 +327,64 @@ impl AtomContent {
                 interval.until_unix_ms, interval.from_unix_ms
             ));
         }
+        self.validate_lifecycle()
+    }
+
+    /// The rules of transition atoms and links (ARCHITECTURE.md, Lifecycle).
+    fn validate_lifecycle(&self) -> Result<(), String> {
+        let transition_links = self
+            .links
+            .iter()
+            .filter(|link| {
+                link.kind
+                    .transition()
+                    .is_some_and(|transition| transition != Transition::Supersede)
+            })
+            .count();
+        if self.kind == AtomKind::Transition {
+            if transition_links != 1 || self.links.len() != 1 {
+                return Err("a transition atom carries exactly one link, and it is an \
+                            approves, rejects, deprecates or retracts link"
+                    .into());
+            }
+            if self.proposed {
+                return Err(
+                    "a transition takes effect when it is written; it cannot be \
+                            proposed"
+                        .into(),
+                );
+            }
+        } else if transition_links > 0 {
+            return Err(format!(
+                "approves, rejects, deprecates and retracts links belong to transition \
+                 atoms; make the transition instead of remembering a {} with one",
+                self.kind
+            ));
+        }
+        if self.proposed
+            && self
+                .links
+                .iter()
+                .any(|link| link.kind == LinkKind::Supersedes)
+        {
+            return Err(
+                "a proposal cannot supersede: remember it as a proposal, and \
+                        supersede once it is approved"
+                    .into(),
+            );
+        }
+        for (position, link) in self.links.iter().enumerate() {
+            if link.kind == LinkKind::Supersedes
+                && self.links[..position]
+                    .iter()
+                    .any(|other| other.kind == LinkKind::Supersedes && other.target == link.target)
+            {
+                return Err(format!(
+                    "atom {} is superseded twice by one atom",
+                    hex::encode(link.target)
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -244,6 +429,11 @@ pub struct Atom {
     pub commit: u64,
     pub recorded_at_unix_ms: i64,
     pub content: AtomContent,
+    /// Where the atom stands as of the read that returned it: its initial state as
+    /// decoded, then settled by the read from the state index.
+    pub state: LifecycleState,
+    /// Whether its `supersedes` links made transitions: true from entry version 2 on.
+    pub supersedes_transitions: bool,
 }
 
 impl Atom {
@@ -298,6 +488,7 @@ pub fn encode_entry(header: &EntryHeader<'_>, content: &AtomContent, out: &mut V
             out.extend_from_slice(&interval.until_unix_ms.to_be_bytes());
         }
     }
+    out.push(content.initial_state().code() as u8);
     put_bytes32(out, content.text.as_bytes());
     put_bytes32(out, &content.payload);
     put_u16(out, content.labels.len() as u16);
@@ -407,10 +598,8 @@ impl<'a> EntryFacts<'a> {
     /// caller's full decode then says what is wrong).
     pub fn read(bytes: &'a [u8]) -> Option<EntryFacts<'a>> {
         let mut reader = EntryReader { bytes, position: 0 };
-        if reader.u8()? != ENTRY_FORMAT_VERSION {
-            return None;
-        }
-        let head = EntryHead::read(&mut reader)?;
+        let version = reader.u8()?;
+        let head = EntryHead::read(version, &mut reader)?;
         let label_count = reader.u16()?;
         Some(EntryFacts {
             kind: head.kind,
@@ -438,13 +627,18 @@ struct EntryHead<'a> {
     importance: f32,
     confidence: f32,
     valid_time: Option<TimeInterval>,
+    initial_state: LifecycleState,
     text: &'a [u8],
     payload: &'a [u8],
 }
 
 impl<'a> EntryHead<'a> {
-    /// Reads from just after the version byte; `reader` is left at the label count.
-    fn read(reader: &mut EntryReader<'a>) -> Option<EntryHead<'a>> {
+    /// Reads an entry of `version` from just after the version byte; `reader` is left
+    /// at the label count. `None` for an unknown version.
+    fn read(version: u8, reader: &mut EntryReader<'a>) -> Option<EntryHead<'a>> {
+        if version != ENTRY_FORMAT_VERSION && version != ENTRY_FORMAT_VERSION_1 {
+            return None;
+        }
         let world_length = reader.u16()? as usize;
         let world = reader.take(world_length)?;
         let writer = reader.array32()?;
@@ -463,6 +657,14 @@ impl<'a> EntryHead<'a> {
             }),
             _ => return None,
         };
+        let initial_state = if version == ENTRY_FORMAT_VERSION_1 {
+            LifecycleState::Asserted
+        } else {
+            match LifecycleState::from_code(u16::from(reader.u8()?))? {
+                state @ (LifecycleState::Asserted | LifecycleState::Proposed) => state,
+                _ => return None,
+            }
+        };
         let text_length = reader.u32()? as usize;
         let text = reader.take(text_length)?;
         let payload_length = reader.u32()? as usize;
@@ -478,6 +680,7 @@ impl<'a> EntryHead<'a> {
             importance,
             confidence,
             valid_time,
+            initial_state,
             text,
             payload,
         })
@@ -536,11 +739,11 @@ pub fn decode_entry(id: Hash, bytes: &[u8]) -> Result<Atom, StoreError> {
         what: format!("atom {}: {what}", hex::encode(id)),
     };
     let version = reader.u8().ok_or_else(|| corrupt("empty entry"))?;
-    if version != ENTRY_FORMAT_VERSION {
+    if version != ENTRY_FORMAT_VERSION && version != ENTRY_FORMAT_VERSION_1 {
         return Err(corrupt(&format!("unknown entry version {version}")));
     }
     let decoded = (|| {
-        let head = EntryHead::read(&mut reader)?;
+        let head = EntryHead::read(version, &mut reader)?;
         let owned = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).ok();
         let (world, text) = (owned(head.world)?, owned(head.text)?);
         let label_count = reader.u16()? as usize;
@@ -584,7 +787,10 @@ pub fn decode_entry(id: Hash, bytes: &[u8]) -> Result<Atom, StoreError> {
                 confidence: head.confidence,
                 vector,
                 valid_time: head.valid_time,
+                proposed: head.initial_state == LifecycleState::Proposed,
             },
+            state: head.initial_state,
+            supersedes_transitions: version != ENTRY_FORMAT_VERSION_1,
         })
     })();
     decoded.ok_or_else(|| corrupt("truncated or malformed entry"))
@@ -640,6 +846,7 @@ mod tests {
             from_unix_ms: 5,
             until_unix_ms: 0,
         });
+        content.proposed = true;
         let header = EntryHeader {
             world: "team/auth",
             writer: &[1; 32],
@@ -686,6 +893,26 @@ mod tests {
             assert_ne!(entry_hash(&damaged), id, "byte {position}");
         }
         assert!(decode_entry(id, &bytes[..bytes.len() - 1]).is_err());
+        assert_eq!(atom.state, LifecycleState::Proposed);
+
+        // The same entry in version 1, which had no state byte: asserted, and its
+        // supersedes links make no transition.
+        let state_at = 1 + 2 + "team/auth".len() + 32 + 8 + 32 + 8 + 8 + 2 + 4 + 4 + 1 + 16;
+        assert_eq!(bytes[state_at], LifecycleState::Proposed.code() as u8);
+        let mut version_1 = bytes.clone();
+        version_1.remove(state_at);
+        version_1[0] = ENTRY_FORMAT_VERSION_1;
+        let old = decode_entry(entry_hash(&version_1), &version_1).unwrap();
+        assert_eq!(
+            (old.state, old.content.proposed, old.supersedes_transitions),
+            (LifecycleState::Asserted, false, false)
+        );
+        assert_eq!(old.content.links, content.links);
+        assert_eq!(EntryFacts::read(&version_1).unwrap().seq(), 3);
+        // A state byte that is not an initial state does not decode.
+        let mut approved = bytes.clone();
+        approved[state_at] = LifecycleState::Approved.code() as u8;
+        assert!(decode_entry(id, &approved).is_err());
     }
 
     #[test]
@@ -711,6 +938,29 @@ mod tests {
             (
                 "must be finite",
                 Box::new(|c| c.vector = vec![f32::INFINITY]),
+            ),
+            (
+                "belong to transition atoms",
+                Box::new(|c| {
+                    c.links = vec![Link {
+                        kind: LinkKind::Approves,
+                        target: [1; 32],
+                    }]
+                }),
+            ),
+            (
+                "exactly one link",
+                Box::new(|c| c.kind = AtomKind::Transition),
+            ),
+            (
+                "a proposal cannot supersede",
+                Box::new(|c| {
+                    c.proposed = true;
+                    c.links = vec![Link {
+                        kind: LinkKind::Supersedes,
+                        target: [1; 32],
+                    }]
+                }),
             ),
         ];
         for (expected, mutate) in cases {

@@ -37,6 +37,9 @@ pub enum StoreError {
     /// An atom id was requested that is not in the world.
     #[error("no atom {id} in world {world:?}")]
     AtomNotFound { world: String, id: String },
+    /// A lifecycle transition is not legal where its target stands (or across worlds).
+    #[error("{reason}")]
+    IllegalTransition { reason: String },
     /// A principal was named that does not exist.
     #[error("principal {name:?} does not exist")]
     PrincipalNotFound { name: String },

@@ -32,7 +32,8 @@ use redb::{
 };
 
 pub use atom::{
-    Atom, AtomContent, AtomKind, Facts, Hash, Link, LinkKind, PublicKey, TimeInterval, Visible,
+    Atom, AtomContent, AtomKind, Facts, Hash, LifecycleState, Link, LinkKind, PublicKey,
+    TimeInterval, Transition, Visible,
 };
 pub use chain::{BadEntry, ChainHead, VerifyReport};
 pub use epoch::Epoch;
@@ -52,7 +53,10 @@ use crate::query::{Candidates, descending, merge_descending, validate_replay_lim
 use crate::tables::*;
 
 /// The on-disk format this build reads and writes (store/FORMAT.md).
-pub const FORMAT_VERSION: u64 = 2;
+pub const FORMAT_VERSION: u64 = 3;
+/// The format this build upgrades in place at open: version 3 only adds tables and an
+/// entry version, so a version 2 file is a version 3 file without lifecycles.
+const FORMAT_VERSION_UPGRADED: u64 = 2;
 
 /// An open store. Cheap to clone; every clone shares the database.
 #[derive(Clone)]
@@ -97,6 +101,9 @@ impl Store {
                     meta.insert(META_LAST_COMMIT, 0)?;
                 }
                 Some(FORMAT_VERSION) => {}
+                Some(FORMAT_VERSION_UPGRADED) => {
+                    meta.insert(META_FORMAT_VERSION, FORMAT_VERSION)?;
+                }
                 Some(found) => {
                     return Err(StoreError::FormatVersion {
                         found,
@@ -108,6 +115,8 @@ impl Store {
             transaction.open_table(IDS)?;
             transaction.open_table(POSTINGS)?;
             transaction.open_table(HEADS)?;
+            transaction.open_table(STATES)?;
+            transaction.open_table(IN_STATE)?;
             transaction.open_table(WORLDS)?;
             transaction.open_table(PRINCIPALS)?;
             transaction.open_table(PRINCIPAL_NAMES)?;
@@ -339,6 +348,8 @@ struct Snapshot {
     ids: ReadOnlyTable<&'static Hash, u64>,
     entries: EntriesTable,
     postings: PostingsTable,
+    states: ReadOnlyTable<(&'static str, u64, u64), u8>,
+    in_state: ReadOnlyTable<(&'static str, u8, u64), ()>,
 }
 
 impl Snapshot {
@@ -348,6 +359,8 @@ impl Snapshot {
             ids: transaction.open_table(IDS)?,
             entries: transaction.open_table(ENTRIES)?,
             postings: transaction.open_table(POSTINGS)?,
+            states: transaction.open_table(STATES)?,
+            in_state: transaction.open_table(IN_STATE)?,
             transaction,
         })
     }
@@ -476,8 +489,31 @@ impl ReadView {
         })))
     }
 
-    /// The atom `id` of `world`.
+    /// The lifecycle state of the atom of `commit` in `world` as of commit `as_of`
+    /// (`u64::MAX`: now). One lookup in the state index.
+    pub fn state(
+        &self,
+        world: &str,
+        commit: u64,
+        as_of: u64,
+    ) -> Result<LifecycleState, StoreError> {
+        write::state_at(&self.snapshot.states, world, commit, as_of)
+    }
+
+    /// Sets `atom.state` to where it stands as of commit `as_of` (`u64::MAX`: now).
+    fn settle(&self, atom: &mut Atom, as_of: u64) -> Result<(), StoreError> {
+        atom.state = self.state(&atom.world, atom.commit, as_of)?;
+        Ok(())
+    }
+
+    /// The atom `id` of `world`, in its state now.
     pub fn atom(&self, world: &str, id: &Hash) -> Result<Atom, StoreError> {
+        self.atom_as_of(world, id, u64::MAX)
+    }
+
+    /// The atom `id` of `world`, in its state as of commit `as_of` (`u64::MAX`: now).
+    /// It is not found if it was committed after `as_of`.
+    pub fn atom_as_of(&self, world: &str, id: &Hash, as_of: u64) -> Result<Atom, StoreError> {
         // The world is looked up only to say which of the two is missing.
         let not_found = || {
             self.require_world(world)?;
@@ -492,7 +528,10 @@ impl ReadView {
         let Some(row) = self.entries().get((world, commit))? else {
             return not_found();
         };
-        let atom = decode_row(world, commit, row.value())?;
+        if commit > as_of {
+            return not_found();
+        }
+        let mut atom = decode_row(world, commit, row.value())?;
         if atom.id != *id {
             return Err(StoreError::Corrupt {
                 what: format!(
@@ -501,6 +540,7 @@ impl ReadView {
                 ),
             });
         }
+        self.settle(&mut atom, as_of)?;
         Ok(atom)
     }
 
@@ -631,7 +671,8 @@ impl ReadView {
             let (_, commit) = key.value();
             let (id, entry) = split_row(world, commit, row.value())?;
             if visible(&self.facts(world, commit, entry)?) {
-                let atom = decode_entry(id, entry)?;
+                let mut atom = decode_entry(id, entry)?;
+                self.settle(&mut atom, up_to)?;
                 bytes += atom.answer_bytes();
                 if bytes > budget.bytes && !page.atoms.is_empty() {
                     stopped = true;
@@ -663,9 +704,10 @@ impl ReadView {
     /// The newest atoms of `world` that match `query` and `visible`, newest first,
     /// within `budget`: past it the page says where to continue.
     ///
-    /// Candidates come from one index: the first label's postings, else the kinds', else
-    /// the writers', else the world's entries; every other filter is checked on each
-    /// candidate.
+    /// Candidates come from one index: the state index when the query asks for states
+    /// it lists ([`Query::indexed_states`]), else the first label's postings, else the
+    /// kinds', else the writers', else the world's entries; every other filter, the
+    /// lifecycle state included, is checked on each candidate.
     pub fn ask(
         &self,
         world: &str,
@@ -686,7 +728,19 @@ impl ReadView {
                 |(_, _, commit)| commit,
             )
         };
-        let candidates: Candidates = if let Some(label) = query.labels.first() {
+        let candidates: Candidates = if let Some(states) = query.indexed_states() {
+            let mut sources = Vec::with_capacity(states.len());
+            for state in states {
+                let code = state.code() as u8;
+                sources.push(descending(
+                    &self.snapshot.in_state,
+                    (world, code, 0),
+                    (world, code, upper),
+                    |(_, _, commit)| commit,
+                )?);
+            }
+            merge_descending(sources)
+        } else if let Some(label) = query.labels.first() {
             by_term(term.label(label))?
         } else if !query.kinds.is_empty() {
             let mut sources = Vec::with_capacity(query.kinds.len());
@@ -723,8 +777,14 @@ impl ReadView {
             let row = self.row(world, commit)?;
             let (id, entry) = split_row(world, commit, row.value())?;
             let facts = self.facts(world, commit, entry)?;
-            if query.matches(&facts) && visible(&facts) {
-                let atom = decode_entry(id, entry)?;
+            let state = if query.matches(&facts) && visible(&facts) {
+                Some(self.state(world, commit, query.states_as_of())?)
+            } else {
+                None
+            };
+            if let Some(state) = state.filter(|state| query.admits_state(facts.kind(), *state)) {
+                let mut atom = decode_entry(id, entry)?;
+                atom.state = state;
                 bytes += atom.answer_bytes();
                 if bytes > budget.bytes && !page.atoms.is_empty() {
                     page.resume_before_commit = Some(handled_down_to);
@@ -870,7 +930,18 @@ impl Store {
         allowed: &(dyn Fn(&AtomFacts) -> bool + Sync),
     ) -> Result<(Vec<Ranked>, Coverage), StoreError> {
         query.validate()?;
-        let filter = |facts: &AtomFacts| query.matches(facts) && allowed(facts);
+        let as_of = query.states_as_of();
+        // States are filtered on during the search, on a snapshot of when it began, and
+        // again on the atoms returned (an atom newer than that snapshot may be in a
+        // state it does not know). An atom whose state does not read is left out.
+        let states = self.read()?;
+        let filter = |facts: &AtomFacts| {
+            query.matches(facts)
+                && allowed(facts)
+                && states
+                    .state(world, facts.commit, as_of)
+                    .is_ok_and(|state| query.admits_state(facts.kind, state))
+        };
         // Rank more candidates than asked for, so the other factors can reorder them.
         let candidates = query.limit as usize * 4;
         let mut coverage = Coverage::default();
@@ -934,8 +1005,13 @@ impl Store {
         scored.truncate(query.limit as usize);
         let mut ranked = Vec::with_capacity(scored.len());
         for (score, commit, hit) in scored {
+            let mut atom = view.load(world, commit)?;
+            view.settle(&mut atom, as_of)?;
+            if !query.admits_state(atom.content.kind, atom.state) {
+                continue;
+            }
             ranked.push(Ranked {
-                atom: view.load(world, commit)?,
+                atom,
                 similarity: hit.similarity,
                 score,
                 explanation: rank::explain(

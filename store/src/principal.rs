@@ -14,6 +14,10 @@ pub struct Grant {
     pub read: bool,
     pub write: bool,
     pub observe: bool,
+    /// May approve, reject and deprecate atoms, and supersede other writers' atoms
+    /// (records before lifecycles have none).
+    #[serde(default)]
+    pub approve: bool,
     /// How fast the principal may use the world (records before it have none).
     #[serde(default, skip_serializing_if = "Rate::is_unlimited")]
     pub rate: Rate,
@@ -67,6 +71,8 @@ pub enum Right {
     Read,
     Write,
     Observe,
+    /// Approve, reject and deprecate atoms; supersede other writers' atoms.
+    Approve,
 }
 
 impl Principal {
@@ -79,6 +85,7 @@ impl Principal {
                         Right::Read => grant.read,
                         Right::Write => grant.write,
                         Right::Observe => grant.observe,
+                        Right::Approve => grant.approve,
                     }
             })
     }

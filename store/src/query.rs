@@ -6,7 +6,7 @@ use std::collections::BinaryHeap;
 
 use redb::ReadOnlyTable;
 
-use crate::atom::{AtomKind, Facts, PublicKey, validate_label};
+use crate::atom::{AtomKind, Facts, LifecycleState, PublicKey, validate_label};
 use crate::error::StoreError;
 use crate::limits::{ASK_LIMIT_MAX, QUERY_FILTER_VALUES_MAX, REPLAY_LIMIT_MAX};
 
@@ -27,6 +27,12 @@ pub struct Query {
     pub before_commit: Option<u64>,
     /// Only atoms whose claimed validity holds at this instant (unix ms).
     pub valid_at: Option<i64>,
+    /// Only atoms in one of these lifecycle states; empty: current knowledge (asserted
+    /// or approved, and no transition atoms unless `kinds` names them).
+    pub states: Vec<LifecycleState>,
+    /// The commit whose states the answer reports and filters on; `None`: now. (The
+    /// commits it counts are bounded by `before_commit`.)
+    pub as_of: Option<u64>,
 }
 
 impl Default for Query {
@@ -40,6 +46,8 @@ impl Default for Query {
             limit: 20,
             before_commit: None,
             valid_at: None,
+            states: Vec::new(),
+            as_of: None,
         }
     }
 }
@@ -79,7 +87,39 @@ impl Query {
         for label in &self.labels {
             validate_label(label).map_err(|reason| StoreError::InvalidQuery { reason })?;
         }
+        if self.states.len() > LifecycleState::ALL.len() {
+            return invalid(format!(
+                "{} states; there are {}",
+                self.states.len(),
+                LifecycleState::ALL.len()
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether an atom of `kind` in lifecycle `state` passes the states filter.
+    pub fn admits_state(&self, kind: AtomKind, state: LifecycleState) -> bool {
+        if self.states.is_empty() {
+            matches!(state, LifecycleState::Asserted | LifecycleState::Approved)
+                && (kind != AtomKind::Transition || self.kinds.contains(&AtomKind::Transition))
+        } else {
+            self.states.contains(&state)
+        }
+    }
+
+    /// The states whose index can list this query's candidates: its states when none
+    /// of them is `asserted` (the state of most atoms, which the index does not list)
+    /// and it asks about now (the index holds the current states only).
+    pub(crate) fn indexed_states(&self) -> Option<&[LifecycleState]> {
+        (!self.states.is_empty()
+            && !self.states.contains(&LifecycleState::Asserted)
+            && self.as_of.is_none())
+        .then_some(self.states.as_slice())
+    }
+
+    /// The commit the answer's states are read at.
+    pub(crate) fn states_as_of(&self) -> u64 {
+        self.as_of.unwrap_or(u64::MAX)
     }
 
     /// Whether an atom with these facts passes every filter.

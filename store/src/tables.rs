@@ -20,6 +20,14 @@ pub(crate) const POSTINGS: TableDefinition<(&str, &[u8], u64), ()> =
 /// (world, writer) → (seq, id) of the chain's last entry.
 pub(crate) const HEADS: TableDefinition<(&str, PublicKey), (u64, Hash)> =
     TableDefinition::new("heads");
+/// (world, atom commit, change commit) → lifecycle state code: every state an atom
+/// entered other than `asserted`, at the commit it entered it (a proposal's own commit,
+/// then each transition's). The atom's state as of commit N is the last row at or
+/// before N; with none it is asserted.
+pub(crate) const STATES: TableDefinition<(&str, u64, u64), u8> = TableDefinition::new("states");
+/// (world, state code, atom commit) → (): the atoms in each state other than
+/// `asserted` now, for asks by state.
+pub(crate) const IN_STATE: TableDefinition<(&str, u8, u64), ()> = TableDefinition::new("in_state");
 /// world name → (state code, atom count, vector dimension or 0).
 pub(crate) const WORLDS: TableDefinition<&str, (u8, u64, u32)> = TableDefinition::new("worlds");
 /// public key → principal record (JSON).

@@ -5,13 +5,15 @@
 //! of a request aborts the whole transaction: every request of the group then fails and
 //! none is acknowledged.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::atom::{
-    AtomContent, EntryHeader, Hash, PublicKey, ZERO_HASH, decode_entry, encode_entry, entry_hash,
+    AtomContent, AtomKind, EntryFacts, EntryHeader, Facts, Hash, LifecycleState, PublicKey,
+    Transition, ZERO_HASH, decode_entry, encode_entry, entry_hash,
 };
 use crate::epoch::Epoch;
 use crate::error::StoreError;
@@ -97,6 +99,8 @@ pub(crate) struct Tables<'txn> {
     ids: Table<'txn, &'static Hash, u64>,
     postings: Table<'txn, (&'static str, &'static [u8], u64), ()>,
     heads: Table<'txn, (&'static str, PublicKey), (u64, Hash)>,
+    states: Table<'txn, (&'static str, u64, u64), u8>,
+    in_state: Table<'txn, (&'static str, u8, u64), ()>,
     worlds: Table<'txn, &'static str, (u8, u64, u32)>,
     principals: Table<'txn, PublicKey, &'static [u8]>,
     principal_names: Table<'txn, &'static str, PublicKey>,
@@ -111,6 +115,8 @@ impl<'txn> Tables<'txn> {
             ids: transaction.open_table(IDS)?,
             postings: transaction.open_table(POSTINGS)?,
             heads: transaction.open_table(HEADS)?,
+            states: transaction.open_table(STATES)?,
+            in_state: transaction.open_table(IN_STATE)?,
             worlds: transaction.open_table(WORLDS)?,
             principals: transaction.open_table(PRINCIPALS)?,
             principal_names: transaction.open_table(PRINCIPAL_NAMES)?,
@@ -119,7 +125,11 @@ impl<'txn> Tables<'txn> {
         })
     }
 
-    /// Stores one encoded entry and posts it to the indexes (not its chain's head).
+    /// Stores one encoded entry and posts it to the indexes (not its chain's head),
+    /// with the lifecycle states it sets: its own if it starts as a proposal, and its
+    /// targets' (`supersedes_transitions`: its supersedes links make transitions, as in
+    /// every entry since version 2). The transitions were checked when the entry was
+    /// prepared; one that is not legal here means the indexes are damaged.
     #[allow(clippy::too_many_arguments)]
     fn store_entry(
         &mut self,
@@ -130,6 +140,7 @@ impl<'txn> Tables<'txn> {
         entry: &[u8],
         content: &AtomContent,
         writer: &PublicKey,
+        supersedes_transitions: bool,
     ) -> Result<(), StoreError> {
         entry_row(id, entry, &mut scratch.row);
         self.entries
@@ -149,8 +160,72 @@ impl<'txn> Tables<'txn> {
         }
         self.postings
             .insert((world, term.writer(writer), commit), ())?;
+        let initial = content.initial_state();
+        if initial != LifecycleState::Asserted {
+            self.enter_state(world, commit, commit, LifecycleState::Asserted, initial)?;
+        }
+        for (transition, target) in content.transitions() {
+            if transition == Transition::Supersede && !supersedes_transitions {
+                continue;
+            }
+            let corrupt = |what: &str| StoreError::Corrupt {
+                what: format!(
+                    "atom {} of commit {commit} makes a transition on {}, which {what}",
+                    hex::encode(id),
+                    hex::encode(target)
+                ),
+            };
+            let target_commit = self
+                .ids
+                .get(target)?
+                .ok_or_else(|| corrupt("does not exist"))?
+                .value();
+            let from = state_at(&self.states, world, target_commit, u64::MAX)?;
+            let to = transition
+                .from(from)
+                .ok_or_else(|| corrupt(&format!("is {from}")))?;
+            self.enter_state(world, target_commit, commit, from, to)?;
+        }
         Ok(())
     }
+
+    /// Moves the atom of `atom_commit` from `from` to `to` at `change_commit`.
+    fn enter_state(
+        &mut self,
+        world: &str,
+        atom_commit: u64,
+        change_commit: u64,
+        from: LifecycleState,
+        to: LifecycleState,
+    ) -> Result<(), StoreError> {
+        let code = |state: LifecycleState| state.code() as u8;
+        self.states
+            .insert((world, atom_commit, change_commit), code(to))?;
+        if from != LifecycleState::Asserted {
+            self.in_state.remove((world, code(from), atom_commit))?;
+        }
+        self.in_state.insert((world, code(to), atom_commit), ())?;
+        Ok(())
+    }
+}
+
+/// The lifecycle state of the atom of `commit` in `world` as of commit `as_of`.
+pub(crate) fn state_at(
+    states: &impl ReadableTable<(&'static str, u64, u64), u8>,
+    world: &str,
+    commit: u64,
+    as_of: u64,
+) -> Result<LifecycleState, StoreError> {
+    let Some(row) = states
+        .range((world, commit, 0)..=(world, commit, as_of))?
+        .next_back()
+    else {
+        return Ok(LifecycleState::Asserted);
+    };
+    let code = row?.1.value();
+    LifecycleState::from_code(u16::from(code)).ok_or_else(|| StoreError::Corrupt {
+        what: format!("lifecycle state code {code} of commit {commit} in {world:?}"),
+    })
 }
 
 /// Buffers `store_entry` reuses for every entry of a transaction.
@@ -207,6 +282,7 @@ pub(crate) fn prepare_group(
         entries: Vec::with_capacity(requests.len()),
         journal,
         needs_durable_commit: false,
+        states: HashMap::new(),
     };
     let mut verdicts = Vec::with_capacity(requests.len());
     for (index, request) in requests.iter().enumerate() {
@@ -251,6 +327,7 @@ pub(crate) fn store_group(
             &record[entry.bytes.clone()],
             &atoms[entry.atom],
             writer,
+            true,
         )?;
     }
     Ok(())
@@ -289,6 +366,7 @@ pub(crate) fn replay_journal(
                 entry,
                 &atom.content,
                 &atom.writer,
+                atom.supersedes_transitions,
             )?;
             tables
                 .heads
@@ -329,6 +407,9 @@ struct Group<'a> {
     entries: Vec<PendingEntry>,
     journal: &'a mut Journal,
     needs_durable_commit: bool,
+    /// The lifecycle states this group's transitions set so far, by atom commit: the
+    /// tables hold them only once the group's entries are stored.
+    states: HashMap<u64, LifecycleState>,
 }
 
 pub(crate) fn now_unix_ms() -> i64 {
@@ -610,6 +691,37 @@ fn remember(
         }
     }
 
+    // Every transition must be legal where its target stands, after the transitions
+    // before it in the group and in the batch.
+    let mut transitions = Vec::new();
+    for (index, atom) in atoms.iter().enumerate() {
+        for (transition, target) in atom.transitions() {
+            let checked = check_transition(
+                tables,
+                group,
+                &transitions,
+                writer,
+                world,
+                transition,
+                target,
+            )?;
+            match checked {
+                Ok(change) => transitions.push(change),
+                Err(error) => {
+                    return Ok(Err(match error {
+                        StoreError::IllegalTransition { reason } if atoms.len() > 1 => {
+                            StoreError::IllegalTransition {
+                                reason: format!("atom {index} of the batch: {reason}"),
+                            }
+                        }
+                        other => other,
+                    }));
+                }
+            }
+        }
+    }
+    group.states.extend(transitions);
+
     let key = writer.public_key;
     let (mut seq, mut prev) = match tables.heads.get((world, key))? {
         Some(head) => head.value(),
@@ -652,4 +764,75 @@ fn remember(
     info.atoms += atoms.len() as u64;
     tables.worlds.insert(world, info.record())?;
     Ok(Ok(WriteOutcome::Remembered(receipts)))
+}
+
+/// Checks one transition `writer` makes on `target` in `world`: the target exists in
+/// this world and is not itself a transition, the writer holds the right, and the
+/// transition is legal from the target's state (as `earlier` changes and the group's
+/// leave it). Returns the target's commit and its new state.
+fn check_transition(
+    tables: &Tables<'_>,
+    group: &Group<'_>,
+    earlier: &[(u64, LifecycleState)],
+    writer: &Principal,
+    world: &str,
+    transition: Transition,
+    target: &Hash,
+) -> Result<Result<(u64, LifecycleState), StoreError>, StoreError> {
+    let named = hex::encode(target);
+    let illegal = |reason: String| Ok(Err(StoreError::IllegalTransition { reason }));
+    let Some(commit) = tables.ids.get(target)?.map(|commit| commit.value()) else {
+        return Ok(Err(StoreError::AtomNotFound {
+            world: world.to_owned(),
+            id: named,
+        }));
+    };
+    let Some(row) = tables.entries.get((world, commit))? else {
+        return illegal(format!(
+            "atom {named} is in another world; a transition acts within one world"
+        ));
+    };
+    let (_, entry) = split_row(world, commit, row.value())?;
+    let facts = EntryFacts::read(entry).ok_or_else(|| StoreError::Corrupt {
+        what: format!("the entry of commit {commit} in {world:?} does not decode"),
+    })?;
+    if facts.kind() == AtomKind::Transition {
+        return illegal(format!(
+            "atom {named} is a transition; a transition stands as written"
+        ));
+    }
+    let own = *facts.writer() == writer.public_key;
+    if transition == Transition::Retract && !own {
+        return Ok(Err(StoreError::PermissionDenied {
+            reason: format!("only its writer may retract atom {named}"),
+        }));
+    }
+    if transition.needs_approve_right(own) && !writer.holds(world, Right::Approve) {
+        return Ok(Err(StoreError::PermissionDenied {
+            reason: format!(
+                "principal {:?} holds no approve right in world {world:?}: it may not \
+                 {transition} {}",
+                writer.name,
+                if own {
+                    "atoms"
+                } else {
+                    "another writer's atoms"
+                }
+            ),
+        }));
+    }
+    let from = match earlier
+        .iter()
+        .rev()
+        .find(|(changed, _)| *changed == commit)
+        .map(|(_, state)| *state)
+        .or_else(|| group.states.get(&commit).copied())
+    {
+        Some(state) => state,
+        None => state_at(&tables.states, world, commit, u64::MAX)?,
+    };
+    match transition.from(from) {
+        Some(to) => Ok(Ok((commit, to))),
+        None => illegal(format!("cannot {transition} atom {named}: it is {from}")),
+    }
 }

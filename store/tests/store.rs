@@ -40,6 +40,7 @@ fn fixture() -> Fixture {
                         read: true,
                         write: true,
                         observe: true,
+                        approve: false,
                         rate: Default::default(),
                     }],
                 }),

@@ -471,3 +471,81 @@ def test_time_travel_answers_as_the_world_stood_at_a_commit(node):
         assert [atom.commit for atom in changed] == [second.commit, third.commit]
 
     run(body())
+
+
+# Lifecycles
+
+
+def test_proposals_are_not_decisions_until_approved(node):
+    async def body():
+        session = await with_world(node.tcp, node, "team/auth")
+        lead_key, researcher_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+        lead_principal = await engram.add_principal(
+            session.admin, "lead", engram.public_key_bytes(lead_key), {"team/auth": "rwoa"}
+        )
+        assert lead_principal.grants[0].approve
+        await engram.add_principal(
+            session.admin, "researcher", engram.public_key_bytes(researcher_key), {"team/auth": "rwo"}
+        )
+
+        async def login(key):
+            connection = await engram.connect(node.tcp)
+            session = await (await connection.login(key)).graft()
+            session.connection = connection  # the session lives as long as its connection
+            return session
+
+        lead, researcher = await login(lead_key), await login(researcher_key)
+        (decided,) = await engram.remember(
+            lead.writer("team/auth"), NewAtom("JWT algorithm: RS256", kind="decision", labels=["jwt"])
+        )
+        approval = await engram.transition(lead.writer("team/auth"), decided.id, "approve", "benchmarks agree")
+        (proposed,) = await engram.remember(
+            researcher.writer("team/auth"),
+            NewAtom("JWT algorithm: ES256", kind="decision", labels=["jwt"], proposed=True),
+        )
+        reader = researcher.reader("team/auth")
+        current = await engram.ask(reader, labels=["jwt"])
+        assert [(atom.text, atom.state) for atom in current] == [("JWT algorithm: RS256", "approved")]
+        both = await engram.ask(reader, labels=["jwt"], states=["asserted", "proposed", "approved"])
+        assert [(atom.text, atom.state) for atom in both] == [
+            ("JWT algorithm: ES256", "proposed"),
+            ("JWT algorithm: RS256", "approved"),
+        ]
+        # The approve right: the researcher has none; a lead attenuated without it neither.
+        await expect_code("permissionDenied", engram.transition(researcher.writer("team/auth"), proposed.id, "approve"))
+        proposer = await engram.attenuate_writer(lead.writer("team/auth"), without_approve=True)
+        await expect_code("permissionDenied", engram.transition(proposer, proposed.id, "approve"))
+        await engram.transition(lead.writer("team/auth"), proposed.id, "reject")
+        # Illegal transitions are conflicts and change nothing.
+        await expect_code("conflict", engram.transition(lead.writer("team/auth"), proposed.id, "approve"))
+        assert (await engram.get(reader, proposed.id)).state == "rejected"
+        # As of the approval's commit, the state then; the transition atom links its target.
+        assert (await engram.get(reader, proposed.id, as_of=proposed.commit)).state == "proposed"
+        (transition_atom,) = [
+            atom for atom in (await engram.replay(reader))[0] if atom.commit == approval.commit
+        ]
+        assert (transition_atom.kind, transition_atom.text) == ("transition", "benchmarks agree")
+        assert transition_atom.links == (("approves", decided.id),)
+
+    run(body())
+
+
+def test_supersede_and_retract(node):
+    async def body():
+        session = await with_world(node.tcp, node, "keys")
+        writer, reader = session.writer("keys"), session.reader("keys")
+        (old,) = await engram.remember(writer, NewAtom("rotate keys yearly", labels=["keys"]))
+        (new,) = await engram.remember(writer, NewAtom("rotate keys monthly", labels=["keys"], supersedes=[old.id]))
+        assert [atom.text for atom in await engram.ask(reader, labels=["keys"])] == ["rotate keys monthly"]
+        assert (await engram.get(reader, old.id)).state == "superseded"
+        await engram.transition(writer, new.id, "retract")
+        assert await engram.ask(reader, labels=["keys"]) == []
+        retracted = await engram.ask(reader, labels=["keys"], states=["retracted", "superseded"])
+        assert [(atom.text, atom.state) for atom in retracted] == [
+            ("rotate keys monthly", "retracted"),
+            ("rotate keys yearly", "superseded"),
+        ]
+        await expect_code("conflict", engram.transition(writer, new.id, "retract"))
+        await expect_code("notFound", engram.transition(writer, bytes(32), "approve"))
+
+    run(body())

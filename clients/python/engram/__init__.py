@@ -53,6 +53,7 @@ from .client import (
     signed_message,
     signer_public_key,
     subscribe,
+    transition,
     verify,
     Watch,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "signed_message",
     "signer_public_key",
     "subscribe",
+    "transition",
     "verify",
     "Watch",
 ]

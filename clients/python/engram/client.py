@@ -104,12 +104,25 @@ class NewAtom:
     """When the atom starts to hold in the world (unix ms); ``None``: no claim."""
     valid_until: int = 0
     """When it stops holding (unix ms, excluded); 0: open-ended."""
+    proposed: bool = False
+    """Write it as a proposal: not current knowledge until someone approves it."""
+    supersedes: Sequence[bytes] = ()
+    """Ids of atoms this one replaces: each becomes ``superseded``."""
+    links: Sequence[tuple[str, bytes]] = ()
+    """Other links, as ``(LinkKind name, target id)``."""
 
     def fill(self, builder: Any) -> None:
         builder.kind = self.kind
         builder.text = self.text
         builder.importance = self.importance
         builder.confidence = self.confidence
+        builder.proposed = self.proposed
+        links = [("supersedes", target) for target in self.supersedes] + list(self.links)
+        if links:
+            built = builder.init("links", len(links))
+            for index, (kind, target) in enumerate(links):
+                built[index].kind = kind
+                built[index].target = target
         if self.payload:
             builder.payload = self.payload
         labels = builder.init("labels", len(self.labels))
@@ -141,6 +154,10 @@ class AtomView:
     payload: bytes
     valid_time: tuple[int, int] | None = None
     """``(from_unix_ms, until_unix_ms)`` when the atom claims to hold in the world."""
+    state: str = "asserted"
+    """Its ``LifecycleState`` as of the answer (now, or the call's ``as_of``)."""
+    links: tuple[tuple[str, bytes], ...] = ()
+    """``(LinkKind name, target id)`` of each link."""
 
     @classmethod
     def read(cls, atom: Any) -> "AtomView":
@@ -163,6 +180,8 @@ class AtomView:
             confidence=content.confidence,
             payload=bytes(content.payload),
             valid_time=valid_time,
+            state=str(atom.state),
+            links=tuple((str(link.kind), bytes(link.target)) for link in content.links),
         )
 
 
@@ -299,6 +318,19 @@ async def remember(writer: Any, *atoms: NewAtom) -> list[Receipt]:
     return [Receipt.read(receipt) for receipt in result.receipts]
 
 
+async def transition(writer: Any, target: bytes, kind: str, reason: str = "") -> Receipt:
+    """Moves the atom ``target`` to its next lifecycle state: ``kind`` is ``approve``,
+    ``reject``, ``deprecate`` (each needs the approve right) or ``retract`` (its writer
+    only); ``reason`` is the transition atom's text (empty: the transition's name).
+    Returns the transition atom's receipt once durable. Illegal transitions raise
+    ``conflict`` and change nothing."""
+    request = writer.transition_request()
+    request.target = target
+    request.kind = kind
+    request.reason = reason
+    return Receipt.read((await call(request.send())).receipt)
+
+
 async def get(reader: Any, atom_id: bytes, as_of: int = 0) -> AtomView:
     """The atom ``atom_id``; with ``as_of`` (a commit), ``notFound`` if it was committed
     after it."""
@@ -321,9 +353,15 @@ def _fill_filter(
     text: str = "",
     valid_at: int | None = None,
     as_of: int = 0,
+    states: Iterable[str] = (),
 ) -> None:
     """Fills a schema ``Query``; the one place ``ask`` and ``subscribe`` build filters."""
-    for name, values in (("kinds", list(kinds)), ("labels", list(labels)), ("writers", list(writers))):
+    for name, values in (
+        ("kinds", list(kinds)),
+        ("labels", list(labels)),
+        ("writers", list(writers)),
+        ("states", list(states)),
+    ):
         built = query.init(name, len(values))
         for index, value in enumerate(values):
             built[index] = value
@@ -345,8 +383,10 @@ async def ask(reader: Any, **filters: Any) -> list[AtomView]:
     (similarity), ``text`` (words) or both fused (see the schema's ``Hit.score``). The
     filters are ``ask_page``'s: ``kinds``, ``labels``, ``writers``, ``min_importance``,
     ``max_importance``, ``limit``, ``before_commit``, ``vector``, ``text``, ``valid_at``
-    (unix ms: atoms claimed to hold in the world then) and ``as_of`` (a commit: as the
-    world stood then)."""
+    (unix ms: atoms claimed to hold in the world then), ``as_of`` (a commit: as the
+    world stood then, states included) and ``states`` (``LifecycleState`` names; empty:
+    current knowledge, i.e. asserted or approved; ``("asserted", "proposed",
+    "approved")`` shows proposals beside decisions)."""
     return (await ask_page(reader, **filters)).atoms
 
 
@@ -375,6 +415,7 @@ async def ask_page(
     text: str = "",
     valid_at: int | None = None,
     as_of: int = 0,
+    states: Iterable[str] = (),
 ) -> AskPage:
     """``ask``, with the node's warning and the cursor of an answer that stopped at the
     node's budget for one call (the schema's cost model)."""
@@ -392,6 +433,7 @@ async def ask_page(
         text=text,
         valid_at=valid_at,
         as_of=as_of,
+        states=states,
     )
     result = await call(request.send())
     return AskPage(
@@ -473,6 +515,7 @@ def _fill_restriction(
     expires_at_unix_ms: int,
     calls_per_second: int,
     atoms_per_second: int,
+    without_approve: bool,
 ) -> None:
     for name, values in (("worlds", worlds), ("kinds", kinds), ("labels", labels)):
         built = builder.init(name, len(values))
@@ -482,6 +525,7 @@ def _fill_restriction(
     builder.expiresAtUnixMs = expires_at_unix_ms
     builder.rate.callsPerSecond = calls_per_second
     builder.rate.atomsPerSecond = atoms_per_second
+    builder.withoutApprove = without_approve
 
 
 async def _attenuate(capability: Any, returned: str, restriction: dict) -> Any:
@@ -498,6 +542,7 @@ def _restriction(
     expires_at_unix_ms: int = 0,
     calls_per_second: int = 0,
     atoms_per_second: int = 0,
+    without_approve: bool = False,
 ) -> dict:
     return dict(
         worlds=worlds,
@@ -507,6 +552,7 @@ def _restriction(
         expires_at_unix_ms=expires_at_unix_ms,
         calls_per_second=calls_per_second,
         atoms_per_second=atoms_per_second,
+        without_approve=without_approve,
     )
 
 
@@ -514,7 +560,7 @@ async def attenuate_reader(reader: Any, **restriction: Any) -> Any:
     """A reader narrowed to the intersection of its rights and the restriction
     (``worlds``, ``kinds``, ``labels``, ``max_importance``, ``expires_at_unix_ms``), and
     limited to ``calls_per_second`` and ``atoms_per_second`` (0: no limit) on top of its
-    holder's rates."""
+    holder's rates; ``without_approve`` takes away the approve right (for writers)."""
     return await _attenuate(reader, "reader", _restriction(**restriction))
 
 
@@ -551,8 +597,8 @@ async def add_principal(
     grants: Mapping[str, str] = {},
     is_admin: bool = False,
 ) -> Any:
-    """Adds a principal; ``grants`` maps world names to rights: letters r, w, o, with an
-    optional rate of calls and atoms a second, ``"rw@10/500"`` (0: no limit)."""
+    """Adds a principal; ``grants`` maps world names to rights: letters r, w, o and a
+    (approve), with an optional rate of calls and atoms a second, ``"rw@10/500"`` (0: no limit)."""
     request = admin.addPrincipal_request()
     request.name = name
     request.publicKey = public_key
@@ -565,6 +611,7 @@ async def add_principal(
         built[index].read = "r" in letters
         built[index].write = "w" in letters
         built[index].observe = "o" in letters
+        built[index].approve = "a" in letters
         built[index].rate.callsPerSecond = int(calls or 0)
         built[index].rate.atomsPerSecond = int(atoms or 0)
     return (await call(request.send())).principal
