@@ -236,11 +236,31 @@ struct Hit {
   atom @0 :Atom;
   score @1 :Float64;
   # Higher is better. Structured asks rank by recency (newest first); the others by
-  # 0.8 × relevance + 0.1 × importance + 0.1 × recency (commit / last commit), where
-  # relevance is the cosine similarity for a vector ask, and for a text or text-and-vector
-  # ask the reciprocal-rank fusion Σ 1 / (60 + rank) of its rankings, scaled to [0, 1].
+  #   lifecycle × (0.7 × relevance + 0.1 × importance + 0.1 × recency + 0.1 × trust)
+  # where relevance is the cosine similarity for a vector ask, and for a text or
+  # text-and-vector ask the reciprocal-rank fusion Σ 1 / (60 + rank) of its rankings,
+  # scaled to [0, 1]; recency is commit / last commit; trust is the writer's on the
+  # atom's labels (see `WorldReader.trust`; 0.5 through a restriction that hides atoms);
+  # lifecycle is 1 approved, 0.9 asserted, 0.6 proposed, 0.4 deprecated, 0.2 otherwise.
   similarity @2 :Float32;  # Cosine similarity to the query vector; 0 for structured asks.
   explanation @3 :Text;    # With `Query.explain`: each factor and weight of the score.
+  contradictions @4 :List(Data);
+  # The ids of the live atoms (asserted, proposed or approved, as of the answer) this
+  # reader may see that contradict this one or that it contradicts (`contradicts`
+  # links within the world), so a conflict shows instead of the newest silently
+  # winning: at most 16, looked for among at most 128 links, its own first, then the
+  # newest made to it.
+}
+
+struct Trust {
+  # What other principals' atoms said of one writer's atoms: each `confirms` link from
+  # another writer's atom raises its trust on the target's labels, each `corrects` link
+  # lowers it. score = (1 + confirms) / (2 + confirms + corrects): 0.5 with no evidence,
+  # nearer 1 or 0 the more there is. Links count from the moment they are written, and
+  # stay counted when their atom later changes state.
+  score @0 :Float64;
+  confirms @1 :UInt64;
+  corrects @2 :UInt64;
 }
 
 struct Restriction {
@@ -472,7 +492,15 @@ interface WorldReader {
   # What changed in this world between two commits: the visible atoms committed after
   # `fromCommit` and at or before `toCommit` (0: now), in commit order, at most `limit`
   # (1 to 1000) and within the call's budget. `nextCommit` is where to continue (pass it
-  # as `fromCommit`); it is `toCommit` once everything up to it was read.
+  # as `fromCommit`); it is `toCommit` once everything up to it was read. Lifecycle
+  # changes are atoms too (transition atoms, and atoms with `supersedes` links), so
+  # these are every state change between the two commits; each atom's `state` is as
+  # of `toCommit`.
+
+  trust @9 (writer :Data, label :Text) -> (trust :Trust);
+  # The writer's trust in this world on atoms carrying `label` (empty: on all its
+  # atoms). One index lookup. `permissionDenied` through a restriction that hides
+  # atoms, since trust counts links from atoms it may not see.
 }
 
 interface WorldWriter {

@@ -35,7 +35,8 @@ fn dot(left: &[f32], right: &[f32]) -> f32 {
 }
 
 /// The exact answer under the schema's ranking: of the 4k most similar allowed atoms, the
-/// best k by 0.8 × similarity + 0.1 × importance (0.5) + 0.1 × commit / last commit.
+/// best k by 0.9 (asserted) × (0.7 × similarity + 0.1 × importance (0.5) + 0.1 × commit
+/// / last commit + 0.1 × trust (0.5: no links)).
 fn exact(
     units: &[Vec<f32>],
     commits: &[u64],
@@ -55,7 +56,7 @@ fn exact(
         .map(|(similarity, index)| {
             let recency = commits[index] as f64 / last_commit as f64;
             (
-                0.8 * f64::from(similarity) + 0.05 + 0.1 * recency,
+                0.9 * (0.7 * f64::from(similarity) + 0.05 + 0.1 * recency + 0.05),
                 commits[index],
             )
         })

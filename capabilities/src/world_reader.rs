@@ -2,8 +2,8 @@
 
 use std::rc::Rc;
 
-use engram_schema::engram_capnp::world_reader;
-use engram_store::{Facts, ReadBudget, ReadView, StoreError};
+use engram_schema::engram_capnp::{hit, world_reader};
+use engram_store::{Atom, Facts, Hash, ReadBudget, ReadView, StoreError};
 
 use crate::convert::{
     AskRequest, bytes32, malformed, read_ask, read_restriction, write_atom, write_atoms,
@@ -101,10 +101,11 @@ impl WorldReader {
         let world = self.world.clone();
         let restriction = (*self.grip.restriction).clone();
         let explain = request.explain;
-        let (ranked, coverage) = self
+        let as_of = request.query.states_as_of();
+        let ((ranked, coverage), contradictions) = self
             .grip
             .off_thread(move |store| {
-                store.ask_ranked(
+                let answer = store.ask_ranked(
                     &vectors,
                     &texts,
                     &world,
@@ -112,7 +113,13 @@ impl WorldReader {
                     &request.vector,
                     &request.text,
                     &|facts| restriction.shows(facts),
-                )
+                    !restriction.hides_atoms(),
+                )?;
+                let atoms = answer.0.iter().map(|found| &found.atom);
+                let mut budget = usize::MAX;
+                let contradictions =
+                    contradictions(&store.read()?, atoms, as_of, &restriction, &mut budget)?;
+                Ok((answer, contradictions))
             })
             .await
             .wire()?;
@@ -130,9 +137,35 @@ impl WorldReader {
             if explain {
                 hit.set_explanation(found.explanation.as_str());
             }
+            write_contradictions(hit.reborrow(), &contradictions[index]);
             write_atom(hit.init_atom(), &found.atom);
         }
         Ok(())
+    }
+}
+
+/// The live contradictions of each of `atoms` that `restriction` lets a reader see,
+/// examining at most `budget` links in all.
+fn contradictions<'a>(
+    view: &ReadView,
+    atoms: impl Iterator<Item = &'a Atom>,
+    as_of: u64,
+    restriction: &Restriction,
+    budget: &mut usize,
+) -> Result<Vec<Vec<Hash>>, StoreError> {
+    let visible = |atom: &dyn Facts| restriction.shows(atom);
+    atoms
+        .map(|atom| view.contradictions(atom, as_of, &visible, budget))
+        .collect()
+}
+
+fn write_contradictions(mut hit: hit::Builder<'_>, ids: &[Hash]) {
+    if ids.is_empty() {
+        return;
+    }
+    let mut list = hit.reborrow().init_contradictions(ids.len() as u32);
+    for (index, id) in ids.iter().enumerate() {
+        list.set(index as u32, id);
     }
 }
 
@@ -201,11 +234,31 @@ impl world_reader::Server for WorldReader {
         let page = self
             .bounded(move |view, world, restriction, budget| {
                 let page = view.ask(world, &query, budget, &|atom| restriction.shows(atom))?;
+                // On the RPC thread the hits' contradictions have the inline budget of
+                // links to examine; past it, the whole ask moves off the thread, where
+                // each hit's own bound is enough.
+                let mut links = if budget == ReadBudget::INLINE {
+                    budget.examined
+                } else {
+                    usize::MAX
+                };
+                let found = match contradictions(
+                    view,
+                    page.atoms.iter(),
+                    query.states_as_of(),
+                    restriction,
+                    &mut links,
+                ) {
+                    Err(StoreError::BudgetSpent { .. }) if budget == ReadBudget::INLINE => {
+                        return Ok(((page, Vec::new()), true));
+                    }
+                    found => found?,
+                };
                 let unfinished = page.examined_budget_spent;
-                Ok((page, unfinished))
+                Ok(((page, found), unfinished))
             })
             .await?;
-        let (page, budget) = match page {
+        let ((page, contradictions), budget) = match page {
             Bounded::Whole(page) => (page, "the node's budget for one call"),
             Bounded::Cut(page) => (page, "what this capability's rate pays for now"),
         };
@@ -229,6 +282,7 @@ impl world_reader::Server for WorldReader {
             if explain {
                 hit.set_explanation(format!("newest first: rank {}", rank + 1).as_str());
             }
+            write_contradictions(hit.reborrow(), &contradictions[rank]);
             write_atom(hit.init_atom(), atom);
         }
         Ok(())
@@ -308,6 +362,51 @@ impl world_reader::Server for WorldReader {
         let mut results = results.get();
         results.set_next_commit(page.next_commit);
         write_atoms(results.init_atoms(page.atoms.len() as u32), &page.atoms);
+        Ok(())
+    }
+
+    async fn trust(
+        self: Rc<Self>,
+        params: world_reader::TrustParams,
+        mut results: world_reader::TrustResults,
+    ) -> Result<(), capnp::Error> {
+        self.admit()?;
+        if self.grip.restriction.hides_atoms() {
+            return Err(CapabilityError::denied(
+                "trust counts links from atoms this reader's restriction hides",
+            )
+            .into());
+        }
+        let params = params.get()?;
+        let writer = bytes32(
+            params.get_writer().map_err(malformed).wire()?,
+            "the writer key",
+        )
+        .wire()?;
+        let label = params
+            .get_label()
+            .map_err(malformed)
+            .wire()?
+            .to_str()
+            .map_err(CapabilityError::from)
+            .wire()?;
+        if !label.is_empty() {
+            engram_store::atom::validate_label(label)
+                .map_err(CapabilityError::invalid)
+                .wire()?;
+        }
+        let trust = self
+            .grip
+            .node
+            .store
+            .read()
+            .wire()?
+            .trust(&self.world, &writer, label)
+            .wire()?;
+        let mut answer = results.get().init_trust();
+        answer.set_score(trust.score());
+        answer.set_confirms(trust.confirms);
+        answer.set_corrects(trust.corrects);
         Ok(())
     }
 

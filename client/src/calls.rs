@@ -7,7 +7,7 @@ use engram_schema::engram_capnp::{
 use crate::error::ClientError;
 use crate::types::{
     Answer, AtomView, Epoch, Filter, Generation, Grant, Head, HitView, NewAtom, PrincipalView,
-    Receipt, Restriction, Verification, WorldView,
+    Receipt, Restriction, TrustView, Verification, WorldView,
 };
 
 /// Remembers atoms: `remember` for one, `rememberBatch` (all or nothing) for several.
@@ -107,6 +107,15 @@ pub async fn ask_scored(
                 .get_explanation()?
                 .to_string()
                 .map_err(capnp::Error::from)?,
+            contradictions: hit
+                .get_contradictions()?
+                .iter()
+                .map(|id| {
+                    id?.try_into().map_err(|_| {
+                        ClientError::InvalidInput("the node sent an id that is not 32 bytes".into())
+                    })
+                })
+                .collect::<Result<_, ClientError>>()?,
         });
     }
     Ok(Answer {
@@ -116,6 +125,25 @@ pub async fn ask_scored(
             .to_string()
             .map_err(capnp::Error::from)?,
         resume_before_commit: Some(results.get_resume_before_commit()).filter(|commit| *commit > 0),
+    })
+}
+
+/// The writer's trust in the reader's world on atoms carrying `label` ("": on all its
+/// atoms): what other principals' `confirms` and `corrects` links said of them.
+pub async fn trust(
+    reader: &world_reader::Client,
+    writer: &[u8; 32],
+    label: &str,
+) -> Result<TrustView, ClientError> {
+    let mut request = reader.trust_request();
+    request.get().set_writer(writer);
+    request.get().set_label(label);
+    let response = request.send().promise.await?;
+    let trust = response.get()?.get_trust()?;
+    Ok(TrustView {
+        score: trust.get_score(),
+        confirms: trust.get_confirms(),
+        corrects: trust.get_corrects(),
     })
 }
 

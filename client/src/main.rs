@@ -113,6 +113,16 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         as_of: u64,
     },
+    /// Print a writer's trust in a world: what other principals' confirms and corrects
+    /// links said of its atoms.
+    Trust {
+        world: String,
+        /// The writer's public key (hex).
+        writer: String,
+        /// On atoms carrying this label; without it, on all the writer's atoms.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
     /// Print where a world stands: the commit of its newest atom (unchanged means
     /// nothing new), its atoms, and the node's last commit.
     Generation { world: String },
@@ -701,6 +711,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         if !hit.explanation.is_empty() {
                             atom["explanation"] = json!(hit.explanation);
                         }
+                        atom["contradictions"] = json!(
+                            hit.contradictions
+                                .iter()
+                                .map(hex::encode)
+                                .collect::<Vec<_>>()
+                        );
                         atom
                     })
                     .collect();
@@ -708,6 +724,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 for hit in &answer.hits {
                     println!("{}", describe(&hit.atom, false));
+                    for id in &hit.contradictions {
+                        println!("    in contradiction with {}", hex::encode(id));
+                    }
                     if arguments.explain {
                         println!("    score {:.4}: {}", hit.score, hit.explanation);
                     }
@@ -781,6 +800,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
+            });
+        }
+        Command::Trust {
+            world,
+            writer,
+            label,
+        } => {
+            let writer = parse_hex32(writer, "the writer key")?;
+            let reader = session(&cli).await?.reader(world)?;
+            let trust = engram_client::trust(&reader, &writer, label).await?;
+            emit(json_output, trust.to_json(), || {
+                format!(
+                    "trust {:.3}  ({} confirms, {} corrects)",
+                    trust.score, trust.confirms, trust.corrects
+                )
             });
         }
         Command::Generation { world } => {

@@ -362,6 +362,23 @@ pub struct HitView {
     pub similarity: f32,
     /// Each factor of the score, when the ask asked to explain.
     pub explanation: String,
+    /// Ids of the live atoms that contradict this one or that it contradicts.
+    pub contradictions: Vec<[u8; 32]>,
+}
+
+/// A writer's trust on a label (`WorldReader.trust`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrustView {
+    /// (1 + confirms) / (2 + confirms + corrects).
+    pub score: f64,
+    pub confirms: u64,
+    pub corrects: u64,
+}
+
+impl TrustView {
+    pub fn to_json(&self) -> Value {
+        json!({"score": self.score, "confirms": self.confirms, "corrects": self.corrects})
+    }
 }
 
 /// What `ask` answered.

@@ -432,8 +432,10 @@ pub struct Atom {
     /// Where the atom stands as of the read that returned it: its initial state as
     /// decoded, then settled by the read from the state index.
     pub state: LifecycleState,
-    /// Whether its `supersedes` links made transitions: true from entry version 2 on.
-    pub supersedes_transitions: bool,
+    /// Whether its links count: its `supersedes` links made transitions, and its links
+    /// are in the link and trust indexes. True from entry version 2 on; links of
+    /// entries written before lifecycles keep the meaning they had (none).
+    pub links_count: bool,
 }
 
 impl Atom {
@@ -790,7 +792,7 @@ pub fn decode_entry(id: Hash, bytes: &[u8]) -> Result<Atom, StoreError> {
                 proposed: head.initial_state == LifecycleState::Proposed,
             },
             state: head.initial_state,
-            supersedes_transitions: version != ENTRY_FORMAT_VERSION_1,
+            links_count: version != ENTRY_FORMAT_VERSION_1,
         })
     })();
     decoded.ok_or_else(|| corrupt("truncated or malformed entry"))
@@ -904,7 +906,7 @@ mod tests {
         version_1[0] = ENTRY_FORMAT_VERSION_1;
         let old = decode_entry(entry_hash(&version_1), &version_1).unwrap();
         assert_eq!(
-            (old.state, old.content.proposed, old.supersedes_transitions),
+            (old.state, old.content.proposed, old.links_count),
             (LifecycleState::Asserted, false, false)
         );
         assert_eq!(old.content.links, content.links);

@@ -41,7 +41,7 @@ pub use error::StoreError;
 pub use principal::{Grant, Principal, Rate, Right};
 pub use query::Query;
 
-pub use rank::Ranked;
+pub use rank::{Ranked, Trust};
 pub use text::TextIndex;
 pub use vector::{AtomFacts, VectorIndex};
 pub use world::{WorldInfo, WorldState};
@@ -117,6 +117,8 @@ impl Store {
             transaction.open_table(HEADS)?;
             transaction.open_table(STATES)?;
             transaction.open_table(IN_STATE)?;
+            transaction.open_table(LINKS)?;
+            transaction.open_table(TRUST)?;
             transaction.open_table(WORLDS)?;
             transaction.open_table(PRINCIPALS)?;
             transaction.open_table(PRINCIPAL_NAMES)?;
@@ -350,6 +352,8 @@ struct Snapshot {
     postings: PostingsTable,
     states: ReadOnlyTable<(&'static str, u64, u64), u8>,
     in_state: ReadOnlyTable<(&'static str, u8, u64), ()>,
+    links: ReadOnlyTable<(&'static str, u64, u16, u64), ()>,
+    trust: ReadOnlyTable<(&'static str, PublicKey, &'static str), (u64, u64)>,
 }
 
 impl Snapshot {
@@ -361,6 +365,8 @@ impl Snapshot {
             postings: transaction.open_table(POSTINGS)?,
             states: transaction.open_table(STATES)?,
             in_state: transaction.open_table(IN_STATE)?,
+            links: transaction.open_table(LINKS)?,
+            trust: transaction.open_table(TRUST)?,
             transaction,
         })
     }
@@ -498,6 +504,123 @@ impl ReadView {
         as_of: u64,
     ) -> Result<LifecycleState, StoreError> {
         write::state_at(&self.snapshot.states, world, commit, as_of)
+    }
+
+    /// What other principals said of `writer`'s atoms in `world` that carry `label`
+    /// ("": every atom of the writer's).
+    pub fn trust(&self, world: &str, writer: &PublicKey, label: &str) -> Result<Trust, StoreError> {
+        Ok(self
+            .snapshot
+            .trust
+            .get((world, *writer, label))?
+            .map_or(Trust::default(), |counts| {
+                let (confirms, corrects) = counts.value();
+                Trust { confirms, corrects }
+            }))
+    }
+
+    /// The trust an atom with these facts earns from its writer's: the mean of the
+    /// writer's trust on each of its labels, or across every label when it has none.
+    pub fn atom_trust(&self, world: &str, facts: &dyn Facts) -> Result<f64, StoreError> {
+        let (mut sum, mut labels) = (0.0, 0);
+        let mut failed = None;
+        facts.any_label(&mut |label| {
+            match self.trust(world, facts.writer(), label) {
+                Ok(trust) => {
+                    sum += trust.score();
+                    labels += 1;
+                }
+                Err(error) => failed = Some(error),
+            }
+            failed.is_some()
+        });
+        if let Some(error) = failed {
+            return Err(error);
+        }
+        if labels == 0 {
+            return Ok(self.trust(world, facts.writer(), "")?.score());
+        }
+        Ok(sum / f64::from(labels))
+    }
+
+    /// The live atoms (asserted, proposed or approved as of `as_of`) of `world` that
+    /// `visible` lets through and that contradict `atom` or that it contradicts, by
+    /// id: at most `CONTRADICTIONS_LISTED_MAX`, looked for among at most
+    /// `CONTRADICTIONS_EXAMINED_MAX` links, the atom's own first, then the newest made
+    /// to it. Each link examined takes one from `budget`; `BudgetSpent` when it runs
+    /// out first.
+    pub fn contradictions(
+        &self,
+        atom: &Atom,
+        as_of: u64,
+        visible: Visible<'_>,
+        budget: &mut usize,
+    ) -> Result<Vec<Hash>, StoreError> {
+        let world = atom.world.as_str();
+        let mut found = Vec::new();
+        if !atom.links_count {
+            return Ok(found);
+        }
+        let live = |commit: u64| -> Result<bool, StoreError> {
+            Ok(matches!(
+                self.state(world, commit, as_of)?,
+                LifecycleState::Asserted | LifecycleState::Proposed | LifecycleState::Approved
+            ))
+        };
+        let consider = |commit: u64, found: &mut Vec<Hash>| -> Result<(), StoreError> {
+            if commit > as_of {
+                return Ok(());
+            }
+            let Some(row) = self.entries().get((world, commit))? else {
+                return Ok(());
+            };
+            let (id, entry) = split_row(world, commit, row.value())?;
+            if !found.contains(&id) && visible(&self.facts(world, commit, entry)?) && live(commit)?
+            {
+                found.push(id);
+            }
+            Ok(())
+        };
+        let mut examined = 0;
+        let spend = |examined: &mut usize, budget: &mut usize| {
+            *examined += 1;
+            match budget.checked_sub(1) {
+                Some(left) => {
+                    *budget = left;
+                    Ok(())
+                }
+                None => Err(StoreError::BudgetSpent {
+                    what: "finding the contradictions of every hit".into(),
+                    examined: *examined - 1,
+                }),
+            }
+        };
+        for link in &atom.content.links {
+            if link.kind != LinkKind::Contradicts {
+                continue;
+            }
+            spend(&mut examined, budget)?;
+            if let Some(commit) = self.snapshot.ids.get(&link.target)? {
+                consider(commit.value(), &mut found)?;
+            }
+        }
+        let code = LinkKind::Contradicts.code();
+        let made_to = self
+            .snapshot
+            .links
+            .range((world, atom.commit, code, 0)..=(world, atom.commit, code, as_of))?;
+        for link in made_to.rev() {
+            if examined >= limits::CONTRADICTIONS_EXAMINED_MAX
+                || found.len() >= limits::CONTRADICTIONS_LISTED_MAX
+            {
+                break;
+            }
+            spend(&mut examined, budget)?;
+            let (_, _, _, source) = link?.0.value();
+            consider(source, &mut found)?;
+        }
+        found.truncate(limits::CONTRADICTIONS_LISTED_MAX);
+        Ok(found)
     }
 
     /// Sets `atom.state` to where it stands as of commit `as_of` (`u64::MAX`: now).
@@ -917,7 +1040,8 @@ impl Store {
     /// reciprocal rank; the best `query.limit` atoms of `world` by [`rank::score`] among
     /// those `query` and `allowed` let through. What the indexes do not cover yet is
     /// compared exactly, within a budget; returns the ranked atoms and how much was
-    /// searched outside the indexes.
+    /// searched outside the indexes. Without `weigh_trust` (a reader whose restriction
+    /// hides atoms, which trust counts), every writer's trust is taken as neutral.
     #[allow(clippy::too_many_arguments)]
     pub fn ask_ranked(
         &self,
@@ -928,6 +1052,7 @@ impl Store {
         vector: &[f32],
         text: &str,
         allowed: &(dyn Fn(&AtomFacts) -> bool + Sync),
+        weigh_trust: bool,
     ) -> Result<(Vec<Ranked>, Coverage), StoreError> {
         query.validate()?;
         let as_of = query.states_as_of();
@@ -991,36 +1116,45 @@ impl Store {
                 hit.vector_rank = Some(position + 1);
             }
         }
-        // Rank on the facts the indexes keep; only the atoms returned are read.
+        // Rank on the candidates' facts read in place; only the atoms returned are
+        // copied. The states are read again on this later snapshot, which holds every
+        // candidate, and a candidate whose state the filter did not know is dropped.
         let view = self.read()?;
         let last_commit = view.last_commit()?;
-        let mut scored: Vec<(f64, u64, Hit)> = found
-            .into_iter()
-            .map(|(commit, hit)| {
-                let score = rank::score(hit.relevance, hit.importance, commit, last_commit);
-                (score, commit, hit)
-            })
-            .collect();
+        let mut scored = Vec::with_capacity(found.len());
+        for (commit, hit) in found {
+            let row = view.row(world, commit)?;
+            let (_, entry) = split_row(world, commit, row.value())?;
+            let facts = view.facts(world, commit, entry)?;
+            let state = view.state(world, commit, as_of)?;
+            if !query.admits_state(facts.kind(), state) {
+                continue;
+            }
+            let factors = rank::Factors {
+                relevance: hit.relevance,
+                importance: hit.importance,
+                commit,
+                last_commit,
+                trust: if weigh_trust {
+                    view.atom_trust(world, &facts)?
+                } else {
+                    Trust::default().score()
+                },
+                state,
+            };
+            scored.push((rank::score(&factors), factors, hit));
+        }
         scored.sort_by(|left, right| right.0.total_cmp(&left.0));
         scored.truncate(query.limit as usize);
         let mut ranked = Vec::with_capacity(scored.len());
-        for (score, commit, hit) in scored {
-            let mut atom = view.load(world, commit)?;
-            view.settle(&mut atom, as_of)?;
-            if !query.admits_state(atom.content.kind, atom.state) {
-                continue;
-            }
+        for (score, factors, hit) in scored {
+            let mut atom = view.load(world, factors.commit)?;
+            atom.state = factors.state;
             ranked.push(Ranked {
                 atom,
                 similarity: hit.similarity,
                 score,
-                explanation: rank::explain(
-                    &hit.why(fused),
-                    hit.relevance,
-                    hit.importance,
-                    commit,
-                    last_commit,
-                ),
+                explanation: rank::explain(&hit.why(fused), &factors),
             });
         }
         Ok((ranked, coverage))

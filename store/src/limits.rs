@@ -58,3 +58,7 @@ const _: () = assert!(GROUP_COMMIT_REQUESTS_MAX <= WRITE_QUEUE_REQUESTS_MAX);
 const _: () = assert!(READ_EXAMINED_MAX >= REPLAY_LIMIT_MAX as usize);
 const _: () = assert!(READ_INLINE_EXAMINED_MAX <= READ_EXAMINED_MAX);
 const _: () = assert!(LABEL_BYTES_MAX <= ATOM_TEXT_BYTES_MAX);
+/// Live contradictions an ask lists for one hit (`Hit.contradictions`).
+pub const CONTRADICTIONS_LISTED_MAX: usize = 16;
+/// Links a hit's contradictions are looked for among, its own and those made to it.
+pub const CONTRADICTIONS_EXAMINED_MAX: usize = 128;

@@ -118,7 +118,7 @@ impl Query {
     }
 
     /// The commit the answer's states are read at.
-    pub(crate) fn states_as_of(&self) -> u64 {
+    pub fn states_as_of(&self) -> u64 {
         self.as_of.unwrap_or(u64::MAX)
     }
 

@@ -28,6 +28,13 @@ pub(crate) const STATES: TableDefinition<(&str, u64, u64), u8> = TableDefinition
 /// (world, state code, atom commit) → (): the atoms in each state other than
 /// `asserted` now, for asks by state.
 pub(crate) const IN_STATE: TableDefinition<(&str, u8, u64), ()> = TableDefinition::new("in_state");
+/// (world, target commit, link kind code, source commit) → (): each link between two
+/// atoms of one world, found from its target (who contradicts, confirms, corrects it).
+pub(crate) const LINKS: TableDefinition<(&str, u64, u16, u64), ()> = TableDefinition::new("links");
+/// (world, writer, label) → (confirms, corrects): the links other writers' atoms made to
+/// the writer's atoms carrying the label; label "" counts them across every label.
+pub(crate) const TRUST: TableDefinition<(&str, PublicKey, &str), (u64, u64)> =
+    TableDefinition::new("trust");
 /// world name → (state code, atom count, vector dimension or 0).
 pub(crate) const WORLDS: TableDefinition<&str, (u8, u64, u32)> = TableDefinition::new("worlds");
 /// public key → principal record (JSON).

@@ -12,8 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::atom::{
-    AtomContent, AtomKind, EntryFacts, EntryHeader, Facts, Hash, LifecycleState, PublicKey,
-    Transition, ZERO_HASH, decode_entry, encode_entry, entry_hash,
+    AtomContent, AtomKind, EntryFacts, EntryHeader, Facts, Hash, LifecycleState, LinkKind,
+    PublicKey, Transition, ZERO_HASH, decode_entry, encode_entry, entry_hash,
 };
 use crate::epoch::Epoch;
 use crate::error::StoreError;
@@ -101,6 +101,8 @@ pub(crate) struct Tables<'txn> {
     heads: Table<'txn, (&'static str, PublicKey), (u64, Hash)>,
     states: Table<'txn, (&'static str, u64, u64), u8>,
     in_state: Table<'txn, (&'static str, u8, u64), ()>,
+    links: Table<'txn, (&'static str, u64, u16, u64), ()>,
+    trust: Table<'txn, (&'static str, PublicKey, &'static str), (u64, u64)>,
     worlds: Table<'txn, &'static str, (u8, u64, u32)>,
     principals: Table<'txn, PublicKey, &'static [u8]>,
     principal_names: Table<'txn, &'static str, PublicKey>,
@@ -117,6 +119,8 @@ impl<'txn> Tables<'txn> {
             heads: transaction.open_table(HEADS)?,
             states: transaction.open_table(STATES)?,
             in_state: transaction.open_table(IN_STATE)?,
+            links: transaction.open_table(LINKS)?,
+            trust: transaction.open_table(TRUST)?,
             worlds: transaction.open_table(WORLDS)?,
             principals: transaction.open_table(PRINCIPALS)?,
             principal_names: transaction.open_table(PRINCIPAL_NAMES)?,
@@ -126,10 +130,12 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Stores one encoded entry and posts it to the indexes (not its chain's head),
-    /// with the lifecycle states it sets: its own if it starts as a proposal, and its
-    /// targets' (`supersedes_transitions`: its supersedes links make transitions, as in
-    /// every entry since version 2). The transitions were checked when the entry was
-    /// prepared; one that is not legal here means the indexes are damaged.
+    /// with the lifecycle states it sets (its own if it starts as a proposal) and, when
+    /// its links count (`links_count`, every entry since version 2), what its links
+    /// change: their targets' states, the link index and the trust counts. Everything
+    /// here is derived from the entry and the tables, so applying the journal again
+    /// stores the same. The transitions were checked when the entry was prepared; one
+    /// that is not legal here means the indexes are damaged.
     #[allow(clippy::too_many_arguments)]
     fn store_entry(
         &mut self,
@@ -140,7 +146,7 @@ impl<'txn> Tables<'txn> {
         entry: &[u8],
         content: &AtomContent,
         writer: &PublicKey,
-        supersedes_transitions: bool,
+        links_count: bool,
     ) -> Result<(), StoreError> {
         entry_row(id, entry, &mut scratch.row);
         self.entries
@@ -164,27 +170,71 @@ impl<'txn> Tables<'txn> {
         if initial != LifecycleState::Asserted {
             self.enter_state(world, commit, commit, LifecycleState::Asserted, initial)?;
         }
-        for (transition, target) in content.transitions() {
-            if transition == Transition::Supersede && !supersedes_transitions {
-                continue;
-            }
+        if !links_count {
+            return Ok(());
+        }
+        for link in &content.links {
             let corrupt = |what: &str| StoreError::Corrupt {
                 what: format!(
                     "atom {} of commit {commit} makes a transition on {}, which {what}",
                     hex::encode(id),
-                    hex::encode(target)
+                    hex::encode(link.target)
                 ),
             };
-            let target_commit = self
-                .ids
-                .get(target)?
-                .ok_or_else(|| corrupt("does not exist"))?
-                .value();
-            let from = state_at(&self.states, world, target_commit, u64::MAX)?;
-            let to = transition
-                .from(from)
-                .ok_or_else(|| corrupt(&format!("is {from}")))?;
-            self.enter_state(world, target_commit, commit, from, to)?;
+            // A link counts within its world; a target elsewhere, or nowhere (links
+            // need not resolve), is in no index.
+            let target_commit = match self.ids.get(&link.target)? {
+                Some(target_commit) => target_commit.value(),
+                None if link.kind.transition().is_some() => {
+                    return Err(corrupt("does not exist"));
+                }
+                None => continue,
+            };
+            let trusted = match self.entries.get((world, target_commit))? {
+                None if link.kind.transition().is_some() => {
+                    return Err(corrupt("is in another world"));
+                }
+                None => continue,
+                Some(row) if matches!(link.kind, LinkKind::Confirms | LinkKind::Corrects) => {
+                    let (_, target_entry) = split_row(world, target_commit, row.value())?;
+                    let facts =
+                        EntryFacts::read(target_entry).ok_or_else(|| corrupt("does not decode"))?;
+                    // Only another principal's word moves a writer's trust.
+                    (facts.writer() != writer).then(|| {
+                        let mut labels = vec![String::new()];
+                        facts.any_label(&mut |label| {
+                            labels.push(label.to_owned());
+                            false
+                        });
+                        (*facts.writer(), labels)
+                    })
+                }
+                Some(_) => None,
+            };
+            self.links
+                .insert((world, target_commit, link.kind.code(), commit), ())?;
+            if let Some((target_writer, labels)) = trusted {
+                for label in &labels {
+                    let (mut confirms, mut corrects) = self
+                        .trust
+                        .get((world, target_writer, label.as_str()))?
+                        .map_or((0, 0), |counts| counts.value());
+                    if link.kind == LinkKind::Confirms {
+                        confirms += 1;
+                    } else {
+                        corrects += 1;
+                    }
+                    self.trust
+                        .insert((world, target_writer, label.as_str()), (confirms, corrects))?;
+                }
+            }
+            if let Some(transition) = link.kind.transition() {
+                let from = state_at(&self.states, world, target_commit, u64::MAX)?;
+                let to = transition
+                    .from(from)
+                    .ok_or_else(|| corrupt(&format!("is {from}")))?;
+                self.enter_state(world, target_commit, commit, from, to)?;
+            }
         }
         Ok(())
     }
@@ -366,7 +416,7 @@ pub(crate) fn replay_journal(
                 entry,
                 &atom.content,
                 &atom.writer,
-                atom.supersedes_transitions,
+                atom.links_count,
             )?;
             tables
                 .heads

@@ -549,3 +549,32 @@ def test_supersede_and_retract(node):
         await expect_code("notFound", engram.transition(writer, bytes(32), "approve"))
 
     run(body())
+
+
+# Trust and contradictions
+
+
+def test_corrections_lower_trust_and_contradictions_show_on_both_sides(node):
+    async def body():
+        session = await with_world(node.tcp, node, "ops")
+        key = Ed25519PrivateKey.generate()
+        await engram.add_principal(session.admin, "reviewer", engram.public_key_bytes(key), {"ops": "rwo"})
+        connection = await engram.connect(node.tcp)
+        reviewer = await (await connection.login(key)).graft()
+        writer, reader = session.writer("ops"), session.reader("ops")
+        (claim,) = await engram.remember(writer, NewAtom("the pool size is 10", labels=["db"]))
+        (correction,) = await engram.remember(
+            reviewer.writer("ops"),
+            NewAtom("it is 20", labels=["db"], links=[("corrects", claim.id), ("contradicts", claim.id)]),
+        )
+        admin_key = engram.public_key_bytes(engram.load_key(node.admin_key))
+        trust = await engram.trust(reader, admin_key, "db")
+        assert (trust.confirms, trust.corrects) == (0, 1) and abs(trust.score - 1 / 3) < 1e-9
+        assert (await engram.trust(reader, admin_key)).corrects == 1
+        page = await engram.ask_page(reader, labels=["db"])
+        assert [atom.id for atom in page.atoms] == [correction.id, claim.id]
+        assert page.contradictions == [(claim.id,), (correction.id,)]
+        restricted = await engram.attenuate_reader(reader, labels=["db"])
+        await expect_code("permissionDenied", engram.trust(restricted, admin_key, "db"))
+
+    run(body())

@@ -47,8 +47,8 @@ fn cosine(left: &[f32], right: &[f32]) -> f32 {
 
 /// The indexes of the `k` best atoms for `query` among those `keep` allows, computed
 /// exactly with the schema's documented ranking: of the 4k most similar, the best by
-/// 0.8 × similarity + 0.1 × importance (0.5 here) + 0.1 × commit / last commit (atom `i`
-/// is commit `i + 1` of `ATOMS`).
+/// 0.9 (asserted) × (0.7 × similarity + 0.1 × importance (0.5 here) + 0.1 × commit /
+/// last commit (atom `i` is commit `i + 1` of `ATOMS`) + 0.1 × trust (0.5: no links)).
 fn exact(all: &[Vec<f32>], query: &[f32], k: usize, keep: impl Fn(usize) -> bool) -> Vec<usize> {
     let mut similar: Vec<(f32, usize)> = (0..all.len())
         .filter(|index| keep(*index))
@@ -61,7 +61,7 @@ fn exact(all: &[Vec<f32>], query: &[f32], k: usize, keep: impl Fn(usize) -> bool
         .map(|(similarity, index)| {
             let recency = (index + 1) as f64 / ATOMS as f64;
             (
-                0.8 * f64::from(similarity) + 0.1 * 0.5 + 0.1 * recency,
+                0.9 * (0.7 * f64::from(similarity) + 0.1 * 0.5 + 0.1 * recency + 0.1 * 0.5),
                 index,
             )
         })

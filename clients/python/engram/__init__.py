@@ -54,6 +54,8 @@ from .client import (
     signer_public_key,
     subscribe,
     transition,
+    trust,
+    Trust,
     verify,
     Watch,
 )
@@ -95,6 +97,8 @@ __all__ = [
     "signer_public_key",
     "subscribe",
     "transition",
+    "trust",
+    "Trust",
     "verify",
     "Watch",
 ]

@@ -400,6 +400,8 @@ class AskPage:
     atoms: list[AtomView]
     warning: str
     resume_before_commit: int | None
+    contradictions: list[tuple[bytes, ...]] = ()  # type: ignore[assignment]
+    """For each atom, the ids of the live atoms that contradict it or that it contradicts."""
 
 
 async def ask_page(
@@ -440,7 +442,28 @@ async def ask_page(
         atoms=[AtomView.read(hit.atom) for hit in result.hits],
         warning=result.warning,
         resume_before_commit=result.resumeBeforeCommit or None,
+        contradictions=[tuple(bytes(id) for id in hit.contradictions) for hit in result.hits],
     )
+
+
+@dataclass(frozen=True)
+class Trust:
+    """A writer's trust on a label: ``score`` = (1 + confirms) / (2 + confirms +
+    corrects), from other principals' ``confirms`` and ``corrects`` links."""
+
+    score: float
+    confirms: int
+    corrects: int
+
+
+async def trust(reader: Any, writer: bytes, label: str = "") -> Trust:
+    """The writer's trust in the reader's world on atoms carrying ``label`` ("": on all
+    its atoms); ``permissionDenied`` through a restriction that hides atoms."""
+    request = reader.trust_request()
+    request.writer = writer
+    request.label = label
+    result = (await call(request.send())).trust
+    return Trust(score=result.score, confirms=result.confirms, corrects=result.corrects)
 
 
 async def replay(reader: Any, from_commit: int = 0, limit: int = 100) -> tuple[list[AtomView], int]:

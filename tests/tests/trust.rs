@@ -1,0 +1,214 @@
+//! Corrections, confirmations and trust; contradictions marked on both sides: through
+//! the Rust client, a restricted reader, and the CLI.
+
+use std::time::Duration;
+
+use engram_client::engram_schema::engram_capnp::{LinkKind, TransitionKind};
+use engram_client::{ErrorCode, Filter, NewAtom, Restriction};
+use engram_tests::{
+    TestNode, add_principal, admin_with_world, ask_when_indexed, assert_code, engram_cli,
+    run_local, session,
+};
+
+#[test]
+fn corrections_lower_trust_confirmations_raise_it_and_ranking_weighs_it() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = admin_with_world(&node, "ops").await;
+        let mut writers = Vec::new();
+        let mut keys = Vec::new();
+        for name in ["careless", "careful", "reviewer"] {
+            let key = add_principal(&admin, name, &["ops=rwo"]).await;
+            keys.push(key.verifying_key().to_bytes());
+            writers.push(session(&node.tcp(), &key).await);
+        }
+        let [careless, careful, reviewer] = [&writers[0], &writers[1], &writers[2]];
+        let write = |session: &engram_client::Session, atom: NewAtom| {
+            let writer = session.writer("ops").unwrap();
+            async move { engram_client::remember(&writer, &[atom]).await.unwrap()[0] }
+        };
+        let confirmed = write(
+            careful,
+            NewAtom::fact("the connection pool size is 10").labels(&["db"]),
+        )
+        .await;
+        let corrected = write(
+            careless,
+            NewAtom::fact("the connection pool size is 10").labels(&["db"]),
+        )
+        .await;
+        for _ in 0..3 {
+            write(
+                reviewer,
+                NewAtom::fact("measured: yes").link(LinkKind::Confirms, confirmed.id),
+            )
+            .await;
+        }
+        write(
+            reviewer,
+            NewAtom::fact("measured: no, 20").link(LinkKind::Corrects, corrected.id),
+        )
+        .await;
+        // A writer's word on its own atom moves nothing.
+        write(
+            careless,
+            NewAtom::fact("I confirm myself").link(LinkKind::Confirms, corrected.id),
+        )
+        .await;
+
+        let reader = admin.reader("ops").unwrap();
+        let careless_trust = engram_client::trust(&reader, &keys[0], "db").await.unwrap();
+        assert_eq!((careless_trust.confirms, careless_trust.corrects), (0, 1));
+        assert!((careless_trust.score - 1.0 / 3.0).abs() < 1e-9);
+        let careful_trust = engram_client::trust(&reader, &keys[1], "").await.unwrap();
+        assert_eq!((careful_trust.confirms, careful_trust.corrects), (3, 0));
+        assert!((careful_trust.score - 0.8).abs() < 1e-9);
+        let nobody = engram_client::trust(&reader, &keys[2], "db").await.unwrap();
+        assert_eq!(nobody.score, 0.5);
+
+        // Same words, same importance: the trusted writer's atom ranks first although
+        // it is older, and the explanation shows the factor.
+        let filter = Filter {
+            text: "connection pool size".into(),
+            labels: vec!["db".into()],
+            explain: true,
+            ..Filter::default()
+        };
+        let answer = ask_when_indexed(&reader, &filter, Duration::from_secs(10)).await;
+        let ids: Vec<[u8; 32]> = answer.hits.iter().map(|hit| hit.atom.id).collect();
+        assert_eq!(ids, [confirmed.id, corrected.id]);
+        assert!(
+            answer.hits[0].explanation.contains("trust 0.8000"),
+            "{}",
+            answer.hits[0].explanation
+        );
+        assert!(
+            answer.hits[1].explanation.contains("trust 0.3333"),
+            "{}",
+            answer.hits[1].explanation
+        );
+
+        // Through a restriction that hides atoms, trust is not told.
+        let narrowed = engram_client::attenuate_reader(
+            &reader,
+            &Restriction {
+                labels: vec!["db".into()],
+                ..Restriction::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_code(
+            engram_client::trust(&narrowed, &keys[0], "db").await,
+            ErrorCode::PermissionDenied,
+        );
+    });
+}
+
+#[test]
+fn contradictions_show_on_both_sides_while_they_live() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = admin_with_world(&node, "ops").await;
+        let other_key = add_principal(&admin, "other", &["ops=rwo"]).await;
+        let other = session(&node.tcp(), &other_key).await;
+        let writer = admin.writer("ops").unwrap();
+        let first = engram_client::remember(
+            &writer,
+            &[NewAtom::fact("the pool size is 10").labels(&["db"])],
+        )
+        .await
+        .unwrap()[0];
+        let second = engram_client::remember(
+            &other.writer("ops").unwrap(),
+            &[NewAtom::fact("the pool size is 20")
+                .labels(&["db"])
+                .importance(0.9)
+                .link(LinkKind::Contradicts, first.id)],
+        )
+        .await
+        .unwrap()[0];
+        let reader = admin.reader("ops").unwrap();
+        let db = Filter {
+            labels: vec!["db".into()],
+            ..Filter::default()
+        };
+        let answer = engram_client::ask_scored(&reader, &db).await.unwrap();
+        let marked: Vec<([u8; 32], Vec<[u8; 32]>)> = answer
+            .hits
+            .iter()
+            .map(|hit| (hit.atom.id, hit.contradictions.clone()))
+            .collect();
+        assert_eq!(
+            marked,
+            [(second.id, vec![first.id]), (first.id, vec![second.id])]
+        );
+        // A reader that may not see the contradicting atom is not told of it.
+        let hidden = engram_client::attenuate_reader(
+            &reader,
+            &Restriction {
+                max_importance: 0.6,
+                ..Restriction::default()
+            },
+        )
+        .await
+        .unwrap();
+        let answer = engram_client::ask_scored(&hidden, &db).await.unwrap();
+        assert_eq!(answer.hits.len(), 1);
+        assert_eq!(answer.hits[0].atom.id, first.id);
+        assert!(answer.hits[0].contradictions.is_empty());
+        // Retracted, the contradiction is no longer live.
+        engram_client::transition(
+            &other.writer("ops").unwrap(),
+            &second.id,
+            TransitionKind::Retract,
+            "",
+        )
+        .await
+        .unwrap();
+        let answer = engram_client::ask_scored(&reader, &db).await.unwrap();
+        assert_eq!(answer.hits.len(), 1);
+        assert!(answer.hits[0].contradictions.is_empty());
+        // As of before the retraction, it was.
+        let then = engram_client::ask_scored(
+            &reader,
+            &Filter {
+                as_of: second.commit,
+                ..db.clone()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(then.hits[1].contradictions, [second.id]);
+    });
+}
+
+#[test]
+fn the_cli_reads_trust_and_lists_contradictions() {
+    let node = TestNode::start();
+    let key = node.admin_key_path();
+    let run = |arguments: &[&str]| {
+        let output = engram_cli(&node, &key, arguments);
+        assert!(
+            output.status.success(),
+            "engram {arguments:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    run(&["world", "create", "ops"]);
+    let principals: serde_json::Value =
+        serde_json::from_str(&run(&["--json", "principal", "list"])).unwrap();
+    let admin_key = principals[0]["publicKey"].as_str().unwrap().to_owned();
+    let trust: serde_json::Value = serde_json::from_str(&run(&[
+        "--json", "trust", "ops", &admin_key, "--label", "db",
+    ]))
+    .unwrap();
+    assert_eq!(trust["score"], 0.5);
+    assert_eq!(
+        (trust["confirms"].as_u64(), trust["corrects"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let printed = run(&["trust", "ops", &admin_key]);
+    assert!(printed.starts_with("trust 0.500"), "{printed}");
+}
