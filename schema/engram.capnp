@@ -165,6 +165,14 @@ struct AtomContent {
   proposed @10 :Bool;
   # Write it as a proposal (state `proposed`): found only by asks that ask for
   # proposals, until someone holding the approve right approves it. False: asserted.
+  forbids @11 :List(Text);
+  # What a constraint (kind `constraint`, only) forbids, for `WorldReader.check`: words
+  # or phrases a plan must not contain, e.g. ["requests"] for "do not use library
+  # `requests` for HTTP; use `httpx`" (the text says why and what instead). At most 64
+  # terms, each 1 to 16 words (runs of letters and digits) and at most 128 bytes,
+  # distinct. A term matches a plan whose words contain its words in order and next to
+  # each other, ignoring case: "left-pad" matches "use left pad", "requests" does not
+  # match "request".
 }
 
 struct Atom {
@@ -250,6 +258,15 @@ struct Hit {
   # links within the world), so a conflict shows instead of the newest silently
   # winning: at most 16, looked for among at most 128 links, its own first, then the
   # newest made to it.
+}
+
+struct Violation {
+  # One constraint a plan violates (`WorldReader.check`).
+  constraint @0 :Atom;
+  # Who stated it (`writer`), when (`commit`, `recordedAtUnixMs`), why (`content.text`),
+  # and its state (asserted or approved).
+  matched @1 :List(Text);
+  # Its forbidden terms that the plan contains, as the constraint spells them.
 }
 
 struct Trust {
@@ -496,6 +513,17 @@ interface WorldReader {
   # changes are atoms too (transition atoms, and atoms with `supersedes` links), so
   # these are every state change between the two commits; each atom's `state` is as
   # of `toCommit`.
+
+  check @10 (plan :Text, labels :List(Text)) -> (violations :List(Violation), warning :Text);
+  # The pre-flight check: every live constraint (asserted or approved: not proposed,
+  # rejected, deprecated, superseded or retracted) of this world, visible through this
+  # reader's restriction, that the plan violates, oldest first; none when it violates
+  # nothing. A constraint is in scope when it has no labels, when `labels` is empty, or
+  # when they share a label. Matching is deterministic word matching (see
+  # `AtomContent.forbids`), never a model. Candidates come from an index of the
+  # constraints' forbidden words, one lookup per distinct word of the plan (at most 64
+  # KiB of text); past the call's budget of constraints examined, the answer is what
+  # was found and `warning` says so.
 
   trust @9 (writer :Data, label :Text) -> (trust :Trust);
   # The writer's trust in this world on atoms carrying `label` (empty: on all its

@@ -6,9 +6,11 @@
 //! cargo build --release --bins && target/release/engram-bench all
 //! cargo build --release --bins && target/release/engram-bench observe
 //! cargo build --release --bins && target/release/engram-bench abuse
+//! cargo build --release --bins && target/release/engram-bench check
 //! ```
 
 mod abuse;
+mod check;
 mod echo;
 mod node;
 mod observe;
@@ -59,6 +61,18 @@ enum Benchmark {
     /// (idle sockets, login floods, unread pipelined reads, a stuck subscriber, crafted
     /// vectors, full-scan asks): their throughput and p99, and the node's peak RSS.
     Abuse(abuse::Options),
+    /// The pre-flight check of plans against a world of many constraints.
+    Check {
+        #[arg(long, default_value_t = 10_000)]
+        constraints: usize,
+        #[arg(long, default_value_t = 2_000)]
+        checks: usize,
+        /// Words in each plan, besides the two library names it mentions.
+        #[arg(long, default_value_t = 60)]
+        plan_words: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// The hostile clients of `abuse`, in a process of their own (started by `abuse`).
     #[command(hide = true)]
     AbuseHostile {
@@ -112,6 +126,20 @@ fn main() {
             local.block_on(&runtime, abuse::serve_hostile(tcp, key, hostile))
         }
         Benchmark::Abuse(options) => local.block_on(&runtime, abuse::run(options)),
+        Benchmark::Check {
+            constraints,
+            checks,
+            plan_words,
+            seed,
+        } => local.block_on(
+            &runtime,
+            check::run(check::Options {
+                constraints,
+                checks,
+                plan_words,
+                seed,
+            }),
+        ),
         Benchmark::Vectors {
             atoms,
             dimensions,

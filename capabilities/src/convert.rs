@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 
 use engram_schema::engram_capnp as wire;
-use engram_store::limits::{ATOM_LABELS_MAX, ATOM_LINKS_MAX, QUERY_FILTER_VALUES_MAX};
+use engram_store::limits::{
+    ATOM_FORBIDS_MAX, ATOM_LABELS_MAX, ATOM_LINKS_MAX, QUERY_FILTER_VALUES_MAX,
+};
 use engram_store::{
     Atom, AtomContent, AtomKind, Epoch, Grant, Hash, LifecycleState, Link, LinkKind, Principal,
     Query, Rate, Receipt, TimeInterval, WorldInfo, WorldState,
@@ -58,6 +60,8 @@ pub(crate) fn read_content(
     check_count(labels.len(), ATOM_LABELS_MAX, "labels")?;
     let links_reader = reader.get_links().map_err(malformed)?;
     check_count(links_reader.len(), ATOM_LINKS_MAX, "links")?;
+    let forbids = reader.get_forbids().map_err(malformed)?;
+    check_count(forbids.len(), ATOM_FORBIDS_MAX, "forbidden terms")?;
     let mut links = Vec::with_capacity(links_reader.len() as usize);
     for link in links_reader.iter() {
         let kind = link.get_kind()?;
@@ -87,6 +91,7 @@ pub(crate) fn read_content(
         vector: reader.get_vector().map_err(malformed)?.iter().collect(),
         valid_time,
         proposed: reader.get_proposed(),
+        forbids: text_list(forbids)?,
     })
 }
 
@@ -120,6 +125,14 @@ pub(crate) fn write_content(mut builder: wire::atom_content::Builder<'_>, conten
             wire_link
                 .set_kind(wire::LinkKind::try_from(link.kind.code()).expect("same link kinds"));
             wire_link.set_target(&link.target);
+        }
+    }
+    if !content.forbids.is_empty() {
+        let mut forbids = builder
+            .reborrow()
+            .init_forbids(content.forbids.len() as u32);
+        for (index, term) in content.forbids.iter().enumerate() {
+            forbids.set(index as u32, term.as_str());
         }
     }
     if !content.vector.is_empty() {

@@ -3,7 +3,7 @@
 use std::rc::Rc;
 
 use engram_schema::engram_capnp::{hit, world_reader};
-use engram_store::{Atom, Facts, Hash, ReadBudget, ReadView, StoreError};
+use engram_store::{Atom, Facts, Hash, Plan, ReadBudget, ReadView, StoreError};
 
 use crate::convert::{
     AskRequest, bytes32, malformed, read_ask, read_restriction, write_atom, write_atoms,
@@ -22,7 +22,7 @@ impl WorldReader {
         WorldReader { grip, world }
     }
 
-    fn check(&self) -> Result<(), capnp::Error> {
+    fn check_grip(&self) -> Result<(), capnp::Error> {
         self.grip.check(Some(&self.world)).wire()
     }
 
@@ -66,7 +66,7 @@ impl WorldReader {
             })
             .await
             .wire()?;
-        self.check()?;
+        self.check_grip()?;
         Ok(Bounded::Whole(answer))
     }
 
@@ -124,7 +124,7 @@ impl WorldReader {
             .await
             .wire()?;
         // The epoch may have moved while the search ran.
-        self.check()?;
+        self.check_grip()?;
         let mut results = results.get();
         if let Some(warning) = coverage.warning() {
             results.set_warning(warning.as_str());
@@ -365,6 +365,73 @@ impl world_reader::Server for WorldReader {
         Ok(())
     }
 
+    async fn check(
+        self: Rc<Self>,
+        params: world_reader::CheckParams,
+        mut results: world_reader::CheckResults,
+    ) -> Result<(), capnp::Error> {
+        self.admit()?;
+        let params = params.get()?;
+        let text = params.get_plan().map_err(malformed).wire()?;
+        if text.len() > engram_store::limits::ATOM_TEXT_BYTES_MAX {
+            return Err(CapabilityError::invalid(format!(
+                "the plan is {} bytes; the limit is {}",
+                text.len(),
+                engram_store::limits::ATOM_TEXT_BYTES_MAX
+            ))
+            .into());
+        }
+        let text = text.to_str().map_err(CapabilityError::from).wire()?;
+        let labels = params.get_labels().map_err(malformed).wire()?;
+        if labels.len() as usize > engram_store::limits::CHECK_LABELS_MAX {
+            return Err(CapabilityError::invalid(format!(
+                "{} labels; the limit is {}",
+                labels.len(),
+                engram_store::limits::CHECK_LABELS_MAX
+            ))
+            .into());
+        }
+        let labels = labels
+            .iter()
+            .map(|label| Ok(label?.to_string()?))
+            .collect::<Result<Vec<String>, capnp::Error>>()?;
+        let plan = std::sync::Arc::new(Plan::new(text, labels).wire()?);
+        let report = self
+            .bounded(move |view, world, restriction, budget| {
+                let report = view.check(world, &plan, budget, &|atom| restriction.shows(atom))?;
+                let unfinished = report.examined_budget_spent;
+                Ok((report, unfinished))
+            })
+            .await?;
+        let (report, budget) = match report {
+            Bounded::Whole(report) => (report, "the node's budget for one call"),
+            Bounded::Cut(report) => (report, "what this capability's rate pays for now"),
+        };
+        let mut results = results.get();
+        if report.examined_budget_spent {
+            results.set_warning(
+                format!(
+                    "the check stopped at {budget} after {} constraints: the plan may \
+                     violate others; check it in parts",
+                    report.examined
+                )
+                .as_str(),
+            );
+        }
+        let mut list = results.init_violations(report.violations.len() as u32);
+        for (index, violation) in report.violations.iter().enumerate() {
+            let mut entry = list.reborrow().get(index as u32);
+            let mut matched = entry
+                .reborrow()
+                .init_matched(violation.matched.len() as u32);
+            for (position, term) in violation.matched.iter().enumerate() {
+                matched.set(position as u32, term.as_str());
+            }
+            write_atom(entry.init_constraint(), &violation.constraint);
+        }
+        Ok(())
+    }
+
     async fn trust(
         self: Rc<Self>,
         params: world_reader::TrustParams,
@@ -456,7 +523,7 @@ impl world_reader::Server for WorldReader {
             })
             .await
             .wire()?;
-        self.check()?;
+        self.check_grip()?;
         let mut builder = results.get().init_report();
         builder.set_chains(report.chains);
         builder.set_entries(report.entries);

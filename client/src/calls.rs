@@ -6,8 +6,8 @@ use engram_schema::engram_capnp::{
 
 use crate::error::ClientError;
 use crate::types::{
-    Answer, AtomView, Epoch, Filter, Generation, Grant, Head, HitView, NewAtom, PrincipalView,
-    Receipt, Restriction, TrustView, Verification, WorldView,
+    Answer, AtomView, CheckAnswer, Epoch, Filter, Generation, Grant, Head, HitView, NewAtom,
+    PrincipalView, Receipt, Restriction, TrustView, Verification, ViolationView, WorldView,
 };
 
 /// Remembers atoms: `remember` for one, `rememberBatch` (all or nothing) for several.
@@ -125,6 +125,41 @@ pub async fn ask_scored(
             .to_string()
             .map_err(capnp::Error::from)?,
         resume_before_commit: Some(results.get_resume_before_commit()).filter(|commit| *commit > 0),
+    })
+}
+
+/// The pre-flight check: every live constraint of the reader's world, in scope for
+/// `labels`, that `plan` violates (none when it violates nothing).
+pub async fn check(
+    reader: &world_reader::Client,
+    plan: &str,
+    labels: &[String],
+) -> Result<CheckAnswer, ClientError> {
+    let mut request = reader.check_request();
+    request.get().set_plan(plan);
+    let mut list = request.get().init_labels(labels.len() as u32);
+    for (index, label) in labels.iter().enumerate() {
+        list.set(index as u32, label.as_str());
+    }
+    let response = request.send().promise.await?;
+    let results = response.get()?;
+    let mut violations = Vec::new();
+    for violation in results.get_violations()?.iter() {
+        let mut matched = Vec::new();
+        for term in violation.get_matched()?.iter() {
+            matched.push(term?.to_string().map_err(capnp::Error::from)?);
+        }
+        violations.push(ViolationView {
+            constraint: AtomView::read(violation.get_constraint()?)?,
+            matched,
+        });
+    }
+    Ok(CheckAnswer {
+        violations,
+        warning: results
+            .get_warning()?
+            .to_string()
+            .map_err(capnp::Error::from)?,
     })
 }
 

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 /// Command-line client of an engram node.
 ///
 /// Exit codes: 0 success; 1 the node refused the request (the message starts with its
-/// error code); 2 bad usage; 3 cannot connect or log in; 4 `verify` found a bad entry.
+/// error code); 2 bad usage; 3 cannot connect or log in; 4 `verify` found a bad entry;
+/// 5 `check` found the plan violates a constraint.
 #[derive(Parser, Debug)]
 #[command(name = "engram", version)]
 struct Cli {
@@ -113,6 +114,18 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         as_of: u64,
     },
+    /// Check a plan against the world's constraints before acting on it: print every
+    /// live constraint it violates, who stated it, when, and the words that matched;
+    /// exit 5 if it violates any.
+    Check {
+        world: String,
+        /// The plan's text (- reads it from stdin).
+        plan: String,
+        /// Check it under these labels (constraints with none of them are out of
+        /// scope; without any, every constraint is in scope); repeatable.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
     /// Print a writer's trust in a world: what other principals' confirms and corrects
     /// links said of its atoms.
     Trust {
@@ -206,7 +219,8 @@ struct RememberArguments {
     proposed: bool,
     /// A file of JSON lines ({"text": ..., "kind": ..., "labels": [...], "importance": ...,
     /// "vector": [...], "validFrom": ..., "validUntil": ..., "proposed": true,
-    /// "supersedes": [ID, ...]}), or - for stdin; remembered as one all-or-nothing batch.
+    /// "supersedes": [ID, ...], "forbids": [TERM, ...]}), or - for stdin; remembered as one
+    /// all-or-nothing batch.
     #[arg(long, conflicts_with_all = ["proposed", "valid_from"])]
     batch: Option<PathBuf>,
 }
@@ -263,6 +277,10 @@ struct AtomOptions {
     /// When it stops holding (excluded), as --valid-from; without it, open-ended.
     #[arg(long, requires = "valid_from")]
     valid_until: Option<String>,
+    /// A word or phrase a plan must not contain (constraints only, with --kind
+    /// constraint); repeatable.
+    #[arg(long = "forbid")]
+    forbids: Vec<String>,
 }
 
 impl AtomOptions {
@@ -273,6 +291,7 @@ impl AtomOptions {
         atom.importance = self.importance;
         atom.confidence = self.confidence;
         atom.vector = self.vector.clone();
+        atom.forbids = self.forbids.clone();
         if let Some(from) = &self.valid_from {
             let until = match &self.valid_until {
                 Some(until) => parse_instant(until, "--valid-until")?,
@@ -802,6 +821,60 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     .join("\n")
             });
         }
+        Command::Check {
+            world,
+            plan,
+            labels,
+        } => {
+            let plan = if plan == "-" {
+                std::io::read_to_string(std::io::stdin())
+                    .map_err(|error| usage(format!("reading the plan from stdin: {error}")))?
+            } else {
+                plan.clone()
+            };
+            let reader = session(&cli).await?.reader(world)?;
+            let answer = engram_client::check(&reader, &plan, labels).await?;
+            if !answer.warning.is_empty() {
+                eprintln!("engram: note: {}", answer.warning);
+            }
+            let values: Vec<Value> = answer
+                .violations
+                .iter()
+                .map(|found| found.to_json())
+                .collect();
+            emit(json_output, Value::Array(values), || {
+                if answer.violations.is_empty() {
+                    return "ok: the plan violates no constraint".into();
+                }
+                answer
+                    .violations
+                    .iter()
+                    .map(|found| {
+                        format!(
+                            "violates {} (writer {}, commit {}, {}): matched {}\n    {}",
+                            found.constraint.id_hex(),
+                            &hex::encode(found.constraint.writer)[..16],
+                            found.constraint.commit,
+                            jiff::Timestamp::from_millisecond(found.constraint.recorded_at_unix_ms)
+                                .map(|time| time.to_string())
+                                .unwrap_or_default(),
+                            found.matched.join(", "),
+                            found.constraint.text
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            if !answer.violations.is_empty() {
+                return Err(Failure {
+                    exit: 5,
+                    message: format!(
+                        "the plan violates {} constraint(s)",
+                        answer.violations.len()
+                    ),
+                });
+            }
+        }
         Command::Trust {
             world,
             writer,
@@ -1006,6 +1079,18 @@ fn read_batch(path: &PathBuf) -> Result<Vec<NewAtom>, Failure> {
                         .as_f64()
                         .ok_or_else(|| at("\"vector\" must be an array of numbers".into()))?
                         as f32,
+                );
+            }
+        }
+        if let Some(forbids) = value.get("forbids") {
+            let terms = forbids
+                .as_array()
+                .ok_or_else(|| at("\"forbids\" must be an array of strings".into()))?;
+            for term in terms {
+                atom.forbids.push(
+                    term.as_str()
+                        .ok_or_else(|| at("\"forbids\" must be an array of strings".into()))?
+                        .to_owned(),
                 );
             }
         }

@@ -125,6 +125,8 @@ pub struct NewAtom {
     pub links: Vec<Link>,
     /// Written as a proposal rather than asserted.
     pub proposed: bool,
+    /// What a constraint forbids: words or phrases a plan must not contain.
+    pub forbids: Vec<String>,
 }
 
 /// A typed reference from one atom to another.
@@ -167,7 +169,16 @@ impl NewAtom {
             valid_time: None,
             links: Vec::new(),
             proposed: false,
+            forbids: Vec::new(),
         }
+    }
+
+    /// A constraint forbidding `terms` (words or phrases), `text` saying why and what
+    /// to do instead.
+    pub fn constraint(text: impl Into<String>, terms: &[&str]) -> NewAtom {
+        let mut atom = NewAtom::new(wire::AtomKind::Constraint, text);
+        atom.forbids = terms.iter().map(|term| term.to_string()).collect();
+        atom
     }
 
     /// The same atom as a proposal: not current knowledge until approved.
@@ -227,6 +238,12 @@ impl NewAtom {
         builder.set_importance(self.importance);
         builder.set_confidence(self.confidence);
         builder.set_proposed(self.proposed);
+        if !self.forbids.is_empty() {
+            let mut forbids = builder.reborrow().init_forbids(self.forbids.len() as u32);
+            for (index, term) in self.forbids.iter().enumerate() {
+                forbids.set(index as u32, term.as_str());
+            }
+        }
         if !self.links.is_empty() {
             let mut links = builder.reborrow().init_links(self.links.len() as u32);
             for (index, link) in self.links.iter().enumerate() {
@@ -277,6 +294,8 @@ pub struct AtomView {
     pub links: Vec<Link>,
     /// Where it stands as of the answer (now, or the call's `asOf`).
     pub state: wire::LifecycleState,
+    /// What it forbids, if it is a constraint.
+    pub forbids: Vec<String>,
 }
 
 impl AtomView {
@@ -285,6 +304,10 @@ impl AtomView {
         let mut labels = Vec::new();
         for label in content.get_labels()?.iter() {
             labels.push(text(label)?);
+        }
+        let mut forbids = Vec::new();
+        for term in content.get_forbids()?.iter() {
+            forbids.push(text(term)?);
         }
         let mut links = Vec::new();
         for link in content.get_links()?.iter() {
@@ -324,6 +347,7 @@ impl AtomView {
             valid_time,
             links,
             state: reader.get_state().map_err(capnp::Error::from)?,
+            forbids,
         })
     }
 
@@ -349,6 +373,7 @@ impl AtomView {
             "validTime": self.valid_time.map(ValidTime::to_json),
             "links": self.links.iter().map(|link| link.to_json()).collect::<Vec<_>>(),
             "state": state_name(self.state),
+            "forbids": self.forbids,
         })
     }
 }
@@ -364,6 +389,30 @@ pub struct HitView {
     pub explanation: String,
     /// Ids of the live atoms that contradict this one or that it contradicts.
     pub contradictions: Vec<[u8; 32]>,
+}
+
+/// One constraint a plan violates (`WorldReader.check`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViolationView {
+    /// Who stated it (`writer`), when (`commit`, `recorded_at_unix_ms`), why (`text`).
+    pub constraint: AtomView,
+    /// Its forbidden terms the plan contains.
+    pub matched: Vec<String>,
+}
+
+impl ViolationView {
+    pub fn to_json(&self) -> Value {
+        json!({"constraint": self.constraint.to_json(), "matched": self.matched})
+    }
+}
+
+/// What `check` answered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckAnswer {
+    /// Oldest constraint first; empty when the plan violates nothing.
+    pub violations: Vec<ViolationView>,
+    /// Empty unless the check stopped at its budget before examining every candidate.
+    pub warning: String,
 }
 
 /// A writer's trust on a label (`WorldReader.trust`).

@@ -230,6 +230,9 @@ pub struct AtomContent {
     pub valid_time: Option<TimeInterval>,
     /// Remembered as a proposal (initial state `proposed`) rather than asserted.
     pub proposed: bool,
+    /// What a constraint forbids: words or phrases that a plan must not contain
+    /// (`WorldReader.check`). Only constraints carry them.
+    pub forbids: Vec<String>,
 }
 
 impl AtomContent {
@@ -246,6 +249,7 @@ impl AtomContent {
             vector: Vec::new(),
             valid_time: None,
             proposed: false,
+            forbids: Vec::new(),
         }
     }
 
@@ -327,7 +331,8 @@ impl AtomContent {
                 interval.until_unix_ms, interval.from_unix_ms
             ));
         }
-        self.validate_lifecycle()
+        self.validate_lifecycle()?;
+        crate::constraint::validate_forbids(self.kind, &self.forbids)
     }
 
     /// The rules of transition atoms and links (ARCHITECTURE.md, Lifecycle).
@@ -506,6 +511,13 @@ pub fn encode_entry(header: &EntryHeader<'_>, content: &AtomContent, out: &mut V
     put_u32(out, content.vector.len() as u32);
     for component in &content.vector {
         out.extend_from_slice(&canonical_float(*component).to_be_bytes());
+    }
+    // Validated content has at most `ATOM_FORBIDS_MAX` terms of at most
+    // `FORBIDDEN_TERM_BYTES_MAX` bytes: the u16s cannot overflow.
+    put_u16(out, content.forbids.len() as u16);
+    for term in &content.forbids {
+        put_u16(out, term.len() as u16);
+        out.extend_from_slice(term.as_bytes());
     }
 }
 
@@ -768,6 +780,15 @@ pub fn decode_entry(id: Hash, bytes: &[u8]) -> Result<Atom, StoreError> {
         for _ in 0..dimensions {
             vector.push(f32::from_bits(reader.u32()?));
         }
+        let mut forbids = Vec::new();
+        if version != ENTRY_FORMAT_VERSION_1 {
+            let count = reader.u16()? as usize;
+            forbids.reserve(count.min(crate::limits::ATOM_FORBIDS_MAX));
+            for _ in 0..count {
+                let length = reader.u16()? as usize;
+                forbids.push(reader.string(length)?);
+            }
+        }
         if reader.position != reader.bytes.len() {
             return None;
         }
@@ -790,6 +811,7 @@ pub fn decode_entry(id: Hash, bytes: &[u8]) -> Result<Atom, StoreError> {
                 vector,
                 valid_time: head.valid_time,
                 proposed: head.initial_state == LifecycleState::Proposed,
+                forbids,
             },
             state: head.initial_state,
             links_count: version != ENTRY_FORMAT_VERSION_1,
@@ -903,6 +925,8 @@ mod tests {
         assert_eq!(bytes[state_at], LifecycleState::Proposed.code() as u8);
         let mut version_1 = bytes.clone();
         version_1.remove(state_at);
+        // Nor the forbidden terms' count (none) at its end.
+        version_1.truncate(version_1.len() - 2);
         version_1[0] = ENTRY_FORMAT_VERSION_1;
         let old = decode_entry(entry_hash(&version_1), &version_1).unwrap();
         assert_eq!(

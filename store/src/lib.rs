@@ -9,6 +9,7 @@
 
 pub mod atom;
 pub mod chain;
+pub mod constraint;
 pub mod epoch;
 pub mod error;
 pub mod journal;
@@ -36,6 +37,7 @@ pub use atom::{
     TimeInterval, Transition, Visible,
 };
 pub use chain::{BadEntry, ChainHead, VerifyReport};
+pub use constraint::{CheckReport, Plan, Violation};
 pub use epoch::Epoch;
 pub use error::StoreError;
 pub use principal::{Grant, Principal, Rate, Right};
@@ -119,6 +121,7 @@ impl Store {
             transaction.open_table(IN_STATE)?;
             transaction.open_table(LINKS)?;
             transaction.open_table(TRUST)?;
+            transaction.open_table(FORBIDS)?;
             transaction.open_table(WORLDS)?;
             transaction.open_table(PRINCIPALS)?;
             transaction.open_table(PRINCIPAL_NAMES)?;
@@ -354,6 +357,7 @@ struct Snapshot {
     in_state: ReadOnlyTable<(&'static str, u8, u64), ()>,
     links: ReadOnlyTable<(&'static str, u64, u16, u64), ()>,
     trust: ReadOnlyTable<(&'static str, PublicKey, &'static str), (u64, u64)>,
+    forbids: ReadOnlyTable<(&'static str, &'static str, u64), ()>,
 }
 
 impl Snapshot {
@@ -367,6 +371,7 @@ impl Snapshot {
             in_state: transaction.open_table(IN_STATE)?,
             links: transaction.open_table(LINKS)?,
             trust: transaction.open_table(TRUST)?,
+            forbids: transaction.open_table(FORBIDS)?,
             transaction,
         })
     }
@@ -436,7 +441,7 @@ impl ReadView {
         Ok(principals)
     }
 
-    fn require_world(&self, world: &str) -> Result<(), StoreError> {
+    pub(crate) fn require_world(&self, world: &str) -> Result<(), StoreError> {
         match self.table(WORLDS)?.get(world)? {
             Some(_) => Ok(()),
             None => Err(StoreError::WorldNotFound {
@@ -451,7 +456,7 @@ impl ReadView {
     }
 
     /// The stored row of `commit` in `world`, which an index names.
-    fn row(
+    pub(crate) fn row(
         &self,
         world: &str,
         commit: u64,
@@ -464,7 +469,7 @@ impl ReadView {
     }
 
     /// The facts of the entry of `commit` in `world`, read in place.
-    fn facts<'a>(
+    pub(crate) fn facts<'a>(
         &self,
         world: &str,
         commit: u64,

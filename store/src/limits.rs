@@ -62,3 +62,11 @@ const _: () = assert!(LABEL_BYTES_MAX <= ATOM_TEXT_BYTES_MAX);
 pub const CONTRADICTIONS_LISTED_MAX: usize = 16;
 /// Links a hit's contradictions are looked for among, its own and those made to it.
 pub const CONTRADICTIONS_EXAMINED_MAX: usize = 128;
+/// Terms a constraint may forbid.
+pub const ATOM_FORBIDS_MAX: usize = 64;
+/// Bytes of one forbidden term.
+pub const FORBIDDEN_TERM_BYTES_MAX: usize = 128;
+/// Words of one forbidden term (a phrase).
+pub const FORBIDDEN_TERM_WORDS_MAX: usize = 16;
+/// Labels a plan may be checked under.
+pub const CHECK_LABELS_MAX: usize = 64;

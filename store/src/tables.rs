@@ -35,6 +35,9 @@ pub(crate) const LINKS: TableDefinition<(&str, u64, u16, u64), ()> = TableDefini
 /// the writer's atoms carrying the label; label "" counts them across every label.
 pub(crate) const TRUST: TableDefinition<(&str, PublicKey, &str), (u64, u64)> =
     TableDefinition::new("trust");
+/// (world, word, constraint commit) → (): the key word (the longest) of each term a
+/// constraint forbids, for `check`.
+pub(crate) const FORBIDS: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("forbids");
 /// world name → (state code, atom count, vector dimension or 0).
 pub(crate) const WORLDS: TableDefinition<&str, (u8, u64, u32)> = TableDefinition::new("worlds");
 /// public key → principal record (JSON).

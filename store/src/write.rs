@@ -103,6 +103,7 @@ pub(crate) struct Tables<'txn> {
     in_state: Table<'txn, (&'static str, u8, u64), ()>,
     links: Table<'txn, (&'static str, u64, u16, u64), ()>,
     trust: Table<'txn, (&'static str, PublicKey, &'static str), (u64, u64)>,
+    forbids: Table<'txn, (&'static str, &'static str, u64), ()>,
     worlds: Table<'txn, &'static str, (u8, u64, u32)>,
     principals: Table<'txn, PublicKey, &'static [u8]>,
     principal_names: Table<'txn, &'static str, PublicKey>,
@@ -121,6 +122,7 @@ impl<'txn> Tables<'txn> {
             in_state: transaction.open_table(IN_STATE)?,
             links: transaction.open_table(LINKS)?,
             trust: transaction.open_table(TRUST)?,
+            forbids: transaction.open_table(FORBIDS)?,
             worlds: transaction.open_table(WORLDS)?,
             principals: transaction.open_table(PRINCIPALS)?,
             principal_names: transaction.open_table(PRINCIPAL_NAMES)?,
@@ -172,6 +174,9 @@ impl<'txn> Tables<'txn> {
         }
         if !links_count {
             return Ok(());
+        }
+        for word in crate::constraint::key_words(&content.forbids) {
+            self.forbids.insert((world, word.as_str(), commit), ())?;
         }
         for link in &content.links {
             let corrupt = |what: &str| StoreError::Corrupt {

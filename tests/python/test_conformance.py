@@ -578,3 +578,34 @@ def test_corrections_lower_trust_and_contradictions_show_on_both_sides(node):
         await expect_code("permissionDenied", engram.trust(restricted, admin_key, "db"))
 
     run(body())
+
+
+# Constraints
+
+
+def test_a_plan_is_checked_against_live_constraints(node):
+    async def body():
+        session = await with_world(node.tcp, node, "team/web")
+        writer, reader = session.writer("team/web"), session.reader("team/web")
+        (rule,) = await engram.remember(
+            writer,
+            NewAtom(
+                "do not use library requests for HTTP; use httpx",
+                kind="constraint",
+                labels=["http"],
+                forbids=["requests"],
+            ),
+        )
+        (found,) = await engram.check(reader, "fetch it with requests.get", ["http"])
+        assert found.matched == ("requests",)
+        assert (found.constraint.id, found.constraint.forbids) == (rule.id, ("requests",))
+        assert found.constraint.writer == engram.public_key_bytes(engram.load_key(node.admin_key))
+        assert await engram.check(reader, "fetch it with httpx", ["http"]) == []
+        assert await engram.check(reader, "fetch it with requests", ["frontend"]) == []
+        violations, warning = await engram.check_page(reader, "requests", [])
+        assert len(violations) == 1 and warning == ""
+        await engram.transition(writer, rule.id, "retract")
+        assert await engram.check(reader, "fetch it with requests", ["http"]) == []
+        await expect_code("invalidArgument", engram.remember(writer, NewAtom("x", kind="fact", forbids=["requests"])))
+
+    run(body())

@@ -35,6 +35,8 @@ from .client import (
     attenuate_reader,
     attenuate_writer,
     call,
+    check,
+    check_page,
     connect,
     create_world,
     add_principal,
@@ -56,6 +58,7 @@ from .client import (
     transition,
     trust,
     Trust,
+    Violation,
     verify,
     Watch,
 )
@@ -79,6 +82,8 @@ __all__ = [
     "attenuate_reader",
     "attenuate_writer",
     "call",
+    "check",
+    "check_page",
     "connect",
     "create_world",
     "diff",
@@ -99,6 +104,7 @@ __all__ = [
     "transition",
     "trust",
     "Trust",
+    "Violation",
     "verify",
     "Watch",
 ]

@@ -110,6 +110,9 @@ class NewAtom:
     """Ids of atoms this one replaces: each becomes ``superseded``."""
     links: Sequence[tuple[str, bytes]] = ()
     """Other links, as ``(LinkKind name, target id)``."""
+    forbids: Sequence[str] = ()
+    """What a constraint (``kind="constraint"``) forbids: words or phrases a plan must
+    not contain (see :func:`check`)."""
 
     def fill(self, builder: Any) -> None:
         builder.kind = self.kind
@@ -117,6 +120,10 @@ class NewAtom:
         builder.importance = self.importance
         builder.confidence = self.confidence
         builder.proposed = self.proposed
+        if self.forbids:
+            forbids = builder.init("forbids", len(self.forbids))
+            for index, term in enumerate(self.forbids):
+                forbids[index] = term
         links = [("supersedes", target) for target in self.supersedes] + list(self.links)
         if links:
             built = builder.init("links", len(links))
@@ -158,6 +165,8 @@ class AtomView:
     """Its ``LifecycleState`` as of the answer (now, or the call's ``as_of``)."""
     links: tuple[tuple[str, bytes], ...] = ()
     """``(LinkKind name, target id)`` of each link."""
+    forbids: tuple[str, ...] = ()
+    """What it forbids, if it is a constraint."""
 
     @classmethod
     def read(cls, atom: Any) -> "AtomView":
@@ -182,6 +191,7 @@ class AtomView:
             valid_time=valid_time,
             state=str(atom.state),
             links=tuple((str(link.kind), bytes(link.target)) for link in content.links),
+            forbids=tuple(content.forbids),
         )
 
 
@@ -444,6 +454,39 @@ async def ask_page(
         resume_before_commit=result.resumeBeforeCommit or None,
         contradictions=[tuple(bytes(id) for id in hit.contradictions) for hit in result.hits],
     )
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One constraint a plan violates: the constraint atom (who stated it: ``writer``;
+    when: ``commit``; why: ``text``) and its forbidden terms the plan contains."""
+
+    constraint: AtomView
+    matched: tuple[str, ...]
+
+
+async def check(reader: Any, plan: str, labels: Sequence[str] = ()) -> list[Violation]:
+    """The pre-flight check: every live constraint of the reader's world in scope for
+    ``labels`` (constraints with no labels, or sharing one; every constraint when
+    ``labels`` is empty) that ``plan`` violates, oldest first; ``[]`` when it violates
+    nothing. A check cut short by the node's budget returns what it found: use
+    :func:`check_page` to see its warning."""
+    return (await check_page(reader, plan, labels))[0]
+
+
+async def check_page(reader: Any, plan: str, labels: Sequence[str] = ()) -> tuple[list[Violation], str]:
+    """:func:`check` with the node's warning (empty unless the check stopped at its budget)."""
+    request = reader.check_request()
+    request.plan = plan
+    built = request.init("labels", len(labels))
+    for index, label in enumerate(labels):
+        built[index] = label
+    result = await call(request.send())
+    violations = [
+        Violation(constraint=AtomView.read(found.constraint), matched=tuple(found.matched))
+        for found in result.violations
+    ]
+    return violations, result.warning
 
 
 @dataclass(frozen=True)
