@@ -412,6 +412,19 @@ struct WorldInfo {
   # first vector when it was created without one; 0 until then.
 }
 
+struct AuditRecord {
+  # One read, as the audit trail keeps it (`Admin.audit`).
+  principal @0 :Data;   # Who read (public key).
+  world @1 :Text;
+  method @2 :Text;      # ask, check, get, replay or diff.
+  restriction @3 :Text; # The capability's restriction as JSON: only what it narrows; {} for none.
+  query @4 :Text;       # The method's parameters as JSON (a query vector by its dimensions only).
+  ids @5 :List(Data);   # The ids answered, in the answer's order.
+  commit @6 :UInt64;    # The node's last commit when the read's snapshot was taken.
+  sequence @7 :UInt64;  # Unique in the trail; orders the records of one commit.
+  atUnixMs @8 :Int64;   # The node's clock when it answered (display only).
+}
+
 struct Health {
   version @0 :Text;      # engramd's version.
   epoch @1 :Epoch;
@@ -639,4 +652,16 @@ interface Admin {
   # every capability of an older epoch fails with `staleEpoch`.
 
   health @10 () -> (health :Health);
+
+  audit @11 (principal :Text, fromCommit :UInt64, toCommit :UInt64, afterSequence :UInt64,
+             limit :UInt32) -> (records :List(AuditRecord));
+  # The audit trail of one principal (its name, or its public key as 64 hex digits, for
+  # a principal since removed): every `ask`, `check`, `get`, `replay` and `diff` it made
+  # that answered, with the commit its answer stood at in `fromCommit..=toCommit` (0 as
+  # `toCommit`: no bound), in commit order, at most `limit` (1 to 1000). To page on, pass
+  # the last record's `commit` as `fromCommit` and its `sequence` as `afterSequence`.
+  # "What did this agent receive when it asked at commit N": fromCommit = toCommit = N.
+  # A read's record is queued before the read is answered and is in the trail within
+  # 50 ms; a crash loses at most the records of reads answered in the 50 ms before it
+  # (README, Audit trail). A read fails with `unavailable` rather than go unrecorded.
 }

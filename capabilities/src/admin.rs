@@ -254,4 +254,73 @@ impl admin::Server for Admin {
         health.set_uptime_ms(node.started.elapsed().as_millis() as u64);
         Ok(())
     }
+
+    async fn audit(
+        self: Rc<Self>,
+        params: admin::AuditParams,
+        mut results: admin::AuditResults,
+    ) -> Result<(), capnp::Error> {
+        self.authorize().wire()?;
+        let params = params.get()?;
+        let named = params
+            .get_principal()
+            .map_err(malformed)
+            .wire()?
+            .to_str()
+            .map_err(CapabilityError::from)
+            .wire()?;
+        let node = &self.grip.node;
+        let key = match hex::decode(named)
+            .ok()
+            .and_then(|key| <[u8; 32]>::try_from(key).ok())
+        {
+            Some(key) => key,
+            None => node
+                .store
+                .read()
+                .wire()?
+                .principals()
+                .wire()?
+                .into_iter()
+                .find(|principal| principal.name == named)
+                .map(|principal| principal.public_key)
+                .ok_or_else(|| {
+                    CapabilityError::Store(engram_store::StoreError::PrincipalNotFound {
+                        name: named.to_owned(),
+                    })
+                })
+                .wire()?,
+        };
+        let to_commit = match params.get_to_commit() {
+            0 => u64::MAX,
+            to_commit => to_commit,
+        };
+        let entries = node
+            .audit
+            .read(
+                &key,
+                params.get_from_commit(),
+                to_commit,
+                params.get_after_sequence(),
+                params.get_limit(),
+            )
+            .wire()?;
+        let mut list = results.get().init_records(entries.len() as u32);
+        for (index, entry) in entries.iter().enumerate() {
+            let mut record = list.reborrow().get(index as u32);
+            record.set_principal(&entry.principal);
+            record.set_world(entry.world.as_str());
+            record.set_method(entry.method.as_str());
+            record.set_restriction(entry.restriction.as_str());
+            record.set_query(entry.query.as_str());
+            record.set_commit(entry.commit);
+            record.set_sequence(entry.sequence);
+            record.set_at_unix_ms(entry.at_unix_ms);
+            let mut ids = record.init_ids(entry.ids.len() as u32);
+            for (position, id) in entry.ids.iter().enumerate() {
+                ids.set(position as u32, id);
+            }
+        }
+        Ok(())
+    }
 }

@@ -55,7 +55,7 @@ impl CapabilityError {
                 | StoreError::InvalidEpochHead { .. } => ErrorCode::InvalidArgument,
                 StoreError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
                 StoreError::PermissionDenied { .. } => ErrorCode::PermissionDenied,
-                StoreError::WriterStopped => ErrorCode::Unavailable,
+                StoreError::WriterStopped | StoreError::AuditStopped => ErrorCode::Unavailable,
                 StoreError::BudgetSpent { .. } => ErrorCode::ResourceExhausted,
                 _ => ErrorCode::Internal,
             },

@@ -22,6 +22,8 @@ pub(crate) struct Grip {
     pub epoch: u64,
     pub generation: u64,
     pub restriction: Rc<Restriction>,
+    /// The restriction as the audit trail records it (JSON), described once.
+    pub audit_restriction: std::sync::Arc<str>,
     /// Shared by every capability of the logins of one connection, attenuated or
     /// handed on.
     pub budget: Rc<CallBudget>,
@@ -230,8 +232,10 @@ impl Grip {
         if let Some(bucket) = Bucket::new(restriction.rate, "this capability's restriction") {
             rates.push(Rc::new(bucket));
         }
+        let restriction = self.restriction.narrow(restriction);
         Grip {
-            restriction: Rc::new(self.restriction.narrow(restriction)),
+            audit_restriction: restriction.describe().into(),
+            restriction: Rc::new(restriction),
             rates: rates.into(),
             ..self.clone()
         }

@@ -79,6 +79,7 @@ impl membrane::Server for Membrane {
             epoch: epoch.number,
             generation,
             restriction: Rc::new(Restriction::NONE),
+            audit_restriction: Restriction::NONE.describe().into(),
             budget: self.budget.clone(),
             rates: Rc::new([]),
         };

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ed25519_dalek::SigningKey;
+use engram_store::audit::AuditLog;
 use engram_store::writer::Writer;
 use engram_store::{
     Epoch, PublicKey, Rate, Store, StoreError, TextIndex, VectorIndex, WriteOutcome, WriteRequest,
@@ -36,6 +37,8 @@ pub struct Node {
     pub(crate) vectors: Arc<VectorIndex>,
     /// The lexical index, caught up by the indexer thread (derived state).
     pub(crate) texts: Arc<TextIndex>,
+    /// The audit trail every read that answers with atoms is recorded in.
+    pub(crate) audit: AuditLog,
     /// Bumped whenever an epoch advance or a principal change may revoke capabilities,
     /// so that waiting subscriptions check their grip again.
     pub(crate) policy: watch::Sender<u64>,
@@ -100,6 +103,7 @@ impl Node {
         committed: watch::Receiver<u64>,
         vectors: Arc<VectorIndex>,
         texts: Arc<TextIndex>,
+        audit: AuditLog,
         limits: NodeLimits,
     ) -> Result<Node, StoreError> {
         let view = store.read()?;
@@ -121,6 +125,7 @@ impl Node {
             committed,
             vectors,
             texts,
+            audit,
             policy: watch::Sender::new(0),
             shutdown: watch::Sender::new(false),
             subscriptions: RefCell::new(HashMap::new()),

@@ -61,6 +61,47 @@ impl Restriction {
         }
     }
 
+    /// This restriction as JSON, naming only what it narrows (`{}` for none): what the
+    /// audit trail records.
+    pub(crate) fn describe(&self) -> String {
+        let mut fields = serde_json::Map::new();
+        if let Some(worlds) = &self.worlds {
+            fields.insert("worlds".into(), serde_json::json!(worlds));
+        }
+        if let Some(kinds) = &self.kinds {
+            let names: Vec<&str> = kinds.iter().map(|kind| kind.name()).collect();
+            fields.insert("kinds".into(), serde_json::json!(names));
+        }
+        if let Some(labels) = &self.labels {
+            fields.insert("labels".into(), serde_json::json!(labels));
+        }
+        if self.max_importance < 1.0 {
+            fields.insert(
+                "maxImportance".into(),
+                serde_json::json!(self.max_importance),
+            );
+        }
+        if self.expires_at_unix_ms != 0 {
+            fields.insert(
+                "expiresAtUnixMs".into(),
+                serde_json::json!(self.expires_at_unix_ms),
+            );
+        }
+        if !self.rate.is_unlimited() {
+            fields.insert(
+                "rate".into(),
+                serde_json::json!({
+                    "callsPerSecond": self.rate.calls_per_second,
+                    "atomsPerSecond": self.rate.atoms_per_second,
+                }),
+            );
+        }
+        if !self.approve {
+            fields.insert("withoutApprove".into(), serde_json::json!(true));
+        }
+        serde_json::Value::Object(fields).to_string()
+    }
+
     pub(crate) fn allows_world(&self, world: &str) -> bool {
         self.worlds
             .as_ref()

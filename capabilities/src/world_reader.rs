@@ -3,6 +3,7 @@
 use std::rc::Rc;
 
 use engram_schema::engram_capnp::{hit, world_reader};
+use engram_store::audit::{AuditRecord, AuditedQuery};
 use engram_store::{Atom, Facts, Hash, Plan, ReadBudget, ReadView, StoreError};
 
 use crate::convert::{
@@ -70,23 +71,59 @@ impl WorldReader {
         Ok(Bounded::Whole(answer))
     }
 
+    /// Records a read in the audit trail (`query`, the `ids` answered, the commit the
+    /// answer stood at) before it is answered: waits while the trail's queue is full,
+    /// and fails (`unavailable`) once the trail cannot be written.
+    async fn audit(
+        &self,
+        query: AuditedQuery,
+        ids: Vec<Hash>,
+        commit: u64,
+    ) -> Result<(), capnp::Error> {
+        let record = AuditRecord {
+            principal: self.grip.principal,
+            world: self.world.clone(),
+            restriction: self.grip.audit_restriction.clone(),
+            query,
+            ids,
+            commit,
+            at_unix_ms: engram_store::now_unix_ms(),
+        };
+        self.grip
+            .node
+            .audit
+            .record(record)
+            .await
+            .map_err(CapabilityError::from)
+            .wire()
+    }
+
     /// One page of the world's log in commit order, as `replay` and `diff` answer it:
-    /// visible atoms after `from_commit`, up to `up_to`, within the call's budget.
+    /// visible atoms after `from_commit`, up to `up_to`, within the call's budget;
+    /// recorded in the audit trail as `query`.
     async fn log_page(
         &self,
         from_commit: u64,
         up_to: u64,
         limit: u32,
+        query: AuditedQuery,
     ) -> Result<engram_store::ReplayPage, capnp::Error> {
-        let page = self
+        let (page, commit) = self
             .bounded(move |view, world, restriction, budget| {
                 let visible = |atom: &dyn Facts| restriction.shows(atom);
                 let page = view.replay_until(world, from_commit, up_to, limit, budget, &visible)?;
                 let unfinished = page.examined_budget_spent;
-                Ok((page, unfinished))
+                Ok(((page, view.snapshot_commit()), unfinished))
             })
-            .await?;
-        Ok(page.either())
+            .await?
+            .either();
+        self.audit(
+            query,
+            page.atoms.iter().map(|atom| atom.id).collect(),
+            commit,
+        )
+        .await?;
+        Ok(page)
     }
 
     /// A ranked ask (by vector, text or both): the search runs off the RPC thread,
@@ -102,7 +139,12 @@ impl WorldReader {
         let restriction = (*self.grip.restriction).clone();
         let explain = request.explain;
         let as_of = request.query.states_as_of();
-        let ((ranked, coverage), contradictions) = self
+        let audited = AuditedQuery::Ask {
+            query: request.query.clone(),
+            text: request.text.clone(),
+            vector_dimensions: request.vector.len(),
+        };
+        let ((ranked, coverage), contradictions, commit) = self
             .grip
             .off_thread(move |store| {
                 let answer = store.ask_ranked(
@@ -117,12 +159,19 @@ impl WorldReader {
                 )?;
                 let atoms = answer.0.iter().map(|found| &found.atom);
                 let mut budget = usize::MAX;
+                let view = store.read()?;
                 let contradictions =
-                    contradictions(&store.read()?, atoms, as_of, &restriction, &mut budget)?;
-                Ok((answer, contradictions))
+                    contradictions(&view, atoms, as_of, &restriction, &mut budget)?;
+                Ok((answer, contradictions, view.snapshot_commit()))
             })
             .await
             .wire()?;
+        self.audit(
+            audited,
+            ranked.iter().map(|found| found.atom.id).collect(),
+            commit,
+        )
+        .await?;
         // The epoch may have moved while the search ran.
         self.check_grip()?;
         let mut results = results.get();
@@ -189,12 +238,8 @@ impl world_reader::Server for WorldReader {
         let params = params.get()?;
         let id = bytes32(params.get_id().map_err(malformed).wire()?, "the atom id").wire()?;
         let as_of = params.get_as_of();
-        let atom = self
-            .grip
-            .node
-            .store
-            .read()
-            .wire()?
+        let view = self.grip.node.store.read().wire()?;
+        let atom = view
             .atom_as_of(&self.world, &id, if as_of == 0 { u64::MAX } else { as_of })
             .wire()?;
         // Hidden, or (by `atom_as_of`) not yet committed at `asOf`: not found, alike.
@@ -207,6 +252,10 @@ impl world_reader::Server for WorldReader {
                 .into(),
             );
         }
+        let commit = view.snapshot_commit();
+        drop(view);
+        self.audit(AuditedQuery::Get { id, as_of }, vec![id], commit)
+            .await?;
         write_atom(results.get().init_atom(), &atom);
         Ok(())
     }
@@ -231,6 +280,11 @@ impl world_reader::Server for WorldReader {
             return self.ask_ranked(request, results).await;
         }
         let (query, explain) = (request.query, request.explain);
+        let audited = AuditedQuery::Ask {
+            query: query.clone(),
+            text: String::new(),
+            vector_dimensions: 0,
+        };
         let page = self
             .bounded(move |view, world, restriction, budget| {
                 let page = view.ask(world, &query, budget, &|atom| restriction.shows(atom))?;
@@ -250,18 +304,24 @@ impl world_reader::Server for WorldReader {
                     &mut links,
                 ) {
                     Err(StoreError::BudgetSpent { .. }) if budget == ReadBudget::INLINE => {
-                        return Ok(((page, Vec::new()), true));
+                        return Ok(((page, Vec::new(), 0), true));
                     }
                     found => found?,
                 };
                 let unfinished = page.examined_budget_spent;
-                Ok(((page, found), unfinished))
+                Ok(((page, found, view.snapshot_commit()), unfinished))
             })
             .await?;
-        let ((page, contradictions), budget) = match page {
+        let ((page, contradictions, commit), budget) = match page {
             Bounded::Whole(page) => (page, "the node's budget for one call"),
             Bounded::Cut(page) => (page, "what this capability's rate pays for now"),
         };
+        self.audit(
+            audited,
+            page.atoms.iter().map(|atom| atom.id).collect(),
+            commit,
+        )
+        .await?;
         let mut results = results.get();
         if let Some(before) = page.resume_before_commit {
             results.set_resume_before_commit(before);
@@ -296,7 +356,8 @@ impl world_reader::Server for WorldReader {
         self.admit()?;
         let params = params.get()?;
         let (from_commit, limit) = (params.get_from_commit(), params.get_limit());
-        let page = self.log_page(from_commit, u64::MAX, limit).await?;
+        let audited = AuditedQuery::Replay { from_commit, limit };
+        let page = self.log_page(from_commit, u64::MAX, limit, audited).await?;
         let mut results = results.get();
         results.set_next_commit(page.next_commit);
         write_atoms(results.init_atoms(page.atoms.len() as u32), &page.atoms);
@@ -354,11 +415,17 @@ impl world_reader::Server for WorldReader {
         self.admit()?;
         let params = params.get()?;
         let (from_commit, limit) = (params.get_from_commit(), params.get_limit());
-        let up_to = match params.get_to_commit() {
+        let to_commit = params.get_to_commit();
+        let up_to = match to_commit {
             0 => u64::MAX,
             to_commit => to_commit,
         };
-        let page = self.log_page(from_commit, up_to, limit).await?;
+        let audited = AuditedQuery::Diff {
+            from_commit,
+            to_commit,
+            limit,
+        };
+        let page = self.log_page(from_commit, up_to, limit, audited).await?;
         let mut results = results.get();
         results.set_next_commit(page.next_commit);
         write_atoms(results.init_atoms(page.atoms.len() as u32), &page.atoms);
@@ -395,18 +462,28 @@ impl world_reader::Server for WorldReader {
             .iter()
             .map(|label| Ok(label?.to_string()?))
             .collect::<Result<Vec<String>, capnp::Error>>()?;
+        let audited = AuditedQuery::Check {
+            plan: text.to_owned(),
+            labels: labels.clone(),
+        };
         let plan = std::sync::Arc::new(Plan::new(text, labels).wire()?);
         let report = self
             .bounded(move |view, world, restriction, budget| {
                 let report = view.check(world, &plan, budget, &|atom| restriction.shows(atom))?;
                 let unfinished = report.examined_budget_spent;
-                Ok((report, unfinished))
+                Ok(((report, view.snapshot_commit()), unfinished))
             })
             .await?;
-        let (report, budget) = match report {
+        let ((report, commit), budget) = match report {
             Bounded::Whole(report) => (report, "the node's budget for one call"),
             Bounded::Cut(report) => (report, "what this capability's rate pays for now"),
         };
+        let ids = report
+            .violations
+            .iter()
+            .map(|found| found.constraint.id)
+            .collect();
+        self.audit(audited, ids, commit).await?;
         let mut results = results.get();
         if report.examined_budget_spent {
             results.set_warning(

@@ -6,8 +6,9 @@ use engram_schema::engram_capnp::{
 
 use crate::error::ClientError;
 use crate::types::{
-    Answer, AtomView, CheckAnswer, Epoch, Filter, Generation, Grant, Head, HitView, NewAtom,
-    PrincipalView, Receipt, Restriction, TrustView, Verification, ViolationView, WorldView,
+    Answer, AtomView, AuditView, CheckAnswer, Epoch, Filter, Generation, Grant, Head, HitView,
+    NewAtom, PrincipalView, Receipt, Restriction, TrustView, Verification, ViolationView,
+    WorldView,
 };
 
 /// Remembers atoms: `remember` for one, `rememberBatch` (all or nothing) for several.
@@ -126,6 +127,34 @@ pub async fn ask_scored(
             .map_err(capnp::Error::from)?,
         resume_before_commit: Some(results.get_resume_before_commit()).filter(|commit| *commit > 0),
     })
+}
+
+/// The audit trail of `principal` (a name, or a public key as 64 hex digits): its reads
+/// answered at commits `from_commit..=to_commit` (0 as `to_commit`: no bound), in
+/// commit order, skipping those of `from_commit` with a sequence up to
+/// `after_sequence`; at most `limit` (1 to 1000).
+pub async fn audit(
+    admin: &admin::Client,
+    principal: &str,
+    from_commit: u64,
+    to_commit: u64,
+    after_sequence: u64,
+    limit: u32,
+) -> Result<Vec<AuditView>, ClientError> {
+    let mut request = admin.audit_request();
+    let mut params = request.get();
+    params.set_principal(principal);
+    params.set_from_commit(from_commit);
+    params.set_to_commit(to_commit);
+    params.set_after_sequence(after_sequence);
+    params.set_limit(limit);
+    let response = request.send().promise.await?;
+    response
+        .get()?
+        .get_records()?
+        .iter()
+        .map(AuditView::read)
+        .collect()
 }
 
 /// The pre-flight check: every live constraint of the reader's world, in scope for

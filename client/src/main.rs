@@ -141,6 +141,25 @@ enum Command {
     Generation { world: String },
     /// Recompute every chain of a world; exit 4 naming the first bad entry.
     Verify { world: String },
+    /// Print the audit trail of a principal (admin): every ask, check, get, replay and
+    /// diff it made, with what it asked, the ids it received and the commit its answer
+    /// stood at. `--from N --to N`: what it received when it asked at commit N.
+    Audit {
+        /// The principal's name, or its public key (hex) if it has been removed.
+        principal: String,
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// 0: no bound.
+        #[arg(long, default_value_t = 0)]
+        to: u64,
+        /// Skip the records of --from up to this sequence (to page on: pass the last
+        /// record's commit as --from and its sequence here).
+        #[arg(long, default_value_t = 0)]
+        after_sequence: u64,
+        /// At most this many records (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Show or advance the epoch (admin).
     #[command(subcommand)]
     Epoch(EpochCommand),
@@ -815,6 +834,47 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                             hex::encode(head.writer),
                             head.seq,
                             hex::encode(head.id)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        Command::Audit {
+            principal,
+            from,
+            to,
+            after_sequence,
+            limit,
+        } => {
+            let admin = session(&cli).await?.admin()?;
+            let records =
+                engram_client::audit(&admin, principal, *from, *to, *after_sequence, *limit)
+                    .await?;
+            let values: Vec<Value> = records.iter().map(|record| record.to_json()).collect();
+            emit(json_output, Value::Array(values), || {
+                records
+                    .iter()
+                    .map(|record| {
+                        let restriction = if record.restriction == "{}" {
+                            String::new()
+                        } else {
+                            format!(" through {}", record.restriction)
+                        };
+                        format!(
+                            "commit {} seq {}  {} {}{}: {}\n    {} ids{}",
+                            record.commit,
+                            record.sequence,
+                            record.method,
+                            record.world,
+                            restriction,
+                            record.query,
+                            record.ids.len(),
+                            record
+                                .ids
+                                .iter()
+                                .map(|id| format!(" {}", &hex::encode(id)[..16]))
+                                .collect::<String>()
                         )
                     })
                     .collect::<Vec<_>>()

@@ -406,6 +406,60 @@ impl ViolationView {
     }
 }
 
+/// One read in the audit trail (`Admin.audit`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditView {
+    pub principal: [u8; 32],
+    pub world: String,
+    /// ask, check, get, replay or diff.
+    pub method: String,
+    /// The capability's restriction (JSON; `{}` for none).
+    pub restriction: String,
+    /// The method's parameters (JSON).
+    pub query: String,
+    /// The ids answered, in order.
+    pub ids: Vec<[u8; 32]>,
+    /// The node's last commit when the read's snapshot was taken.
+    pub commit: u64,
+    pub sequence: u64,
+    pub at_unix_ms: i64,
+}
+
+impl AuditView {
+    pub fn read(reader: wire::audit_record::Reader<'_>) -> Result<AuditView, ClientError> {
+        let mut ids = Vec::new();
+        for id in reader.get_ids()?.iter() {
+            ids.push(hash(id)?);
+        }
+        Ok(AuditView {
+            principal: hash(reader.get_principal())?,
+            world: text(reader.get_world())?,
+            method: text(reader.get_method())?,
+            restriction: text(reader.get_restriction())?,
+            query: text(reader.get_query())?,
+            ids,
+            commit: reader.get_commit(),
+            sequence: reader.get_sequence(),
+            at_unix_ms: reader.get_at_unix_ms(),
+        })
+    }
+
+    pub fn to_json(&self) -> Value {
+        let parsed = |text: &str| serde_json::from_str(text).unwrap_or(Value::String(text.into()));
+        json!({
+            "principal": hex::encode(self.principal),
+            "world": self.world,
+            "method": self.method,
+            "restriction": parsed(&self.restriction),
+            "query": parsed(&self.query),
+            "ids": self.ids.iter().map(hex::encode).collect::<Vec<_>>(),
+            "commit": self.commit,
+            "sequence": self.sequence,
+            "atUnixMs": self.at_unix_ms,
+        })
+    }
+}
+
 /// What `check` answered.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckAnswer {

@@ -19,6 +19,7 @@ use engram_capabilities::error::CapabilityError;
 use engram_capabilities::{Node, NodeLimits, Peer, Terminal};
 use engram_client::keyfile;
 use engram_schema::engram_capnp::terminal;
+use engram_store::audit::AuditLog;
 use engram_store::writer::Writer;
 use engram_store::{Authority, Principal, Store, TextIndex, VectorIndex, WriteOp, WriteRequest};
 use outbox::{CountingWriter, Guarded, Outbox, PausingReader};
@@ -30,6 +31,8 @@ pub use error::ServerError;
 
 /// The redb file inside the data directory.
 pub const STORE_FILE: &str = "engram.redb";
+/// The audit trail (its own redb file) inside the data directory.
+pub const AUDIT_FILE: &str = "audit.redb";
 /// The node's ed25519 key inside the data directory.
 pub const NODE_KEY_FILE: &str = "node.key";
 /// The first admin's key, written on first start.
@@ -105,6 +108,12 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         vector_directory.clone(),
     );
     let stop_indexer = vectors.clone();
+    let audit_path = config.data.join(AUDIT_FILE);
+    let (audit, audit_thread) =
+        AuditLog::open(&audit_path).map_err(|source| ServerError::Store {
+            path: audit_path.clone(),
+            source,
+        })?;
     let (writer, writer_thread) = Writer::start(store.clone(), move |commit| {
         doorbell.send_replace(commit);
     });
@@ -115,6 +124,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         committed,
         vectors,
         texts,
+        audit,
         config.node_limits,
     )
     .map_err(store_error)?;
@@ -134,6 +144,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     drop(runtime);
     stop_indexer.stop();
     writer_thread.join();
+    // The last audit handles went with the node: the thread commits what is queued.
+    audit_thread.join();
     // The writer's doorbell is gone with it: the indexer sees that and stops.
     if indexer.join().is_err() {
         tracing::error!("the indexer thread panicked");

@@ -72,6 +72,11 @@ pub enum StoreError {
 
     #[error("the writer has stopped; the node is shutting down")]
     WriterStopped,
+    /// The audit trail cannot be written: reads are refused rather than unrecorded.
+    #[error(
+        "the audit trail cannot be written (see the node's log); reads are refused until the node restarts"
+    )]
+    AuditStopped,
     /// Stored bytes do not decode: the file is damaged or was written by a newer engram.
     #[error("stored data is corrupt: {what}")]
     Corrupt { what: String },

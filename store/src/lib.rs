@@ -8,6 +8,7 @@
 //! any thread.
 
 pub mod atom;
+pub mod audit;
 pub mod chain;
 pub mod constraint;
 pub mod epoch;
@@ -47,7 +48,7 @@ pub use rank::{Ranked, Trust};
 pub use text::TextIndex;
 pub use vector::{AtomFacts, VectorIndex};
 pub use world::{WorldInfo, WorldState};
-pub use write::{Authority, Receipt, WriteOp, WriteOutcome, WriteRequest};
+pub use write::{Authority, Receipt, WriteOp, WriteOutcome, WriteRequest, now_unix_ms};
 
 use crate::atom::{EntryFacts, decode_entry};
 use crate::journal::Journal;
@@ -358,6 +359,8 @@ struct Snapshot {
     links: ReadOnlyTable<(&'static str, u64, u16, u64), ()>,
     trust: ReadOnlyTable<(&'static str, PublicKey, &'static str), (u64, u64)>,
     forbids: ReadOnlyTable<(&'static str, &'static str, u64), ()>,
+    /// The last commit when the snapshot was taken.
+    last_commit: u64,
 }
 
 impl Snapshot {
@@ -372,6 +375,7 @@ impl Snapshot {
             links: transaction.open_table(LINKS)?,
             trust: transaction.open_table(TRUST)?,
             forbids: transaction.open_table(FORBIDS)?,
+            last_commit: write::last_commit(&transaction.open_table(META)?)?,
             transaction,
         })
     }
@@ -392,6 +396,12 @@ impl ReadView {
 
     fn entries(&self) -> &EntriesTable {
         &self.snapshot.entries
+    }
+
+    /// The node's last commit when this snapshot was taken: the commit every answer
+    /// read from it stands at. No lookup.
+    pub fn snapshot_commit(&self) -> u64 {
+        self.snapshot.last_commit
     }
 
     /// The current epoch.

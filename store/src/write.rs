@@ -467,7 +467,7 @@ struct Group<'a> {
     states: HashMap<u64, LifecycleState>,
 }
 
-pub(crate) fn now_unix_ms() -> i64 {
+pub fn now_unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as i64)

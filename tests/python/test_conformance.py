@@ -609,3 +609,33 @@ def test_a_plan_is_checked_against_live_constraints(node):
         await expect_code("invalidArgument", engram.remember(writer, NewAtom("x", kind="fact", forbids=["requests"])))
 
     run(body())
+
+
+# Audit trail
+
+
+def test_the_audit_trail_records_what_each_read_answered(node):
+    import asyncio
+    import json
+
+    async def body():
+        session = await with_world(node.tcp, node, "audited")
+        writer, reader = session.writer("audited"), session.reader("audited")
+        (first, second) = await engram.remember(writer, NewAtom("one", labels=["a"]), NewAtom("two", labels=["b"]))
+        asked = await engram.ask(reader, labels=["a"])
+        await engram.get(reader, second.id)
+        records = []
+        for _ in range(500):  # the trail takes up to 50 ms to hold a read's record
+            records = await engram.audit(session.admin, "admin", from_commit=second.commit)
+            if len(records) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert [(record.method, record.ids, record.commit) for record in records] == [
+            ("ask", (asked[0].id,), second.commit),
+            ("get", (second.id,), second.commit),
+        ]
+        assert json.loads(records[0].query)["labels"] == ["a"]
+        assert records[0].restriction == "{}" and records[0].world == "audited"
+        await expect_code("notFound", engram.audit(session.admin, "nobody"))
+
+    run(body())

@@ -683,6 +683,58 @@ async def add_principal(
     return (await call(request.send())).principal
 
 
+@dataclass(frozen=True)
+class AuditRecord:
+    """One read in the audit trail: who (``principal``), where (``world``), which call
+    (``method``), through which restriction and with which parameters (both JSON), the
+    ids it received, and the commit its answer stood at."""
+
+    principal: bytes
+    world: str
+    method: str
+    restriction: str
+    query: str
+    ids: tuple[bytes, ...]
+    commit: int
+    sequence: int
+    at_unix_ms: int
+
+
+async def audit(
+    admin: Any,
+    principal: str,
+    from_commit: int = 0,
+    to_commit: int = 0,
+    after_sequence: int = 0,
+    limit: int = 100,
+) -> list[AuditRecord]:
+    """The audit trail of ``principal`` (a name, or a public key as hex): its reads
+    answered at commits ``from_commit..=to_commit`` (``to_commit`` 0: no bound), in
+    commit order, at most ``limit``; to page on, pass the last record's ``commit`` and
+    ``sequence`` as ``from_commit`` and ``after_sequence``."""
+    request = admin.audit_request()
+    request.principal = principal
+    request.fromCommit = from_commit
+    request.toCommit = to_commit
+    request.afterSequence = after_sequence
+    request.limit = limit
+    result = await call(request.send())
+    return [
+        AuditRecord(
+            principal=bytes(record.principal),
+            world=record.world,
+            method=record.method,
+            restriction=record.restriction,
+            query=record.query,
+            ids=tuple(bytes(id) for id in record.ids),
+            commit=record.commit,
+            sequence=record.sequence,
+            at_unix_ms=record.atUnixMs,
+        )
+        for record in result.records
+    ]
+
+
 async def advance_epoch(admin: Any, head: bytes = bytes(32)) -> int:
     """Advances the epoch; returns the new epoch number once older capabilities fail."""
     request = admin.advanceEpoch_request()
