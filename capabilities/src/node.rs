@@ -96,6 +96,7 @@ impl Default for NodeLimits {
 impl Node {
     /// Loads the epoch and principals from `store`. `committed` is the doorbell the
     /// writer rings after each durable commit.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         writer: Writer,
