@@ -538,6 +538,14 @@ interface WorldReader {
   # KiB of text); past the call's budget of constraints examined, the answer is what
   # was found and `warning` says so.
 
+  commitAt @11 (unixMs :Int64) -> (commit :UInt64);
+  # The last commit of this world the node recorded at or before this time (0 if none):
+  # the `asOf` a time names ("what did we believe on 3 March"). Found by bisection over
+  # the world's commits, never a scan. Recording times are the node's clock; if it
+  # stepped back, the answer is a commit recorded at or before the time, not
+  # necessarily the last. Through a restriction, the commit may be a hidden atom's (as
+  # any cursor may).
+
   trust @9 (writer :Data, label :Text) -> (trust :Trust);
   # The writer's trust in this world on atoms carrying `label` (empty: on all its
   # atoms). One index lookup. `permissionDenied` through a restriction that hides

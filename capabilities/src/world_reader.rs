@@ -509,6 +509,25 @@ impl world_reader::Server for WorldReader {
         Ok(())
     }
 
+    async fn commit_at(
+        self: Rc<Self>,
+        params: world_reader::CommitAtParams,
+        mut results: world_reader::CommitAtResults,
+    ) -> Result<(), capnp::Error> {
+        self.admit()?;
+        let unix_ms = params.get()?.get_unix_ms();
+        let commit = self
+            .grip
+            .node
+            .store
+            .read()
+            .wire()?
+            .commit_at(&self.world, unix_ms)
+            .wire()?;
+        results.get().set_commit(commit);
+        Ok(())
+    }
+
     async fn trust(
         self: Rc<Self>,
         params: world_reader::TrustParams,

@@ -192,6 +192,14 @@ pub async fn check(
     })
 }
 
+/// The last commit of the reader's world recorded at or before `unix_ms` (0 if none):
+/// the `as_of` a time names.
+pub async fn commit_at(reader: &world_reader::Client, unix_ms: i64) -> Result<u64, ClientError> {
+    let mut request = reader.commit_at_request();
+    request.get().set_unix_ms(unix_ms);
+    Ok(request.send().promise.await?.get()?.get_commit())
+}
+
 /// The writer's trust in the reader's world on atoms carrying `label` ("": on all its
 /// atoms): what other principals' `confirms` and `corrects` links said of them.
 pub async fn trust(

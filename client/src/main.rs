@@ -75,9 +75,10 @@ enum Command {
     Get {
         world: String,
         id: String,
-        /// As the world stood at this commit (0: now): not found if committed after it.
-        #[arg(long, default_value_t = 0)]
-        as_of: u64,
+        /// As the world stood at this commit, or at this RFC 3339 time (the last commit
+        /// recorded by then): not found if committed after it.
+        #[arg(long)]
+        as_of: Option<String>,
     },
     /// Ask for atoms by kind, label, writer and importance, newest first.
     Ask(AskArguments),
@@ -110,9 +111,9 @@ enum Command {
     /// Print the head of every writer's chain in a world.
     Heads {
         world: String,
-        /// As the chains stood at this commit (0: now).
-        #[arg(long, default_value_t = 0)]
-        as_of: u64,
+        /// As the chains stood at this commit, or at this RFC 3339 time.
+        #[arg(long)]
+        as_of: Option<String>,
     },
     /// Check a plan against the world's constraints before acting on it: print every
     /// live constraint it violates, who stated it, when, and the words that matched;
@@ -370,9 +371,10 @@ struct AskArguments {
     /// milliseconds (atoms that claim no validity do not match).
     #[arg(long)]
     valid_at: Option<String>,
-    /// Answer as the world stood at this commit (0: now), states included.
-    #[arg(long, default_value_t = 0)]
-    as_of: u64,
+    /// Answer as the world stood at this commit, or at this RFC 3339 time (the last
+    /// commit recorded by then), states included.
+    #[arg(long)]
+    as_of: Option<String>,
     /// Only atoms in this lifecycle state (asserted, proposed, approved, rejected,
     /// deprecated, superseded, retracted); repeatable. Default: current knowledge
     /// (asserted or approved).
@@ -460,6 +462,33 @@ fn parse_instant(text: &str, flag: &str) -> Result<i64, Failure> {
         ))
     })?;
     Ok(time.as_millisecond())
+}
+
+/// The commit `--as-of` names: a commit number as given, or for an RFC 3339 time the
+/// last commit of the reader's world recorded at or before it; 0 (now) without one.
+async fn resolve_as_of(
+    reader: &engram_client::engram_schema::engram_capnp::world_reader::Client,
+    as_of: Option<&str>,
+) -> Result<u64, Failure> {
+    let Some(text) = as_of else {
+        return Ok(0);
+    };
+    if let Ok(commit) = text.parse::<u64>() {
+        return Ok(commit);
+    }
+    let time: jiff::Timestamp = text.parse().map_err(|error| {
+        usage(format!(
+            "--as-of {text:?}: expected a commit number or an RFC 3339 time \
+             (2026-03-03T00:00:00Z): {error}"
+        ))
+    })?;
+    let commit = engram_client::commit_at(reader, time.as_millisecond()).await?;
+    if commit == 0 {
+        return Err(usage(format!(
+            "--as-of {text}: the world holds nothing recorded by then"
+        )));
+    }
+    Ok(commit)
 }
 
 /// A page of atoms in commit order and its cursor: JSON `{"atoms", "nextCommit"}`, or
@@ -694,7 +723,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Get { world, id, as_of } => {
             let id = parse_hex32(id, "the atom id")?;
             let reader = session(&cli).await?.reader(world)?;
-            let atom = engram_client::get_as_of(&reader, &id, *as_of).await?;
+            let as_of = resolve_as_of(&reader, as_of.as_deref()).await?;
+            let atom = engram_client::get_as_of(&reader, &id, as_of).await?;
             emit(json_output, atom.to_json(), || describe(&atom, true));
         }
         Command::Ask(arguments) => {
@@ -707,7 +737,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 vector: arguments.vector.clone(),
                 text: arguments.text.clone().unwrap_or_default(),
                 explain: arguments.explain,
-                as_of: arguments.as_of,
                 valid_at: match &arguments.valid_at {
                     Some(instant) => Some(parse_instant(instant, "--valid-at")?),
                     None => None,
@@ -731,6 +760,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 filter.writers.push(parse_hex32(writer, "--writer")?);
             }
             let reader = session(&cli).await?.reader(&arguments.world)?;
+            filter.as_of = resolve_as_of(&reader, arguments.as_of.as_deref()).await?;
             let answer = engram_client::ask_scored(&reader, &filter).await?;
             if !answer.warning.is_empty() {
                 eprintln!("engram: note: {}", answer.warning);
@@ -823,7 +853,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Heads { world, as_of } => {
             let reader = session(&cli).await?.reader(world)?;
-            let heads = engram_client::heads_as_of(&reader, *as_of).await?;
+            let as_of = resolve_as_of(&reader, as_of.as_deref()).await?;
+            let heads = engram_client::heads_as_of(&reader, as_of).await?;
             let values: Vec<Value> = heads.iter().map(|head| head.to_json()).collect();
             emit(json_output, Value::Array(values), || {
                 heads

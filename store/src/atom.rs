@@ -601,6 +601,7 @@ pub struct EntryFacts<'a> {
     seq: u64,
     importance: f32,
     commit: u64,
+    recorded_at_unix_ms: i64,
     valid_time: Option<TimeInterval>,
     label_count: u16,
     /// The encoded labels: each a u16 length, then its bytes.
@@ -621,6 +622,7 @@ impl<'a> EntryFacts<'a> {
             seq: head.seq,
             importance: head.importance,
             commit: head.commit,
+            recorded_at_unix_ms: head.recorded_at_unix_ms,
             valid_time: head.valid_time,
             label_count,
             labels: &bytes[reader.position..],
@@ -705,6 +707,11 @@ impl EntryFacts<'_> {
     /// The entry's place in its writer's chain.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// When the node recorded it (its clock, Unix ms).
+    pub fn recorded_at_unix_ms(&self) -> i64 {
+        self.recorded_at_unix_ms
     }
 }
 
@@ -820,34 +827,44 @@ pub fn decode_entry(id: Hash, bytes: &[u8]) -> Result<Atom, StoreError> {
     decoded.ok_or_else(|| corrupt("truncated or malformed entry"))
 }
 
-struct EntryReader<'a> {
+/// Reads big-endian fields from the front of a byte slice; `None` past its end.
+pub(crate) struct EntryReader<'a> {
     bytes: &'a [u8],
     position: usize,
 }
 
 impl<'a> EntryReader<'a> {
-    fn take(&mut self, length: usize) -> Option<&'a [u8]> {
+    pub(crate) fn new(bytes: &'a [u8]) -> EntryReader<'a> {
+        EntryReader { bytes, position: 0 }
+    }
+
+    /// Whether every byte was read.
+    pub(crate) fn at_end(&self) -> bool {
+        self.position == self.bytes.len()
+    }
+
+    pub(crate) fn take(&mut self, length: usize) -> Option<&'a [u8]> {
         let end = self.position.checked_add(length)?;
         let slice = self.bytes.get(self.position..end)?;
         self.position = end;
         Some(slice)
     }
-    fn u8(&mut self) -> Option<u8> {
+    pub(crate) fn u8(&mut self) -> Option<u8> {
         Some(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Option<u16> {
+    pub(crate) fn u16(&mut self) -> Option<u16> {
         Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
     }
-    fn u32(&mut self) -> Option<u32> {
+    pub(crate) fn u32(&mut self) -> Option<u32> {
         Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
     }
-    fn u64(&mut self) -> Option<u64> {
+    pub(crate) fn u64(&mut self) -> Option<u64> {
         Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
     }
-    fn array32(&mut self) -> Option<[u8; 32]> {
+    pub(crate) fn array32(&mut self) -> Option<[u8; 32]> {
         self.take(32)?.try_into().ok()
     }
-    fn string(&mut self, length: usize) -> Option<String> {
+    pub(crate) fn string(&mut self, length: usize) -> Option<String> {
         String::from_utf8(self.take(length)?.to_vec()).ok()
     }
 }

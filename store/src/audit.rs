@@ -18,11 +18,17 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::atom::{Hash, PublicKey};
+use crate::atom::{AtomKind, EntryReader, Hash, LifecycleState, PublicKey};
 use crate::error::StoreError;
 use crate::query::Query;
 
-/// (principal, commit answered at, sequence) → the record (JSON).
+/// The version byte that starts every stored record.
+const RECORD_VERSION: u8 = 1;
+
+/// (principal, commit answered at, first sequence) → the records of that principal
+/// answered at that commit in one commit of the trail, in sequence order: each its
+/// sequence (u64), its length (u32) and its bytes (`encode`: compact, rendered as JSON
+/// only when read). One row for many reads keeps the thread's work per read small.
 const RECORDS: TableDefinition<(PublicKey, u64, u64), &[u8]> = TableDefinition::new("records");
 /// `next_sequence`: the sequence number the next record gets.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -74,6 +80,151 @@ impl AuditedQuery {
             AuditedQuery::Replay { .. } => "replay",
             AuditedQuery::Diff { .. } => "diff",
         }
+    }
+
+    /// Appends the method's code and its parameters (the layout in store/FORMAT.md).
+    fn encode(&self, out: &mut Vec<u8>) {
+        fn text(out: &mut Vec<u8>, text: &str) {
+            out.extend_from_slice(&(text.len() as u32).to_be_bytes());
+            out.extend_from_slice(text.as_bytes());
+        }
+        fn texts(out: &mut Vec<u8>, texts: &[String]) {
+            out.extend_from_slice(&(texts.len() as u16).to_be_bytes());
+            for item in texts {
+                text(out, item);
+            }
+        }
+        match self {
+            AuditedQuery::Get { id, as_of } => {
+                out.push(0);
+                out.extend_from_slice(id);
+                out.extend_from_slice(&as_of.to_be_bytes());
+            }
+            AuditedQuery::Ask {
+                query,
+                text: words,
+                vector_dimensions,
+            } => {
+                out.push(1);
+                out.extend_from_slice(&(query.kinds.len() as u16).to_be_bytes());
+                for kind in &query.kinds {
+                    out.extend_from_slice(&kind.code().to_be_bytes());
+                }
+                texts(out, &query.labels);
+                out.extend_from_slice(&(query.writers.len() as u16).to_be_bytes());
+                for writer in &query.writers {
+                    out.extend_from_slice(writer);
+                }
+                out.extend_from_slice(&query.min_importance.to_bits().to_be_bytes());
+                out.extend_from_slice(&query.max_importance.to_bits().to_be_bytes());
+                out.extend_from_slice(&query.limit.to_be_bytes());
+                out.extend_from_slice(&query.before_commit.unwrap_or(0).to_be_bytes());
+                match query.valid_at {
+                    None => out.push(0),
+                    Some(instant) => {
+                        out.push(1);
+                        out.extend_from_slice(&instant.to_be_bytes());
+                    }
+                }
+                out.push(query.states.len() as u8);
+                for state in &query.states {
+                    out.push(state.code() as u8);
+                }
+                out.extend_from_slice(&query.as_of.unwrap_or(0).to_be_bytes());
+                text(out, words);
+                out.extend_from_slice(&(*vector_dimensions as u32).to_be_bytes());
+            }
+            AuditedQuery::Check { plan, labels } => {
+                out.push(2);
+                text(out, plan);
+                texts(out, labels);
+            }
+            AuditedQuery::Replay { from_commit, limit } => {
+                out.push(3);
+                out.extend_from_slice(&from_commit.to_be_bytes());
+                out.extend_from_slice(&limit.to_be_bytes());
+            }
+            AuditedQuery::Diff {
+                from_commit,
+                to_commit,
+                limit,
+            } => {
+                out.push(4);
+                out.extend_from_slice(&from_commit.to_be_bytes());
+                out.extend_from_slice(&to_commit.to_be_bytes());
+                out.extend_from_slice(&limit.to_be_bytes());
+            }
+        }
+    }
+
+    /// Reads what [`AuditedQuery::encode`] wrote.
+    fn decode(reader: &mut EntryReader<'_>) -> Option<AuditedQuery> {
+        fn text(reader: &mut EntryReader<'_>) -> Option<String> {
+            let length = reader.u32()? as usize;
+            reader.string(length)
+        }
+        fn texts(reader: &mut EntryReader<'_>) -> Option<Vec<String>> {
+            let count = reader.u16()? as usize;
+            (0..count).map(|_| text(reader)).collect()
+        }
+        let nonzero = |value: u64| (value != 0).then_some(value);
+        Some(match reader.u8()? {
+            0 => AuditedQuery::Get {
+                id: reader.array32()?,
+                as_of: reader.u64()?,
+            },
+            1 => {
+                let kinds = (0..reader.u16()?)
+                    .map(|_| AtomKind::from_code(reader.u16()?))
+                    .collect::<Option<_>>()?;
+                let labels = texts(reader)?;
+                let writers = (0..reader.u16()?)
+                    .map(|_| reader.array32())
+                    .collect::<Option<_>>()?;
+                let min_importance = f32::from_bits(reader.u32()?);
+                let max_importance = f32::from_bits(reader.u32()?);
+                let limit = reader.u32()?;
+                let before_commit = nonzero(reader.u64()?);
+                let valid_at = match reader.u8()? {
+                    0 => None,
+                    _ => Some(reader.u64()? as i64),
+                };
+                let states = (0..reader.u8()?)
+                    .map(|_| LifecycleState::from_code(u16::from(reader.u8()?)))
+                    .collect::<Option<_>>()?;
+                let as_of = nonzero(reader.u64()?);
+                AuditedQuery::Ask {
+                    query: Query {
+                        kinds,
+                        labels,
+                        writers,
+                        min_importance,
+                        max_importance,
+                        limit,
+                        before_commit,
+                        valid_at,
+                        states,
+                        as_of,
+                    },
+                    text: text(reader)?,
+                    vector_dimensions: reader.u32()? as usize,
+                }
+            }
+            2 => AuditedQuery::Check {
+                plan: text(reader)?,
+                labels: texts(reader)?,
+            },
+            3 => AuditedQuery::Replay {
+                from_commit: reader.u64()?,
+                limit: reader.u32()?,
+            },
+            4 => AuditedQuery::Diff {
+                from_commit: reader.u64()?,
+                to_commit: reader.u64()?,
+                limit: reader.u32()?,
+            },
+            _ => return None,
+        })
     }
 
     fn to_json(&self) -> Value {
@@ -218,17 +369,45 @@ impl AuditLog {
         }
         let transaction = self.database.begin_read()?;
         let records = transaction.open_table(RECORDS)?;
-        let start = (*principal, from_commit, after_sequence.saturating_add(1));
         let mut entries = Vec::new();
-        for row in records.range(start..=(*principal, to_commit, u64::MAX))? {
+        let rows =
+            records.range((*principal, from_commit, 0)..=(*principal, to_commit, u64::MAX))?;
+        for row in rows {
             let (key, value) = row?;
-            let (principal, commit, sequence) = key.value();
-            entries.push(decode(principal, commit, sequence, value.value())?);
-            if entries.len() == limit as usize {
-                break;
+            let (principal, commit, first) = key.value();
+            let mut reader = EntryReader::new(value.value());
+            while !reader.at_end() {
+                let corrupt = || StoreError::Corrupt {
+                    what: format!("the audit row of commit {commit} from sequence {first}"),
+                };
+                let sequence = reader.u64().ok_or_else(corrupt)?;
+                let length = reader.u32().ok_or_else(corrupt)? as usize;
+                let bytes = reader.take(length).ok_or_else(corrupt)?;
+                if commit == from_commit && sequence <= after_sequence {
+                    continue;
+                }
+                entries.push(decode(principal, commit, sequence, bytes)?);
+                if entries.len() == limit as usize {
+                    return Ok(entries);
+                }
             }
         }
         Ok(entries)
+    }
+}
+
+/// Appends a record's stored bytes (store/FORMAT.md, The audit trail).
+fn encode(record: &AuditRecord, out: &mut Vec<u8>) {
+    out.push(RECORD_VERSION);
+    out.extend_from_slice(&record.at_unix_ms.to_be_bytes());
+    out.extend_from_slice(&(record.world.len() as u16).to_be_bytes());
+    out.extend_from_slice(record.world.as_bytes());
+    out.extend_from_slice(&(record.restriction.len() as u32).to_be_bytes());
+    out.extend_from_slice(record.restriction.as_bytes());
+    record.query.encode(out);
+    out.extend_from_slice(&(record.ids.len() as u32).to_be_bytes());
+    for id in &record.ids {
+        out.extend_from_slice(id);
     }
 }
 
@@ -238,39 +417,34 @@ fn decode(
     sequence: u64,
     bytes: &[u8],
 ) -> Result<AuditEntry, StoreError> {
-    let corrupt = |what: &str| StoreError::Corrupt {
-        what: format!("audit record {sequence}: {what}"),
-    };
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|error| corrupt(&error.to_string()))?;
-    let text = |field: &str| -> Result<String, StoreError> {
-        match &value[field] {
-            Value::String(text) => Ok(text.clone()),
-            Value::Null => Err(corrupt(&format!("no {field}"))),
-            other => Ok(other.to_string()),
+    let mut reader = EntryReader::new(bytes);
+    let decoded = (|| {
+        if reader.u8()? != RECORD_VERSION {
+            return None;
         }
-    };
-    let mut ids = Vec::new();
-    for id in value["ids"].as_array().ok_or_else(|| corrupt("no ids"))? {
-        let id = id
-            .as_str()
-            .and_then(|id| hex::decode(id).ok())
-            .and_then(|id| Hash::try_from(id).ok())
-            .ok_or_else(|| corrupt("an id is not 64 hex digits"))?;
-        ids.push(id);
-    }
-    Ok(AuditEntry {
-        principal,
-        commit,
-        sequence,
-        world: text("world")?,
-        method: text("method")?,
-        restriction: text("restriction")?,
-        query: text("query")?,
-        ids,
-        at_unix_ms: value["atUnixMs"]
-            .as_i64()
-            .ok_or_else(|| corrupt("no time"))?,
+        let at_unix_ms = reader.u64()? as i64;
+        let world_length = reader.u16()? as usize;
+        let world = reader.string(world_length)?;
+        let restriction_length = reader.u32()? as usize;
+        let restriction = reader.string(restriction_length)?;
+        let query = AuditedQuery::decode(&mut reader)?;
+        let ids = (0..reader.u32()?)
+            .map(|_| reader.array32())
+            .collect::<Option<Vec<Hash>>>()?;
+        reader.at_end().then(|| AuditEntry {
+            principal,
+            commit,
+            sequence,
+            world,
+            method: query.method().to_owned(),
+            restriction,
+            query: query.to_json().to_string(),
+            ids,
+            at_unix_ms,
+        })
+    })();
+    decoded.ok_or_else(|| StoreError::Corrupt {
+        what: format!("audit record {sequence} does not decode"),
     })
 }
 
@@ -301,26 +475,109 @@ fn commit(database: &Database, batch: &[AuditRecord], first: u64) -> Result<(), 
     let transaction = database.begin_write()?;
     {
         let mut records = transaction.open_table(RECORDS)?;
-        let mut bytes = Vec::new();
-        for (offset, record) in batch.iter().enumerate() {
-            let value = json!({
-                "world": record.world,
-                "method": record.query.method(),
-                "restriction": &*record.restriction,
-                "query": record.query.to_json().to_string(),
-                "ids": record.ids.iter().map(hex::encode).collect::<Vec<_>>(),
-                "atUnixMs": record.at_unix_ms,
+        // One row per (principal, commit) of the batch, its records in sequence order.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by_key(|index| (batch[*index].principal, batch[*index].commit, *index));
+        let mut row = Vec::with_capacity(4096);
+        let mut record = Vec::with_capacity(256);
+        for (position, index) in order.iter().enumerate() {
+            let this = &batch[*index];
+            record.clear();
+            encode(this, &mut record);
+            row.extend_from_slice(&(first + *index as u64).to_be_bytes());
+            row.extend_from_slice(&(record.len() as u32).to_be_bytes());
+            row.extend_from_slice(&record);
+            let last_of_row = order.get(position + 1).is_none_or(|next| {
+                (batch[*next].principal, batch[*next].commit) != (this.principal, this.commit)
             });
-            bytes.clear();
-            serde_json::to_writer(&mut bytes, &value).expect("a record serialises");
-            records.insert(
-                (record.principal, record.commit, first + offset as u64),
-                bytes.as_slice(),
-            )?;
+            if last_of_row {
+                let row_first = order[..=position]
+                    .iter()
+                    .rev()
+                    .take_while(|other| {
+                        (batch[**other].principal, batch[**other].commit)
+                            == (this.principal, this.commit)
+                    })
+                    .last()
+                    .expect("the row holds this record");
+                records.insert(
+                    (this.principal, this.commit, first + *row_first as u64),
+                    row.as_slice(),
+                )?;
+                row.clear();
+            }
         }
         let mut meta = transaction.open_table(META)?;
         meta.insert(NEXT_SEQUENCE, first + batch.len() as u64)?;
     }
     transaction.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_through_their_bytes() {
+        let queries = [
+            AuditedQuery::Get {
+                id: [7; 32],
+                as_of: 9,
+            },
+            AuditedQuery::Ask {
+                query: Query {
+                    kinds: vec![AtomKind::Decision],
+                    labels: vec!["jwt".into()],
+                    writers: vec![[3; 32]],
+                    before_commit: Some(40),
+                    valid_at: Some(-5),
+                    states: vec![LifecycleState::Proposed],
+                    as_of: Some(30),
+                    ..Query::default()
+                },
+                text: "rotate keys".into(),
+                vector_dimensions: 384,
+            },
+            AuditedQuery::Check {
+                plan: "use requests".into(),
+                labels: vec!["http".into()],
+            },
+            AuditedQuery::Replay {
+                from_commit: 4,
+                limit: 10,
+            },
+            AuditedQuery::Diff {
+                from_commit: 1,
+                to_commit: 2,
+                limit: 3,
+            },
+        ];
+        for query in queries {
+            let record = AuditRecord {
+                principal: [1; 32],
+                world: "team/auth".into(),
+                restriction: r#"{"labels":["jwt"]}"#.into(),
+                query: query.clone(),
+                ids: vec![[2; 32], [4; 32]],
+                commit: 12,
+                at_unix_ms: 1_700_000_000_000,
+            };
+            let mut bytes = Vec::new();
+            encode(&record, &mut bytes);
+            let entry = decode([1; 32], 12, 5, &bytes).unwrap();
+            assert_eq!(entry.query, query.to_json().to_string());
+            assert_eq!(entry.method, query.method());
+            assert_eq!(
+                (
+                    entry.world.as_str(),
+                    entry.restriction.as_str(),
+                    entry.ids.len()
+                ),
+                ("team/auth", r#"{"labels":["jwt"]}"#, 2)
+            );
+            assert_eq!(entry.at_unix_ms, record.at_unix_ms);
+            assert!(decode([1; 32], 12, 5, &bytes[..bytes.len() - 1]).is_err());
+        }
+    }
 }

@@ -682,6 +682,41 @@ impl ReadView {
         Ok(atom)
     }
 
+    /// The last commit of `world` the node recorded at or before `unix_ms` (0 if none):
+    /// the commit a time names for time travel. Bisection over the world's commits,
+    /// one lookup per step: the recording times follow the commits unless the node's
+    /// clock stepped back, when the answer is one commit recorded at or before it.
+    pub fn commit_at(&self, world: &str, unix_ms: i64) -> Result<u64, StoreError> {
+        self.require_world(world)?;
+        // The first entry of `world` with a commit in `from..until`, as (commit, time).
+        let entry_in = |from: u64, until: u64| -> Result<Option<(u64, i64)>, StoreError> {
+            let Some(row) = self.entries().range((world, from)..(world, until))?.next() else {
+                return Ok(None);
+            };
+            let (key, row) = row?;
+            let commit = key.value().1;
+            let (_, entry) = split_row(world, commit, row.value())?;
+            Ok(Some((
+                commit,
+                self.facts(world, commit, entry)?.recorded_at_unix_ms(),
+            )))
+        };
+        // `low` is a commit recorded at or before the time; the answer is in low..high.
+        let (mut low, mut high) = match entry_in(0, u64::MAX)? {
+            Some((commit, recorded)) if recorded <= unix_ms => (commit, u64::MAX),
+            _ => return Ok(0),
+        };
+        while high - low > 1 {
+            let middle = low + (high - low) / 2;
+            match entry_in(middle, high)? {
+                Some((commit, recorded)) if recorded <= unix_ms => low = commit,
+                Some((commit, _)) => high = commit,
+                None => high = middle,
+            }
+        }
+        Ok(low)
+    }
+
     /// Where `world` stands: the node's last commit, the commit of the world's newest
     /// atom (0 while it has none) and its atoms. One record and one index lookup.
     pub fn generation(&self, world: &str) -> Result<Generation, StoreError> {

@@ -469,6 +469,9 @@ def test_time_travel_answers_as_the_world_stood_at_a_commit(node):
         assert ([atom.text for atom in changed], cursor) == (["JWT algorithm: ES256"], second.commit)
         changed, _ = await engram.diff(reader, first.commit)
         assert [atom.commit for atom in changed] == [second.commit, third.commit]
+        # A time names the last commit recorded at or before it.
+        assert await engram.commit_at(reader, 2**62) == third.commit
+        assert await engram.commit_at(reader, 0) == 0
 
     run(body())
 

@@ -153,4 +153,79 @@ fn the_cli_takes_as_of() {
     let changed = run(&["--json", "diff", "history", "--from", &commit]);
     assert_eq!(changed["atoms"][0]["text"], "ES256");
     assert_eq!(changed["atoms"].as_array().unwrap().len(), 1);
+
+    // A time names the last commit recorded at or before it.
+    let recorded = |id: &str| {
+        let atom = run(&["--json", "get", "history", id]);
+        atom["recordedAtUnixMs"].as_i64().unwrap()
+    };
+    let time = |unix_ms: i64| {
+        jiff::Timestamp::from_millisecond(unix_ms)
+            .unwrap()
+            .to_string()
+    };
+    let first_time = recorded(id);
+    let then = run(&["--json", "ask", "history", "--as-of", &time(first_time)]);
+    assert_eq!(then.as_array().unwrap().last().unwrap()["text"], "RS256");
+    let now = run(&[
+        "--json",
+        "ask",
+        "history",
+        "--as-of",
+        "2999-01-01T00:00:00Z",
+    ]);
+    assert_eq!(now.as_array().unwrap().len(), 2);
+    let before = engram_cli(
+        &node,
+        &node.admin_key_path(),
+        &["ask", "history", "--as-of", &time(first_time - 1)],
+    );
+    assert_eq!(before.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&before.stderr).contains("nothing recorded by then"));
+}
+
+#[test]
+fn commit_at_finds_the_last_commit_recorded_by_a_time() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = admin_with_world(&node, "history").await;
+        let writer = admin.writer("history").unwrap();
+        let reader = admin.reader("history").unwrap();
+        assert_eq!(
+            engram_client::commit_at(&reader, i64::MAX).await.unwrap(),
+            0
+        );
+        let mut receipts = Vec::new();
+        for index in 0..40 {
+            receipts.push(
+                engram_client::remember(&writer, &[NewAtom::fact(format!("fact {index}"))])
+                    .await
+                    .unwrap()[0],
+            );
+        }
+        let mut recorded = Vec::new();
+        for receipt in &receipts {
+            let atom = engram_client::get(&reader, &receipt.id).await.unwrap();
+            recorded.push((receipt.commit, atom.recorded_at_unix_ms));
+        }
+        for &(commit, at) in &recorded {
+            // The last commit recorded in that millisecond: this one or a later one of
+            // the same millisecond.
+            let found = engram_client::commit_at(&reader, at).await.unwrap();
+            let last_then = recorded
+                .iter()
+                .filter(|(_, other)| *other == at)
+                .map(|(other, _)| *other)
+                .max()
+                .unwrap();
+            assert_eq!(found, last_then, "for commit {commit} recorded at {at}");
+            let earlier = engram_client::commit_at(&reader, at - 1).await.unwrap();
+            assert!(earlier < commit, "{earlier} for commit {commit}");
+        }
+        assert_eq!(engram_client::commit_at(&reader, 0).await.unwrap(), 0);
+        assert_eq!(
+            engram_client::commit_at(&reader, i64::MAX).await.unwrap(),
+            receipts.last().unwrap().commit
+        );
+    });
 }

@@ -541,6 +541,14 @@ async def heads(reader: Any, as_of: int = 0) -> list[tuple[bytes, int, bytes]]:
     return [(bytes(head.writer), head.seq, bytes(head.id)) for head in result.heads]
 
 
+async def commit_at(reader: Any, unix_ms: int) -> int:
+    """The last commit of the reader's world recorded at or before ``unix_ms`` (0 if
+    none): the ``as_of`` a time names."""
+    request = reader.commitAt_request()
+    request.unixMs = unix_ms
+    return (await call(request.send())).commit
+
+
 @dataclass(frozen=True)
 class Generation:
     """Where one world stands, as one reader may know it. ``last_commit`` unchanged since
