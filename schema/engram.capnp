@@ -247,8 +247,9 @@ struct Hit {
   #   lifecycle × (0.7 × relevance + 0.1 × importance + 0.1 × recency + 0.1 × trust)
   # where relevance is the cosine similarity for a vector ask, and for a text or
   # text-and-vector ask the reciprocal-rank fusion Σ 1 / (60 + rank) of its rankings,
-  # scaled to [0, 1]; recency is commit / last commit; trust is the writer's on the
-  # atom's labels (see `WorldReader.trust`; 0.5 through a restriction that hides atoms);
+  # scaled to [0, 1]; recency is commit / last commit; trust is the mean of the writer's
+  # on each of the atom's first 8 labels (see `WorldReader.trust`; on all its atoms for
+  # an atom without labels; 0.5 through a restriction that hides atoms);
   # lifecycle is 1 approved, 0.9 asserted, 0.6 proposed, 0.4 deprecated, 0.2 otherwise.
   similarity @2 :Float32;  # Cosine similarity to the query vector; 0 for structured asks.
   explanation @3 :Text;    # With `Query.explain`: each factor and weight of the score.

@@ -4,7 +4,7 @@
 //! explainable: a term matches when its words appear in the plan's words, in order and
 //! next to each other, case-insensitively; words are runs of letters and digits.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use crate::atom::{Atom, AtomKind, LifecycleState, validate_label};
 use crate::error::StoreError;
@@ -80,9 +80,12 @@ pub(crate) fn key_words(forbids: &[String]) -> BTreeSet<String> {
         .collect()
 }
 
-/// A plan to check: its words and the labels it is checked under.
+/// A plan to check: its words, where each occurs, and the labels it is checked under.
 pub struct Plan {
     words: Vec<String>,
+    /// Each distinct word's positions in `words`, so matching a term costs the
+    /// occurrences of its first word, not the plan's length.
+    positions: HashMap<String, Vec<usize>>,
     labels: Vec<String>,
 }
 
@@ -100,8 +103,14 @@ impl Plan {
         for label in &labels {
             validate_label(label).map_err(invalid)?;
         }
+        let words: Vec<String> = words(text).collect();
+        let mut positions: HashMap<String, Vec<usize>> = HashMap::new();
+        for (position, word) in words.iter().enumerate() {
+            positions.entry(word.clone()).or_default().push(position);
+        }
         Ok(Plan {
-            words: words(text).collect(),
+            words,
+            positions,
             labels,
         })
     }
@@ -119,11 +128,14 @@ impl Plan {
     /// Whether the words of `term` appear in the plan in order and next to each other.
     fn contains(&self, term: &str) -> bool {
         let term: Vec<String> = words(term).collect();
-        !term.is_empty()
-            && self
-                .words
-                .windows(term.len())
-                .any(|window| window == term.as_slice())
+        let Some(starts) = term.first().and_then(|first| self.positions.get(first)) else {
+            return false;
+        };
+        starts.iter().any(|start| {
+            self.words
+                .get(*start..start + term.len())
+                .is_some_and(|window| window == term.as_slice())
+        })
     }
 }
 
@@ -141,7 +153,8 @@ pub struct Violation {
 pub struct CheckReport {
     /// Oldest constraint first.
     pub violations: Vec<Violation>,
-    /// Constraints examined (candidates with a forbidden term's key word in the plan).
+    /// Work done against the budget: the plan's distinct words looked up, the postings
+    /// read, and the constraints examined.
     pub examined: usize,
     /// The budget ran out before every candidate was examined.
     pub examined_budget_spent: bool,
@@ -151,7 +164,7 @@ impl ReadView {
     /// Every live constraint (asserted or approved) of `world` that `visible` lets
     /// through, is in the plan's scope, and forbids a term the plan contains. Candidates
     /// come from the `forbids` index, one lookup per distinct word of the plan; each
-    /// candidate examined counts against `budget`.
+    /// word looked up, posting read and candidate examined counts against `budget`.
     pub fn check(
         &self,
         world: &str,
@@ -165,23 +178,34 @@ impl ReadView {
             examined: 0,
             examined_budget_spent: false,
         };
-        let distinct: HashSet<&str> = plan.words.iter().map(String::as_str).collect();
+        let spend = |report: &mut CheckReport| {
+            if report.examined == budget.examined {
+                report.examined_budget_spent = true;
+                return false;
+            }
+            report.examined += 1;
+            true
+        };
         let mut candidates = BTreeSet::new();
-        for word in distinct {
+        'words: for word in plan.positions.keys() {
+            if !spend(&mut report) {
+                break;
+            }
             for posting in self
                 .snapshot
                 .forbids
-                .range((world, word, 0)..=(world, word, u64::MAX))?
+                .range((world, word.as_str(), 0)..=(world, word.as_str(), u64::MAX))?
             {
+                if !spend(&mut report) {
+                    break 'words;
+                }
                 candidates.insert(posting?.0.value().2);
             }
         }
         for commit in candidates {
-            if report.examined == budget.examined {
-                report.examined_budget_spent = true;
+            if !spend(&mut report) {
                 break;
             }
-            report.examined += 1;
             let row = self.row(world, commit)?;
             let (id, entry) = split_row(world, commit, row.value())?;
             if !visible(&self.facts(world, commit, entry)?) {

@@ -535,11 +535,15 @@ impl ReadView {
     }
 
     /// The trust an atom with these facts earns from its writer's: the mean of the
-    /// writer's trust on each of its labels, or across every label when it has none.
+    /// writer's trust on each of its first `TRUST_LABELS_MAX` labels, or across every
+    /// label when it has none.
     pub fn atom_trust(&self, world: &str, facts: &dyn Facts) -> Result<f64, StoreError> {
         let (mut sum, mut labels) = (0.0, 0);
         let mut failed = None;
         facts.any_label(&mut |label| {
+            if labels == limits::TRUST_LABELS_MAX {
+                return true;
+            }
             match self.trust(world, facts.writer(), label) {
                 Ok(trust) => {
                     sum += trust.score();
@@ -555,7 +559,7 @@ impl ReadView {
         if labels == 0 {
             return Ok(self.trust(world, facts.writer(), "")?.score());
         }
-        Ok(sum / f64::from(labels))
+        Ok(sum / labels as f64)
     }
 
     /// The live atoms (asserted, proposed or approved as of `as_of`) of `world` that

@@ -70,3 +70,5 @@ pub const FORBIDDEN_TERM_BYTES_MAX: usize = 128;
 pub const FORBIDDEN_TERM_WORDS_MAX: usize = 16;
 /// Labels a plan may be checked under.
 pub const CHECK_LABELS_MAX: usize = 64;
+/// Labels of an atom whose trust a ranked ask weighs (the first ones).
+pub const TRUST_LABELS_MAX: usize = 8;

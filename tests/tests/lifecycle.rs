@@ -402,6 +402,19 @@ fn transitions_move_states_only_where_legal_and_only_with_the_right() {
             "{current_then:?}"
         );
 
+        // A diff lists the state changes between two commits: the transition atoms.
+        let (changed, _) = engram_client::diff(&reader, decision.commit, approved_at, 1000)
+            .await
+            .unwrap();
+        assert!(
+            changed.iter().any(|atom| atom.kind == AtomKind::Transition
+                && atom.links[0]
+                    == engram_client::Link {
+                        kind: LinkKind::Approves,
+                        target: decision.id,
+                    }),
+            "{changed:?}"
+        );
         // Transitions are chain entries: replay carries them and verify covers them.
         let (replayed, _) = engram_client::replay(&reader, 0, 1000).await.unwrap();
         let transitions: Vec<(LinkKind, [u8; 32])> = replayed
