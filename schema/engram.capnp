@@ -536,8 +536,9 @@ interface WorldReader {
   # when they share a label. Matching is deterministic word matching (see
   # `AtomContent.forbids`), never a model. Candidates come from an index of the
   # constraints' forbidden words, one lookup per distinct word of the plan (at most 64
-  # KiB of text); past the call's budget of constraints examined, the answer is what
-  # was found and `warning` says so.
+  # KiB of text). The call's budget (see "Cost model") counts each word looked up and
+  # each constraint found, and the answer's bytes; past it, the answer is what was found
+  # and `warning` says so.
 
   commitAt @11 (unixMs :Int64) -> (commit :UInt64);
   # The last commit of this world the node recorded at or before this time (0 if none):

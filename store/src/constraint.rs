@@ -153,10 +153,11 @@ pub struct Violation {
 pub struct CheckReport {
     /// Oldest constraint first.
     pub violations: Vec<Violation>,
-    /// Work done against the budget: the plan's distinct words looked up, the postings
-    /// read, and the constraints examined.
+    /// Work done against the budget: the plan's distinct words looked up, and the
+    /// postings read (each names a constraint to examine).
     pub examined: usize,
-    /// The budget ran out before every candidate was examined.
+    /// The budget (of work, or of the answer's bytes) ran out before every candidate
+    /// was examined.
     pub examined_budget_spent: bool,
 }
 
@@ -164,7 +165,8 @@ impl ReadView {
     /// Every live constraint (asserted or approved) of `world` that `visible` lets
     /// through, is in the plan's scope, and forbids a term the plan contains. Candidates
     /// come from the `forbids` index, one lookup per distinct word of the plan; each
-    /// word looked up, posting read and candidate examined counts against `budget`.
+    /// word looked up and posting read (a candidate to examine) counts against `budget`;
+    /// past it, the candidates found so far are examined.
     pub fn check(
         &self,
         world: &str,
@@ -202,10 +204,9 @@ impl ReadView {
                 candidates.insert(posting?.0.value().2);
             }
         }
+        // Each candidate was paid for when its posting was read.
+        let mut bytes = 0;
         for commit in candidates {
-            if !spend(&mut report) {
-                break;
-            }
             let row = self.row(world, commit)?;
             let (id, entry) = split_row(world, commit, row.value())?;
             if !visible(&self.facts(world, commit, entry)?) {
@@ -227,6 +228,12 @@ impl ReadView {
                 .cloned()
                 .collect();
             if !matched.is_empty() {
+                // The answer's bytes are bounded too (the first violation always fits).
+                bytes += constraint.answer_bytes();
+                if bytes > budget.bytes && !report.violations.is_empty() {
+                    report.examined_budget_spent = true;
+                    break;
+                }
                 constraint.state = state;
                 report.violations.push(Violation {
                     constraint,

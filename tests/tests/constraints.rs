@@ -213,3 +213,41 @@ fn the_cli_checks_a_plan_and_exits_5_on_a_violation() {
     assert_eq!(clean.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&clean.stdout).starts_with("ok"));
 }
+
+#[test]
+fn a_flood_of_constraints_on_one_word_stops_at_the_budget() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = admin_with_world(&node, "team/web").await;
+        let hostile_key = add_principal(&admin, "hostile", &["team/web=rw"]).await;
+        let hostile = session(&node.tcp(), &hostile_key).await;
+        let writer = hostile.writer("team/web").unwrap();
+        // 12,000 constraints on one word: every plan with it makes each a candidate.
+        for first in (0..12_000).step_by(4_000) {
+            let batch: Vec<NewAtom> = (first..first + 4_000)
+                .map(|index| NewAtom::constraint(format!("rule {index}"), &["requests"]))
+                .collect();
+            engram_client::remember(&writer, &batch).await.unwrap();
+        }
+        let reader = admin.reader("team/web").unwrap();
+        let answer = engram_client::check(&reader, "fetch the page with requests", &[])
+            .await
+            .unwrap();
+        assert!(
+            answer.warning.contains("the check stopped at"),
+            "{}",
+            answer.warning
+        );
+        // What it examined within the budget (10,000 units of work) it reports.
+        assert!(
+            (1..10_000).contains(&answer.violations.len()),
+            "{}",
+            answer.violations.len()
+        );
+        // A plan without the flooded word is answered in full.
+        let answer = engram_client::check(&reader, "fetch a page", &[])
+            .await
+            .unwrap();
+        assert!(answer.warning.is_empty() && answer.violations.is_empty());
+    });
+}

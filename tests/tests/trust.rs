@@ -212,3 +212,50 @@ fn the_cli_reads_trust_and_lists_contradictions() {
     let printed = run(&["trust", "ops", &admin_key]);
     assert!(printed.starts_with("trust 0.500"), "{printed}");
 }
+
+#[test]
+fn a_flood_of_contradictions_lists_a_bounded_few() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = admin_with_world(&node, "ops").await;
+        let writer = admin.writer("ops").unwrap();
+        let target = engram_client::remember(
+            &writer,
+            &[NewAtom::fact("the pool size is 10").labels(&["db"])],
+        )
+        .await
+        .unwrap()[0];
+        let flood: Vec<NewAtom> = (0..2_000)
+            .map(|index| {
+                NewAtom::fact(format!("no, it is {index}"))
+                    .labels(&["noise"])
+                    .link(LinkKind::Contradicts, target.id)
+            })
+            .collect();
+        engram_client::remember(&writer, &flood).await.unwrap();
+        let reader = admin.reader("ops").unwrap();
+        let answer = engram_client::ask_scored(
+            &reader,
+            &Filter {
+                labels: vec!["db".into()],
+                ..Filter::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.hits.len(), 1);
+        // At most 16 listed, the newest first.
+        assert_eq!(answer.hits[0].contradictions.len(), 16);
+        let newest = engram_client::ask(
+            &reader,
+            &Filter {
+                labels: vec!["noise".into()],
+                limit: 1,
+                ..Filter::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.hits[0].contradictions[0], newest[0].id);
+    });
+}
