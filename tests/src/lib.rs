@@ -51,6 +51,40 @@ pub fn engram_cli(node: &TestNode, key: &Path, arguments: &[&str]) -> std::proce
         .expect("running engram")
 }
 
+/// Runs the `engram` CLI as [`engram_cli`] does, asserts that it succeeded, and returns
+/// what it printed.
+#[track_caller]
+pub fn engram_ok(node: &TestNode, key: &Path, arguments: &[&str]) -> String {
+    let output = engram_cli(node, key, arguments);
+    assert!(
+        output.status.success(),
+        "engram {arguments:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("the CLI prints UTF-8")
+}
+
+/// Runs the example binary `name` against `node` with `arguments` (and the admin's key),
+/// asserts that it succeeded and printed each of `expected`.
+pub fn run_example(node: &TestNode, name: &str, arguments: &[&str], expected: &[&str]) {
+    let output = Command::new(binary(name))
+        .args(["--node", node.tcp_address()])
+        .args(arguments)
+        .arg("--key")
+        .arg(node.admin_key_path())
+        .output()
+        .expect("running an example");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in expected {
+        assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
+    }
+}
+
 /// A binary of this workspace, found beside the running test executable.
 pub fn binary(name: &str) -> PathBuf {
     let variable = format!("{}_BIN", name.to_uppercase());

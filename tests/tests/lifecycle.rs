@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use engram_client::engram_schema::engram_capnp::{
-    AtomKind, LifecycleState, LinkKind, TransitionKind, world_writer,
+    AtomKind, LifecycleState, LinkKind, TransitionKind, world_reader, world_writer,
 };
 use engram_client::{AtomView, ErrorCode, Filter, NewAtom, Receipt, Restriction, WatchEvent};
 use engram_tests::{
     TestNode, add_principal, admin_with_world, ask_when_indexed, assert_code, engram_cli,
-    run_local, session,
+    engram_ok, run_local, session,
 };
 
 const CURRENT_AND_PROPOSED: [LifecycleState; 3] = [
@@ -63,6 +63,21 @@ fn seen(atoms: &[AtomView]) -> Vec<(String, LifecycleState)> {
         .iter()
         .map(|atom| (atom.text.clone(), atom.state))
         .collect()
+}
+
+/// (text, state) of every atom labelled jwt, whatever its state, oldest first.
+async fn in_every_state(reader: &world_reader::Client) -> Vec<(String, LifecycleState)> {
+    let mut all = engram_client::ask(
+        reader,
+        &Filter {
+            states: EVERY_STATE.to_vec(),
+            ..jwt(&[])
+        },
+    )
+    .await
+    .unwrap();
+    all.sort_by_key(|atom| atom.commit);
+    seen(&all)
 }
 
 #[test]
@@ -439,19 +454,7 @@ fn transitions_move_states_only_where_legal_and_only_with_the_right() {
                 .first_bad
                 .is_none()
         );
-        let every_state: Vec<(String, LifecycleState)> = {
-            let mut all = engram_client::ask(
-                &reader,
-                &Filter {
-                    states: EVERY_STATE.to_vec(),
-                    ..jwt(&[])
-                },
-            )
-            .await
-            .unwrap();
-            all.sort_by_key(|atom| atom.commit);
-            seen(&all)
-        };
+        let every_state = in_every_state(&reader).await;
         assert_eq!(
             every_state,
             [
@@ -470,17 +473,7 @@ fn transitions_move_states_only_where_legal_and_only_with_the_right() {
         node.restart();
         let admin = session(&node.tcp(), &node.admin_key()).await;
         let reader = admin.reader("team/auth").unwrap();
-        let mut after = engram_client::ask(
-            &reader,
-            &Filter {
-                states: EVERY_STATE.to_vec(),
-                ..jwt(&[])
-            },
-        )
-        .await
-        .unwrap();
-        after.sort_by_key(|atom| atom.commit);
-        assert_eq!(seen(&after), every_state);
+        assert_eq!(in_every_state(&reader).await, every_state);
         let current: Vec<String> = engram_client::ask(&reader, &jwt(&[]))
             .await
             .unwrap()
@@ -523,15 +516,7 @@ fn subscriptions_carry_transitions() {
 fn the_cli_proposes_approves_supersedes_and_retracts() {
     let node = TestNode::start();
     let key = node.admin_key_path();
-    let run = |arguments: &[&str]| {
-        let output = engram_cli(&node, &key, arguments);
-        assert!(
-            output.status.success(),
-            "engram {arguments:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let run = |arguments: &[&str]| engram_ok(&node, &key, arguments);
     let id_of = |printed: String| -> String {
         let receipts: serde_json::Value = serde_json::from_str(&printed).unwrap();
         receipts[0]["id"].as_str().unwrap().to_owned()

@@ -6,8 +6,8 @@ use std::time::Duration;
 use engram_client::engram_schema::engram_capnp::{LinkKind, TransitionKind};
 use engram_client::{ErrorCode, Filter, NewAtom, Restriction};
 use engram_tests::{
-    TestNode, add_principal, admin_with_world, ask_when_indexed, assert_code, engram_cli,
-    run_local, session,
+    TestNode, add_principal, admin_with_world, ask_when_indexed, assert_code, engram_ok, run_local,
+    session,
 };
 
 #[test]
@@ -187,15 +187,7 @@ fn contradictions_show_on_both_sides_while_they_live() {
 fn the_cli_reads_trust_and_lists_contradictions() {
     let node = TestNode::start();
     let key = node.admin_key_path();
-    let run = |arguments: &[&str]| {
-        let output = engram_cli(&node, &key, arguments);
-        assert!(
-            output.status.success(),
-            "engram {arguments:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let run = |arguments: &[&str]| engram_ok(&node, &key, arguments);
     run(&["world", "create", "ops"]);
     let principals: serde_json::Value =
         serde_json::from_str(&run(&["--json", "principal", "list"])).unwrap();
