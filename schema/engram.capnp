@@ -136,7 +136,10 @@ enum LinkKind {
 struct Link {
   # A typed reference from one atom to another.
   kind @0 :LinkKind;
-  target @1 :Data;   # The target atom's id (32 bytes). It need not be in the same world.
+  target @1 :Data;
+  # The target atom's id (32 bytes). It need not be in the same world, nor exist, except
+  # for `supersedes` and the transition kinds, whose target must be in this world (see
+  # `LinkKind`); only links within a world count for contradictions and trust.
 }
 
 struct TimeInterval {
