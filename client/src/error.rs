@@ -21,6 +21,11 @@ pub enum ClientError {
         endpoint: String,
         source: std::io::Error,
     },
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     KeyFile(#[from] KeyFileError),
     /// The principal holds no such capability (e.g. no write grant in that world).

@@ -18,6 +18,7 @@
 pub mod calls;
 pub mod error;
 pub mod keyfile;
+pub mod spawn;
 pub mod types;
 pub mod watch;
 

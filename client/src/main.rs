@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use engram_client::engram_schema::engram_capnp::{LifecycleState, TransitionKind};
+use engram_client::spawn::Held;
 use engram_client::{
     ClientError, Endpoint, ErrorCode, Filter, Grant, NewAtom, Session, WatchEvent, connect,
     keyfile, kind_from_name, kind_name, state_from_name, state_name,
@@ -161,6 +162,12 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// Start COMMAND with one capability and nothing else: this process logs in, grafts
+    /// the capability, narrows it, and serves it to the child on its descriptor 3
+    /// (`ENGRAM_FD`; `ENGRAM_CAPABILITY` and `ENGRAM_WORLD` say what it is). The child
+    /// needs no key and no network; its calls go through this process to the node, until
+    /// either exits. Exits with the child's exit code.
+    Spawn(SpawnArguments),
     /// Show or advance the epoch (admin).
     #[command(subcommand)]
     Epoch(EpochCommand),
@@ -263,6 +270,35 @@ struct SupersedeArguments {
     text: String,
     #[command(flatten)]
     atom: AtomOptions,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("held").required(true).args(["reader", "writer", "observer"])))]
+struct SpawnArguments {
+    /// Give the child this world's reader.
+    #[arg(long)]
+    reader: Option<String>,
+    /// Give the child this world's writer.
+    #[arg(long)]
+    writer: Option<String>,
+    /// Give the child this world's observer.
+    #[arg(long)]
+    observer: Option<String>,
+    /// Narrow it to atoms with one of these labels; repeatable.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Narrow it to these kinds; repeatable.
+    #[arg(long = "kind")]
+    kinds: Vec<String>,
+    /// Narrow it to atoms of at most this importance.
+    #[arg(long)]
+    max_importance: Option<f32>,
+    /// Take away the approve right (a writer that may only propose).
+    #[arg(long)]
+    without_approve: bool,
+    /// The child's command and arguments, after --.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -870,6 +906,57 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     .collect::<Vec<_>>()
                     .join("\n")
             });
+        }
+        Command::Spawn(arguments) => {
+            let session = session(&cli).await?;
+            let mut restriction = engram_client::Restriction {
+                labels: arguments.labels.clone(),
+                without_approve: arguments.without_approve,
+                ..engram_client::Restriction::default()
+            };
+            for kind in &arguments.kinds {
+                restriction.kinds.push(kind_from_name(kind)?);
+            }
+            if let Some(max) = arguments.max_importance {
+                restriction.max_importance = max;
+            }
+            let (world, held) = match (&arguments.reader, &arguments.writer, &arguments.observer) {
+                (Some(world), _, _) => (
+                    world,
+                    Held::Reader(
+                        engram_client::attenuate_reader(&session.reader(world)?, &restriction)
+                            .await?,
+                    ),
+                ),
+                (_, Some(world), _) => (
+                    world,
+                    Held::Writer(
+                        engram_client::attenuate_writer(&session.writer(world)?, &restriction)
+                            .await?,
+                    ),
+                ),
+                (_, _, Some(world)) => (
+                    world,
+                    Held::Observer(
+                        engram_client::attenuate_observer(&session.observer(world)?, &restriction)
+                            .await?,
+                    ),
+                ),
+                _ => unreachable!("clap requires one of --reader, --writer and --observer"),
+            };
+            let mut command = std::process::Command::new(&arguments.command[0]);
+            command.args(&arguments.command[1..]);
+            let mut child = engram_client::spawn::spawn(&held, world, &mut command)?;
+            let status = tokio::task::spawn_blocking(move || child.wait())
+                .await
+                .map_err(|error| usage(format!("waiting for the child: {error}")))?
+                .map_err(|error| usage(format!("waiting for the child: {error}")))?;
+            if !status.success() {
+                return Err(Failure {
+                    exit: status.code().map_or(1, |code| code.clamp(1, 255) as u8),
+                    message: format!("{} exited with {status}", arguments.command[0]),
+                });
+            }
         }
         Command::Audit {
             principal,

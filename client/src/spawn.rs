@@ -1,0 +1,145 @@
+//! Sandboxed children: a parent that holds a capability starts a child process whose
+//! only authority is that capability, served to it as the bootstrap capability of a
+//! Cap'n Proto connection over a socket pair (the child's end is its file descriptor
+//! `CHILD_FD`, named by `ENGRAM_FD`). The child holds no key and needs no network: every
+//! call it makes is forwarded by the parent's connection to the node, where the
+//! capability's own checks (epoch, grants, restriction, rates) apply to it.
+
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use engram_schema::engram_capnp::{observer, world_reader, world_writer};
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+use crate::error::ClientError;
+
+/// The child's file descriptor of its end of the socket pair.
+pub const CHILD_FD: i32 = 3;
+/// Names the child's descriptor.
+pub const FD_VARIABLE: &str = "ENGRAM_FD";
+/// Which capability the child was given: `reader`, `writer` or `observer`.
+pub const CAPABILITY_VARIABLE: &str = "ENGRAM_CAPABILITY";
+/// The world the capability is of.
+pub const WORLD_VARIABLE: &str = "ENGRAM_WORLD";
+
+/// A world capability to hand to a child.
+#[derive(Clone)]
+pub enum Held {
+    Reader(world_reader::Client),
+    Writer(world_writer::Client),
+    Observer(observer::Client),
+}
+
+impl Held {
+    fn kind(&self) -> &'static str {
+        match self {
+            Held::Reader(_) => "reader",
+            Held::Writer(_) => "writer",
+            Held::Observer(_) => "observer",
+        }
+    }
+
+    fn client(&self) -> capnp::capability::Client {
+        match self {
+            Held::Reader(reader) => reader.client.clone(),
+            Held::Writer(writer) => writer.client.clone(),
+            Held::Observer(observer) => observer.client.clone(),
+        }
+    }
+}
+
+/// Starts `command` as a child whose only authority is `held` (of `world`), and serves
+/// `held` to it until the child closes its end or this process exits. Must run inside a
+/// `tokio::task::LocalSet`. The child's descriptors 0 to 2 are whatever `command` says;
+/// its descriptor 3 is the connection, and nothing else of the parent's is open in it.
+pub fn spawn(held: &Held, world: &str, command: &mut Command) -> Result<Child, ClientError> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let io = |source: std::io::Error| ClientError::Spawn {
+        program: program.clone(),
+        source,
+    };
+    let (parent_end, child_end) = std::os::unix::net::UnixStream::pair().map_err(io)?;
+    let child_fd = child_end.as_raw_fd();
+    command
+        .env(FD_VARIABLE, CHILD_FD.to_string())
+        .env(CAPABILITY_VARIABLE, held.kind())
+        .env(WORLD_VARIABLE, world);
+    // SAFETY: between fork and exec the closure only calls dup2 and fcntl, which are
+    // async-signal-safe, on descriptors this process owns.
+    unsafe {
+        command.pre_exec(move || {
+            if child_fd == CHILD_FD {
+                // dup2 onto itself would keep close-on-exec set.
+                if libc::fcntl(CHILD_FD, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(child_fd, CHILD_FD) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(io)?;
+    drop(child_end);
+    parent_end.set_nonblocking(true).map_err(io)?;
+    let stream = tokio::net::UnixStream::from_std(parent_end).map_err(io)?;
+    let (reader, writer) = stream.into_split();
+    let network = twoparty::VatNetwork::new(
+        reader.compat(),
+        writer.compat_write(),
+        rpc_twoparty_capnp::Side::Server,
+        Default::default(),
+    );
+    tokio::task::spawn_local(RpcSystem::new(Box::new(network), Some(held.client())));
+    Ok(child)
+}
+
+/// What a child was given by its parent.
+pub struct Inherited {
+    /// The world the capability is of.
+    pub world: String,
+    pub held: Held,
+}
+
+/// In a child started by [`spawn`]: the capability its parent serves on `ENGRAM_FD`.
+/// Must run inside a `tokio::task::LocalSet`.
+pub fn inherited() -> Result<Inherited, ClientError> {
+    let variable = |name: &str| {
+        std::env::var(name).map_err(|_| {
+            ClientError::InvalidInput(format!(
+                "{name} is not set: this process was not started by `engram spawn`"
+            ))
+        })
+    };
+    let fd: i32 = variable(FD_VARIABLE)?.parse().map_err(|_| {
+        ClientError::InvalidInput(format!("{FD_VARIABLE} is not a file descriptor number"))
+    })?;
+    let kind = variable(CAPABILITY_VARIABLE)?;
+    let world = variable(WORLD_VARIABLE)?;
+    // SAFETY: the parent left this descriptor open for this process alone, and nothing
+    // else in it uses the descriptor.
+    let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    let io = |source| ClientError::Connect {
+        endpoint: format!("{FD_VARIABLE}={fd}"),
+        source,
+    };
+    stream.set_nonblocking(true).map_err(io)?;
+    let stream = tokio::net::UnixStream::from_std(stream).map_err(io)?;
+    let (reader, writer) = stream.into_split();
+    let mut system = RpcSystem::new(crate::network(reader.compat(), writer.compat_write()), None);
+    let bootstrap: capnp::capability::Client = system.bootstrap(rpc_twoparty_capnp::Side::Server);
+    tokio::task::spawn_local(system);
+    let held = match kind.as_str() {
+        "reader" => Held::Reader(capnp::capability::FromClientHook::new(bootstrap.hook)),
+        "writer" => Held::Writer(capnp::capability::FromClientHook::new(bootstrap.hook)),
+        "observer" => Held::Observer(capnp::capability::FromClientHook::new(bootstrap.hook)),
+        other => {
+            return Err(ClientError::InvalidInput(format!(
+                "{CAPABILITY_VARIABLE} is {other:?}; expected reader, writer or observer"
+            )));
+        }
+    };
+    Ok(Inherited { world, held })
+}

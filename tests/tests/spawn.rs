@@ -1,0 +1,128 @@
+//! Sandboxed children: `engram spawn` starts a child, in a network namespace of its own,
+//! whose only authority is one attenuated capability served on its descriptor 3; the
+//! child sees what the restriction lets through, cannot reach the node by itself, and
+//! its capability fails when the parent's epoch moves on.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use engram_client::NewAtom;
+use engram_tests::{TestNode, admin_with_world, binary, run_local, session};
+
+#[test]
+fn a_spawned_child_holds_one_narrowed_capability_and_nothing_else() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = admin_with_world(&node, "team/auth").await;
+        engram_client::remember(
+            &admin.writer("team/auth").unwrap(),
+            &[
+                NewAtom::fact("tokens expire after one hour").labels(&["public"]),
+                NewAtom::fact("the signing key is in the vault").labels(&["secret"]),
+            ],
+        )
+        .await
+        .unwrap();
+
+        let mut parent = Command::new(binary("engram"))
+            .args(["--node", node.tcp_address(), "--key"])
+            .arg(node.admin_key_path())
+            .args(["spawn", "--reader", "team/auth", "--label", "public", "--"])
+            .args(["unshare", "--net"])
+            .arg(binary("child"))
+            .args(["--try-node", node.tcp_address(), "--wait"])
+            .env_remove("ENGRAM_NODE")
+            .env_remove("ENGRAM_KEY")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("running engram spawn");
+        let mut lines = BufReader::new(parent.stdout.take().unwrap()).lines();
+        let mut printed = Vec::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let waiting = line == "child: waiting";
+            printed.push(line);
+            if waiting {
+                break;
+            }
+        }
+        let text = printed.join("\n");
+        assert!(
+            text.contains("child: holds a reader of team/auth"),
+            "{text}"
+        );
+        assert!(
+            text.contains("child: cannot reach the node directly"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sees \"tokens expire after one hour\""),
+            "{text}"
+        );
+        assert!(!text.contains("vault"), "{text}");
+
+        // The operator advances the epoch: the child's capability fails on its own.
+        engram_client::advance_epoch(&admin.admin().unwrap(), &[7; 32])
+            .await
+            .unwrap();
+        parent.stdin.take().unwrap().write_all(b"again\n").unwrap();
+        let rest: Vec<String> = lines.map(|line| line.unwrap()).collect();
+        let rest = rest.join("\n");
+        assert!(
+            rest.contains("child: reading again failed: staleEpoch"),
+            "{rest}"
+        );
+        assert!(parent.wait().unwrap().success());
+        // The node is untouched by it all.
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        assert_eq!(admin.epoch.number, 2);
+    });
+}
+
+#[test]
+fn a_spawned_writer_writes_as_its_parent_within_the_restriction() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = admin_with_world(&node, "team/auth").await;
+        let output = Command::new(binary("engram"))
+            .args(["--node", node.tcp_address(), "--key"])
+            .arg(node.admin_key_path())
+            .args(["spawn", "--writer", "team/auth", "--label", "public", "--"])
+            .arg(binary("child"))
+            .env_remove("ENGRAM_NODE")
+            .env_remove("ENGRAM_KEY")
+            .output()
+            .expect("running engram spawn");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("child: remembered at commit 1"), "{stdout}");
+        let atoms = engram_client::replay(&admin.reader("team/auth").unwrap(), 0, 10)
+            .await
+            .unwrap()
+            .0;
+        assert_eq!(atoms.len(), 1);
+        assert_eq!(atoms[0].text, "written by a child");
+        // A child given a narrower writer is refused what the restriction forbids: its
+        // exit code comes back through spawn.
+        let refused = Command::new(binary("engram"))
+            .args(["--node", node.tcp_address(), "--key"])
+            .arg(node.admin_key_path())
+            .args(["spawn", "--writer", "team/auth", "--label", "secret", "--"])
+            .arg(binary("child"))
+            .env_remove("ENGRAM_NODE")
+            .env_remove("ENGRAM_KEY")
+            .output()
+            .expect("running engram spawn");
+        assert_eq!(refused.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("permissionDenied"),
+            "{}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+    });
+}
