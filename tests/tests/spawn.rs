@@ -126,3 +126,41 @@ fn a_spawned_writer_writes_as_its_parent_within_the_restriction() {
         );
     });
 }
+
+#[test]
+fn the_child_is_cut_off_when_its_parent_exits() {
+    let node = TestNode::start();
+    run_local(async {
+        admin_with_world(&node, "team/auth").await;
+        let mut parent = Command::new(binary("engram"))
+            .args(["--node", node.tcp_address(), "--key"])
+            .arg(node.admin_key_path())
+            .args(["spawn", "--reader", "team/auth", "--"])
+            .arg(binary("child"))
+            .arg("--wait")
+            .env_remove("ENGRAM_NODE")
+            .env_remove("ENGRAM_KEY")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("running engram spawn");
+        let mut lines = BufReader::new(parent.stdout.take().unwrap()).lines();
+        for line in lines.by_ref() {
+            if line.unwrap() == "child: waiting" {
+                break;
+            }
+        }
+        // The child shares its parent's standard input and output: they outlive it.
+        let mut input = parent.stdin.take().unwrap();
+        parent.kill().unwrap();
+        parent.wait().unwrap();
+        input.write_all(b"again\n").unwrap();
+        let rest: Vec<String> = lines.map(|line| line.unwrap()).collect();
+        assert!(
+            rest.iter()
+                .any(|line| line.starts_with("child: reading again failed")
+                    && line.to_lowercase().contains("disconnected")),
+            "{rest:?}"
+        );
+    });
+}

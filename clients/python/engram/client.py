@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -301,6 +302,34 @@ async def connect(address: str) -> Connection:
         host, _, port = address.rpartition(":")
         stream = await capnp.AsyncIoStream.create_connection(host=host, port=int(port))
     return Connection(capnp.TwoPartyClient(stream))
+
+
+@dataclass
+class Inherited:
+    """What a child started by ``engram spawn`` was given: which capability (``reader``,
+    ``writer`` or ``observer``), of which world, and the capability itself."""
+
+    kind: str
+    world: str
+    capability: Any
+    client: Any  # the connection to the parent, kept open with this object
+
+
+async def inherited() -> Inherited:
+    """In a child started by ``engram spawn``: the one capability its parent serves it
+    on the descriptor named by ``ENGRAM_FD``. The child needs no key and no network."""
+    try:
+        fd = int(os.environ["ENGRAM_FD"])
+        kind = os.environ["ENGRAM_CAPABILITY"]
+        world = os.environ["ENGRAM_WORLD"]
+    except (KeyError, ValueError) as error:
+        raise EngramError(None, f"this process was not started by `engram spawn` ({error})") from None
+    interfaces = {"reader": schema.WorldReader, "writer": schema.WorldWriter, "observer": schema.Observer}
+    if kind not in interfaces:
+        raise EngramError(None, f"ENGRAM_CAPABILITY is {kind!r}; expected reader, writer or observer")
+    stream = await capnp.AsyncIoStream.create_connection(sock=socket.socket(fileno=fd))
+    client = capnp.TwoPartyClient(stream)
+    return Inherited(kind, world, client.bootstrap().cast_as(interfaces[kind]), client)
 
 
 async def open_session(address: str, key_path: str | os.PathLike) -> Session:
