@@ -194,7 +194,8 @@ impl WorldReader {
 }
 
 /// The live contradictions of each of `atoms` that `restriction` lets a reader see,
-/// examining at most `budget` links in all.
+/// examining at most `budget` links in all: one list for each atom, in order, up to the
+/// first whose contradictions the budget cannot cover.
 fn contradictions<'a>(
     view: &ReadView,
     atoms: impl Iterator<Item = &'a Atom>,
@@ -203,10 +204,23 @@ fn contradictions<'a>(
     budget: &mut usize,
 ) -> Result<Vec<Vec<Hash>>, StoreError> {
     let visible = |atom: &dyn Facts| restriction.shows(atom);
-    atoms
-        .map(|atom| view.contradictions(atom, as_of, &visible, budget))
-        .collect()
+    let mut lists = Vec::new();
+    for atom in atoms {
+        match view.contradictions(atom, as_of, &visible, budget) {
+            Ok(list) => lists.push(list),
+            Err(StoreError::BudgetSpent { .. }) => break,
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(lists)
 }
+
+// One hit's contradictions always fit the inline budget, so an answer cut at it holds
+// at least one hit and its cursor moves on.
+const _: () = assert!(
+    engram_store::limits::ATOM_LINKS_MAX + engram_store::limits::CONTRADICTIONS_EXAMINED_MAX
+        <= engram_store::limits::READ_INLINE_EXAMINED_MAX
+);
 
 fn write_contradictions(mut hit: hit::Builder<'_>, ids: &[Hash]) {
     if ids.is_empty() {
@@ -287,28 +301,29 @@ impl world_reader::Server for WorldReader {
         };
         let page = self
             .bounded(move |view, world, restriction, budget| {
-                let page = view.ask(world, &query, budget, &|atom| restriction.shows(atom))?;
+                let mut page = view.ask(world, &query, budget, &|atom| restriction.shows(atom))?;
                 // On the RPC thread the hits' contradictions have the inline budget of
-                // links to examine; past it, the whole ask moves off the thread, where
-                // each hit's own bound is enough.
+                // links to examine; past it, the ask moves off the thread, where each
+                // hit's own bound is enough, or (when the rate cannot pay for that)
+                // answers the hits it covered, with the cursor after the last of them.
                 let mut links = if budget == ReadBudget::INLINE {
                     budget.examined
                 } else {
                     usize::MAX
                 };
-                let found = match contradictions(
+                let found = contradictions(
                     view,
                     page.atoms.iter(),
                     query.states_as_of(),
                     restriction,
                     &mut links,
-                ) {
-                    Err(StoreError::BudgetSpent { .. }) if budget == ReadBudget::INLINE => {
-                        return Ok(((page, Vec::new(), 0), true));
-                    }
-                    found => found?,
-                };
-                let unfinished = page.examined_budget_spent;
+                )?;
+                let mut unfinished = page.examined_budget_spent;
+                if found.len() < page.atoms.len() {
+                    page.atoms.truncate(found.len());
+                    page.resume_before_commit = page.atoms.last().map(|atom| atom.commit);
+                    unfinished = true;
+                }
                 Ok(((page, found, view.snapshot_commit()), unfinished))
             })
             .await?;

@@ -251,3 +251,77 @@ fn a_flood_of_contradictions_lists_a_bounded_few() {
         assert_eq!(answer.hits[0].contradictions[0], newest[0].id);
     });
 }
+
+#[test]
+fn contradictions_past_the_inline_budget_cut_the_answer_when_the_rate_cannot_pay() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = admin_with_world(&node, "ops").await;
+        let writer = admin.writer("ops").unwrap();
+        // Five atoms, each contradicted 100 times: their contradictions take more links
+        // than the RPC thread examines inline.
+        let mut targets = Vec::new();
+        for index in 0..5 {
+            let target = engram_client::remember(
+                &writer,
+                &[NewAtom::fact(format!("claim {index}")).labels(&["db"])],
+            )
+            .await
+            .unwrap()[0];
+            let flood: Vec<NewAtom> = (0..100)
+                .map(|other| {
+                    NewAtom::fact(format!("not claim {index}: {other}"))
+                        .labels(&["noise"])
+                        .link(LinkKind::Contradicts, target.id)
+                })
+                .collect();
+            engram_client::remember(&writer, &flood).await.unwrap();
+            targets.push(target);
+        }
+        // A reader whose rate cannot pay for a read off the RPC thread, and who may not
+        // see the contradicting atoms: each hit's links are all examined, in vain.
+        let slow = engram_client::attenuate_reader(
+            &admin.reader("ops").unwrap(),
+            &Restriction {
+                labels: vec!["db".into()],
+                rate: engram_client::Rate {
+                    calls_per_second: 1,
+                    atoms_per_second: 0,
+                },
+                ..Restriction::default()
+            },
+        )
+        .await
+        .unwrap();
+        let answer = engram_client::ask_scored(
+            &slow,
+            &Filter {
+                labels: vec!["db".into()],
+                ..Filter::default()
+            },
+        )
+        .await
+        .unwrap();
+        // The answer is cut where the inline budget ended, and says where to go on.
+        assert!(
+            !answer.hits.is_empty() && answer.hits.len() < 5,
+            "{}",
+            answer.hits.len()
+        );
+        assert!(answer.hits.iter().all(|hit| hit.contradictions.is_empty()));
+        let last = answer.hits.last().unwrap().atom.commit;
+        assert_eq!(answer.resume_before_commit, Some(last));
+        // The node is still serving.
+        let all = engram_client::ask_scored(
+            &admin.reader("ops").unwrap(),
+            &Filter {
+                labels: vec!["db".into()],
+                ..Filter::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(all.hits.len(), 5);
+        assert!(all.hits.iter().all(|hit| hit.contradictions.len() == 16));
+    });
+}
