@@ -275,8 +275,9 @@ struct Violation {
 
 struct Trust {
   # What other principals' atoms said of one writer's atoms: each `confirms` link from
-  # another writer's atom raises its trust on the target's labels, each `corrects` link
-  # lowers it. score = (1 + confirms) / (2 + confirms + corrects): 0.5 with no evidence,
+  # another writer's atom raises its trust on the target's labels (its first 8) and on
+  # all its atoms, each `corrects` link lowers them; one atom's second link of the same
+  # kind to the same target counts nothing. score = (1 + confirms) / (2 + confirms + corrects): 0.5 with no evidence,
   # nearer 1 or 0 the more there is. Links count from the moment they are written, and
   # stay counted when their atom later changes state.
   score @0 :Float64;

@@ -3,10 +3,10 @@
 use std::rc::Rc;
 
 use engram_schema::engram_capnp::{TransitionKind, world_writer};
-use engram_store::limits::BATCH_ATOMS_MAX;
+use engram_store::limits::{BATCH_ATOMS_MAX, TRANSITIONS_PER_REQUEST_MAX};
 use engram_store::{
-    AtomContent, AtomKind, Authority, Link, StoreError, Transition, WriteOp, WriteOutcome,
-    WriteRequest,
+    AtomContent, AtomKind, Authority, Facts, Link, ReadView, StoreError, Transition, WriteOp,
+    WriteOutcome, WriteRequest,
 };
 
 use crate::convert::{bytes32, malformed, read_content, read_restriction, write_receipt};
@@ -42,6 +42,16 @@ impl WorldWriter {
                 return Err(CapabilityError::invalid(format!("{}{reason}", at(index))));
             }
         }
+        let transitions: usize = atoms.iter().map(|atom| atom.transitions().count()).sum();
+        if transitions > TRANSITIONS_PER_REQUEST_MAX {
+            return Err(CapabilityError::invalid(format!(
+                "the request makes {transitions} lifecycle transitions; the limit is \
+                 {TRANSITIONS_PER_REQUEST_MAX}"
+            )));
+        }
+        let view = (transitions > 0)
+            .then(|| self.grip.node.store.read())
+            .transpose()?;
         for (index, content) in atoms.iter().enumerate() {
             // A transition atom is bounded by what it acts on, below, not by what the
             // restriction lets this writer write.
@@ -50,7 +60,10 @@ impl WorldWriter {
             {
                 return Err(CapabilityError::denied(format!("{}{reason}", at(index))));
             }
-            self.check_transitions(content)
+            let Some(view) = &view else {
+                continue;
+            };
+            self.check_transitions(view, content)
                 .map_err(|error| match error {
                     CapabilityError::PermissionDenied(reason) => {
                         CapabilityError::denied(format!("{}{reason}", at(index)))
@@ -84,27 +97,30 @@ impl WorldWriter {
     /// target must be visible through it (else `notFound`, as if it did not exist), and
     /// a transition that takes the approve right needs the restriction to have kept it.
     /// The store checks the rest (the target's world and state, the principal's
-    /// rights) inside the write transaction.
-    fn check_transitions(&self, content: &AtomContent) -> Result<(), CapabilityError> {
-        let mut transitions = content.transitions().peekable();
-        if transitions.peek().is_none() {
-            return Ok(());
-        }
-        let view = self.grip.node.store.read()?;
-        for (transition, target) in transitions {
-            let own = match view.atom(&self.world, target) {
-                Ok(atom) if self.grip.restriction.shows(&atom) => {
-                    atom.writer == self.grip.principal
-                }
-                Ok(_) => {
+    /// rights) inside the write transaction. Targets are read as facts in place: a
+    /// target's text and payload are never copied.
+    fn check_transitions(
+        &self,
+        view: &ReadView,
+        content: &AtomContent,
+    ) -> Result<(), CapabilityError> {
+        for (transition, target) in content.transitions() {
+            let seen = view.with_facts(&self.world, target, |facts| {
+                (
+                    self.grip.restriction.shows(facts),
+                    *facts.writer() == self.grip.principal,
+                )
+            })?;
+            let own = match seen {
+                Some((true, own)) => own,
+                Some((false, _)) => {
                     return Err(CapabilityError::Store(StoreError::AtomNotFound {
                         world: self.world.clone(),
                         id: hex::encode(target),
                     }));
                 }
                 // Not in this world: the store says whether it is in another one.
-                Err(StoreError::AtomNotFound { .. }) => continue,
-                Err(other) => return Err(other.into()),
+                None => continue,
             };
             if transition.needs_approve_right(own) && !self.grip.restriction.approve {
                 return Err(CapabilityError::denied(format!(

@@ -648,6 +648,24 @@ impl ReadView {
         Ok(())
     }
 
+    /// `read` of the facts of the atom `id`, read in place (its text and payload stay
+    /// unread); `None` when `world` holds no such atom.
+    pub fn with_facts<R>(
+        &self,
+        world: &str,
+        id: &Hash,
+        read: impl FnOnce(&EntryFacts<'_>) -> R,
+    ) -> Result<Option<R>, StoreError> {
+        let Some(commit) = self.snapshot.ids.get(id)?.map(|commit| commit.value()) else {
+            return Ok(None);
+        };
+        let Some(row) = self.entries().get((world, commit))? else {
+            return Ok(None);
+        };
+        let (_, entry) = split_row(world, commit, row.value())?;
+        Ok(Some(read(&self.facts(world, commit, entry)?)))
+    }
+
     /// The atom `id` of `world`, in its state now.
     pub fn atom(&self, world: &str, id: &Hash) -> Result<Atom, StoreError> {
         self.atom_as_of(world, id, u64::MAX)

@@ -70,5 +70,9 @@ pub const FORBIDDEN_TERM_BYTES_MAX: usize = 128;
 pub const FORBIDDEN_TERM_WORDS_MAX: usize = 16;
 /// Labels a plan may be checked under.
 pub const CHECK_LABELS_MAX: usize = 64;
-/// Labels of an atom whose trust a ranked ask weighs (the first ones).
+/// Labels of an atom whose trust a ranked ask weighs, and that a confirmation or a
+/// correction of it counts on (the first ones).
 pub const TRUST_LABELS_MAX: usize = 8;
+/// Lifecycle transitions one write request may make (transition atoms and `supersedes`
+/// links, across its batch): each is checked against its target.
+pub const TRANSITIONS_PER_REQUEST_MAX: usize = 10_000;

@@ -18,7 +18,9 @@ use crate::atom::{
 use crate::epoch::Epoch;
 use crate::error::StoreError;
 use crate::journal::{self, Journal};
-use crate::limits::{ATOM_VECTOR_DIMENSIONS_MAX, BATCH_ATOMS_MAX};
+use crate::limits::{
+    ATOM_VECTOR_DIMENSIONS_MAX, BATCH_ATOMS_MAX, TRANSITIONS_PER_REQUEST_MAX, TRUST_LABELS_MAX,
+};
 use crate::principal::{Grant, Principal, Right, validate_grants, validate_principal_name};
 use crate::tables::*;
 use crate::world::{WorldInfo, WorldState, validate_world_name};
@@ -178,6 +180,9 @@ impl<'txn> Tables<'txn> {
         for word in crate::constraint::key_words(&content.forbids) {
             self.forbids.insert((world, word.as_str(), commit), ())?;
         }
+        // Trust counts one word per atom on each target: a second link of the same kind
+        // to the same target moves nothing.
+        let mut trusted_targets: Vec<(LinkKind, u64)> = Vec::new();
         for link in &content.links {
             let corrupt = |what: &str| StoreError::Corrupt {
                 what: format!(
@@ -200,16 +205,22 @@ impl<'txn> Tables<'txn> {
                     return Err(corrupt("is in another world"));
                 }
                 None => continue,
-                Some(row) if matches!(link.kind, LinkKind::Confirms | LinkKind::Corrects) => {
+                Some(row)
+                    if matches!(link.kind, LinkKind::Confirms | LinkKind::Corrects)
+                        && !trusted_targets.contains(&(link.kind, target_commit)) =>
+                {
+                    trusted_targets.push((link.kind, target_commit));
                     let (_, target_entry) = split_row(world, target_commit, row.value())?;
                     let facts =
                         EntryFacts::read(target_entry).ok_or_else(|| corrupt("does not decode"))?;
-                    // Only another principal's word moves a writer's trust.
+                    // Only another principal's word moves a writer's trust: across all
+                    // its atoms (""), and on the target's first labels, those ranking
+                    // weighs.
                     (facts.writer() != writer).then(|| {
                         let mut labels = vec![String::new()];
                         facts.any_label(&mut |label| {
                             labels.push(label.to_owned());
-                            false
+                            labels.len() > TRUST_LABELS_MAX
                         });
                         (*facts.writer(), labels)
                     })
@@ -748,7 +759,16 @@ fn remember(
 
     // Every transition must be legal where its target stands, after the transitions
     // before it in the group and in the batch.
-    let mut transitions = Vec::new();
+    let count: usize = atoms.iter().map(|atom| atom.transitions().count()).sum();
+    if count > TRANSITIONS_PER_REQUEST_MAX {
+        return Ok(Err(StoreError::InvalidBatch {
+            reason: format!(
+                "the request makes {count} lifecycle transitions; the limit is \
+                 {TRANSITIONS_PER_REQUEST_MAX}"
+            ),
+        }));
+    }
+    let mut transitions = HashMap::new();
     for (index, atom) in atoms.iter().enumerate() {
         for (transition, target) in atom.transitions() {
             let checked = check_transition(
@@ -761,7 +781,9 @@ fn remember(
                 target,
             )?;
             match checked {
-                Ok(change) => transitions.push(change),
+                Ok((commit, state)) => {
+                    transitions.insert(commit, state);
+                }
                 Err(error) => {
                     return Ok(Err(match error {
                         StoreError::IllegalTransition { reason } if atoms.len() > 1 => {
@@ -823,12 +845,12 @@ fn remember(
 
 /// Checks one transition `writer` makes on `target` in `world`: the target exists in
 /// this world and is not itself a transition, the writer holds the right, and the
-/// transition is legal from the target's state (as `earlier` changes and the group's
-/// leave it). Returns the target's commit and its new state.
+/// transition is legal from the target's state (as the request's `earlier` changes and
+/// the group's leave it). Returns the target's commit and its new state.
 fn check_transition(
     tables: &Tables<'_>,
     group: &Group<'_>,
-    earlier: &[(u64, LifecycleState)],
+    earlier: &HashMap<u64, LifecycleState>,
     writer: &Principal,
     world: &str,
     transition: Transition,
@@ -877,11 +899,9 @@ fn check_transition(
         }));
     }
     let from = match earlier
-        .iter()
-        .rev()
-        .find(|(changed, _)| *changed == commit)
-        .map(|(_, state)| *state)
-        .or_else(|| group.states.get(&commit).copied())
+        .get(&commit)
+        .or_else(|| group.states.get(&commit))
+        .copied()
     {
         Some(state) => state,
         None => state_at(&tables.states, world, commit, u64::MAX)?,

@@ -605,3 +605,34 @@ fn the_cli_proposes_approves_supersedes_and_retracts() {
     let listed = run(&["--json", "principal", "list"]);
     assert!(listed.contains("\"rights\":\"rwa\""), "{listed}");
 }
+
+#[test]
+fn a_request_past_the_transitions_limit_is_refused_whole() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = admin_with_world(&node, "team/auth").await;
+        let writer = admin.writer("team/auth").unwrap();
+        let kept = remember(&writer, NewAtom::fact("stays asserted")).await;
+        // 157 atoms of 64 supersedes links each: 10,048 transitions, past the 10,000 one
+        // request may make. Refused before any target is looked up.
+        let batch: Vec<NewAtom> = (0..157u32)
+            .map(|index| {
+                (0..64u32).fold(
+                    NewAtom::fact(format!("replacement {index}")),
+                    |atom, link| {
+                        let mut target = [0; 32];
+                        target[..4].copy_from_slice(&index.to_be_bytes());
+                        target[4..8].copy_from_slice(&link.to_be_bytes());
+                        atom.supersedes(target)
+                    },
+                )
+            })
+            .collect();
+        let refused = engram_client::remember(&writer, &batch).await;
+        assert_code(refused, ErrorCode::InvalidArgument);
+        let reader = admin.reader("team/auth").unwrap();
+        let (atoms, _) = engram_client::replay(&reader, 0, 1000).await.unwrap();
+        assert_eq!(atoms.len(), 1);
+        assert_eq!(atoms[0].id, kept.id);
+    });
+}

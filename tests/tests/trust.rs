@@ -102,6 +102,17 @@ fn corrections_lower_trust_confirmations_raise_it_and_ranking_weighs_it() {
             engram_client::trust(&narrowed, &keys[0], "db").await,
             ErrorCode::PermissionDenied,
         );
+
+        // One atom's word on a target counts once, however many links repeat it.
+        write(
+            reviewer,
+            NewAtom::fact("remeasured: yes, twice")
+                .link(LinkKind::Confirms, corrected.id)
+                .link(LinkKind::Confirms, corrected.id),
+        )
+        .await;
+        let careless_trust = engram_client::trust(&reader, &keys[0], "db").await.unwrap();
+        assert_eq!((careless_trust.confirms, careless_trust.corrects), (1, 1));
     });
 }
 
