@@ -565,7 +565,9 @@ interface WorldWriter {
   # Appends one atom to the writer's chain. Returns only once it is durable.
 
   rememberBatch @1 (atoms :List(AtomContent)) -> (receipts :List(Receipt));
-  # Appends up to 10,000 atoms, all or nothing, in order. Returns once durable.
+  # Appends up to 10,000 atoms, all or nothing, in order, making at most 10,000
+  # lifecycle transitions (`supersedes` links and transition atoms) in all. Returns once
+  # durable.
 
   attenuate @2 (restriction :Restriction) -> (writer :WorldWriter);
   # A writer narrowed by `restriction`. It can be handed to another process.

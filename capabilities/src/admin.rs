@@ -247,7 +247,7 @@ impl admin::Server for Admin {
         let mut health = results.get().init_health();
         health.set_version(env!("CARGO_PKG_VERSION"));
         write_epoch(health.reborrow().init_epoch(), &view.epoch().wire()?);
-        health.set_last_commit(view.last_commit().wire()?);
+        health.set_last_commit(view.last_commit());
         health.set_atoms(worlds.iter().map(|world| world.atoms).sum());
         health.set_worlds(worlds.len() as u64);
         health.set_principals(view.principals().wire()?.len() as u64);

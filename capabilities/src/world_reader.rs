@@ -113,7 +113,7 @@ impl WorldReader {
                 let visible = |atom: &dyn Facts| restriction.shows(atom);
                 let page = view.replay_until(world, from_commit, up_to, limit, budget, &visible)?;
                 let unfinished = page.examined_budget_spent;
-                Ok(((page, view.snapshot_commit()), unfinished))
+                Ok(((page, view.last_commit()), unfinished))
             })
             .await?
             .either();
@@ -162,7 +162,7 @@ impl WorldReader {
                 let view = store.read()?;
                 let contradictions =
                     contradictions(&view, atoms, as_of, &restriction, &mut budget)?;
-                Ok((answer, contradictions, view.snapshot_commit()))
+                Ok((answer, contradictions, view.last_commit()))
             })
             .await
             .wire()?;
@@ -266,7 +266,7 @@ impl world_reader::Server for WorldReader {
                 .into(),
             );
         }
-        let commit = view.snapshot_commit();
+        let commit = view.last_commit();
         drop(view);
         self.audit(AuditedQuery::Get { id, as_of }, vec![id], commit)
             .await?;
@@ -324,7 +324,7 @@ impl world_reader::Server for WorldReader {
                     page.resume_before_commit = page.atoms.last().map(|atom| atom.commit);
                     unfinished = true;
                 }
-                Ok(((page, found, view.snapshot_commit()), unfinished))
+                Ok(((page, found, view.last_commit()), unfinished))
             })
             .await?;
         let ((page, contradictions, commit), budget) = match page {
@@ -486,7 +486,7 @@ impl world_reader::Server for WorldReader {
             .bounded(move |view, world, restriction, budget| {
                 let report = view.check(world, &plan, budget, &|atom| restriction.shows(atom))?;
                 let unfinished = report.examined_budget_spent;
-                Ok(((report, view.snapshot_commit()), unfinished))
+                Ok(((report, view.last_commit()), unfinished))
             })
             .await?;
         let ((report, commit), budget) = match report {

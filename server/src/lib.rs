@@ -94,7 +94,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     };
     let last_commit = store
         .read()
-        .and_then(|view| view.last_commit())
+        .map(|view| view.last_commit())
         .map_err(store_error)?;
     let (doorbell, committed) = tokio::sync::watch::channel(last_commit);
     let vector_directory = config.data.join(VECTOR_INDEX_DIRECTORY);

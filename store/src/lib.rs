@@ -398,20 +398,16 @@ impl ReadView {
         &self.snapshot.entries
     }
 
-    /// The node's last commit when this snapshot was taken: the commit every answer
-    /// read from it stands at. No lookup.
-    pub fn snapshot_commit(&self) -> u64 {
-        self.snapshot.last_commit
-    }
-
     /// The current epoch.
     pub fn epoch(&self) -> Result<Epoch, StoreError> {
         write::current_epoch(&self.table(EPOCHS)?)
     }
 
     /// The last commit number given out (0 before the first atom).
-    pub fn last_commit(&self) -> Result<u64, StoreError> {
-        write::last_commit(&self.table(META)?)
+    /// The commit every answer read from this view stands at; read once, when the
+    /// snapshot was taken.
+    pub fn last_commit(&self) -> u64 {
+        self.snapshot.last_commit
     }
 
     /// One world, if it exists.
@@ -756,7 +752,7 @@ impl ReadView {
             None => 0,
         };
         Ok(Generation {
-            node_commit: self.last_commit()?,
+            node_commit: self.last_commit(),
             last_commit,
             atoms: info.atoms,
         })
@@ -887,7 +883,7 @@ impl ReadView {
             // The world's log is read to its end (or to `up_to`): the cursor moves there,
             // so it does not tell where the world's last (perhaps hidden) atom is.
             let end = if up_to == u64::MAX {
-                self.last_commit()?
+                self.last_commit()
             } else {
                 up_to
             };
@@ -1192,7 +1188,7 @@ impl Store {
         // copied. The states are read again on this later snapshot, which holds every
         // candidate, and a candidate whose state the filter did not know is dropped.
         let view = self.read()?;
-        let last_commit = view.last_commit()?;
+        let last_commit = view.last_commit();
         let mut scored = Vec::with_capacity(found.len());
         for (commit, hit) in found {
             let row = view.row(world, commit)?;

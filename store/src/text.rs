@@ -135,7 +135,7 @@ impl TextIndex {
     pub fn catch_up(&self, store: &Store) -> Result<Option<Duration>, StoreError> {
         let mut writing = self.writing.lock().expect("never poisoned");
         let view = store.read()?;
-        let target = view.last_commit()?;
+        let target = view.last_commit();
         let from = writing.added_through;
         if target > from {
             let worlds = view.table(WORLDS)?;

@@ -402,7 +402,7 @@ impl VectorIndex {
             return Ok(false);
         };
         let view = store.read()?;
-        if covered > view.last_commit()? {
+        if covered > view.last_commit() {
             return Ok(false);
         }
         for line in lines {
@@ -451,7 +451,7 @@ impl VectorIndex {
     /// batches; returns how many it inserted. Called by the indexer thread only.
     pub fn catch_up(&self, store: &Store) -> Result<usize, StoreError> {
         let view = store.read()?;
-        let target = view.last_commit()?;
+        let target = view.last_commit();
         let from = self.covered_commit();
         if target <= from {
             return Ok(0);
