@@ -121,16 +121,5 @@ async fn run(arguments: Arguments) -> Result<(), ClientError> {
 }
 
 fn main() -> ExitCode {
-    let arguments = Arguments::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    match tokio::task::LocalSet::new().block_on(&runtime, run(arguments)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("agent: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    engram_client::run_program("agent", run(Arguments::parse()))
 }

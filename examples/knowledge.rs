@@ -184,17 +184,5 @@ async fn run(arguments: Arguments) -> Result<(), ClientError> {
 }
 
 fn main() -> ExitCode {
-    let arguments = Arguments::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    let local = tokio::task::LocalSet::new();
-    match local.block_on(&runtime, run(arguments)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("knowledge: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    engram_client::run_program("knowledge", run(Arguments::parse()))
 }

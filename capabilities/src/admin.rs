@@ -295,15 +295,14 @@ impl admin::Server for Admin {
             0 => u64::MAX,
             to_commit => to_commit,
         };
-        let entries = node
-            .audit
-            .read(
-                &key,
-                params.get_from_commit(),
-                to_commit,
-                params.get_after_sequence(),
-                params.get_limit(),
-            )
+        // Up to a thousand records, each with a plan of up to 64 KiB to render: off the
+        // RPC thread.
+        let (audit, from_commit) = (node.audit.clone(), params.get_from_commit());
+        let (after_sequence, limit) = (params.get_after_sequence(), params.get_limit());
+        let entries = self
+            .grip
+            .off_thread(move |_| audit.read(&key, from_commit, to_commit, after_sequence, limit))
+            .await
             .wire()?;
         let mut list = results.get().init_records(entries.len() as u32);
         for (index, entry) in entries.iter().enumerate() {

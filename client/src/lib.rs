@@ -65,6 +65,34 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
+/// Runs `body` to completion on a single-threaded tokio runtime inside a `LocalSet`, as
+/// Cap'n Proto RPC needs; fails only if the runtime cannot start.
+pub fn run_local<F: std::future::Future>(body: F) -> std::io::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(tokio::task::LocalSet::new().block_on(&runtime, body))
+}
+
+/// A program's `main`: runs `body` with [`run_local`] and turns its outcome into the
+/// exit code, printing `program: error` on failure.
+pub fn run_program<E: std::fmt::Display>(
+    program: &str,
+    body: impl std::future::Future<Output = Result<(), E>>,
+) -> std::process::ExitCode {
+    match run_local(body) {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        Ok(Err(error)) => {
+            eprintln!("{program}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("{program}: cannot start the async runtime: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Largest message the client accepts from the node.
 const MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
 

@@ -456,23 +456,15 @@ fn usage(message: impl Into<String>) -> Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("engram: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let local = tokio::task::LocalSet::new();
-    match local.block_on(&runtime, run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
+    match engram_client::run_local(run(Cli::parse())) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(failure)) => {
             eprintln!("engram: {}", failure.message);
             ExitCode::from(failure.exit)
+        }
+        Err(error) => {
+            eprintln!("engram: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
         }
     }
 }

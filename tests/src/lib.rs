@@ -41,14 +41,22 @@ pub async fn ask_when_indexed(
 /// Runs the `engram` CLI against `node`'s TCP listener with the key at `key`, ignoring
 /// any `ENGRAM_NODE` and `ENGRAM_KEY` of the environment.
 pub fn engram_cli(node: &TestNode, key: &Path, arguments: &[&str]) -> std::process::Output {
-    Command::new(binary("engram"))
-        .args(["--node", node.tcp_address(), "--key"])
-        .arg(key)
+    engram_command(node, key)
         .args(arguments)
-        .env_remove("ENGRAM_NODE")
-        .env_remove("ENGRAM_KEY")
         .output()
         .expect("running engram")
+}
+
+/// The `engram` CLI set to talk to `node`'s TCP listener with the key at `key`, ignoring
+/// any `ENGRAM_NODE` and `ENGRAM_KEY` of the environment; the caller adds the command.
+pub fn engram_command(node: &TestNode, key: &Path) -> Command {
+    let mut command = Command::new(binary("engram"));
+    command
+        .args(["--node", node.tcp_address(), "--key"])
+        .arg(key)
+        .env_remove("ENGRAM_NODE")
+        .env_remove("ENGRAM_KEY");
+    command
 }
 
 /// Runs the `engram` CLI as [`engram_cli`] does, asserts that it succeeded, and returns
@@ -291,11 +299,7 @@ impl Drop for TestNode {
 /// Runs an async test body on a single-threaded runtime inside a `LocalSet`, as
 /// Cap'n Proto RPC needs.
 pub fn run_local<F: Future>(body: F) -> F::Output {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    tokio::task::LocalSet::new().block_on(&runtime, body)
+    engram_client::run_local(body).expect("a tokio runtime")
 }
 
 /// Connects, logs in with `key`, and grafts.

@@ -4,10 +4,10 @@
 //! its capability fails when the parent's epoch moves on.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use engram_client::NewAtom;
-use engram_tests::{TestNode, admin_with_world, binary, run_local, session};
+use engram_tests::{TestNode, admin_with_world, binary, engram_command, run_local, session};
 
 #[test]
 fn a_spawned_child_holds_one_narrowed_capability_and_nothing_else() {
@@ -24,15 +24,11 @@ fn a_spawned_child_holds_one_narrowed_capability_and_nothing_else() {
         .await
         .unwrap();
 
-        let mut parent = Command::new(binary("engram"))
-            .args(["--node", node.tcp_address(), "--key"])
-            .arg(node.admin_key_path())
+        let mut parent = engram_command(&node, &node.admin_key_path())
             .args(["spawn", "--reader", "team/auth", "--label", "public", "--"])
             .args(["unshare", "--net"])
             .arg(binary("child"))
             .args(["--try-node", node.tcp_address(), "--wait"])
-            .env_remove("ENGRAM_NODE")
-            .env_remove("ENGRAM_KEY")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -85,13 +81,9 @@ fn a_spawned_writer_writes_as_its_parent_within_the_restriction() {
     let node = TestNode::start();
     run_local(async {
         let admin = admin_with_world(&node, "team/auth").await;
-        let output = Command::new(binary("engram"))
-            .args(["--node", node.tcp_address(), "--key"])
-            .arg(node.admin_key_path())
+        let output = engram_command(&node, &node.admin_key_path())
             .args(["spawn", "--writer", "team/auth", "--label", "public", "--"])
             .arg(binary("child"))
-            .env_remove("ENGRAM_NODE")
-            .env_remove("ENGRAM_KEY")
             .output()
             .expect("running engram spawn");
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -109,13 +101,9 @@ fn a_spawned_writer_writes_as_its_parent_within_the_restriction() {
         assert_eq!(atoms[0].text, "written by a child");
         // A child given a narrower writer is refused what the restriction forbids: its
         // exit code comes back through spawn.
-        let refused = Command::new(binary("engram"))
-            .args(["--node", node.tcp_address(), "--key"])
-            .arg(node.admin_key_path())
+        let refused = engram_command(&node, &node.admin_key_path())
             .args(["spawn", "--writer", "team/auth", "--label", "secret", "--"])
             .arg(binary("child"))
-            .env_remove("ENGRAM_NODE")
-            .env_remove("ENGRAM_KEY")
             .output()
             .expect("running engram spawn");
         assert_eq!(refused.status.code(), Some(1));
@@ -132,14 +120,10 @@ fn the_child_is_cut_off_when_its_parent_exits() {
     let node = TestNode::start();
     run_local(async {
         admin_with_world(&node, "team/auth").await;
-        let mut parent = Command::new(binary("engram"))
-            .args(["--node", node.tcp_address(), "--key"])
-            .arg(node.admin_key_path())
+        let mut parent = engram_command(&node, &node.admin_key_path())
             .args(["spawn", "--reader", "team/auth", "--"])
             .arg(binary("child"))
             .arg("--wait")
-            .env_remove("ENGRAM_NODE")
-            .env_remove("ENGRAM_KEY")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
