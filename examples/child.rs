@@ -73,6 +73,10 @@ async fn run(arguments: Arguments) -> Result<(), ClientError> {
             println!("child: remembered at commit {}", receipts[0].commit);
         }
         Held::Observer(_) => println!("child: holds an observer of {world}"),
+        Held::Signer(signer) => {
+            let key = engram_client::signer_public_key(signer).await?;
+            println!("child: holds a signer whose key begins {:02x?}", &key[..4]);
+        }
     }
     Ok(())
 }

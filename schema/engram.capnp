@@ -49,6 +49,43 @@ const loginDomain :Text = "engram/login/v1";
 #   loginDomain || 0x00 || nonce (32 bytes) || nodeKey (32 bytes) || epoch (u64, big-endian)
 # with its ed25519 key, using the nonce, node key and epoch from `Terminal.challenge`.
 
+const tokenFormat :UInt32 = 1;
+# Tokens (sturdy refs). `save()` on a WorldReader, WorldWriter, Observer or Signer
+# returns a token: a biscuit v3 token (https://doc.biscuitsec.org), serialized as
+# biscuit's protobuf bytes (base64url in the CLI's token files), whose authority block
+# the node signs with its ed25519 node key (the `nodeKey` of `Terminal.challenge`, so
+# anyone can verify a token offline). `Terminal.restore(token)` returns the live
+# capability again, on any connection, without a login. The authority block holds
+# these facts, in biscuit's datalog:
+#   engram(1);                       token format (this constant)
+#   principal(hex:<32 bytes>);       the principal the capability acts as
+#   right("reader");                 "reader", "writer", "observer" or "signer"
+#   world("team/auth");              the world (not for a signer)
+#   epoch(7);                        the epoch it was saved in
+#   revoked_with(hex:<64 bytes>);    a token this capability was restored from: revoking
+#                                    it revokes this one too (at most 64)
+# and the narrowing facts of the saved capability's restriction. A holder attenuates a
+# token offline, with any biscuit library, by appending blocks of narrowing facts
+# (never rules or checks):
+#   kinds({"fact", "decision"});     only these kinds
+#   labels({"public"});              only these labels
+#   max_importance(500000);          importance at most this many millionths
+#   expires(2026-12-01T00:00:00Z);   every call fails with permissionDenied from then
+#   rate(10, 100);                   calls and atoms per second (0: no limit on that one)
+#   without_approve(true);           takes away the approve right
+#   domains({"agent/report"});       a signer signs only these domains
+# Every fact narrows what the facts before it allowed, like `attenuate`: facts in one
+# block or in many intersect, so a block can only narrow. A token's rate is shared by
+# every capability restored from it. `restore` refuses, naming the reason:
+#   unauthenticated   bytes that are not a token, a token not signed by this node, a
+#                     block altered, removed or signed by a third party, a block
+#                     holding a rule, a check or a fact not above (an unknown narrowing
+#                     would widen what its writer meant to allow), or a revoked token
+#                     (`Membrane.revokeToken`, `Admin.revokeToken`);
+#   staleEpoch        a token saved in an older epoch (save again after grafting);
+#   permissionDenied  a principal since removed, or no longer granted the right.
+# Tokens are at most 64 KiB and 32 blocks.
+
 const signDomain :Text = "engram/sign/v1";
 # Domain tag of `Signer.sign`. The signed bytes are
 #   signDomain || 0x00 || length of domain (u32, big-endian) || domain (UTF-8) || message
@@ -58,7 +95,8 @@ enum ErrorCode {
   staleEpoch @0;        # The capability was issued in an older epoch: graft again.
   unauthenticated @1;   # Login failed. One message for every cause (unknown key, bad
                         # signature, reused or unknown nonce): it never tells whether a
-                        # key is registered.
+                        # key is registered. Or a token was refused (see `tokenFormat`;
+                        # the message names why).
   permissionDenied @2;  # The principal or capability does not hold the right for this call.
   invalidArgument @3;   # The request is malformed or out of range; nothing was changed.
   notFound @4;          # The named world, principal or atom does not exist.
@@ -459,6 +497,16 @@ interface Terminal {
   # Exchanges a signed challenge for the principal's membrane. The nonce is consumed
   # whether or not the login succeeds. Fails with `unauthenticated` for an unknown key,
   # a bad signature, an unknown or reused nonce, or a nonce issued in an older epoch.
+
+  restore @2 (token :Data) -> (world :Text, reader :WorldReader, writer :WorldWriter,
+                               observer :Observer, signer :Signer);
+  # Exchanges a token (see `tokenFormat`) for the live capability it names: exactly one
+  # of reader, writer, observer and signer is set, narrowed by every block of the token;
+  # `world` names its world (empty for a signer). Counts as a login attempt against the
+  # peer's login rate. Fails with `unauthenticated`, `staleEpoch` or `permissionDenied`
+  # as `tokenFormat` says. The capability dies like a grafted one (epoch advance,
+  # principal removed or grants changed) and when the token, or one it descends from,
+  # is revoked.
 }
 
 interface Membrane {
@@ -470,6 +518,17 @@ interface Membrane {
   # entry per active or archived world the principal may use, a signer, and, for admins
   # only, the admin capability (null otherwise). Capabilities from an earlier graft stop
   # working when the epoch advances; graft again to continue.
+
+  revokeToken @1 (token :Data) -> ();
+  # Revokes a token that names this principal (see `tokenFormat`): its last block's
+  # revocation id goes on the node's revocation list, so it, every token attenuated
+  # from it and every capability restored from them fail from then on (restore with
+  # `unauthenticated`, calls with `permissionDenied`); a token it was attenuated from
+  # stays good. Returns once durable. `unauthenticated` for bytes that are not this
+  # node's token; `permissionDenied` for another principal's token. Revoking a stale or
+  # already revoked token changes nothing. An epoch advance revokes every token and
+  # empties the list; the list holds at most 100,000 tokens per epoch
+  # (`resourceExhausted` past it).
 }
 
 interface WorldReader {
@@ -556,6 +615,9 @@ interface WorldReader {
   # The writer's trust in this world on atoms carrying `label` (empty: on all its
   # atoms). One index lookup. `permissionDenied` through a restriction that hides
   # atoms, since trust counts links from atoms it may not see.
+
+  save @12 () -> (token :Data);
+  # This capability as a token (see `tokenFormat`), for `Terminal.restore`.
 }
 
 interface WorldWriter {
@@ -582,6 +644,9 @@ interface WorldWriter {
   # or its state does not allow the transition; `permissionDenied` without the right
   # (approve, reject and deprecate need the approve right; retract, being the
   # target's writer).
+
+  save @4 () -> (token :Data);
+  # This capability as a token (see `tokenFormat`), for `Terminal.restore`.
 }
 
 interface AtomSink {
@@ -619,6 +684,9 @@ interface Observer {
 
   attenuate @1 (restriction :Restriction) -> (observer :Observer);
   # An observer narrowed by `restriction`.
+
+  save @2 () -> (token :Data);
+  # This capability as a token (see `tokenFormat`), for `Terminal.restore`.
 }
 
 interface Signer {
@@ -633,6 +701,9 @@ interface Signer {
 
   attenuate @2 (domains :List(Text)) -> (signer :Signer);
   # A signer limited to these domains (intersected with the holder's).
+
+  save @3 () -> (token :Data);
+  # This capability as a token (see `tokenFormat`), for `Terminal.restore`.
 }
 
 interface Admin {
@@ -680,4 +751,7 @@ interface Admin {
   # A read's record is queued before the read is answered and is in the trail within
   # 50 ms; a crash loses at most the records of reads answered in the 50 ms before it
   # (README, Audit trail). A read fails with `unavailable` rather than go unrecorded.
+
+  revokeToken @12 (token :Data) -> ();
+  # Revokes any principal's token, as `Membrane.revokeToken` does its own.
 }

@@ -322,4 +322,19 @@ impl admin::Server for Admin {
         }
         Ok(())
     }
+
+    async fn revoke_token(
+        self: Rc<Self>,
+        params: admin::RevokeTokenParams,
+        _: admin::RevokeTokenResults,
+    ) -> Result<(), capnp::Error> {
+        self.authorize().wire()?;
+        let token = params.get()?.get_token().map_err(malformed).wire()?;
+        let _permit = self.grip.begin_call().wire()?;
+        let grip = &self.grip;
+        grip.node
+            .revoke_token(grip.principal, grip.epoch, token, true)
+            .await
+            .wire()
+    }
 }

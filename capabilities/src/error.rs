@@ -23,6 +23,8 @@ pub enum CapabilityError {
     ResourceExhausted(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -37,6 +39,7 @@ impl CapabilityError {
             CapabilityError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             CapabilityError::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
             CapabilityError::Unavailable(_) => ErrorCode::Unavailable,
+            CapabilityError::Internal(_) => ErrorCode::Internal,
             CapabilityError::Store(error) => match error {
                 StoreError::WorldNotFound { .. }
                 | StoreError::AtomNotFound { .. }
@@ -56,7 +59,9 @@ impl CapabilityError {
                 StoreError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
                 StoreError::PermissionDenied { .. } => ErrorCode::PermissionDenied,
                 StoreError::WriterStopped | StoreError::AuditStopped => ErrorCode::Unavailable,
-                StoreError::BudgetSpent { .. } => ErrorCode::ResourceExhausted,
+                StoreError::BudgetSpent { .. } | StoreError::LimitReached { .. } => {
+                    ErrorCode::ResourceExhausted
+                }
                 _ => ErrorCode::Internal,
             },
         }

@@ -10,6 +10,7 @@ use crate::error::CapabilityError;
 use crate::node::Node;
 use crate::rate::Bucket;
 use crate::restriction::Restriction;
+use crate::token::{self, Claims, Held};
 
 /// Why a call through an expired capability fails.
 pub(crate) const EXPIRED: &str = "this capability has expired";
@@ -29,6 +30,9 @@ pub(crate) struct Grip {
     pub budget: Rc<CallBudget>,
     /// The rates this capability obeys: its grant's, then each attenuation's.
     pub rates: Rc<[Rc<Bucket>]>,
+    /// The revocation ids of the tokens this capability was restored from (none for a
+    /// grafted one): revoking any of them fails it.
+    pub tokens: Rc<[Vec<u8>]>,
 }
 
 /// How many calls that wait on the writer or the blocking pool one connection's logins
@@ -113,6 +117,11 @@ impl Grip {
         if self.node.generation(&self.principal) != Some(self.generation) {
             return Err(CapabilityError::denied(
                 "this principal was removed or its grants changed; graft again",
+            ));
+        }
+        if !self.tokens.is_empty() && self.node.revoked(&self.tokens) {
+            return Err(CapabilityError::denied(
+                "the token this capability was restored from has been revoked",
             ));
         }
         if self.restriction.expired(now_unix_ms()) {
@@ -223,6 +232,29 @@ impl Grip {
     pub fn pay_for_long_read(&self) -> bool {
         let calls = (READ_EXAMINED_MAX / READ_INLINE_EXAMINED_MAX - 1) as u32;
         self.rates.iter().all(|bucket| bucket.pay(calls))
+    }
+
+    /// This capability as a token: `held` in `world` (none for a signer), narrowed as
+    /// it is, dying with the tokens it was restored from.
+    pub fn save(
+        &self,
+        held: Held,
+        world: Option<&str>,
+        domains: Option<&std::collections::BTreeSet<String>>,
+    ) -> Result<Vec<u8>, CapabilityError> {
+        self.admit(world, 0)?;
+        token::mint(
+            &self.node.token_key,
+            &Claims {
+                principal: self.principal,
+                held,
+                world: world.map(str::to_owned),
+                epoch: self.epoch,
+                restriction: (*self.restriction).clone(),
+                domains: domains.cloned(),
+                revoked_with: self.tokens.to_vec(),
+            },
+        )
     }
 
     /// The same grip, narrowed: a rate in `restriction` adds a bucket of its own, on top

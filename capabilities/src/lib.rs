@@ -20,6 +20,7 @@ pub mod restriction;
 pub mod signer;
 pub mod subscription;
 pub mod terminal;
+mod token;
 pub mod world_reader;
 pub mod world_writer;
 

@@ -43,3 +43,7 @@ const _: () = assert!(
     SUBSCRIPTION_PUSH_ATOMS_MAX >= 1
         && SUBSCRIPTION_PUSH_ATOMS_MAX <= engram_store::limits::REPLAY_LIMIT_MAX
 );
+
+/// Tokens of one principal it may revoke itself in one epoch (an admin may revoke
+/// more, up to the node's revocation list's limit): one principal cannot fill the list.
+pub const REVOKED_TOKENS_PER_PRINCIPAL_MAX: usize = 1_000;

@@ -6,7 +6,7 @@ use engram_schema::engram_capnp::membrane;
 use engram_store::{PublicKey, Rate, Right};
 
 use crate::admin::Admin;
-use crate::convert::{write_epoch, write_principal};
+use crate::convert::{malformed, write_epoch, write_principal};
 use crate::error::{CapabilityError, Wire};
 use crate::grip::{CallBudget, Grip};
 use crate::node::Node;
@@ -82,6 +82,7 @@ impl membrane::Server for Membrane {
             audit_restriction: Restriction::NONE.describe().into(),
             budget: self.budget.clone(),
             rates: Rc::new([]),
+            tokens: Rc::new([]),
         };
         let mut results = results.get();
         write_epoch(results.reborrow().init_epoch(), &epoch);
@@ -127,5 +128,17 @@ impl membrane::Server for Membrane {
             results.set_admin(capnp_rpc::new_client(Admin::new(grip)));
         }
         Ok(())
+    }
+
+    async fn revoke_token(
+        self: Rc<Self>,
+        params: membrane::RevokeTokenParams,
+        _: membrane::RevokeTokenResults,
+    ) -> Result<(), capnp::Error> {
+        let token = params.get()?.get_token().map_err(malformed).wire()?;
+        self.node
+            .revoke_token(self.principal, self.node.epoch(), token, false)
+            .await
+            .wire()
     }
 }

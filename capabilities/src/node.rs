@@ -2,7 +2,7 @@
 //! node key, the current epoch and the principals' grant generations.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,6 +15,7 @@ use engram_store::{
 };
 use tokio::sync::watch;
 
+use crate::limits::REVOKED_TOKENS_PER_PRINCIPAL_MAX;
 use crate::peer::LoginRate;
 use crate::rate::Bucket;
 
@@ -23,6 +24,19 @@ pub struct Node {
     pub(crate) store: Store,
     pub(crate) writer: Writer,
     pub(crate) node_key: SigningKey,
+    /// The node key as biscuit's key pair, which signs tokens.
+    pub(crate) token_key: biscuit_auth::KeyPair,
+    /// Its public half, which verifies them.
+    pub(crate) token_root: biscuit_auth::PublicKey,
+    /// Mirror of the store's revocation list of the current epoch (revocation ids),
+    /// updated once a revocation is durable.
+    revoked_tokens: RefCell<HashSet<Vec<u8>>>,
+    /// How many of them each principal's tokens are.
+    revocations: RefCell<HashMap<PublicKey, usize>>,
+    /// The rate buckets of tokens, by the revocation id of the token's last block: one
+    /// per token, shared by every capability restored from it, so restoring again buys
+    /// nothing.
+    token_rates: RefCell<HashMap<Vec<u8>, Rc<Bucket>>>,
     /// Mirror of the store's current epoch number, updated only after an advance is
     /// durable, read by every call's epoch guard.
     epoch: Cell<u64>,
@@ -109,6 +123,15 @@ impl Node {
     ) -> Result<Node, StoreError> {
         let view = store.read()?;
         let epoch = view.epoch()?.number;
+        let mut revocations = HashMap::new();
+        let revoked_tokens = view
+            .revoked_tokens(epoch)?
+            .into_iter()
+            .map(|(id, owner)| {
+                *revocations.entry(owner).or_insert(0) += 1;
+                id
+            })
+            .collect();
         let generations = view
             .principals()?
             .into_iter()
@@ -118,6 +141,11 @@ impl Node {
         Ok(Node {
             store,
             writer,
+            token_key: crate::token::key_pair(&node_key),
+            token_root: crate::token::key_pair(&node_key).public(),
+            revoked_tokens: RefCell::new(revoked_tokens),
+            revocations: RefCell::new(revocations),
+            token_rates: RefCell::new(HashMap::new()),
             node_key,
             epoch: Cell::new(epoch),
             generations: RefCell::new(generations),
@@ -187,6 +215,10 @@ impl Node {
             WriteOutcome::Epoch(Epoch { number, .. }) => {
                 assert!(*number > self.epoch.get(), "epochs only advance");
                 self.epoch.set(*number);
+                // Every older token is stale now; the store emptied its list too.
+                self.revoked_tokens.borrow_mut().clear();
+                self.revocations.borrow_mut().clear();
+                self.token_rates.borrow_mut().clear();
             }
             WriteOutcome::Principal(principal) => {
                 let generation = self.next_generation.get();
@@ -200,6 +232,10 @@ impl Node {
                 self.grant_rates
                     .borrow_mut()
                     .retain(|(key, _), _| *key != principal.public_key);
+            }
+            WriteOutcome::TokenRevoked { owner, id } => {
+                self.revoked_tokens.borrow_mut().insert(id.clone());
+                *self.revocations.borrow_mut().entry(*owner).or_insert(0) += 1;
             }
             WriteOutcome::Remembered(_) | WriteOutcome::World(_) => return,
         }
@@ -231,6 +267,71 @@ impl Node {
         let bucket = Rc::new(Bucket::new(rate, "this principal's grant")?);
         rates.insert(key, bucket.clone());
         Some(bucket)
+    }
+
+    /// Revokes `token` (its last block) as `actor`, a principal in `epoch`: any token
+    /// when `any` (an admin), else only one naming `actor`. A stale or already revoked
+    /// token changes nothing.
+    pub(crate) async fn revoke_token(
+        self: &Rc<Self>,
+        actor: PublicKey,
+        epoch: u64,
+        token: &[u8],
+        any: bool,
+    ) -> Result<(), crate::CapabilityError> {
+        let claims = crate::token::open(&self.token_root, token)?;
+        if !any && claims.principal != actor {
+            return Err(crate::CapabilityError::denied(
+                "this token names another principal; only it or an admin may revoke it",
+            ));
+        }
+        let id = claims
+            .revoked_with
+            .last()
+            .expect("a token has its authority block")
+            .clone();
+        if claims.epoch != self.epoch() || self.revoked(std::slice::from_ref(&id)) {
+            return Ok(());
+        }
+        let revoked = self.revocations.borrow().get(&claims.principal).copied();
+        if !any && revoked >= Some(REVOKED_TOKENS_PER_PRINCIPAL_MAX) {
+            return Err(crate::CapabilityError::ResourceExhausted(format!(
+                "this principal has revoked {REVOKED_TOKENS_PER_PRINCIPAL_MAX} of its tokens \
+                 in this epoch, the limit; an admin may revoke more, or advance the epoch"
+            )));
+        }
+        self.write(WriteRequest {
+            authority: engram_store::Authority::Principal { key: actor, epoch },
+            op: engram_store::WriteOp::RevokeToken {
+                owner: claims.principal,
+                id,
+            },
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Whether any of these revocation ids is revoked.
+    pub(crate) fn revoked(&self, ids: &[Vec<u8>]) -> bool {
+        let revoked = self.revoked_tokens.borrow();
+        !revoked.is_empty() && ids.iter().any(|id| revoked.contains(id))
+    }
+
+    /// The bucket of a token's rate, shared by every capability restored from the token
+    /// whose last block has revocation id `id`; none when it sets no limit.
+    pub(crate) fn token_rate(&self, id: &[u8], rate: Rate) -> Option<Rc<Bucket>> {
+        let bucket = Bucket::new(rate, "this capability's token")?;
+        let mut rates = self.token_rates.borrow_mut();
+        // Forget the buckets no capability holds any more, so the map stays small.
+        if rates.len() > 1024 {
+            rates.retain(|_, bucket| Rc::strong_count(bucket) > 1);
+        }
+        Some(
+            rates
+                .entry(id.to_vec())
+                .or_insert_with(|| Rc::new(bucket))
+                .clone(),
+        )
     }
 
     /// The places `principal` may hold among the read workers.

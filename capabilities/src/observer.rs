@@ -7,6 +7,7 @@ use engram_schema::engram_capnp::observer;
 use crate::convert::{malformed, read_ask, read_restriction};
 use crate::error::{CapabilityError, Wire};
 use crate::grip::Grip;
+use crate::token::Held;
 
 pub struct Observer {
     grip: Grip,
@@ -73,6 +74,19 @@ impl observer::Server for Observer {
             read_restriction(params.get()?.get_restriction().map_err(malformed).wire()?).wire()?;
         let narrowed = Observer::new(self.grip.narrowed(&restriction), self.world.clone());
         results.get().set_observer(capnp_rpc::new_client(narrowed));
+        Ok(())
+    }
+
+    async fn save(
+        self: Rc<Self>,
+        _: observer::SaveParams,
+        mut results: observer::SaveResults,
+    ) -> Result<(), capnp::Error> {
+        let token = self
+            .grip
+            .save(Held::Observer, Some(&self.world), None)
+            .wire()?;
+        results.get().set_token(&token);
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ use crate::convert::malformed;
 use crate::error::{CapabilityError, Wire};
 use crate::grip::Grip;
 use crate::limits::{SIGN_DOMAIN_BYTES_MAX, SIGN_DOMAINS_MAX, SIGN_MESSAGE_BYTES_MAX};
+use crate::token::Held;
 
 /// BLAKE3 key-derivation context of principals' signing keys.
 const SIGNER_KEY_CONTEXT: &str = "engram 2026-11 principal signing key v1";
@@ -123,6 +124,19 @@ impl signer::Server for Signer {
         };
         let narrowed = Signer::new(self.grip.clone(), Some(Rc::new(domains)));
         results.get().set_signer(capnp_rpc::new_client(narrowed));
+        Ok(())
+    }
+
+    async fn save(
+        self: Rc<Self>,
+        _: signer::SaveParams,
+        mut results: signer::SaveResults,
+    ) -> Result<(), capnp::Error> {
+        let token = self
+            .grip
+            .save(Held::Signer, None, self.domains.as_deref())
+            .wire()?;
+        results.get().set_token(&token);
         Ok(())
     }
 }

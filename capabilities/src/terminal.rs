@@ -11,10 +11,17 @@ use engram_schema::login_message;
 use crate::convert::{bytes32, malformed};
 use crate::error::{CapabilityError, Wire};
 use crate::grip::CallBudget;
+use crate::grip::Grip;
 use crate::limits::LOGIN_NONCES_PER_CONNECTION_MAX;
 use crate::membrane::Membrane;
 use crate::node::Node;
+use crate::observer::Observer;
 use crate::peer::Peer;
+use crate::signer::Signer;
+use crate::token::{self, Claims, Held};
+use crate::world_reader::WorldReader;
+use crate::world_writer::WorldWriter;
+use engram_store::{Rate, Right};
 
 /// The one answer to every failed login, whatever failed: it does not tell whether a
 /// key is registered.
@@ -135,6 +142,71 @@ impl Terminal {
             self.budget.clone(),
         ))
     }
+
+    /// The capability a token names, narrowed by every block, or why not.
+    fn open_token(&self, token: &[u8]) -> Result<(Claims, Grip), CapabilityError> {
+        let node = &self.node;
+        node.logins.attempt(&self.peer).map_err(|(error, wait)| {
+            self.budget.rest(wait);
+            error
+        })?;
+        let claims = token::open(&node.token_root, token)?;
+        let current = node.epoch();
+        if claims.epoch != current {
+            return Err(CapabilityError::StaleEpoch {
+                issued: claims.epoch,
+                current,
+            });
+        }
+        if node.revoked(&claims.revoked_with) {
+            return Err(CapabilityError::Unauthenticated(
+                "token refused: it, or a token it descends from, has been revoked".into(),
+            ));
+        }
+        let removed = || CapabilityError::denied("the token's principal has been removed");
+        let generation = node.generation(&claims.principal).ok_or_else(removed)?;
+        let principal = node
+            .store
+            .read()?
+            .principal(&claims.principal)?
+            .ok_or_else(removed)?;
+        let mut rates = Vec::with_capacity(2);
+        if let Some(world) = &claims.world {
+            let right = match claims.held {
+                Held::Reader => Right::Read,
+                Held::Writer => Right::Write,
+                Held::Observer => Right::Observe,
+                Held::Signer => unreachable!("a signer's token names no world"),
+            };
+            if !principal.holds(world, right) {
+                return Err(CapabilityError::denied(format!(
+                    "the token's principal no longer holds the {right:?} right in world {world:?}"
+                )));
+            }
+            let grant = principal.grants.iter().find(|grant| &grant.world == world);
+            let grant_rate = grant.map_or(Rate::UNLIMITED, |grant| grant.rate);
+            rates.extend(node.grant_rate(&claims.principal, world, grant_rate));
+        }
+        let last = claims
+            .revoked_with
+            .last()
+            .expect("a token has its authority block");
+        rates.extend(node.token_rate(last, claims.restriction.rate));
+        tracing::info!(principal = %principal.name, peer = %self.peer, "restore");
+        self.logged_in.notify_one();
+        let grip = Grip {
+            node: node.clone(),
+            principal: claims.principal,
+            epoch: claims.epoch,
+            generation,
+            audit_restriction: claims.restriction.describe().into(),
+            restriction: Rc::new(claims.restriction.clone()),
+            budget: self.budget.clone(),
+            rates: rates.into(),
+            tokens: claims.revoked_with.clone().into(),
+        };
+        Ok((claims, grip))
+    }
 }
 
 impl terminal::Server for Terminal {
@@ -175,6 +247,34 @@ impl terminal::Server for Terminal {
             )
             .wire()?;
         results.get().set_membrane(capnp_rpc::new_client(membrane));
+        Ok(())
+    }
+
+    async fn restore(
+        self: Rc<Self>,
+        params: terminal::RestoreParams,
+        mut results: terminal::RestoreResults,
+    ) -> Result<(), capnp::Error> {
+        let token = params.get()?.get_token().map_err(malformed).wire()?;
+        let (claims, grip) = self.open_token(token).wire()?;
+        let mut results = results.get();
+        let world = claims.world.unwrap_or_default();
+        results.set_world(world.as_str());
+        match claims.held {
+            Held::Reader => {
+                results.set_reader(capnp_rpc::new_client(WorldReader::new(grip, world)))
+            }
+            Held::Writer => {
+                results.set_writer(capnp_rpc::new_client(WorldWriter::new(grip, world)))
+            }
+            Held::Observer => {
+                results.set_observer(capnp_rpc::new_client(Observer::new(grip, world)))
+            }
+            Held::Signer => results.set_signer(capnp_rpc::new_client(Signer::new(
+                grip,
+                claims.domains.map(Rc::new),
+            ))),
+        }
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ use crate::convert::{
 use crate::error::{CapabilityError, Wire};
 use crate::grip::Grip;
 use crate::restriction::Restriction;
+use crate::token::Held;
 
 pub struct WorldReader {
     grip: Grip,
@@ -661,6 +662,19 @@ impl world_reader::Server for WorldReader {
             read_restriction(params.get()?.get_restriction().map_err(malformed).wire()?).wire()?;
         let narrowed = WorldReader::new(self.grip.narrowed(&restriction), self.world.clone());
         results.get().set_reader(capnp_rpc::new_client(narrowed));
+        Ok(())
+    }
+
+    async fn save(
+        self: Rc<Self>,
+        _: world_reader::SaveParams,
+        mut results: world_reader::SaveResults,
+    ) -> Result<(), capnp::Error> {
+        let token = self
+            .grip
+            .save(Held::Reader, Some(&self.world), None)
+            .wire()?;
+        results.get().set_token(&token);
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ use engram_store::{
 use crate::convert::{bytes32, malformed, read_content, read_restriction, write_receipt};
 use crate::error::{CapabilityError, Wire};
 use crate::grip::Grip;
+use crate::token::Held;
 
 pub struct WorldWriter {
     grip: Grip,
@@ -245,6 +246,19 @@ impl world_writer::Server for WorldWriter {
             read_restriction(params.get()?.get_restriction().map_err(malformed).wire()?).wire()?;
         let narrowed = WorldWriter::new(self.grip.narrowed(&restriction), self.world.clone());
         results.get().set_writer(capnp_rpc::new_client(narrowed));
+        Ok(())
+    }
+
+    async fn save(
+        self: Rc<Self>,
+        _: world_writer::SaveParams,
+        mut results: world_writer::SaveResults,
+    ) -> Result<(), capnp::Error> {
+        let token = self
+            .grip
+            .save(Held::Writer, Some(&self.world), None)
+            .wire()?;
+        results.get().set_token(&token);
         Ok(())
     }
 }

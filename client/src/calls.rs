@@ -355,6 +355,20 @@ pub async fn attenuate_observer(
     Ok(request.send().promise.await?.get()?.get_observer()?)
 }
 
+/// A signer limited to these domains (intersected with the holder's).
+pub async fn attenuate_signer(
+    signer: &signer::Client,
+    domains: &[String],
+) -> Result<signer::Client, ClientError> {
+    let mut request = signer.attenuate_request();
+    let mut list = request.get().init_domains(domains.len() as u32);
+    for (index, domain) in domains.iter().enumerate() {
+        list.set(index as u32, domain.as_str());
+    }
+    let response = request.send().promise.await?;
+    Ok(response.get()?.get_signer()?)
+}
+
 /// Signs `message` under `domain`; returns the 64-byte signature.
 pub async fn sign(
     signer: &signer::Client,

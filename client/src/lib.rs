@@ -19,6 +19,7 @@ pub mod calls;
 pub mod error;
 pub mod keyfile;
 pub mod spawn;
+pub mod token;
 pub mod types;
 pub mod watch;
 

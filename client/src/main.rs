@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use engram_client::engram_schema::engram_capnp::{LifecycleState, TransitionKind};
+use engram_client::engram_schema::engram_capnp::{observer, signer, world_reader, world_writer};
 use engram_client::spawn::Held;
+use engram_client::token::Narrowing;
 use engram_client::{
     ClientError, Endpoint, ErrorCode, Filter, Grant, NewAtom, Session, WatchEvent, connect,
     keyfile, kind_from_name, kind_name, state_from_name, state_name,
@@ -37,6 +39,10 @@ struct Cli {
         default_value = "./engram-data/admin.key"
     )]
     key: PathBuf,
+    /// Act through the capability this token file holds (see `engram token save`)
+    /// instead of logging in with --key.
+    #[arg(long, global = true, env = "ENGRAM_TOKEN")]
+    token: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -168,6 +174,10 @@ enum Command {
     /// needs no key and no network; its calls go through this process to the node, until
     /// either exits. Exits with the child's exit code.
     Spawn(SpawnArguments),
+    /// Save capabilities as tokens, narrow them offline, show and revoke them. A token
+    /// restores its capability on any connection without a key (`engram --token FILE`).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Show or advance the epoch (admin).
     #[command(subcommand)]
     Epoch(EpochCommand),
@@ -273,32 +283,137 @@ struct SupersedeArguments {
 }
 
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("held").required(true).args(["reader", "writer", "observer"])))]
 struct SpawnArguments {
-    /// Give the child this world's reader.
+    #[command(flatten)]
+    held: HeldOptions,
+    #[command(flatten)]
+    narrow: NarrowOptions,
+    /// The child's command and arguments, after --.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// Which capability: one world's reader, writer or observer, or the signer.
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("held").required(true).args(["reader", "writer", "observer", "signer"])))]
+struct HeldOptions {
+    /// This world's reader.
     #[arg(long)]
     reader: Option<String>,
-    /// Give the child this world's writer.
+    /// This world's writer.
     #[arg(long)]
     writer: Option<String>,
-    /// Give the child this world's observer.
+    /// This world's observer.
     #[arg(long)]
     observer: Option<String>,
-    /// Narrow it to atoms with one of these labels; repeatable.
+    /// The principal's signer.
+    #[arg(long)]
+    signer: bool,
+}
+
+/// How to narrow a capability or a token; each option narrows, none widens.
+#[derive(Args, Debug)]
+struct NarrowOptions {
+    /// Only atoms with one of these labels (writers: every atom labelled from them);
+    /// repeatable.
     #[arg(long = "label")]
     labels: Vec<String>,
-    /// Narrow it to these kinds; repeatable.
+    /// Only these kinds; repeatable.
     #[arg(long = "kind")]
     kinds: Vec<String>,
-    /// Narrow it to atoms of at most this importance.
+    /// Only atoms of at most this importance.
     #[arg(long)]
     max_importance: Option<f32>,
     /// Take away the approve right (a writer that may only propose).
     #[arg(long)]
     without_approve: bool,
-    /// The child's command and arguments, after --.
-    #[arg(last = true, required = true)]
-    command: Vec<String>,
+    /// Every call fails from this time on: an RFC 3339 time or unix milliseconds.
+    #[arg(long)]
+    expires: Option<String>,
+    /// At most CALLS[/ATOMS] per second (0: no limit on that one).
+    #[arg(long)]
+    rate: Option<String>,
+    /// A signer signs only in these domains; repeatable.
+    #[arg(long = "domain")]
+    domains: Vec<String>,
+}
+
+impl NarrowOptions {
+    /// These options as a restriction (the rate parsed as in a grant).
+    fn restriction(&self) -> Result<engram_client::Restriction, Failure> {
+        let mut restriction = engram_client::Restriction {
+            labels: self.labels.clone(),
+            without_approve: self.without_approve,
+            ..engram_client::Restriction::default()
+        };
+        for kind in &self.kinds {
+            restriction.kinds.push(kind_from_name(kind)?);
+        }
+        if let Some(max) = self.max_importance {
+            restriction.max_importance = max;
+        }
+        if let Some(expires) = &self.expires {
+            restriction.expires_at_unix_ms = parse_instant(expires, "--expires")?;
+        }
+        if let Some(rate) = &self.rate {
+            restriction.rate = engram_client::Rate::parse(rate)?;
+        }
+        Ok(restriction)
+    }
+
+    /// These options as a token block's narrowing.
+    fn narrowing(&self) -> Result<Narrowing, Failure> {
+        let restriction = self.restriction()?;
+        let set =
+            |values: &[String]| (!values.is_empty()).then(|| values.iter().cloned().collect());
+        Ok(Narrowing {
+            kinds: set(&self.kinds),
+            labels: set(&self.labels),
+            max_importance_millionths: self
+                .max_importance
+                .map(|max| (f64::from(max.clamp(0.0, 1.0)) * 1e6).floor() as u32),
+            expires_unix_s: self
+                .expires
+                .is_some()
+                .then(|| restriction.expires_at_unix_ms.max(0) as u64 / 1000),
+            rate: self.rate.is_some().then_some((
+                restriction.rate.calls_per_second,
+                restriction.rate.atoms_per_second,
+            )),
+            without_approve: self.without_approve,
+            domains: set(&self.domains),
+        })
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Save a capability, narrowed by the options, as a token: printed, or written to
+    /// --output (mode 0600). Anyone holding it holds the capability until the epoch
+    /// advances or it is revoked.
+    Save {
+        #[command(flatten)]
+        held: HeldOptions,
+        #[command(flatten)]
+        narrow: NarrowOptions,
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Narrow a token file offline, without a node or a key: append a block stating
+    /// the options. Prints the new token, or writes it to --output.
+    Attenuate {
+        file: PathBuf,
+        #[command(flatten)]
+        narrow: NarrowOptions,
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Print each block of a token file as datalog: what the node granted, then each
+    /// narrowing.
+    Show { file: PathBuf },
+    /// Revoke a token file: it, every token narrowed from it, and every capability
+    /// restored from them stop working. Your own tokens, or any as an admin.
+    Revoke { file: PathBuf },
 }
 
 #[derive(Args, Debug)]
@@ -539,9 +654,146 @@ fn parse_hex32(text: &str, what: &str) -> Result<[u8; 32], Failure> {
 }
 
 async fn session(cli: &Cli) -> Result<Session, Failure> {
+    if cli.token.is_some() {
+        return Err(usage(
+            "this command needs a principal's key (--key), not a token",
+        ));
+    }
     let key = keyfile::read(&cli.key).map_err(ClientError::from)?;
     let connection = connect(&Endpoint::parse(&cli.node)).await?;
     Ok(connection.login(&key).await?.graft().await?)
+}
+
+/// What a command acts through: a graft with --key, or with --token the one
+/// capability the token restores.
+enum Access {
+    Session(Session),
+    Token { world: String, held: Held },
+}
+
+async fn access(cli: &Cli) -> Result<Access, Failure> {
+    let Some(path) = &cli.token else {
+        return Ok(Access::Session(session(cli).await?));
+    };
+    let token = engram_client::token::read_file(path)?;
+    let connection = connect(&Endpoint::parse(&cli.node)).await?;
+    let (world, held) = connection.restore(&token).await?;
+    Ok(Access::Token { world, held })
+}
+
+impl Access {
+    /// The capability the token holds, if it is of `world` and `what` it finds.
+    fn held<T>(
+        &self,
+        world: &str,
+        what: &str,
+        find: impl Fn(&Held) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        let Access::Token {
+            world: held_world,
+            held,
+        } = self
+        else {
+            unreachable!("only tokens hold one capability");
+        };
+        match find(held) {
+            Some(found) if held_world == world => Ok(found),
+            _ => Err(ClientError::NotGranted(format!(
+                "the token holds the {} of {held_world:?}, not the {what} of {world:?}",
+                held.kind()
+            ))),
+        }
+    }
+
+    fn reader(&self, world: &str) -> Result<world_reader::Client, ClientError> {
+        match self {
+            Access::Session(session) => session.reader(world),
+            Access::Token { .. } => self.held(world, "reader", |held| match held {
+                Held::Reader(reader) => Some(reader.clone()),
+                _ => None,
+            }),
+        }
+    }
+
+    fn writer(&self, world: &str) -> Result<world_writer::Client, ClientError> {
+        match self {
+            Access::Session(session) => session.writer(world),
+            Access::Token { .. } => self.held(world, "writer", |held| match held {
+                Held::Writer(writer) => Some(writer.clone()),
+                _ => None,
+            }),
+        }
+    }
+
+    fn observer(&self, world: &str) -> Result<observer::Client, ClientError> {
+        match self {
+            Access::Session(session) => session.observer(world),
+            Access::Token { .. } => self.held(world, "observer", |held| match held {
+                Held::Observer(observer) => Some(observer.clone()),
+                _ => None,
+            }),
+        }
+    }
+
+    fn signer(&self) -> Result<signer::Client, ClientError> {
+        match self {
+            Access::Session(session) => Ok(session.signer.clone()),
+            Access::Token { held, .. } => match held {
+                Held::Signer(signer) => Ok(signer.clone()),
+                _ => Err(ClientError::NotGranted(format!(
+                    "the token holds a {}, not a signer",
+                    held.kind()
+                ))),
+            },
+        }
+    }
+
+    /// The capability `which` names, narrowed by `narrow`.
+    async fn narrowed(
+        &self,
+        which: &HeldOptions,
+        narrow: &NarrowOptions,
+    ) -> Result<(String, Held), Failure> {
+        let restriction = narrow.restriction()?;
+        Ok(match which {
+            HeldOptions {
+                reader: Some(world),
+                ..
+            } => (
+                world.clone(),
+                Held::Reader(
+                    engram_client::attenuate_reader(&self.reader(world)?, &restriction).await?,
+                ),
+            ),
+            HeldOptions {
+                writer: Some(world),
+                ..
+            } => (
+                world.clone(),
+                Held::Writer(
+                    engram_client::attenuate_writer(&self.writer(world)?, &restriction).await?,
+                ),
+            ),
+            HeldOptions {
+                observer: Some(world),
+                ..
+            } => (
+                world.clone(),
+                Held::Observer(
+                    engram_client::attenuate_observer(&self.observer(world)?, &restriction).await?,
+                ),
+            ),
+            _ => {
+                let signer = self.signer()?;
+                let signer = if narrow.domains.is_empty() {
+                    signer
+                } else {
+                    engram_client::attenuate_signer(&signer, &narrow.domains).await?
+                };
+                (String::new(), Held::Signer(signer))
+            }
+        })
+    }
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
@@ -750,7 +1002,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Get { world, id, as_of } => {
             let id = parse_hex32(id, "the atom id")?;
-            let reader = session(&cli).await?.reader(world)?;
+            let reader = access(&cli).await?.reader(world)?;
             let as_of = resolve_as_of(&reader, as_of.as_deref()).await?;
             let atom = engram_client::get_as_of(&reader, &id, as_of).await?;
             emit(json_output, atom.to_json(), || describe(&atom, true));
@@ -787,7 +1039,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             for writer in &arguments.writers {
                 filter.writers.push(parse_hex32(writer, "--writer")?);
             }
-            let reader = session(&cli).await?.reader(&arguments.world)?;
+            let reader = access(&cli).await?.reader(&arguments.world)?;
             filter.as_of = resolve_as_of(&reader, arguments.as_of.as_deref()).await?;
             let answer = engram_client::ask_scored(&reader, &filter).await?;
             if !answer.warning.is_empty() {
@@ -830,7 +1082,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Replay { world, from, limit } => {
-            let reader = session(&cli).await?.reader(world)?;
+            let reader = access(&cli).await?.reader(world)?;
             let (atoms, next) = engram_client::replay(&reader, *from, *limit).await?;
             print_page(json_output, &atoms, next);
         }
@@ -840,7 +1092,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             to,
             limit,
         } => {
-            let reader = session(&cli).await?.reader(world)?;
+            let reader = access(&cli).await?.reader(world)?;
             let (atoms, next) = engram_client::diff(&reader, *from, *to, *limit).await?;
             print_page(json_output, &atoms, next);
         }
@@ -852,7 +1104,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             for kind in &arguments.kinds {
                 filter.kinds.push(kind_from_name(kind)?);
             }
-            let observer = session(&cli).await?.observer(&arguments.world)?;
+            let observer = access(&cli).await?.observer(&arguments.world)?;
             let mut watch = engram_client::subscribe(&observer, &filter, arguments.from).await?;
             while let Some(event) = watch.next().await {
                 match event {
@@ -880,7 +1132,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             });
         }
         Command::Heads { world, as_of } => {
-            let reader = session(&cli).await?.reader(world)?;
+            let reader = access(&cli).await?.reader(world)?;
             let as_of = resolve_as_of(&reader, as_of.as_deref()).await?;
             let heads = engram_client::heads_as_of(&reader, as_of).await?;
             let values: Vec<Value> = heads.iter().map(|head| head.to_json()).collect();
@@ -900,45 +1152,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             });
         }
         Command::Spawn(arguments) => {
-            let session = session(&cli).await?;
-            let mut restriction = engram_client::Restriction {
-                labels: arguments.labels.clone(),
-                without_approve: arguments.without_approve,
-                ..engram_client::Restriction::default()
-            };
-            for kind in &arguments.kinds {
-                restriction.kinds.push(kind_from_name(kind)?);
-            }
-            if let Some(max) = arguments.max_importance {
-                restriction.max_importance = max;
-            }
-            let (world, held) = match (&arguments.reader, &arguments.writer, &arguments.observer) {
-                (Some(world), _, _) => (
-                    world,
-                    Held::Reader(
-                        engram_client::attenuate_reader(&session.reader(world)?, &restriction)
-                            .await?,
-                    ),
-                ),
-                (_, Some(world), _) => (
-                    world,
-                    Held::Writer(
-                        engram_client::attenuate_writer(&session.writer(world)?, &restriction)
-                            .await?,
-                    ),
-                ),
-                (_, _, Some(world)) => (
-                    world,
-                    Held::Observer(
-                        engram_client::attenuate_observer(&session.observer(world)?, &restriction)
-                            .await?,
-                    ),
-                ),
-                _ => unreachable!("clap requires one of --reader, --writer and --observer"),
-            };
+            let (world, held) = access(&cli)
+                .await?
+                .narrowed(&arguments.held, &arguments.narrow)
+                .await?;
             let mut command = std::process::Command::new(&arguments.command[0]);
             command.args(&arguments.command[1..]);
-            let mut child = engram_client::spawn::spawn(&held, world, &mut command)?;
+            let mut child = engram_client::spawn::spawn(&held, &world, &mut command)?;
             let status = tokio::task::spawn_blocking(move || child.wait())
                 .await
                 .map_err(|error| usage(format!("waiting for the child: {error}")))?
@@ -950,6 +1170,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 });
             }
         }
+        Command::Token(command) => token_command(&cli, command).await?,
         Command::Audit {
             principal,
             from,
@@ -1002,7 +1223,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 plan.clone()
             };
-            let reader = session(&cli).await?.reader(world)?;
+            let reader = access(&cli).await?.reader(world)?;
             let answer = engram_client::check(&reader, &plan, labels).await?;
             if !answer.warning.is_empty() {
                 eprintln!("engram: note: {}", answer.warning);
@@ -1051,7 +1272,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             label,
         } => {
             let writer = parse_hex32(writer, "the writer key")?;
-            let reader = session(&cli).await?.reader(world)?;
+            let reader = access(&cli).await?.reader(world)?;
             let trust = engram_client::trust(&reader, &writer, label).await?;
             emit(json_output, trust.to_json(), || {
                 format!(
@@ -1061,7 +1282,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             });
         }
         Command::Generation { world } => {
-            let reader = session(&cli).await?.reader(world)?;
+            let reader = access(&cli).await?.reader(world)?;
             let generation = engram_client::generation(&reader).await?;
             emit(json_output, generation.to_json(), || {
                 let atoms = if generation.counted {
@@ -1076,7 +1297,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             });
         }
         Command::Verify { world } => {
-            let reader = session(&cli).await?.reader(world)?;
+            let reader = access(&cli).await?.reader(world)?;
             let verification = engram_client::verify(&reader).await?;
             emit(
                 json_output,
@@ -1120,8 +1341,79 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 /// Remembers `atoms` in `world` and prints their receipts.
+async fn token_command(cli: &Cli, command: &TokenCommand) -> Result<(), Failure> {
+    use engram_client::token;
+    // Prints a token, or writes it to a file.
+    let deliver = |token: &[u8], output: &Option<PathBuf>| -> Result<(), Failure> {
+        match output {
+            Some(path) => {
+                token::write_file(path, token)?;
+                emit(cli.json, json!({"written": path}), || {
+                    format!("token written to {}", path.display())
+                });
+            }
+            None => {
+                let text = token::to_text(token)?;
+                emit(cli.json, json!({"token": text}), || text.clone());
+            }
+        }
+        Ok(())
+    };
+    match command {
+        TokenCommand::Save {
+            held,
+            narrow,
+            output,
+        } => {
+            let (_, held) = access(cli).await?.narrowed(held, narrow).await?;
+            deliver(&token::save(&held).await?, output)?;
+        }
+        TokenCommand::Attenuate {
+            file,
+            narrow,
+            output,
+        } => {
+            let narrowed = token::attenuate(&token::read_file(file)?, &narrow.narrowing()?)?;
+            deliver(&narrowed, output)?;
+        }
+        TokenCommand::Show { file } => {
+            let blocks = token::describe(&token::read_file(file)?)?;
+            emit(cli.json, json!({"blocks": blocks}), || {
+                blocks
+                    .iter()
+                    .enumerate()
+                    .map(|(index, block)| {
+                        let title = if index == 0 {
+                            "block 0 (the node's)".to_owned()
+                        } else {
+                            format!("block {index}")
+                        };
+                        format!("{title}:\n{}", block.trim_end())
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        TokenCommand::Revoke { file } => {
+            let revoked = token::read_file(file)?;
+            let key = keyfile::read(&cli.key).map_err(ClientError::from)?;
+            let connection = connect(&Endpoint::parse(&cli.node)).await?;
+            let membrane = connection.login(&key).await?;
+            let session = membrane.graft().await?;
+            match &session.admin {
+                Some(admin) => token::revoke_token(admin, &revoked).await?,
+                None => membrane.revoke_token(&revoked).await?,
+            }
+            emit(cli.json, json!({"revoked": file}), || {
+                format!("revoked {}", file.display())
+            });
+        }
+    }
+    Ok(())
+}
+
 async fn remember(cli: &Cli, world: &str, atoms: &[NewAtom]) -> Result<(), Failure> {
-    let writer = session(cli).await?.writer(world)?;
+    let writer = access(cli).await?.writer(world)?;
     let receipts = engram_client::remember(&writer, atoms).await?;
     print_receipts(cli.json, &receipts);
     Ok(())
@@ -1134,7 +1426,7 @@ async fn transition(
     kind: TransitionKind,
 ) -> Result<(), Failure> {
     let target = parse_hex32(&arguments.id, "the atom id")?;
-    let writer = session(cli).await?.writer(&arguments.world)?;
+    let writer = access(cli).await?.writer(&arguments.world)?;
     let receipt = engram_client::transition(&writer, &target, kind, &arguments.reason).await?;
     print_receipts(cli.json, &[receipt]);
     Ok(())

@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
-use engram_schema::engram_capnp::{observer, world_reader, world_writer};
+use engram_schema::engram_capnp::{observer, signer, world_reader, world_writer};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 use crate::error::ClientError;
@@ -19,25 +19,28 @@ use crate::error::ClientError;
 pub const CHILD_FD: i32 = 3;
 /// Names the child's descriptor.
 pub const FD_VARIABLE: &str = "ENGRAM_FD";
-/// Which capability the child was given: `reader`, `writer` or `observer`.
+/// Which capability the child was given: `reader`, `writer`, `observer` or `signer`.
 pub const CAPABILITY_VARIABLE: &str = "ENGRAM_CAPABILITY";
-/// The world the capability is of.
+/// The world the capability is of (empty for a signer).
 pub const WORLD_VARIABLE: &str = "ENGRAM_WORLD";
 
-/// A world capability to hand to a child.
+/// One capability: what a child is handed, a token saves and restores.
 #[derive(Clone)]
 pub enum Held {
     Reader(world_reader::Client),
     Writer(world_writer::Client),
     Observer(observer::Client),
+    Signer(signer::Client),
 }
 
 impl Held {
-    fn kind(&self) -> &'static str {
+    /// `reader`, `writer`, `observer` or `signer`.
+    pub fn kind(&self) -> &'static str {
         match self {
             Held::Reader(_) => "reader",
             Held::Writer(_) => "writer",
             Held::Observer(_) => "observer",
+            Held::Signer(_) => "signer",
         }
     }
 
@@ -46,6 +49,7 @@ impl Held {
             Held::Reader(reader) => reader.client.clone(),
             Held::Writer(writer) => writer.client.clone(),
             Held::Observer(observer) => observer.client.clone(),
+            Held::Signer(signer) => signer.client.clone(),
         }
     }
 }
@@ -135,9 +139,10 @@ pub fn inherited() -> Result<Inherited, ClientError> {
         "reader" => Held::Reader(capnp::capability::FromClientHook::new(bootstrap.hook)),
         "writer" => Held::Writer(capnp::capability::FromClientHook::new(bootstrap.hook)),
         "observer" => Held::Observer(capnp::capability::FromClientHook::new(bootstrap.hook)),
+        "signer" => Held::Signer(capnp::capability::FromClientHook::new(bootstrap.hook)),
         other => {
             return Err(ClientError::InvalidInput(format!(
-                "{CAPABILITY_VARIABLE} is {other:?}; expected reader, writer or observer"
+                "{CAPABILITY_VARIABLE} is {other:?}; expected reader, writer, observer or signer"
             )));
         }
     };

@@ -724,6 +724,23 @@ pub struct Rate {
 }
 
 impl Rate {
+    /// Parses `CALLS[/ATOMS]` per second (0: no limit on that one), e.g. `10/500`.
+    pub fn parse(text: &str) -> Result<Rate, ClientError> {
+        let (calls, atoms) = text.split_once('/').unwrap_or((text, "0"));
+        let number = |value: &str| {
+            value.parse::<u32>().map_err(|_| {
+                ClientError::InvalidInput(format!(
+                    "the rate {text:?} is CALLS[/ATOMS] per second, whole numbers (0 for no \
+                     limit)"
+                ))
+            })
+        };
+        Ok(Rate {
+            calls_per_second: number(calls)?,
+            atoms_per_second: number(atoms)?,
+        })
+    }
+
     pub fn fill(&self, mut builder: wire::rate::Builder<'_>) {
         builder.set_calls_per_second(self.calls_per_second);
         builder.set_atoms_per_second(self.atoms_per_second);
@@ -783,22 +800,14 @@ impl Grant {
         })?;
         let (rights, rate) = match rights.split_once('@') {
             None => (rights, Rate::default()),
-            Some((rights, rate)) => {
-                let (calls, atoms) = rate.split_once('/').unwrap_or((rate, "0"));
-                let number = |value: &str| {
-                    value.parse::<u32>().map_err(|_| {
-                        ClientError::InvalidInput(format!(
-                            "grant {text:?}: the rate is CALLS[/ATOMS] per second, whole \
-                             numbers (0 for no limit), e.g. team/auth=rw@10/500"
-                        ))
-                    })
-                };
-                let rate = Rate {
-                    calls_per_second: number(calls)?,
-                    atoms_per_second: number(atoms)?,
-                };
-                (rights, rate)
-            }
+            Some((rights, rate)) => (
+                rights,
+                Rate::parse(rate).map_err(|error| {
+                    ClientError::InvalidInput(format!(
+                        "grant {text:?}: {error}, e.g. team/auth=rw@10/500"
+                    ))
+                })?,
+            ),
         };
         if rights.is_empty() || !rights.chars().all(|right| "rwoa".contains(right)) {
             return Err(ClientError::InvalidInput(format!(

@@ -37,6 +37,8 @@ pub fn signed_message(domain: &str, message: &[u8]) -> Vec<u8> {
     signed
 }
 
+pub mod token;
+
 pub use engram_capnp::ErrorCode;
 
 impl ErrorCode {

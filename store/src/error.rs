@@ -67,6 +67,9 @@ pub enum StoreError {
     #[error("the write transaction failed, nothing was written: {reason}")]
     TransactionFailed { reason: String },
     /// The writer thread has stopped (the node is shutting down).
+    #[error("{reason}")]
+    LimitReached { reason: String },
+
     #[error("{what} needs more than one call's budget ({examined} entries examined)")]
     BudgetSpent { what: String, examined: usize },
 

@@ -126,6 +126,7 @@ impl Store {
             transaction.open_table(WORLDS)?;
             transaction.open_table(PRINCIPALS)?;
             transaction.open_table(PRINCIPAL_NAMES)?;
+            transaction.open_table(REVOKED_TOKENS)?;
             let mut epochs = transaction.open_table(EPOCHS)?;
             if epochs.first()?.is_none() {
                 epochs.insert(1, ([0u8; 32], write::now_unix_ms()))?;
@@ -445,6 +446,22 @@ impl ReadView {
         }
         principals.sort_by(|left, right| left.name.cmp(&right.name));
         Ok(principals)
+    }
+
+    /// The revocation ids of the tokens revoked in `epoch` (the current one: an advance
+    /// forgets older epochs' revocations), each with its token's principal.
+    pub fn revoked_tokens(&self, epoch: u64) -> Result<Vec<(Vec<u8>, PublicKey)>, StoreError> {
+        let mut ids = Vec::new();
+        let start: (u64, &[u8]) = (epoch, &[]);
+        for entry in self.table(REVOKED_TOKENS)?.range(start..)? {
+            let (key, value) = entry?;
+            let (revoked_in, id) = key.value();
+            if revoked_in != epoch {
+                break;
+            }
+            ids.push((id.to_vec(), value.value().0));
+        }
+        Ok(ids)
     }
 
     pub(crate) fn require_world(&self, world: &str) -> Result<(), StoreError> {

@@ -76,3 +76,7 @@ pub const TRUST_LABELS_MAX: usize = 8;
 /// Lifecycle transitions one write request may make (transition atoms and `supersedes`
 /// links, across its batch): each is checked against its target.
 pub const TRANSITIONS_PER_REQUEST_MAX: usize = 10_000;
+
+/// Tokens one epoch's revocation list holds; past it, revoking fails with
+/// `resourceExhausted` until an epoch advance empties the list (and revokes every token).
+pub const REVOKED_TOKENS_PER_EPOCH_MAX: u64 = 100_000;

@@ -47,6 +47,11 @@ pub(crate) const PRINCIPAL_NAMES: TableDefinition<&str, PublicKey> =
     TableDefinition::new("principal_names");
 /// epoch number → (head, advanced at, Unix ms).
 pub(crate) const EPOCHS: TableDefinition<u64, (Hash, i64)> = TableDefinition::new("epochs");
+/// (epoch, revocation id) → (the token's principal, revoked at, Unix ms): the tokens
+/// revoked in the current epoch, by the revocation id of a token's last block (64
+/// bytes). An epoch advance empties it, since it leaves every older token stale anyway.
+pub(crate) const REVOKED_TOKENS: TableDefinition<(u64, &[u8]), (PublicKey, i64)> =
+    TableDefinition::new("revoked_tokens");
 /// Named counters: `format_version`, `last_commit`.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
 use crate::atom::{
     AtomContent, AtomKind, EntryFacts, EntryHeader, Facts, Hash, LifecycleState, LinkKind,
@@ -19,7 +19,8 @@ use crate::epoch::Epoch;
 use crate::error::StoreError;
 use crate::journal::{self, Journal};
 use crate::limits::{
-    ATOM_VECTOR_DIMENSIONS_MAX, BATCH_ATOMS_MAX, TRANSITIONS_PER_REQUEST_MAX, TRUST_LABELS_MAX,
+    ATOM_VECTOR_DIMENSIONS_MAX, BATCH_ATOMS_MAX, REVOKED_TOKENS_PER_EPOCH_MAX,
+    TRANSITIONS_PER_REQUEST_MAX, TRUST_LABELS_MAX,
 };
 use crate::principal::{Grant, Principal, Right, validate_grants, validate_principal_name};
 use crate::tables::*;
@@ -63,6 +64,12 @@ pub enum WriteOp {
     AdvanceEpoch {
         head: Hash,
     },
+    /// Adds a token's revocation id to the current epoch's revocation list. An admin
+    /// may revoke any token; a principal, the tokens that name it (`owner`).
+    RevokeToken {
+        owner: PublicKey,
+        id: Vec<u8>,
+    },
 }
 
 /// A write and who asks for it.
@@ -90,6 +97,11 @@ pub enum WriteOutcome {
     /// The principal that was removed.
     PrincipalRemoved(Principal),
     Epoch(Epoch),
+    /// A token of `owner` revoked in the current epoch, by its revocation id.
+    TokenRevoked {
+        owner: PublicKey,
+        id: Vec<u8>,
+    },
 }
 
 /// Per-request verdict; the outer error aborts the group.
@@ -110,6 +122,7 @@ pub(crate) struct Tables<'txn> {
     principals: Table<'txn, PublicKey, &'static [u8]>,
     principal_names: Table<'txn, &'static str, PublicKey>,
     epochs: Table<'txn, u64, (Hash, i64)>,
+    revoked_tokens: Table<'txn, (u64, &'static [u8]), (PublicKey, i64)>,
     meta: Table<'txn, &'static str, u64>,
 }
 
@@ -129,6 +142,7 @@ impl<'txn> Tables<'txn> {
             principals: transaction.open_table(PRINCIPALS)?,
             principal_names: transaction.open_table(PRINCIPAL_NAMES)?,
             epochs: transaction.open_table(EPOCHS)?,
+            revoked_tokens: transaction.open_table(REVOKED_TOKENS)?,
             meta: transaction.open_table(META)?,
         })
     }
@@ -532,8 +546,13 @@ fn apply_one(
             }
         }
     };
+    let own_token = |actor: &Principal| match &request.op {
+        WriteOp::RevokeToken { owner, .. } => *owner == actor.public_key,
+        _ => false,
+    };
     if let (Some(actor), false) = (&actor, matches!(request.op, WriteOp::Remember { .. }))
         && !actor.admin
+        && !own_token(actor)
     {
         return Ok(Err(StoreError::PermissionDenied {
             reason: format!("principal {:?} is not an admin", actor.name),
@@ -619,7 +638,27 @@ fn apply_one(
                 .epochs
                 .insert(next.number, (next.head, next.advanced_at_unix_ms))?;
             group.epoch = next;
+            // Every token of an older epoch is stale: its revocations need not be kept.
+            tables.revoked_tokens.retain(|_, _| false)?;
             Ok(Ok(WriteOutcome::Epoch(next)))
+        }
+        WriteOp::RevokeToken { owner, id } => {
+            if tables.revoked_tokens.len()? >= REVOKED_TOKENS_PER_EPOCH_MAX {
+                return Ok(Err(StoreError::LimitReached {
+                    reason: format!(
+                        "the node holds {REVOKED_TOKENS_PER_EPOCH_MAX} revoked tokens in \
+                         this epoch, its limit; advance the epoch to revoke every token"
+                    ),
+                }));
+            }
+            tables.revoked_tokens.insert(
+                (group.epoch.number, id.as_slice()),
+                (*owner, group.recorded_at_unix_ms),
+            )?;
+            Ok(Ok(WriteOutcome::TokenRevoked {
+                owner: *owner,
+                id: id.clone(),
+            }))
         }
     }
 }

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import socket
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -270,6 +272,11 @@ class Membrane:
             admin=result.admin if result._has("admin") else None,
         )
 
+    async def revoke_token(self, token: bytes) -> None:
+        """Revokes a token of this principal (``Membrane.revokeToken``): it, every token
+        attenuated from it and every capability restored from them. Returns once durable."""
+        await call(self.client.revokeToken(token))
+
 
 class Connection:
     """An open connection and its bootstrap ``Terminal``."""
@@ -292,6 +299,49 @@ class Connection:
         request.signature = key.sign(login_message(nonce, node_key, epoch))
         result = await call(request.send())
         return Membrane(result.membrane)
+
+    async def restore(self, token: bytes) -> "Restored":
+        """Exchanges a token (see :func:`save`) for the live capability it names
+        (``Terminal.restore``): no key, no login."""
+        result = await call(self.terminal.restore(token))
+        for kind in _CAPABILITY_INTERFACES:
+            if result._has(kind):
+                return Restored(kind, result.world, getattr(result, kind), self)
+        raise EngramError(None, "the node restored the token as no capability")
+
+
+@dataclass
+class Restored:
+    """A capability restored from a token: which (``reader``, ``writer``, ``observer`` or
+    ``signer``), of which world (empty for a signer), and the capability itself."""
+
+    kind: str
+    world: str
+    capability: Any
+    connection: Connection  # kept open with this object
+
+
+async def save(capability: Any) -> bytes:
+    """A reader, writer, observer or signer as a token (``save()``), for
+    :meth:`Connection.restore` on any connection. The token is a biscuit; any biscuit
+    library can narrow it offline by appending a block of the schema's narrowing facts."""
+    return bytes((await call(capability.save())).token)
+
+
+async def revoke_token(admin: Any, token: bytes) -> None:
+    """Revokes any principal's token (``Admin.revokeToken``)."""
+    await call(admin.revokeToken(token))
+
+
+def token_to_text(token: bytes) -> str:
+    """A token as the text of a token file (base64url, as biscuit and the CLI write it)."""
+    return base64.urlsafe_b64encode(token).decode()
+
+
+def token_from_text(text: str) -> bytes:
+    """A token from the text of a token file."""
+    text = text.strip()
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 async def connect(address: str) -> Connection:
@@ -324,12 +374,86 @@ async def inherited() -> Inherited:
         world = os.environ["ENGRAM_WORLD"]
     except (KeyError, ValueError) as error:
         raise EngramError(None, f"this process was not started by `engram spawn` ({error})") from None
-    interfaces = {"reader": schema.WorldReader, "writer": schema.WorldWriter, "observer": schema.Observer}
-    if kind not in interfaces:
-        raise EngramError(None, f"ENGRAM_CAPABILITY is {kind!r}; expected reader, writer or observer")
+    if kind not in _CAPABILITY_INTERFACES:
+        raise EngramError(None, f"ENGRAM_CAPABILITY is {kind!r}; expected reader, writer, observer or signer")
     stream = await capnp.AsyncIoStream.create_connection(sock=socket.socket(fileno=fd))
     client = capnp.TwoPartyClient(stream)
-    return Inherited(kind, world, client.bootstrap().cast_as(interfaces[kind]), client)
+    return Inherited(kind, world, client.bootstrap().cast_as(_CAPABILITY_INTERFACES[kind]), client)
+
+
+@dataclass
+class Spawned:
+    """A child started by :func:`spawn`, and the connection this process serves it on."""
+
+    process: subprocess.Popen
+    server: Any  # kept with this object: the child's calls go through it
+
+    async def wait(self) -> int:
+        """Waits for the child to exit, serving its calls meanwhile; its exit code."""
+        while self.process.poll() is None:
+            await asyncio.sleep(0.01)
+        return self.process.returncode
+
+
+async def spawn(capability: Any, kind: str, world: str, command: Sequence[str], **popen: Any) -> Spawned:
+    """Starts ``command`` as a child whose only authority is ``capability`` (a ``reader``,
+    ``writer``, ``observer`` or ``signer`` of ``world``): it is served as the bootstrap
+    capability of a Cap'n Proto connection on one end of a socket pair, the child's end
+    being its descriptor 3 (``ENGRAM_FD``), as ``engram spawn`` does. The child needs no
+    key and no network (see :func:`inherited`); its calls are forwarded to the node
+    through this process, until either side exits. ``popen`` goes to ``subprocess.Popen``."""
+    if kind not in _CAPABILITY_INTERFACES:
+        raise EngramError(None, f"cannot hand a child a {kind!r}; a reader, writer, observer or signer")
+    parent_end, child_end = socket.socketpair()
+    environment = dict(popen.pop("env", None) or os.environ)
+    environment.update({"ENGRAM_FD": str(_CHILD_FD), "ENGRAM_CAPABILITY": kind, "ENGRAM_WORLD": world})
+
+    def descriptor_3() -> None:
+        os.dup2(child_end.fileno(), _CHILD_FD)
+
+    try:
+        process = subprocess.Popen(
+            list(command), env=environment, pass_fds=(_CHILD_FD,), preexec_fn=descriptor_3, **popen
+        )
+    finally:
+        child_end.close()
+    stream = await capnp.AsyncIoStream.create_connection(sock=parent_end)
+    interface = _CAPABILITY_INTERFACES[kind]
+    server = capnp.TwoPartyServer(stream, bootstrap=_Forwarder(capability.cast_as(interface), interface))
+    return Spawned(process, server)
+
+
+class _Forwarder:
+    """Serves every method of ``interface`` by handing the call on to ``target`` (a
+    Cap'n Proto tail call), so the node's answer, or its error, goes back unchanged."""
+
+    def __init__(self, target: Any, interface: Any):
+        self._target = target
+        self._methods = set(interface.schema.method_names)
+        self.schema = interface.schema
+
+    def __getattr__(self, name: str) -> Any:
+        method = name.removesuffix("_context")
+        if method == name or method not in self._methods:
+            raise AttributeError(name)
+
+        async def forward(context: Any) -> None:
+            request = self._target._request(method)
+            params = context.params
+            for field in params.schema.fieldnames:
+                setattr(request, field, getattr(params, field))
+            await context.tail_call(request)
+
+        return forward
+
+
+_CHILD_FD = 3
+_CAPABILITY_INTERFACES = {
+    "reader": schema.WorldReader,
+    "writer": schema.WorldWriter,
+    "observer": schema.Observer,
+    "signer": schema.Signer,
+}
 
 
 async def open_session(address: str, key_path: str | os.PathLike) -> Session:
