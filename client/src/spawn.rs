@@ -17,6 +17,8 @@ use crate::error::ClientError;
 
 /// The child's file descriptor of its end of the socket pair.
 pub const CHILD_FD: i32 = 3;
+/// The largest message a child may send its parent.
+pub const CHILD_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Names the child's descriptor.
 pub const FD_VARIABLE: &str = "ENGRAM_FD";
 /// Which capability the child was given: `reader`, `writer`, `observer` or `signer`.
@@ -90,11 +92,17 @@ pub fn spawn(held: &Held, world: &str, command: &mut Command) -> Result<Child, C
     parent_end.set_nonblocking(true).map_err(io)?;
     let stream = tokio::net::UnixStream::from_std(parent_end).map_err(io)?;
     let (reader, writer) = stream.into_split();
+    // A child's message is bounded like a node's (engramd --message-bytes-max's default):
+    // a larger one, or bytes that are no message, cut that child off and no other.
+    let options = capnp::message::ReaderOptions {
+        traversal_limit_in_words: Some(CHILD_MESSAGE_BYTES_MAX / 8),
+        nesting_limit: 64,
+    };
     let network = twoparty::VatNetwork::new(
         reader.compat(),
         writer.compat_write(),
         rpc_twoparty_capnp::Side::Server,
-        Default::default(),
+        options,
     );
     tokio::task::spawn_local(RpcSystem::new(Box::new(network), Some(held.client())));
     Ok(child)

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 
 use engram_client::NewAtom;
+use engram_client::spawn::{Held, spawn};
 use engram_tests::{TestNode, admin_with_world, binary, engram_command, run_local, session};
 
 #[test]
@@ -146,5 +147,78 @@ fn the_child_is_cut_off_when_its_parent_exits() {
                     && line.to_lowercase().contains("disconnected")),
             "{rest:?}"
         );
+    });
+}
+
+#[test]
+fn a_child_that_sends_garbage_is_cut_off_and_its_siblings_go_on() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = admin_with_world(&node, "team/auth").await;
+        engram_client::remember(
+            &admin.writer("team/auth").unwrap(),
+            &[NewAtom::fact("tokens expire after one hour")],
+        )
+        .await
+        .unwrap();
+        // This test process is the parent of three children sharing one capability.
+        let held = Held::Reader(admin.reader("team/auth").unwrap());
+        let mut good = std::process::Command::new(binary("child"));
+        good.arg("--wait")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut good = spawn(&held, "team/auth", &mut good).unwrap();
+        let mut good_lines = BufReader::new(good.stdout.take().unwrap()).lines();
+        let mut good_input = good.stdin.take().unwrap();
+        let waiting = tokio::task::spawn_blocking(move || {
+            let seen: Vec<String> = good_lines
+                .by_ref()
+                .map(|line| line.unwrap())
+                .take_while(|line| line != "child: waiting")
+                .collect();
+            (seen, good_lines)
+        });
+        let (seen, good_lines) = waiting.await.unwrap();
+        assert!(
+            seen.contains(&"child: sees \"tokens expire after one hour\"".to_owned()),
+            "{seen:?}"
+        );
+
+        // Hostile children: bytes that are no Cap'n Proto message, and a message that
+        // claims a gigabyte. Each is cut off (its descriptor reaches end of file).
+        for garbage in [
+            "printf 'GARBAGE!%.0s' $(seq 512) >&3",
+            "printf '\\000\\000\\000\\000\\000\\000\\000\\010' >&3",
+        ] {
+            let mut hostile = std::process::Command::new("sh");
+            hostile
+                .args([
+                    "-c",
+                    &format!("{garbage}; cat <&3 >/dev/null; echo cut off"),
+                ])
+                .stdout(Stdio::piped());
+            let hostile = spawn(&held, "team/auth", &mut hostile).unwrap();
+            let output = tokio::task::spawn_blocking(move || hostile.wait_with_output())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&output.stdout), "cut off\n");
+        }
+
+        // The well-behaved sibling, and the parent's own capability, go on.
+        good_input.write_all(b"again\n").unwrap();
+        let rest = tokio::task::spawn_blocking(move || {
+            good_lines.map(|line| line.unwrap()).collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        assert!(
+            rest.contains(&"child: sees 1 atoms again".to_owned()),
+            "{rest:?}"
+        );
+        assert!(good.wait().unwrap().success());
+        engram_client::generation(&admin.reader("team/auth").unwrap())
+            .await
+            .unwrap();
     });
 }
