@@ -16,6 +16,7 @@ mod node;
 mod observe;
 mod report;
 mod suite;
+mod tokens;
 mod vectors;
 
 use clap::{Parser, Subcommand};
@@ -84,6 +85,16 @@ enum Benchmark {
         hostile: abuse::HostileOptions,
     },
     /// The Cap'n Proto echo baseline server (started by `all`).
+    /// `restore` beside `login + graft`, and a spawned child's call beside a direct call.
+    Tokens {
+        #[arg(long, default_value_t = 2_000)]
+        iterations: usize,
+    },
+    #[command(hide = true)]
+    SpawnedCalls {
+        #[arg(long)]
+        calls: usize,
+    },
     #[command(hide = true)]
     EchoServer,
     /// Subscribers watching one world while one writer remembers atoms, plus one
@@ -122,6 +133,10 @@ fn main() {
             }),
         ),
         Benchmark::EchoServer => local.block_on(&runtime, echo::serve()),
+        Benchmark::Tokens { iterations } => {
+            local.block_on(&runtime, tokens::run(tokens::Options { iterations }))
+        }
+        Benchmark::SpawnedCalls { calls } => local.block_on(&runtime, tokens::spawned_calls(calls)),
         Benchmark::AbuseHostile { tcp, key, hostile } => {
             local.block_on(&runtime, abuse::serve_hostile(tcp, key, hostile))
         }
