@@ -524,7 +524,9 @@ interface Membrane {
   # revocation id goes on the node's revocation list, so it, every token attenuated
   # from it and every capability restored from them fail from then on (restore with
   # `unauthenticated`, calls with `permissionDenied`); a token it was attenuated from
-  # stays good. Returns once durable. `unauthenticated` for bytes that are not this
+  # stays good. Returns once durable. Counts as a login attempt against the peer's
+  # login rate (opening a token checks its signatures), and holds one of the
+  # connection's calls in flight. `unauthenticated` for bytes that are not this
   # node's token; `permissionDenied` for another principal's token. Revoking a stale or
   # already revoked token changes nothing. An epoch advance revokes every token and
   # empties the list; the list holds at most 100,000 tokens per epoch

@@ -81,6 +81,23 @@ impl CallBudget {
         }
     }
 
+    /// Takes a place for a call that will wait (a write, a verification), or fails with
+    /// `resourceExhausted` when the connection already has its limit in flight.
+    pub fn begin_call(budget: &Rc<CallBudget>) -> Result<CallPermit, CapabilityError> {
+        let in_flight = budget.in_flight.get();
+        if in_flight >= budget.max {
+            return Err(CapabilityError::ResourceExhausted(format!(
+                "this connection has {in_flight} calls in flight, the node's limit \
+                 (engramd --calls-in-flight-max); wait for answers before sending more"
+            )));
+        }
+        budget.in_flight.set(in_flight + 1);
+        Ok(CallPermit {
+            budget: budget.clone(),
+            read: false,
+        })
+    }
+
     /// Whether the connection waits on anything: a call in flight or a subscription.
     pub fn busy(&self) -> bool {
         self.in_flight.get() > 0 || self.subscriptions.get() > 0
@@ -140,18 +157,7 @@ impl Grip {
     /// Takes a place for a call that will wait (a write, a verification), or fails with
     /// `resourceExhausted` when the login already has its limit in flight.
     pub fn begin_call(&self) -> Result<CallPermit, CapabilityError> {
-        let in_flight = self.budget.in_flight.get();
-        if in_flight >= self.budget.max {
-            return Err(CapabilityError::ResourceExhausted(format!(
-                "this connection has {in_flight} calls in flight, the node's limit \
-                 (engramd --calls-in-flight-max); wait for answers before sending more"
-            )));
-        }
-        self.budget.in_flight.set(in_flight + 1);
-        Ok(CallPermit {
-            budget: self.budget.clone(),
-            read: false,
-        })
+        CallBudget::begin_call(&self.budget)
     }
 
     /// Takes a place for a read off the RPC thread: one among the calls in flight, and

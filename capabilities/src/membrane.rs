@@ -11,6 +11,7 @@ use crate::error::{CapabilityError, Wire};
 use crate::grip::{CallBudget, Grip};
 use crate::node::Node;
 use crate::observer::Observer;
+use crate::peer::Peer;
 use crate::restriction::Restriction;
 use crate::signer::Signer;
 use crate::world_reader::WorldReader;
@@ -19,16 +20,24 @@ use crate::world_writer::WorldWriter;
 pub struct Membrane {
     node: Rc<Node>,
     principal: PublicKey,
+    /// Who logged in: a token to revoke counts against its login rate.
+    peer: Peer,
     /// The calls-in-flight budget of the connection this login came on, shared by every
     /// capability it grafts (and by every other login on that connection).
     budget: Rc<CallBudget>,
 }
 
 impl Membrane {
-    pub(crate) fn new(node: Rc<Node>, principal: PublicKey, budget: Rc<CallBudget>) -> Membrane {
+    pub(crate) fn new(
+        node: Rc<Node>,
+        principal: PublicKey,
+        peer: Peer,
+        budget: Rc<CallBudget>,
+    ) -> Membrane {
         Membrane {
             node,
             principal,
+            peer,
             budget,
         }
     }
@@ -136,6 +145,8 @@ impl membrane::Server for Membrane {
         _: membrane::RevokeTokenResults,
     ) -> Result<(), capnp::Error> {
         let token = params.get()?.get_token().map_err(malformed).wire()?;
+        self.node.login_attempt(&self.peer, &self.budget).wire()?;
+        let _permit = CallBudget::begin_call(&self.budget).wire()?;
         self.node
             .revoke_token(self.principal, self.node.epoch(), token, false)
             .await

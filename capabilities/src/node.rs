@@ -138,11 +138,12 @@ impl Node {
             .map(|principal| (principal.public_key, 0))
             .collect();
         drop(view);
+        let token_key = crate::token::key_pair(&node_key);
         Ok(Node {
             store,
             writer,
-            token_key: crate::token::key_pair(&node_key),
-            token_root: crate::token::key_pair(&node_key).public(),
+            token_root: token_key.public(),
+            token_key,
             revoked_tokens: RefCell::new(revoked_tokens),
             revocations: RefCell::new(revocations),
             token_rates: RefCell::new(HashMap::new()),
@@ -311,6 +312,20 @@ impl Node {
         Ok(())
     }
 
+    /// Counts one login attempt of `peer` — a login, a restore, a token to revoke: each
+    /// checks signatures — or refuses it with `resourceExhausted`, resting the
+    /// connection of `budget` until the peer's rate allows another.
+    pub(crate) fn login_attempt(
+        &self,
+        peer: &crate::Peer,
+        budget: &crate::grip::CallBudget,
+    ) -> Result<(), crate::CapabilityError> {
+        self.logins.attempt(peer).map_err(|(error, wait)| {
+            budget.rest(wait);
+            error
+        })
+    }
+
     /// Whether any of these revocation ids is revoked.
     pub(crate) fn revoked(&self, ids: &[Vec<u8>]) -> bool {
         let revoked = self.revoked_tokens.borrow();
@@ -320,18 +335,20 @@ impl Node {
     /// The bucket of a token's rate, shared by every capability restored from the token
     /// whose last block has revocation id `id`; none when it sets no limit.
     pub(crate) fn token_rate(&self, id: &[u8], rate: Rate) -> Option<Rc<Bucket>> {
-        let bucket = Bucket::new(rate, "this capability's token")?;
+        if rate.is_unlimited() {
+            return None;
+        }
         let mut rates = self.token_rates.borrow_mut();
+        if let Some(bucket) = rates.get(id) {
+            return Some(bucket.clone());
+        }
         // Forget the buckets no capability holds any more, so the map stays small.
         if rates.len() > 1024 {
             rates.retain(|_, bucket| Rc::strong_count(bucket) > 1);
         }
-        Some(
-            rates
-                .entry(id.to_vec())
-                .or_insert_with(|| Rc::new(bucket))
-                .clone(),
-        )
+        let bucket = Rc::new(Bucket::new(rate, "this capability's token")?);
+        rates.insert(id.to_vec(), bucket.clone());
+        Some(bucket)
     }
 
     /// The places `principal` may hold among the read workers.

@@ -90,13 +90,7 @@ impl Terminal {
         signature: &[u8],
     ) -> Result<Membrane, CapabilityError> {
         // Refused: the connection rests, so a peer that keeps trying costs nothing.
-        self.node
-            .logins
-            .attempt(&self.peer)
-            .map_err(|(error, wait)| {
-                self.budget.rest(wait);
-                error
-            })?;
+        self.node.login_attempt(&self.peer, &self.budget)?;
         let nonce = bytes32(nonce, "the nonce")?;
         let public_key = bytes32(public_key, "the public key")?;
         let signature: [u8; 64] = signature.try_into().map_err(|_| {
@@ -139,6 +133,7 @@ impl Terminal {
         Ok(Membrane::new(
             self.node.clone(),
             public_key,
+            self.peer,
             self.budget.clone(),
         ))
     }
@@ -146,10 +141,7 @@ impl Terminal {
     /// The capability a token names, narrowed by every block, or why not.
     fn open_token(&self, token: &[u8]) -> Result<(Claims, Grip), CapabilityError> {
         let node = &self.node;
-        node.logins.attempt(&self.peer).map_err(|(error, wait)| {
-            self.budget.rest(wait);
-            error
-        })?;
+        node.login_attempt(&self.peer, &self.budget)?;
         let claims = token::open(&node.token_root, token)?;
         let current = node.epoch();
         if claims.epoch != current {

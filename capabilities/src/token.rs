@@ -179,12 +179,14 @@ pub(crate) fn open(
         )));
     }
     let token = Biscuit::from(bytes, root).map_err(|error| {
-        refused(match error {
-            biscuit_auth::error::Token::Format(format) => {
-                format!("it is not a token this node signed, intact: {format}")
-            }
-            other => format!("it is not a token this node signed, intact: {other}"),
-        })
+        // A format error's own message says what failed; the wrapper's says only that.
+        let reason = match error {
+            biscuit_auth::error::Token::Format(format) => format.to_string(),
+            other => other.to_string(),
+        };
+        refused(format!(
+            "it is not a token this node signed, intact: {reason}"
+        ))
     })?;
     let blocks = token.block_count();
     if blocks > TOKEN_BLOCKS_MAX {

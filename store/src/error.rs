@@ -66,13 +66,13 @@ pub enum StoreError {
     /// The group's write transaction failed; nothing of the group was written.
     #[error("the write transaction failed, nothing was written: {reason}")]
     TransactionFailed { reason: String },
-    /// The writer thread has stopped (the node is shutting down).
+    /// A limit of the store was reached (e.g. the revocation list's).
     #[error("{reason}")]
     LimitReached { reason: String },
-
+    /// A read needs more than one call's budget.
     #[error("{what} needs more than one call's budget ({examined} entries examined)")]
     BudgetSpent { what: String, examined: usize },
-
+    /// The writer thread has stopped (the node is shutting down).
     #[error("the writer has stopped; the node is shutting down")]
     WriterStopped,
     /// The audit trail cannot be written: reads are refused rather than unrecorded.

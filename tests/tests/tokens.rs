@@ -503,3 +503,24 @@ fn the_cli_saves_narrows_shows_uses_and_revokes_tokens() {
         "{stderr}"
     );
 }
+
+#[test]
+fn revoking_is_charged_as_a_login_so_a_flood_of_bad_tokens_stops_at_the_peers_rate() {
+    // Opening a token costs signature checks; a logged-in principal sending bad tokens
+    // to revoke pays for them from its address's login attempts, as a restore does.
+    let node = TestNode::start_with(&["--login-attempts-per-minute", "5"]);
+    run_local(async {
+        let connection = connect(&node.tcp()).await.unwrap();
+        let membrane = connection.login(&node.admin_key()).await.unwrap();
+        for _ in 0..4 {
+            assert_code(
+                membrane.revoke_token(b"not a token").await,
+                ErrorCode::Unauthenticated,
+            );
+        }
+        assert_code(
+            membrane.revoke_token(b"not a token").await,
+            ErrorCode::ResourceExhausted,
+        );
+    });
+}
