@@ -653,19 +653,25 @@ fn parse_hex32(text: &str, what: &str) -> Result<[u8; 32], Failure> {
         .ok_or_else(|| usage(format!("{what} must be 64 hex digits")))
 }
 
+/// Logs in with --key.
+async fn login(cli: &Cli) -> Result<engram_client::Membrane, Failure> {
+    let key = keyfile::read(&cli.key).map_err(ClientError::from)?;
+    let connection = connect(&Endpoint::parse(&cli.node)).await?;
+    Ok(connection.login(&key).await?)
+}
+
+/// Logs in with --key and grafts: for a command that needs a principal, not a token.
 async fn session(cli: &Cli) -> Result<Session, Failure> {
     if cli.token.is_some() {
         return Err(usage(
             "this command needs a principal's key (--key), not a token",
         ));
     }
-    let key = keyfile::read(&cli.key).map_err(ClientError::from)?;
-    let connection = connect(&Endpoint::parse(&cli.node)).await?;
-    Ok(connection.login(&key).await?.graft().await?)
+    Ok(login(cli).await?.graft().await?)
 }
 
 /// What a command acts through: a graft with --key, or with --token the one
-/// capability the token restores.
+/// capability the token restores, of its world.
 enum Access {
     Session(Session),
     Token { world: String, held: Held },
@@ -682,25 +688,23 @@ async fn access(cli: &Cli) -> Result<Access, Failure> {
 }
 
 impl Access {
-    /// The capability the token holds, if it is of `world` and `what` it finds.
-    fn held<T>(
-        &self,
-        world: &str,
+    /// The capability `pick` finds in the token, if it is of `world` (none for a
+    /// signer); `what` names it.
+    fn from_token<T>(
+        held_world: &str,
+        held: &Held,
+        world: Option<&str>,
         what: &str,
-        find: impl Fn(&Held) -> Option<T>,
+        pick: impl Fn(&Held) -> Option<T>,
     ) -> Result<T, ClientError> {
-        let Access::Token {
-            world: held_world,
-            held,
-        } = self
-        else {
-            unreachable!("only tokens hold one capability");
-        };
-        match find(held) {
-            Some(found) if held_world == world => Ok(found),
+        match pick(held) {
+            Some(found) if world.is_none_or(|world| world == held_world) => Ok(found),
             _ => Err(ClientError::NotGranted(format!(
-                "the token holds the {} of {held_world:?}, not the {what} of {world:?}",
-                held.kind()
+                "the token holds the {} of {held_world:?}, not the {what}{}",
+                held.kind(),
+                world
+                    .map(|world| format!(" of {world:?}"))
+                    .unwrap_or_default()
             ))),
         }
     }
@@ -708,43 +712,36 @@ impl Access {
     fn reader(&self, world: &str) -> Result<world_reader::Client, ClientError> {
         match self {
             Access::Session(session) => session.reader(world),
-            Access::Token { .. } => self.held(world, "reader", |held| match held {
-                Held::Reader(reader) => Some(reader.clone()),
-                _ => None,
-            }),
+            Access::Token { world: at, held } => {
+                Self::from_token(at, held, Some(world), "reader", Held::reader)
+            }
         }
     }
 
     fn writer(&self, world: &str) -> Result<world_writer::Client, ClientError> {
         match self {
             Access::Session(session) => session.writer(world),
-            Access::Token { .. } => self.held(world, "writer", |held| match held {
-                Held::Writer(writer) => Some(writer.clone()),
-                _ => None,
-            }),
+            Access::Token { world: at, held } => {
+                Self::from_token(at, held, Some(world), "writer", Held::writer)
+            }
         }
     }
 
     fn observer(&self, world: &str) -> Result<observer::Client, ClientError> {
         match self {
             Access::Session(session) => session.observer(world),
-            Access::Token { .. } => self.held(world, "observer", |held| match held {
-                Held::Observer(observer) => Some(observer.clone()),
-                _ => None,
-            }),
+            Access::Token { world: at, held } => {
+                Self::from_token(at, held, Some(world), "observer", Held::observer)
+            }
         }
     }
 
     fn signer(&self) -> Result<signer::Client, ClientError> {
         match self {
             Access::Session(session) => Ok(session.signer.clone()),
-            Access::Token { held, .. } => match held {
-                Held::Signer(signer) => Ok(signer.clone()),
-                _ => Err(ClientError::NotGranted(format!(
-                    "the token holds a {}, not a signer",
-                    held.kind()
-                ))),
-            },
+            Access::Token { world: at, held } => {
+                Self::from_token(at, held, None, "signer", Held::signer)
+            }
         }
     }
 
@@ -1396,9 +1393,7 @@ async fn token_command(cli: &Cli, command: &TokenCommand) -> Result<(), Failure>
         }
         TokenCommand::Revoke { file } => {
             let revoked = token::read_file(file)?;
-            let key = keyfile::read(&cli.key).map_err(ClientError::from)?;
-            let connection = connect(&Endpoint::parse(&cli.node)).await?;
-            let membrane = connection.login(&key).await?;
+            let membrane = login(cli).await?;
             let session = membrane.graft().await?;
             match &session.admin {
                 Some(admin) => token::revoke_token(admin, &revoked).await?,

@@ -36,6 +36,38 @@ pub enum Held {
 }
 
 impl Held {
+    /// The reader, if this is one.
+    pub fn reader(&self) -> Option<world_reader::Client> {
+        match self {
+            Held::Reader(reader) => Some(reader.clone()),
+            _ => None,
+        }
+    }
+
+    /// The writer, if this is one.
+    pub fn writer(&self) -> Option<world_writer::Client> {
+        match self {
+            Held::Writer(writer) => Some(writer.clone()),
+            _ => None,
+        }
+    }
+
+    /// The observer, if this is one.
+    pub fn observer(&self) -> Option<observer::Client> {
+        match self {
+            Held::Observer(observer) => Some(observer.clone()),
+            _ => None,
+        }
+    }
+
+    /// The signer, if this is one.
+    pub fn signer(&self) -> Option<signer::Client> {
+        match self {
+            Held::Signer(signer) => Some(signer.clone()),
+            _ => None,
+        }
+    }
+
     /// `reader`, `writer`, `observer` or `signer`.
     pub fn kind(&self) -> &'static str {
         match self {

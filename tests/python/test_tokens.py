@@ -118,3 +118,25 @@ def test_a_python_parent_spawns_a_child_holding_one_capability(node):
         assert "vault" not in output, output
 
     run(body())
+
+
+def test_a_python_parent_cuts_off_a_child_that_sends_garbage_and_serves_its_sibling(node):
+    async def body():
+        session = await world_with_secrets(node)
+        reader = session.reader("team/auth")
+        hostile = await engram.spawn(
+            reader, "reader", "team/auth",
+            ["sh", "-c", "printf 'GARBAGE!%.0s' $(seq 512) >&3; cat <&3 >/dev/null; echo cut off"],
+            stdout=subprocess.PIPE,
+        )
+        assert await hostile.wait() == 0
+        assert hostile.process.stdout.read() == b"cut off\n"
+        sibling = await engram.spawn(
+            reader, "reader", "team/auth",
+            [sys.executable, str(REPOSITORY / "examples" / "python_child.py")],
+            stdout=subprocess.PIPE,
+        )
+        assert await sibling.wait() == 0
+        assert "child: sees 'tokens expire after one hour'" in sibling.process.stdout.read().decode()
+
+    run(body())

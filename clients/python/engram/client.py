@@ -390,9 +390,8 @@ class Spawned:
 
     async def wait(self) -> int:
         """Waits for the child to exit, serving its calls meanwhile; its exit code."""
-        while self.process.poll() is None:
-            await asyncio.sleep(0.01)
-        return self.process.returncode
+        # Waited for on a thread, so the event loop goes on serving the child's calls.
+        return await asyncio.get_running_loop().run_in_executor(None, self.process.wait)
 
 
 async def spawn(capability: Any, kind: str, world: str, command: Sequence[str], **popen: Any) -> Spawned:
