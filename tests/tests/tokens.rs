@@ -524,3 +524,44 @@ fn revoking_is_charged_as_a_login_so_a_flood_of_bad_tokens_stops_at_the_peers_ra
         );
     });
 }
+
+#[test]
+fn one_principal_revoking_its_tokens_cannot_fill_the_list_for_others() {
+    let node = TestNode::start_with(&["--login-attempts-per-minute", "0"]);
+    run_local(async {
+        let admin = admin_with_world(&node, "team/auth").await;
+        let flooder_key = add_principal(&admin, "flooder", &["team/auth=r"]).await;
+        let other_key = add_principal(&admin, "other", &["team/auth=r"]).await;
+        let flooder = session(&node.tcp(), &flooder_key).await;
+        let reader = Held::Reader(flooder.reader("team/auth").unwrap());
+        let connection = connect(&node.tcp()).await.unwrap();
+        let membrane = connection.login(&flooder_key).await.unwrap();
+        for _ in 0..1_000 {
+            let saved = token::save(&reader).await.unwrap();
+            membrane.revoke_token(&saved).await.unwrap();
+        }
+        let one_more = token::save(&reader).await.unwrap();
+        assert_code(
+            membrane.revoke_token(&one_more).await,
+            ErrorCode::ResourceExhausted,
+        );
+        // Another principal still revokes its own, and an admin the flooder's.
+        let other = session(&node.tcp(), &other_key).await;
+        let saved = token::save(&Held::Reader(other.reader("team/auth").unwrap()))
+            .await
+            .unwrap();
+        let connection = connect(&node.tcp()).await.unwrap();
+        connection
+            .login(&other_key)
+            .await
+            .unwrap()
+            .revoke_token(&saved)
+            .await
+            .unwrap();
+        assert_code(restore(&node, &saved).await, ErrorCode::Unauthenticated);
+        engram_client::token::revoke_token(&admin.admin().unwrap(), &one_more)
+            .await
+            .unwrap();
+        assert_code(restore(&node, &one_more).await, ErrorCode::Unauthenticated);
+    });
+}
