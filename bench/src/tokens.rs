@@ -86,8 +86,14 @@ pub async fn run(options: Options) {
     command
         .args(["spawned-calls", "--calls", &iterations.to_string()])
         .stdout(Stdio::piped());
-    let child = engram_client::spawn::spawn(&Held::Reader(reader), "bench", &mut command)
-        .expect("spawning the child");
+    let child = engram_client::spawn::spawn(
+        &Endpoint::parse(&node.tcp),
+        &Held::Reader(reader),
+        &mut command,
+        &Default::default(),
+    )
+    .await
+    .expect("spawning the child");
     let output = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .unwrap()

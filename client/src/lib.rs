@@ -18,6 +18,7 @@
 pub mod calls;
 pub mod error;
 pub mod keyfile;
+pub mod outbox;
 pub mod spawn;
 pub mod token;
 pub mod types;
@@ -105,6 +106,18 @@ pub struct Connection {
 
 /// Connects to a node. Must run inside a `tokio::task::LocalSet`.
 pub async fn connect(endpoint: &Endpoint) -> Result<Connection, ClientError> {
+    let (reader, writer) = open(endpoint).await?;
+    Ok(connect_over(reader, writer))
+}
+
+/// The two halves of a byte stream to a node.
+type Halves = (
+    Box<dyn tokio::io::AsyncRead + Unpin>,
+    Box<dyn tokio::io::AsyncWrite + Unpin>,
+);
+
+/// Opens a byte stream to the node at `endpoint`.
+pub(crate) async fn open(endpoint: &Endpoint) -> Result<Halves, ClientError> {
     let connect_error = |source| ClientError::Connect {
         endpoint: endpoint.to_string(),
         source,
@@ -116,14 +129,14 @@ pub async fn connect(endpoint: &Endpoint) -> Result<Connection, ClientError> {
                 .map_err(connect_error)?;
             stream.set_nodelay(true).map_err(connect_error)?;
             let (reader, writer) = stream.into_split();
-            Ok(connect_over(reader, writer))
+            Ok((Box::new(reader), Box::new(writer)))
         }
         Endpoint::Unix(path) => {
             let stream = tokio::net::UnixStream::connect(path)
                 .await
                 .map_err(connect_error)?;
             let (reader, writer) = stream.into_split();
-            Ok(connect_over(reader, writer))
+            Ok((Box::new(reader), Box::new(writer)))
         }
     }
 }
@@ -134,17 +147,28 @@ pub fn connect_over(
     reader: impl tokio::io::AsyncRead + Unpin + 'static,
     writer: impl tokio::io::AsyncWrite + Unpin + 'static,
 ) -> Connection {
-    let mut rpc_system = RpcSystem::new(network(reader.compat(), writer.compat_write()), None);
-    let terminal: terminal::Client = rpc_system.bootstrap(rpc_twoparty_capnp::Side::Server);
-    let disconnector = rpc_system.get_disconnector();
+    let (connection, rpc_system) = connection(network(reader.compat(), writer.compat_write()));
     tokio::task::spawn_local(rpc_system);
-    Connection {
-        terminal,
-        disconnector,
-    }
+    connection
 }
 
-fn network(
+/// A connection over `network`, and the RPC system that must be driven for it to work.
+pub(crate) fn connection(
+    network: Box<dyn capnp_rpc::VatNetwork<rpc_twoparty_capnp::Side>>,
+) -> (Connection, RpcSystem<rpc_twoparty_capnp::Side>) {
+    let mut rpc_system = RpcSystem::new(network, None);
+    let terminal: terminal::Client = rpc_system.bootstrap(rpc_twoparty_capnp::Side::Server);
+    let disconnector = rpc_system.get_disconnector();
+    (
+        Connection {
+            terminal,
+            disconnector,
+        },
+        rpc_system,
+    )
+}
+
+pub(crate) fn network(
     reader: impl futures::AsyncRead + Unpin + 'static,
     writer: impl futures::AsyncWrite + Unpin + 'static,
 ) -> Box<dyn capnp_rpc::VatNetwork<rpc_twoparty_capnp::Side>> {

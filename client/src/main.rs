@@ -288,6 +288,13 @@ struct SpawnArguments {
     held: HeldOptions,
     #[command(flatten)]
     narrow: NarrowOptions,
+    /// Bytes of answers the child may leave unread; past it, its calls are not read
+    /// until it reads its answers.
+    #[arg(long, default_value_t = engram_client::spawn::CHILD_UNREAD_BYTES_MAX_DEFAULT)]
+    unread_bytes_max: usize,
+    /// Milliseconds the child may read none of its waiting answers before it is cut off.
+    #[arg(long, default_value_t = engram_client::spawn::CHILD_STALL_TIMEOUT_DEFAULT.as_millis() as u64)]
+    stall_timeout_ms: u64,
     /// The child's command and arguments, after --.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -1149,13 +1156,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             });
         }
         Command::Spawn(arguments) => {
-            let (world, held) = access(&cli)
+            let (_, held) = access(&cli)
                 .await?
                 .narrowed(&arguments.held, &arguments.narrow)
                 .await?;
             let mut command = std::process::Command::new(&arguments.command[0]);
             command.args(&arguments.command[1..]);
-            let mut child = engram_client::spawn::spawn(&held, &world, &mut command)?;
+            let limits = engram_client::spawn::ChildLimits {
+                unread_bytes_max: arguments.unread_bytes_max,
+                stall_timeout: std::time::Duration::from_millis(arguments.stall_timeout_ms),
+            };
+            let endpoint = Endpoint::parse(&cli.node);
+            let mut child =
+                engram_client::spawn::spawn(&endpoint, &held, &mut command, &limits).await?;
             let status = tokio::task::spawn_blocking(move || child.wait())
                 .await
                 .map_err(|error| usage(format!("waiting for the child: {error}")))?

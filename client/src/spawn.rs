@@ -2,18 +2,31 @@
 //! only authority is that capability, served to it as the bootstrap capability of a
 //! Cap'n Proto connection over a socket pair (the child's end is its file descriptor
 //! `CHILD_FD`, named by `ENGRAM_FD`). The child holds no key and needs no network: every
-//! call it makes is forwarded by the parent's connection to the node, where the
-//! capability's own checks (epoch, grants, restriction, rates) apply to it.
+//! call it makes is forwarded by its parent to the node, where the capability's own
+//! checks (epoch, grants, restriction, rates) apply to it.
+//!
+//! Each child has a connection to the node of its own, on which the parent restores the
+//! capability from a token it saved (and never shows the child): the node's limits per
+//! connection (calls in flight, unread answers, rests past a rate) bound each child
+//! apart, so one that floods cannot starve its siblings or its parent. The parent bounds
+//! what it holds for a child the same way the node bounds its peers (an outbox each
+//! way): it stops reading a child's calls while the child leaves answers unread or the
+//! node has not taken the calls already forwarded, stops reading the node's answers
+//! while the child has not read earlier ones, and cuts off a child that reads nothing
+//! for its stall timeout.
 
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
+use std::time::Duration;
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
 use engram_schema::engram_capnp::{observer, signer, world_reader, world_writer};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
+use crate::Endpoint;
 use crate::error::ClientError;
+use crate::outbox::{CountingWriter, Guarded, Outbox, PausingReader};
 
 /// The child's file descriptor of its end of the socket pair.
 pub const CHILD_FD: i32 = 3;
@@ -25,6 +38,30 @@ pub const FD_VARIABLE: &str = "ENGRAM_FD";
 pub const CAPABILITY_VARIABLE: &str = "ENGRAM_CAPABILITY";
 /// The world the capability is of (empty for a signer).
 pub const WORLD_VARIABLE: &str = "ENGRAM_WORLD";
+/// The default of [`ChildLimits::unread_bytes_max`] (the node's own default per
+/// connection).
+pub const CHILD_UNREAD_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
+/// The default of [`ChildLimits::stall_timeout`] (the node's own default).
+pub const CHILD_STALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
+/// What a parent holds for one child, and how long it waits on one.
+#[derive(Clone, Debug)]
+pub struct ChildLimits {
+    /// Bytes of answers the child may leave unread (and of its calls the node may not
+    /// have taken yet); past it, the parent reads no more of its calls until it reads.
+    pub unread_bytes_max: usize,
+    /// How long the child may read none of its waiting answers before it is cut off.
+    pub stall_timeout: Duration,
+}
+
+impl Default for ChildLimits {
+    fn default() -> ChildLimits {
+        ChildLimits {
+            unread_bytes_max: CHILD_UNREAD_BYTES_MAX_DEFAULT,
+            stall_timeout: CHILD_STALL_TIMEOUT_DEFAULT,
+        }
+    }
+}
 
 /// One capability: what a child is handed, a token saves and restores.
 #[derive(Clone)]
@@ -88,21 +125,98 @@ impl Held {
     }
 }
 
-/// Starts `command` as a child whose only authority is `held` (of `world`), and serves
-/// `held` to it until the child closes its end or this process exits. Must run inside a
+/// Starts `command` as a child whose only authority is `held`, and serves `held` to it,
+/// on a connection to the node at `endpoint` of the child's own, until the child closes
+/// its end, that connection ends, or this process exits. Must run inside a
 /// `tokio::task::LocalSet`. The child's descriptors 0 to 2 are whatever `command` says;
 /// its descriptor 3 is the connection, and nothing else of the parent's is open in it.
-pub fn spawn(held: &Held, world: &str, command: &mut Command) -> Result<Child, ClientError> {
+pub async fn spawn(
+    endpoint: &Endpoint,
+    held: &Held,
+    command: &mut Command,
+    limits: &ChildLimits,
+) -> Result<Child, ClientError> {
+    // The token stays in this process: the child gets the capability, not the token.
+    let token = crate::token::save(held).await?;
+    let (node_reader, node_writer) = crate::open(endpoint).await?;
+    let child_outbox = Outbox::new(limits.unread_bytes_max);
+    let node_outbox = Outbox::new(limits.unread_bytes_max);
+    // The node's answers are read only while the child reads what it was sent. Calls to
+    // the node wait on no timeout here: the node closes a connection it cannot serve.
+    let node_reader =
+        PausingReader::new(node_reader, node_outbox.clone(), vec![child_outbox.clone()]);
+    let node_writer = CountingWriter::new(node_writer, node_outbox.clone(), None);
+    let network = crate::network(node_reader.compat(), node_writer.compat_write());
+    let (connection, node_system) =
+        crate::connection(Box::new(Guarded::new(network, node_outbox.clone())));
+    let node_system = tokio::task::spawn_local(node_system);
+    let (world, restored) = match connection.restore(&token).await {
+        Ok(restored) => restored,
+        Err(error) => {
+            node_system.abort();
+            return Err(error);
+        }
+    };
+
     let program = command.get_program().to_string_lossy().into_owned();
     let io = |source: std::io::Error| ClientError::Spawn {
         program: program.clone(),
         source,
     };
-    let (parent_end, child_end) = std::os::unix::net::UnixStream::pair().map_err(io)?;
+    let started = start(command, restored.kind(), &world).map_err(io);
+    let (child, parent_end) = match started {
+        Ok(started) => started,
+        Err(error) => {
+            node_system.abort();
+            return Err(error);
+        }
+    };
+    let (reader, writer) = parent_end.into_split();
+    // The child's calls are read only while it reads its answers and the node takes the
+    // calls already forwarded.
+    let reader = PausingReader::new(
+        reader,
+        child_outbox.clone(),
+        vec![child_outbox.clone(), node_outbox],
+    );
+    let writer = CountingWriter::new(writer, child_outbox.clone(), Some(limits.stall_timeout));
+    // A child's message is bounded like a node's (engramd --message-bytes-max's default):
+    // a larger one, or bytes that are no message, cut that child off and no other.
+    let options = capnp::message::ReaderOptions {
+        traversal_limit_in_words: Some(CHILD_MESSAGE_BYTES_MAX / 8),
+        nesting_limit: 64,
+    };
+    let network = twoparty::VatNetwork::new(
+        reader.compat(),
+        writer.compat_write(),
+        rpc_twoparty_capnp::Side::Server,
+        options,
+    );
+    let network = Guarded::new(Box::new(network), child_outbox);
+    let child_system = RpcSystem::new(Box::new(network), Some(restored.client()));
+    // The two connections end together.
+    tokio::task::spawn_local(async move {
+        let mut node_system = node_system;
+        tokio::select! {
+            _ = child_system => node_system.abort(),
+            _ = &mut node_system => {}
+        }
+    });
+    Ok(child)
+}
+
+/// Starts `command` with one end of a new socket pair as its descriptor `CHILD_FD`, and
+/// the variables that name it; returns the child and the parent's end.
+fn start(
+    command: &mut Command,
+    kind: &str,
+    world: &str,
+) -> std::io::Result<(Child, tokio::net::UnixStream)> {
+    let (parent_end, child_end) = std::os::unix::net::UnixStream::pair()?;
     let child_fd = child_end.as_raw_fd();
     command
         .env(FD_VARIABLE, CHILD_FD.to_string())
-        .env(CAPABILITY_VARIABLE, held.kind())
+        .env(CAPABILITY_VARIABLE, kind)
         .env(WORLD_VARIABLE, world);
     // SAFETY: between fork and exec the closure only calls dup2 and fcntl, which are
     // async-signal-safe, on descriptors this process owns.
@@ -119,25 +233,10 @@ pub fn spawn(held: &Held, world: &str, command: &mut Command) -> Result<Child, C
             Ok(())
         });
     }
-    let child = command.spawn().map_err(io)?;
+    let child = command.spawn()?;
     drop(child_end);
-    parent_end.set_nonblocking(true).map_err(io)?;
-    let stream = tokio::net::UnixStream::from_std(parent_end).map_err(io)?;
-    let (reader, writer) = stream.into_split();
-    // A child's message is bounded like a node's (engramd --message-bytes-max's default):
-    // a larger one, or bytes that are no message, cut that child off and no other.
-    let options = capnp::message::ReaderOptions {
-        traversal_limit_in_words: Some(CHILD_MESSAGE_BYTES_MAX / 8),
-        nesting_limit: 64,
-    };
-    let network = twoparty::VatNetwork::new(
-        reader.compat(),
-        writer.compat_write(),
-        rpc_twoparty_capnp::Side::Server,
-        options,
-    );
-    tokio::task::spawn_local(RpcSystem::new(Box::new(network), Some(held.client())));
-    Ok(child)
+    parent_end.set_nonblocking(true)?;
+    Ok((child, tokio::net::UnixStream::from_std(parent_end)?))
 }
 
 /// What a child was given by its parent.

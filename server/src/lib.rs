@@ -4,7 +4,6 @@
 
 pub mod error;
 pub mod limits;
-mod outbox;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -18,11 +17,11 @@ use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
 use engram_capabilities::error::CapabilityError;
 use engram_capabilities::{Node, NodeLimits, Peer, Terminal};
 use engram_client::keyfile;
+use engram_client::outbox::{CountingWriter, Guarded, Outbox, PausingReader};
 use engram_schema::engram_capnp::terminal;
 use engram_store::audit::AuditLog;
 use engram_store::writer::Writer;
 use engram_store::{Authority, Principal, Store, TextIndex, VectorIndex, WriteOp, WriteRequest};
-use outbox::{CountingWriter, Guarded, Outbox, PausingReader};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
@@ -517,8 +516,10 @@ fn connect(
     };
     let terminal = Terminal::new(node.clone(), peer);
     let outbox = Outbox::new(config.connection_unread_bytes_max);
-    let writer = CountingWriter::new(writer, outbox.clone(), config.write_stall_timeout);
-    let reader = PausingReader::new(reader, outbox.clone(), terminal.activity());
+    let writer = CountingWriter::new(writer, outbox.clone(), Some(config.write_stall_timeout));
+    let activity = terminal.activity();
+    let reader = PausingReader::new(reader, outbox.clone(), vec![outbox.clone()])
+        .resting(Box::new(move || activity.resting_until()));
     let network = twoparty::VatNetwork::new(
         reader.compat(),
         writer.compat_write(),

@@ -167,7 +167,9 @@ fn a_child_that_sends_garbage_is_cut_off_and_its_siblings_go_on() {
         good.arg("--wait")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
-        let mut good = spawn(&held, "team/auth", &mut good).unwrap();
+        let mut good = spawn(&node.tcp(), &held, &mut good, &Default::default())
+            .await
+            .unwrap();
         let mut good_lines = BufReader::new(good.stdout.take().unwrap()).lines();
         let mut good_input = good.stdin.take().unwrap();
         let waiting = tokio::task::spawn_blocking(move || {
@@ -197,7 +199,9 @@ fn a_child_that_sends_garbage_is_cut_off_and_its_siblings_go_on() {
                     &format!("{garbage}; cat <&3 >/dev/null; echo cut off"),
                 ])
                 .stdout(Stdio::piped());
-            let hostile = spawn(&held, "team/auth", &mut hostile).unwrap();
+            let hostile = spawn(&node.tcp(), &held, &mut hostile, &Default::default())
+                .await
+                .unwrap();
             let output = tokio::task::spawn_blocking(move || hostile.wait_with_output())
                 .await
                 .unwrap()
@@ -221,4 +225,70 @@ fn a_child_that_sends_garbage_is_cut_off_and_its_siblings_go_on() {
             .await
             .unwrap();
     });
+}
+
+/// The most a parent may hold for a child that never reads, here: its unread bound
+/// (16 MiB by default), what it has in flight, and the process itself.
+const PARENT_PEAK_BYTES_MAX: u64 = 128 * 1024 * 1024;
+
+#[test]
+fn a_child_that_never_reads_its_answers_is_bounded_and_cut_off() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = admin_with_world(&node, "team/auth").await;
+        // 64 atoms of 60 KiB: each replay answers about 4 MiB.
+        let text = "x".repeat(60 * 1024);
+        let atoms: Vec<NewAtom> = (0..64)
+            .map(|index| NewAtom::fact(format!("{index} {text}")))
+            .collect();
+        engram_client::remember(&admin.writer("team/auth").unwrap(), &atoms)
+            .await
+            .unwrap();
+
+        // 200 replays unread would be 800 MiB held by a parent that read them all.
+        let mut parent = engram_command(&node, &node.admin_key_path())
+            .args([
+                "spawn",
+                "--reader",
+                "team/auth",
+                "--stall-timeout-ms",
+                "1000",
+            ])
+            .arg("--")
+            .arg(binary("flooder"))
+            .args(["--calls", "200"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("running engram spawn");
+        let mut lines = BufReader::new(parent.stdout.take().unwrap()).lines();
+        let said = lines.next().unwrap().unwrap();
+        assert!(said.starts_with("flooder: cut off"), "{said}");
+        let peak = peak_memory(parent.id());
+        assert!(
+            peak < PARENT_PEAK_BYTES_MAX,
+            "the parent held {peak} bytes for a child that read nothing"
+        );
+        parent.stdin.take().unwrap().write_all(b"done\n").unwrap();
+        assert!(parent.wait().unwrap().success());
+        // The node, and the parent's principal, go on.
+        engram_client::generation(&admin.reader("team/auth").unwrap())
+            .await
+            .unwrap();
+    });
+}
+
+/// A process's peak resident memory (VmHWM), in bytes.
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/PID/status");
+    let kilobytes: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|number| number.parse().ok())
+        .unwrap();
+    kilobytes * 1024
 }

@@ -383,10 +383,11 @@ async def inherited() -> Inherited:
 
 @dataclass
 class Spawned:
-    """A child started by :func:`spawn`, and the connection this process serves it on."""
+    """A child started by :func:`spawn`, and the connections this process serves it on."""
 
     process: subprocess.Popen
     server: Any  # kept with this object: the child's calls go through it
+    connection: Connection  # the child's own connection to the node, kept open with it
 
     async def wait(self) -> int:
         """Waits for the child to exit, serving its calls meanwhile; its exit code."""
@@ -394,18 +395,22 @@ class Spawned:
         return await asyncio.get_running_loop().run_in_executor(None, self.process.wait)
 
 
-async def spawn(capability: Any, kind: str, world: str, command: Sequence[str], **popen: Any) -> Spawned:
-    """Starts ``command`` as a child whose only authority is ``capability`` (a ``reader``,
-    ``writer``, ``observer`` or ``signer`` of ``world``): it is served as the bootstrap
-    capability of a Cap'n Proto connection on one end of a socket pair, the child's end
-    being its descriptor 3 (``ENGRAM_FD``), as ``engram spawn`` does. The child needs no
-    key and no network (see :func:`inherited`); its calls are forwarded to the node
-    through this process, until either side exits. ``popen`` goes to ``subprocess.Popen``."""
-    if kind not in _CAPABILITY_INTERFACES:
-        raise EngramError(None, f"cannot hand a child a {kind!r}; a reader, writer, observer or signer")
+async def spawn(address: str, capability: Any, command: Sequence[str], **popen: Any) -> Spawned:
+    """Starts ``command`` as a child whose only authority is ``capability`` (a reader,
+    writer, observer or signer): it is served as the bootstrap capability of a Cap'n
+    Proto connection on one end of a socket pair, the child's end being its descriptor 3
+    (``ENGRAM_FD``), as ``engram spawn`` does. The child needs no key and no network (see
+    :func:`inherited`); its calls are forwarded to the node at ``address`` through this
+    process, on a connection of the child's own (where the capability is restored from a
+    token the child never sees), so the node's limits per connection bound each child
+    apart. ``popen`` goes to ``subprocess.Popen``."""
+    token = await save(capability)
+    restored = await (await connect(address)).restore(token)
     parent_end, child_end = socket.socketpair()
     environment = dict(popen.pop("env", None) or os.environ)
-    environment.update({"ENGRAM_FD": str(_CHILD_FD), "ENGRAM_CAPABILITY": kind, "ENGRAM_WORLD": world})
+    environment.update(
+        {"ENGRAM_FD": str(_CHILD_FD), "ENGRAM_CAPABILITY": restored.kind, "ENGRAM_WORLD": restored.world}
+    )
 
     def descriptor_3() -> None:
         os.dup2(child_end.fileno(), _CHILD_FD)
@@ -417,9 +422,9 @@ async def spawn(capability: Any, kind: str, world: str, command: Sequence[str], 
     finally:
         child_end.close()
     stream = await capnp.AsyncIoStream.create_connection(sock=parent_end)
-    interface = _CAPABILITY_INTERFACES[kind]
-    server = capnp.TwoPartyServer(stream, bootstrap=_Forwarder(capability.cast_as(interface), interface))
-    return Spawned(process, server)
+    interface = _CAPABILITY_INTERFACES[restored.kind]
+    server = capnp.TwoPartyServer(stream, bootstrap=_Forwarder(restored.capability, interface))
+    return Spawned(process, server, restored.connection)
 
 
 class _Forwarder:

@@ -1,7 +1,8 @@
-//! What a connection has been sent and has not read: the node stops reading a peer's
-//! calls while their answers pile up unread, and closes a connection whose peer reads
-//! nothing for too long. Without it, a peer that pipelines calls and never reads its
-//! socket would grow capnp-rpc's outgoing queue, and the node's memory, without bound.
+//! What a connection has been sent and has not read: whoever serves a hostile peer (the
+//! node its clients, a parent its spawned children) stops reading the peer's calls while
+//! their answers pile up unread, and closes a connection whose peer reads nothing for
+//! too long. Without it, a peer that pipelines calls and never reads its socket would
+//! grow capnp-rpc's outgoing queue, and the server's memory, without bound.
 //!
 //! Messages are counted as they enter capnp-rpc's queue (a wrapper of its vat network)
 //! and as their bytes leave for the socket (a wrapper of the socket's write half). The
@@ -18,7 +19,6 @@ use std::time::Duration;
 use capnp::capability::Promise;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{Connection, FlowController, IncomingMessage, OutgoingMessage, VatNetwork};
-use engram_capabilities::terminal::Activity;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// One connection's traffic: its answers in flight to its peer, and when it last heard
@@ -28,9 +28,10 @@ pub struct Outbox {
     unread: Cell<usize>,
     /// Past this, the peer's next call is not read until it reads its answers.
     unread_max: usize,
-    /// The read side's waker when it last waited (on the socket or on the bound): woken
-    /// when `unread` falls back to `unread_max`, and when the connection stalls.
-    reader: RefCell<Option<Waker>>,
+    /// The read sides waiting on this outbox (its own connection's, and any other whose
+    /// reading it bounds): woken when `unread` falls back to `unread_max`, and when the
+    /// connection stalls.
+    readers: RefCell<Vec<Waker>>,
     /// Set once the node closed the connection because its peer stopped reading.
     stalled: Cell<bool>,
     /// When the peer last sent anything.
@@ -42,7 +43,7 @@ impl Outbox {
         Rc::new(Outbox {
             unread: Cell::new(0),
             unread_max,
-            reader: RefCell::new(None),
+            readers: RefCell::new(Vec::new()),
             stalled: Cell::new(false),
             last_heard: Cell::new(tokio::time::Instant::now()),
         })
@@ -58,6 +59,24 @@ impl Outbox {
         self.stalled.get()
     }
 
+    /// Whether more is unread than the bound allows.
+    fn over(&self) -> bool {
+        self.unread.get() > self.unread_max
+    }
+
+    fn wait(&self, waker: &Waker) {
+        let mut readers = self.readers.borrow_mut();
+        if !readers.iter().any(|reader| reader.will_wake(waker)) {
+            readers.push(waker.clone());
+        }
+    }
+
+    fn wake_readers(&self) {
+        for reader in self.readers.take() {
+            reader.wake();
+        }
+    }
+
     fn queued(&self, bytes: usize) {
         self.unread.set(self.unread.get().saturating_add(bytes));
     }
@@ -65,12 +84,9 @@ impl Outbox {
     fn written(&self, bytes: usize) {
         let before = self.unread.get();
         self.unread.set(before.saturating_sub(bytes));
-        // The read side waits on the bound only when it was past it.
-        if before > self.unread_max
-            && self.unread.get() <= self.unread_max
-            && let Some(reader) = self.reader.borrow_mut().take()
-        {
-            reader.wake();
+        // A read side waits on the bound only when it was past it.
+        if before > self.unread_max && !self.over() {
+            self.wake_readers();
         }
     }
 
@@ -78,9 +94,7 @@ impl Outbox {
     /// the connection.
     fn stall(&self) {
         self.stalled.set(true);
-        if let Some(reader) = self.reader.borrow_mut().take() {
-            reader.wake();
-        }
+        self.wake_readers();
     }
 }
 
@@ -183,32 +197,48 @@ impl OutgoingMessage for CountedMessage {
     }
 }
 
-/// The socket's read half: reads only while the peer's unread answers are within the
+/// When a connection rests (its next calls are not read), if it does.
+pub type Resting = Box<dyn Fn() -> Option<tokio::time::Instant>>;
+
+/// The socket's read half: reads only while every outbox it is bounded by is within its
 /// bound and the connection does not rest (a call of it went past a rate), and fails
-/// once the connection stalled.
+/// once its own connection stalled.
 pub struct PausingReader<R> {
     inner: R,
-    outbox: Rc<Outbox>,
-    /// The connection's calls, which say when it rests.
-    activity: Activity,
+    /// The connection's own outbox: when its peer was last heard from, and whether it
+    /// stalled.
+    own: Rc<Outbox>,
+    /// The outboxes whose bound this side's reading waits on.
+    bounds: Vec<Rc<Outbox>>,
+    /// When the connection rests.
+    resting_until: Option<Resting>,
     /// Running while the connection rests.
     rest: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<R> PausingReader<R> {
-    pub fn new(inner: R, outbox: Rc<Outbox>, activity: Activity) -> PausingReader<R> {
+    /// Reads while each of `bounds` is within its bound (usually `[own]`: a server stops
+    /// reading calls whose answers pile up unread); fails once `own` stalls.
+    pub fn new(inner: R, own: Rc<Outbox>, bounds: Vec<Rc<Outbox>>) -> PausingReader<R> {
         PausingReader {
             inner,
-            outbox,
-            activity,
+            own,
+            bounds,
+            resting_until: None,
             rest: None,
         }
     }
 
+    /// Also reads nothing while `resting_until` says the connection rests.
+    pub fn resting(mut self, resting_until: Resting) -> PausingReader<R> {
+        self.resting_until = Some(resting_until);
+        self
+    }
+
     /// Whether the connection rests now; if so, its timer wakes `context` when the rest
     /// ends.
-    fn resting(&mut self, context: &mut Context<'_>) -> bool {
-        let Some(until) = self.activity.resting_until() else {
+    fn rests(&mut self, context: &mut Context<'_>) -> bool {
+        let Some(until) = self.resting_until.as_ref().and_then(|until| until()) else {
             return false;
         };
         if until <= tokio::time::Instant::now() {
@@ -232,42 +262,48 @@ impl<R: AsyncRead + Unpin> AsyncRead for PausingReader<R> {
         buffer: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if this.outbox.stalled.get() {
+        if this.own.stalled.get() {
             return Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "the peer read none of its answers in time",
             )));
         }
-        let polled = if this.outbox.unread.get() > this.outbox.unread_max || this.resting(context) {
-            Poll::Pending
-        } else {
-            let before = buffer.filled().len();
-            let polled = Pin::new(&mut this.inner).poll_read(context, buffer);
-            if buffer.filled().len() > before {
-                this.outbox.last_heard.set(tokio::time::Instant::now());
-            }
-            polled
-        };
+        // Woken by answers read (or a stall), or when a rest ends.
+        if let Some(over) = this.bounds.iter().find(|outbox| outbox.over()) {
+            over.wait(context.waker());
+            this.own.wait(context.waker());
+            return Poll::Pending;
+        }
+        if this.rests(context) {
+            this.own.wait(context.waker());
+            return Poll::Pending;
+        }
+        let before = buffer.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(context, buffer);
+        if buffer.filled().len() > before {
+            this.own.last_heard.set(tokio::time::Instant::now());
+        }
         if polled.is_pending() {
-            // Woken by the socket, by answers read, by a stall, or when a rest ends.
-            *this.outbox.reader.borrow_mut() = Some(context.waker().clone());
+            // Woken by the socket, or by a stall.
+            this.own.wait(context.waker());
         }
         polled
     }
 }
 
 /// The socket's write half: counts what the peer's socket takes, and fails the
-/// connection once the peer has taken nothing for `stall_timeout` while answers wait.
+/// connection once the peer has taken nothing for `stall_timeout` (if any) while answers
+/// wait.
 pub struct CountingWriter<W> {
     inner: W,
     outbox: Rc<Outbox>,
-    stall_timeout: Duration,
+    stall_timeout: Option<Duration>,
     /// Running while a write waits for the peer to read.
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<W> CountingWriter<W> {
-    pub fn new(inner: W, outbox: Rc<Outbox>, stall_timeout: Duration) -> CountingWriter<W> {
+    pub fn new(inner: W, outbox: Rc<Outbox>, stall_timeout: Option<Duration>) -> CountingWriter<W> {
         CountingWriter {
             inner,
             outbox,
@@ -291,7 +327,9 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for CountingWriter<W> {
                 Poll::Ready(Ok(written))
             }
             Poll::Pending => {
-                let timeout = this.stall_timeout;
+                let Some(timeout) = this.stall_timeout else {
+                    return Poll::Pending;
+                };
                 let stall = this
                     .stall
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
