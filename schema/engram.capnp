@@ -86,6 +86,27 @@ const tokenFormat :UInt32 = 1;
 #   permissionDenied  a principal since removed, or no longer granted the right.
 # Tokens are at most 64 KiB and 32 blocks.
 
+const handoffMagic :Data = "ENGRAMHO";
+# Handing a spawned child's connection to the node (what `engram spawn` does when it
+# reaches the node over its Unix socket). Cap'n Proto cannot carry a file descriptor, so
+# this is a short exchange of its own on a fresh connection to the node's Unix socket,
+# told apart from Cap'n Proto by its first 8 bytes (a Cap'n Proto stream never starts
+# with them: they would announce over a billion segments). The parent sends:
+#   handoffMagic (8 bytes), carrying one descriptor (SCM_RIGHTS): its end of a
+#     Unix stream socket pair whose other end is the child's;
+#   the length of a token (u32, little-endian; at most 64 KiB), then the token
+#     (see `tokenFormat`).
+# The node restores the token as `Terminal.restore` would (a login attempt against the
+# peer's login rate) and answers one byte: 0, then it serves the capability as the
+# bootstrap capability of a Cap'n Proto connection on the descriptor: the child's calls
+# reach the node with no hop through its parent, under the limits of any connection;
+# or 1, then a refusal (u32 little-endian length, at most 4 KiB, then UTF-8 text that
+# starts with the error code, e.g. "unauthenticated: ..."), and it closes both. It
+# refuses a descriptor that is not a connected Unix stream socket, no descriptor or
+# more than one, and a handoff not sent within the handshake timeout. After a 0 the
+# parent sends nothing more and keeps this connection open: the child's connection
+# lasts while it does, and the node closes it when the child's connection ends.
+
 const signDomain :Text = "engram/sign/v1";
 # Domain tag of `Signer.sign`. The signed bytes are
 #   signDomain || 0x00 || length of domain (u32, big-endian) || domain (UTF-8) || message

@@ -1,6 +1,7 @@
 //! Tokens and sandboxed children: how long `Terminal.restore` takes beside `login +
 //! graft` (on one open connection, one call at a time), and the round trip of a call a
-//! spawned child makes through its parent beside the same call made directly.
+//! spawned child makes beside the same call made directly: over the Unix socket (the
+//! node serves the child, handed off), and over TCP (the parent forwards).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -43,7 +44,7 @@ fn report(name: &str, times: &[Duration]) -> Duration {
 
 pub async fn run(options: Options) {
     // Every login and restore counts against the peer's login rate: none here.
-    let node = BenchNode::start_with(&["--no-socket", "--login-attempts-per-minute", "0"]);
+    let node = BenchNode::start_with(&["--login-attempts-per-minute", "0"]);
     let admin = node.login().await;
     engram_client::create_world(&admin.admin().unwrap(), "bench")
         .await
@@ -77,18 +78,32 @@ pub async fn run(options: Options) {
         "x",
     );
 
+    for (name, endpoint) in [("unix", node.unix()), ("tcp", Endpoint::parse(&node.tcp))] {
+        spawned_beside_direct(&node, name, &endpoint, iterations).await;
+    }
+}
+
+/// One endpoint's `generation` round trip, direct and by a spawned child.
+async fn spawned_beside_direct(
+    node: &BenchNode,
+    name: &str,
+    endpoint: &Endpoint,
+    iterations: usize,
+) {
+    let reader = node.login_at(endpoint).await.reader("bench").unwrap();
     let direct = timed(iterations, || async {
         engram_client::generation(&reader).await.unwrap();
     })
     .await;
-    let direct = report("tokens.direct_call", &direct);
+    let direct = report(&format!("tokens.{name}.direct_call"), &direct);
     let mut command = std::process::Command::new(std::env::current_exe().unwrap());
     command
         .args(["spawned-calls", "--calls", &iterations.to_string()])
         .stdout(Stdio::piped());
     let child = engram_client::spawn::spawn(
-        &Endpoint::parse(&node.tcp),
+        endpoint,
         &Held::Reader(reader),
+        "bench",
         &mut command,
         &Default::default(),
     )
@@ -104,14 +119,18 @@ pub async fn run(options: Options) {
         .map(|number| number.parse().unwrap())
         .collect();
     let spawned = Duration::from_nanos(nanoseconds[0]);
-    print("tokens.spawned_call.p50", spawned.as_secs_f64() * 1e6, "us");
     print(
-        "tokens.spawned_call.p99",
+        &format!("tokens.{name}.spawned_call.p50"),
+        spawned.as_secs_f64() * 1e6,
+        "us",
+    );
+    print(
+        &format!("tokens.{name}.spawned_call.p99"),
         Duration::from_nanos(nanoseconds[1]).as_secs_f64() * 1e6,
         "us",
     );
     print(
-        "tokens.spawned_over_direct",
+        &format!("tokens.{name}.spawned_over_direct"),
         spawned.as_secs_f64() / direct.as_secs_f64(),
         "x",
     );

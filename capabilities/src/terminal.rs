@@ -4,8 +4,9 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
+use capnp::capability::FromClientHook;
 use ed25519_dalek::{Signature, VerifyingKey};
-use engram_schema::engram_capnp::terminal;
+use engram_schema::engram_capnp::{observer, signer, terminal, world_reader, world_writer};
 use engram_schema::login_message;
 
 use crate::convert::{bytes32, malformed};
@@ -18,7 +19,8 @@ use crate::node::Node;
 use crate::observer::Observer;
 use crate::peer::Peer;
 use crate::signer::Signer;
-use crate::token::{self, Claims, Held};
+pub use crate::token::Held;
+use crate::token::{self, Claims};
 use crate::world_reader::WorldReader;
 use crate::world_writer::WorldWriter;
 use engram_store::{Rate, Right};
@@ -31,6 +33,7 @@ pub const LOGIN_FAILED: &str = "login failed: the key is not registered, the sig
 
 /// Whether a connection waits on anything the node does for it: a call in flight or a
 /// live subscription. A connection that waits on nothing and sends nothing is idle.
+#[derive(Clone)]
 pub struct Activity(Rc<CallBudget>);
 
 impl Activity {
@@ -43,6 +46,15 @@ impl Activity {
     pub fn resting_until(&self) -> Option<tokio::time::Instant> {
         self.0.resting_until()
     }
+}
+
+/// A capability restored from a token.
+pub struct Restored {
+    /// Which capability it is.
+    pub held: Held,
+    /// Its world (empty for a signer).
+    pub world: String,
+    pub client: capnp::capability::Client,
 }
 
 /// One per connection: nonces issued here can be used only here, once.
@@ -136,6 +148,45 @@ impl Terminal {
             self.peer,
             self.budget.clone(),
         ))
+    }
+
+    /// The live capability a token names (as `restore` returns it), to hand out on
+    /// this connection, or why not. Counts as a login attempt.
+    pub fn restore_token(&self, token: &[u8]) -> Result<Restored, CapabilityError> {
+        let (claims, grip) = self.open_token(token)?;
+        let world = claims.world.unwrap_or_default();
+        let client = match claims.held {
+            Held::Reader => {
+                capnp_rpc::new_client::<world_reader::Client, _>(WorldReader::new(
+                    grip,
+                    world.clone(),
+                ))
+                .client
+            }
+            Held::Writer => {
+                capnp_rpc::new_client::<world_writer::Client, _>(WorldWriter::new(
+                    grip,
+                    world.clone(),
+                ))
+                .client
+            }
+            Held::Observer => {
+                capnp_rpc::new_client::<observer::Client, _>(Observer::new(grip, world.clone()))
+                    .client
+            }
+            Held::Signer => {
+                capnp_rpc::new_client::<signer::Client, _>(Signer::new(
+                    grip,
+                    claims.domains.map(Rc::new),
+                ))
+                .client
+            }
+        };
+        Ok(Restored {
+            held: claims.held,
+            world,
+            client,
+        })
     }
 
     /// The capability a token names, narrowed by every block, or why not.
@@ -248,24 +299,15 @@ impl terminal::Server for Terminal {
         mut results: terminal::RestoreResults,
     ) -> Result<(), capnp::Error> {
         let token = params.get()?.get_token().map_err(malformed).wire()?;
-        let (claims, grip) = self.open_token(token).wire()?;
+        let restored = self.restore_token(token).wire()?;
         let mut results = results.get();
-        let world = claims.world.unwrap_or_default();
-        results.set_world(world.as_str());
-        match claims.held {
-            Held::Reader => {
-                results.set_reader(capnp_rpc::new_client(WorldReader::new(grip, world)))
-            }
-            Held::Writer => {
-                results.set_writer(capnp_rpc::new_client(WorldWriter::new(grip, world)))
-            }
-            Held::Observer => {
-                results.set_observer(capnp_rpc::new_client(Observer::new(grip, world)))
-            }
-            Held::Signer => results.set_signer(capnp_rpc::new_client(Signer::new(
-                grip,
-                claims.domains.map(Rc::new),
-            ))),
+        results.set_world(restored.world.as_str());
+        let hook = restored.client.hook;
+        match restored.held {
+            Held::Reader => results.set_reader(FromClientHook::new(hook)),
+            Held::Writer => results.set_writer(FromClientHook::new(hook)),
+            Held::Observer => results.set_observer(FromClientHook::new(hook)),
+            Held::Signer => results.set_signer(FromClientHook::new(hook)),
         }
         Ok(())
     }

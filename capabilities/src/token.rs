@@ -28,7 +28,7 @@ pub(crate) const TOKEN_ANCESTRY_MAX: usize = 64;
 
 /// Which capability a token restores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Held {
+pub enum Held {
     Reader,
     Writer,
     Observer,

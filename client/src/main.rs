@@ -169,10 +169,12 @@ enum Command {
         limit: u32,
     },
     /// Start COMMAND with one capability and nothing else: this process logs in, grafts
-    /// the capability, narrows it, and serves it to the child on its descriptor 3
+    /// the capability, narrows it, and the child is served it on its descriptor 3
     /// (`ENGRAM_FD`; `ENGRAM_CAPABILITY` and `ENGRAM_WORLD` say what it is). The child
-    /// needs no key and no network; its calls go through this process to the node, until
-    /// either exits. Exits with the child's exit code.
+    /// needs no key and no network. With --node unix:PATH the node serves the child
+    /// itself (this process hands it the connection); over TCP the child's calls go
+    /// through this process. Either way the child's connection ends with this process,
+    /// which exits with the child's exit code.
     Spawn(SpawnArguments),
     /// Save capabilities as tokens, narrow them offline, show and revoke them. A token
     /// restores its capability on any connection without a key (`engram --token FILE`).
@@ -288,11 +290,12 @@ struct SpawnArguments {
     held: HeldOptions,
     #[command(flatten)]
     narrow: NarrowOptions,
-    /// Bytes of answers the child may leave unread; past it, its calls are not read
-    /// until it reads its answers.
+    /// Over TCP: bytes of answers the child may leave unread; past it, its calls are not
+    /// read until it reads its answers. (Handed to the node, the node's limits apply.)
     #[arg(long, default_value_t = engram_client::spawn::CHILD_UNREAD_BYTES_MAX_DEFAULT)]
     unread_bytes_max: usize,
-    /// Milliseconds the child may read none of its waiting answers before it is cut off.
+    /// Over TCP: milliseconds the child may read none of its waiting answers before it
+    /// is cut off.
     #[arg(long, default_value_t = engram_client::spawn::CHILD_STALL_TIMEOUT_DEFAULT.as_millis() as u64)]
     stall_timeout_ms: u64,
     /// The child's command and arguments, after --.
@@ -1156,7 +1159,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             });
         }
         Command::Spawn(arguments) => {
-            let (_, held) = access(&cli)
+            let (world, held) = access(&cli)
                 .await?
                 .narrowed(&arguments.held, &arguments.narrow)
                 .await?;
@@ -1168,7 +1171,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             let endpoint = Endpoint::parse(&cli.node);
             let mut child =
-                engram_client::spawn::spawn(&endpoint, &held, &mut command, &limits).await?;
+                engram_client::spawn::spawn(&endpoint, &held, &world, &mut command, &limits)
+                    .await?;
             let status = tokio::task::spawn_blocking(move || child.wait())
                 .await
                 .map_err(|error| usage(format!("waiting for the child: {error}")))?

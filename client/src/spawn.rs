@@ -1,19 +1,21 @@
 //! Sandboxed children: a parent that holds a capability starts a child process whose
 //! only authority is that capability, served to it as the bootstrap capability of a
 //! Cap'n Proto connection over a socket pair (the child's end is its file descriptor
-//! `CHILD_FD`, named by `ENGRAM_FD`). The child holds no key and needs no network: every
-//! call it makes is forwarded by its parent to the node, where the capability's own
-//! checks (epoch, grants, restriction, rates) apply to it.
+//! `CHILD_FD`, named by `ENGRAM_FD`). The child holds no key, needs no network and
+//! reaches nothing else; the capability's own checks (epoch, grants, restriction, rates)
+//! apply to its every call on the node. The parent saves the capability as a token it
+//! never shows the child, and then:
 //!
-//! Each child has a connection to the node of its own, on which the parent restores the
-//! capability from a token it saved (and never shows the child): the node's limits per
-//! connection (calls in flight, unread answers, rests past a rate) bound each child
-//! apart, so one that floods cannot starve its siblings or its parent. The parent bounds
-//! what it holds for a child the same way the node bounds its peers (an outbox each
-//! way): it stops reading a child's calls while the child leaves answers unread or the
-//! node has not taken the calls already forwarded, stops reading the node's answers
-//! while the child has not read earlier ones, and cuts off a child that reads nothing
-//! for its stall timeout.
+//! - with the node on its Unix socket, hands the other end of the socket pair to the node
+//!   with the token (schema `handoffMagic`): the node serves the child itself, as one
+//!   more connection under its limits, while the parent holds the handoff connection;
+//! - over TCP, restores the token on a node connection of the child's own (so the node's
+//!   limits per connection bound each child apart) and forwards the child's calls on it,
+//!   bounding what it holds for the child as the node bounds its peers (an outbox each
+//!   way): it stops reading the child's calls while the child leaves answers unread or
+//!   the node has not taken the calls already forwarded, stops reading the node's
+//!   answers while the child has not read earlier ones, and cuts off a child that reads
+//!   nothing for its stall timeout.
 
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::process::CommandExt;
@@ -125,19 +127,155 @@ impl Held {
     }
 }
 
-/// Starts `command` as a child whose only authority is `held`, and serves `held` to it,
-/// on a connection to the node at `endpoint` of the child's own, until the child closes
-/// its end, that connection ends, or this process exits. Must run inside a
-/// `tokio::task::LocalSet`. The child's descriptors 0 to 2 are whatever `command` says;
-/// its descriptor 3 is the connection, and nothing else of the parent's is open in it.
+/// Starts `command` as a child whose only authority is `held` (of `world`, empty for a
+/// signer), served to it as the bootstrap capability of a connection on its descriptor
+/// `CHILD_FD`, until the child closes its end, its connection to the node ends, or this
+/// process exits. Must run inside a `tokio::task::LocalSet`. The child's descriptors 0 to
+/// 2 are whatever `command` says; descriptor 3 is the connection, and nothing else of the
+/// parent's is open in it.
+///
+/// With the node on a Unix socket (`endpoint` is `unix:PATH`), the parent hands the
+/// child's connection to the node (schema `handoffMagic`), which serves the capability on
+/// it itself: the child's calls take no hop through the parent, and the connection ends
+/// when this process lets go of it. Over TCP the parent serves the child and forwards
+/// its calls, on a node connection of the child's own, within `limits`.
 pub async fn spawn(
     endpoint: &Endpoint,
     held: &Held,
+    world: &str,
     command: &mut Command,
     limits: &ChildLimits,
 ) -> Result<Child, ClientError> {
     // The token stays in this process: the child gets the capability, not the token.
     let token = crate::token::save(held).await?;
+    let program = command.get_program().to_string_lossy().into_owned();
+    let io = |source: std::io::Error| ClientError::Spawn {
+        program: program.clone(),
+        source,
+    };
+    let (parent_end, child_end) = std::os::unix::net::UnixStream::pair().map_err(io)?;
+    match endpoint {
+        Endpoint::Unix(path) => {
+            let hold = hand_off(path, &token, parent_end).await?;
+            let child = start(command, held.kind(), world, child_end).map_err(io)?;
+            // Held until the node lets go (the child's connection ended), or this
+            // process exits.
+            tokio::task::spawn_local(async move {
+                let mut hold = hold;
+                let mut byte = [0u8; 1];
+                let _ = tokio::io::AsyncReadExt::read(&mut hold, &mut byte).await;
+            });
+            Ok(child)
+        }
+        Endpoint::Tcp(_) => {
+            let forwarded = restore_for_child(endpoint, &token, limits).await?;
+            let child = match start(command, held.kind(), world, child_end) {
+                Ok(child) => child,
+                Err(error) => {
+                    forwarded.node_system.abort();
+                    return Err(io(error));
+                }
+            };
+            parent_end.set_nonblocking(true).map_err(io)?;
+            let parent_end = tokio::net::UnixStream::from_std(parent_end).map_err(io)?;
+            serve_child(parent_end, forwarded, limits);
+            Ok(child)
+        }
+    }
+}
+
+/// Hands `child_end` to the node at `path` with `token` (schema `handoffMagic`); the
+/// connection returned holds the child's connection open.
+async fn hand_off(
+    path: &std::path::Path,
+    token: &[u8],
+    child_end: std::os::unix::net::UnixStream,
+) -> Result<tokio::net::UnixStream, ClientError> {
+    use engram_schema::engram_capnp::HANDOFF_MAGIC;
+    use engram_schema::handoff::{REFUSAL_BYTES_MAX, SERVED};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let connect_error = |source| ClientError::Connect {
+        endpoint: format!("unix:{}", path.display()),
+        source,
+    };
+    let mut stream = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(connect_error)?;
+    let descriptors = [child_end.as_raw_fd()];
+    let rights = [nix::sys::socket::ControlMessage::ScmRights(&descriptors)];
+    let mut sent = 0;
+    while sent < HANDOFF_MAGIC.len() {
+        stream.writable().await.map_err(connect_error)?;
+        let written = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            let rest = [std::io::IoSlice::new(&HANDOFF_MAGIC[sent..])];
+            // The descriptor goes with the first byte only.
+            let rights: &[_] = if sent == 0 { &rights } else { &[] };
+            nix::sys::socket::sendmsg::<()>(
+                stream.as_raw_fd(),
+                &rest,
+                rights,
+                nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(std::io::Error::from)
+        });
+        match written {
+            Ok(bytes) => sent += bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(connect_error(error)),
+        }
+    }
+    drop(child_end);
+    let mut request = Vec::with_capacity(4 + token.len());
+    request.extend_from_slice(&(token.len() as u32).to_le_bytes());
+    request.extend_from_slice(token);
+    stream.write_all(&request).await.map_err(connect_error)?;
+    let mut answer = [0u8; 1];
+    stream
+        .read_exact(&mut answer)
+        .await
+        .map_err(connect_error)?;
+    if answer[0] == SERVED {
+        return Ok(stream);
+    }
+    let mut length = [0u8; 4];
+    stream
+        .read_exact(&mut length)
+        .await
+        .map_err(connect_error)?;
+    let length = (u32::from_le_bytes(length) as usize).min(REFUSAL_BYTES_MAX);
+    let mut text = vec![0u8; length];
+    stream.read_exact(&mut text).await.map_err(connect_error)?;
+    let text = String::from_utf8_lossy(&text);
+    Err(match engram_schema::ErrorCode::parse_description(&text) {
+        Some((code, message)) => ClientError::Node {
+            code,
+            message: message.to_owned(),
+        },
+        None => ClientError::InvalidInput(format!("the node refused the handoff: {text}")),
+    })
+}
+
+/// What a parent forwards a child's calls to.
+struct Forwarded {
+    /// The capability, restored on the child's own node connection.
+    restored: Held,
+    /// That connection's RPC system, running.
+    node_system: tokio::task::JoinHandle<Result<(), capnp::Error>>,
+    /// What the node has not taken of the calls forwarded to it.
+    node_outbox: std::rc::Rc<Outbox>,
+    /// What the child has not read of its answers.
+    child_outbox: std::rc::Rc<Outbox>,
+}
+
+/// The capability restored from `token` on a new connection to the node at `endpoint`,
+/// for one child.
+async fn restore_for_child(
+    endpoint: &Endpoint,
+    token: &[u8],
+    limits: &ChildLimits,
+) -> Result<Forwarded, ClientError> {
     let (node_reader, node_writer) = crate::open(endpoint).await?;
     let child_outbox = Outbox::new(limits.unread_bytes_max);
     let node_outbox = Outbox::new(limits.unread_bytes_max);
@@ -150,27 +288,29 @@ pub async fn spawn(
     let (connection, node_system) =
         crate::connection(Box::new(Guarded::new(network, node_outbox.clone())));
     let node_system = tokio::task::spawn_local(node_system);
-    let (world, restored) = match connection.restore(&token).await {
-        Ok(restored) => restored,
+    match connection.restore(token).await {
+        Ok((_, restored)) => Ok(Forwarded {
+            restored,
+            node_system,
+            node_outbox,
+            child_outbox,
+        }),
         Err(error) => {
             node_system.abort();
-            return Err(error);
+            Err(error)
         }
-    };
+    }
+}
 
-    let program = command.get_program().to_string_lossy().into_owned();
-    let io = |source: std::io::Error| ClientError::Spawn {
-        program: program.clone(),
-        source,
-    };
-    let started = start(command, restored.kind(), &world).map_err(io);
-    let (child, parent_end) = match started {
-        Ok(started) => started,
-        Err(error) => {
-            node_system.abort();
-            return Err(error);
-        }
-    };
+/// Serves the restored capability to the child on `parent_end`, forwarding its calls on
+/// the child's node connection; the two connections end together.
+fn serve_child(parent_end: tokio::net::UnixStream, forwarded: Forwarded, limits: &ChildLimits) {
+    let Forwarded {
+        restored,
+        node_system,
+        node_outbox,
+        child_outbox,
+    } = forwarded;
     let (reader, writer) = parent_end.into_split();
     // The child's calls are read only while it reads its answers and the node takes the
     // calls already forwarded.
@@ -194,7 +334,6 @@ pub async fn spawn(
     );
     let network = Guarded::new(Box::new(network), child_outbox);
     let child_system = RpcSystem::new(Box::new(network), Some(restored.client()));
-    // The two connections end together.
     tokio::task::spawn_local(async move {
         let mut node_system = node_system;
         tokio::select! {
@@ -202,17 +341,16 @@ pub async fn spawn(
             _ = &mut node_system => {}
         }
     });
-    Ok(child)
 }
 
-/// Starts `command` with one end of a new socket pair as its descriptor `CHILD_FD`, and
-/// the variables that name it; returns the child and the parent's end.
+/// Starts `command` with `child_end` as its descriptor `CHILD_FD`, and the variables
+/// that name it.
 fn start(
     command: &mut Command,
     kind: &str,
     world: &str,
-) -> std::io::Result<(Child, tokio::net::UnixStream)> {
-    let (parent_end, child_end) = std::os::unix::net::UnixStream::pair()?;
+    child_end: std::os::unix::net::UnixStream,
+) -> std::io::Result<Child> {
     let child_fd = child_end.as_raw_fd();
     command
         .env(FD_VARIABLE, CHILD_FD.to_string())
@@ -233,10 +371,8 @@ fn start(
             Ok(())
         });
     }
-    let child = command.spawn()?;
-    drop(child_end);
-    parent_end.set_nonblocking(true)?;
-    Ok((child, tokio::net::UnixStream::from_std(parent_end)?))
+    // The child's end closes here, after the child has its copy.
+    command.spawn()
 }
 
 /// What a child was given by its parent.

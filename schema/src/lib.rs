@@ -102,3 +102,16 @@ mod tests {
         assert_eq!(ErrorCode::parse_description("remote exception: x"), None);
     }
 }
+
+/// The handoff exchange (schema `handoffMagic`): the node's one-byte answers and the
+/// bounds on what travels in it.
+pub mod handoff {
+    /// The node serves the capability on the descriptor.
+    pub const SERVED: u8 = 0;
+    /// The node refused; a length-prefixed text follows.
+    pub const REFUSED: u8 = 1;
+    /// The longest token a handoff carries.
+    pub const TOKEN_BYTES_MAX: usize = 64 * 1024;
+    /// The longest refusal text.
+    pub const REFUSAL_BYTES_MAX: usize = 4 * 1024;
+}

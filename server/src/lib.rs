@@ -3,6 +3,7 @@
 //! RPC thread until SIGINT or SIGTERM.
 
 pub mod error;
+mod handoff;
 pub mod limits;
 
 use std::cell::{Cell, RefCell};
@@ -315,6 +316,7 @@ async fn serve(node: Rc<Node>, config: &Config) -> Result<(), ServerError> {
     let _ = std::io::stdout().flush();
 
     let connections = Rc::new(Connections::default());
+    let config = Rc::new(config.clone());
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| ServerError::Listen {
         address: "SIGTERM".into(),
@@ -329,7 +331,7 @@ async fn serve(node: Rc<Node>, config: &Config) -> Result<(), ServerError> {
                         .peer_addr()
                         .map_or(Peer::Unknown, |address| Peer::Address(address.ip()));
                     let (reader, writer) = stream.into_split();
-                    connect(&node, &connections, config, peer, reader, writer);
+                    connect(&node, &connections, &config, peer, reader, writer);
                 }
                 Err(error) => tracing::warn!(%error, "TCP accept failed"),
             },
@@ -338,8 +340,7 @@ async fn serve(node: Rc<Node>, config: &Config) -> Result<(), ServerError> {
                     let peer = stream
                         .peer_cred()
                         .map_or(Peer::Unknown, |credentials| Peer::LocalUser(credentials.uid()));
-                    let (reader, writer) = stream.into_split();
-                    connect(&node, &connections, config, peer, reader, writer);
+                    connect_local(&node, &connections, &config, peer, stream);
                 }
                 Err(error) => tracing::warn!(%error, "Unix socket accept failed"),
             },
@@ -490,64 +491,217 @@ impl Connections {
 fn connect(
     node: &Rc<Node>,
     connections: &Rc<Connections>,
+    config: &Rc<Config>,
+    peer: Peer,
+    reader: impl AsyncRead + Unpin + 'static,
+    writer: impl AsyncWrite + Unpin + 'static,
+) {
+    if let Some((reason, answer_after)) = refusal(node, connections, config, &peer) {
+        refuse(
+            connections,
+            config,
+            peer,
+            (reason, answer_after),
+            reader,
+            writer,
+        );
+        return;
+    }
+    connections.open(peer);
+    serve_terminal(node, connections, config, peer, reader, writer);
+}
+
+/// Serves a new `Terminal` on a connection already counted for `peer`.
+fn serve_terminal(
+    node: &Rc<Node>,
+    connections: &Rc<Connections>,
     config: &Config,
     peer: Peer,
     reader: impl AsyncRead + Unpin + 'static,
     writer: impl AsyncWrite + Unpin + 'static,
 ) {
+    let terminal = Terminal::new(node.clone(), peer);
+    let watched = Watched::of(&terminal);
+    let bootstrap = capnp_rpc::new_client::<terminal::Client, _>(terminal).client;
+    serve_connection(
+        connections,
+        config,
+        peer,
+        (reader, writer),
+        watched,
+        bootstrap,
+        None,
+    );
+}
+
+/// A connection on the Unix socket: a Cap'n Proto connection like any, or a handoff
+/// (schema `handoffMagic`), told apart by its first bytes. Counted as a connection of
+/// `peer` while it is told apart, like any.
+fn connect_local(
+    node: &Rc<Node>,
+    connections: &Rc<Connections>,
+    config: &Rc<Config>,
+    peer: Peer,
+    stream: tokio::net::UnixStream,
+) {
+    if let Some(refused) = refusal(node, connections, config, &peer) {
+        let (reader, writer) = stream.into_split();
+        refuse(connections, config, peer, refused, reader, writer);
+        return;
+    }
+    connections.open(peer);
+    let (node, connections, config) = (node.clone(), connections.clone(), config.clone());
+    tokio::task::spawn_local(async move {
+        match handoff::sniff(&stream, config.handshake_timeout).await {
+            Some(false) => {
+                let (reader, writer) = stream.into_split();
+                serve_terminal(&node, &connections, &config, peer, reader, writer);
+            }
+            Some(true) => {
+                let terminal = Terminal::new(node.clone(), peer);
+                match handoff::receive(stream, &terminal, config.handshake_timeout).await {
+                    Ok(handoff::Received {
+                        child,
+                        parent,
+                        capability,
+                    }) => {
+                        serve_connection(
+                            &connections,
+                            &config,
+                            peer,
+                            child.into_split(),
+                            Watched::of(&terminal),
+                            capability,
+                            Some(Box::pin(handoff::until_closed(parent))),
+                        );
+                    }
+                    Err(error) => {
+                        tracing::debug!(%peer, %error, "handoff refused");
+                        connections.close(&peer);
+                    }
+                }
+            }
+            // Nothing in time, or closed: nothing to serve.
+            None => connections.close(&peer),
+        }
+    });
+}
+
+/// Why `peer` may not have another connection now (see [`connect`]), and when to say
+/// so, if it may not.
+fn refusal(
+    node: &Node,
+    connections: &Connections,
+    config: &Config,
+    peer: &Peer,
+) -> Option<(String, std::time::Duration)> {
     // A peer past its login rate is refused, before a login is spent on it.
     let grace = std::time::Duration::from_millis(limits::REFUSED_GRACE_MS);
-    let (refusal, answer_after) = match node.login_refusal(&peer) {
-        Some((reason, left)) => (Some(reason), left.min(grace)),
-        None => (
-            connections.refusal(config, &peer),
-            std::time::Duration::ZERO,
-        ),
-    };
-    if let Some(reason) = &refusal {
-        connections.log_refusal(&peer, reason);
-        if connections.refused.get() >= limits::REFUSED_CONNECTIONS_MAX {
-            return;
-        }
+    match node.login_refusal(peer) {
+        Some((reason, left)) => Some((reason, left.min(grace))),
+        None => connections
+            .refusal(config, peer)
+            .map(|reason| (reason, std::time::Duration::ZERO)),
     }
+}
+
+/// Refuses a connection: its bootstrap capability is broken with the reason, answered
+/// after `answer_after` (see [`connect`]).
+fn refuse(
+    connections: &Rc<Connections>,
+    config: &Config,
+    peer: Peer,
+    (reason, answer_after): (String, std::time::Duration),
+    reader: impl AsyncRead + Unpin + 'static,
+    writer: impl AsyncWrite + Unpin + 'static,
+) {
+    connections.log_refusal(&peer, &reason);
+    if connections.refused.get() >= limits::REFUSED_CONNECTIONS_MAX {
+        return;
+    }
+    let outbox = Outbox::new(config.connection_unread_bytes_max);
+    let network = network(config, reader, writer, &outbox, None);
+    let bootstrap = capnp_rpc::new_broken_cap(CapabilityError::ResourceExhausted(reason).into());
+    let rpc_system = RpcSystem::new(Box::new(network), Some(bootstrap));
+    connections.refused.set(connections.refused.get() + 1);
+    let connections = connections.clone();
+    let grace = std::time::Duration::from_millis(limits::REFUSED_GRACE_MS);
+    tokio::task::spawn_local(async move {
+        // Nothing of the connection is read until then.
+        tokio::time::sleep(answer_after).await;
+        let _ = tokio::time::timeout(grace, rpc_system).await;
+        connections.refused.set(connections.refused.get() - 1);
+    });
+}
+
+/// A connection's vat network: what it sends counted in `outbox`, its calls read only
+/// while its unread answers are within bounds and (with `activity`) it does not rest.
+fn network(
+    config: &Config,
+    reader: impl AsyncRead + Unpin + 'static,
+    writer: impl AsyncWrite + Unpin + 'static,
+    outbox: &Rc<Outbox>,
+    activity: Option<engram_capabilities::terminal::Activity>,
+) -> Guarded {
     let options = capnp::message::ReaderOptions {
         traversal_limit_in_words: Some(config.message_bytes_max / 8),
         nesting_limit: limits::MESSAGE_NESTING_MAX,
     };
-    let terminal = Terminal::new(node.clone(), peer);
-    let outbox = Outbox::new(config.connection_unread_bytes_max);
     let writer = CountingWriter::new(writer, outbox.clone(), Some(config.write_stall_timeout));
-    let activity = terminal.activity();
-    let reader = PausingReader::new(reader, outbox.clone(), vec![outbox.clone()])
-        .resting(Box::new(move || activity.resting_until()));
+    let mut reader = PausingReader::new(reader, outbox.clone(), vec![outbox.clone()]);
+    if let Some(activity) = activity {
+        reader = reader.resting(Box::new(move || activity.resting_until()));
+    }
     let network = twoparty::VatNetwork::new(
         reader.compat(),
         writer.compat_write(),
         rpc_twoparty_capnp::Side::Server,
         options,
     );
-    let network = Guarded::new(Box::new(network), outbox.clone());
-    let connections = connections.clone();
-    if let Some(reason) = refusal {
-        let bootstrap =
-            capnp_rpc::new_broken_cap(CapabilityError::ResourceExhausted(reason).into());
-        let rpc_system = RpcSystem::new(Box::new(network), Some(bootstrap));
-        connections.refused.set(connections.refused.get() + 1);
-        tokio::task::spawn_local(async move {
-            // Nothing of the connection is read until then.
-            tokio::time::sleep(answer_after).await;
-            let _ = tokio::time::timeout(grace, rpc_system).await;
-            connections.refused.set(connections.refused.get() - 1);
-        });
-        return;
+    Guarded::new(Box::new(network), outbox.clone())
+}
+
+/// What a connection's task watches of its terminal: the first login (or restore), and
+/// what the connection waits on.
+struct Watched {
+    logged_in: Rc<tokio::sync::Notify>,
+    activity: engram_capabilities::terminal::Activity,
+}
+
+impl Watched {
+    fn of(terminal: &Terminal) -> Watched {
+        Watched {
+            logged_in: terminal.logged_in(),
+            activity: terminal.activity(),
+        }
     }
-    let logged_in = terminal.logged_in();
-    let activity = terminal.activity();
+}
+
+/// Serves `bootstrap` on a connection already counted for `peer` until it ends, stalls,
+/// is idle for too long, has not logged in within the handshake timeout, or `ended`
+/// resolves; then uncounts it.
+fn serve_connection(
+    connections: &Rc<Connections>,
+    config: &Config,
+    peer: Peer,
+    (reader, writer): (
+        impl AsyncRead + Unpin + 'static,
+        impl AsyncWrite + Unpin + 'static,
+    ),
+    watched: Watched,
+    bootstrap: capnp::capability::Client,
+    ended: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>>,
+) {
+    let outbox = Outbox::new(config.connection_unread_bytes_max);
+    let Watched {
+        logged_in,
+        activity,
+    } = watched;
+    let network = network(config, reader, writer, &outbox, Some(activity.clone()));
     let idle_timeout = config.idle_timeout;
-    let terminal: terminal::Client = capnp_rpc::new_client(terminal);
-    let rpc_system = RpcSystem::new(Box::new(network), Some(terminal.client));
-    connections.open(peer);
+    let rpc_system = RpcSystem::new(Box::new(network), Some(bootstrap));
     let handshake_timeout = config.handshake_timeout;
+    let connections = connections.clone();
     tokio::task::spawn_local(async move {
         // Without a login in time, or idle for too long, dropping the RPC system closes
         // the socket.
@@ -561,9 +715,19 @@ fn connect(
             until_idle(&outbox, &activity, idle_timeout).await;
             tracing::info!(%peer, "connection closed: idle");
         };
+        let ended = async {
+            match ended {
+                Some(ended) => {
+                    ended.await;
+                    tracing::debug!(%peer, "connection closed: its handoff connection closed");
+                }
+                None => std::future::pending().await,
+            }
+        };
         let ended = tokio::select! {
             ended = rpc_system => ended,
             () = expired => Ok(()),
+            () = ended => Ok(()),
         };
         if outbox.stalled() {
             tracing::warn!(%peer, "connection closed: its peer read none of its answers in time");

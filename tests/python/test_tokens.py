@@ -107,7 +107,7 @@ def test_a_python_parent_spawns_a_child_holding_one_capability(node):
         session = await world_with_secrets(node)
         public = await engram.attenuate_reader(session.reader("team/auth"), labels=["public"])
         child = await engram.spawn(
-            node.unix, public,
+            node.unix, public, "reader", "team/auth",
             ["unshare", "--net", sys.executable, str(REPOSITORY / "examples" / "python_child.py")],
             stdout=subprocess.PIPE,
         )
@@ -120,19 +120,19 @@ def test_a_python_parent_spawns_a_child_holding_one_capability(node):
     run(body())
 
 
-def test_a_python_parent_cuts_off_a_child_that_sends_garbage_and_serves_its_sibling(node):
+def test_a_python_parent_cuts_off_a_child_that_sends_garbage_and_serves_its_sibling(node, address):
     async def body():
         session = await world_with_secrets(node)
         reader = session.reader("team/auth")
         hostile = await engram.spawn(
-            node.tcp, reader,
+            address, reader, "reader", "team/auth",
             ["sh", "-c", "printf 'GARBAGE!%.0s' $(seq 512) >&3; cat <&3 >/dev/null; echo cut off"],
             stdout=subprocess.PIPE,
         )
         assert await hostile.wait() == 0
         assert hostile.process.stdout.read() == b"cut off\n"
         sibling = await engram.spawn(
-            node.tcp, reader,
+            address, reader, "reader", "team/auth",
             [sys.executable, str(REPOSITORY / "examples" / "python_child.py")],
             stdout=subprocess.PIPE,
         )

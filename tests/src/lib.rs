@@ -50,9 +50,16 @@ pub fn engram_cli(node: &TestNode, key: &Path, arguments: &[&str]) -> std::proce
 /// The `engram` CLI set to talk to `node`'s TCP listener with the key at `key`, ignoring
 /// any `ENGRAM_NODE` and `ENGRAM_KEY` of the environment; the caller adds the command.
 pub fn engram_command(node: &TestNode, key: &Path) -> Command {
+    engram_command_at(&node.tcp(), key)
+}
+
+/// The `engram` CLI as [`engram_command`] sets it up, reaching the node at `endpoint`.
+pub fn engram_command_at(endpoint: &Endpoint, key: &Path) -> Command {
     let mut command = Command::new(binary("engram"));
     command
-        .args(["--node", node.tcp_address(), "--key"])
+        .arg("--node")
+        .arg(endpoint.to_string())
+        .arg("--key")
         .arg(key)
         .env_remove("ENGRAM_NODE")
         .env_remove("ENGRAM_KEY");
@@ -317,6 +324,19 @@ pub async fn admin_with_world(node: &TestNode, world: &str) -> Session {
         .await
         .expect("creating a world");
     session(&node.tcp(), &node.admin_key()).await
+}
+
+/// [`admin_with_world`], with `facts` remembered in the world.
+pub async fn admin_with_facts(node: &TestNode, world: &str, facts: &[&str]) -> Session {
+    let admin = admin_with_world(node, world).await;
+    let atoms: Vec<engram_client::NewAtom> = facts
+        .iter()
+        .map(|fact| engram_client::NewAtom::fact(*fact))
+        .collect();
+    engram_client::remember(&admin.writer(world).expect("a writer"), &atoms)
+        .await
+        .expect("remembering");
+    admin
 }
 
 /// Creates worlds and a principal with grants through the admin; returns its key.

@@ -1,20 +1,34 @@
 //! Sandboxed children: `engram spawn` starts a child, in a network namespace of its own,
 //! whose only authority is one attenuated capability served on its descriptor 3; the
 //! child sees what the restriction lets through, cannot reach the node by itself, and
-//! its capability fails when the parent's epoch moves on.
+//! its capability fails when the parent's epoch moves on. Over the Unix socket the node
+//! serves the child itself (a handoff); over TCP the parent forwards: both are tested.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 
-use engram_client::NewAtom;
 use engram_client::spawn::{Held, spawn};
-use engram_tests::{TestNode, admin_with_world, binary, engram_command, run_local, session};
+use engram_client::{Endpoint, NewAtom};
+use engram_tests::{
+    TestNode, admin_with_facts, admin_with_world, binary, engram_command, engram_command_at,
+    run_local, session,
+};
 
 #[test]
-fn a_spawned_child_holds_one_narrowed_capability_and_nothing_else() {
+fn a_child_handed_off_to_the_node_holds_one_narrowed_capability_and_nothing_else() {
     let node = TestNode::start();
+    holds_one_narrowed_capability_and_nothing_else(&node, &node.unix());
+}
+
+#[test]
+fn a_child_its_parent_forwards_for_holds_one_narrowed_capability_and_nothing_else() {
+    let node = TestNode::start();
+    holds_one_narrowed_capability_and_nothing_else(&node, &node.tcp());
+}
+
+fn holds_one_narrowed_capability_and_nothing_else(node: &TestNode, endpoint: &Endpoint) {
     run_local(async {
-        let admin = admin_with_world(&node, "team/auth").await;
+        let admin = admin_with_world(node, "team/auth").await;
         engram_client::remember(
             &admin.writer("team/auth").unwrap(),
             &[
@@ -25,7 +39,7 @@ fn a_spawned_child_holds_one_narrowed_capability_and_nothing_else() {
         .await
         .unwrap();
 
-        let mut parent = engram_command(&node, &node.admin_key_path())
+        let mut parent = engram_command_at(endpoint, &node.admin_key_path())
             .args(["spawn", "--reader", "team/auth", "--label", "public", "--"])
             .args(["unshare", "--net"])
             .arg(binary("child"))
@@ -119,9 +133,17 @@ fn a_spawned_writer_writes_as_its_parent_within_the_restriction() {
 #[test]
 fn the_child_is_cut_off_when_its_parent_exits() {
     let node = TestNode::start();
+    for endpoint in [node.unix(), node.tcp()] {
+        child_cut_off_when_its_parent_exits(&node, &endpoint);
+    }
+}
+
+fn child_cut_off_when_its_parent_exits(node: &TestNode, endpoint: &Endpoint) {
     run_local(async {
-        admin_with_world(&node, "team/auth").await;
-        let mut parent = engram_command(&node, &node.admin_key_path())
+        if matches!(endpoint, Endpoint::Unix(_)) {
+            admin_with_world(node, "team/auth").await;
+        }
+        let mut parent = engram_command_at(endpoint, &node.admin_key_path())
             .args(["spawn", "--reader", "team/auth", "--"])
             .arg(binary("child"))
             .arg("--wait")
@@ -154,22 +176,22 @@ fn the_child_is_cut_off_when_its_parent_exits() {
 fn a_child_that_sends_garbage_is_cut_off_and_its_siblings_go_on() {
     let node = TestNode::start();
     run_local(async {
-        let admin = admin_with_world(&node, "team/auth").await;
-        engram_client::remember(
-            &admin.writer("team/auth").unwrap(),
-            &[NewAtom::fact("tokens expire after one hour")],
-        )
-        .await
-        .unwrap();
+        let admin = admin_with_facts(&node, "team/auth", &["tokens expire after one hour"]).await;
         // This test process is the parent of three children sharing one capability.
         let held = Held::Reader(admin.reader("team/auth").unwrap());
         let mut good = std::process::Command::new(binary("child"));
         good.arg("--wait")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
-        let mut good = spawn(&node.tcp(), &held, &mut good, &Default::default())
-            .await
-            .unwrap();
+        let mut good = spawn(
+            &node.tcp(),
+            &held,
+            "team/auth",
+            &mut good,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
         let mut good_lines = BufReader::new(good.stdout.take().unwrap()).lines();
         let mut good_input = good.stdin.take().unwrap();
         let waiting = tokio::task::spawn_blocking(move || {
@@ -199,9 +221,15 @@ fn a_child_that_sends_garbage_is_cut_off_and_its_siblings_go_on() {
                     &format!("{garbage}; cat <&3 >/dev/null; echo cut off"),
                 ])
                 .stdout(Stdio::piped());
-            let hostile = spawn(&node.tcp(), &held, &mut hostile, &Default::default())
-                .await
-                .unwrap();
+            let hostile = spawn(
+                &node.tcp(),
+                &held,
+                "team/auth",
+                &mut hostile,
+                &Default::default(),
+            )
+            .await
+            .unwrap();
             let output = tokio::task::spawn_blocking(move || hostile.wait_with_output())
                 .await
                 .unwrap()

@@ -383,11 +383,12 @@ async def inherited() -> Inherited:
 
 @dataclass
 class Spawned:
-    """A child started by :func:`spawn`, and the connections this process serves it on."""
+    """A child started by :func:`spawn`, and what keeps its connection open: the
+    handoff connection (the node serves the child), or the connections this process
+    forwards the child's calls on."""
 
     process: subprocess.Popen
-    server: Any  # kept with this object: the child's calls go through it
-    connection: Connection  # the child's own connection to the node, kept open with it
+    hold: Any
 
     async def wait(self) -> int:
         """Waits for the child to exit, serving its calls meanwhile; its exit code."""
@@ -395,22 +396,32 @@ class Spawned:
         return await asyncio.get_running_loop().run_in_executor(None, self.process.wait)
 
 
-async def spawn(address: str, capability: Any, command: Sequence[str], **popen: Any) -> Spawned:
-    """Starts ``command`` as a child whose only authority is ``capability`` (a reader,
-    writer, observer or signer): it is served as the bootstrap capability of a Cap'n
-    Proto connection on one end of a socket pair, the child's end being its descriptor 3
-    (``ENGRAM_FD``), as ``engram spawn`` does. The child needs no key and no network (see
-    :func:`inherited`); its calls are forwarded to the node at ``address`` through this
-    process, on a connection of the child's own (where the capability is restored from a
-    token the child never sees), so the node's limits per connection bound each child
-    apart. ``popen`` goes to ``subprocess.Popen``."""
+async def spawn(
+    address: str, capability: Any, kind: str, world: str, command: Sequence[str], **popen: Any
+) -> Spawned:
+    """Starts ``command`` as a child whose only authority is ``capability`` (a ``reader``,
+    ``writer``, ``observer`` or ``signer`` of ``world``, as ``kind`` says), served as the
+    bootstrap capability of a Cap'n Proto connection on one end of a socket pair, the
+    child's end being its descriptor 3 (``ENGRAM_FD``), as ``engram spawn`` does. The
+    child needs no key and no network (see :func:`inherited`).
+
+    With ``address`` a ``unix:PATH``, this process hands the child's connection to the
+    node (schema ``handoffMagic``), which serves the capability itself, until the
+    :class:`Spawned` is dropped or this process exits. Over TCP this process forwards
+    the child's calls, on a node connection of the child's own where the capability is
+    restored from a token the child never sees. ``popen`` goes to ``subprocess.Popen``."""
+    if kind not in _CAPABILITY_INTERFACES:
+        raise EngramError(None, f"cannot hand a child a {kind!r}; a reader, writer, observer or signer")
     token = await save(capability)
-    restored = await (await connect(address)).restore(token)
     parent_end, child_end = socket.socketpair()
+    if address.startswith("unix:"):
+        loop = asyncio.get_running_loop()
+        with parent_end:
+            hold = await loop.run_in_executor(None, _hand_off, address[len("unix:"):], token, parent_end)
+    else:
+        restored = await (await connect(address)).restore(token)
     environment = dict(popen.pop("env", None) or os.environ)
-    environment.update(
-        {"ENGRAM_FD": str(_CHILD_FD), "ENGRAM_CAPABILITY": restored.kind, "ENGRAM_WORLD": restored.world}
-    )
+    environment.update({"ENGRAM_FD": str(_CHILD_FD), "ENGRAM_CAPABILITY": kind, "ENGRAM_WORLD": world})
 
     def descriptor_3() -> None:
         os.dup2(child_end.fileno(), _CHILD_FD)
@@ -421,10 +432,42 @@ async def spawn(address: str, capability: Any, command: Sequence[str], **popen: 
         )
     finally:
         child_end.close()
+    if address.startswith("unix:"):
+        return Spawned(process, hold)
     stream = await capnp.AsyncIoStream.create_connection(sock=parent_end)
-    interface = _CAPABILITY_INTERFACES[restored.kind]
-    server = capnp.TwoPartyServer(stream, bootstrap=_Forwarder(restored.capability, interface))
-    return Spawned(process, server, restored.connection)
+    interface = _CAPABILITY_INTERFACES[kind]
+    server = capnp.TwoPartyServer(stream, bootstrap=_Forwarder(restored.capability.cast_as(interface), interface))
+    return Spawned(process, (server, restored.connection))
+
+
+def _hand_off(path: str, token: bytes, node_end: socket.socket) -> socket.socket:
+    """Hands ``node_end`` to the node on its Unix socket at ``path`` with ``token``;
+    returns the handoff connection, which holds the child's connection open."""
+    hold = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        hold.connect(path)
+        socket.send_fds(hold, [schema.handoffMagic], [node_end.fileno()])
+        hold.sendall(len(token).to_bytes(4, "little") + token)
+        if _receive_exactly(hold, 1) == bytes([_HANDOFF_SERVED]):
+            return hold
+        length = min(int.from_bytes(_receive_exactly(hold, 4), "little"), _HANDOFF_REFUSAL_BYTES_MAX)
+        refusal = _receive_exactly(hold, length).decode(errors="replace")
+    except OSError as error:
+        hold.close()
+        raise EngramError(None, f"handing the child's connection to the node at {path}: {error}") from None
+    hold.close()
+    code, separator, message = refusal.partition(": ")
+    raise EngramError(code, message) if separator and code in ERROR_CODES else EngramError(None, refusal)
+
+
+def _receive_exactly(connection: socket.socket, length: int) -> bytes:
+    received = b""
+    while len(received) < length:
+        chunk = connection.recv(length - len(received))
+        if not chunk:
+            raise ConnectionError("the node closed the handoff connection early")
+        received += chunk
+    return received
 
 
 class _Forwarder:
@@ -452,6 +495,8 @@ class _Forwarder:
 
 
 _CHILD_FD = 3
+_HANDOFF_SERVED = 0
+_HANDOFF_REFUSAL_BYTES_MAX = 4 * 1024
 _CAPABILITY_INTERFACES = {
     "reader": schema.WorldReader,
     "writer": schema.WorldWriter,

@@ -1,0 +1,244 @@
+//! Handoffs (schema `handoffMagic`) from hostile local peers: a peer on the node's Unix
+//! socket chooses every byte and every descriptor it sends. Each bad handoff is refused
+//! with its code and reason, keeps none of the descriptors it carried, and leaves the
+//! socket serving Cap'n Proto clients as before; a genuine one is served by the node
+//! until its handoff connection closes.
+
+use std::io::{IoSlice, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use engram_client::engram_schema::engram_capnp::{HANDOFF_MAGIC, world_reader};
+use engram_client::spawn::Held;
+use engram_client::Endpoint;
+use engram_tests::{TestNode, admin_with_facts, admin_with_world, run_local, session};
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+fn socket_path(node: &TestNode) -> PathBuf {
+    match node.unix() {
+        Endpoint::Unix(path) => path,
+        Endpoint::Tcp(_) => unreachable!("unix() is a Unix endpoint"),
+    }
+}
+
+/// Sends a handoff: the magic carrying `descriptors`, then `length` and `token`.
+fn send_handoff(node: &TestNode, descriptors: &[RawFd], length: u32, token: &[u8]) -> UnixStream {
+    let mut stream = UnixStream::connect(socket_path(node)).unwrap();
+    let rights = [ControlMessage::ScmRights(descriptors)];
+    let rights: &[ControlMessage] = if descriptors.is_empty() { &[] } else { &rights };
+    let sent = sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[IoSlice::new(HANDOFF_MAGIC)],
+        rights,
+        MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(sent, HANDOFF_MAGIC.len());
+    stream.write_all(&length.to_le_bytes()).unwrap();
+    // A peer that announced more than it sends may find the node already gone.
+    let _ = stream.write_all(token);
+    stream
+}
+
+/// The node's answer to a handoff: `Ok(())` if served, else its refusal's text. Reads
+/// to the end for a refusal, so the node has closed its side when it returns.
+fn answer(stream: &mut UnixStream) -> Result<(), String> {
+    let mut first = [0u8; 1];
+    stream.read_exact(&mut first).unwrap();
+    if first[0] == 0 {
+        return Ok(());
+    }
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).unwrap();
+    let mut text = vec![0u8; u32::from_le_bytes(length) as usize];
+    stream.read_exact(&mut text).unwrap();
+    assert_eq!(read_to_close(stream), 0, "bytes after a refusal");
+    Err(String::from_utf8(text).unwrap())
+}
+
+/// Reads until the node closes the connection; how many bytes came. (A node that closes
+/// before reading all a peer sent resets the connection: that is a close too.)
+fn read_to_close(stream: &mut UnixStream) -> usize {
+    let mut rest = Vec::new();
+    match stream.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(error) => panic!("reading to the close: {error}"),
+    }
+    rest.len()
+}
+
+/// A hostile handoff: its name, the descriptors it carries, the token length it
+/// announces, the token bytes it sends, and what the refusal must say.
+struct Case(&'static str, Vec<RawFd>, u32, Vec<u8>, &'static str);
+
+/// How many descriptors the node's process holds.
+fn descriptors_held(node: &TestNode) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", node.pid()))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn hostile_handoffs_are_refused_with_their_reason_and_keep_no_descriptor() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = admin_with_world(&node, "team/auth").await;
+        let token = engram_client::token::save(&Held::Reader(admin.reader("team/auth").unwrap()))
+            .await
+            .unwrap();
+        let length = token.len() as u32;
+        let before = descriptors_held(&node);
+
+        let (pair, _other) = UnixStream::pair().unwrap();
+        let (pair_2, _other_2) = UnixStream::pair().unwrap();
+        let (pipe_read, _pipe_write) = nix::unistd::pipe().unwrap();
+        let datagrams = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Datagram,
+            None,
+            nix::sys::socket::SockFlag::empty(),
+        )
+        .unwrap();
+        let cases: Vec<Case> = vec![
+            Case(
+                "no descriptor",
+                vec![],
+                length,
+                token.clone(),
+                "invalidArgument: a handoff carries exactly one descriptor; this one carried 0",
+            ),
+            Case(
+                "two descriptors",
+                vec![pair.as_raw_fd(), pair_2.as_raw_fd()],
+                length,
+                token.clone(),
+                "carried 2",
+            ),
+            Case(
+                "a pipe",
+                vec![pipe_read.as_raw_fd()],
+                length,
+                token.clone(),
+                "it is no socket",
+            ),
+            Case(
+                "a datagram socket",
+                vec![datagrams.0.as_raw_fd()],
+                length,
+                token.clone(),
+                "it is not a stream socket",
+            ),
+            Case(
+                "a forged token",
+                vec![pair.as_raw_fd()],
+                32,
+                vec![7; 32],
+                "unauthenticated: ",
+            ),
+            Case(
+                "a gigabyte token",
+                vec![pair.as_raw_fd()],
+                1 << 30,
+                vec![],
+                "unauthenticated: token refused: the handoff announces 1073741824 bytes",
+            ),
+            Case(
+                "a truncated token",
+                vec![pair.as_raw_fd()],
+                length,
+                token[..length as usize / 2].to_vec(),
+                "invalidArgument: the handoff ended early",
+            ),
+        ];
+        for Case(case, descriptors, length, token, reason) in cases {
+            let mut stream = send_handoff(&node, &descriptors, length, &token);
+            if case == "a truncated token" {
+                stream.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            let refused = tokio::task::spawn_blocking(move || answer(&mut stream))
+                .await
+                .unwrap();
+            match refused {
+                Err(text) => assert!(text.contains(reason), "{case}: {text}"),
+                Ok(()) => panic!("{case}: served"),
+            }
+        }
+        // Every descriptor the hostile handoffs carried is closed again.
+        assert_eq!(descriptors_held(&node), before);
+        // The socket still serves Cap'n Proto clients.
+        let again = session(&node.unix(), &node.admin_key()).await;
+        engram_client::generation(&again.reader("team/auth").unwrap())
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_handed_off_connection_serves_one_capability_while_its_handoff_is_held() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = admin_with_facts(&node, "team/auth", &["tokens expire after one hour"]).await;
+        let token = engram_client::token::save(&Held::Reader(admin.reader("team/auth").unwrap()))
+            .await
+            .unwrap();
+        let (node_end, child_end) = UnixStream::pair().unwrap();
+        let mut hold = send_handoff(&node, &[node_end.as_raw_fd()], token.len() as u32, &token);
+        drop(node_end);
+        assert_eq!(answer(&mut hold), Ok(()));
+
+        // This process plays the child: the bootstrap capability is the reader itself.
+        child_end.set_nonblocking(true).unwrap();
+        let (reader, writer) = tokio::net::UnixStream::from_std(child_end)
+            .unwrap()
+            .into_split();
+        let network = twoparty::VatNetwork::new(
+            reader.compat(),
+            writer.compat_write(),
+            rpc_twoparty_capnp::Side::Client,
+            Default::default(),
+        );
+        let mut system = RpcSystem::new(Box::new(network), None);
+        let reader: world_reader::Client = system.bootstrap(rpc_twoparty_capnp::Side::Server);
+        let connection = tokio::task::spawn_local(system);
+        let atoms = engram_client::replay(&reader, 0, 10).await.unwrap().0;
+        assert_eq!(atoms.len(), 1);
+
+        // The parent lets go: the node ends the child's connection.
+        drop(hold);
+        connection.await.unwrap().ok();
+        let error = engram_client::generation(&reader).await.unwrap_err();
+        assert!(
+            error.to_string().to_lowercase().contains("disconnected"),
+            "{error}"
+        );
+    });
+}
+
+#[test]
+fn a_handoff_that_stops_halfway_costs_the_node_nothing_while_it_waits() {
+    let node = TestNode::start_with(&["--handshake-timeout-ms", "1000"]);
+    let mut partial = UnixStream::connect(socket_path(&node)).unwrap();
+    let cpu_before = cpu_ticks(node.pid());
+    partial.write_all(&HANDOFF_MAGIC[..4]).unwrap();
+    // The node closes it at the handshake timeout, having waited without spinning.
+    assert_eq!(read_to_close(&mut partial), 0);
+    let spent = cpu_ticks(node.pid()) - cpu_before;
+    // A spin would take the whole second (100 ticks); waiting takes next to none.
+    assert!(
+        spent < 30,
+        "the node spent {spent} ticks of CPU on a silent peer"
+    );
+}
+
+/// A process's user and system CPU time, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command's closing parenthesis; utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
