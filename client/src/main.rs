@@ -322,8 +322,13 @@ struct HeldOptions {
 }
 
 /// How to narrow a capability or a token; each option narrows, none widens.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone, Default)]
 struct NarrowOptions {
+    /// The options below in one: comma-separated KEY=VALUE, e.g.
+    /// `labels=public,kinds=fact,max-importance=0.5`; keys label(s), kind(s),
+    /// max-importance, without-approve, expires, rate, domain(s); a list key may repeat.
+    #[arg(long)]
+    restrict: Vec<String>,
     /// Only atoms with one of these labels (writers: every atom labelled from them);
     /// repeatable.
     #[arg(long = "label")]
@@ -349,6 +354,53 @@ struct NarrowOptions {
 }
 
 impl NarrowOptions {
+    /// These options with every --restrict spelled out as the option it names.
+    fn resolved(&self) -> Result<NarrowOptions, Failure> {
+        let mut resolved = NarrowOptions {
+            restrict: Vec::new(),
+            ..self.clone()
+        };
+        let pairs = self
+            .restrict
+            .iter()
+            .flat_map(|spec| spec.split(','))
+            .filter(|pair| !pair.is_empty());
+        for pair in pairs {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let once = |option: &mut Option<String>, name: &str| {
+                if option.replace(value.to_owned()).is_some() {
+                    return Err(usage(format!("--restrict sets {name} twice")));
+                }
+                Ok(())
+            };
+            match key.trim() {
+                "label" | "labels" => resolved.labels.push(value.to_owned()),
+                "kind" | "kinds" => resolved.kinds.push(value.to_owned()),
+                "domain" | "domains" => resolved.domains.push(value.to_owned()),
+                "max-importance" => {
+                    let max = value.parse().map_err(|_| {
+                        usage(format!("--restrict max-importance={value}: not a number"))
+                    })?;
+                    if resolved.max_importance.replace(max).is_some() {
+                        return Err(usage("--restrict sets max-importance twice"));
+                    }
+                }
+                "without-approve" if matches!(value, "" | "true") => {
+                    resolved.without_approve = true
+                }
+                "expires" => once(&mut resolved.expires, "expires")?,
+                "rate" => once(&mut resolved.rate, "rate")?,
+                other => {
+                    return Err(usage(format!(
+                        "--restrict {pair:?}: {other:?} is not label, kind, max-importance, \
+                         without-approve, expires, rate or domain"
+                    )));
+                }
+            }
+        }
+        Ok(resolved)
+    }
+
     /// These options as a restriction (the rate parsed as in a grant).
     fn restriction(&self) -> Result<engram_client::Restriction, Failure> {
         let mut restriction = engram_client::Restriction {
@@ -755,7 +807,7 @@ impl Access {
         }
     }
 
-    /// The capability `which` names, narrowed by `narrow`.
+    /// The capability `which` names, narrowed by `narrow` (resolved).
     async fn narrowed(
         &self,
         which: &HeldOptions,
@@ -1159,9 +1211,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             });
         }
         Command::Spawn(arguments) => {
+            let narrow = arguments.narrow.resolved()?;
             let (world, held) = access(&cli)
                 .await?
-                .narrowed(&arguments.held, &arguments.narrow)
+                .narrowed(&arguments.held, &narrow)
                 .await?;
             let mut command = std::process::Command::new(&arguments.command[0]);
             command.args(&arguments.command[1..]);
@@ -1379,7 +1432,8 @@ async fn token_command(cli: &Cli, command: &TokenCommand) -> Result<(), Failure>
             narrow,
             output,
         } => {
-            let (_, held) = access(cli).await?.narrowed(held, narrow).await?;
+            let narrow = narrow.resolved()?;
+            let (_, held) = access(cli).await?.narrowed(held, &narrow).await?;
             deliver(&token::save(&held).await?, output)?;
         }
         TokenCommand::Attenuate {
@@ -1387,7 +1441,8 @@ async fn token_command(cli: &Cli, command: &TokenCommand) -> Result<(), Failure>
             narrow,
             output,
         } => {
-            let narrowed = token::attenuate(&token::read_file(file)?, &narrow.narrowing()?)?;
+            let narrowing = narrow.resolved()?.narrowing()?;
+            let narrowed = token::attenuate(&token::read_file(file)?, &narrowing)?;
             deliver(&narrowed, output)?;
         }
         TokenCommand::Show { file } => {

@@ -10,9 +10,9 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use engram_client::Endpoint;
 use engram_client::engram_schema::engram_capnp::{HANDOFF_MAGIC, world_reader};
 use engram_client::spawn::Held;
-use engram_client::Endpoint;
 use engram_tests::{TestNode, admin_with_facts, admin_with_world, run_local, session};
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};

@@ -10,8 +10,8 @@ use std::process::Stdio;
 use engram_client::spawn::{Held, spawn};
 use engram_client::{Endpoint, NewAtom};
 use engram_tests::{
-    TestNode, admin_with_facts, admin_with_world, binary, engram_command, engram_command_at,
-    run_local, session,
+    TestNode, add_principal, admin_with_facts, admin_with_world, binary, engram_command,
+    engram_command_at, run_local, session,
 };
 
 #[test]
@@ -40,7 +40,8 @@ fn holds_one_narrowed_capability_and_nothing_else(node: &TestNode, endpoint: &En
         .unwrap();
 
         let mut parent = engram_command_at(endpoint, &node.admin_key_path())
-            .args(["spawn", "--reader", "team/auth", "--label", "public", "--"])
+            .args(["spawn", "--reader", "team/auth"])
+            .args(["--restrict", "labels=public,kinds=fact", "--"])
             .args(["unshare", "--net"])
             .arg(binary("child"))
             .args(["--try-node", node.tcp_address(), "--wait"])
@@ -89,6 +90,50 @@ fn holds_one_narrowed_capability_and_nothing_else(node: &TestNode, endpoint: &En
         let admin = session(&node.tcp(), &node.admin_key()).await;
         assert_eq!(admin.epoch.number, 2);
     });
+}
+
+#[test]
+fn removing_the_parents_principal_fails_its_running_child() {
+    let node = TestNode::start();
+    let directory = tempfile::tempdir().unwrap();
+    for (index, endpoint) in [node.unix(), node.tcp()].into_iter().enumerate() {
+        run_local(async {
+            let admin = if index == 0 {
+                admin_with_facts(&node, "team/auth", &["tokens expire after one hour"]).await
+            } else {
+                session(&node.tcp(), &node.admin_key()).await
+            };
+            let key = add_principal(&admin, "agent", &["team/auth=r"]).await;
+            let key_path = directory.path().join(format!("agent-{index}.key"));
+            engram_client::keyfile::write_new(&key_path, &key).unwrap();
+            let mut parent = engram_command_at(&endpoint, &key_path)
+                .args(["spawn", "--reader", "team/auth", "--"])
+                .arg(binary("child"))
+                .arg("--wait")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("running engram spawn");
+            let mut lines = BufReader::new(parent.stdout.take().unwrap()).lines();
+            for line in lines.by_ref() {
+                if line.unwrap() == "child: waiting" {
+                    break;
+                }
+            }
+            // The operator removes the parent's principal; the parent does nothing.
+            engram_client::remove_principal(&admin.admin().unwrap(), "agent")
+                .await
+                .unwrap();
+            parent.stdin.take().unwrap().write_all(b"again\n").unwrap();
+            let rest: Vec<String> = lines.map(|line| line.unwrap()).collect();
+            assert!(
+                rest.iter()
+                    .any(|line| line.starts_with("child: reading again failed: permissionDenied")),
+                "{endpoint}: {rest:?}"
+            );
+            assert!(parent.wait().unwrap().success());
+        });
+    }
 }
 
 #[test]

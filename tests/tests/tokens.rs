@@ -8,7 +8,8 @@ use engram_client::spawn::Held;
 use engram_client::token::{self, Narrowing};
 use engram_client::{ErrorCode, Filter, NewAtom, Restriction, connect};
 use engram_tests::{
-    TestNode, add_principal, admin_with_world, assert_code, engram_ok, run_local, session,
+    TestNode, add_principal, admin_with_world, assert_code, engram_cli, engram_ok, run_local,
+    session,
 };
 
 /// Restores `token` on a connection of its own, with no login.
@@ -473,11 +474,23 @@ fn the_cli_saves_narrows_shows_uses_and_revokes_tokens() {
             "token",
             "attenuate",
             file_text,
-            "--label",
-            "public",
+            "--restrict",
+            "labels=public",
             "--output",
             narrowed_text,
         ],
+    );
+    // A key --restrict does not know is a usage error, before anything is read.
+    let unknown = engram_cli(
+        &node,
+        &admin_key,
+        &["token", "attenuate", "missing", "--restrict", "colour=red"],
+    );
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("\"colour\" is not label"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
     );
     let shown = engram_ok(&node, &admin_key, &["token", "show", narrowed_text]);
     assert!(shown.contains("labels({\"public\"})"), "{shown}");
