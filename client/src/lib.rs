@@ -18,6 +18,7 @@
 pub mod calls;
 pub mod error;
 pub mod keyfile;
+pub mod mcp;
 pub mod outbox;
 pub mod spawn;
 pub mod token;

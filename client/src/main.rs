@@ -176,6 +176,11 @@ enum Command {
     /// through this process. Either way the child's connection ends with this process,
     /// which exits with the child's exit code.
     Spawn(SpawnArguments),
+    /// Serve one world's capabilities to an MCP host (Claude Desktop, IDE agents, agent
+    /// frameworks) as tools and resources, over stdio (what hosts launch) or streamable
+    /// HTTP (--http). The bridge holds the --reader, --writer and --observer of one
+    /// world, narrowed by the options (or what --token restores), and nothing more.
+    Mcp(McpArguments),
     /// Save capabilities as tokens, narrow them offline, show and revoke them. A token
     /// restores its capability on any connection without a key (`engram --token FILE`).
     #[command(subcommand)]
@@ -301,6 +306,27 @@ struct SpawnArguments {
     /// The child's command and arguments, after --.
     #[arg(last = true, required = true)]
     command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct McpArguments {
+    /// Hold this world's reader: the ask, get, replay, check and diff tools, and the
+    /// world as a resource.
+    #[arg(long)]
+    reader: Option<String>,
+    /// Hold this world's writer: the remember, remember_batch and propose tools.
+    #[arg(long)]
+    writer: Option<String>,
+    /// Hold this world's observer: subscriptions to the world's resource (with
+    /// --reader).
+    #[arg(long)]
+    observer: Option<String>,
+    #[command(flatten)]
+    narrow: NarrowOptions,
+    /// Serve streamable HTTP at http://ADDRESS/mcp (a loopback HOST:PORT; port 0 picks
+    /// one, printed on standard error) instead of stdio.
+    #[arg(long)]
+    http: Option<String>,
 }
 
 /// Which capability: one world's reader, writer or observer, or the signer.
@@ -713,6 +739,116 @@ fn parse_hex32(text: &str, what: &str) -> Result<[u8; 32], Failure> {
         .ok()
         .and_then(|bytes| bytes.try_into().ok())
         .ok_or_else(|| usage(format!("{what} must be 64 hex digits")))
+}
+
+/// `engram mcp`: starts the bridge with the capabilities the options name, and serves it.
+async fn mcp(cli: &Cli, arguments: &McpArguments) -> Result<(), Failure> {
+    use engram_client::mcp::{Capabilities, LocalFuture, Regraft};
+
+    let http = match &arguments.http {
+        Some(address) => Some(
+            engram_client::mcp::http_address(address).map_err(|error| usage(error.to_string()))?,
+        ),
+        None => None,
+    };
+    let endpoint = Endpoint::parse(&cli.node);
+    let named: Vec<&String> = [&arguments.reader, &arguments.writer, &arguments.observer]
+        .into_iter()
+        .flatten()
+        .collect();
+    let bridge = if let Some(path) = &cli.token {
+        if !named.is_empty() {
+            return Err(usage(
+                "with --token the bridge holds what the token restores: drop --reader, \
+                 --writer and --observer",
+            ));
+        }
+        let token = engram_client::token::read_file(path)?;
+        engram_client::mcp::start(move || -> LocalFuture<_> {
+            Box::pin(async move {
+                let (world, held) = connect(&endpoint).await?.restore(&token).await?;
+                let mut capabilities = Capabilities {
+                    world,
+                    ..Capabilities::default()
+                };
+                match held {
+                    Held::Reader(reader) => capabilities.reader = Some(reader),
+                    Held::Writer(writer) => capabilities.writer = Some(writer),
+                    Held::Observer(observer) => capabilities.observer = Some(observer),
+                    Held::Signer(_) => {
+                        return Err(ClientError::InvalidInput(
+                            "the token holds a signer; the bridge serves a world's reader, \
+                             writer or observer"
+                                .into(),
+                        ));
+                    }
+                }
+                Ok((capabilities, None))
+            })
+        })?
+    } else {
+        let Some(world) = named.first().map(|world| world.to_string()) else {
+            return Err(usage(
+                "name what the bridge holds: --reader, --writer and/or --observer WORLD (or --token)",
+            ));
+        };
+        if named.iter().any(|other| **other != world) {
+            return Err(usage(
+                "--reader, --writer and --observer must name the same world",
+            ));
+        }
+        let restriction = arguments.narrow.resolved()?.restriction()?;
+        let key = keyfile::read(&cli.key).map_err(ClientError::from)?;
+        let holds = (
+            arguments.reader.is_some(),
+            arguments.writer.is_some(),
+            arguments.observer.is_some(),
+        );
+        engram_client::mcp::start(move || -> LocalFuture<_> {
+            Box::pin(async move {
+                let acquire = std::rc::Rc::new(move || -> LocalFuture<_> {
+                    let (endpoint, key, world, restriction) = (
+                        endpoint.clone(),
+                        key.clone(),
+                        world.clone(),
+                        restriction.clone(),
+                    );
+                    Box::pin(async move {
+                        let session = connect(&endpoint).await?.login(&key).await?.graft().await?;
+                        let mut capabilities = Capabilities {
+                            world: world.clone(),
+                            ..Capabilities::default()
+                        };
+                        if holds.0 {
+                            let reader = session.reader(&world)?;
+                            capabilities.reader =
+                                Some(engram_client::attenuate_reader(&reader, &restriction).await?);
+                        }
+                        if holds.1 {
+                            let writer = session.writer(&world)?;
+                            capabilities.writer =
+                                Some(engram_client::attenuate_writer(&writer, &restriction).await?);
+                        }
+                        if holds.2 {
+                            let observer = session.observer(&world)?;
+                            capabilities.observer = Some(
+                                engram_client::attenuate_observer(&observer, &restriction).await?,
+                            );
+                        }
+                        Ok(capabilities)
+                    })
+                });
+                let capabilities = acquire().await?;
+                let regraft: Regraft = Some(Box::new(move || acquire()));
+                Ok((capabilities, regraft))
+            })
+        })?
+    };
+    match http {
+        Some(address) => bridge.serve_http(address).await?,
+        None => bridge.serve_stdio().await?,
+    }
+    Ok(())
 }
 
 /// Logs in with --key.
@@ -1237,6 +1373,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 });
             }
         }
+        Command::Mcp(arguments) => mcp(&cli, arguments).await?,
         Command::Token(command) => token_command(&cli, command).await?,
         Command::Audit {
             principal,

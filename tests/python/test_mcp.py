@@ -1,0 +1,178 @@
+"""`engram mcp` driven by the official Python MCP SDK (`mcp`), as an MCP host would: over
+stdio and over streamable HTTP. The bridge holds one world's narrowed capabilities and
+nothing more; a refused call is a tool error led by engram's stable error code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import anyio
+import engram
+import pytest
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+
+from conftest import REPOSITORY, run
+
+WORLD = "team/auth"
+URI = f"engram://worlds/{WORLD}"
+
+
+def engram_binary() -> str:
+    configured = os.environ.get("ENGRAM_BIN")
+    path = Path(configured) if configured else REPOSITORY / "target" / "debug" / "engram"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run `cargo build --workspace --bins` first (scripts/test does)")
+    return str(path)
+
+
+async def world_with_secrets(node) -> None:
+    session = await engram.open_session(node.tcp, node.admin_key)
+    await engram.create_world(session.admin, WORLD)
+    session = await engram.open_session(node.tcp, node.admin_key)
+    await engram.remember(
+        session.writer(WORLD),
+        engram.NewAtom("tokens expire after one hour", kind="fact", labels=["public"]),
+        engram.NewAtom("the signing key is in the vault", kind="fact", labels=["secret"]),
+    )
+
+
+def bridge_arguments(node, *held: str) -> list[str]:
+    return ["--node", node.tcp, "--key", str(node.admin_key), "mcp", *held]
+
+
+PUBLIC_READER_AND_WRITER = [
+    "--reader", WORLD, "--writer", WORLD, "--observer", WORLD, "--restrict", "labels=public",
+]
+
+
+def text_of(result) -> str:
+    return "".join(block.text for block in result.content)
+
+
+async def exercise(client: Client) -> None:
+    """What any host does: list the tools, write, read, and be refused outside the
+    restriction."""
+    names = {tool.name for tool in (await client.list_tools()).tools}
+    assert {"remember", "remember_batch", "propose", "ask", "get", "replay", "check", "diff"} <= names
+
+    written = await client.call_tool(
+        "remember", {"text": "sessions last one day", "kind": "fact", "labels": ["public"]}
+    )
+    assert not written.is_error, text_of(written)
+    (receipt,) = json.loads(text_of(written))
+    assert len(receipt["id"]) == 64
+
+    asked = await client.call_tool("ask", {"text": "expire", "limit": 10})
+    assert not asked.is_error, text_of(asked)
+    texts = [atom["text"] for atom in json.loads(text_of(asked))]
+    assert "tokens expire after one hour" in texts, texts
+    replayed = json.loads(text_of(await client.call_tool("replay", {})))
+    assert all("vault" not in atom["text"] for atom in replayed["atoms"]), replayed
+
+    got = await client.call_tool("get", {"id": receipt["id"]})
+    assert json.loads(text_of(got))["text"] == "sessions last one day"
+
+    refused = await client.call_tool("remember", {"text": "the root password", "labels": ["secret"]})
+    assert refused.is_error
+    assert text_of(refused).startswith("permissionDenied: "), text_of(refused)
+
+    malformed = await client.call_tool("get", {"id": "not-an-id"})
+    assert malformed.is_error
+    assert text_of(malformed).startswith("invalidArgument: "), text_of(malformed)
+
+
+def test_a_host_uses_engram_over_stdio_within_the_restriction(node):
+    run(world_with_secrets(node))
+
+    async def body():
+        server = StdioServerParameters(
+            command=engram_binary(), args=bridge_arguments(node, *PUBLIC_READER_AND_WRITER)
+        )
+        async with Client(server) as client:
+            await exercise(client)
+            # The world is a resource: its newest atoms, through the restriction.
+            resources = (await client.list_resources()).resources
+            assert [resource.uri for resource in resources] == [URI]
+            read = await client.read_resource(URI)
+            atoms = json.loads(read.contents[0].text)
+            assert "tokens expire after one hour" in [atom["text"] for atom in atoms]
+            assert all("vault" not in atom["text"] for atom in atoms)
+            # A subscription to it hears of new atoms.
+            async with client.listen(resource_subscriptions=[URI]) as subscription:
+                written = await client.call_tool("remember", {"text": "a new fact", "labels": ["public"]})
+                assert not written.is_error, text_of(written)
+                with anyio.fail_after(30):
+                    async for event in subscription:
+                        assert event.uri == URI
+                        break
+
+    anyio.run(body)
+
+
+def test_a_host_uses_engram_over_streamable_http(node):
+    run(world_with_secrets(node))
+    bridge = subprocess.Popen(
+        [engram_binary(), *bridge_arguments(node, *PUBLIC_READER_AND_WRITER), "--http", "127.0.0.1:0"],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        ready = bridge.stderr.readline().decode()
+        assert ready.startswith("engram mcp ready "), ready
+        url = ready.split()[-1]
+
+        async def body():
+            async with Client(url) as client:
+                await exercise(client)
+
+        anyio.run(body)
+    finally:
+        bridge.terminate()
+        bridge.wait(timeout=30)
+
+
+def test_the_bridge_refuses_a_public_http_address(node):
+    refused = subprocess.run(
+        [engram_binary(), *bridge_arguments(node, "--reader", WORLD), "--http", "0.0.0.0:0"],
+        capture_output=True,
+    )
+    assert refused.returncode != 0
+    assert b"loopback addresses only" in refused.stderr, refused.stderr
+
+
+def test_after_an_epoch_advance_a_keyed_bridge_grafts_again_and_a_token_bridge_says_stale_epoch(node, tmp_path):
+    run(world_with_secrets(node))
+
+    async def save_token() -> bytes:
+        session = await engram.open_session(node.tcp, node.admin_key)
+        return await engram.save(await engram.attenuate_reader(session.reader(WORLD), labels=["public"]))
+
+    token_file = tmp_path / "reader.token"
+    token_file.write_text(engram.token_to_text(run(save_token())))
+    token_file.chmod(0o600)
+
+    async def advance() -> None:
+        session = await engram.open_session(node.tcp, node.admin_key)
+        await engram.advance_epoch(session.admin, bytes(32))
+
+    async def body():
+        keyed = StdioServerParameters(command=engram_binary(), args=bridge_arguments(node, "--reader", WORLD))
+        tokened = StdioServerParameters(
+            command=engram_binary(),
+            args=["--node", node.tcp, "--token", str(token_file), "mcp"],
+        )
+        async with Client(keyed) as by_key, Client(tokened) as by_token:
+            tools = {tool.name for tool in (await by_token.list_tools()).tools}
+            assert "ask" in tools and "remember" not in tools, tools
+            assert not (await by_key.call_tool("ask", {})).is_error
+            assert not (await by_token.call_tool("ask", {})).is_error
+            await anyio.to_thread.run_sync(lambda: run(advance()))
+            assert not (await by_key.call_tool("ask", {})).is_error
+            stale = await by_token.call_tool("ask", {})
+            assert stale.is_error
+            assert text_of(stale).startswith("staleEpoch: "), text_of(stale)
+
+    anyio.run(body)
