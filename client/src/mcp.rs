@@ -696,7 +696,8 @@ impl ServerHandler for Bridge {
 }
 
 /// Watches the world for new atoms (from now on) until `stopped`, sending `updated` a
-/// signal for each batch (coalesced while one waits), or the error that ended it.
+/// signal once it stands and for each batch (coalesced while one waits), or the error
+/// that ended it.
 async fn watch(
     engram: Rc<Engram>,
     updated: mpsc::Sender<Result<(), String>>,
@@ -717,6 +718,10 @@ async fn watch(
         .map(|generation| generation.node_commit);
     let watching = async {
         let mut watch = crate::watch::subscribe(&observer, &Filter::default(), from?).await?;
+        // One update as soon as the subscription stands: an atom committed after the
+        // host's subscription was acknowledged and before this one began is covered
+        // by it (the host reads the resource again, and sees it).
+        let _ = updated.try_send(Ok(()));
         while let Some(event) = watch.next().await {
             match event {
                 crate::watch::WatchEvent::Atoms(_) => {

@@ -54,8 +54,8 @@ def text_of(result) -> str:
 
 
 async def exercise(client: Client) -> None:
-    """What any host does: list the tools, write, read, and be refused outside the
-    restriction."""
+    """What any host does: list the tools, write, read, be refused outside the
+    restriction, read the world as a resource and hear of its new atoms."""
     names = {tool.name for tool in (await client.list_tools()).tools}
     assert {"remember", "remember_batch", "propose", "ask", "get", "replay", "check", "diff"} <= names
 
@@ -84,6 +84,25 @@ async def exercise(client: Client) -> None:
     assert malformed.is_error
     assert text_of(malformed).startswith("invalidArgument: "), text_of(malformed)
 
+    # The world is a resource: its newest atoms, through the restriction.
+    resources = (await client.list_resources()).resources
+    assert [resource.uri for resource in resources] == [URI]
+    read = await client.read_resource(URI)
+    atoms = json.loads(read.contents[0].text)
+    assert "tokens expire after one hour" in [atom["text"] for atom in atoms]
+    assert all("vault" not in atom["text"] for atom in atoms)
+    # A subscription to it hears of new atoms: an update once it stands (whatever
+    # changed since the last read), then one for each new commit.
+    async with client.listen(resource_subscriptions=[URI]) as subscription:
+        events = aiter(subscription)
+        with anyio.fail_after(30):
+            assert (await anext(events)).uri == URI
+            written = await client.call_tool("remember", {"text": "a new fact", "labels": ["public"]})
+            assert not written.is_error, text_of(written)
+            assert (await anext(events)).uri == URI
+        read = await client.read_resource(URI)
+        assert "a new fact" in [atom["text"] for atom in json.loads(read.contents[0].text)]
+
 
 def test_a_host_uses_engram_over_stdio_within_the_restriction(node):
     run(world_with_secrets(node))
@@ -94,21 +113,6 @@ def test_a_host_uses_engram_over_stdio_within_the_restriction(node):
         )
         async with Client(server) as client:
             await exercise(client)
-            # The world is a resource: its newest atoms, through the restriction.
-            resources = (await client.list_resources()).resources
-            assert [resource.uri for resource in resources] == [URI]
-            read = await client.read_resource(URI)
-            atoms = json.loads(read.contents[0].text)
-            assert "tokens expire after one hour" in [atom["text"] for atom in atoms]
-            assert all("vault" not in atom["text"] for atom in atoms)
-            # A subscription to it hears of new atoms.
-            async with client.listen(resource_subscriptions=[URI]) as subscription:
-                written = await client.call_tool("remember", {"text": "a new fact", "labels": ["public"]})
-                assert not written.is_error, text_of(written)
-                with anyio.fail_after(30):
-                    async for event in subscription:
-                        assert event.uri == URI
-                        break
 
     anyio.run(body)
 
