@@ -585,6 +585,33 @@ impl ServerHandler for Bridge {
             ))
     }
 
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
+        let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        let mut response = self.tool_router.call(call).await?;
+        // Arguments that do not fit the tool's schema: rmcp says so in a tool error of
+        // its own words; it is led by engram's code, like every refusal.
+        if let rmcp::model::CallToolResponse::Complete(result) = &mut response
+            && result.is_error == Some(true)
+        {
+            for block in &mut result.content {
+                if let rmcp::model::ContentBlock::Text(text) = block
+                    && text.text.starts_with("failed to deserialize parameters:")
+                {
+                    text.text = format!(
+                        "{}: the arguments do not fit the tool's input schema ({})",
+                        ErrorCode::InvalidArgument,
+                        text.text
+                    );
+                }
+            }
+        }
+        Ok(response)
+    }
+
     async fn list_resources(
         &self,
         _: Option<PaginatedRequestParams>,

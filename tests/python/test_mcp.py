@@ -80,9 +80,18 @@ async def exercise(client: Client) -> None:
     assert refused.is_error
     assert text_of(refused).startswith("permissionDenied: "), text_of(refused)
 
-    malformed = await client.call_tool("get", {"id": "not-an-id"})
-    assert malformed.is_error
-    assert text_of(malformed).startswith("invalidArgument: "), text_of(malformed)
+    # Crafted arguments are refused with their reason; the bridge goes on.
+    for tool, arguments in [
+        ("get", {"id": "not-an-id"}),
+        ("ask", {"limit": "lots"}),
+        ("ask", {"kinds": ["nonsense"]}),
+        ("ask", {"vector": [1.0] * 5000}),
+        ("remember", {"text": "x" * 100_000, "labels": ["public"]}),
+        ("remember_batch", {"atoms": [{"text": "z", "labels": ["public"]}] * 10_001}),
+    ]:
+        malformed = await client.call_tool(tool, arguments)
+        assert malformed.is_error, (tool, arguments)
+        assert text_of(malformed).startswith("invalidArgument: "), text_of(malformed)
 
     # The world is a resource: its newest atoms, through the restriction.
     resources = (await client.list_resources()).resources
