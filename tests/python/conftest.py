@@ -24,6 +24,15 @@ def engramd_binary() -> Path:
     return path
 
 
+def engram_cli() -> str:
+    """The CLI `cargo build --workspace --bins` built (scripts/test does), or ENGRAM_BIN."""
+    configured = os.environ.get("ENGRAM_BIN")
+    path = Path(configured) if configured else REPOSITORY / "target" / "debug" / "engram"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run `cargo build --workspace --bins` first (scripts/test does)")
+    return str(path)
+
+
 @dataclass
 class Node:
     tcp: str

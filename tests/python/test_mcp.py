@@ -5,28 +5,17 @@ nothing more; a refused call is a tool error led by engram's stable error code."
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-from pathlib import Path
 
 import anyio
 import engram
-import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from conftest import REPOSITORY, run
+from conftest import engram_cli, run
 
 WORLD = "team/auth"
 URI = f"engram://worlds/{WORLD}"
-
-
-def engram_binary() -> str:
-    configured = os.environ.get("ENGRAM_BIN")
-    path = Path(configured) if configured else REPOSITORY / "target" / "debug" / "engram"
-    if not path.exists():
-        pytest.fail(f"{path} is missing: run `cargo build --workspace --bins` first (scripts/test does)")
-    return str(path)
 
 
 async def world_with_secrets(node) -> None:
@@ -118,7 +107,7 @@ def test_a_host_uses_engram_over_stdio_within_the_restriction(node):
 
     async def body():
         server = StdioServerParameters(
-            command=engram_binary(), args=bridge_arguments(node, *PUBLIC_READER_AND_WRITER)
+            command=engram_cli(), args=bridge_arguments(node, *PUBLIC_READER_AND_WRITER)
         )
         async with Client(server) as client:
             await exercise(client)
@@ -129,7 +118,7 @@ def test_a_host_uses_engram_over_stdio_within_the_restriction(node):
 def test_a_host_uses_engram_over_streamable_http(node):
     run(world_with_secrets(node))
     bridge = subprocess.Popen(
-        [engram_binary(), *bridge_arguments(node, *PUBLIC_READER_AND_WRITER), "--http", "127.0.0.1:0"],
+        [engram_cli(), *bridge_arguments(node, *PUBLIC_READER_AND_WRITER), "--http", "127.0.0.1:0"],
         stderr=subprocess.PIPE,
     )
     try:
@@ -149,7 +138,7 @@ def test_a_host_uses_engram_over_streamable_http(node):
 
 def test_the_bridge_refuses_a_public_http_address(node):
     refused = subprocess.run(
-        [engram_binary(), *bridge_arguments(node, "--reader", WORLD), "--http", "0.0.0.0:0"],
+        [engram_cli(), *bridge_arguments(node, "--reader", WORLD), "--http", "0.0.0.0:0"],
         capture_output=True,
     )
     assert refused.returncode != 0
@@ -172,9 +161,9 @@ def test_after_an_epoch_advance_a_keyed_bridge_grafts_again_and_a_token_bridge_s
         await engram.advance_epoch(session.admin, bytes(32))
 
     async def body():
-        keyed = StdioServerParameters(command=engram_binary(), args=bridge_arguments(node, "--reader", WORLD))
+        keyed = StdioServerParameters(command=engram_cli(), args=bridge_arguments(node, "--reader", WORLD))
         tokened = StdioServerParameters(
-            command=engram_binary(),
+            command=engram_cli(),
             args=["--node", node.tcp, "--token", str(token_file), "mcp"],
         )
         async with Client(keyed) as by_key, Client(tokened) as by_token:
