@@ -743,7 +743,7 @@ fn parse_hex32(text: &str, what: &str) -> Result<[u8; 32], Failure> {
 
 /// `engram mcp`: starts the bridge with the capabilities the options name, and serves it.
 async fn mcp(cli: &Cli, arguments: &McpArguments) -> Result<(), Failure> {
-    use engram_client::mcp::{Capabilities, LocalFuture, Regraft};
+    use engram_client::mcp::{Acquire, Capabilities, LocalFuture};
 
     let http = match &arguments.http {
         Some(address) => Some(
@@ -764,28 +764,34 @@ async fn mcp(cli: &Cli, arguments: &McpArguments) -> Result<(), Failure> {
             ));
         }
         let token = engram_client::token::read_file(path)?;
-        engram_client::mcp::start(move || -> LocalFuture<_> {
-            Box::pin(async move {
-                let (world, held) = connect(&endpoint).await?.restore(&token).await?;
-                let mut capabilities = Capabilities {
-                    world,
-                    ..Capabilities::default()
-                };
-                match held {
-                    Held::Reader(reader) => capabilities.reader = Some(reader),
-                    Held::Writer(writer) => capabilities.writer = Some(writer),
-                    Held::Observer(observer) => capabilities.observer = Some(observer),
-                    Held::Signer(_) => {
-                        return Err(ClientError::InvalidInput(
-                            "the token holds a signer; the bridge serves a world's reader, \
-                             writer or observer"
-                                .into(),
-                        ));
-                    }
-                }
-                Ok((capabilities, None))
-            })
-        })?
+        engram_client::mcp::start(
+            move || -> Acquire {
+                Box::new(move || -> LocalFuture<_> {
+                    let (endpoint, token) = (endpoint.clone(), token.clone());
+                    Box::pin(async move {
+                        let (world, held) = connect(&endpoint).await?.restore(&token).await?;
+                        let mut capabilities = Capabilities {
+                            world,
+                            ..Capabilities::default()
+                        };
+                        match held {
+                            Held::Reader(reader) => capabilities.reader = Some(reader),
+                            Held::Writer(writer) => capabilities.writer = Some(writer),
+                            Held::Observer(observer) => capabilities.observer = Some(observer),
+                            Held::Signer(_) => {
+                                return Err(ClientError::InvalidInput(
+                                "the token holds a signer; the bridge serves a world's reader, \
+                                 writer or observer"
+                                    .into(),
+                            ));
+                            }
+                        }
+                        Ok(capabilities)
+                    })
+                })
+            },
+            false,
+        )?
     } else {
         let Some(world) = named.first().map(|world| world.to_string()) else {
             return Err(usage(
@@ -804,9 +810,9 @@ async fn mcp(cli: &Cli, arguments: &McpArguments) -> Result<(), Failure> {
             arguments.writer.is_some(),
             arguments.observer.is_some(),
         );
-        engram_client::mcp::start(move || -> LocalFuture<_> {
-            Box::pin(async move {
-                let acquire = std::rc::Rc::new(move || -> LocalFuture<_> {
+        engram_client::mcp::start(
+            move || -> Acquire {
+                Box::new(move || -> LocalFuture<_> {
                     let (endpoint, key, world, restriction) = (
                         endpoint.clone(),
                         key.clone(),
@@ -837,12 +843,10 @@ async fn mcp(cli: &Cli, arguments: &McpArguments) -> Result<(), Failure> {
                         }
                         Ok(capabilities)
                     })
-                });
-                let capabilities = acquire().await?;
-                let regraft: Regraft = Some(Box::new(move || acquire()));
-                Ok((capabilities, regraft))
-            })
-        })?
+                })
+            },
+            true,
+        )?
     };
     match http {
         Some(address) => bridge.serve_http(address).await?,

@@ -12,7 +12,8 @@
 //! thread of their own (`Engram`), and each tool call is a job sent to it. A failed call
 //! is a tool error whose text starts with engram's stable error code. When the node's
 //! epoch moves on, a bridge that logged in with a key grafts again and retries once; one
-//! that holds a token answers `staleEpoch`, which only a new token cures.
+//! that holds a token answers `staleEpoch`, which only a new token cures. When the
+//! connection to the node is lost, the call says so and the next one connects again.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -49,9 +50,10 @@ pub struct Capabilities {
 /// A future on the engram thread (not `Send`).
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
-/// Gets the capabilities again (login, graft, narrow), for a bridge that holds a key;
-/// `None` for one that holds only a token.
-pub type Regraft = Option<Box<dyn Fn() -> LocalFuture<Result<Capabilities, ClientError>>>>;
+/// Gets the capabilities on a new connection: login, graft and narrow for a bridge that
+/// holds a key, restore for one that holds a token. Run at start, after the epoch moved
+/// on, and after the connection was lost.
+pub type Acquire = Box<dyn Fn() -> LocalFuture<Result<Capabilities, ClientError>>>;
 
 /// The most atoms one tool call returns, and one resource read shows.
 const ATOMS_PER_CALL_MAX: u32 = 100;
@@ -63,30 +65,51 @@ type Job = Box<dyn FnOnce(Rc<Engram>) -> LocalFuture<()> + Send>;
 
 /// The engram side: the capabilities, on the thread that runs Cap'n Proto.
 struct Engram {
-    held: RefCell<Capabilities>,
-    regraft: Regraft,
+    /// `None` once their connection was lost: the next call acquires them again.
+    held: RefCell<Option<Capabilities>>,
+    acquire: Acquire,
+    /// Whether acquiring again cures `staleEpoch`: a key grafts in the new epoch; a
+    /// token's epoch never comes back (and restoring it would only spend the peer's
+    /// login rate).
+    grafts: bool,
 }
 
 impl Engram {
-    /// Runs `call` with the capabilities; once more after grafting again if the epoch
-    /// moved on and the bridge holds a key.
+    /// Runs `call` with the capabilities. After `staleEpoch` (which the node answers
+    /// before doing anything), a keyed bridge grafts in the new epoch and calls once
+    /// more. After a lost connection it answers the error (the call may have been done)
+    /// and the next call connects again.
     async fn with<F>(&self, call: F) -> Result<Value, ClientError>
     where
         F: Fn(Capabilities) -> LocalFuture<Result<Value, ClientError>>,
     {
         let held = self.held.borrow().clone();
+        let held = match held {
+            Some(held) => held,
+            None => self.acquire().await?,
+        };
         match call(held).await {
-            Err(error) if error.code() == Some(ErrorCode::StaleEpoch) => {
-                let Some(regraft) = &self.regraft else {
-                    return Err(error);
-                };
-                let held = regraft().await?;
-                *self.held.borrow_mut() = held.clone();
-                call(held).await
+            Err(error) if self.grafts && error.code() == Some(ErrorCode::StaleEpoch) => {
+                call(self.acquire().await?).await
+            }
+            Err(error) if disconnected(&error) => {
+                *self.held.borrow_mut() = None;
+                Err(error)
             }
             answered => answered,
         }
     }
+
+    async fn acquire(&self) -> Result<Capabilities, ClientError> {
+        let held = (self.acquire)().await?;
+        *self.held.borrow_mut() = Some(held.clone());
+        Ok(held)
+    }
+}
+
+/// Whether the call failed because the connection to the node was lost.
+fn disconnected(error: &ClientError) -> bool {
+    matches!(error, ClientError::Rpc(error) if error.kind == capnp::ErrorKind::Disconnected)
 }
 
 /// The MCP side: what a tool call sends its job to.
@@ -98,11 +121,12 @@ pub struct Bridge {
     tool_router: ToolRouter<Bridge>,
 }
 
-/// Starts the engram thread with `connect`'s capabilities (run there, on its own
-/// runtime) and returns the bridge that serves them over MCP.
-pub fn start<C>(connect: C) -> Result<Bridge, ClientError>
+/// Starts the engram thread, where `acquire` (made there by `make`) gets the
+/// capabilities, and returns the bridge that serves them over MCP. `grafts`: whether
+/// acquiring them again cures `staleEpoch` (true for a key, false for a token).
+pub fn start<M>(make: M, grafts: bool) -> Result<Bridge, ClientError>
 where
-    C: FnOnce() -> LocalFuture<Result<(Capabilities, Regraft), ClientError>> + Send + 'static,
+    M: FnOnce() -> Acquire + Send + 'static,
 {
     let (jobs, mut queue) = mpsc::channel::<Job>(JOBS_QUEUED_MAX);
     let (ready, started) = std::sync::mpsc::channel();
@@ -110,8 +134,9 @@ where
         .name("engram".into())
         .spawn(move || {
             let ran = crate::run_local(async move {
-                let (held, regraft) = match connect().await {
-                    Ok(connected) => connected,
+                let acquire = make();
+                let held = match acquire().await {
+                    Ok(held) => held,
                     Err(error) => {
                         let _ = ready.send(Err(error));
                         return;
@@ -124,8 +149,9 @@ where
                 );
                 let _ = ready.send(Ok((held.world.clone(), holds)));
                 let engram = Rc::new(Engram {
-                    held: RefCell::new(held),
-                    regraft,
+                    held: RefCell::new(Some(held)),
+                    acquire,
+                    grafts,
                 });
                 while let Some(job) = queue.recv().await {
                     tokio::task::spawn_local(job(engram.clone()));
@@ -731,6 +757,16 @@ async fn watch(
     stopped: oneshot::Receiver<()>,
 ) {
     let held = engram.held.borrow().clone();
+    let held = match held {
+        Some(held) => held,
+        None => match engram.acquire().await {
+            Ok(held) => held,
+            Err(error) => {
+                let _ = updated.send(Err(error_text(error))).await;
+                return;
+            }
+        },
+    };
     let Some(observer) = held.observer else {
         let _ = updated.send(Err(error_text(not_held("observer")))).await;
         return;

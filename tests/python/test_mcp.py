@@ -5,6 +5,7 @@ nothing more; a refused call is a tool error led by engram's stable error code."
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 
 import anyio
@@ -12,7 +13,7 @@ import engram
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from conftest import engram_cli, run
+from conftest import engram_cli, engramd_binary, run
 
 WORLD = "team/auth"
 URI = f"engram://worlds/{WORLD}"
@@ -176,5 +177,35 @@ def test_after_an_epoch_advance_a_keyed_bridge_grafts_again_and_a_token_bridge_s
             stale = await by_token.call_tool("ask", {})
             assert stale.is_error
             assert text_of(stale).startswith("staleEpoch: "), text_of(stale)
+
+    anyio.run(body)
+
+
+def test_after_the_node_restarts_the_bridge_connects_again(node):
+    run(world_with_secrets(node))
+
+    def restart() -> None:
+        node.process.send_signal(signal.SIGTERM)
+        assert node.process.wait(timeout=30) == 0
+        node.process = subprocess.Popen(
+            [str(engramd_binary()), "--data", str(node.data), "--listen", node.tcp],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert node.process.stdout.readline().startswith(b"engramd ready "), "engramd did not restart"
+
+    async def body():
+        server = StdioServerParameters(command=engram_cli(), args=bridge_arguments(node, *PUBLIC_READER_AND_WRITER))
+        async with Client(server) as client:
+            assert not (await client.call_tool("ask", {})).is_error
+            await anyio.to_thread.run_sync(restart)
+            # The call that finds the connection lost says so (it may have been done);
+            # the next one connects again.
+            lost = await client.call_tool("remember", {"text": "after the restart", "labels": ["public"]})
+            if lost.is_error:
+                assert text_of(lost).startswith("unavailable: "), text_of(lost)
+            asked = await client.call_tool("ask", {"text": "expire"})
+            assert not asked.is_error, text_of(asked)
+            assert "tokens expire after one hour" in text_of(asked)
 
     anyio.run(body)
