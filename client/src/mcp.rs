@@ -301,6 +301,18 @@ impl Bridge {
         answer(answer_here.await.map_err(|_| gone())?)
     }
 
+    /// Runs `call` on the engram thread with the reader, if the bridge holds one.
+    async fn read<F>(&self, call: F) -> Result<String, String>
+    where
+        F: Fn(world_reader::Client) -> LocalFuture<Result<Value, ClientError>> + Send + 'static,
+    {
+        self.run(move |held| match held.reader {
+            Some(reader) => call(reader),
+            None => Box::pin(async { Err(not_held("reader")) }),
+        })
+        .await
+    }
+
     fn resource_uri(&self) -> String {
         format!("engram://worlds/{}", self.world)
     }
@@ -487,12 +499,9 @@ impl Bridge {
             })
         })()
         .map_err(error_text)?;
-        self.run(move |held| {
+        self.read(move |reader| {
             let filter = filter.clone();
-            Box::pin(async move {
-                let reader = held.reader.ok_or_else(|| not_held("reader"))?;
-                Ok(atoms_json(&crate::ask(&reader, &filter).await?))
-            })
+            Box::pin(async move { Ok(atoms_json(&crate::ask(&reader, &filter).await?)) })
         })
         .await
     }
@@ -500,11 +509,8 @@ impl Bridge {
     #[tool(description = "Read one atom by its id.")]
     async fn get(&self, Parameters(input): Parameters<GetInput>) -> Result<String, String> {
         let id = atom_id(&input.id).map_err(error_text)?;
-        self.run(move |held| {
-            Box::pin(async move {
-                let reader = held.reader.ok_or_else(|| not_held("reader"))?;
-                Ok(crate::get(&reader, &id).await?.to_json())
-            })
+        self.read(move |reader| {
+            Box::pin(async move { Ok(crate::get(&reader, &id).await?.to_json()) })
         })
         .await
     }
@@ -515,9 +521,8 @@ impl Bridge {
     )]
     async fn replay(&self, Parameters(input): Parameters<ReplayInput>) -> Result<String, String> {
         let (from, limit) = (input.from_commit, limit(input.limit));
-        self.run(move |held| {
+        self.read(move |reader| {
             Box::pin(async move {
-                let reader = held.reader.ok_or_else(|| not_held("reader"))?;
                 let (atoms, next) = crate::replay(&reader, from, limit).await?;
                 Ok(json!({"atoms": atoms_json(&atoms), "nextCommit": next}))
             })
@@ -530,10 +535,9 @@ impl Bridge {
         Returns the constraints it would violate (none: go ahead)."
     )]
     async fn check(&self, Parameters(input): Parameters<CheckInput>) -> Result<String, String> {
-        self.run(move |held| {
+        self.read(move |reader| {
             let (plan, labels) = (input.plan.clone(), input.labels.clone());
             Box::pin(async move {
-                let reader = held.reader.ok_or_else(|| not_held("reader"))?;
                 let checked = crate::check(&reader, &plan, &labels).await?;
                 let violations: Vec<Value> = checked
                     .violations
@@ -552,9 +556,8 @@ impl Bridge {
     )]
     async fn diff(&self, Parameters(input): Parameters<DiffInput>) -> Result<String, String> {
         let (from, to, limit) = (input.from_commit, input.to_commit, limit(input.limit));
-        self.run(move |held| {
+        self.read(move |reader| {
             Box::pin(async move {
-                let reader = held.reader.ok_or_else(|| not_held("reader"))?;
                 let (atoms, next) = crate::diff(&reader, from, to, limit).await?;
                 Ok(json!({"atoms": atoms_json(&atoms), "nextCommit": next}))
             })
@@ -669,9 +672,8 @@ impl ServerHandler for Bridge {
             ));
         }
         let text = self
-            .run(|held| {
+            .read(|reader| {
                 Box::pin(async move {
-                    let reader = held.reader.ok_or_else(|| not_held("reader"))?;
                     let filter = Filter {
                         limit: RECENT_ATOMS,
                         ..Filter::default()
