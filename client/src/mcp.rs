@@ -60,8 +60,18 @@ const ATOMS_PER_CALL_MAX: u32 = 100;
 const RECENT_ATOMS: u32 = 20;
 /// Jobs waiting for the engram thread before a tool call waits to send its own.
 const JOBS_QUEUED_MAX: usize = 64;
+/// Calls the engram thread runs at once; the next waits (and the queue behind it fills,
+/// and tool calls wait to be queued), so a host that floods the bridge holds neither
+/// unbounded memory nor the node connection's every call in flight.
+const CALLS_IN_FLIGHT_MAX: usize = 32;
 
-type Job = Box<dyn FnOnce(Rc<Engram>) -> LocalFuture<()> + Send>;
+/// Work for the engram thread: a call (bounded by `CALLS_IN_FLIGHT_MAX`), or a watch
+/// that lasts as long as its subscription (bounded by the node's subscriptions per
+/// principal).
+enum Job {
+    Call(Box<dyn FnOnce(Rc<Engram>) -> LocalFuture<()> + Send>),
+    Watch(Box<dyn FnOnce(Rc<Engram>) -> LocalFuture<()> + Send>),
+}
 
 /// The engram side: the capabilities, on the thread that runs Cap'n Proto.
 struct Engram {
@@ -153,8 +163,23 @@ where
                     acquire,
                     grafts,
                 });
+                let calls = std::sync::Arc::new(tokio::sync::Semaphore::new(CALLS_IN_FLIGHT_MAX));
                 while let Some(job) = queue.recv().await {
-                    tokio::task::spawn_local(job(engram.clone()));
+                    match job {
+                        Job::Call(call) => {
+                            let Ok(permit) = calls.clone().acquire_owned().await else {
+                                break;
+                            };
+                            let running = call(engram.clone());
+                            tokio::task::spawn_local(async move {
+                                running.await;
+                                drop(permit);
+                            });
+                        }
+                        Job::Watch(watch) => {
+                            tokio::task::spawn_local(watch(engram.clone()));
+                        }
+                    }
                 }
             });
             if let Err(error) = ran {
@@ -286,11 +311,11 @@ impl Bridge {
         F: Fn(Capabilities) -> LocalFuture<Result<Value, ClientError>> + Send + 'static,
     {
         let (answered, answer_here) = oneshot::channel();
-        let job: Job = Box::new(move |engram: Rc<Engram>| {
+        let job = Job::Call(Box::new(move |engram: Rc<Engram>| {
             Box::pin(async move {
                 let _ = answered.send(engram.with(call).await);
             })
-        });
+        }));
         let gone = || {
             format!(
                 "{}: the bridge's engram thread has stopped",
@@ -725,9 +750,9 @@ impl ServerHandler for Bridge {
         // `notifications/resources/updated`.
         let (updated, mut updates) = mpsc::channel::<Result<(), String>>(1);
         let (stop, stopped) = oneshot::channel::<()>();
-        let job: Job = Box::new(move |engram: Rc<Engram>| {
+        let job = Job::Watch(Box::new(move |engram: Rc<Engram>| {
             Box::pin(async move { watch(engram, updated, stopped).await })
-        });
+        }));
         self.jobs.send(job).await.map_err(|_| {
             ErrorData::internal_error("the bridge's engram thread has stopped", None)
         })?;

@@ -130,6 +130,19 @@ def test_a_host_uses_engram_over_streamable_http(node):
         async def body():
             async with Client(url) as client:
                 await exercise(client)
+                # A flood of calls at once: each is answered, none crashes the bridge.
+                answers = []
+
+                async def one() -> None:
+                    answers.append(await client.call_tool("ask", {"text": "expire"}))
+
+                async with anyio.create_task_group() as flood:
+                    for _ in range(200):
+                        flood.start_soon(one)
+                assert len(answers) == 200
+                for answered in answers:
+                    assert not answered.is_error or text_of(answered).split(":")[0] in engram.ERROR_CODES
+                assert not (await client.call_tool("ask", {})).is_error
 
         anyio.run(body)
     finally:
