@@ -32,7 +32,9 @@ pub fn generate() -> Result<SigningKey, KeyFileError> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
-/// Writes `key` to a new file at `path` with mode 0600, durably; never overwrites.
+/// Writes `key` to a new file at `path` with mode 0600, durably (the file, then its
+/// directory, so that a crash cannot leave the directory without the file's entry);
+/// never overwrites.
 pub fn write_new(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
     let with_path = |source| KeyFileError::Io {
         path: path.to_owned(),
@@ -45,7 +47,17 @@ pub fn write_new(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
         .open(path)
         .map_err(with_path)?;
     writeln!(file, "{}", hex::encode(key.as_bytes())).map_err(with_path)?;
-    file.sync_all().map_err(with_path)
+    file.sync_all().map_err(with_path)?;
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(directory)
+        .and_then(|directory| directory.sync_all())
+        .map_err(|source| KeyFileError::Io {
+            path: directory.to_owned(),
+            source,
+        })
 }
 
 /// Reads a key file, refusing one that group or others can read.
