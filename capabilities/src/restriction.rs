@@ -235,94 +235,9 @@ mod tests {
         //! allows (a world, a write, a read, a time, the approve right, a rate), every
         //! link of it allows.
         use proptest::prelude::*;
-        use proptest::sample::subsequence;
 
         use super::*;
-        use engram_store::{Atom, LifecycleState};
-
-        const WORLDS: [&str; 3] = ["team/a", "team/b", "team/c"];
-        const LABELS: [&str; 4] = ["public", "auth", "secret", "ops"];
-
-        fn names(pool: &'static [&'static str]) -> impl Strategy<Value = Option<BTreeSet<String>>> {
-            proptest::option::of(
-                subsequence(pool, 0..=pool.len())
-                    .prop_map(|names| names.into_iter().map(str::to_owned).collect()),
-            )
-        }
-
-        fn kinds() -> impl Strategy<Value = Option<BTreeSet<AtomKind>>> {
-            proptest::option::of(
-                subsequence(AtomKind::ALL, 0..=AtomKind::ALL.len())
-                    .prop_map(|kinds| kinds.into_iter().collect()),
-            )
-        }
-
-        /// 0 (no limit) or a rate.
-        fn per_second() -> impl Strategy<Value = u32> {
-            prop_oneof![Just(0u32), 1u32..1000]
-        }
-
-        fn restriction() -> impl Strategy<Value = Restriction> {
-            (
-                names(&WORLDS),
-                kinds(),
-                names(&LABELS),
-                0.0f32..=1.0,
-                prop_oneof![Just(0i64), 1i64..10_000],
-                (per_second(), per_second()),
-                any::<bool>(),
-            )
-                .prop_map(
-                    |(worlds, kinds, labels, max_importance, expires, (calls, atoms), approve)| {
-                        Restriction {
-                            worlds,
-                            kinds,
-                            labels,
-                            max_importance,
-                            expires_at_unix_ms: expires,
-                            rate: Rate {
-                                calls_per_second: calls,
-                                atoms_per_second: atoms,
-                            },
-                            approve,
-                        }
-                    },
-                )
-        }
-
-        fn content() -> impl Strategy<Value = AtomContent> {
-            (
-                proptest::sample::select(AtomKind::ALL),
-                subsequence(&LABELS, 0..=2),
-                0.0f32..=1.0,
-            )
-                .prop_map(|(kind, labels, importance)| {
-                    let mut content = AtomContent::new(kind, "a random atom");
-                    content.labels = labels.into_iter().map(str::to_owned).collect();
-                    content.importance = importance;
-                    content
-                })
-        }
-
-        fn stored(content: AtomContent) -> Atom {
-            Atom {
-                id: [1; 32],
-                world: WORLDS[0].to_owned(),
-                writer: [2; 32],
-                seq: 1,
-                prev: [0; 32],
-                commit: 1,
-                recorded_at_unix_ms: 0,
-                content,
-                state: LifecycleState::Asserted,
-                links_count: true,
-            }
-        }
-
-        /// Whether `narrowed` is no faster than `link` (0 is no limit).
-        fn slower(narrowed: u32, link: u32) -> bool {
-            link == 0 || (narrowed != 0 && narrowed <= link)
-        }
+        use crate::restriction::arbitrary::{WORLDS, content, no_wider, restriction};
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(10_000))]
@@ -337,24 +252,11 @@ mod tests {
                 let narrowed = chain
                     .iter()
                     .fold(Restriction::NONE, |narrowed, link| narrowed.narrow(link));
-                let read = stored(written.clone());
                 for link in &chain {
                     if narrowed.allows_world(world) {
                         prop_assert!(link.allows_world(world));
                     }
-                    if narrowed.forbids_writing(&written).is_none() {
-                        prop_assert!(link.forbids_writing(&written).is_none(), "{link:?}");
-                    }
-                    if narrowed.shows(&read) {
-                        prop_assert!(link.shows(&read), "{link:?}");
-                    }
-                    if link.expired(now) {
-                        prop_assert!(narrowed.expired(now));
-                    }
-                    prop_assert!(!narrowed.approve || link.approve);
-                    prop_assert!(narrowed.max_importance <= link.max_importance);
-                    prop_assert!(slower(narrowed.rate.calls_per_second, link.rate.calls_per_second));
-                    prop_assert!(slower(narrowed.rate.atoms_per_second, link.rate.atoms_per_second));
+                    no_wider(&narrowed, link, &written, now)?;
                 }
                 // The order of the links does not matter.
                 let reversed = chain
@@ -364,5 +266,130 @@ mod tests {
                 prop_assert_eq!(reversed, narrowed);
             }
         }
+    }
+}
+
+/// Random restrictions and atoms, and what "no wider" means, for property tests.
+#[cfg(test)]
+pub(crate) mod arbitrary {
+    use proptest::prelude::*;
+    use proptest::sample::subsequence;
+
+    use super::*;
+    use engram_store::{Atom, LifecycleState};
+
+    pub(crate) const WORLDS: [&str; 3] = ["team/a", "team/b", "team/c"];
+    const LABELS: [&str; 4] = ["public", "auth", "secret", "ops"];
+
+    fn names(pool: &'static [&'static str]) -> impl Strategy<Value = Option<BTreeSet<String>>> {
+        proptest::option::of(
+            subsequence(pool, 0..=pool.len())
+                .prop_map(|names| names.into_iter().map(str::to_owned).collect()),
+        )
+    }
+
+    fn kinds() -> impl Strategy<Value = Option<BTreeSet<AtomKind>>> {
+        proptest::option::of(
+            subsequence(AtomKind::ALL, 0..=AtomKind::ALL.len())
+                .prop_map(|kinds| kinds.into_iter().collect()),
+        )
+    }
+
+    /// 0 (no limit) or a rate.
+    fn per_second() -> impl Strategy<Value = u32> {
+        prop_oneof![Just(0u32), 1u32..1000]
+    }
+
+    pub(crate) fn restriction() -> impl Strategy<Value = Restriction> {
+        (
+            names(&WORLDS),
+            kinds(),
+            names(&LABELS),
+            0.0f32..=1.0,
+            prop_oneof![Just(0i64), 1i64..10_000],
+            (per_second(), per_second()),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(worlds, kinds, labels, max_importance, expires, (calls, atoms), approve)| {
+                    Restriction {
+                        worlds,
+                        kinds,
+                        labels,
+                        max_importance,
+                        expires_at_unix_ms: expires,
+                        rate: Rate {
+                            calls_per_second: calls,
+                            atoms_per_second: atoms,
+                        },
+                        approve,
+                    }
+                },
+            )
+    }
+
+    pub(crate) fn content() -> impl Strategy<Value = AtomContent> {
+        (
+            proptest::sample::select(AtomKind::ALL),
+            subsequence(&LABELS, 0..=2),
+            0.0f32..=1.0,
+        )
+            .prop_map(|(kind, labels, importance)| {
+                let mut content = AtomContent::new(kind, "a random atom");
+                content.labels = labels.into_iter().map(str::to_owned).collect();
+                content.importance = importance;
+                content
+            })
+    }
+
+    fn stored(content: AtomContent) -> Atom {
+        Atom {
+            id: [1; 32],
+            world: WORLDS[0].to_owned(),
+            writer: [2; 32],
+            seq: 1,
+            prev: [0; 32],
+            commit: 1,
+            recorded_at_unix_ms: 0,
+            content,
+            state: LifecycleState::Asserted,
+            links_count: true,
+        }
+    }
+
+    /// Whether `narrowed` is no faster than `link` (0 is no limit).
+    fn slower(narrowed: u32, link: u32) -> bool {
+        link == 0 || (narrowed != 0 && narrowed <= link)
+    }
+
+    /// Fails unless `narrowed` allows no more than `link` in every dimension but worlds:
+    /// writing `written`, reading it, at `now`, approving, importance and rates.
+    pub(crate) fn no_wider(
+        narrowed: &Restriction,
+        link: &Restriction,
+        written: &AtomContent,
+        now: i64,
+    ) -> Result<(), TestCaseError> {
+        if narrowed.forbids_writing(written).is_none() {
+            prop_assert!(link.forbids_writing(written).is_none(), "{link:?}");
+        }
+        let read = stored(written.clone());
+        if narrowed.shows(&read) {
+            prop_assert!(link.shows(&read), "{link:?}");
+        }
+        if link.expired(now) {
+            prop_assert!(narrowed.expired(now));
+        }
+        prop_assert!(!narrowed.approve || link.approve);
+        prop_assert!(narrowed.max_importance <= link.max_importance);
+        prop_assert!(slower(
+            narrowed.rate.calls_per_second,
+            link.rate.calls_per_second
+        ));
+        prop_assert!(slower(
+            narrowed.rate.atoms_per_second,
+            link.rate.atoms_per_second
+        ));
+        Ok(())
     }
 }

@@ -356,3 +356,55 @@ fn refused(reason: impl Into<String>) -> CapabilityError {
 fn internal(error: biscuit_auth::error::Token) -> CapabilityError {
     CapabilityError::Internal(format!("the token could not be made: {error}"))
 }
+
+#[cfg(test)]
+mod tests {
+    //! A token narrowed offline, block by block, never allows more than any of its
+    //! blocks (nor its authority's restriction): the node reads it exactly as narrow as
+    //! the chain of `attenuate` calls it stands for, or narrower (importance and expiry
+    //! round down on the way into a token).
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::restriction::arbitrary::{content, no_wider, restriction};
+
+    proptest! {
+        // Each case signs a token and a block per link: fewer cases than the pure chain.
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn a_token_narrowed_offline_never_allows_more_than_any_block(
+            chain in proptest::collection::vec(restriction(), 1..5),
+            written in content(),
+            now in 0i64..12_000,
+        ) {
+            // A token names its world in its authority block; narrowing facts have none.
+            let chain: Vec<Restriction> = chain
+                .into_iter()
+                .map(|link| Restriction { worlds: None, ..link })
+                .collect();
+            let key = KeyPair::new();
+            let claims = Claims {
+                principal: [3; 32],
+                held: Held::Writer,
+                world: Some("team/a".into()),
+                epoch: 1,
+                restriction: chain[0].clone(),
+                domains: None,
+                revoked_with: Vec::new(),
+            };
+            let mut token = Biscuit::from(mint(&key, &claims).unwrap(), key.public()).unwrap();
+            for link in &chain[1..] {
+                let mut block = BlockBuilder::new();
+                for fact in narrowing_of(link, None).facts() {
+                    block = block.fact(fact).unwrap();
+                }
+                token = token.append(block).unwrap();
+            }
+            let opened = open(&key.public(), &token.to_vec().unwrap()).unwrap();
+            for link in &chain {
+                no_wider(&opened.restriction, link, &written, now)?;
+            }
+        }
+    }
+}
