@@ -4,6 +4,7 @@ use engram_store::{
     AtomContent, AtomKind, Authority, Grant, Principal, Query, ReadBudget, Store, StoreError,
     WriteOp, WriteOutcome, WriteRequest,
 };
+use redb::ReadableDatabase;
 
 const ALICE: [u8; 32] = [0xa1; 32];
 const BOB: [u8; 32] = [0xb0; 32];
@@ -468,4 +469,104 @@ fn a_read_after_a_write_sees_it_and_an_older_view_keeps_its_snapshot() {
     ));
     assert_eq!(again.last_commit(), first.commit);
     assert_eq!(after.last_commit(), second.commit);
+}
+
+/// The entries and heads tables, as store/FORMAT.md documents them.
+const ENTRIES: redb::TableDefinition<(&str, u64), &[u8]> = redb::TableDefinition::new("entries");
+/// A chain head: (seq, id).
+type Head = (u64, [u8; 32]);
+const HEADS: redb::TableDefinition<(&str, [u8; 32]), Head> = redb::TableDefinition::new("heads");
+
+#[test]
+fn verify_detects_every_single_byte_change_to_an_entry_its_id_or_a_head() {
+    let Fixture { directory, store } = fixture();
+    for (key, texts) in [(ALICE, ["one", "two"]), (BOB, ["three", "four"])] {
+        let atoms = texts
+            .iter()
+            .map(|text| atom(AtomKind::Fact, text, &["auth"], 0.5))
+            .collect();
+        store.apply_one(remember(key, "team/auth", atoms)).unwrap();
+    }
+    drop(store);
+    let path = directory.path().join("engram.redb");
+    let entries: Vec<(u64, Vec<u8>)> = {
+        let database = redb::Database::open(&path).unwrap();
+        let read = database.begin_read().unwrap();
+        let table = read.open_table(ENTRIES).unwrap();
+        table
+            .range(("team/auth", 0)..=("team/auth", u64::MAX))
+            .unwrap()
+            .map(|row| {
+                let (key, value) = row.unwrap();
+                (key.value().1, value.value().to_vec())
+            })
+            .collect()
+    };
+    assert_eq!(entries.len(), 4);
+    let verify = || {
+        let store = Store::open(&path).unwrap();
+        let report = store.read().unwrap().verify("team/auth", None).unwrap();
+        report.first_bad
+    };
+    let edit = |change: &dyn Fn(&redb::WriteTransaction)| {
+        let database = redb::Database::open(&path).unwrap();
+        let write = database.begin_write().unwrap();
+        change(&write);
+        write.commit().unwrap();
+    };
+    assert_eq!(verify(), None);
+
+    // Every byte of every row: the id (its first 32 bytes) and the entry after it.
+    let mut changes = 0;
+    for (commit, row) in &entries {
+        for position in 0..row.len() {
+            let mut changed = row.clone();
+            changed[position] ^= 0x5a;
+            let put = |bytes: &[u8]| {
+                edit(&|write| {
+                    let mut table = write.open_table(ENTRIES).unwrap();
+                    table.insert(("team/auth", *commit), bytes).unwrap();
+                })
+            };
+            put(&changed);
+            assert!(
+                verify().is_some(),
+                "a change at byte {position} of commit {commit}'s row went unnoticed"
+            );
+            put(row);
+            changes += 1;
+        }
+    }
+    // Every byte of every head: its seq and its id.
+    for writer in [ALICE, BOB] {
+        let head = {
+            let database = redb::Database::open(&path).unwrap();
+            let read = database.begin_read().unwrap();
+            let table = read.open_table(HEADS).unwrap();
+            table.get(("team/auth", writer)).unwrap().unwrap().value()
+        };
+        let mut bytes = head.0.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&head.1);
+        for position in 0..bytes.len() {
+            let mut changed = bytes.clone();
+            changed[position] ^= 0x5a;
+            let seq = u64::from_le_bytes(changed[..8].try_into().unwrap());
+            let id: [u8; 32] = changed[8..].try_into().unwrap();
+            let put = |value: Head| {
+                edit(&|write| {
+                    let mut table = write.open_table(HEADS).unwrap();
+                    table.insert(("team/auth", writer), value).unwrap();
+                })
+            };
+            put((seq, id));
+            assert!(
+                verify().is_some(),
+                "a change at byte {position} of a head went unnoticed"
+            );
+            put(head);
+            changes += 1;
+        }
+    }
+    assert_eq!(verify(), None);
+    println!("{changes} single-byte changes, each detected by verify");
 }
