@@ -1014,4 +1014,112 @@ mod tests {
         }
         assert!(AtomContent::new(AtomKind::Fact, "ok").validate().is_ok());
     }
+
+    mod decoding_anything {
+        //! The entry decoders on any bytes: stored rows are read back only through
+        //! them, so whatever a damaged or hostile file holds must come back as an error
+        //! (or as an atom), never a panic. Random bytes, and valid entries damaged in a
+        //! few bytes, cut short or run on; `PROPTEST_CASES` sets how many (a long run
+        //! passes millions).
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn cases() -> u32 {
+            std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|cases| cases.parse().ok())
+                .unwrap_or(20_000)
+        }
+
+        fn valid_entry() -> Vec<u8> {
+            let mut content = AtomContent::new(AtomKind::Constraint, "do not use requests");
+            content.labels = vec!["http".into(), "auth".into()];
+            content.links = vec![Link {
+                kind: LinkKind::Supersedes,
+                target: [7; 32],
+            }];
+            content.vector = vec![0.5, -0.25, 1.0];
+            content.payload = b"payload".to_vec();
+            content.valid_time = Some(TimeInterval {
+                from_unix_ms: 5,
+                until_unix_ms: 10,
+            });
+            content.forbids = vec!["requests".into()];
+            let header = EntryHeader {
+                world: "team/auth",
+                writer: &[1; 32],
+                seq: 3,
+                prev: &[2; 32],
+                commit: 9,
+                recorded_at_unix_ms: 1234,
+            };
+            let mut bytes = Vec::new();
+            encode_entry(&header, &content, &mut bytes);
+            bytes
+        }
+
+        /// Every way the store reads an entry, on `bytes`.
+        fn read_every_way(bytes: &[u8]) {
+            let _ = decode_entry(entry_hash(bytes), bytes);
+            let _ = decode_entry([0; 32], bytes);
+            if let Some(facts) = EntryFacts::read(bytes) {
+                let _ = (
+                    facts.kind(),
+                    facts.writer(),
+                    facts.importance(),
+                    facts.commit(),
+                );
+                let _ = (facts.valid_time(), facts.seq(), facts.recorded_at_unix_ms());
+                facts.any_label(&mut |label| label.is_empty());
+            }
+        }
+
+        fn damaged() -> impl Strategy<Value = Vec<u8>> {
+            let length = valid_entry().len();
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..600),
+                proptest::collection::vec((0..length, any::<u8>()), 1..5).prop_map(|edits| {
+                    let mut bytes = valid_entry();
+                    for (position, value) in edits {
+                        bytes[position] = value;
+                    }
+                    bytes
+                }),
+                (0..length).prop_map(|cut| valid_entry()[..cut].to_vec()),
+                proptest::collection::vec(any::<u8>(), 1..64).prop_map(|more| {
+                    let mut bytes = valid_entry();
+                    bytes.extend(more);
+                    bytes
+                }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+            #[test]
+            fn any_bytes_decode_to_an_atom_or_an_error(bytes in damaged()) {
+                read_every_way(&bytes);
+            }
+
+            #[test]
+            fn any_journal_record_body_parses_to_entries_or_nothing(
+                body in proptest::collection::vec(any::<u8>(), 0..600),
+            ) {
+                if let Some(entries) = crate::journal::entries_of(&body) {
+                    for entry in entries {
+                        read_every_way(entry);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn the_valid_entry_decodes() {
+            let bytes = valid_entry();
+            let atom = decode_entry(entry_hash(&bytes), &bytes).unwrap();
+            assert_eq!(atom.content.forbids, ["requests"]);
+        }
+    }
 }
