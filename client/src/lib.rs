@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod batch;
 pub mod calls;
 pub mod error;
 pub mod keyfile;

@@ -683,16 +683,7 @@ fn emit(json_output: bool, value: Value, text: impl FnOnce() -> String) {
 
 /// An instant given as unix milliseconds or an RFC 3339 time, in unix milliseconds.
 fn parse_instant(text: &str, flag: &str) -> Result<i64, Failure> {
-    if let Ok(unix_ms) = text.parse::<i64>() {
-        return Ok(unix_ms);
-    }
-    let time: jiff::Timestamp = text.parse().map_err(|error| {
-        usage(format!(
-            "{flag} {text:?}: expected an RFC 3339 time (2026-03-03T00:00:00Z) or unix \
-             milliseconds: {error}"
-        ))
-    })?;
-    Ok(time.as_millisecond())
+    engram_client::batch::parse_instant(text, flag).map_err(usage)
 }
 
 /// The commit `--as-of` names: a commit number as given, or for an RFC 3339 time the
@@ -1718,96 +1709,11 @@ fn read_batch(path: &PathBuf) -> Result<Vec<NewAtom>, Failure> {
         if line.trim().is_empty() {
             continue;
         }
-        let at =
-            |message: String| usage(format!("{} line {}: {message}", path.display(), number + 1));
-        let value: Value = serde_json::from_str(&line).map_err(|error| at(error.to_string()))?;
-        let text = value["text"]
-            .as_str()
-            .ok_or_else(|| at("\"text\" (a string) is required".into()))?;
-        let kind = value["kind"].as_str().unwrap_or("observation");
-        let mut atom = NewAtom::new(
-            kind_from_name(kind).map_err(|error| at(error.to_string()))?,
-            text,
+        atoms.push(
+            engram_client::batch::atom_from_json_line(&line).map_err(|message| {
+                usage(format!("{} line {}: {message}", path.display(), number + 1))
+            })?,
         );
-        if let Some(labels) = value["labels"].as_array() {
-            for label in labels {
-                atom.labels.push(
-                    label
-                        .as_str()
-                        .ok_or_else(|| at("\"labels\" must be strings".into()))?
-                        .to_owned(),
-                );
-            }
-        }
-        if let Some(vector) = value.get("vector") {
-            let components = vector
-                .as_array()
-                .ok_or_else(|| at("\"vector\" must be an array of numbers".into()))?;
-            for component in components {
-                atom.vector.push(
-                    component
-                        .as_f64()
-                        .ok_or_else(|| at("\"vector\" must be an array of numbers".into()))?
-                        as f32,
-                );
-            }
-        }
-        if let Some(forbids) = value.get("forbids") {
-            let terms = forbids
-                .as_array()
-                .ok_or_else(|| at("\"forbids\" must be an array of strings".into()))?;
-            for term in terms {
-                atom.forbids.push(
-                    term.as_str()
-                        .ok_or_else(|| at("\"forbids\" must be an array of strings".into()))?
-                        .to_owned(),
-                );
-            }
-        }
-        if let Some(proposed) = value.get("proposed") {
-            atom.proposed = proposed
-                .as_bool()
-                .ok_or_else(|| at("\"proposed\" must be true or false".into()))?;
-        }
-        if let Some(targets) = value.get("supersedes") {
-            let targets = targets
-                .as_array()
-                .ok_or_else(|| at("\"supersedes\" must be an array of ids".into()))?;
-            for target in targets {
-                let target = target
-                    .as_str()
-                    .ok_or_else(|| at("\"supersedes\" must be an array of ids".into()))?;
-                atom = atom.supersedes(
-                    parse_hex32(target, "a \"supersedes\" id")
-                        .map_err(|error| at(error.message))?,
-                );
-            }
-        }
-        if let Some(importance) = value.get("importance") {
-            atom.importance = importance
-                .as_f64()
-                .ok_or_else(|| at("\"importance\" must be a number".into()))?
-                as f32;
-        }
-        if let Some(from) = value.get("validFrom") {
-            let instant = |value: &Value, name: &str| match value {
-                Value::Number(number) => number
-                    .as_i64()
-                    .ok_or_else(|| at(format!("\"{name}\" must be whole unix milliseconds"))),
-                Value::String(text) => {
-                    parse_instant(text, name).map_err(|error| at(error.message.clone()))
-                }
-                _ => Err(at(format!(
-                    "\"{name}\" must be an RFC 3339 time or unix milliseconds"
-                ))),
-            };
-            let until = match value.get("validUntil") {
-                Some(until) => instant(until, "validUntil")?,
-                None => 0,
-            };
-            atom = atom.valid(instant(from, "validFrom")?, until);
-        }
-        atoms.push(atom);
     }
     if atoms.is_empty() {
         return Err(usage(format!("{}: no atoms in the batch", path.display())));
