@@ -873,6 +873,18 @@ impl<'a> EntryReader<'a> {
 mod tests {
     use super::*;
 
+    /// The header of the sample entries.
+    fn sample_header() -> EntryHeader<'static> {
+        EntryHeader {
+            world: "team/auth",
+            writer: &[1; 32],
+            seq: 3,
+            prev: &[2; 32],
+            commit: 9,
+            recorded_at_unix_ms: 1234,
+        }
+    }
+
     #[test]
     fn entry_round_trips_and_hash_binds_every_field() {
         let mut content = AtomContent::new(AtomKind::Decision, "use redb");
@@ -888,14 +900,7 @@ mod tests {
             until_unix_ms: 0,
         });
         content.proposed = true;
-        let header = EntryHeader {
-            world: "team/auth",
-            writer: &[1; 32],
-            seq: 3,
-            prev: &[2; 32],
-            commit: 9,
-            recorded_at_unix_ms: 1234,
-        };
+        let header = sample_header();
         let mut bytes = Vec::new();
         encode_entry(&header, &content, &mut bytes);
         let id = entry_hash(&bytes);
@@ -1046,14 +1051,7 @@ mod tests {
                 until_unix_ms: 10,
             });
             content.forbids = vec!["requests".into()];
-            let header = EntryHeader {
-                world: "team/auth",
-                writer: &[1; 32],
-                seq: 3,
-                prev: &[2; 32],
-                commit: 9,
-                recorded_at_unix_ms: 1234,
-            };
+            let header = sample_header();
             let mut bytes = Vec::new();
             encode_entry(&header, &content, &mut bytes);
             bytes
