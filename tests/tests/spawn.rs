@@ -106,20 +106,7 @@ fn removing_the_parents_principal_fails_its_running_child() {
             let key = add_principal(&admin, "agent", &["team/auth=r"]).await;
             let key_path = directory.path().join(format!("agent-{index}.key"));
             engram_client::keyfile::write_new(&key_path, &key).unwrap();
-            let mut parent = engram_command_at(&endpoint, &key_path)
-                .args(["spawn", "--reader", "team/auth", "--"])
-                .arg(binary("child"))
-                .arg("--wait")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("running engram spawn");
-            let mut lines = BufReader::new(parent.stdout.take().unwrap()).lines();
-            for line in lines.by_ref() {
-                if line.unwrap() == "child: waiting" {
-                    break;
-                }
-            }
+            let (mut parent, lines) = spawn_waiting_reader(&endpoint, &key_path);
             // The operator removes the parent's principal; the parent does nothing.
             engram_client::remove_principal(&admin.admin().unwrap(), "agent")
                 .await
@@ -188,20 +175,7 @@ fn child_cut_off_when_its_parent_exits(node: &TestNode, endpoint: &Endpoint) {
         if matches!(endpoint, Endpoint::Unix(_)) {
             admin_with_world(node, "team/auth").await;
         }
-        let mut parent = engram_command_at(endpoint, &node.admin_key_path())
-            .args(["spawn", "--reader", "team/auth", "--"])
-            .arg(binary("child"))
-            .arg("--wait")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("running engram spawn");
-        let mut lines = BufReader::new(parent.stdout.take().unwrap()).lines();
-        for line in lines.by_ref() {
-            if line.unwrap() == "child: waiting" {
-                break;
-            }
-        }
+        let (mut parent, lines) = spawn_waiting_reader(endpoint, &node.admin_key_path());
         // The child shares its parent's standard input and output: they outlive it.
         let mut input = parent.stdin.take().unwrap();
         parent.kill().unwrap();
@@ -364,4 +338,30 @@ fn peak_memory(pid: u32) -> u64 {
         .and_then(|number| number.parse().ok())
         .unwrap();
     kilobytes * 1024
+}
+
+/// `engram spawn --reader team/auth -- child --wait` as the principal of `key`, once the
+/// child has read and waits for a line; the parent and the rest of what it prints.
+fn spawn_waiting_reader(
+    endpoint: &Endpoint,
+    key: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    let mut parent = engram_command_at(endpoint, key)
+        .args(["spawn", "--reader", "team/auth", "--"])
+        .arg(binary("child"))
+        .arg("--wait")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running engram spawn");
+    let mut lines = BufReader::new(parent.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap() == "child: waiting" {
+            break;
+        }
+    }
+    (parent, lines)
 }
