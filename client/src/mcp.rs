@@ -47,6 +47,24 @@ pub struct Capabilities {
     pub observer: Option<observer::Client>,
 }
 
+impl Capabilities {
+    fn holds(&self) -> Holds {
+        Holds {
+            reader: self.reader.is_some(),
+            writer: self.writer.is_some(),
+            observer: self.observer.is_some(),
+        }
+    }
+}
+
+/// Which capabilities the bridge holds: what it offers, known on the MCP side.
+#[derive(Clone, Copy)]
+struct Holds {
+    reader: bool,
+    writer: bool,
+    observer: bool,
+}
+
 /// A future on the engram thread (not `Send`).
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
@@ -127,7 +145,7 @@ fn disconnected(error: &ClientError) -> bool {
 pub struct Bridge {
     jobs: mpsc::Sender<Job>,
     world: String,
-    holds: (bool, bool, bool),
+    holds: Holds,
     tool_router: ToolRouter<Bridge>,
 }
 
@@ -152,11 +170,7 @@ where
                         return;
                     }
                 };
-                let holds = (
-                    held.reader.is_some(),
-                    held.writer.is_some(),
-                    held.observer.is_some(),
-                );
+                let holds = held.holds();
                 let _ = ready.send(Ok((held.world.clone(), holds)));
                 let engram = Rc::new(Engram {
                     held: RefCell::new(Some(held)),
@@ -191,12 +205,12 @@ where
         ClientError::InvalidInput("the engram thread ended before connecting".into())
     })??;
     let mut tool_router = Bridge::tool_router();
-    if !holds.0 {
+    if !holds.reader {
         for name in ["ask", "get", "replay", "check", "diff"] {
             tool_router.remove_route(name);
         }
     }
-    if !holds.1 {
+    if !holds.writer {
         for name in ["remember", "remember_batch", "propose"] {
             tool_router.remove_route(name);
         }
@@ -616,7 +630,11 @@ impl Bridge {
 impl ServerHandler for Bridge {
     fn get_info(&self) -> ServerConfig {
         let capabilities = ServerCapabilities::builder().enable_tools();
-        let (reads, _, observes) = self.holds;
+        let Holds {
+            reader: reads,
+            observer: observes,
+            ..
+        } = self.holds;
         let capabilities = if reads && observes {
             capabilities
                 .enable_resources()
@@ -672,7 +690,7 @@ impl ServerHandler for Bridge {
         _: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
         let mut resources = Vec::new();
-        if self.holds.0 {
+        if self.holds.reader {
             let mut resource = Resource::new(self.resource_uri(), self.world.clone());
             resource.description = Some(format!("The newest atoms of world {}", self.world));
             resource.mime_type = Some("application/json".into());
@@ -686,7 +704,7 @@ impl ServerHandler for Bridge {
         request: ReadResourceRequestParams,
         _: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        if request.uri != self.resource_uri() || !self.holds.0 {
+        if request.uri != self.resource_uri() || !self.holds.reader {
             return Err(ErrorData::resource_not_found(
                 format!(
                     "no resource {:?}; this bridge serves {}",
@@ -721,7 +739,7 @@ impl ServerHandler for Bridge {
         &self,
         requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
-        if !(self.holds.0 && self.holds.2) {
+        if !(self.holds.reader && self.holds.observer) {
             return None;
         }
         let uri = self.resource_uri();
