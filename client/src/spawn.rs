@@ -382,7 +382,8 @@ pub struct Inherited {
     pub held: Held,
 }
 
-/// In a child started by [`spawn`]: the capability its parent serves on `ENGRAM_FD`.
+/// In a child started by [`spawn`]: the capability served on `ENGRAM_FD` (by the node,
+/// handed off, or by the parent, forwarding).
 /// Must run inside a `tokio::task::LocalSet`.
 pub fn inherited() -> Result<Inherited, ClientError> {
     let variable = |name: &str| {

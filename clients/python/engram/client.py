@@ -366,8 +366,9 @@ class Inherited:
 
 
 async def inherited() -> Inherited:
-    """In a child started by ``engram spawn``: the one capability its parent serves it
-    on the descriptor named by ``ENGRAM_FD``. The child needs no key and no network."""
+    """In a child started by ``engram spawn``: the one capability served it on the
+    descriptor named by ``ENGRAM_FD`` (by the node, handed off, or by its parent,
+    forwarding). The child needs no key and no network."""
     try:
         fd = int(os.environ["ENGRAM_FD"])
         kind = os.environ["ENGRAM_CAPABILITY"]
