@@ -124,7 +124,8 @@ enum ErrorCode {
   resourceExhausted @5; # A configured limit was reached (sizes, connections, calls, rate).
   conflict @6;          # The request conflicts with current state (exists, archived, ...).
   unavailable @7;       # The node cannot serve this now (shutting down, not yet built).
-  internal @8;          # A bug or storage failure inside the node; the request may be retried.
+  internal @8;          # A bug or storage failure inside the node; the request may be retried
+                        # (a write safely only with an idempotency key: see `remember`).
 }
 
 enum AtomKind {
@@ -646,13 +647,23 @@ interface WorldReader {
 interface WorldWriter {
   # Writes one world as the principal that grafted it, within its restriction.
 
-  remember @0 (atom :AtomContent) -> (receipt :Receipt);
+  remember @0 (atom :AtomContent, idempotencyKey :Data) -> (receipt :Receipt, replayed :Bool);
   # Appends one atom to the writer's chain. Returns only once it is durable.
+  #
+  # `idempotencyKey` (optional, 1 to 64 bytes chosen by the client; empty = none) makes
+  # the call safe to retry after an answer was lost (`internal`, `unavailable`, a broken
+  # connection): a request with a key this principal already used in this world within
+  # the last 24 hours writes nothing and answers the first request's receipt, with
+  # `replayed` true. The same key with different atoms is `conflict`. Keys are the
+  # principal's, across all its capabilities and connections; pick a new random key per
+  # request (16 random bytes do) and reuse it only to retry that request.
 
-  rememberBatch @1 (atoms :List(AtomContent)) -> (receipts :List(Receipt));
+  rememberBatch @1 (atoms :List(AtomContent), idempotencyKey :Data)
+      -> (receipts :List(Receipt), replayed :Bool);
   # Appends up to 10,000 atoms, all or nothing, in order, making at most 10,000
   # lifecycle transitions (`supersedes` links and transition atoms) in all. Returns once
-  # durable.
+  # durable. `idempotencyKey` and `replayed` as for `remember`: a retried batch answers
+  # all its receipts, and writes none of its atoms twice.
 
   attenuate @2 (restriction :Restriction) -> (writer :WorldWriter);
   # A writer narrowed by `restriction`. It can be handed to another process.

@@ -166,6 +166,19 @@ pub(crate) fn write_atoms(
     }
 }
 
+/// A `remember` call's idempotency key: `None` when empty, checked (1 to 64 bytes)
+/// before anything is written.
+pub(crate) fn read_idempotency_key(
+    key: capnp::Result<capnp::data::Reader<'_>>,
+) -> Result<Option<Vec<u8>>, CapabilityError> {
+    let key = key.map_err(malformed)?;
+    if key.is_empty() {
+        return Ok(None);
+    }
+    engram_store::idempotency::validate_key(key)?;
+    Ok(Some(key.to_vec()))
+}
+
 pub(crate) fn write_receipt(mut builder: wire::receipt::Builder<'_>, receipt: &Receipt) {
     builder.set_id(&receipt.id);
     builder.set_seq(receipt.seq);

@@ -48,14 +48,16 @@ impl CapabilityError {
                 | StoreError::WorldArchived { .. }
                 | StoreError::PrincipalExists { .. }
                 | StoreError::LastAdmin { .. }
-                | StoreError::IllegalTransition { .. } => ErrorCode::Conflict,
+                | StoreError::IllegalTransition { .. }
+                | StoreError::IdempotencyConflict { .. } => ErrorCode::Conflict,
                 StoreError::InvalidWorldName { .. }
                 | StoreError::InvalidWorldDimension { .. }
                 | StoreError::InvalidAtom { .. }
                 | StoreError::InvalidBatch { .. }
                 | StoreError::InvalidQuery { .. }
                 | StoreError::InvalidPrincipal { .. }
-                | StoreError::InvalidEpochHead { .. } => ErrorCode::InvalidArgument,
+                | StoreError::InvalidEpochHead { .. }
+                | StoreError::InvalidIdempotencyKey { .. } => ErrorCode::InvalidArgument,
                 StoreError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
                 StoreError::PermissionDenied { .. } => ErrorCode::PermissionDenied,
                 StoreError::WriterStopped | StoreError::AuditStopped => ErrorCode::Unavailable,

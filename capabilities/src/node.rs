@@ -238,7 +238,7 @@ impl Node {
                 self.revoked_tokens.borrow_mut().insert(id.clone());
                 *self.revocations.borrow_mut().entry(*owner).or_insert(0) += 1;
             }
-            WriteOutcome::Remembered(_) | WriteOutcome::World(_) => return,
+            WriteOutcome::Remembered { .. } | WriteOutcome::World(_) => return,
         }
         self.policy.send_modify(|version| *version += 1);
     }

@@ -9,7 +9,9 @@ use engram_store::{
     WriteOutcome, WriteRequest,
 };
 
-use crate::convert::{bytes32, malformed, read_content, read_restriction, write_receipt};
+use crate::convert::{
+    bytes32, malformed, read_content, read_idempotency_key, read_restriction, write_receipt,
+};
 use crate::error::{CapabilityError, Wire};
 use crate::grip::Grip;
 use crate::token::Held;
@@ -24,11 +26,13 @@ impl WorldWriter {
         WorldWriter { grip, world }
     }
 
-    /// Checks the restriction and commits `atoms` durably, all or nothing.
+    /// Checks the restriction and commits `atoms` durably, all or nothing; with an
+    /// idempotency `key`, a request already done answers its receipts again (`replayed`).
     async fn commit_atoms(
         &self,
         atoms: Vec<AtomContent>,
-    ) -> Result<Vec<engram_store::Receipt>, CapabilityError> {
+        key: Option<Vec<u8>>,
+    ) -> Result<(Vec<engram_store::Receipt>, bool), CapabilityError> {
         let _permit = self.grip.begin_call()?;
         // Malformed content is `invalidArgument` before any restriction is considered.
         let at = |index: usize| {
@@ -83,11 +87,12 @@ impl WorldWriter {
                 op: WriteOp::Remember {
                     world: self.world.clone(),
                     atoms,
+                    key,
                 },
             })
             .await?;
         match outcome {
-            WriteOutcome::Remembered(receipts) => Ok(receipts),
+            WriteOutcome::Remembered { receipts, replayed } => Ok((receipts, replayed)),
             other => unreachable!("remember answered {other:?}"),
         }
     }
@@ -183,7 +188,7 @@ impl world_writer::Server for WorldWriter {
             kind: transition.link_kind(),
             target,
         }];
-        let receipts = self.commit_atoms(vec![content]).await.wire()?;
+        let (receipts, _) = self.commit_atoms(vec![content], None).await.wire()?;
         write_receipt(results.get().init_receipt(), &receipts[0]);
         Ok(())
     }
@@ -194,9 +199,13 @@ impl world_writer::Server for WorldWriter {
         mut results: world_writer::RememberResults,
     ) -> Result<(), capnp::Error> {
         self.grip.admit(Some(&self.world), 1).wire()?;
-        let content = read_content(params.get()?.get_atom().map_err(malformed).wire()?).wire()?;
-        let receipts = self.commit_atoms(vec![content]).await.wire()?;
-        write_receipt(results.get().init_receipt(), &receipts[0]);
+        let params = params.get()?;
+        let content = read_content(params.get_atom().map_err(malformed).wire()?).wire()?;
+        let key = read_idempotency_key(params.get_idempotency_key()).wire()?;
+        let (receipts, replayed) = self.commit_atoms(vec![content], key).await.wire()?;
+        let mut results = results.get();
+        write_receipt(results.reborrow().init_receipt(), &receipts[0]);
+        results.set_replayed(replayed);
         Ok(())
     }
 
@@ -206,7 +215,9 @@ impl world_writer::Server for WorldWriter {
         mut results: world_writer::RememberBatchResults,
     ) -> Result<(), capnp::Error> {
         self.grip.check(Some(&self.world)).wire()?;
-        let list = params.get()?.get_atoms().map_err(malformed).wire()?;
+        let params = params.get()?;
+        let key = read_idempotency_key(params.get_idempotency_key()).wire()?;
+        let list = params.get_atoms().map_err(malformed).wire()?;
         if list.is_empty() || list.len() as usize > BATCH_ATOMS_MAX {
             return Err(CapabilityError::invalid(format!(
                 "a batch holds 1 to {BATCH_ATOMS_MAX} atoms; this one holds {}",
@@ -228,8 +239,10 @@ impl world_writer::Server for WorldWriter {
                     .wire()?,
             );
         }
-        let receipts = self.commit_atoms(atoms).await.wire()?;
-        let mut list = results.get().init_receipts(receipts.len() as u32);
+        let (receipts, replayed) = self.commit_atoms(atoms, key).await.wire()?;
+        let mut results = results.get();
+        results.set_replayed(replayed);
+        let mut list = results.init_receipts(receipts.len() as u32);
         for (index, receipt) in receipts.iter().enumerate() {
             write_receipt(list.reborrow().get(index as u32), receipt);
         }

@@ -4,37 +4,103 @@ use engram_schema::engram_capnp::{
     self as wire, admin, observer, signer, world_reader, world_writer,
 };
 
+use std::future::Future;
+use std::time::Duration;
+
 use crate::error::ClientError;
 use crate::types::{
     Answer, AtomView, AuditView, CheckAnswer, Epoch, Filter, Generation, Grant, Head, HitView,
-    NewAtom, PrincipalView, Receipt, Restriction, TrustView, Verification, ViolationView,
-    WorldView,
+    IdempotencyKey, NewAtom, PrincipalView, Receipt, Remembered, Restriction, TrustView,
+    Verification, ViolationView, WorldView,
 };
 
 /// Remembers atoms: `remember` for one, `rememberBatch` (all or nothing) for several.
-/// Returns once they are durable.
+/// Returns once they are durable. Not safe to retry: see [`remember_keyed`].
 pub async fn remember(
     writer: &world_writer::Client,
     atoms: &[NewAtom],
 ) -> Result<Vec<Receipt>, ClientError> {
+    Ok(send_remember(writer, atoms, &[]).await?.receipts)
+}
+
+/// Remembers atoms with an idempotency key: sent again with the same key (and the same
+/// atoms) within the node's window (24 hours), by this principal in this world, it
+/// writes nothing and answers the first request's receipts, `replayed`. What
+/// [`remember_retrying`] retries with.
+pub async fn remember_keyed(
+    writer: &world_writer::Client,
+    atoms: &[NewAtom],
+    key: &IdempotencyKey,
+) -> Result<Remembered, ClientError> {
+    send_remember(writer, atoms, key.as_bytes()).await
+}
+
+/// Remembers atoms with `key`, retrying up to `attempts` times in all when the answer
+/// is lost or the node failed (see [`ClientError::is_retryable`]), each time with a
+/// writer from `acquire` (which may connect and log in again), after a pause that
+/// doubles from 100 ms. The key makes the retries safe: the atoms are written once.
+pub async fn remember_retrying<F, Acquired>(
+    mut acquire: F,
+    atoms: &[NewAtom],
+    key: &IdempotencyKey,
+    attempts: u32,
+) -> Result<Remembered, ClientError>
+where
+    F: FnMut() -> Acquired,
+    Acquired: Future<Output = Result<world_writer::Client, ClientError>>,
+{
+    let mut pause = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        let result = match acquire().await {
+            Ok(writer) => remember_keyed(&writer, atoms, key).await,
+            Err(error) => Err(error),
+        };
+        match result {
+            Err(error) if attempt < attempts && error.is_retryable() => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+async fn send_remember(
+    writer: &world_writer::Client,
+    atoms: &[NewAtom],
+    key: &[u8],
+) -> Result<Remembered, ClientError> {
     if let [atom] = atoms {
         let mut request = writer.remember_request();
-        atom.fill(request.get().init_atom());
+        let mut params = request.get();
+        atom.fill(params.reborrow().init_atom());
+        params.set_idempotency_key(key);
         let response = request.send().promise.await?;
-        return Ok(vec![Receipt::read(response.get()?.get_receipt()?)?]);
+        let results = response.get()?;
+        return Ok(Remembered {
+            receipts: vec![Receipt::read(results.get_receipt()?)?],
+            replayed: results.get_replayed(),
+        });
     }
     let mut request = writer.remember_batch_request();
-    let mut list = request.get().init_atoms(atoms.len() as u32);
+    let mut params = request.get();
+    params.set_idempotency_key(key);
+    let mut list = params.init_atoms(atoms.len() as u32);
     for (index, atom) in atoms.iter().enumerate() {
         atom.fill(list.reborrow().get(index as u32));
     }
     let response = request.send().promise.await?;
-    response
-        .get()?
-        .get_receipts()?
-        .iter()
-        .map(Receipt::read)
-        .collect()
+    let results = response.get()?;
+    Ok(Remembered {
+        receipts: results
+            .get_receipts()?
+            .iter()
+            .map(Receipt::read)
+            .collect::<Result<_, _>>()?,
+        replayed: results.get_replayed(),
+    })
 }
 
 /// Moves the atom `target` to its next lifecycle state (`WorldWriter.transition`):

@@ -44,6 +44,23 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// Whether a call that failed so may have been lost rather than refused, and may
+    /// be sent again (a write only with an idempotency key): the node failed
+    /// (`internal`), could not serve it now (`unavailable`), or the connection broke.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Node { code, .. } => {
+                matches!(code, ErrorCode::Internal | ErrorCode::Unavailable)
+            }
+            ClientError::Rpc(error) => matches!(
+                error.kind,
+                capnp::ErrorKind::Disconnected | capnp::ErrorKind::Overloaded
+            ),
+            ClientError::Connect { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 impl From<capnp::Error> for ClientError {

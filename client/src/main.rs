@@ -10,8 +10,8 @@ use engram_client::engram_schema::engram_capnp::{observer, signer, world_reader,
 use engram_client::spawn::Held;
 use engram_client::token::Narrowing;
 use engram_client::{
-    ClientError, Endpoint, ErrorCode, Filter, Grant, NewAtom, Session, WatchEvent, connect,
-    keyfile, kind_from_name, kind_name, state_from_name, state_name,
+    ClientError, Endpoint, ErrorCode, Filter, Grant, IdempotencyKey, NewAtom, Session, WatchEvent,
+    connect, keyfile, kind_from_name, kind_name, state_from_name, state_name,
 };
 use serde_json::{Value, json};
 
@@ -267,6 +267,32 @@ struct RememberArguments {
     /// all-or-nothing batch.
     #[arg(long, conflicts_with_all = ["proposed", "valid_from"])]
     batch: Option<PathBuf>,
+    #[command(flatten)]
+    retry: RetryOptions,
+}
+
+/// How a write is retried when its answer is lost.
+#[derive(Args, Debug)]
+struct RetryOptions {
+    /// The request's idempotency key, 1 to 64 bytes of text (default: 16 random bytes).
+    /// Run the command again with the same key within 24 hours and the node answers the
+    /// first run's receipts instead of writing again.
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
+    /// Attempts in all when the answer is lost (the connection broke, the node failed or
+    /// is restarting): each retry connects again and sends the same key, so the atoms
+    /// are written once.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    attempts: u32,
+}
+
+impl RetryOptions {
+    fn key(&self) -> Result<IdempotencyKey, ClientError> {
+        match &self.idempotency_key {
+            Some(key) => IdempotencyKey::new(key.as_bytes()),
+            None => IdempotencyKey::random(),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -276,6 +302,8 @@ struct ProposeArguments {
     text: String,
     #[command(flatten)]
     atom: AtomOptions,
+    #[command(flatten)]
+    retry: RetryOptions,
 }
 
 #[derive(Args, Debug)]
@@ -287,6 +315,8 @@ struct SupersedeArguments {
     text: String,
     #[command(flatten)]
     atom: AtomOptions,
+    #[command(flatten)]
+    retry: RetryOptions,
 }
 
 #[derive(Args, Debug)]
@@ -847,10 +877,10 @@ async fn mcp(cli: &Cli, arguments: &McpArguments) -> Result<(), Failure> {
 }
 
 /// Logs in with --key.
-async fn login(cli: &Cli) -> Result<engram_client::Membrane, Failure> {
-    let key = keyfile::read(&cli.key).map_err(ClientError::from)?;
+async fn login(cli: &Cli) -> Result<engram_client::Membrane, ClientError> {
+    let key = keyfile::read(&cli.key)?;
     let connection = connect(&Endpoint::parse(&cli.node)).await?;
-    Ok(connection.login(&key).await?)
+    connection.login(&key).await
 }
 
 /// Logs in with --key and grafts: for a command that needs a principal, not a token.
@@ -870,9 +900,9 @@ enum Access {
     Token { world: String, held: Held },
 }
 
-async fn access(cli: &Cli) -> Result<Access, Failure> {
+async fn access(cli: &Cli) -> Result<Access, ClientError> {
     let Some(path) = &cli.token else {
-        return Ok(Access::Session(session(cli).await?));
+        return Ok(Access::Session(login(cli).await?.graft().await?));
     };
     let token = engram_client::token::read_file(path)?;
     let connection = connect(&Endpoint::parse(&cli.node)).await?;
@@ -1167,16 +1197,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     }]
                 }
             };
-            remember(&cli, &arguments.world, &atoms).await?;
+            remember(&cli, &arguments.world, &atoms, &arguments.retry).await?;
         }
         Command::Propose(arguments) => {
             let atom = arguments.atom.atom(&arguments.text)?.proposed();
-            remember(&cli, &arguments.world, &[atom]).await?;
+            remember(&cli, &arguments.world, &[atom], &arguments.retry).await?;
         }
         Command::Supersede(arguments) => {
             let old = parse_hex32(&arguments.old, "the id of the atom it replaces")?;
             let atom = arguments.atom.atom(&arguments.text)?.supersedes(old);
-            remember(&cli, &arguments.world, &[atom]).await?;
+            remember(&cli, &arguments.world, &[atom], &arguments.retry).await?;
         }
         Command::Approve(arguments) => {
             transition(&cli, arguments, TransitionKind::Approve).await?;
@@ -1611,10 +1641,23 @@ async fn token_command(cli: &Cli, command: &TokenCommand) -> Result<(), Failure>
     Ok(())
 }
 
-async fn remember(cli: &Cli, world: &str, atoms: &[NewAtom]) -> Result<(), Failure> {
-    let writer = access(cli).await?.writer(world)?;
-    let receipts = engram_client::remember(&writer, atoms).await?;
-    print_receipts(cli.json, &receipts);
+/// Remembers `atoms` with an idempotency key, retrying as `retry` says, and prints
+/// the receipts (saying so on stderr when the node had already done the request).
+async fn remember(
+    cli: &Cli,
+    world: &str,
+    atoms: &[NewAtom],
+    retry: &RetryOptions,
+) -> Result<(), Failure> {
+    let key = retry.key()?;
+    let acquire = || async { access(cli).await?.writer(world) };
+    let remembered = engram_client::remember_retrying(acquire, atoms, &key, retry.attempts).await?;
+    if remembered.replayed && !cli.json {
+        eprintln!(
+            "engram: this idempotency key's request was done before; its receipts again, nothing written"
+        );
+    }
+    print_receipts(cli.json, &remembered.receipts, Some(remembered.replayed));
     Ok(())
 }
 
@@ -1627,12 +1670,23 @@ async fn transition(
     let target = parse_hex32(&arguments.id, "the atom id")?;
     let writer = access(cli).await?.writer(&arguments.world)?;
     let receipt = engram_client::transition(&writer, &target, kind, &arguments.reason).await?;
-    print_receipts(cli.json, &[receipt]);
+    print_receipts(cli.json, &[receipt], None);
     Ok(())
 }
 
-fn print_receipts(json_output: bool, receipts: &[engram_client::Receipt]) {
-    let values: Vec<Value> = receipts.iter().map(|receipt| receipt.to_json()).collect();
+/// Prints receipts; `replayed`, when a keyed write says whether they are of a request
+/// done before, goes into each receipt's JSON.
+fn print_receipts(json_output: bool, receipts: &[engram_client::Receipt], replayed: Option<bool>) {
+    let values: Vec<Value> = receipts
+        .iter()
+        .map(|receipt| {
+            let mut value = receipt.to_json();
+            if let Some(replayed) = replayed {
+                value["replayed"] = Value::Bool(replayed);
+            }
+            value
+        })
+        .collect();
     emit(json_output, Value::Array(values), || {
         receipts
             .iter()

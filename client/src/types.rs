@@ -524,6 +524,51 @@ impl Receipt {
     }
 }
 
+/// What a keyed `remember` answered: the receipts, and whether they are a request's
+/// done before (the node wrote nothing this time).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remembered {
+    pub receipts: Vec<Receipt>,
+    pub replayed: bool,
+}
+
+/// A client-chosen key that makes a `remember` safe to retry (1 to 64 bytes): one per
+/// request, reused only to retry it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyKey(Vec<u8>);
+
+impl IdempotencyKey {
+    /// The most bytes a key holds.
+    pub const BYTES_MAX: usize = 64;
+
+    /// A new key of 16 random bytes.
+    pub fn random() -> Result<IdempotencyKey, ClientError> {
+        let mut bytes = vec![0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|error| {
+            ClientError::InvalidInput(format!("no randomness for an idempotency key: {error}"))
+        })?;
+        Ok(IdempotencyKey(bytes))
+    }
+
+    /// A key of the caller's choosing, e.g. a job's name, so that running the job again
+    /// does not write again.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Result<IdempotencyKey, ClientError> {
+        let bytes = bytes.into();
+        if bytes.is_empty() || bytes.len() > Self::BYTES_MAX {
+            return Err(ClientError::InvalidInput(format!(
+                "an idempotency key is 1 to {} bytes; this one is {}",
+                Self::BYTES_MAX,
+                bytes.len()
+            )));
+        }
+        Ok(IdempotencyKey(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// An epoch of the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Epoch {

@@ -28,6 +28,7 @@ fn remember(atoms: Vec<AtomContent>) -> WriteRequest {
         op: WriteOp::Remember {
             world: "bench".into(),
             atoms,
+            key: None,
         },
     }
 }
@@ -74,7 +75,7 @@ fn benchmarks(criterion: &mut Criterion) {
             content(number)
         });
         match store.apply_one(remember(batch.collect())).unwrap() {
-            WriteOutcome::Remembered(receipts) => {
+            WriteOutcome::Remembered { receipts, .. } => {
                 ids.extend(receipts.iter().step_by(97).map(|receipt| receipt.id))
             }
             other => panic!("{other:?}"),

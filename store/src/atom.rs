@@ -1102,12 +1102,15 @@ mod tests {
             }
 
             #[test]
-            fn any_journal_record_body_parses_to_entries_or_nothing(
+            fn any_journal_record_body_parses_to_items_or_nothing(
                 body in proptest::collection::vec(any::<u8>(), 0..600),
             ) {
-                if let Some(entries) = crate::journal::entries_of(&body) {
-                    for entry in entries {
-                        read_every_way(entry);
+                for item in crate::journal::items_of(&body).unwrap_or_default() {
+                    match item {
+                        crate::journal::Item::Entry(entry) => read_every_way(entry),
+                        crate::journal::Item::Key(record) => {
+                            let _ = crate::idempotency::KeyRecord::decode(record);
+                        }
                     }
                 }
             }

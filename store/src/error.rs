@@ -37,6 +37,14 @@ pub enum StoreError {
     /// An atom id was requested that is not in the world.
     #[error("no atom {id} in world {world:?}")]
     AtomNotFound { world: String, id: String },
+    /// An idempotency key was malformed.
+    #[error("invalid idempotency key: {reason}")]
+    InvalidIdempotencyKey { reason: String },
+    /// An idempotency key was used again, within its window, for other atoms.
+    #[error(
+        "idempotency key {key} was used for other atoms at commit {commit}; a retry must send the same atoms, a new request a new key"
+    )]
+    IdempotencyConflict { key: String, commit: u64 },
     /// A lifecycle transition is not legal where its target stands (or across worlds).
     #[error("{reason}")]
     IllegalTransition { reason: String },

@@ -13,7 +13,9 @@
 //! The file is written once with zeros to its full size when created, so an append
 //! never changes the file's size and `fdatasync` flushes data only. A record is
 //! `magic (4) | body length (u32) | BLAKE3 of the body, first 8 bytes | body`; the body
-//! is a sequence of `length (u32) | entry bytes`. Reading stops at the first record
+//! is a sequence of items, `length (u32) | bytes`: an entry, or, when the length's top
+//! bit is set, the idempotency key of the request whose entries it follows
+//! (`crate::idempotency`). Reading stops at the first record
 //! whose magic, length or checksum is wrong: a torn write was never acknowledged.
 //! Stale records of an earlier round are told apart by their commit numbers.
 
@@ -34,6 +36,8 @@ pub const CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024;
 pub const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
 
 const MAGIC: [u8; 4] = *b"EJR1";
+/// The top bit of an item's length: the item is an idempotency key, not an entry.
+const KEY_ITEM: u32 = 1 << 31;
 const HEADER_BYTES: usize = 4 + 4 + 8;
 /// The BLAKE3 key-derivation context of record checksums.
 const CHECKSUM_CONTEXT: &str = "engram 2026-11 journal record v1";
@@ -188,12 +192,22 @@ impl Journal {
     /// Adds one entry, which `encode` appends to the buffer it is given, to the record
     /// being written, and returns where its bytes are in [`Journal::entries`].
     pub(crate) fn push_entry(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
+        self.push(0, encode)
+    }
+
+    /// Adds the idempotency key record `encode` appends, after its request's entries.
+    pub(crate) fn push_key(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        self.push(KEY_ITEM, encode);
+    }
+
+    fn push(&mut self, tag: u32, encode: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
         let prefix = self.record.len();
         self.record.extend_from_slice(&[0; 4]);
         encode(&mut self.record);
         let start = prefix + 4;
         let length = (self.record.len() - start) as u32;
-        self.record[prefix..start].copy_from_slice(&length.to_be_bytes());
+        assert!(length < KEY_ITEM, "items are far smaller than 2 GiB");
+        self.record[prefix..start].copy_from_slice(&(length | tag).to_be_bytes());
         start - HEADER_BYTES..self.record.len() - HEADER_BYTES
     }
 
@@ -309,19 +323,33 @@ fn read_records(file: &File) -> io::Result<Vec<Vec<u8>>> {
     Ok(bodies)
 }
 
-/// The entries of a record body, or `None` if it does not parse (then it is not used).
-pub(crate) fn entries_of(body: &[u8]) -> Option<Vec<&[u8]>> {
-    let mut entries = Vec::new();
+/// One item of a record body.
+#[derive(Debug)]
+pub(crate) enum Item<'a> {
+    /// An entry's bytes.
+    Entry(&'a [u8]),
+    /// An idempotency key record (`crate::idempotency::KeyRecord`).
+    Key(&'a [u8]),
+}
+
+/// The items of a record body, or `None` if it does not parse (then it is not used).
+pub(crate) fn items_of(body: &[u8]) -> Option<Vec<Item<'_>>> {
+    let mut items = Vec::new();
     let mut rest = body;
     while !rest.is_empty() {
         let (length, tail) = rest.split_first_chunk::<4>()?;
-        let length = u32::from_be_bytes(*length) as usize;
+        let length = u32::from_be_bytes(*length);
+        let (tag, length) = (length & KEY_ITEM, (length & !KEY_ITEM) as usize);
         if tail.len() < length {
             return None;
         }
-        let (entry, tail) = tail.split_at(length);
-        entries.push(entry);
+        let (bytes, tail) = tail.split_at(length);
+        items.push(if tag == KEY_ITEM {
+            Item::Key(bytes)
+        } else {
+            Item::Entry(bytes)
+        });
         rest = tail;
     }
-    Some(entries)
+    Some(items)
 }

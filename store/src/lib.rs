@@ -13,6 +13,7 @@ pub mod chain;
 pub mod constraint;
 pub mod epoch;
 pub mod error;
+pub mod idempotency;
 pub mod journal;
 pub mod limits;
 pub mod principal;
@@ -56,10 +57,11 @@ use crate::query::{Candidates, descending, merge_descending, validate_replay_lim
 use crate::tables::*;
 
 /// The on-disk format this build reads and writes (store/FORMAT.md).
-pub const FORMAT_VERSION: u64 = 3;
-/// The format this build upgrades in place at open: version 3 only adds tables and an
-/// entry version, so a version 2 file is a version 3 file without lifecycles.
-const FORMAT_VERSION_UPGRADED: u64 = 2;
+pub const FORMAT_VERSION: u64 = 4;
+/// The formats this build upgrades in place at open: version 3 only adds tables and an
+/// entry version, so a version 2 file is a version 3 file without lifecycles; version 4
+/// adds the idempotency tables and the journal's key items.
+const FORMAT_VERSIONS_UPGRADED: [u64; 2] = [2, 3];
 
 /// An open store. Cheap to clone; every clone shares the database.
 #[derive(Clone)]
@@ -104,7 +106,7 @@ impl Store {
                     meta.insert(META_LAST_COMMIT, 0)?;
                 }
                 Some(FORMAT_VERSION) => {}
-                Some(FORMAT_VERSION_UPGRADED) => {
+                Some(found) if FORMAT_VERSIONS_UPGRADED.contains(&found) => {
                     meta.insert(META_FORMAT_VERSION, FORMAT_VERSION)?;
                 }
                 Some(found) => {
@@ -127,6 +129,8 @@ impl Store {
             transaction.open_table(PRINCIPALS)?;
             transaction.open_table(PRINCIPAL_NAMES)?;
             transaction.open_table(REVOKED_TOKENS)?;
+            transaction.open_table(IDEMPOTENCY_KEYS)?;
+            transaction.open_table(IDEMPOTENCY_EXPIRY)?;
             let mut epochs = transaction.open_table(EPOCHS)?;
             if epochs.first()?.is_none() {
                 epochs.insert(1, ([0u8; 32], write::now_unix_ms()))?;

@@ -15,6 +15,11 @@ pub const ATOM_LINKS_MAX: usize = 64;
 pub const ATOM_VECTOR_DIMENSIONS_MAX: usize = 4096;
 /// Atoms in one `remember` batch.
 pub const BATCH_ATOMS_MAX: usize = 10_000;
+/// Bytes of a `remember` request's idempotency key.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 64;
+/// How long a request's idempotency key is kept after its write: a retry with the key
+/// within this window answers the original receipts; after it, the key is free again.
+pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 /// Bytes of a world name.
 pub const WORLD_NAME_BYTES_MAX: usize = 128;
 /// Bytes of a principal name.

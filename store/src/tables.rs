@@ -8,6 +8,7 @@ use redb::TableDefinition;
 
 use crate::atom::{Hash, PublicKey};
 use crate::error::StoreError;
+use crate::idempotency::KeyValue;
 
 /// (world, commit) → stored row: the entry's id (32 bytes), then its canonical bytes.
 /// The only copy of atom content.
@@ -52,6 +53,14 @@ pub(crate) const EPOCHS: TableDefinition<u64, (Hash, i64)> = TableDefinition::ne
 /// bytes). An epoch advance empties it, since it leaves every older token stale anyway.
 pub(crate) const REVOKED_TOKENS: TableDefinition<(u64, &[u8]), (PublicKey, i64)> =
     TableDefinition::new("revoked_tokens");
+/// (world, writer, idempotency key) → (request hash, recorded at Unix ms, first commit,
+/// atom count): the keyed `remember` requests of the window (`idempotency.rs`).
+pub(crate) const IDEMPOTENCY_KEYS: TableDefinition<(&str, PublicKey, &[u8]), KeyValue> =
+    TableDefinition::new("idempotency_keys");
+/// (recorded at Unix ms, world, writer, idempotency key) → (): the keys by age, so the
+/// ones past the window are pruned from the oldest, never by a scan.
+pub(crate) const IDEMPOTENCY_EXPIRY: TableDefinition<(i64, &str, PublicKey, &[u8]), ()> =
+    TableDefinition::new("idempotency_expiry");
 /// Named counters: `format_version`, `last_commit`.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 

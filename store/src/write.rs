@@ -17,7 +17,8 @@ use crate::atom::{
 };
 use crate::epoch::Epoch;
 use crate::error::StoreError;
-use crate::journal::{self, Journal};
+use crate::idempotency::{self, KeyRecord, KeyTables, KeyValue};
+use crate::journal::{self, Item, Journal};
 use crate::limits::{
     ATOM_VECTOR_DIMENSIONS_MAX, BATCH_ATOMS_MAX, REVOKED_TOKENS_PER_EPOCH_MAX,
     TRANSITIONS_PER_REQUEST_MAX, TRUST_LABELS_MAX,
@@ -39,10 +40,13 @@ pub enum Authority {
 /// One write.
 #[derive(Clone, Debug)]
 pub enum WriteOp {
-    /// Appends atoms to the authority's chain in `world`, all or nothing.
+    /// Appends atoms to the authority's chain in `world`, all or nothing. With `key`, a
+    /// request the writer already made with that key (within the window) answers its
+    /// receipts again and writes nothing (`idempotency.rs`).
     Remember {
         world: String,
         atoms: Vec<AtomContent>,
+        key: Option<Vec<u8>>,
     },
     CreateWorld {
         name: String,
@@ -91,7 +95,12 @@ pub struct Receipt {
 /// What a successful write produced.
 #[derive(Clone, Debug, PartialEq)]
 pub enum WriteOutcome {
-    Remembered(Vec<Receipt>),
+    /// The atoms' receipts; `replayed` when an idempotency key named a request already
+    /// done, whose receipts these are, and nothing was written.
+    Remembered {
+        receipts: Vec<Receipt>,
+        replayed: bool,
+    },
     World(WorldInfo),
     Principal(Principal),
     /// The principal that was removed.
@@ -123,6 +132,8 @@ pub(crate) struct Tables<'txn> {
     principal_names: Table<'txn, &'static str, PublicKey>,
     epochs: Table<'txn, u64, (Hash, i64)>,
     revoked_tokens: Table<'txn, (u64, &'static [u8]), (PublicKey, i64)>,
+    idempotency_keys: Table<'txn, (&'static str, PublicKey, &'static [u8]), KeyValue>,
+    idempotency_expiry: Table<'txn, (i64, &'static str, PublicKey, &'static [u8]), ()>,
     meta: Table<'txn, &'static str, u64>,
 }
 
@@ -143,8 +154,17 @@ impl<'txn> Tables<'txn> {
             principal_names: transaction.open_table(PRINCIPAL_NAMES)?,
             epochs: transaction.open_table(EPOCHS)?,
             revoked_tokens: transaction.open_table(REVOKED_TOKENS)?,
+            idempotency_keys: transaction.open_table(IDEMPOTENCY_KEYS)?,
+            idempotency_expiry: transaction.open_table(IDEMPOTENCY_EXPIRY)?,
             meta: transaction.open_table(META)?,
         })
+    }
+
+    fn key_tables(&mut self) -> KeyTables<'_, 'txn> {
+        KeyTables {
+            keys: &mut self.idempotency_keys,
+            expiry: &mut self.idempotency_expiry,
+        }
     }
 
     /// Stores one encoded entry and posts it to the indexes (not its chain's head),
@@ -363,6 +383,8 @@ pub(crate) fn prepare_group(
         journal,
         needs_durable_commit: false,
         states: HashMap::new(),
+        keyed: HashMap::new(),
+        scratch: Vec::new(),
     };
     let mut verdicts = Vec::with_capacity(requests.len());
     for (index, request) in requests.iter().enumerate() {
@@ -394,7 +416,7 @@ pub(crate) fn store_group(
     let mut scratch = Scratch::new();
     for entry in entries {
         let request = &requests[entry.request];
-        let (WriteOp::Remember { world, atoms }, Authority::Principal { key: writer, .. }) =
+        let (WriteOp::Remember { world, atoms, .. }, Authority::Principal { key: writer, .. }) =
             (&request.op, &request.authority)
         else {
             unreachable!("only principals' remember requests encode entries");
@@ -424,10 +446,24 @@ pub(crate) fn replay_journal(
     let mut expected = durable + 1;
     let mut scratch = Scratch::new();
     'records: for body in bodies {
-        let Some(entries) = journal::entries_of(body) else {
+        let Some(items) = journal::items_of(body) else {
             break;
         };
-        for entry in entries {
+        for item in items {
+            let entry = match item {
+                Item::Entry(entry) => entry,
+                Item::Key(record) => {
+                    let record = KeyRecord::decode(record).ok_or_else(|| StoreError::Corrupt {
+                        what: "an idempotency key record of the journal does not decode".into(),
+                    })?;
+                    // Its atoms come before it in the record: keep it if they were
+                    // applied now (a key of atoms already in the file is there too).
+                    if record.first_commit > durable {
+                        record.insert(&mut tables.key_tables())?;
+                    }
+                    continue;
+                }
+            };
             let id = entry_hash(entry);
             let atom = decode_entry(id, entry)?;
             if atom.commit < expected && expected == durable + 1 {
@@ -490,6 +526,11 @@ struct Group<'a> {
     /// The lifecycle states this group's transitions set so far, by atom commit: the
     /// tables hold them only once the group's entries are stored.
     states: HashMap<u64, LifecycleState>,
+    /// The receipts of the keyed requests of this group, by (world, writer, key): the
+    /// tables hold their entries only once the group's entries are stored.
+    keyed: HashMap<(String, PublicKey, Vec<u8>), Vec<Receipt>>,
+    /// A buffer for request hashes.
+    scratch: Vec<u8>,
 }
 
 pub fn now_unix_ms() -> i64 {
@@ -559,13 +600,13 @@ fn apply_one(
         }));
     }
     match &request.op {
-        WriteOp::Remember { world, atoms } => {
+        WriteOp::Remember { world, atoms, key } => {
             let Some(actor) = actor else {
                 return Ok(Err(StoreError::PermissionDenied {
                     reason: "only principals remember atoms".into(),
                 }));
             };
-            remember(tables, group, &actor, world, atoms)
+            remember(tables, group, &actor, world, atoms, key.as_deref())
         }
         WriteOp::CreateWorld { name, dimension } => {
             if let Err(error) = validate_world_name(name) {
@@ -744,6 +785,7 @@ fn remember(
     writer: &Principal,
     world: &str,
     atoms: &[AtomContent],
+    key: Option<&[u8]>,
 ) -> Result<Verdict, StoreError> {
     // Validate everything before the first insert.
     let mut info = match tables.worlds.get(world)? {
@@ -754,17 +796,31 @@ fn remember(
             }));
         }
     };
-    if info.state == WorldState::Archived {
-        return Ok(Err(StoreError::WorldArchived {
-            world: world.to_owned(),
-        }));
-    }
     if !writer.holds(world, Right::Write) {
         return Ok(Err(StoreError::PermissionDenied {
             reason: format!(
                 "principal {:?} holds no write grant in world {world:?}",
                 writer.name
             ),
+        }));
+    }
+    // A request already done answers as it did, whatever happened to the world since.
+    let keyed = match key {
+        Some(key) => match done_before(tables, group, writer, world, atoms, key)? {
+            Ok(KeyedRequest::Done(receipts)) => {
+                return Ok(Ok(WriteOutcome::Remembered {
+                    receipts,
+                    replayed: true,
+                }));
+            }
+            Ok(KeyedRequest::New(request)) => Some((key, request)),
+            Err(error) => return Ok(Err(error)),
+        },
+        None => None,
+    };
+    if info.state == WorldState::Archived {
+        return Ok(Err(StoreError::WorldArchived {
+            world: world.to_owned(),
         }));
     }
     if atoms.is_empty() || atoms.len() > BATCH_ATOMS_MAX {
@@ -879,7 +935,78 @@ fn remember(
     tables.heads.insert((world, key), (seq, prev))?;
     info.atoms += atoms.len() as u64;
     tables.worlds.insert(world, info.record())?;
-    Ok(Ok(WriteOutcome::Remembered(receipts)))
+    if let Some((idempotency_key, request)) = keyed {
+        let record = KeyRecord {
+            world,
+            writer: key,
+            key: idempotency_key,
+            request,
+            recorded_at_unix_ms: group.recorded_at_unix_ms,
+            first_commit: receipts[0].commit,
+            count: receipts.len() as u32,
+        };
+        let mut key_tables = tables.key_tables();
+        record.insert(&mut key_tables)?;
+        idempotency::prune(&mut key_tables, group.recorded_at_unix_ms)?;
+        group.journal.push_key(|out| record.encode(out));
+        group.keyed.insert(
+            (world.to_owned(), key, idempotency_key.to_vec()),
+            receipts.clone(),
+        );
+    }
+    Ok(Ok(WriteOutcome::Remembered {
+        receipts,
+        replayed: false,
+    }))
+}
+
+/// What an idempotency key says of a request.
+enum KeyedRequest {
+    /// It was done: these are its receipts.
+    Done(Vec<Receipt>),
+    /// It is new; its hash goes into the key's record.
+    New(Hash),
+}
+
+/// Whether `writer` already made this request with `key` in `world`, within the
+/// window: in this group, or in the tables. The same key with other atoms is a
+/// conflict.
+fn done_before(
+    tables: &Tables<'_>,
+    group: &mut Group<'_>,
+    writer: &Principal,
+    world: &str,
+    atoms: &[AtomContent],
+    key: &[u8],
+) -> Result<Result<KeyedRequest, StoreError>, StoreError> {
+    if let Err(error) = idempotency::validate_key(key) {
+        return Ok(Err(error));
+    }
+    let request = idempotency::request_hash(atoms, &mut group.scratch);
+    let Some(found) = idempotency::find(
+        &tables.idempotency_keys,
+        world,
+        &writer.public_key,
+        key,
+        group.recorded_at_unix_ms,
+    )?
+    else {
+        return Ok(Ok(KeyedRequest::New(request)));
+    };
+    let (done, _, first_commit, _) = found;
+    if done != request {
+        return Ok(Err(StoreError::IdempotencyConflict {
+            key: hex::encode(key),
+            commit: first_commit,
+        }));
+    }
+    let pending = group
+        .keyed
+        .get(&(world.to_owned(), writer.public_key, key.to_vec()));
+    Ok(Ok(KeyedRequest::Done(match pending {
+        Some(receipts) => receipts.clone(),
+        None => idempotency::receipts(&tables.entries, world, found)?,
+    })))
 }
 
 /// Checks one transition `writer` makes on `target` in `world`: the target exists in

@@ -73,7 +73,10 @@ fn last_commit_of(verdicts: &[Result<WriteOutcome, StoreError>]) -> Option<u64> 
     verdicts
         .iter()
         .filter_map(|verdict| match verdict {
-            Ok(WriteOutcome::Remembered(receipts)) => receipts.last().map(|receipt| receipt.commit),
+            Ok(WriteOutcome::Remembered {
+                receipts,
+                replayed: false,
+            }) => receipts.last().map(|receipt| receipt.commit),
             _ => None,
         })
         .max()

@@ -57,6 +57,7 @@ fn remember(key: [u8; 32], world: &str, atoms: Vec<AtomContent>) -> WriteRequest
         op: WriteOp::Remember {
             world: world.into(),
             atoms,
+            key: None,
         },
     }
 }
@@ -83,7 +84,7 @@ fn chains_link_commits_increase_and_verify_is_clean() {
         ))
         .unwrap()
     {
-        WriteOutcome::Remembered(receipts) => receipts,
+        WriteOutcome::Remembered { receipts, .. } => receipts,
         other => panic!("{other:?}"),
     };
     assert_eq!(receipts[0].seq, 1);
@@ -156,7 +157,7 @@ fn a_group_commits_good_requests_and_rejects_bad_ones_without_a_trace() {
     ));
     assert!(matches!(verdicts[3], Err(StoreError::WorldNotFound { .. })));
     assert!(matches!(verdicts[4], Err(StoreError::InvalidBatch { .. })));
-    let Ok(WriteOutcome::Remembered(bob)) = &verdicts[5] else {
+    let Ok(WriteOutcome::Remembered { receipts: bob, .. }) = &verdicts[5] else {
         panic!("{:?}", verdicts[5])
     };
     // The rejected batch consumed no commit number.
@@ -405,7 +406,7 @@ fn a_group_larger_than_the_journal_commits_durably_in_redb() {
         vec![atom(AtomKind::Fact, "small", &[], 0.5)],
     );
     match fixture.store.apply_one(small).unwrap() {
-        WriteOutcome::Remembered(receipts) => assert_eq!(receipts[0].seq, 20_001),
+        WriteOutcome::Remembered { receipts, .. } => assert_eq!(receipts[0].seq, 20_001),
         other => panic!("{other:?}"),
     }
     let view = fixture.store.read().unwrap();
@@ -431,7 +432,7 @@ fn a_read_after_a_write_sees_it_and_an_older_view_keeps_its_snapshot() {
         ))
         .unwrap()
     {
-        WriteOutcome::Remembered(receipts) => receipts[0],
+        WriteOutcome::Remembered { receipts, .. } => receipts[0],
         other => panic!("{other:?}"),
     };
     let first = remember_one("first");

@@ -4,6 +4,7 @@ Cap'n Proto implementation) against a real engramd, over TCP and the Unix socket
 from __future__ import annotations
 
 import math
+import socket
 
 import pytest
 from conftest import run
@@ -277,6 +278,48 @@ def test_each_bad_input_gets_its_code_and_changes_nothing(node):
         assert (await engram.verify(reader))["bad"] is None
 
     run(body())
+
+
+def test_a_retry_with_its_idempotency_key_is_answered_and_written_once(address, node):
+    async def body():
+        session = await with_world(address, node, "w")
+        writer, reader = session.writer("w"), session.reader("w")
+        key = engram.new_idempotency_key()
+        atoms = (NewAtom("deploys run at noon"), NewAtom("and never on Fridays"))
+        first = await engram.remember_keyed(writer, *atoms, key=key)
+        assert not first.replayed
+        # The answer was lost: the retry's first attempt cannot even connect (nothing
+        # listens there), the next reaches the node with the same key.
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        nowhere = "127.0.0.1:%d" % closed.getsockname()[1]
+        attempts = []
+        sessions = []  # a writer lives as long as its connection
+
+        async def acquire():
+            attempts.append(1)
+            address_now = nowhere if len(attempts) == 1 else address
+            sessions.append(await engram.open_session(address_now, node.admin_key))
+            return sessions[-1].writer("w")
+
+        retried = await engram.remember_retrying(acquire, *atoms, key=key)
+        closed.close()
+        assert len(attempts) == 2
+        assert retried.replayed and retried.receipts == first.receipts
+        await expect_code("conflict", engram.remember_keyed(writer, NewAtom("other atoms"), key=key))
+        request = writer.remember_request()
+        NewAtom("x").fill(request.init("atom"))
+        request.idempotencyKey = b"k" * 65
+        await expect_code("invalidArgument", engram.call(request.send()))
+        # A refusal is not retried: it was an answer.
+        await expect_code("conflict", engram.remember_retrying(lambda: _ready(writer), NewAtom("other atoms"), key=key))
+        assert len(await engram.ask(reader, limit=100)) == 2
+
+    run(body())
+
+
+async def _ready(value):
+    return value
 
 
 # Observe

@@ -9,7 +9,7 @@ import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional, Sequence
 
 import capnp
 from cryptography.hazmat.primitives import serialization
@@ -517,18 +517,86 @@ async def open_session(address: str, key_path: str | os.PathLike) -> Session:
 
 
 async def remember(writer: Any, *atoms: NewAtom) -> list[Receipt]:
-    """Remembers one atom, or several as one all-or-nothing batch; returns once durable."""
+    """Remembers one atom, or several as one all-or-nothing batch; returns once durable.
+    Not safe to retry: see :func:`remember_keyed`."""
+    return (await _send_remember(writer, atoms, b"")).receipts
+
+
+@dataclass
+class Remembered:
+    """What a keyed ``remember`` answered: the receipts, and whether they are of a
+    request done before (the node wrote nothing this time)."""
+
+    receipts: list[Receipt]
+    replayed: bool
+
+
+#: The most bytes an idempotency key holds.
+IDEMPOTENCY_KEY_BYTES_MAX = 64
+
+
+def new_idempotency_key() -> bytes:
+    """A fresh idempotency key: 16 random bytes. One per request, reused only to retry it."""
+    return os.urandom(16)
+
+
+async def remember_keyed(writer: Any, *atoms: NewAtom, key: bytes) -> Remembered:
+    """Remembers atoms with an idempotency key (1 to 64 bytes): sent again with the same
+    key and atoms within the node's window (24 hours), by this principal in this world,
+    it writes nothing and answers the first request's receipts with ``replayed`` true.
+    The same key with other atoms raises ``conflict``."""
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_BYTES_MAX:
+        raise ValueError(f"an idempotency key is 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes; this one is {len(key)}")
+    return await _send_remember(writer, atoms, key)
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether a call that failed so may have been lost rather than refused, and may be
+    sent again (a write only with an idempotency key): the node failed (``internal``),
+    could not serve it now (``unavailable``), the connection broke, or connecting
+    failed."""
+    if isinstance(error, EngramError):
+        return error.code in (None, "internal", "unavailable")
+    return isinstance(error, OSError)
+
+
+async def remember_retrying(
+    acquire: Callable[[], Awaitable[Any]],
+    *atoms: NewAtom,
+    key: Optional[bytes] = None,
+    attempts: int = 3,
+) -> Remembered:
+    """Remembers atoms with ``key`` (default: a new one), trying up to ``attempts`` times
+    in all while the failure :func:`is_retryable`, each time with a writer from
+    ``acquire()`` (which may connect and log in again), after a pause that doubles from
+    0.1 s. The key makes the retries safe: the atoms are written once."""
+    key = key if key is not None else new_idempotency_key()
+    pause = 0.1
+    for attempt in range(1, attempts + 1):
+        try:
+            return await remember_keyed(await acquire(), *atoms, key=key)
+        except Exception as error:  # noqa: BLE001 - retried or raised below
+            if attempt == attempts or not is_retryable(error):
+                raise
+        await asyncio.sleep(pause)
+        pause *= 2
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _send_remember(writer: Any, atoms: Sequence[NewAtom], key: bytes) -> Remembered:
     if len(atoms) == 1:
         request = writer.remember_request()
         atoms[0].fill(request.init("atom"))
+        request.idempotencyKey = key
         result = await call(request.send())
-        return [Receipt.read(result.receipt)]
+        return Remembered([Receipt.read(result.receipt)], result.replayed)
     request = writer.rememberBatch_request()
+    request.idempotencyKey = key
     builders = request.init("atoms", len(atoms))
     for index, atom in enumerate(atoms):
         atom.fill(builders[index])
     result = await call(request.send())
-    return [Receipt.read(receipt) for receipt in result.receipts]
+    return Remembered([Receipt.read(receipt) for receipt in result.receipts], result.replayed)
 
 
 async def transition(writer: Any, target: bytes, kind: str, reason: str = "") -> Receipt:
