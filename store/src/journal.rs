@@ -24,7 +24,7 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -42,10 +42,41 @@ const HEADER_BYTES: usize = 4 + 4 + 8;
 /// The BLAKE3 key-derivation context of record checksums.
 const CHECKSUM_CONTEXT: &str = "engram 2026-11 journal record v1";
 
+/// Where the journal's bytes live: its file, or a disk a test simulates (to lose what
+/// was not synced, or fail).
+pub trait JournalStorage: Send + Sync + 'static {
+    /// The storage's length.
+    fn length(&self) -> io::Result<u64>;
+    /// Fills `out` from `offset`.
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()>;
+    /// Writes all of `data` at `offset`.
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Makes what was written durable (`fdatasync`).
+    fn sync(&self) -> io::Result<()>;
+}
+
+impl JournalStorage for File {
+    fn length(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.read_exact_at(out, offset)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.write_all_at(data, offset)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.sync_data()
+    }
+}
+
 /// An open journal. Only the writer thread (or `Store::open`) uses it.
 pub(crate) struct Journal {
     path: PathBuf,
-    file: File,
+    file: Arc<dyn JournalStorage>,
     /// Where the next record goes.
     position: u64,
     /// When the oldest record since the last checkpoint was written.
@@ -70,14 +101,14 @@ struct Syncer {
 }
 
 impl Syncer {
-    fn start(file: File) -> io::Result<Syncer> {
+    fn start(file: Arc<dyn JournalStorage>) -> io::Result<Syncer> {
         let (requests, waiting) = mpsc::channel::<()>();
         let (answers, results) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("engram-journal".into())
             .spawn(move || {
                 while waiting.recv().is_ok() {
-                    if answers.send(file.sync_data()).is_err() {
+                    if answers.send(file.sync()).is_err() {
                         break;
                     }
                 }
@@ -150,26 +181,42 @@ impl Journal {
             .truncate(false)
             .open(path)
             .map_err(failed)?;
-        let length = file.metadata().map_err(failed)?.len();
+        let (journal, bodies, created) = Journal::open_on(Arc::new(file), path)?;
+        if created && let Some(directory) = path.parent() {
+            File::open(directory)
+                .and_then(|directory| directory.sync_all())
+                .map_err(failed)?;
+        }
+        Ok((journal, bodies))
+    }
+
+    /// Opens the journal on `file` (`path` names it in errors), filling it with zeros
+    /// first if it is short; returns it with the bodies of the records it holds, and
+    /// whether it was filled.
+    pub(crate) fn open_on(
+        file: Arc<dyn JournalStorage>,
+        path: &Path,
+    ) -> Result<(Journal, Vec<Vec<u8>>, bool), JournalError> {
+        let failed = |source| JournalError {
+            path: path.to_owned(),
+            source,
+        };
+        let length = file.length().map_err(failed)?;
         let mut bodies = Vec::new();
-        if length < JOURNAL_BYTES {
+        let created = length < JOURNAL_BYTES;
+        if created {
             // New (or cut short by hand): whatever it held is not trusted to be whole.
             let zeros = vec![0u8; 1024 * 1024];
             let mut offset = 0;
             while offset < JOURNAL_BYTES {
-                file.write_all_at(&zeros, offset).map_err(failed)?;
+                file.write_at(offset, &zeros).map_err(failed)?;
                 offset += zeros.len() as u64;
             }
-            file.sync_all().map_err(failed)?;
-            if let Some(directory) = path.parent() {
-                File::open(directory)
-                    .and_then(|directory| directory.sync_all())
-                    .map_err(failed)?;
-            }
+            file.sync().map_err(failed)?;
         } else {
-            bodies = read_records(&file).map_err(failed)?;
+            bodies = read_records(&*file).map_err(failed)?;
         }
-        let syncer = file.try_clone().and_then(Syncer::start).map_err(failed)?;
+        let syncer = Syncer::start(Arc::clone(&file)).map_err(failed)?;
         let journal = Journal {
             path: path.to_owned(),
             file,
@@ -180,7 +227,7 @@ impl Journal {
             syncer,
             syncing: None,
         };
-        Ok((journal, bodies))
+        Ok((journal, bodies, created))
     }
 
     /// Starts a record; the caller appends the entries with [`Journal::push_entry`].
@@ -237,7 +284,7 @@ impl Journal {
         self.record[4..8].copy_from_slice(&body_length.to_be_bytes());
         self.record[8..16].copy_from_slice(&sum);
         self.file
-            .write_all_at(&self.record, self.position)
+            .write_at(self.position, &self.record)
             .and_then(|()| self.syncer.request())
             .map_err(|source| self.failed(source))?;
         // Let the sync thread start: woken onto this core, it would otherwise wait for
@@ -284,8 +331,8 @@ impl Journal {
         if self.position > 0 || self.unread_at_open {
             let cleared = self
                 .file
-                .write_all_at(&[0; HEADER_BYTES], 0)
-                .and_then(|()| self.file.sync_data());
+                .write_at(0, &[0; HEADER_BYTES])
+                .and_then(|()| self.file.sync());
             if let Err(error) = cleared {
                 tracing::warn!(%error, journal = %self.path.display(), "clearing the journal failed");
             }
@@ -298,12 +345,12 @@ impl Journal {
 
 /// The bodies of the records from the start of the file, up to the first that is not
 /// whole.
-fn read_records(file: &File) -> io::Result<Vec<Vec<u8>>> {
+fn read_records(file: &dyn JournalStorage) -> io::Result<Vec<Vec<u8>>> {
     let mut bodies = Vec::new();
     let mut position = 0u64;
     let mut header = [0u8; HEADER_BYTES];
     while position + HEADER_BYTES as u64 <= JOURNAL_BYTES {
-        file.read_exact_at(&mut header, position)?;
+        file.read_at(position, &mut header)?;
         if header[..4] != MAGIC {
             break;
         }
@@ -313,7 +360,7 @@ fn read_records(file: &File) -> io::Result<Vec<Vec<u8>>> {
             break;
         }
         let mut body = vec![0u8; body_length as usize];
-        file.read_exact_at(&mut body, position + HEADER_BYTES as u64)?;
+        file.read_at(position + HEADER_BYTES as u64, &mut body)?;
         if checksum(&body) != header[8..16] {
             break;
         }

@@ -13,6 +13,8 @@ pub mod chain;
 pub mod constraint;
 pub mod epoch;
 pub mod error;
+#[cfg(test)]
+mod fuzzing;
 pub mod idempotency;
 pub mod journal;
 pub mod limits;
@@ -96,6 +98,32 @@ impl Store {
         let database = Database::builder()
             .set_cache_size(cache_bytes)
             .create(path.as_ref())?;
+        let journal_path = path.as_ref().with_extension("journal");
+        let (journal, records) = Journal::open(&journal_path)?;
+        Store::start(database, journal, records)
+    }
+
+    /// Opens the store on storage of the caller's: redb's `backend` for the database and
+    /// `journal` for the write-ahead journal. What fault-injection tests open it on: a
+    /// disk that loses what was not synced, or fails.
+    pub fn open_on(
+        backend: impl redb::StorageBackend,
+        journal: Arc<dyn journal::JournalStorage>,
+        cache_bytes: usize,
+    ) -> Result<Store, StoreError> {
+        let database = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create_with_backend(backend)?;
+        let (journal, records, _) = Journal::open_on(journal, Path::new("engram.journal"))?;
+        Store::start(database, journal, records)
+    }
+
+    /// Creates or checks the tables, applies the journal's `records` and starts.
+    fn start(
+        database: Database,
+        mut journal: Journal,
+        records: Vec<Vec<u8>>,
+    ) -> Result<Store, StoreError> {
         let transaction = database.begin_write()?;
         {
             let mut meta = transaction.open_table(META)?;
@@ -137,14 +165,12 @@ impl Store {
             }
         }
         transaction.commit()?;
-        let journal_path = path.as_ref().with_extension("journal");
-        let (mut journal, records) = Journal::open(&journal_path)?;
         if !records.is_empty() {
             let transaction = database.begin_write()?;
             let applied = write::replay_journal(&transaction, &records)?;
             transaction.commit()?;
             if applied > 0 {
-                tracing::info!(applied, journal = %journal_path.display(), "recovered atoms from the journal");
+                tracing::info!(applied, "recovered atoms from the journal");
             }
         }
         journal.checkpointed();
