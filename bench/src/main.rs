@@ -7,6 +7,7 @@
 //! cargo build --release --bins && target/release/engram-bench observe
 //! cargo build --release --bins && target/release/engram-bench abuse
 //! cargo build --release --bins && target/release/engram-bench check
+//! cargo build --release --bins && target/release/engram-bench storm
 //! ```
 
 mod abuse;
@@ -15,6 +16,7 @@ mod echo;
 mod node;
 mod observe;
 mod report;
+mod storm;
 mod suite;
 mod tokens;
 mod vectors;
@@ -74,6 +76,13 @@ enum Benchmark {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// The crash storm: writer processes remember through SIGKILLs of the node; every
+    /// acknowledged atom must be there once, no request in part or twice. Exits 1 when
+    /// the store broke a promise.
+    Storm(storm::Options),
+    /// One writer of `storm`, in a process of its own (started by `storm`).
+    #[command(hide = true)]
+    StormWriter(storm::WriterOptions),
     /// The hostile clients of `abuse`, in a process of their own (started by `abuse`).
     #[command(hide = true)]
     AbuseHostile {
@@ -171,6 +180,8 @@ fn main() {
                 seed,
             }),
         ),
+        Benchmark::Storm(options) => storm::run(options),
+        Benchmark::StormWriter(options) => local.block_on(&runtime, storm::writer(options)),
         Benchmark::Observe {
             subscribers,
             atoms,

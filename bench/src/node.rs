@@ -158,6 +158,12 @@ impl BenchNode {
         assert!(status.success(), "engramd exited with {status}");
     }
 
+    /// Kills the node with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("killing engramd");
+        self.child.wait().expect("reaping engramd");
+    }
+
     /// Starts the stopped node again; returns how long it took to accept connections.
     pub fn restart(&mut self) -> std::time::Duration {
         let started = std::time::Instant::now();

@@ -38,7 +38,8 @@ pub async fn remember_keyed(
 /// Remembers atoms with `key`, retrying up to `attempts` times in all when the answer
 /// is lost or the node failed (see [`ClientError::is_retryable`]), each time with a
 /// writer from `acquire` (which may connect and log in again), after a pause that
-/// doubles from 100 ms. The key makes the retries safe: the atoms are written once.
+/// doubles from 100 ms up to 2 s. The key makes the retries safe: the atoms are written
+/// once.
 pub async fn remember_retrying<F, Acquired>(
     mut acquire: F,
     atoms: &[NewAtom],
@@ -59,7 +60,7 @@ where
         match result {
             Err(error) if attempt < attempts && error.is_retryable() => {
                 tokio::time::sleep(pause).await;
-                pause *= 2;
+                pause = (pause * 2).min(Duration::from_secs(2));
                 attempt += 1;
             }
             done => return done,
