@@ -78,7 +78,7 @@ impl admin::Server for Admin {
         params: admin::CreateWorldParams,
         mut results: admin::CreateWorldResults,
     ) -> Result<(), capnp::Error> {
-        let params = params.get()?;
+        let params = params.get().map_err(malformed).wire()?;
         let name = text(params.get_name()).wire()?;
         let dimension = params.get_vector_dimension();
         match self.write(WriteOp::CreateWorld { name, dimension }).await? {
@@ -93,7 +93,7 @@ impl admin::Server for Admin {
         params: admin::ArchiveWorldParams,
         mut results: admin::ArchiveWorldResults,
     ) -> Result<(), capnp::Error> {
-        let params = params.get()?;
+        let params = params.get().map_err(malformed).wire()?;
         self.set_world_state(
             params.get_name(),
             WorldState::Archived,
@@ -107,7 +107,7 @@ impl admin::Server for Admin {
         params: admin::ResumeWorldParams,
         mut results: admin::ResumeWorldResults,
     ) -> Result<(), capnp::Error> {
-        let params = params.get()?;
+        let params = params.get().map_err(malformed).wire()?;
         self.set_world_state(
             params.get_name(),
             WorldState::Active,
@@ -135,7 +135,7 @@ impl admin::Server for Admin {
         params: admin::AddPrincipalParams,
         mut results: admin::AddPrincipalResults,
     ) -> Result<(), capnp::Error> {
-        let params = params.get()?;
+        let params = params.get().map_err(malformed).wire()?;
         let principal = Principal {
             name: text(params.get_name()).wire()?,
             public_key: bytes32(
@@ -166,7 +166,7 @@ impl admin::Server for Admin {
         params: admin::SetGrantsParams,
         mut results: admin::SetGrantsResults,
     ) -> Result<(), capnp::Error> {
-        let params = params.get()?;
+        let params = params.get().map_err(malformed).wire()?;
         let name = text(params.get_name()).wire()?;
         let grants = read_grants(params.get_grants().map_err(malformed).wire()?).wire()?;
         match self.write(WriteOp::SetGrants { name, grants }).await? {
@@ -184,7 +184,7 @@ impl admin::Server for Admin {
         params: admin::RemovePrincipalParams,
         _: admin::RemovePrincipalResults,
     ) -> Result<(), capnp::Error> {
-        let name = text(params.get()?.get_name()).wire()?;
+        let name = text(params.get().map_err(malformed).wire()?.get_name()).wire()?;
         match self.write(WriteOp::RemovePrincipal { name }).await? {
             WriteOutcome::PrincipalRemoved(principal) => {
                 tracing::info!(principal = %principal.name, "principal removed; its live capabilities are revoked");
@@ -224,7 +224,16 @@ impl admin::Server for Admin {
         params: admin::AdvanceEpochParams,
         mut results: admin::AdvanceEpochResults,
     ) -> Result<(), capnp::Error> {
-        let head = read_epoch_head(params.get()?.get_head().map_err(malformed).wire()?).wire()?;
+        let head = read_epoch_head(
+            params
+                .get()
+                .map_err(malformed)
+                .wire()?
+                .get_head()
+                .map_err(malformed)
+                .wire()?,
+        )
+        .wire()?;
         match self.write(WriteOp::AdvanceEpoch { head }).await? {
             WriteOutcome::Epoch(epoch) => {
                 tracing::info!(epoch = epoch.number, head = %hex::encode(epoch.head), "epoch advanced; older capabilities are revoked");
@@ -261,7 +270,7 @@ impl admin::Server for Admin {
         mut results: admin::AuditResults,
     ) -> Result<(), capnp::Error> {
         self.authorize().wire()?;
-        let params = params.get()?;
+        let params = params.get().map_err(malformed).wire()?;
         let named = params
             .get_principal()
             .map_err(malformed)
@@ -329,7 +338,13 @@ impl admin::Server for Admin {
         _: admin::RevokeTokenResults,
     ) -> Result<(), capnp::Error> {
         self.authorize().wire()?;
-        let token = params.get()?.get_token().map_err(malformed).wire()?;
+        let token = params
+            .get()
+            .map_err(malformed)
+            .wire()?
+            .get_token()
+            .map_err(malformed)
+            .wire()?;
         let _permit = self.grip.begin_call().wire()?;
         let grip = &self.grip;
         grip.node

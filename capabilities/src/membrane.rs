@@ -144,7 +144,13 @@ impl membrane::Server for Membrane {
         params: membrane::RevokeTokenParams,
         _: membrane::RevokeTokenResults,
     ) -> Result<(), capnp::Error> {
-        let token = params.get()?.get_token().map_err(malformed).wire()?;
+        let token = params
+            .get()
+            .map_err(malformed)
+            .wire()?
+            .get_token()
+            .map_err(malformed)
+            .wire()?;
         self.node.login_attempt(&self.peer, &self.budget).wire()?;
         let _permit = CallBudget::begin_call(&self.budget).wire()?;
         self.node

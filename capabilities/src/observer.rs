@@ -27,7 +27,7 @@ impl observer::Server for Observer {
         mut results: observer::SubscribeResults,
     ) -> Result<(), capnp::Error> {
         self.grip.admit(Some(&self.world), 0).wire()?;
-        let params = params.get()?;
+        let params = params.get().map_err(malformed).wire()?;
         let filter = params.get_filter().map_err(malformed).wire()?;
         if filter.get_as_of() != 0 {
             return Err(CapabilityError::invalid(
@@ -47,7 +47,7 @@ impl observer::Server for Observer {
         filter.limit = 1;
         filter.before_commit = None;
         filter.validate().map_err(CapabilityError::from).wire()?;
-        let sink = params.get_sink()?;
+        let sink = params.get_sink().map_err(malformed).wire()?;
         self.grip
             .node
             .open_subscription(&self.grip.principal)
@@ -70,8 +70,16 @@ impl observer::Server for Observer {
         mut results: observer::AttenuateResults,
     ) -> Result<(), capnp::Error> {
         self.grip.admit(Some(&self.world), 0).wire()?;
-        let restriction =
-            read_restriction(params.get()?.get_restriction().map_err(malformed).wire()?).wire()?;
+        let restriction = read_restriction(
+            params
+                .get()
+                .map_err(malformed)
+                .wire()?
+                .get_restriction()
+                .map_err(malformed)
+                .wire()?,
+        )
+        .wire()?;
         let narrowed = Observer::new(self.grip.narrowed(&restriction), self.world.clone());
         results.get().set_observer(capnp_rpc::new_client(narrowed));
         Ok(())

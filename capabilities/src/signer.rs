@@ -63,7 +63,7 @@ impl signer::Server for Signer {
         mut results: signer::SignResults,
     ) -> Result<(), capnp::Error> {
         self.grip.admit(None, 0).wire()?;
-        let params = params.get()?;
+        let params = params.get().map_err(malformed).wire()?;
         let domain = params
             .get_domain()
             .map_err(malformed)
@@ -99,7 +99,13 @@ impl signer::Server for Signer {
         mut results: signer::AttenuateResults,
     ) -> Result<(), capnp::Error> {
         self.grip.admit(None, 0).wire()?;
-        let list = params.get()?.get_domains().map_err(malformed).wire()?;
+        let list = params
+            .get()
+            .map_err(malformed)
+            .wire()?
+            .get_domains()
+            .map_err(malformed)
+            .wire()?;
         if list.len() as usize > SIGN_DOMAINS_MAX {
             return Err(CapabilityError::invalid(format!(
                 "{} domains; the limit is {SIGN_DOMAINS_MAX}",

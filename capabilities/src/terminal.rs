@@ -281,7 +281,7 @@ impl terminal::Server for Terminal {
         params: terminal::LoginParams,
         mut results: terminal::LoginResults,
     ) -> Result<(), capnp::Error> {
-        let params = params.get()?;
+        let params = params.get().map_err(malformed).wire()?;
         let membrane = self
             .verify_login(
                 params.get_public_key().map_err(malformed).wire()?,
@@ -298,7 +298,13 @@ impl terminal::Server for Terminal {
         params: terminal::RestoreParams,
         mut results: terminal::RestoreResults,
     ) -> Result<(), capnp::Error> {
-        let token = params.get()?.get_token().map_err(malformed).wire()?;
+        let token = params
+            .get()
+            .map_err(malformed)
+            .wire()?
+            .get_token()
+            .map_err(malformed)
+            .wire()?;
         let restored = self.restore_token(token).wire()?;
         let mut results = results.get();
         results.set_world(restored.world.as_str());

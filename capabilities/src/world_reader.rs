@@ -250,7 +250,7 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::GetResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let params = params.get()?;
+        let params = params.get().map_err(malformed).wire()?;
         let id = bytes32(params.get_id().map_err(malformed).wire()?, "the atom id").wire()?;
         let as_of = params.get_as_of();
         let view = self.grip.node.store.read().wire()?;
@@ -281,7 +281,16 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::AskResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let mut request = read_ask(params.get()?.get_query().map_err(malformed).wire()?).wire()?;
+        let mut request = read_ask(
+            params
+                .get()
+                .map_err(malformed)
+                .wire()?
+                .get_query()
+                .map_err(malformed)
+                .wire()?,
+        )
+        .wire()?;
         request
             .query
             .validate()
@@ -370,7 +379,7 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::ReplayResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let params = params.get()?;
+        let params = params.get().map_err(malformed).wire()?;
         let (from_commit, limit) = (params.get_from_commit(), params.get_limit());
         let audited = AuditedQuery::Replay { from_commit, limit };
         let page = self.log_page(from_commit, u64::MAX, limit, audited).await?;
@@ -386,7 +395,7 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::HeadsResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let as_of = params.get()?.get_as_of();
+        let as_of = params.get().map_err(malformed).wire()?.get_as_of();
         let heads = if self.grip.restriction.hides_atoms() || as_of != 0 {
             // A restricted reader sees the newest atom it may see of each chain, and
             // nothing of a chain it may see no atom of; the heads as of a commit are each
@@ -429,7 +438,7 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::DiffResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let params = params.get()?;
+        let params = params.get().map_err(malformed).wire()?;
         let (from_commit, limit) = (params.get_from_commit(), params.get_limit());
         let to_commit = params.get_to_commit();
         let up_to = match to_commit {
@@ -454,7 +463,7 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::CheckResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let params = params.get()?;
+        let params = params.get().map_err(malformed).wire()?;
         let text = params.get_plan().map_err(malformed).wire()?;
         if text.len() > engram_store::limits::ATOM_TEXT_BYTES_MAX {
             return Err(CapabilityError::invalid(format!(
@@ -531,7 +540,7 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::CommitAtResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let unix_ms = params.get()?.get_unix_ms();
+        let unix_ms = params.get().map_err(malformed).wire()?.get_unix_ms();
         let commit = self
             .grip
             .node
@@ -556,7 +565,7 @@ impl world_reader::Server for WorldReader {
             )
             .into());
         }
-        let params = params.get()?;
+        let params = params.get().map_err(malformed).wire()?;
         let writer = bytes32(
             params.get_writer().map_err(malformed).wire()?,
             "the writer key",
@@ -658,8 +667,16 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::AttenuateResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let restriction =
-            read_restriction(params.get()?.get_restriction().map_err(malformed).wire()?).wire()?;
+        let restriction = read_restriction(
+            params
+                .get()
+                .map_err(malformed)
+                .wire()?
+                .get_restriction()
+                .map_err(malformed)
+                .wire()?,
+        )
+        .wire()?;
         let narrowed = WorldReader::new(self.grip.narrowed(&restriction), self.world.clone());
         results.get().set_reader(capnp_rpc::new_client(narrowed));
         Ok(())

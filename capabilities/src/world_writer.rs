@@ -151,7 +151,7 @@ impl world_writer::Server for WorldWriter {
         mut results: world_writer::TransitionResults,
     ) -> Result<(), capnp::Error> {
         self.grip.admit(Some(&self.world), 1).wire()?;
-        let params = params.get()?;
+        let params = params.get().map_err(malformed).wire()?;
         let target = bytes32(
             params.get_target().map_err(malformed).wire()?,
             "the target id",
@@ -199,7 +199,7 @@ impl world_writer::Server for WorldWriter {
         mut results: world_writer::RememberResults,
     ) -> Result<(), capnp::Error> {
         self.grip.admit(Some(&self.world), 1).wire()?;
-        let params = params.get()?;
+        let params = params.get().map_err(malformed).wire()?;
         let content = read_content(params.get_atom().map_err(malformed).wire()?).wire()?;
         let key = read_idempotency_key(params.get_idempotency_key()).wire()?;
         let (receipts, replayed) = self.commit_atoms(vec![content], key).await.wire()?;
@@ -215,7 +215,7 @@ impl world_writer::Server for WorldWriter {
         mut results: world_writer::RememberBatchResults,
     ) -> Result<(), capnp::Error> {
         self.grip.check(Some(&self.world)).wire()?;
-        let params = params.get()?;
+        let params = params.get().map_err(malformed).wire()?;
         let key = read_idempotency_key(params.get_idempotency_key()).wire()?;
         let list = params.get_atoms().map_err(malformed).wire()?;
         if list.is_empty() || list.len() as usize > BATCH_ATOMS_MAX {
@@ -255,8 +255,16 @@ impl world_writer::Server for WorldWriter {
         mut results: world_writer::AttenuateResults,
     ) -> Result<(), capnp::Error> {
         self.grip.admit(Some(&self.world), 0).wire()?;
-        let restriction =
-            read_restriction(params.get()?.get_restriction().map_err(malformed).wire()?).wire()?;
+        let restriction = read_restriction(
+            params
+                .get()
+                .map_err(malformed)
+                .wire()?
+                .get_restriction()
+                .map_err(malformed)
+                .wire()?,
+        )
+        .wire()?;
         let narrowed = WorldWriter::new(self.grip.narrowed(&restriction), self.world.clone());
         results.get().set_writer(capnp_rpc::new_client(narrowed));
         Ok(())
