@@ -1029,13 +1029,7 @@ mod tests {
         use proptest::prelude::*;
 
         use super::*;
-
-        fn cases() -> u32 {
-            std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|cases| cases.parse().ok())
-                .unwrap_or(20_000)
-        }
+        use crate::fuzzing::cases;
 
         fn valid_entry() -> Vec<u8> {
             let mut content = AtomContent::new(AtomKind::Constraint, "do not use requests");
@@ -1074,23 +1068,7 @@ mod tests {
         }
 
         fn damaged() -> impl Strategy<Value = Vec<u8>> {
-            let length = valid_entry().len();
-            prop_oneof![
-                proptest::collection::vec(any::<u8>(), 0..600),
-                proptest::collection::vec((0..length, any::<u8>()), 1..5).prop_map(|edits| {
-                    let mut bytes = valid_entry();
-                    for (position, value) in edits {
-                        bytes[position] = value;
-                    }
-                    bytes
-                }),
-                (0..length).prop_map(|cut| valid_entry()[..cut].to_vec()),
-                proptest::collection::vec(any::<u8>(), 1..64).prop_map(|more| {
-                    let mut bytes = valid_entry();
-                    bytes.extend(more);
-                    bytes
-                }),
-            ]
+            crate::fuzzing::damaged(valid_entry())
         }
 
         proptest! {

@@ -142,3 +142,52 @@ pub(crate) fn validate_grants(grants: &[Grant]) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod decoding_anything {
+    //! Principal records are JSON read back from the file: whatever a damaged or
+    //! hostile file holds must decode to a principal or an error, never a panic, and a
+    //! principal that decodes encodes back to itself.
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing::{cases, damaged};
+
+    fn valid_record() -> Vec<u8> {
+        Principal {
+            name: "agent-7".into(),
+            public_key: [3; 32],
+            admin: false,
+            grants: vec![Grant {
+                world: "team/auth".into(),
+                read: true,
+                write: true,
+                observe: false,
+                approve: true,
+                rate: Rate {
+                    calls_per_second: 5,
+                    atoms_per_second: 50,
+                },
+            }],
+        }
+        .encode()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn any_bytes_decode_to_a_principal_or_an_error(bytes in damaged(valid_record())) {
+            if let Ok(principal) = Principal::decode(&bytes) {
+                let _ = principal.holds("team/auth", Right::Write);
+                prop_assert_eq!(Principal::decode(&principal.encode()).unwrap(), principal);
+            }
+        }
+    }
+
+    #[test]
+    fn the_valid_record_decodes() {
+        let principal = Principal::decode(&valid_record()).unwrap();
+        assert!(principal.holds("team/auth", Right::Approve));
+    }
+}
