@@ -86,6 +86,19 @@ const tokenFormat :UInt32 = 1;
 #   permissionDenied  a principal since removed, or no longer granted the right.
 # Tokens are at most 64 KiB and 32 blocks.
 
+const tlsServerName :Text = "engram-node";
+# Transport security off the local machine. A node started with `--tls` speaks TLS 1.3
+# (and nothing older) on its TCP listeners, before any Cap'n Proto; its Unix socket and
+# plain TCP on loopback stay plaintext. Its certificate is self-signed, and its subject
+# public key is the node's ed25519 key — the same key `Terminal.challenge` returns and a
+# login signs — so a client authenticates the node by that key alone, with no
+# certificate authority: it pins the key (given, or recorded the first time it
+# connected), accepts the handshake only when the certificate carries it and the
+# handshake is signed with it, and checks that the challenge names the same key. A
+# relay cannot then log in as its victim: it can neither finish the handshake as the
+# node nor read what passes through it. The name the certificate is issued to (and a
+# client sends) is `tlsServerName`; no check depends on it. Clients write `tls://HOST:PORT`.
+
 const handoffMagic :Data = "ENGRAMHO";
 # Handing a spawned child's connection to the node (what `engram spawn` does when it
 # reaches the node over its Unix socket). Cap'n Proto cannot carry a file descriptor, so

@@ -28,6 +28,17 @@ pub enum ClientError {
     },
     #[error(transparent)]
     KeyFile(#[from] KeyFileError),
+    /// The node at `address` presented another key than the one pinned: it is not the
+    /// node meant, or its key changed.
+    #[error(
+        "the node at {address} presented key {presented}, but {pinned_by} pins {expected}: refusing it (if the node's key really changed, update the pin)"
+    )]
+    NodeKeyMismatch {
+        address: String,
+        presented: String,
+        expected: String,
+        pinned_by: String,
+    },
     /// The principal holds no such capability (e.g. no write grant in that world).
     #[error("{0}")]
     NotGranted(String),

@@ -22,6 +22,7 @@ pub mod keyfile;
 pub mod mcp;
 pub mod outbox;
 pub mod spawn;
+pub mod tls;
 pub mod token;
 pub mod types;
 pub mod watch;
@@ -40,22 +41,43 @@ use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 pub use calls::*;
 pub use engram_schema;
 pub use error::{ClientError, ErrorCode};
+pub use tls::NodeTrust;
 pub use types::*;
 pub use watch::{Watch, WatchEvent, subscribe};
 
-/// Where a node listens: `HOST:PORT` for TCP, `unix:PATH` for a Unix socket.
+/// Where a node listens: `HOST:PORT` for TCP, `tls://HOST:PORT` for TCP with TLS (the
+/// node authenticated by its key, see [`NodeTrust`]), `unix:PATH` for a Unix socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
     Tcp(String),
+    Tls { address: String, trust: NodeTrust },
     Unix(PathBuf),
 }
 
 impl Endpoint {
-    /// Parses `unix:PATH` or a TCP `HOST:PORT`.
+    /// Parses `unix:PATH`, `tls://HOST:PORT` (trusting the default known-nodes file,
+    /// [`NodeTrust::default_known_nodes`]) or a TCP `HOST:PORT`.
     pub fn parse(text: &str) -> Endpoint {
-        match text.strip_prefix("unix:") {
-            Some(path) => Endpoint::Unix(PathBuf::from(path)),
+        if let Some(path) = text.strip_prefix("unix:") {
+            return Endpoint::Unix(PathBuf::from(path));
+        }
+        match text.strip_prefix("tls://") {
+            Some(address) => Endpoint::Tls {
+                address: address.to_owned(),
+                trust: NodeTrust::default_known_nodes(),
+            },
             None => Endpoint::Tcp(text.to_owned()),
+        }
+    }
+
+    /// The same endpoint, over TLS trusting the node as `trust` says (a TCP endpoint
+    /// becomes a TLS one; a Unix socket is left as it is).
+    pub fn trusting(self, trust: NodeTrust) -> Endpoint {
+        match self {
+            Endpoint::Tcp(address) | Endpoint::Tls { address, .. } => {
+                Endpoint::Tls { address, trust }
+            }
+            unix => unix,
         }
     }
 }
@@ -64,6 +86,7 @@ impl std::fmt::Display for Endpoint {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Endpoint::Tcp(address) => formatter.write_str(address),
+            Endpoint::Tls { address, .. } => write!(formatter, "tls://{address}"),
             Endpoint::Unix(path) => write!(formatter, "unix:{}", path.display()),
         }
     }
@@ -104,12 +127,17 @@ const MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
 pub struct Connection {
     terminal: terminal::Client,
     disconnector: capnp_rpc::Disconnector<rpc_twoparty_capnp::Side>,
+    /// The node's key, when the transport authenticated it (TLS): a login signs a
+    /// challenge only if it names this key.
+    node_key: Option<[u8; 32]>,
 }
 
 /// Connects to a node. Must run inside a `tokio::task::LocalSet`.
 pub async fn connect(endpoint: &Endpoint) -> Result<Connection, ClientError> {
-    let (reader, writer) = open(endpoint).await?;
-    Ok(connect_over(reader, writer))
+    let ((reader, writer), node_key) = open(endpoint).await?;
+    let mut connection = connect_over(reader, writer);
+    connection.node_key = node_key;
+    Ok(connection)
 }
 
 /// The two halves of a byte stream to a node.
@@ -118,8 +146,8 @@ type Halves = (
     Box<dyn tokio::io::AsyncWrite + Unpin>,
 );
 
-/// Opens a byte stream to the node at `endpoint`.
-pub(crate) async fn open(endpoint: &Endpoint) -> Result<Halves, ClientError> {
+/// Opens a byte stream to the node at `endpoint`; over TLS, with the node's key.
+pub(crate) async fn open(endpoint: &Endpoint) -> Result<(Halves, Option<[u8; 32]>), ClientError> {
     let connect_error = |source| ClientError::Connect {
         endpoint: endpoint.to_string(),
         source,
@@ -131,14 +159,18 @@ pub(crate) async fn open(endpoint: &Endpoint) -> Result<Halves, ClientError> {
                 .map_err(connect_error)?;
             stream.set_nodelay(true).map_err(connect_error)?;
             let (reader, writer) = stream.into_split();
-            Ok((Box::new(reader), Box::new(writer)))
+            Ok(((Box::new(reader), Box::new(writer)), None))
+        }
+        Endpoint::Tls { address, trust } => {
+            let (halves, node_key) = tls::open(address, trust).await?;
+            Ok((halves, Some(node_key)))
         }
         Endpoint::Unix(path) => {
             let stream = tokio::net::UnixStream::connect(path)
                 .await
                 .map_err(connect_error)?;
             let (reader, writer) = stream.into_split();
-            Ok((Box::new(reader), Box::new(writer)))
+            Ok(((Box::new(reader), Box::new(writer)), None))
         }
     }
 }
@@ -165,6 +197,7 @@ pub(crate) fn connection(
         Connection {
             terminal,
             disconnector,
+            node_key: None,
         },
         rpc_system,
     )
@@ -202,6 +235,17 @@ impl Connection {
         let node_key: [u8; 32] = challenge.get_node_key()?.try_into().map_err(|_| {
             ClientError::InvalidInput("the node sent a key that is not 32 bytes".into())
         })?;
+        if let Some(authenticated) = self.node_key
+            && authenticated != node_key
+        {
+            // Signing would let whoever sent this challenge log in as us elsewhere.
+            return Err(ClientError::NodeKeyMismatch {
+                address: "this connection".into(),
+                presented: hex::encode(node_key),
+                expected: hex::encode(authenticated),
+                pinned_by: "the node's TLS certificate".into(),
+            });
+        }
         let signature = key.sign(&login_message(&nonce, &node_key, challenge.get_epoch()));
         let mut request = self.terminal.login_request();
         {

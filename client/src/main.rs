@@ -10,8 +10,8 @@ use engram_client::engram_schema::engram_capnp::{observer, signer, world_reader,
 use engram_client::spawn::Held;
 use engram_client::token::Narrowing;
 use engram_client::{
-    ClientError, Endpoint, ErrorCode, Filter, Grant, IdempotencyKey, NewAtom, Session, WatchEvent,
-    connect, keyfile, kind_from_name, kind_name, state_from_name, state_name,
+    ClientError, Endpoint, ErrorCode, Filter, Grant, IdempotencyKey, NewAtom, NodeTrust, Session,
+    WatchEvent, connect, keyfile, kind_from_name, kind_name, state_from_name, state_name,
 };
 use serde_json::{Value, json};
 
@@ -23,7 +23,8 @@ use serde_json::{Value, json};
 #[derive(Parser, Debug)]
 #[command(name = "engram", version)]
 struct Cli {
-    /// Node to talk to: HOST:PORT, or unix:PATH for a Unix socket.
+    /// Node to talk to: HOST:PORT, tls://HOST:PORT for TLS (a node started with --tls),
+    /// or unix:PATH for a Unix socket.
     #[arg(
         long,
         global = true,
@@ -31,6 +32,15 @@ struct Cli {
         default_value = "127.0.0.1:7420"
     )]
     node: String,
+    /// Over TLS, accept only the node with this key (64 hex digits: the node_key= of
+    /// its ready line). Implies TLS for a HOST:PORT node.
+    #[arg(long, global = true, env = "ENGRAM_NODE_KEY", value_name = "HEX")]
+    node_key: Option<String>,
+    /// Over TLS without --node-key, the file of known node keys: a node's key is
+    /// recorded the first time and required after [default: ENGRAM_KNOWN_NODES, or
+    /// ~/.config/engram/known_nodes].
+    #[arg(long, global = true, value_name = "PATH")]
+    known_nodes: Option<PathBuf>,
     /// Key file of the principal to log in as.
     #[arg(
         long,
@@ -669,6 +679,7 @@ impl From<ClientError> for Failure {
                 ..
             }
             | ClientError::Connect { .. }
+            | ClientError::NodeKeyMismatch { .. }
             | ClientError::KeyFile(_)
             | ClientError::Rpc(_) => 3,
             ClientError::InvalidInput(_) => 2,
@@ -772,7 +783,7 @@ async fn mcp(cli: &Cli, arguments: &McpArguments) -> Result<(), Failure> {
         ),
         None => None,
     };
-    let endpoint = Endpoint::parse(&cli.node);
+    let endpoint = endpoint(cli)?;
     let named: Vec<&String> = [&arguments.reader, &arguments.writer, &arguments.observer]
         .into_iter()
         .flatten()
@@ -876,10 +887,22 @@ async fn mcp(cli: &Cli, arguments: &McpArguments) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The node --node names, trusted as --node-key or --known-nodes say.
+fn endpoint(cli: &Cli) -> Result<Endpoint, ClientError> {
+    let endpoint = Endpoint::parse(&cli.node);
+    Ok(match (&cli.node_key, &cli.known_nodes) {
+        (Some(key), _) => endpoint.trusting(NodeTrust::parse_key(key)?),
+        (None, Some(path)) if matches!(endpoint, Endpoint::Tls { .. }) => {
+            endpoint.trusting(NodeTrust::KnownNodes(path.clone()))
+        }
+        _ => endpoint,
+    })
+}
+
 /// Logs in with --key.
 async fn login(cli: &Cli) -> Result<engram_client::Membrane, ClientError> {
     let key = keyfile::read(&cli.key)?;
-    let connection = connect(&Endpoint::parse(&cli.node)).await?;
+    let connection = connect(&endpoint(cli)?).await?;
     connection.login(&key).await
 }
 
@@ -905,7 +928,7 @@ async fn access(cli: &Cli) -> Result<Access, ClientError> {
         return Ok(Access::Session(login(cli).await?.graft().await?));
     };
     let token = engram_client::token::read_file(path)?;
-    let connection = connect(&Endpoint::parse(&cli.node)).await?;
+    let connection = connect(&endpoint(cli)?).await?;
     let (world, held) = connection.restore(&token).await?;
     Ok(Access::Token { world, held })
 }
@@ -1383,7 +1406,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 unread_bytes_max: arguments.unread_bytes_max,
                 stall_timeout: std::time::Duration::from_millis(arguments.stall_timeout_ms),
             };
-            let endpoint = Endpoint::parse(&cli.node);
+            let endpoint = endpoint(&cli)?;
             let mut child =
                 engram_client::spawn::spawn(&endpoint, &held, &world, &mut command, &limits)
                     .await?;

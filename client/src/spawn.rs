@@ -167,7 +167,7 @@ pub async fn spawn(
             });
             Ok(child)
         }
-        Endpoint::Tcp(_) => {
+        Endpoint::Tcp(_) | Endpoint::Tls { .. } => {
             let forwarded = restore_for_child(endpoint, &token, limits).await?;
             let child = match start(command, held.kind(), world, child_end) {
                 Ok(child) => child,
@@ -276,7 +276,7 @@ async fn restore_for_child(
     token: &[u8],
     limits: &ChildLimits,
 ) -> Result<Forwarded, ClientError> {
-    let (node_reader, node_writer) = crate::open(endpoint).await?;
+    let ((node_reader, node_writer), _) = crate::open(endpoint).await?;
     let child_outbox = Outbox::new(limits.unread_bytes_max);
     let node_outbox = Outbox::new(limits.unread_bytes_max);
     // The node's answers are read only while the child reads what it was sent. Calls to

@@ -39,6 +39,34 @@ pub fn signed_message(domain: &str, message: &[u8]) -> Vec<u8> {
 
 pub mod token;
 
+/// The node's TLS identity (schema `tlsServerName`): its certificate's key is its
+/// ed25519 node key, in the fixed DER encodings of RFC 8410.
+pub mod tls {
+    /// PKCS #8 v1 of an ed25519 private key: this prefix, then the 32-byte seed.
+    const PKCS8_PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    /// SubjectPublicKeyInfo of an ed25519 public key: this prefix, then the 32-byte key.
+    const SPKI_PREFIX: [u8; 12] = [
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+
+    /// The PKCS #8 DER of the node key whose seed is `seed`, for its certificate.
+    pub fn private_key_pkcs8(seed: &[u8; 32]) -> Vec<u8> {
+        [PKCS8_PREFIX.as_slice(), seed].concat()
+    }
+
+    /// The ed25519 key a certificate's SubjectPublicKeyInfo (DER) holds, if it holds
+    /// one.
+    pub fn node_key_of(subject_public_key_info: &[u8]) -> Option<[u8; 32]> {
+        subject_public_key_info
+            .strip_prefix(SPKI_PREFIX.as_slice())?
+            .try_into()
+            .ok()
+    }
+}
+
 pub use engram_capnp::ErrorCode;
 
 impl ErrorCode {

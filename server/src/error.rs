@@ -22,4 +22,10 @@ pub enum ServerError {
         address: String,
         source: std::io::Error,
     },
+    #[error(
+        "refusing to listen on {address} without TLS: off loopback, a relay could pass a client's login on as its own; start with --tls (clients then connect to tls://ADDRESS and pin the node key), or with --insecure on a network you trust"
+    )]
+    Insecure { address: String },
+    #[error("the node's TLS certificate: {reason}")]
+    Tls { reason: String },
 }

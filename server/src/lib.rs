@@ -5,6 +5,7 @@
 pub mod error;
 mod handoff;
 pub mod limits;
+mod tls;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -48,6 +49,10 @@ pub struct Config {
     pub data: PathBuf,
     /// TCP address; `None` disables TCP.
     pub listen: Option<String>,
+    /// Speak TLS 1.3 on TCP, with a certificate of the node key (schema `tlsServerName`).
+    pub tls: bool,
+    /// Listen on a TCP address off loopback without TLS.
+    pub insecure: bool,
     /// Unix socket path; `None` disables it.
     pub socket: Option<PathBuf>,
     pub connections_max: usize,
@@ -87,6 +92,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         }
     })?;
     let node_key = load_or_create_key(&config.data.join(NODE_KEY_FILE))?;
+    let identity = Identity {
+        public_key: node_key.verifying_key().to_bytes(),
+        tls: config.tls.then(|| tls::acceptor(&node_key)).transpose()?,
+    };
     bootstrap_admin(&store, &config.data, &store_path)?;
     let store_error = |source| ServerError::Store {
         path: store_path.clone(),
@@ -137,7 +146,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             source,
         })?;
     let local = tokio::task::LocalSet::new();
-    let served = local.block_on(&runtime, serve(Rc::new(node), &config));
+    let served = local.block_on(&runtime, serve(Rc::new(node), &config, identity));
     // Dropping the tasks closes every connection and drops every capability, and with
     // them the last handles of the writer, which then finishes what is queued and exits.
     drop(local);
@@ -270,20 +279,39 @@ fn bootstrap_admin(store: &Store, data: &Path, store_path: &Path) -> Result<(), 
     Ok(())
 }
 
-async fn serve(node: Rc<Node>, config: &Config) -> Result<(), ServerError> {
+/// Who the node is on the network: its public key, and its TLS acceptor when TCP speaks
+/// TLS.
+struct Identity {
+    public_key: [u8; 32],
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+async fn serve(node: Rc<Node>, config: &Config, identity: Identity) -> Result<(), ServerError> {
     let tcp = match &config.listen {
         Some(address) => {
-            Some(
+            let listener =
                 TcpListener::bind(address)
                     .await
                     .map_err(|source| ServerError::Listen {
                         address: address.clone(),
                         source,
-                    })?,
-            )
+                    })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| ServerError::Listen {
+                    address: address.clone(),
+                    source,
+                })?;
+            if !bound.ip().is_loopback() && !config.tls && !config.insecure {
+                return Err(ServerError::Insecure {
+                    address: address.clone(),
+                });
+            }
+            Some(listener)
         }
         None => None,
     };
+    let tls = identity.tls;
     let unix = match &config.socket {
         Some(path) => {
             // The redb file is locked by this process, so a socket file left here can only
@@ -309,9 +337,11 @@ async fn serve(node: Rc<Node>, config: &Config) -> Result<(), ServerError> {
     tracing::info!(tcp = ?tcp_address, unix = ?socket, epoch = node.epoch(), "listening");
     // The ready line is a contract for scripts and tests: it names the bound addresses.
     println!(
-        "engramd ready tcp={} unix={}",
+        "engramd ready tcp={} unix={} tls={} node_key={}",
         tcp_address.as_deref().unwrap_or("-"),
-        socket.as_deref().unwrap_or("-")
+        socket.as_deref().unwrap_or("-"),
+        if tls.is_some() { "on" } else { "off" },
+        hex_key(&identity.public_key),
     );
     let _ = std::io::stdout().flush();
 
@@ -330,8 +360,25 @@ async fn serve(node: Rc<Node>, config: &Config) -> Result<(), ServerError> {
                     let peer = stream
                         .peer_addr()
                         .map_or(Peer::Unknown, |address| Peer::Address(address.ip()));
-                    let (reader, writer) = stream.into_split();
-                    connect(&node, &connections, &config, peer, reader, writer);
+                    match &tls {
+                        Some(acceptor) => tls::handshake(
+                            acceptor,
+                            stream,
+                            &connections.handshaking,
+                            &config,
+                            {
+                                let (node, connections, config) =
+                                    (node.clone(), connections.clone(), config.clone());
+                                move |reader, writer| {
+                                    connect(&node, &connections, &config, peer, reader, writer);
+                                }
+                            },
+                        ),
+                        None => {
+                            let (reader, writer) = stream.into_split();
+                            connect(&node, &connections, &config, peer, reader, writer);
+                        }
+                    }
                 }
                 Err(error) => tracing::warn!(%error, "TCP accept failed"),
             },
@@ -418,6 +465,8 @@ async fn until_idle(
 /// The connections being served, in all and per peer, and those being refused.
 #[derive(Default)]
 struct Connections {
+    /// TLS handshakes under way: connections not yet counted, bounded apart.
+    handshaking: Rc<Cell<usize>>,
     active: Cell<usize>,
     per_peer: RefCell<HashMap<Peer, usize>>,
     refused: Cell<usize>,
@@ -488,6 +537,10 @@ impl Connections {
 /// connection is closed at once. A peer past its login rate is refused the same way,
 /// but answered only once its rate allows an attempt again (at most `REFUSED_GRACE_MS`
 /// later), so a peer that reconnects as soon as it is refused waits for each refusal.
+fn hex_key(key: &[u8; 32]) -> String {
+    key.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 fn connect(
     node: &Rc<Node>,
     connections: &Rc<Connections>,

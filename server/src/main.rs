@@ -21,7 +21,8 @@ use engram_store::limits::CACHE_BYTES_DEFAULT;
 ///
 /// On first start it creates the data directory with the redb store, the node key and
 /// `admin.key`, the admin principal's key (mode 0600). It prints
-/// `engramd ready tcp=ADDR unix=PATH` on stdout once it accepts connections, logs to
+/// `engramd ready tcp=ADDR unix=PATH tls=on|off node_key=HEX` on stdout once it accepts
+/// connections, logs to
 /// stderr (RUST_LOG sets the filter), and exits 0 after SIGINT or SIGTERM.
 /// Exit codes: 0 stopped cleanly, 1 could not start (the message says why), 2 bad usage.
 #[derive(Parser, Debug)]
@@ -36,6 +37,13 @@ struct Arguments {
     /// Do not listen on TCP.
     #[arg(long)]
     no_tcp: bool,
+    /// Speak TLS 1.3 on TCP, with a certificate of the node key: clients connect to
+    /// tls://ADDRESS and pin the key (the ready line prints it as node_key=).
+    #[arg(long)]
+    tls: bool,
+    /// Listen on a TCP address off loopback without TLS (refused otherwise).
+    #[arg(long)]
+    insecure: bool,
     /// Unix socket path [default: DATA/engramd.sock].
     #[arg(long)]
     socket: Option<PathBuf>,
@@ -112,6 +120,8 @@ fn main() -> ExitCode {
     let config = Config {
         data: arguments.data,
         listen: (!arguments.no_tcp).then_some(arguments.listen),
+        tls: arguments.tls,
+        insecure: arguments.insecure,
         socket,
         connections_max: arguments.connections_max,
         connections_per_address_max: arguments.connections_per_address_max,

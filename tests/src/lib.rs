@@ -126,6 +126,7 @@ pub struct TestNode {
     directory: tempfile::TempDir,
     child: Option<Child>,
     tcp: String,
+    node_key: String,
     arguments: Vec<String>,
     terminated: bool,
 }
@@ -143,6 +144,7 @@ impl TestNode {
             directory,
             child: None,
             tcp: String::new(),
+            node_key: String::new(),
             arguments: arguments
                 .iter()
                 .map(|argument| argument.to_string())
@@ -185,6 +187,11 @@ impl TestNode {
                 )
             });
         self.tcp = tcp.to_owned();
+        self.node_key = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("node_key="))
+            .expect("the ready line names the node key")
+            .to_owned();
         self.child = Some(child);
     }
 
@@ -209,6 +216,11 @@ impl TestNode {
     }
 
     /// The TCP address as `HOST:PORT`.
+    /// The node's public key, as its ready line prints it (hex).
+    pub fn node_key_hex(&self) -> &str {
+        &self.node_key
+    }
+
     pub fn tcp_address(&self) -> &str {
         &self.tcp
     }

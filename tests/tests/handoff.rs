@@ -20,7 +20,7 @@ use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 fn socket_path(node: &TestNode) -> PathBuf {
     match node.unix() {
         Endpoint::Unix(path) => path,
-        Endpoint::Tcp(_) => unreachable!("unix() is a Unix endpoint"),
+        _ => unreachable!("unix() is a Unix endpoint"),
     }
 }
 

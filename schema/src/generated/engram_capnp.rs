@@ -7,6 +7,7 @@
 pub const SCHEMA_VERSION: u32 = 1;
 pub const LOGIN_DOMAIN: &str = "engram/login/v1";
 pub const TOKEN_FORMAT: u32 = 1;
+pub const TLS_SERVER_NAME: &str = "engram-node";
 pub const HANDOFF_MAGIC: &[u8] = &[69, 78, 71, 82, 65, 77, 72, 79];
 pub const SIGN_DOMAIN: &str = "engram/sign/v1";
 

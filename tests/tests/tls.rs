@@ -1,0 +1,172 @@
+//! TLS off loopback: a node started with `--tls` is reached at `tls://ADDRESS` and
+//! authenticated by its key — pinned, or recorded on first use in a known-nodes file —
+//! and another node presenting its own key in its place (a relay that terminates TLS)
+//! is refused before anything is signed. A node refuses to listen off loopback without
+//! TLS unless told `--insecure`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use engram_client::{ClientError, Endpoint, NewAtom, NodeTrust, connect};
+use engram_tests::{TestNode, binary, engram_command_at, run_local};
+
+fn tls_endpoint(node: &TestNode, trust: NodeTrust) -> Endpoint {
+    Endpoint::Tcp(node.tcp_address().to_owned()).trusting(trust)
+}
+
+#[test]
+fn a_pinned_node_is_reached_and_an_impostor_refused() {
+    let node = TestNode::start_with(&["--tls"]);
+    let impostor = TestNode::start_with(&["--tls"]);
+    let pin = NodeTrust::parse_key(node.node_key_hex()).unwrap();
+    run_local(async {
+        let session = connect(&tls_endpoint(&node, pin.clone()))
+            .await
+            .unwrap()
+            .login(&node.admin_key())
+            .await
+            .unwrap()
+            .graft()
+            .await
+            .unwrap();
+        let admin = session.admin().unwrap();
+        engram_client::create_world(&admin, "w").await.unwrap();
+        // The impostor answers at its own address with the node's pin expected: it
+        // cannot finish the handshake as the node.
+        let refused = connect(&tls_endpoint(&impostor, pin.clone())).await;
+        match refused {
+            Err(ClientError::NodeKeyMismatch {
+                presented,
+                expected,
+                ..
+            }) => {
+                assert_eq!(presented, impostor.node_key_hex());
+                assert_eq!(expected, node.node_key_hex());
+            }
+            other => panic!("expected a key mismatch, got {:?}", other.err()),
+        }
+        // Plain TCP to a TLS listener is not served.
+        let plain = connect(&node.tcp()).await.unwrap();
+        assert!(plain.login(&node.admin_key()).await.is_err());
+    });
+    // The CLI: --node-key pins, a wrong one is refused with both keys named.
+    let data = node.data_dir();
+    let remembered = engram_command_at(
+        &Endpoint::Tcp(node.tcp_address().into()),
+        &data.join("admin.key"),
+    )
+    .args(["--node-key", node.node_key_hex(), "world", "create", "cli"])
+    .output()
+    .unwrap();
+    assert!(remembered.status.success(), "{remembered:?}");
+    let wrong = engram_command_at(
+        &Endpoint::Tcp(node.tcp_address().into()),
+        &data.join("admin.key"),
+    )
+    .args(["--node-key", impostor.node_key_hex(), "whoami"])
+    .output()
+    .unwrap();
+    assert_eq!(wrong.status.code(), Some(3));
+    let message = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        message.contains(node.node_key_hex()) && message.contains(impostor.node_key_hex()),
+        "{message}"
+    );
+}
+
+#[test]
+fn the_first_key_is_recorded_and_required_after() {
+    let node = TestNode::start_with(&["--tls"]);
+    let impostor = TestNode::start_with(&["--tls"]);
+    let directory = tempfile::tempdir().unwrap();
+    let known = directory.path().join("config/engram/known_nodes");
+    let trust = NodeTrust::KnownNodes(known.clone());
+    run_local(async {
+        let first = connect(&tls_endpoint(&node, trust.clone())).await.unwrap();
+        let session = first
+            .login(&node.admin_key())
+            .await
+            .unwrap()
+            .graft()
+            .await
+            .unwrap();
+        engram_client::create_world(&session.admin().unwrap(), "w")
+            .await
+            .unwrap();
+        let recorded = std::fs::read_to_string(&known).unwrap();
+        assert_eq!(
+            recorded.trim(),
+            format!("{} {}", node.tcp_address(), node.node_key_hex())
+        );
+        // Again: the recorded key is required, and found.
+        let again = connect(&tls_endpoint(&node, trust.clone()))
+            .await
+            .unwrap()
+            .login(&node.admin_key())
+            .await
+            .unwrap()
+            .graft()
+            .await
+            .unwrap();
+        let receipts =
+            engram_client::remember(&again.writer("w").unwrap(), &[NewAtom::fact("over TLS")])
+                .await
+                .unwrap();
+        assert_eq!(receipts[0].seq, 1);
+        // Someone else answering at the recorded address is refused, naming the line.
+        std::fs::write(
+            &known,
+            format!(
+                "# pinned\n{} {}\n",
+                impostor.tcp_address(),
+                node.node_key_hex()
+            ),
+        )
+        .unwrap();
+        match connect(&tls_endpoint(&impostor, trust.clone())).await {
+            Err(error @ ClientError::NodeKeyMismatch { .. }) => {
+                assert!(error.to_string().contains("known_nodes:2"), "{error}");
+            }
+            other => panic!("expected a key mismatch, got {:?}", other.err()),
+        }
+    });
+}
+
+#[test]
+fn a_listener_off_loopback_needs_tls_or_insecure() {
+    let directory = tempfile::tempdir().unwrap();
+    let refused = Command::new(binary("engramd"))
+        .arg("--data")
+        .arg(directory.path().join("data"))
+        .args(["--listen", "0.0.0.0:0", "--no-socket"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("refusing to listen on 0.0.0.0:0 without TLS")
+            && message.contains("--tls"),
+        "{message}"
+    );
+    for allowed in [["--tls"], ["--insecure"]] {
+        let mut child = Command::new(binary("engramd"))
+            .arg("--data")
+            .arg(directory.path().join("data"))
+            .args(["--listen", "0.0.0.0:0", "--no-socket"])
+            .args(allowed)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with("engramd ready tcp=0.0.0.0:"),
+            "{allowed:?}: {line}"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
