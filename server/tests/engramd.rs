@@ -41,11 +41,11 @@ fn first_start_creates_the_data_directory_and_sigterm_stops_cleanly() {
         .unwrap();
     assert!(ready.starts_with("engramd ready tcp=127.0.0.1:"), "{ready}");
     let socket = data.join("engramd.sock");
-    assert!(
-        ready
-            .trim_end()
-            .ends_with(&format!("unix={}", socket.display()))
-    );
+    let fields: Vec<&str> = ready.split_whitespace().collect();
+    assert_eq!(fields[3], format!("unix={}", socket.display()), "{ready}");
+    assert_eq!(fields[4], "tls=off", "{ready}");
+    let node_key = fields[5].strip_prefix("node_key=").expect("the node key");
+    assert_eq!(node_key.len(), 64, "{ready}");
     for (file, mode) in [("admin.key", 0o600), ("node.key", 0o600)] {
         let permissions = std::fs::metadata(data.join(file)).unwrap().permissions();
         assert_eq!(permissions.mode() & 0o777, mode, "{file}");
