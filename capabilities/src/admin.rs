@@ -6,7 +6,8 @@ use engram_schema::engram_capnp::admin;
 use engram_store::{Authority, Principal, WorldState, WriteOp, WriteOutcome, WriteRequest};
 
 use crate::convert::{
-    bytes32, malformed, read_epoch_head, read_grants, write_epoch, write_principal, write_world,
+    Param, bytes32, malformed, read_epoch_head, read_grants, write_epoch, write_principal,
+    write_world,
 };
 use crate::error::{CapabilityError, Wire};
 use crate::grip::Grip;
@@ -78,7 +79,7 @@ impl admin::Server for Admin {
         params: admin::CreateWorldParams,
         mut results: admin::CreateWorldResults,
     ) -> Result<(), capnp::Error> {
-        let params = params.get().map_err(malformed).wire()?;
+        let params = params.get().param()?;
         let name = text(params.get_name()).wire()?;
         let dimension = params.get_vector_dimension();
         match self.write(WriteOp::CreateWorld { name, dimension }).await? {
@@ -93,7 +94,7 @@ impl admin::Server for Admin {
         params: admin::ArchiveWorldParams,
         mut results: admin::ArchiveWorldResults,
     ) -> Result<(), capnp::Error> {
-        let params = params.get().map_err(malformed).wire()?;
+        let params = params.get().param()?;
         self.set_world_state(
             params.get_name(),
             WorldState::Archived,
@@ -107,7 +108,7 @@ impl admin::Server for Admin {
         params: admin::ResumeWorldParams,
         mut results: admin::ResumeWorldResults,
     ) -> Result<(), capnp::Error> {
-        let params = params.get().map_err(malformed).wire()?;
+        let params = params.get().param()?;
         self.set_world_state(
             params.get_name(),
             WorldState::Active,
@@ -135,16 +136,12 @@ impl admin::Server for Admin {
         params: admin::AddPrincipalParams,
         mut results: admin::AddPrincipalResults,
     ) -> Result<(), capnp::Error> {
-        let params = params.get().map_err(malformed).wire()?;
+        let params = params.get().param()?;
         let principal = Principal {
             name: text(params.get_name()).wire()?,
-            public_key: bytes32(
-                params.get_public_key().map_err(malformed).wire()?,
-                "the public key",
-            )
-            .wire()?,
+            public_key: bytes32(params.get_public_key().param()?, "the public key").wire()?,
             admin: params.get_admin(),
-            grants: read_grants(params.get_grants().map_err(malformed).wire()?).wire()?,
+            grants: read_grants(params.get_grants().param()?).wire()?,
         };
         if ed25519_dalek::VerifyingKey::from_bytes(&principal.public_key).is_err() {
             return Err(
@@ -166,9 +163,9 @@ impl admin::Server for Admin {
         params: admin::SetGrantsParams,
         mut results: admin::SetGrantsResults,
     ) -> Result<(), capnp::Error> {
-        let params = params.get().map_err(malformed).wire()?;
+        let params = params.get().param()?;
         let name = text(params.get_name()).wire()?;
-        let grants = read_grants(params.get_grants().map_err(malformed).wire()?).wire()?;
+        let grants = read_grants(params.get_grants().param()?).wire()?;
         match self.write(WriteOp::SetGrants { name, grants }).await? {
             WriteOutcome::Principal(principal) => {
                 tracing::info!(principal = %principal.name, "grants replaced; its live capabilities are revoked");
@@ -184,7 +181,7 @@ impl admin::Server for Admin {
         params: admin::RemovePrincipalParams,
         _: admin::RemovePrincipalResults,
     ) -> Result<(), capnp::Error> {
-        let name = text(params.get().map_err(malformed).wire()?.get_name()).wire()?;
+        let name = text(params.get().param()?.get_name()).wire()?;
         match self.write(WriteOp::RemovePrincipal { name }).await? {
             WriteOutcome::PrincipalRemoved(principal) => {
                 tracing::info!(principal = %principal.name, "principal removed; its live capabilities are revoked");
@@ -224,16 +221,7 @@ impl admin::Server for Admin {
         params: admin::AdvanceEpochParams,
         mut results: admin::AdvanceEpochResults,
     ) -> Result<(), capnp::Error> {
-        let head = read_epoch_head(
-            params
-                .get()
-                .map_err(malformed)
-                .wire()?
-                .get_head()
-                .map_err(malformed)
-                .wire()?,
-        )
-        .wire()?;
+        let head = read_epoch_head(params.get().param()?.get_head().param()?).wire()?;
         match self.write(WriteOp::AdvanceEpoch { head }).await? {
             WriteOutcome::Epoch(epoch) => {
                 tracing::info!(epoch = epoch.number, head = %hex::encode(epoch.head), "epoch advanced; older capabilities are revoked");
@@ -270,11 +258,10 @@ impl admin::Server for Admin {
         mut results: admin::AuditResults,
     ) -> Result<(), capnp::Error> {
         self.authorize().wire()?;
-        let params = params.get().map_err(malformed).wire()?;
+        let params = params.get().param()?;
         let named = params
             .get_principal()
-            .map_err(malformed)
-            .wire()?
+            .param()?
             .to_str()
             .map_err(CapabilityError::from)
             .wire()?;
@@ -338,13 +325,7 @@ impl admin::Server for Admin {
         _: admin::RevokeTokenResults,
     ) -> Result<(), capnp::Error> {
         self.authorize().wire()?;
-        let token = params
-            .get()
-            .map_err(malformed)
-            .wire()?
-            .get_token()
-            .map_err(malformed)
-            .wire()?;
+        let token = params.get().param()?.get_token().param()?;
         let _permit = self.grip.begin_call().wire()?;
         let grip = &self.grip;
         grip.node

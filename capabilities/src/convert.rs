@@ -52,6 +52,18 @@ pub(crate) fn malformed(error: capnp::Error) -> CapabilityError {
     CapabilityError::invalid(format!("malformed request: {error}"))
 }
 
+/// Reading a request's parameters in a handler: a struct or field that does not read
+/// as its type (whatever a crafted message put there) is `invalidArgument`.
+pub(crate) trait Param<T> {
+    fn param(self) -> Result<T, capnp::Error>;
+}
+
+impl<T> Param<T> for capnp::Result<T> {
+    fn param(self) -> Result<T, capnp::Error> {
+        self.map_err(|error| malformed(error).into())
+    }
+}
+
 /// Reads atom content. Range rules are the store's (`AtomContent::validate`).
 pub(crate) fn read_content(
     reader: wire::atom_content::Reader<'_>,

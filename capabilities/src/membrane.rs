@@ -6,7 +6,7 @@ use engram_schema::engram_capnp::membrane;
 use engram_store::{PublicKey, Rate, Right};
 
 use crate::admin::Admin;
-use crate::convert::{malformed, write_epoch, write_principal};
+use crate::convert::{Param, write_epoch, write_principal};
 use crate::error::{CapabilityError, Wire};
 use crate::grip::{CallBudget, Grip};
 use crate::node::Node;
@@ -144,13 +144,7 @@ impl membrane::Server for Membrane {
         params: membrane::RevokeTokenParams,
         _: membrane::RevokeTokenResults,
     ) -> Result<(), capnp::Error> {
-        let token = params
-            .get()
-            .map_err(malformed)
-            .wire()?
-            .get_token()
-            .map_err(malformed)
-            .wire()?;
+        let token = params.get().param()?.get_token().param()?;
         self.node.login_attempt(&self.peer, &self.budget).wire()?;
         let _permit = CallBudget::begin_call(&self.budget).wire()?;
         self.node

@@ -4,7 +4,7 @@ use std::rc::Rc;
 
 use engram_schema::engram_capnp::observer;
 
-use crate::convert::{malformed, read_ask, read_restriction};
+use crate::convert::{Param, read_ask, read_restriction};
 use crate::error::{CapabilityError, Wire};
 use crate::grip::Grip;
 use crate::token::Held;
@@ -27,8 +27,8 @@ impl observer::Server for Observer {
         mut results: observer::SubscribeResults,
     ) -> Result<(), capnp::Error> {
         self.grip.admit(Some(&self.world), 0).wire()?;
-        let params = params.get().map_err(malformed).wire()?;
-        let filter = params.get_filter().map_err(malformed).wire()?;
+        let params = params.get().param()?;
+        let filter = params.get_filter().param()?;
         if filter.get_as_of() != 0 {
             return Err(CapabilityError::invalid(
                 "a subscription delivers what is committed from now on; asOf does not apply",
@@ -47,7 +47,7 @@ impl observer::Server for Observer {
         filter.limit = 1;
         filter.before_commit = None;
         filter.validate().map_err(CapabilityError::from).wire()?;
-        let sink = params.get_sink().map_err(malformed).wire()?;
+        let sink = params.get_sink().param()?;
         self.grip
             .node
             .open_subscription(&self.grip.principal)
@@ -70,16 +70,8 @@ impl observer::Server for Observer {
         mut results: observer::AttenuateResults,
     ) -> Result<(), capnp::Error> {
         self.grip.admit(Some(&self.world), 0).wire()?;
-        let restriction = read_restriction(
-            params
-                .get()
-                .map_err(malformed)
-                .wire()?
-                .get_restriction()
-                .map_err(malformed)
-                .wire()?,
-        )
-        .wire()?;
+        let restriction =
+            read_restriction(params.get().param()?.get_restriction().param()?).wire()?;
         let narrowed = Observer::new(self.grip.narrowed(&restriction), self.world.clone());
         results.get().set_observer(capnp_rpc::new_client(narrowed));
         Ok(())

@@ -8,7 +8,7 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use engram_schema::engram_capnp::signer;
 use engram_schema::signed_message;
 
-use crate::convert::malformed;
+use crate::convert::Param;
 use crate::error::{CapabilityError, Wire};
 use crate::grip::Grip;
 use crate::limits::{SIGN_DOMAIN_BYTES_MAX, SIGN_DOMAINS_MAX, SIGN_MESSAGE_BYTES_MAX};
@@ -63,15 +63,14 @@ impl signer::Server for Signer {
         mut results: signer::SignResults,
     ) -> Result<(), capnp::Error> {
         self.grip.admit(None, 0).wire()?;
-        let params = params.get().map_err(malformed).wire()?;
+        let params = params.get().param()?;
         let domain = params
             .get_domain()
-            .map_err(malformed)
-            .wire()?
+            .param()?
             .to_str()
             .map_err(CapabilityError::from)
             .wire()?;
-        let message = params.get_message().map_err(malformed).wire()?;
+        let message = params.get_message().param()?;
         Signer::check_domain(domain).wire()?;
         if message.len() > SIGN_MESSAGE_BYTES_MAX {
             return Err(CapabilityError::invalid(format!(
@@ -99,13 +98,7 @@ impl signer::Server for Signer {
         mut results: signer::AttenuateResults,
     ) -> Result<(), capnp::Error> {
         self.grip.admit(None, 0).wire()?;
-        let list = params
-            .get()
-            .map_err(malformed)
-            .wire()?
-            .get_domains()
-            .map_err(malformed)
-            .wire()?;
+        let list = params.get().param()?.get_domains().param()?;
         if list.len() as usize > SIGN_DOMAINS_MAX {
             return Err(CapabilityError::invalid(format!(
                 "{} domains; the limit is {SIGN_DOMAINS_MAX}",
@@ -116,8 +109,7 @@ impl signer::Server for Signer {
         let mut requested = BTreeSet::new();
         for domain in list.iter() {
             let domain = domain
-                .map_err(malformed)
-                .wire()?
+                .param()?
                 .to_string()
                 .map_err(CapabilityError::from)
                 .wire()?;

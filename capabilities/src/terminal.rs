@@ -9,7 +9,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use engram_schema::engram_capnp::{observer, signer, terminal, world_reader, world_writer};
 use engram_schema::login_message;
 
-use crate::convert::{bytes32, malformed};
+use crate::convert::{Param, bytes32};
 use crate::error::{CapabilityError, Wire};
 use crate::grip::CallBudget;
 use crate::grip::Grip;
@@ -281,12 +281,12 @@ impl terminal::Server for Terminal {
         params: terminal::LoginParams,
         mut results: terminal::LoginResults,
     ) -> Result<(), capnp::Error> {
-        let params = params.get().map_err(malformed).wire()?;
+        let params = params.get().param()?;
         let membrane = self
             .verify_login(
-                params.get_public_key().map_err(malformed).wire()?,
-                params.get_nonce().map_err(malformed).wire()?,
-                params.get_signature().map_err(malformed).wire()?,
+                params.get_public_key().param()?,
+                params.get_nonce().param()?,
+                params.get_signature().param()?,
             )
             .wire()?;
         results.get().set_membrane(capnp_rpc::new_client(membrane));
@@ -298,13 +298,7 @@ impl terminal::Server for Terminal {
         params: terminal::RestoreParams,
         mut results: terminal::RestoreResults,
     ) -> Result<(), capnp::Error> {
-        let token = params
-            .get()
-            .map_err(malformed)
-            .wire()?
-            .get_token()
-            .map_err(malformed)
-            .wire()?;
+        let token = params.get().param()?.get_token().param()?;
         let restored = self.restore_token(token).wire()?;
         let mut results = results.get();
         results.set_world(restored.world.as_str());

@@ -7,7 +7,7 @@ use engram_store::audit::{AuditRecord, AuditedQuery};
 use engram_store::{Atom, Facts, Hash, Plan, ReadBudget, ReadView, StoreError};
 
 use crate::convert::{
-    AskRequest, bytes32, malformed, read_ask, read_restriction, write_atom, write_atoms,
+    AskRequest, Param, bytes32, read_ask, read_restriction, write_atom, write_atoms,
 };
 use crate::error::{CapabilityError, Wire};
 use crate::grip::Grip;
@@ -250,8 +250,8 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::GetResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let params = params.get().map_err(malformed).wire()?;
-        let id = bytes32(params.get_id().map_err(malformed).wire()?, "the atom id").wire()?;
+        let params = params.get().param()?;
+        let id = bytes32(params.get_id().param()?, "the atom id").wire()?;
         let as_of = params.get_as_of();
         let view = self.grip.node.store.read().wire()?;
         let atom = view
@@ -281,16 +281,7 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::AskResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let mut request = read_ask(
-            params
-                .get()
-                .map_err(malformed)
-                .wire()?
-                .get_query()
-                .map_err(malformed)
-                .wire()?,
-        )
-        .wire()?;
+        let mut request = read_ask(params.get().param()?.get_query().param()?).wire()?;
         request
             .query
             .validate()
@@ -379,7 +370,7 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::ReplayResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let params = params.get().map_err(malformed).wire()?;
+        let params = params.get().param()?;
         let (from_commit, limit) = (params.get_from_commit(), params.get_limit());
         let audited = AuditedQuery::Replay { from_commit, limit };
         let page = self.log_page(from_commit, u64::MAX, limit, audited).await?;
@@ -395,7 +386,7 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::HeadsResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let as_of = params.get().map_err(malformed).wire()?.get_as_of();
+        let as_of = params.get().param()?.get_as_of();
         let heads = if self.grip.restriction.hides_atoms() || as_of != 0 {
             // A restricted reader sees the newest atom it may see of each chain, and
             // nothing of a chain it may see no atom of; the heads as of a commit are each
@@ -438,7 +429,7 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::DiffResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let params = params.get().map_err(malformed).wire()?;
+        let params = params.get().param()?;
         let (from_commit, limit) = (params.get_from_commit(), params.get_limit());
         let to_commit = params.get_to_commit();
         let up_to = match to_commit {
@@ -463,8 +454,8 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::CheckResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let params = params.get().map_err(malformed).wire()?;
-        let text = params.get_plan().map_err(malformed).wire()?;
+        let params = params.get().param()?;
+        let text = params.get_plan().param()?;
         if text.len() > engram_store::limits::ATOM_TEXT_BYTES_MAX {
             return Err(CapabilityError::invalid(format!(
                 "the plan is {} bytes; the limit is {}",
@@ -474,7 +465,7 @@ impl world_reader::Server for WorldReader {
             .into());
         }
         let text = text.to_str().map_err(CapabilityError::from).wire()?;
-        let labels = params.get_labels().map_err(malformed).wire()?;
+        let labels = params.get_labels().param()?;
         if labels.len() as usize > engram_store::limits::CHECK_LABELS_MAX {
             return Err(CapabilityError::invalid(format!(
                 "{} labels; the limit is {}",
@@ -540,7 +531,7 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::CommitAtResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let unix_ms = params.get().map_err(malformed).wire()?.get_unix_ms();
+        let unix_ms = params.get().param()?.get_unix_ms();
         let commit = self
             .grip
             .node
@@ -565,16 +556,11 @@ impl world_reader::Server for WorldReader {
             )
             .into());
         }
-        let params = params.get().map_err(malformed).wire()?;
-        let writer = bytes32(
-            params.get_writer().map_err(malformed).wire()?,
-            "the writer key",
-        )
-        .wire()?;
+        let params = params.get().param()?;
+        let writer = bytes32(params.get_writer().param()?, "the writer key").wire()?;
         let label = params
             .get_label()
-            .map_err(malformed)
-            .wire()?
+            .param()?
             .to_str()
             .map_err(CapabilityError::from)
             .wire()?;
@@ -667,16 +653,8 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::AttenuateResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let restriction = read_restriction(
-            params
-                .get()
-                .map_err(malformed)
-                .wire()?
-                .get_restriction()
-                .map_err(malformed)
-                .wire()?,
-        )
-        .wire()?;
+        let restriction =
+            read_restriction(params.get().param()?.get_restriction().param()?).wire()?;
         let narrowed = WorldReader::new(self.grip.narrowed(&restriction), self.world.clone());
         results.get().set_reader(capnp_rpc::new_client(narrowed));
         Ok(())

@@ -10,7 +10,7 @@ use engram_store::{
 };
 
 use crate::convert::{
-    bytes32, malformed, read_content, read_idempotency_key, read_restriction, write_receipt,
+    Param, bytes32, read_content, read_idempotency_key, read_restriction, write_receipt,
 };
 use crate::error::{CapabilityError, Wire};
 use crate::grip::Grip;
@@ -151,12 +151,8 @@ impl world_writer::Server for WorldWriter {
         mut results: world_writer::TransitionResults,
     ) -> Result<(), capnp::Error> {
         self.grip.admit(Some(&self.world), 1).wire()?;
-        let params = params.get().map_err(malformed).wire()?;
-        let target = bytes32(
-            params.get_target().map_err(malformed).wire()?,
-            "the target id",
-        )
-        .wire()?;
+        let params = params.get().param()?;
+        let target = bytes32(params.get_target().param()?, "the target id").wire()?;
         let transition = match params.get_kind() {
             Ok(TransitionKind::Approve) => Transition::Approve,
             Ok(TransitionKind::Reject) => Transition::Reject,
@@ -170,8 +166,7 @@ impl world_writer::Server for WorldWriter {
         };
         let reason = params
             .get_reason()
-            .map_err(malformed)
-            .wire()?
+            .param()?
             .to_string()
             .map_err(CapabilityError::from)
             .wire()?;
@@ -199,8 +194,8 @@ impl world_writer::Server for WorldWriter {
         mut results: world_writer::RememberResults,
     ) -> Result<(), capnp::Error> {
         self.grip.admit(Some(&self.world), 1).wire()?;
-        let params = params.get().map_err(malformed).wire()?;
-        let content = read_content(params.get_atom().map_err(malformed).wire()?).wire()?;
+        let params = params.get().param()?;
+        let content = read_content(params.get_atom().param()?).wire()?;
         let key = read_idempotency_key(params.get_idempotency_key()).wire()?;
         let (receipts, replayed) = self.commit_atoms(vec![content], key).await.wire()?;
         let mut results = results.get();
@@ -215,9 +210,9 @@ impl world_writer::Server for WorldWriter {
         mut results: world_writer::RememberBatchResults,
     ) -> Result<(), capnp::Error> {
         self.grip.check(Some(&self.world)).wire()?;
-        let params = params.get().map_err(malformed).wire()?;
+        let params = params.get().param()?;
         let key = read_idempotency_key(params.get_idempotency_key()).wire()?;
-        let list = params.get_atoms().map_err(malformed).wire()?;
+        let list = params.get_atoms().param()?;
         if list.is_empty() || list.len() as usize > BATCH_ATOMS_MAX {
             return Err(CapabilityError::invalid(format!(
                 "a batch holds 1 to {BATCH_ATOMS_MAX} atoms; this one holds {}",
@@ -255,16 +250,8 @@ impl world_writer::Server for WorldWriter {
         mut results: world_writer::AttenuateResults,
     ) -> Result<(), capnp::Error> {
         self.grip.admit(Some(&self.world), 0).wire()?;
-        let restriction = read_restriction(
-            params
-                .get()
-                .map_err(malformed)
-                .wire()?
-                .get_restriction()
-                .map_err(malformed)
-                .wire()?,
-        )
-        .wire()?;
+        let restriction =
+            read_restriction(params.get().param()?.get_restriction().param()?).wire()?;
         let narrowed = WorldWriter::new(self.grip.narrowed(&restriction), self.world.clone());
         results.get().set_writer(capnp_rpc::new_client(narrowed));
         Ok(())

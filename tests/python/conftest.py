@@ -74,3 +74,35 @@ def address(request, node: Node) -> str:
 def run(coroutine):
     """Runs a coroutine the way pycapnp 2.x needs: inside capnp.run on asyncio."""
     return asyncio.run(capnp.run(coroutine))
+
+
+@pytest.fixture
+def tls_node(tmp_path: Path):
+    """A node started with --tls: TLS 1.3 on TCP, its key in the ready line."""
+    data = tmp_path / "tls-data"
+    log = open(tmp_path / "engramd-tls.log", "wb")
+    process = subprocess.Popen(
+        [str(engramd_binary()), "--data", str(data), "--listen", "127.0.0.1:0", "--tls", "--no-socket"],
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    ready = process.stdout.readline().decode()
+    if not ready.startswith("engramd ready "):
+        process.kill()
+        pytest.fail(f"engramd did not start: {(tmp_path / 'engramd-tls.log').read_text()}")
+    fields = dict(part.split("=", 1) for part in ready.split()[2:])
+    yield TlsNode(tcp=fields["tcp"], node_key=bytes.fromhex(fields["node_key"]), data=data)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0, (tmp_path / "engramd-tls.log").read_text()
+    log.close()
+
+
+@dataclass
+class TlsNode:
+    tcp: str
+    node_key: bytes
+    data: Path
+
+    @property
+    def admin_key(self) -> Path:
+        return self.data / "admin.key"

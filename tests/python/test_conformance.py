@@ -322,6 +322,35 @@ async def _ready(value):
     return value
 
 
+def test_tls_pins_the_node_key_or_records_it_on_first_use(tls_node, node, tmp_path):
+    async def body():
+        address = "tls://" + tls_node.tcp
+        session = await engram.open_session(address, tls_node.admin_key, node_key=tls_node.node_key)
+        await engram.create_world(session.admin, "w")
+        session = await engram.open_session(address, tls_node.admin_key, node_key=tls_node.node_key)
+        (receipt,) = await engram.remember(session.writer("w"), NewAtom("over TLS"))
+        assert receipt.seq == 1
+        # Another key pinned: refused in the handshake, both keys named.
+        other = bytes(32)
+        with pytest.raises(engram.NodeKeyMismatch) as refused:
+            await engram.connect(address, node_key=other)
+        assert tls_node.node_key.hex() in str(refused.value) and other.hex() in str(refused.value)
+        # Trust on first use: recorded, then required.
+        known = tmp_path / "config" / "known_nodes"
+        await engram.open_session(address, tls_node.admin_key, known_nodes=known)
+        assert known.read_text().split() == [tls_node.tcp, tls_node.node_key.hex()]
+        await engram.open_session(address, tls_node.admin_key, known_nodes=known)
+        known.write_text(f"{tls_node.tcp} {other.hex()}\n")
+        with pytest.raises(engram.NodeKeyMismatch) as refused:
+            await engram.connect(address, known_nodes=known)
+        assert f"{known}:1" in str(refused.value)
+        # A plain client reaches a plain node as before.
+        plain = await admin_session(node.tcp, node)
+        assert plain.admin is not None
+
+    run(body())
+
+
 # Observe
 
 

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use engram_client::{ClientError, Endpoint, NewAtom, NodeTrust, connect};
-use engram_tests::{TestNode, binary, engram_command_at, run_local};
+use engram_tests::{TestNode, binary, engram_command_at, run_local, session};
 
 fn tls_endpoint(node: &TestNode, trust: NodeTrust) -> Endpoint {
     Endpoint::Tcp(node.tcp_address().to_owned()).trusting(trust)
@@ -20,16 +20,8 @@ fn a_pinned_node_is_reached_and_an_impostor_refused() {
     let impostor = TestNode::start_with(&["--tls"]);
     let pin = NodeTrust::parse_key(node.node_key_hex()).unwrap();
     run_local(async {
-        let session = connect(&tls_endpoint(&node, pin.clone()))
-            .await
-            .unwrap()
-            .login(&node.admin_key())
-            .await
-            .unwrap()
-            .graft()
-            .await
-            .unwrap();
-        let admin = session.admin().unwrap();
+        let pinned = session(&tls_endpoint(&node, pin.clone()), &node.admin_key()).await;
+        let admin = pinned.admin().unwrap();
         engram_client::create_world(&admin, "w").await.unwrap();
         // The impostor answers at its own address with the node's pin expected: it
         // cannot finish the handshake as the node.
@@ -82,15 +74,8 @@ fn the_first_key_is_recorded_and_required_after() {
     let known = directory.path().join("config/engram/known_nodes");
     let trust = NodeTrust::KnownNodes(known.clone());
     run_local(async {
-        let first = connect(&tls_endpoint(&node, trust.clone())).await.unwrap();
-        let session = first
-            .login(&node.admin_key())
-            .await
-            .unwrap()
-            .graft()
-            .await
-            .unwrap();
-        engram_client::create_world(&session.admin().unwrap(), "w")
+        let first = session(&tls_endpoint(&node, trust.clone()), &node.admin_key()).await;
+        engram_client::create_world(&first.admin().unwrap(), "w")
             .await
             .unwrap();
         let recorded = std::fs::read_to_string(&known).unwrap();
@@ -99,15 +84,7 @@ fn the_first_key_is_recorded_and_required_after() {
             format!("{} {}", node.tcp_address(), node.node_key_hex())
         );
         // Again: the recorded key is required, and found.
-        let again = connect(&tls_endpoint(&node, trust.clone()))
-            .await
-            .unwrap()
-            .login(&node.admin_key())
-            .await
-            .unwrap()
-            .graft()
-            .await
-            .unwrap();
+        let again = session(&tls_endpoint(&node, trust.clone()), &node.admin_key()).await;
         let receipts =
             engram_client::remember(&again.writer("w").unwrap(), &[NewAtom::fact("over TLS")])
                 .await

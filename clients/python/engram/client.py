@@ -6,6 +6,7 @@ import asyncio
 import base64
 import os
 import socket
+import ssl
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,6 +285,9 @@ class Connection:
     def __init__(self, client: Any):
         self._client = client
         self.terminal = client.bootstrap().cast_as(schema.Terminal)
+        #: The node's key when TLS authenticated it; a login signs only a challenge
+        #: naming it.
+        self.node_key: Optional[bytes] = None
 
     async def challenge(self) -> tuple[bytes, bytes, int]:
         """A fresh single-use nonce, the node's key and the epoch to sign."""
@@ -293,6 +297,8 @@ class Connection:
     async def login(self, key: Ed25519PrivateKey) -> Membrane:
         """Signs a fresh challenge with ``key`` and returns the principal's membrane."""
         nonce, node_key, epoch = await self.challenge()
+        if self.node_key is not None and node_key != self.node_key:
+            raise NodeKeyMismatch("this connection", node_key, self.node_key, "the node's TLS certificate")
         request = self.terminal.login_request()
         request.publicKey = public_key_bytes(key)
         request.nonce = nonce
@@ -344,14 +350,124 @@ def token_from_text(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-async def connect(address: str) -> Connection:
-    """Connects to ``HOST:PORT`` or ``unix:PATH``."""
+class NodeKeyMismatch(EngramError):
+    """The node presented another key than the one pinned: it is not the node meant,
+    or its key changed."""
+
+    def __init__(self, address: str, presented: bytes, expected: bytes, pinned_by: str):
+        super().__init__(
+            None,
+            f"the node at {address} presented key {presented.hex()}, but {pinned_by} pins "
+            f"{expected.hex()}: refusing it (if the node's key really changed, update the pin)",
+        )
+        self.presented = presented
+        self.expected = expected
+
+
+#: The DER prefix of an ed25519 SubjectPublicKeyInfo (RFC 8410); the key follows.
+_ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+
+
+def default_known_nodes() -> Path:
+    """``ENGRAM_KNOWN_NODES``, else ``$XDG_CONFIG_HOME/engram/known_nodes``, else
+    ``~/.config/engram/known_nodes`` (as the Rust client and the CLI)."""
+    if os.environ.get("ENGRAM_KNOWN_NODES"):
+        return Path(os.environ["ENGRAM_KNOWN_NODES"])
+    if os.environ.get("XDG_CONFIG_HOME"):
+        return Path(os.environ["XDG_CONFIG_HOME"]) / "engram" / "known_nodes"
+    return Path.home() / ".config" / "engram" / "known_nodes"
+
+
+def _known_key(path: Path, address: str) -> Optional[tuple[bytes, int]]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and fields[0] == address:
+            return bytes.fromhex(fields[1]), number
+    return None
+
+
+def _record_key(path: Path, address: str, key: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as file:
+        file.write(f"{address} {key.hex()}\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _node_key_of(certificate: bytes) -> bytes:
+    """The ed25519 key of the node's certificate (DER)."""
+    from cryptography import x509
+
+    public_key = x509.load_der_x509_certificate(certificate).public_key()
+    spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if not spki.startswith(_ED25519_SPKI_PREFIX) or len(spki) != len(_ED25519_SPKI_PREFIX) + 32:
+        raise ssl.SSLError("the node's certificate does not carry an ed25519 key")
+    return spki[len(_ED25519_SPKI_PREFIX):]
+
+
+async def connect(
+    address: str,
+    *,
+    node_key: Optional[bytes] = None,
+    known_nodes: Optional[str | os.PathLike] = None,
+) -> Connection:
+    """Connects to ``HOST:PORT``, ``tls://HOST:PORT`` or ``unix:PATH``.
+
+    Over TLS (a node started with ``--tls``) the node is authenticated by its ed25519
+    key: ``node_key`` pins it (32 bytes; giving it makes a ``HOST:PORT`` address TLS);
+    else the key the known-nodes file (``known_nodes``, default
+    :func:`default_known_nodes`) records for the address is required, and the first
+    key seen is recorded. Another key raises :class:`NodeKeyMismatch`; a login then
+    signs only a challenge naming the authenticated key."""
     if address.startswith("unix:"):
         stream = await capnp.AsyncIoStream.create_unix_connection(address[len("unix:"):])
-    else:
-        host, _, port = address.rpartition(":")
+        return Connection(capnp.TwoPartyClient(stream))
+    tls = address.startswith("tls://") or node_key is not None
+    address = address.removeprefix("tls://")
+    host, _, port = address.rpartition(":")
+    if not tls:
         stream = await capnp.AsyncIoStream.create_connection(host=host, port=int(port))
-    return Connection(capnp.TwoPartyClient(stream))
+        return Connection(capnp.TwoPartyClient(stream))
+    if node_key is not None:
+        expected, pinned_by, known = node_key, "node_key", None
+    else:
+        known = Path(known_nodes) if known_nodes is not None else default_known_nodes()
+        found = _known_key(known, address)
+        expected, pinned_by = (found[0], f"{known}:{found[1]}") if found else (None, "")
+    seen: dict[str, bytes] = {}
+
+    class _PinnedObject(ssl.SSLObject):
+        # Checked inside the handshake, before a byte of engram's protocol is sent.
+        def do_handshake(self) -> None:
+            super().do_handshake()
+            presented = _node_key_of(self.getpeercert(binary_form=True))
+            seen["key"] = presented
+            if expected is not None and presented != expected:
+                raise ssl.SSLError("the node presented another key than the one pinned")
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False  # no certificate authority: the key is the identity
+    context.verify_mode = ssl.CERT_NONE
+    context.sslobject_class = _PinnedObject
+    try:
+        stream = await capnp.AsyncIoStream.create_connection(
+            host=host, port=int(port), ssl=context, server_hostname=schema.tlsServerName
+        )
+    except (ssl.SSLError, OSError) as error:
+        presented = seen.get("key")
+        if expected is not None and presented is not None and presented != expected:
+            raise NodeKeyMismatch(address, presented, expected, pinned_by) from None
+        raise EngramError(None, f"cannot connect to tls://{address}: {error}") from None
+    if expected is None and known is not None:
+        _record_key(known, address, seen["key"])
+    connection = Connection(capnp.TwoPartyClient(stream))
+    connection.node_key = seen["key"]
+    return connection
 
 
 @dataclass
@@ -506,9 +622,10 @@ _CAPABILITY_INTERFACES = {
 }
 
 
-async def open_session(address: str, key_path: str | os.PathLike) -> Session:
-    """Connects, logs in with the key file and grafts."""
-    connection = await connect(address)
+async def open_session(address: str, key_path: str | os.PathLike, **trust: Any) -> Session:
+    """Connects (``trust``: :func:`connect`'s ``node_key`` or ``known_nodes``), logs in
+    with the key file and grafts."""
+    connection = await connect(address, **trust)
     membrane = await connection.login(load_key(key_path))
     session = await membrane.graft()
     session.membrane = membrane  # type: ignore[attr-defined]
