@@ -13,7 +13,8 @@
 //! is a tool error whose text starts with engram's stable error code. When the node's
 //! epoch moves on, a bridge that logged in with a key grafts again and retries once; one
 //! that holds a token answers `staleEpoch`, which only a new token cures. When the
-//! connection to the node is lost, the call says so and the next one connects again.
+//! connection to the node is lost, the call connects again and is sent once more (writes
+//! carry an idempotency key, so none is done twice).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -105,8 +106,10 @@ struct Engram {
 impl Engram {
     /// Runs `call` with the capabilities. After `staleEpoch` (which the node answers
     /// before doing anything), a keyed bridge grafts in the new epoch and calls once
-    /// more. After a lost connection it answers the error (the call may have been done)
-    /// and the next call connects again.
+    /// more. After a lost connection it connects again and calls once more: reads
+    /// change nothing, and writes carry an idempotency key, so a call the node had
+    /// done is answered again rather than done twice. If the node is still away, the
+    /// error is answered and the next call tries again.
     async fn with<F>(&self, call: F) -> Result<Value, ClientError>
     where
         F: Fn(Capabilities) -> LocalFuture<Result<Value, ClientError>>,
@@ -122,7 +125,7 @@ impl Engram {
             }
             Err(error) if disconnected(&error) => {
                 *self.held.borrow_mut() = None;
-                Err(error)
+                call(self.acquire().await?).await
             }
             answered => answered,
         }
@@ -612,13 +615,19 @@ impl Bridge {
             .map(|input| input.atom(proposed))
             .collect::<Result<Vec<_>, _>>()
             .map_err(error_text)?;
+        // One key for every attempt of this tool call (see `Engram::with`).
+        let key = crate::IdempotencyKey::random().map_err(error_text)?;
         self.run(move |held| {
-            let atoms = atoms.clone();
+            let (atoms, key) = (atoms.clone(), key.clone());
             Box::pin(async move {
                 let writer = held.writer.ok_or_else(|| not_held("writer"))?;
-                let receipts = crate::remember(&writer, &atoms).await?;
+                let remembered = crate::remember_keyed(&writer, &atoms, &key).await?;
                 Ok(Value::Array(
-                    receipts.iter().map(|receipt| receipt.to_json()).collect(),
+                    remembered
+                        .receipts
+                        .iter()
+                        .map(|receipt| receipt.to_json())
+                        .collect(),
                 ))
             })
         })
