@@ -39,7 +39,11 @@ fn check_count(count: u32, limit: usize, what: &str) -> Result<(), CapabilityErr
     Ok(())
 }
 
-fn text_list(list: capnp::text_list::Reader<'_>) -> Result<Vec<String>, CapabilityError> {
+/// The texts of a list; one that does not read as text, or is not UTF-8, is
+/// `invalidArgument`.
+pub(crate) fn text_list(
+    list: capnp::text_list::Reader<'_>,
+) -> Result<Vec<String>, CapabilityError> {
     let mut texts = Vec::with_capacity(list.len() as usize);
     for text in list.iter() {
         texts.push(text.map_err(malformed)?.to_string()?);

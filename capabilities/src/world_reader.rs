@@ -7,7 +7,7 @@ use engram_store::audit::{AuditRecord, AuditedQuery};
 use engram_store::{Atom, Facts, Hash, Plan, ReadBudget, ReadView, StoreError};
 
 use crate::convert::{
-    AskRequest, Param, bytes32, read_ask, read_restriction, write_atom, write_atoms,
+    AskRequest, Param, bytes32, read_ask, read_restriction, text_list, write_atom, write_atoms,
 };
 use crate::error::{CapabilityError, Wire};
 use crate::grip::Grip;
@@ -474,10 +474,7 @@ impl world_reader::Server for WorldReader {
             ))
             .into());
         }
-        let labels = labels
-            .iter()
-            .map(|label| Ok(label?.to_string()?))
-            .collect::<Result<Vec<String>, capnp::Error>>()?;
+        let labels = text_list(labels).wire()?;
         let audited = AuditedQuery::Check {
             plan: text.to_owned(),
             labels: labels.clone(),
