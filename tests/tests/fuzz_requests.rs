@@ -129,6 +129,40 @@ fn encode(shape: &Shape, words: &mut Vec<u64>, at: usize) {
     }
 }
 
+/// Calls the fuzzer once found answered without a code, kept as (target, method,
+/// parameters): a parameter struct where a null or a list was (Observer.subscribe with
+/// no sink; a params pointer that is not a struct), and `check`'s labels as a list of
+/// structs and of bytes rather than texts.
+fn regressions() -> Vec<(usize, u16, Shape)> {
+    let words = |count: usize| (0..count as u64).map(|word| word * 0x0101).collect();
+    vec![
+        (4, 0, Shape::Struct(vec![], vec![Shape::Null, Shape::Null])),
+        (2, 10, Shape::Structs(vec![(vec![], vec![])])),
+        (
+            2,
+            10,
+            Shape::Struct(
+                words(3),
+                vec![
+                    Shape::Bytes(2, b"  / \0".to_vec()),
+                    Shape::Structs(vec![(words(2), vec![Shape::Bytes(1, vec![7; 66])])]),
+                ],
+            ),
+        ),
+        (
+            2,
+            10,
+            Shape::Struct(
+                vec![],
+                vec![
+                    Shape::Bytes(2, b"plan\0".to_vec()),
+                    Shape::Bytes(5, vec![1; 16]),
+                ],
+            ),
+        ),
+    ]
+}
+
 /// The methods of each interface the fuzzer calls: (interface, type id, methods).
 fn targets() -> Vec<(&'static str, u64, u16)> {
     vec![
@@ -178,8 +212,13 @@ fn every_request_answers_a_crafted_message_with_a_code() {
         let mut answered: std::collections::BTreeMap<String, usize> = Default::default();
         let mut sent = 0;
         let started = Instant::now();
+        // What the fuzzer found once, first; then the generated calls.
+        let mut cases = regressions().into_iter();
         for _ in 0..calls {
-            let (target, method, params) = strategy.new_tree(&mut runner).unwrap().current();
+            let (target, method, params) = match cases.next() {
+                Some(case) => case,
+                None => strategy.new_tree(&mut runner).unwrap().current(),
+            };
             let (name, interface, methods) = targets()[target];
             let method = method % methods;
             let mut words = vec![0u64];

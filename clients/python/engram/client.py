@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional, Sequence
 
 import capnp
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -400,8 +401,6 @@ def _record_key(path: Path, address: str, key: bytes) -> None:
 
 def _node_key_of(certificate: bytes) -> bytes:
     """The ed25519 key of the node's certificate (DER)."""
-    from cryptography import x509
-
     public_key = x509.load_der_x509_certificate(certificate).public_key()
     spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if not spki.startswith(_ED25519_SPKI_PREFIX) or len(spki) != len(_ED25519_SPKI_PREFIX) + 32:
