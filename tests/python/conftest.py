@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,24 +46,33 @@ class Node:
         return self.data / "admin.key"
 
 
-@pytest.fixture
-def node(tmp_path: Path):
-    data = tmp_path / "data"
-    log = open(tmp_path / "engramd.log", "wb")
+@contextmanager
+def _engramd(tmp_path: Path, name: str, *options: str):
+    """Starts engramd on a free loopback port with its data in ``tmp_path/name`` and its
+    log in ``tmp_path/{name}.log``; yields the ready line's fields, the data directory
+    and the process; stops it with SIGTERM, which must exit 0."""
+    data = tmp_path / name
+    log_path = tmp_path / f"{name}.log"
+    log = open(log_path, "wb")
     process = subprocess.Popen(
-        [str(engramd_binary()), "--data", str(data), "--listen", "127.0.0.1:0"],
+        [str(engramd_binary()), "--data", str(data), "--listen", "127.0.0.1:0", *options],
         stdout=subprocess.PIPE,
         stderr=log,
     )
     ready = process.stdout.readline().decode()
     if not ready.startswith("engramd ready "):
         process.kill()
-        pytest.fail(f"engramd did not start: {(tmp_path / 'engramd.log').read_text()}")
-    fields = dict(part.split("=", 1) for part in ready.split()[2:])
-    yield Node(tcp=fields["tcp"], unix="unix:" + fields["unix"], data=data, process=process)
+        pytest.fail(f"engramd did not start: {log_path.read_text()}")
+    yield dict(part.split("=", 1) for part in ready.split()[2:]), data, process
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=30) == 0, (tmp_path / "engramd.log").read_text()
+    assert process.wait(timeout=30) == 0, log_path.read_text()
     log.close()
+
+
+@pytest.fixture
+def node(tmp_path: Path):
+    with _engramd(tmp_path, "data") as (fields, data, process):
+        yield Node(tcp=fields["tcp"], unix="unix:" + fields["unix"], data=data, process=process)
 
 
 @pytest.fixture(params=["tcp", "unix"])
@@ -79,22 +89,8 @@ def run(coroutine):
 @pytest.fixture
 def tls_node(tmp_path: Path):
     """A node started with --tls: TLS 1.3 on TCP, its key in the ready line."""
-    data = tmp_path / "tls-data"
-    log = open(tmp_path / "engramd-tls.log", "wb")
-    process = subprocess.Popen(
-        [str(engramd_binary()), "--data", str(data), "--listen", "127.0.0.1:0", "--tls", "--no-socket"],
-        stdout=subprocess.PIPE,
-        stderr=log,
-    )
-    ready = process.stdout.readline().decode()
-    if not ready.startswith("engramd ready "):
-        process.kill()
-        pytest.fail(f"engramd did not start: {(tmp_path / 'engramd-tls.log').read_text()}")
-    fields = dict(part.split("=", 1) for part in ready.split()[2:])
-    yield TlsNode(tcp=fields["tcp"], node_key=bytes.fromhex(fields["node_key"]), data=data)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=30) == 0, (tmp_path / "engramd-tls.log").read_text()
-    log.close()
+    with _engramd(tmp_path, "tls-data", "--tls", "--no-socket") as (fields, data, _):
+        yield TlsNode(tcp=fields["tcp"], node_key=bytes.fromhex(fields["node_key"]), data=data)
 
 
 @dataclass
