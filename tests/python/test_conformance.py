@@ -335,6 +335,7 @@ def test_tls_pins_the_node_key_or_records_it_on_first_use(tls_node, node, tmp_pa
         with pytest.raises(engram.NodeKeyMismatch) as refused:
             await engram.connect(address, node_key=other)
         assert tls_node.node_key.hex() in str(refused.value) and other.hex() in str(refused.value)
+        assert not engram.is_retryable(refused.value)  # retrying cannot change who answers
         # Trust on first use: recorded, then required.
         known = tmp_path / "config" / "known_nodes"
         await engram.open_session(address, tls_node.admin_key, known_nodes=known)

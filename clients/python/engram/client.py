@@ -671,6 +671,8 @@ def is_retryable(error: BaseException) -> bool:
     sent again (a write only with an idempotency key): the node failed (``internal``),
     could not serve it now (``unavailable``), the connection broke, or connecting
     failed."""
+    if isinstance(error, NodeKeyMismatch):
+        return False  # an answer about who the node is, not a lost one
     if isinstance(error, EngramError):
         return error.code in (None, "internal", "unavailable")
     return isinstance(error, OSError)
