@@ -364,8 +364,9 @@ async fn serve(node: Rc<Node>, config: &Config, identity: Identity) -> Result<()
                         Some(acceptor) => tls::handshake(
                             acceptor,
                             stream,
-                            &connections.handshaking,
+                            &connections,
                             &config,
+                            peer,
                             {
                                 let (node, connections, config) =
                                     (node.clone(), connections.clone(), config.clone());
@@ -465,8 +466,6 @@ async fn until_idle(
 /// The connections being served, in all and per peer, and those being refused.
 #[derive(Default)]
 struct Connections {
-    /// TLS handshakes under way: connections not yet counted, bounded apart.
-    handshaking: Rc<Cell<usize>>,
     active: Cell<usize>,
     per_peer: RefCell<HashMap<Peer, usize>>,
     refused: Cell<usize>,

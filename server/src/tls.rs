@@ -2,7 +2,6 @@
 //! ed25519 key, TLS 1.3 only, and each handshake bounded in time and in number before
 //! the connection is counted and served.
 
-use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -14,8 +13,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::Config;
 use crate::error::ServerError;
+use crate::{Config, Connections};
+use engram_capabilities::Peer;
 
 /// The acceptor of the node whose key is `node_key`: its certificate is made at each
 /// start (nothing of it is stored but the key).
@@ -44,26 +44,31 @@ pub(crate) fn acceptor(node_key: &SigningKey) -> Result<TlsAcceptor, ServerError
 }
 
 /// Runs the handshake of `stream` in a task of its own, within the handshake timeout,
-/// and hands the connection's halves to `serve`. At most `--connections-max`
-/// handshakes are under way at once; past that a new connection is closed at once.
+/// and hands the connection's halves to `serve`. The handshake counts as a connection
+/// of `peer` from accept, within `--connections-max` and
+/// `--connections-per-address-max` like any other, so no peer holding handshakes open
+/// takes the room of others; past them the connection is closed at once (a refusal
+/// cannot be answered before TLS).
 pub(crate) fn handshake(
     acceptor: &TlsAcceptor,
     stream: TcpStream,
-    handshaking: &Rc<Cell<usize>>,
+    connections: &Rc<Connections>,
     config: &Config,
+    peer: Peer,
     serve: impl FnOnce(ReadHalf<TlsStream<TcpStream>>, WriteHalf<TlsStream<TcpStream>>) + 'static,
 ) {
-    if handshaking.get() >= config.connections_max {
-        tracing::debug!("TLS handshakes at their limit: a new connection is closed");
+    if let Some(reason) = connections.refusal(config, &peer) {
+        connections.log_refusal(&peer, &reason);
         return;
     }
-    handshaking.set(handshaking.get() + 1);
-    let handshaking = handshaking.clone();
+    connections.open(peer);
+    let connections = connections.clone();
     let accepting = acceptor.accept(stream);
     let timeout = config.handshake_timeout;
     tokio::task::spawn_local(async move {
         let accepted = tokio::time::timeout(timeout, accepting).await;
-        handshaking.set(handshaking.get() - 1);
+        // `serve` counts the connection again as it serves it (or answers its refusal).
+        connections.close(&peer);
         match accepted {
             Ok(Ok(stream)) => {
                 let (reader, writer) = tokio::io::split(stream);

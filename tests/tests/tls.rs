@@ -147,3 +147,44 @@ fn a_listener_off_loopback_needs_tls_or_insecure() {
         child.wait().unwrap();
     }
 }
+
+#[test]
+fn one_peer_holding_handshakes_open_leaves_room_for_others() {
+    // A peer (127.0.0.2) opens as many TCP connections as the node serves in all and
+    // never starts a handshake; a client from another address (127.0.0.1) must still
+    // be served, because a handshake counts as a connection of its peer from accept.
+    let node = TestNode::start_with(&[
+        "--tls",
+        "--connections-max",
+        "8",
+        "--connections-per-address-max",
+        "4",
+        "--handshake-timeout-ms",
+        "60000",
+    ]);
+    let pin = NodeTrust::parse_key(node.node_key_hex()).unwrap();
+    run_local(async {
+        let address: std::net::SocketAddr = node.tcp_address().parse().unwrap();
+        let mut silent = Vec::new();
+        for _ in 0..8 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            silent.push(socket.connect(address).await.unwrap());
+        }
+        // Past its share the hostile peer's connections are closed at once (the
+        // timeout only bounds a failing run).
+        for stream in &mut silent[4..] {
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                tokio::io::AsyncReadExt::read(stream, &mut byte),
+            )
+            .await
+            .expect("a connection past the peer's share is closed");
+            assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        }
+        let served = session(&tls_endpoint(&node, pin), &node.admin_key()).await;
+        assert!(served.admin().is_ok());
+        drop(silent);
+    });
+}
