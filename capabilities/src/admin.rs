@@ -43,7 +43,7 @@ impl Admin {
         let _permit = self.grip.begin_call().wire()?;
         self.grip
             .node
-            .write(WriteRequest {
+            .write_policy(WriteRequest {
                 authority: Authority::Principal {
                     key: self.grip.principal,
                     epoch: self.grip.epoch,

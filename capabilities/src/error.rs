@@ -22,6 +22,8 @@ pub enum CapabilityError {
     #[error("{0}")]
     ResourceExhausted(String),
     #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -38,6 +40,7 @@ impl CapabilityError {
             CapabilityError::PermissionDenied(_) => ErrorCode::PermissionDenied,
             CapabilityError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             CapabilityError::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
+            CapabilityError::Conflict(_) => ErrorCode::Conflict,
             CapabilityError::Unavailable(_) => ErrorCode::Unavailable,
             CapabilityError::Internal(_) => ErrorCode::Internal,
             CapabilityError::Store(error) => match error {

@@ -124,6 +124,7 @@ impl Grip {
     /// principal was removed or its grants changed, and once its restriction expired or
     /// excludes `world`.
     pub fn check(&self, world: Option<&str>) -> Result<(), CapabilityError> {
+        self.node.fleet_gate()?;
         let current = self.node.epoch();
         if current != self.epoch {
             return Err(CapabilityError::StaleEpoch {

@@ -9,6 +9,7 @@
 pub mod admin;
 mod convert;
 pub mod error;
+pub mod fleet;
 mod grip;
 pub mod limits;
 pub mod membrane;

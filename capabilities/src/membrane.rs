@@ -50,6 +50,7 @@ impl membrane::Server for Membrane {
         mut results: membrane::GraftResults,
     ) -> Result<(), capnp::Error> {
         let node = &self.node;
+        node.fleet_gate().wire()?;
         let removed = || CapabilityError::denied("this principal has been removed");
         let generation = node
             .generation(&self.principal)

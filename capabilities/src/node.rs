@@ -15,6 +15,8 @@ use engram_store::{
 };
 use tokio::sync::watch;
 
+use crate::error::CapabilityError;
+use crate::fleet::Fleet;
 use crate::limits::REVOKED_TOKENS_PER_PRINCIPAL_MAX;
 use crate::peer::LoginRate;
 use crate::rate::Bucket;
@@ -74,6 +76,8 @@ pub struct Node {
     /// The rate buckets of grants, by principal and world: one per grant, shared by every
     /// login of the principal, so logging in again buys nothing.
     grant_rates: RefCell<HashMap<(PublicKey, String), Rc<Bucket>>>,
+    /// The fleet whose policy this node follows (`engramd --nats`), if any.
+    fleet: RefCell<Option<Rc<dyn Fleet>>>,
 }
 
 /// Limits an operator configures.
@@ -165,6 +169,7 @@ impl Node {
             read_workers: Arc::new(tokio::sync::Semaphore::new(limits.read_workers.max(1))),
             grant_rates: RefCell::new(HashMap::new()),
             read_shares: RefCell::new(HashMap::new()),
+            fleet: RefCell::new(None),
             limits,
         })
     }
@@ -174,6 +179,49 @@ impl Node {
     pub fn login_refusal(&self, peer: &crate::Peer) -> Option<(String, std::time::Duration)> {
         let left = self.logins.blocks(peer)?;
         Some((self.logins.refusal(peer), left))
+    }
+
+    /// The store this node serves.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The node's public key.
+    pub fn node_key(&self) -> [u8; 32] {
+        self.node_key.verifying_key().to_bytes()
+    }
+
+    /// Makes this node follow `fleet`'s policy: from now on admins' policy changes go
+    /// through it, and nothing is served while it is not confirmed.
+    pub fn join(&self, fleet: Rc<dyn Fleet>) {
+        *self.fleet.borrow_mut() = Some(fleet);
+    }
+
+    /// `unavailable` while this node, in a fleet, has not confirmed the fleet's policy
+    /// within its lease: it never serves authority the fleet may have revoked.
+    pub(crate) fn fleet_gate(&self) -> Result<(), CapabilityError> {
+        match &*self.fleet.borrow() {
+            Some(fleet) => fleet.confirmed().map_err(|reason| {
+                CapabilityError::Unavailable(format!(
+                    "this node is not in touch with its fleet ({reason}); it serves again \
+                     once it has caught up: try again, or another node"
+                ))
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes a policy change: through the fleet in a fleet, else through the writer.
+    pub(crate) async fn write_policy(
+        self: &Rc<Self>,
+        request: WriteRequest,
+    ) -> Result<WriteOutcome, CapabilityError> {
+        debug_assert!(crate::fleet::is_policy(&request.op));
+        let fleet = self.fleet.borrow().clone();
+        match fleet {
+            Some(fleet) => self.write_to_fleet(fleet, request).await,
+            None => Ok(self.write(request).await?),
+        }
     }
 
     /// The current epoch number.
@@ -213,8 +261,10 @@ impl Node {
     /// tells waiting subscriptions to check their grip again.
     fn mirror(&self, outcome: &WriteOutcome) {
         match outcome {
+            // Applied changes and direct writes finish in any order; the store's epoch
+            // only advances, and so does its mirror.
+            WriteOutcome::Epoch(Epoch { number, .. }) if *number <= self.epoch.get() => return,
             WriteOutcome::Epoch(Epoch { number, .. }) => {
-                assert!(*number > self.epoch.get(), "epochs only advance");
                 self.epoch.set(*number);
                 // Every older token is stale now; the store emptied its list too.
                 self.revoked_tokens.borrow_mut().clear();
@@ -237,6 +287,12 @@ impl Node {
             WriteOutcome::TokenRevoked { owner, id } => {
                 self.revoked_tokens.borrow_mut().insert(id.clone());
                 *self.revocations.borrow_mut().entry(*owner).or_insert(0) += 1;
+            }
+            WriteOutcome::Applied(outcomes) => {
+                for outcome in outcomes {
+                    self.mirror(outcome);
+                }
+                return;
             }
             WriteOutcome::Remembered { .. } | WriteOutcome::World(_) => return,
         }

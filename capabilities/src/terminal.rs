@@ -101,6 +101,7 @@ impl Terminal {
         nonce: &[u8],
         signature: &[u8],
     ) -> Result<Membrane, CapabilityError> {
+        self.node.fleet_gate()?;
         // Refused: the connection rests, so a peer that keeps trying costs nothing.
         self.node.login_attempt(&self.peer, &self.budget)?;
         let nonce = bytes32(nonce, "the nonce")?;
@@ -192,6 +193,7 @@ impl Terminal {
     /// The capability a token names, narrowed by every block, or why not.
     fn open_token(&self, token: &[u8]) -> Result<(Claims, Grip), CapabilityError> {
         let node = &self.node;
+        node.fleet_gate()?;
         node.login_attempt(&self.peer, &self.budget)?;
         let claims = token::open(&node.token_root, token)?;
         let current = node.epoch();

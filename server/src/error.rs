@@ -28,4 +28,6 @@ pub enum ServerError {
     Insecure { address: String },
     #[error("the node's TLS certificate: {reason}")]
     Tls { reason: String },
+    #[error("joining fleet {name:?}: {reason}")]
+    Fleet { name: String, reason: String },
 }

@@ -71,6 +71,8 @@ pub struct Config {
     pub node_limits: NodeLimits,
     /// Bytes of the store's page cache.
     pub cache_bytes: usize,
+    /// The fleet whose policy the node follows (`--nats`); `None` runs it alone.
+    pub fleet: Option<engram_fleet::Config>,
 }
 
 /// Runs the node until SIGINT or SIGTERM. Every acknowledged write is durable when it
@@ -287,6 +289,14 @@ struct Identity {
 }
 
 async fn serve(node: Rc<Node>, config: &Config, identity: Identity) -> Result<(), ServerError> {
+    if let Some(fleet) = &config.fleet {
+        engram_fleet::join(node.clone(), fleet)
+            .await
+            .map_err(|reason| ServerError::Fleet {
+                name: fleet.name.clone(),
+                reason,
+            })?;
+    }
     let tcp = match &config.listen {
         Some(address) => {
             let listener =

@@ -98,6 +98,18 @@ struct Arguments {
     /// [default: the number of cores].
     #[arg(long)]
     read_workers: Option<usize>,
+    /// Join a fleet through the NATS server at this URL (JetStream enabled): the
+    /// epoch, principals and worlds are then the fleet's (README, Fleets). Without it
+    /// the node runs alone.
+    #[arg(long, env = "ENGRAM_NATS", value_name = "URL")]
+    nats: Option<String>,
+    /// The fleet's name: nodes with the same NATS and name form one fleet.
+    #[arg(long, default_value = "engram", requires = "nats")]
+    fleet: String,
+    /// Milliseconds a node in a fleet serves without confirming the fleet's policy;
+    /// past it every call answers unavailable until it has caught up.
+    #[arg(long, default_value_t = engram_fleet::LEASE_DEFAULT.as_millis() as u64, requires = "nats")]
+    fleet_lease_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -131,6 +143,11 @@ fn main() -> ExitCode {
         idle_timeout: std::time::Duration::from_millis(arguments.idle_timeout_ms),
         message_bytes_max: arguments.message_bytes_max,
         cache_bytes: arguments.cache_mib.saturating_mul(1024 * 1024),
+        fleet: arguments.nats.map(|url| engram_fleet::Config {
+            url,
+            name: arguments.fleet,
+            lease: std::time::Duration::from_millis(arguments.fleet_lease_ms.max(100)),
+        }),
         node_limits: NodeLimits {
             subscriptions_per_principal_max: arguments.subscriptions_per_principal_max,
             calls_in_flight_per_connection_max: arguments.calls_in_flight_max,
@@ -141,11 +158,33 @@ fn main() -> ExitCode {
                 .unwrap_or_else(engram_capabilities::limits::read_workers_default),
         },
     };
+    if let Err(error) = validate_fleet_name(&config) {
+        eprintln!("engramd: {error}");
+        return ExitCode::from(2);
+    }
     match engram_server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("engramd: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A fleet's name names its NATS bucket: letters, digits, `-` and `_`.
+fn validate_fleet_name(config: &Config) -> Result<(), String> {
+    let Some(fleet) = &config.fleet else {
+        return Ok(());
+    };
+    let valid = !fleet.name.is_empty()
+        && fleet.name.len() <= 64
+        && (fleet.name.bytes()).all(|byte| byte.is_ascii_alphanumeric() || b"-_".contains(&byte));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "--fleet {:?}: a fleet's name is 1 to 64 letters, digits, '-' and '_'",
+            fleet.name
+        ))
     }
 }

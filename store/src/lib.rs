@@ -18,6 +18,7 @@ mod fuzzing;
 pub mod idempotency;
 pub mod journal;
 pub mod limits;
+pub mod policy;
 pub mod principal;
 pub mod query;
 pub mod rank;
@@ -44,6 +45,7 @@ pub use chain::{BadEntry, ChainHead, VerifyReport};
 pub use constraint::{CheckReport, Plan, Violation};
 pub use epoch::Epoch;
 pub use error::StoreError;
+pub use policy::PolicyChange;
 pub use principal::{Grant, Principal, Rate, Right};
 pub use query::Query;
 
@@ -427,6 +429,24 @@ impl ReadView {
 
     fn entries(&self) -> &EntriesTable {
         &self.snapshot.entries
+    }
+
+    /// What the policy write `request` would change, checked against this snapshot as
+    /// the writer would check it (the actor's authority, then the op's rules): how a node
+    /// in a fleet validates a change before it publishes it. `Ok(None)` for a request
+    /// that is not a policy change.
+    pub fn plan_policy(&self, request: &WriteRequest) -> Result<Option<PolicyChange>, StoreError> {
+        let (worlds, principals) = (self.table(WORLDS)?, self.table(PRINCIPALS)?);
+        let (names, epochs) = (self.table(PRINCIPAL_NAMES)?, self.table(EPOCHS)?);
+        let policy = policy::PolicyTables {
+            worlds: &worlds,
+            principals: &principals,
+            names: &names,
+            epochs: &epochs,
+        };
+        let epoch = policy.epoch()?;
+        policy.actor(epoch.number, request)??;
+        policy.plan(&epoch, &request.op, now_unix_ms())?
     }
 
     /// The current epoch.

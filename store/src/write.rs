@@ -20,12 +20,12 @@ use crate::error::StoreError;
 use crate::idempotency::{self, KeyRecord, KeyTables, KeyValue};
 use crate::journal::{self, Item, Journal};
 use crate::limits::{
-    ATOM_VECTOR_DIMENSIONS_MAX, BATCH_ATOMS_MAX, REVOKED_TOKENS_PER_EPOCH_MAX,
-    TRANSITIONS_PER_REQUEST_MAX, TRUST_LABELS_MAX,
+    BATCH_ATOMS_MAX, REVOKED_TOKENS_PER_EPOCH_MAX, TRANSITIONS_PER_REQUEST_MAX, TRUST_LABELS_MAX,
 };
-use crate::principal::{Grant, Principal, Right, validate_grants, validate_principal_name};
+use crate::policy::{PolicyChange, PolicyTables};
+use crate::principal::{Grant, Principal, Right};
 use crate::tables::*;
-use crate::world::{WorldInfo, WorldState, validate_world_name};
+use crate::world::{WorldInfo, WorldState};
 
 /// Who asks for a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +68,9 @@ pub enum WriteOp {
     AdvanceEpoch {
         head: Hash,
     },
+    /// Sets policy records as a fleet's nodes agreed them (`policy.rs`), checking
+    /// nothing but that the node asks; only the node itself may.
+    ApplyPolicy(Vec<PolicyChange>),
     /// Adds a token's revocation id to the current epoch's revocation list. An admin
     /// may revoke any token; a principal, the tokens that name it (`owner`).
     RevokeToken {
@@ -111,6 +114,21 @@ pub enum WriteOutcome {
         owner: PublicKey,
         id: Vec<u8>,
     },
+    /// What applying policy changes changed, in order; empty when every record was
+    /// already as the changes say.
+    Applied(Vec<WriteOutcome>),
+}
+
+impl WriteOutcome {
+    /// The outcome of making `change`.
+    pub fn of(change: PolicyChange) -> WriteOutcome {
+        match change {
+            PolicyChange::Epoch(epoch) => WriteOutcome::Epoch(epoch),
+            PolicyChange::Principal(principal) => WriteOutcome::Principal(principal),
+            PolicyChange::PrincipalRemoved(principal) => WriteOutcome::PrincipalRemoved(principal),
+            PolicyChange::World(world) => WriteOutcome::World(world),
+        }
+    }
 }
 
 /// Per-request verdict; the outer error aborts the group.
@@ -138,6 +156,25 @@ pub(crate) struct Tables<'txn> {
 }
 
 impl<'txn> Tables<'txn> {
+    /// The policy tables, to plan a change against.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn policy(
+        &self,
+    ) -> PolicyTables<
+        '_,
+        Table<'txn, &'static str, (u8, u64, u32)>,
+        Table<'txn, PublicKey, &'static [u8]>,
+        Table<'txn, &'static str, PublicKey>,
+        Table<'txn, u64, (Hash, i64)>,
+    > {
+        PolicyTables {
+            worlds: &self.worlds,
+            principals: &self.principals,
+            names: &self.principal_names,
+            epochs: &self.epochs,
+        }
+    }
+
     pub(crate) fn open(transaction: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
         Ok(Tables {
             entries: transaction.open_table(ENTRIES)?,
@@ -568,37 +605,11 @@ fn apply_one(
     request: &WriteRequest,
 ) -> Result<Verdict, StoreError> {
     // Authority first: a stale epoch or a revoked principal changes nothing.
-    let actor = match request.authority {
-        Authority::Node => None,
-        Authority::Principal { key, epoch } => {
-            if epoch != group.epoch.number {
-                return Ok(Err(StoreError::StaleEpoch {
-                    issued: epoch,
-                    current: group.epoch.number,
-                }));
-            }
-            match tables.principals.get(key)? {
-                Some(bytes) => Some(Principal::decode(bytes.value())?),
-                None => {
-                    return Ok(Err(StoreError::PermissionDenied {
-                        reason: "this principal has been removed".into(),
-                    }));
-                }
-            }
-        }
+    let policy = tables.policy();
+    let actor = match policy.actor(group.epoch.number, request)? {
+        Ok(actor) => actor,
+        Err(error) => return Ok(Err(error)),
     };
-    let own_token = |actor: &Principal| match &request.op {
-        WriteOp::RevokeToken { owner, .. } => *owner == actor.public_key,
-        _ => false,
-    };
-    if let (Some(actor), false) = (&actor, matches!(request.op, WriteOp::Remember { .. }))
-        && !actor.admin
-        && !own_token(actor)
-    {
-        return Ok(Err(StoreError::PermissionDenied {
-            reason: format!("principal {:?} is not an admin", actor.name),
-        }));
-    }
     match &request.op {
         WriteOp::Remember { world, atoms, key } => {
             let Some(actor) = actor else {
@@ -607,81 +618,6 @@ fn apply_one(
                 }));
             };
             remember(tables, group, &actor, world, atoms, key.as_deref())
-        }
-        WriteOp::CreateWorld { name, dimension } => {
-            if let Err(error) = validate_world_name(name) {
-                return Ok(Err(error));
-            }
-            if *dimension as usize > ATOM_VECTOR_DIMENSIONS_MAX {
-                return Ok(Err(StoreError::InvalidWorldDimension {
-                    dimension: *dimension,
-                }));
-            }
-            if tables.worlds.get(name.as_str())?.is_some() {
-                return Ok(Err(StoreError::WorldExists {
-                    world: name.clone(),
-                }));
-            }
-            let world = WorldInfo {
-                name: name.clone(),
-                state: WorldState::Active,
-                atoms: 0,
-                dimension: *dimension,
-            };
-            tables.worlds.insert(name.as_str(), world.record())?;
-            Ok(Ok(WriteOutcome::World(world)))
-        }
-        WriteOp::SetWorldState { name, state } => {
-            let mut world = match tables.worlds.get(name.as_str())? {
-                Some(value) => WorldInfo::from_record(name, value.value())?,
-                None => {
-                    return Ok(Err(StoreError::WorldNotFound {
-                        world: name.clone(),
-                    }));
-                }
-            };
-            world.state = *state;
-            tables.worlds.insert(name.as_str(), world.record())?;
-            Ok(Ok(WriteOutcome::World(world)))
-        }
-        WriteOp::AddPrincipal(principal) => add_principal(tables, principal),
-        WriteOp::SetGrants { name, grants } => {
-            let Some(mut principal) = principal_by_name(tables, name)? else {
-                return Ok(Err(StoreError::PrincipalNotFound { name: name.clone() }));
-            };
-            if let Err(error) = check_grants(tables, grants)? {
-                return Ok(Err(error));
-            }
-            principal.grants = grants.clone();
-            tables
-                .principals
-                .insert(principal.public_key, principal.encode().as_slice())?;
-            Ok(Ok(WriteOutcome::Principal(principal)))
-        }
-        WriteOp::RemovePrincipal { name } => {
-            let Some(principal) = principal_by_name(tables, name)? else {
-                return Ok(Err(StoreError::PrincipalNotFound { name: name.clone() }));
-            };
-            if principal.admin && count_admins(tables)? == 1 {
-                return Ok(Err(StoreError::LastAdmin { name: name.clone() }));
-            }
-            tables.principals.remove(principal.public_key)?;
-            tables.principal_names.remove(name.as_str())?;
-            Ok(Ok(WriteOutcome::PrincipalRemoved(principal)))
-        }
-        WriteOp::AdvanceEpoch { head } => {
-            let next = Epoch {
-                number: group.epoch.number + 1,
-                head: *head,
-                advanced_at_unix_ms: group.recorded_at_unix_ms,
-            };
-            tables
-                .epochs
-                .insert(next.number, (next.head, next.advanced_at_unix_ms))?;
-            group.epoch = next;
-            // Every token of an older epoch is stale: its revocations need not be kept.
-            tables.revoked_tokens.retain(|_, _| false)?;
-            Ok(Ok(WriteOutcome::Epoch(next)))
         }
         WriteOp::RevokeToken { owner, id } => {
             if tables.revoked_tokens.len()? >= REVOKED_TOKENS_PER_EPOCH_MAX {
@@ -701,82 +637,109 @@ fn apply_one(
                 id: id.clone(),
             }))
         }
-    }
-}
-
-fn principal_by_name(tables: &Tables<'_>, name: &str) -> Result<Option<Principal>, StoreError> {
-    let Some(key) = tables.principal_names.get(name)? else {
-        return Ok(None);
-    };
-    let key = key.value();
-    let bytes = tables
-        .principals
-        .get(key)?
-        .ok_or_else(|| StoreError::Corrupt {
-            what: format!("principal name {name:?} points at a missing key"),
-        })?;
-    Principal::decode(bytes.value()).map(Some)
-}
-
-fn count_admins(tables: &Tables<'_>) -> Result<usize, StoreError> {
-    let mut admins = 0;
-    for entry in tables.principals.iter()? {
-        let (_, bytes) = entry?;
-        if Principal::decode(bytes.value())?.admin {
-            admins += 1;
+        WriteOp::ApplyPolicy(changes) => {
+            if actor.is_some() {
+                return Ok(Err(StoreError::PermissionDenied {
+                    reason: "only the node applies its fleet's policy changes".into(),
+                }));
+            }
+            let mut applied = Vec::new();
+            for change in changes {
+                applied.extend(apply_change(tables, group, change)?);
+            }
+            Ok(Ok(WriteOutcome::Applied(applied)))
+        }
+        op => {
+            let change = match policy.plan(&group.epoch, op, group.recorded_at_unix_ms)? {
+                Ok(change) => change.expect("every other op is a policy op"),
+                Err(error) => return Ok(Err(error)),
+            };
+            // A change planned here is answered as planned even when it leaves the
+            // record as it was (archiving an archived world), as a node alone always has.
+            apply_change(tables, group, &change)?;
+            Ok(Ok(WriteOutcome::of(change)))
         }
     }
-    Ok(admins)
 }
 
-/// Validates grants: names, duplicates, and that every granted world exists.
-fn check_grants(
-    tables: &Tables<'_>,
-    grants: &[Grant],
-) -> Result<Result<(), StoreError>, StoreError> {
-    if let Err(error) = validate_grants(grants) {
-        return Ok(Err(error));
-    }
-    for grant in grants {
-        if tables.worlds.get(grant.world.as_str())?.is_none() {
-            return Ok(Err(StoreError::WorldNotFound {
-                world: grant.world.clone(),
-            }));
+/// Sets the record `change` describes; what it changed, none when it was already so.
+fn apply_change(
+    tables: &mut Tables<'_>,
+    group: &mut Group<'_>,
+    change: &PolicyChange,
+) -> Result<Vec<WriteOutcome>, StoreError> {
+    let mut outcomes = Vec::new();
+    match change {
+        PolicyChange::Epoch(epoch) => {
+            if epoch.number <= group.epoch.number {
+                return Ok(outcomes);
+            }
+            tables
+                .epochs
+                .insert(epoch.number, (epoch.head, epoch.advanced_at_unix_ms))?;
+            group.epoch = *epoch;
+            // Every token of an older epoch is stale: its revocations need not be kept.
+            tables.revoked_tokens.retain(|_, _| false)?;
+        }
+        PolicyChange::World(world) => {
+            let existing = tables.policy().world(&world.name)?;
+            let record = match existing {
+                Some(existing) if existing.state == world.state => return Ok(outcomes),
+                Some(existing) => WorldInfo {
+                    state: world.state,
+                    ..existing
+                },
+                None => WorldInfo {
+                    atoms: 0,
+                    ..world.clone()
+                },
+            };
+            tables
+                .worlds
+                .insert(record.name.as_str(), record.record())?;
+            outcomes.push(WriteOutcome::World(record));
+            return Ok(outcomes);
+        }
+        PolicyChange::Principal(principal) => {
+            let existing = tables.policy().principal_by_name(&principal.name)?;
+            if existing.as_ref() == Some(principal) {
+                return Ok(outcomes);
+            }
+            if let Some(existing) = existing
+                && existing.public_key != principal.public_key
+            {
+                tables.principals.remove(existing.public_key)?;
+                outcomes.push(WriteOutcome::PrincipalRemoved(existing));
+            }
+            // A key belongs to one name: another name holding it loses it.
+            let other = tables.principals.get(principal.public_key)?;
+            if let Some(other) = other
+                .map(|bytes| Principal::decode(bytes.value()))
+                .transpose()?
+                && other.name != principal.name
+            {
+                tables.principal_names.remove(other.name.as_str())?;
+                outcomes.push(WriteOutcome::PrincipalRemoved(other));
+            }
+            tables
+                .principals
+                .insert(principal.public_key, principal.encode().as_slice())?;
+            tables
+                .principal_names
+                .insert(principal.name.as_str(), principal.public_key)?;
+        }
+        PolicyChange::PrincipalRemoved(principal) => {
+            let Some(existing) = tables.policy().principal_by_name(&principal.name)? else {
+                return Ok(outcomes);
+            };
+            tables.principals.remove(existing.public_key)?;
+            tables.principal_names.remove(existing.name.as_str())?;
+            outcomes.push(WriteOutcome::PrincipalRemoved(existing));
+            return Ok(outcomes);
         }
     }
-    Ok(Ok(()))
-}
-
-fn add_principal(tables: &mut Tables<'_>, principal: &Principal) -> Result<Verdict, StoreError> {
-    if let Err(error) = validate_principal_name(&principal.name) {
-        return Ok(Err(error));
-    }
-    if let Err(error) = check_grants(tables, &principal.grants)? {
-        return Ok(Err(error));
-    }
-    if tables
-        .principal_names
-        .get(principal.name.as_str())?
-        .is_some()
-    {
-        return Ok(Err(StoreError::PrincipalExists {
-            what: "name",
-            value: principal.name.clone(),
-        }));
-    }
-    if tables.principals.get(principal.public_key)?.is_some() {
-        return Ok(Err(StoreError::PrincipalExists {
-            what: "public key",
-            value: hex::encode(principal.public_key),
-        }));
-    }
-    tables
-        .principals
-        .insert(principal.public_key, principal.encode().as_slice())?;
-    tables
-        .principal_names
-        .insert(principal.name.as_str(), principal.public_key)?;
-    Ok(Ok(WriteOutcome::Principal(principal.clone())))
+    outcomes.push(WriteOutcome::of(change.clone()));
+    Ok(outcomes)
 }
 
 fn remember(

@@ -4,6 +4,8 @@
 //! The binaries are the ones `cargo build --workspace --bins` puts beside the test
 //! executables (`target/<profile>/`); `ENGRAMD_BIN` and `ENGRAM_BIN` override them.
 
+pub mod fleet;
+
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

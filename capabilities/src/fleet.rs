@@ -1,0 +1,106 @@
+//! A node in a fleet (`engramd --nats`): the policy — the epoch, principals and grants,
+//! the worlds' records — is the fleet's, kept by the `engram-fleet` crate, which this
+//! trait keeps out of this crate. An admin's change is planned on this node's snapshot,
+//! published to the fleet if the fleet has not changed since that snapshot, and then
+//! applied here; every node applies every change the fleet publishes. A node that has
+//! not confirmed the fleet's policy within its lease serves nothing (`unavailable`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use engram_store::{PolicyChange, WriteOp, WriteOutcome, WriteRequest};
+
+use crate::error::CapabilityError;
+use crate::node::Node;
+
+/// A future on the RPC thread.
+pub type Local<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// How many times a change is planned again after the fleet changed under it.
+const PUBLISH_ATTEMPTS: usize = 5;
+
+/// Why the fleet did not take a change.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The fleet's policy moved past the revision the change was planned at.
+    Moved,
+    /// The fleet could not be reached, or did not answer in time.
+    Unavailable(String),
+}
+
+/// The node's link to its fleet.
+pub trait Fleet {
+    /// `Ok` while this node has confirmed, within its lease, that it applied every
+    /// change the fleet holds; else why not.
+    fn confirmed(&self) -> Result<(), String>;
+    /// The fleet revision this node has applied every change up to.
+    fn applied(&self) -> u64;
+    /// Publishes `change` as the fleet's next change if its last is still `after`.
+    fn publish(&self, change: &PolicyChange, after: u64) -> Local<Result<(), Refusal>>;
+    /// Resolves once this node has applied every change the fleet held when called.
+    fn catch_up(self: Rc<Self>) -> Local<Result<(), String>>;
+}
+
+/// Whether a write is a policy change (the fleet's, in a fleet).
+pub(crate) fn is_policy(op: &WriteOp) -> bool {
+    !matches!(
+        op,
+        WriteOp::Remember { .. } | WriteOp::RevokeToken { .. } | WriteOp::ApplyPolicy(_)
+    )
+}
+
+impl Node {
+    /// Makes a policy change through `fleet`: plans it on this node's snapshot, publishes
+    /// it, and applies it here once the fleet has it. When another node's change came
+    /// first, catches up and plans again, so a change is always checked against every
+    /// change before it (two concurrent epoch advances: one wins, the other's capability
+    /// is then stale).
+    pub(crate) async fn write_to_fleet(
+        self: &Rc<Self>,
+        fleet: Rc<dyn Fleet>,
+        request: WriteRequest,
+    ) -> Result<WriteOutcome, CapabilityError> {
+        for _ in 0..PUBLISH_ATTEMPTS {
+            let after = fleet.applied();
+            let change = self
+                .store
+                .read()?
+                .plan_policy(&request)?
+                .expect("only policy changes are published");
+            match fleet.publish(&change, after).await {
+                Ok(()) => {
+                    self.apply_policy(vec![change.clone()]).await?;
+                    return Ok(WriteOutcome::of(change));
+                }
+                Err(Refusal::Moved) => fleet
+                    .clone()
+                    .catch_up()
+                    .await
+                    .map_err(CapabilityError::Unavailable)?,
+                Err(Refusal::Unavailable(reason)) => {
+                    return Err(CapabilityError::Unavailable(format!(
+                        "the fleet did not take the change: {reason}"
+                    )));
+                }
+            }
+        }
+        Err(CapabilityError::Conflict(format!(
+            "the fleet's policy changed {PUBLISH_ATTEMPTS} times while this change was \
+             being made; try again"
+        )))
+    }
+
+    /// Applies policy changes the fleet holds, durably, and mirrors what they changed.
+    pub async fn apply_policy(
+        self: &Rc<Self>,
+        changes: Vec<PolicyChange>,
+    ) -> Result<(), engram_store::StoreError> {
+        self.write(WriteRequest {
+            authority: engram_store::Authority::Node,
+            op: WriteOp::ApplyPolicy(changes),
+        })
+        .await
+        .map(drop)
+    }
+}

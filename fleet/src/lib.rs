@@ -1,0 +1,448 @@
+//! engram fleets: several `engramd` nodes that follow one policy — the epoch, the
+//! principals and their grants, the worlds' records — kept in a NATS JetStream
+//! key-value bucket (`engramd --nats URL`).
+//!
+//! Every change is published with the bucket's last revision the publishing node has
+//! applied (`Nats-Expected-Last-Sequence`): JetStream takes it only if nothing was
+//! published since, so changes are totally ordered and each was checked against every
+//! change before it; two concurrent epoch advances cannot both win. Every node watches
+//! the bucket and applies each change durably through its writer, in the bucket's order
+//! (`Node::apply_policy`). A heartbeat asks JetStream for the bucket's last revision every
+//! quarter of the lease; the node is *confirmed* at the moment it asked once it has
+//! applied everything up to that revision, and serves nothing (`unavailable`) when its
+//! last confirmation is older than the lease (`Node::fleet_gate`). So a node never serves
+//! authority the fleet revoked more than a lease ago.
+//!
+//! Everything here runs on the node's RPC thread (capabilities are `!Send`); NATS I/O is
+//! async-nats' own.
+
+pub mod records;
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv, stream};
+use async_nats::{HeaderMap, header};
+use engram_capabilities::Node;
+use engram_capabilities::fleet::{Fleet, Local, Refusal};
+use engram_store::PolicyChange;
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::{Notify, watch};
+
+use records::{EPOCH_KEY, decode, encode, principal_key, world_key};
+
+/// The lease a node holds its authority for, by default.
+pub const LEASE_DEFAULT: Duration = Duration::from_secs(5);
+/// How long joining may take to apply the fleet's policy.
+const JOIN_CATCH_UP: Duration = Duration::from_secs(60);
+/// Changes applied in one write, at most.
+const APPLY_BATCH_MAX: usize = 256;
+
+/// How a node reaches its fleet.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The NATS server(s), e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// The fleet's name: its bucket is `<name>-policy`.
+    pub name: String,
+    /// A node that has not confirmed the fleet's policy for this long serves nothing.
+    pub lease: Duration,
+}
+
+/// This node's link to its fleet.
+pub struct Link {
+    jetstream: jetstream::Context,
+    bucket: kv::Store,
+    stream: Rc<stream::Stream>,
+    subject_prefix: String,
+    lease: Duration,
+    /// The last revision every change up to which this node applied.
+    applied: watch::Sender<u64>,
+    /// When this node last knew it had applied everything the fleet held.
+    confirmed_at: Cell<Option<Instant>>,
+    /// A revision the fleet held when asked at an instant, which confirms the node at
+    /// that instant once applied.
+    pending: Cell<Option<(u64, Instant)>>,
+    /// Since when the heartbeat has seen the node behind, to restart a stalled watch.
+    behind_since: Cell<Option<Instant>>,
+    restart_watch: Notify,
+}
+
+/// Joins the fleet `config` names: connects, seeds the fleet with this node's policy if
+/// the fleet has none yet, applies the fleet's policy, and from then on keeps it applied
+/// and confirmed. Refuses a node whose data directory has worlds the fleet does not
+/// know, or an epoch ahead of the fleet's.
+pub async fn join(node: Rc<Node>, config: &Config) -> Result<Rc<Link>, String> {
+    let nats = format!("NATS at {}", config.url);
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("engramd {}", hex::encode(node.node_key())))
+        .connection_timeout(config.lease)
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64 * 100).min(1_000))
+        })
+        .connect(config.url.as_str())
+        .await
+        .map_err(|error| format!("cannot reach {nats}: {error}"))?;
+    let jetstream = jetstream::ContextBuilder::new()
+        .timeout(config.lease / 2)
+        .build(client);
+    let name = format!("{}-policy", config.name);
+    // The bucket's stream, made as a key-value bucket's is (async-nats' own
+    // `create_key_value` reads account fields nats-server 2.9 does not send).
+    let stream = jetstream
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{name}"),
+            description: Some("engram: the fleet's epoch, principals and worlds".into()),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            storage: stream::StorageType::File,
+            num_replicas: 1,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| format!("cannot open the fleet's bucket {name:?} on {nats}: {error}"))?;
+    let bucket = jetstream
+        .get_key_value(name.as_str())
+        .await
+        .map_err(|error| format!("cannot open the fleet's bucket {name:?} on {nats}: {error}"))?;
+    let link = Rc::new(Link {
+        jetstream,
+        bucket,
+        stream: Rc::new(stream),
+        subject_prefix: format!("$KV.{name}."),
+        lease: config.lease,
+        applied: watch::Sender::new(0),
+        confirmed_at: Cell::new(None),
+        pending: Cell::new(None),
+        behind_since: Cell::new(None),
+        restart_watch: Notify::new(),
+    });
+    let seeded = link.seed(&node).await?;
+    tokio::task::spawn_local(link.clone().watch(node.clone()));
+    link.caught_up(JOIN_CATCH_UP).await?;
+    if !seeded {
+        link.adopt(&node).await?;
+    }
+    tokio::task::spawn_local(link.clone().heartbeat());
+    node.join(link.clone());
+    tracing::info!(
+        fleet = %config.name,
+        revision = *link.applied.borrow(),
+        seeded,
+        "joined the fleet"
+    );
+    Ok(link)
+}
+
+impl Link {
+    /// Publishes this node's policy as the fleet's first, if the fleet has none yet;
+    /// whether it did.
+    async fn seed(&self, node: &Node) -> Result<bool, String> {
+        let view = node.store().read().map_err(|error| error.to_string())?;
+        let epoch = encode(&PolicyChange::Epoch(
+            view.epoch().map_err(|e| e.to_string())?,
+        ));
+        let mut after = match self.bucket.create(EPOCH_KEY, epoch.payload.into()).await {
+            Ok(revision) => revision,
+            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(false),
+            Err(error) => return Err(format!("cannot seed the fleet's epoch: {error}")),
+        };
+        let worlds = view.worlds().map_err(|error| error.to_string())?;
+        let principals = view.principals().map_err(|error| error.to_string())?;
+        let changes = (worlds.into_iter().map(PolicyChange::World))
+            .chain(principals.into_iter().map(PolicyChange::Principal));
+        for change in changes {
+            after = self.send(&change, after).await.map_err(|refusal| {
+                format!("the fleet changed while this node seeded it ({refusal:?}); start again")
+            })?;
+        }
+        Ok(true)
+    }
+
+    /// Takes the fleet's policy in place of this node's own: principals the fleet does
+    /// not know are removed here; worlds it does not know, or an epoch ahead of its
+    /// own, refuse the join.
+    async fn adopt(&self, node: &Rc<Node>) -> Result<(), String> {
+        let keys: HashSet<String> = self
+            .bucket
+            .keys()
+            .await
+            .map_err(|error| error.to_string())?
+            .try_collect()
+            .await
+            .map_err(|error| error.to_string())?;
+        let view = node.store().read().map_err(|error| error.to_string())?;
+        let strangers: Vec<String> = (view.worlds().map_err(|error| error.to_string())?)
+            .into_iter()
+            .filter(|world| !keys.contains(&world_key(&world.name)))
+            .map(|world| world.name)
+            .collect();
+        if !strangers.is_empty() {
+            return Err(format!(
+                "this data directory has worlds the fleet does not know ({}); a node joins \
+                 a fleet with a new data directory, or with the one it had in this fleet",
+                strangers.join(", ")
+            ));
+        }
+        let fleet_epoch = match self.bucket.entry(EPOCH_KEY).await {
+            Ok(Some(entry)) => match decode(&entry.key, entry.operation, &entry.value)? {
+                PolicyChange::Epoch(epoch) => epoch.number,
+                _ => unreachable!("the epoch key holds an epoch"),
+            },
+            Ok(None) => return Err("the fleet's bucket has lost its epoch".into()),
+            Err(error) => return Err(format!("cannot read the fleet's epoch: {error}")),
+        };
+        let epoch = view.epoch().map_err(|error| error.to_string())?.number;
+        if epoch > fleet_epoch {
+            return Err(format!(
+                "this node's epoch {epoch} is ahead of the fleet's {fleet_epoch}: its data \
+                 directory is not this fleet's"
+            ));
+        }
+        let removed: Vec<PolicyChange> = (view.principals().map_err(|e| e.to_string())?)
+            .into_iter()
+            .filter(|principal| !keys.contains(&principal_key(&principal.name)))
+            .map(PolicyChange::PrincipalRemoved)
+            .collect();
+        drop(view);
+        if !removed.is_empty() {
+            tracing::info!(
+                principals = removed.len(),
+                "this node's own principals are not the fleet's: removed here"
+            );
+            node.apply_policy(removed)
+                .await
+                .map_err(|error| error.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `change` if the bucket's last revision is `after`; its revision.
+    async fn send(&self, change: &PolicyChange, after: u64) -> Result<u64, Refusal> {
+        send(&self.jetstream, &self.subject_prefix, change, after).await
+    }
+
+    /// Applies the bucket's changes in order, from the first this node lacks, for as
+    /// long as the node runs; a watch that fails or stalls starts again where the last
+    /// applied change left off.
+    async fn watch(self: Rc<Self>, node: Rc<Node>) {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let from = *self.applied.borrow() + 1;
+            match self.bucket.watch_all_from_revision(from).await {
+                Ok(watch) => {
+                    let mut entries = watch.ready_chunks(APPLY_BATCH_MAX);
+                    loop {
+                        let batch = tokio::select! {
+                            batch = entries.next() => batch,
+                            () = self.restart_watch.notified() => break,
+                        };
+                        let Some(batch) = batch else { break };
+                        match self.apply(&node, batch).await {
+                            Ok(()) => pause = Duration::from_millis(50),
+                            Err(error) => {
+                                tracing::warn!(%error, "the fleet's policy watch failed; watching again");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot watch the fleet's policy"),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(self.lease / 4);
+        }
+    }
+
+    /// Applies one batch of watched entries, in order, up to the first failure.
+    async fn apply(
+        &self,
+        node: &Rc<Node>,
+        batch: Vec<Result<kv::Entry, kv::WatcherError>>,
+    ) -> Result<(), String> {
+        let mut changes = Vec::with_capacity(batch.len());
+        let mut last = None;
+        let mut failure = None;
+        for entry in batch {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(error) => {
+                    failure = Some(error.to_string());
+                    break;
+                }
+            };
+            match decode(&entry.key, entry.operation, &entry.value) {
+                Ok(change) => changes.push(change),
+                // Not this node's to fix: say so and go on with the fleet.
+                Err(reason) => tracing::error!(
+                    revision = entry.revision,
+                    %reason,
+                    "the fleet's bucket holds a record that is not a policy change; ignored"
+                ),
+            }
+            last = Some(entry.revision);
+        }
+        if !changes.is_empty() {
+            node.apply_policy(changes)
+                .await
+                .map_err(|error| format!("cannot apply the fleet's changes: {error}"))?;
+        }
+        if let Some(revision) = last {
+            self.applied.send_if_modified(|applied| {
+                let moved = revision > *applied;
+                *applied = (*applied).max(revision);
+                moved
+            });
+            if let Some((held, asked)) = self.pending.get()
+                && revision >= held
+            {
+                self.pending.set(None);
+                self.confirm(asked);
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    fn confirm(&self, asked: Instant) {
+        let at = self.confirmed_at.get().map_or(asked, |at| at.max(asked));
+        self.confirmed_at.set(Some(at));
+        self.behind_since.set(None);
+    }
+
+    /// Asks JetStream for the bucket's last revision every quarter of the lease, and
+    /// confirms the node once it has applied it.
+    async fn heartbeat(self: Rc<Self>) {
+        let mut reachable = true;
+        loop {
+            tokio::time::sleep(self.lease / 4).await;
+            let asked = Instant::now();
+            match tokio::time::timeout(self.lease / 2, self.stream.get_info()).await {
+                Ok(Ok(info)) => {
+                    if !reachable {
+                        tracing::info!("the fleet is reachable again");
+                        reachable = true;
+                    }
+                    self.note_held(info.state.last_sequence, asked);
+                }
+                Ok(Err(error)) => {
+                    if reachable {
+                        tracing::warn!(%error, "cannot confirm the fleet's policy");
+                    }
+                    reachable = false;
+                }
+                Err(_) => {
+                    if reachable {
+                        tracing::warn!("the fleet did not answer within half the lease");
+                    }
+                    reachable = false;
+                }
+            }
+        }
+    }
+
+    /// The fleet held revision `held` when asked at `asked`.
+    fn note_held(&self, held: u64, asked: Instant) {
+        if *self.applied.borrow() >= held {
+            self.confirm(asked);
+            return;
+        }
+        self.pending.set(Some((held, asked)));
+        let since = self.behind_since.get().unwrap_or(asked);
+        self.behind_since.set(Some(since));
+        if since.elapsed() > self.lease / 2 {
+            // The watch has not brought what the fleet holds: start it again.
+            self.behind_since.set(Some(asked));
+            self.restart_watch.notify_one();
+        }
+    }
+
+    /// Resolves once this node applied everything the fleet holds now, within `limit`.
+    async fn caught_up(&self, limit: Duration) -> Result<(), String> {
+        let asked = Instant::now();
+        let held = match tokio::time::timeout(limit, self.stream.get_info()).await {
+            Ok(Ok(info)) => info.state.last_sequence,
+            Ok(Err(error)) => return Err(format!("cannot read the fleet's policy: {error}")),
+            Err(_) => return Err("the fleet did not answer in time".into()),
+        };
+        let mut applied = self.applied.subscribe();
+        match tokio::time::timeout(limit, applied.wait_for(|applied| *applied >= held)).await {
+            Ok(Ok(_)) => {
+                self.confirm(asked);
+                Ok(())
+            }
+            _ => Err(format!(
+                "this node did not apply the fleet's policy up to revision {held} in time"
+            )),
+        }
+    }
+}
+
+/// Publishes `change` to the bucket whose subjects start with `prefix` if its last
+/// revision is `after`; the change's revision.
+async fn send(
+    jetstream: &jetstream::Context,
+    prefix: &str,
+    change: &PolicyChange,
+    after: u64,
+) -> Result<u64, Refusal> {
+    let record = encode(change);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::NATS_EXPECTED_LAST_SEQUENCE,
+        after.to_string().as_str(),
+    );
+    if record.removal {
+        headers.insert("KV-Operation", "DEL");
+    }
+    let subject = format!("{prefix}{}", record.key);
+    let unavailable = |error: &dyn std::fmt::Display| Refusal::Unavailable(error.to_string());
+    let acknowledgement = jetstream
+        .publish_with_headers(subject, headers, record.payload.into())
+        .await
+        .map_err(|error| unavailable(&error))?;
+    match acknowledgement.await {
+        Ok(ack) => Ok(ack.sequence),
+        Err(error) if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+            Err(Refusal::Moved)
+        }
+        Err(error) => Err(unavailable(&error)),
+    }
+}
+
+impl Fleet for Link {
+    fn confirmed(&self) -> Result<(), String> {
+        match self.confirmed_at.get() {
+            Some(at) if at.elapsed() < self.lease => Ok(()),
+            Some(at) => Err(format!(
+                "its last confirmation of the fleet's policy was {:.1} s ago; its lease is \
+                 {:.1} s",
+                at.elapsed().as_secs_f64(),
+                self.lease.as_secs_f64()
+            )),
+            None => Err("it has not confirmed the fleet's policy yet".into()),
+        }
+    }
+
+    fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    fn publish(&self, change: &PolicyChange, after: u64) -> Local<Result<(), Refusal>> {
+        let (jetstream, prefix, change) = (
+            self.jetstream.clone(),
+            self.subject_prefix.clone(),
+            change.clone(),
+        );
+        Box::pin(async move { send(&jetstream, &prefix, &change, after).await.map(drop) })
+    }
+
+    fn catch_up(self: Rc<Self>) -> Local<Result<(), String>> {
+        Box::pin(async move { self.caught_up(self.lease).await })
+    }
+}

@@ -1,0 +1,136 @@
+//! The fleet's policy bucket: one JetStream key-value bucket (`<fleet>-policy`, one
+//! value per key) whose keys and values this module spells. store/FORMAT.md, Fleets,
+//! documents them.
+//!
+//! - `epoch` → `{"number": N, "head": HEX, "advanced_at_unix_ms": T}`
+//! - `principal.<hex of the name>` → the principal as the store keeps it (JSON); its
+//!   removal is a delete marker whose payload is the removed principal's record.
+//! - `world.<hex of the name>` → `{"name": NAME, "state": "active"|"archived",
+//!   "dimension": D}`
+//!
+//! Names are spelled in hex in keys, so that no name can reach outside its key.
+
+use async_nats::jetstream::kv::Operation;
+use engram_store::{Epoch, PolicyChange, Principal, WorldInfo, WorldState};
+use serde::{Deserialize, Serialize};
+
+/// The key of the fleet's epoch.
+pub const EPOCH_KEY: &str = "epoch";
+
+#[derive(Serialize, Deserialize)]
+struct EpochRecord {
+    number: u64,
+    #[serde(with = "hex::serde")]
+    head: [u8; 32],
+    advanced_at_unix_ms: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WorldRecord {
+    name: String,
+    state: String,
+    dimension: u32,
+}
+
+/// A change as the bucket holds it: its key, its payload, and whether it is a removal.
+pub struct Record {
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub removal: bool,
+}
+
+/// The key a principal's record is kept under.
+pub fn principal_key(name: &str) -> String {
+    format!("principal.{}", hex::encode(name))
+}
+
+/// The key a world's record is kept under.
+pub fn world_key(name: &str) -> String {
+    format!("world.{}", hex::encode(name))
+}
+
+/// How `change` is kept in the bucket.
+pub fn encode(change: &PolicyChange) -> Record {
+    let (key, payload, removal) = match change {
+        PolicyChange::Epoch(epoch) => (
+            EPOCH_KEY.to_owned(),
+            json(&EpochRecord {
+                number: epoch.number,
+                head: epoch.head,
+                advanced_at_unix_ms: epoch.advanced_at_unix_ms,
+            }),
+            false,
+        ),
+        PolicyChange::Principal(principal) => {
+            (principal_key(&principal.name), json(principal), false)
+        }
+        PolicyChange::PrincipalRemoved(principal) => {
+            (principal_key(&principal.name), json(principal), true)
+        }
+        PolicyChange::World(world) => (
+            world_key(&world.name),
+            json(&WorldRecord {
+                name: world.name.clone(),
+                state: match world.state {
+                    WorldState::Active => "active",
+                    WorldState::Archived => "archived",
+                }
+                .to_owned(),
+                dimension: world.dimension,
+            }),
+            false,
+        ),
+    };
+    Record {
+        key,
+        payload,
+        removal,
+    }
+}
+
+/// The change a bucket entry holds, or why it holds none.
+pub fn decode(key: &str, operation: Operation, payload: &[u8]) -> Result<PolicyChange, String> {
+    let bad = |error: serde_json::Error| format!("key {key:?}: {error}");
+    let change = if key == EPOCH_KEY && operation == Operation::Put {
+        let record: EpochRecord = serde_json::from_slice(payload).map_err(bad)?;
+        PolicyChange::Epoch(Epoch {
+            number: record.number,
+            head: record.head,
+            advanced_at_unix_ms: record.advanced_at_unix_ms,
+        })
+    } else if key.starts_with("principal.") {
+        let principal: Principal = serde_json::from_slice(payload).map_err(bad)?;
+        if principal_key(&principal.name) != key {
+            return Err(format!("key {key:?} holds principal {:?}", principal.name));
+        }
+        match operation {
+            Operation::Put => PolicyChange::Principal(principal),
+            Operation::Delete | Operation::Purge => PolicyChange::PrincipalRemoved(principal),
+        }
+    } else if key.starts_with("world.") && operation == Operation::Put {
+        let record: WorldRecord = serde_json::from_slice(payload).map_err(bad)?;
+        if world_key(&record.name) != key {
+            return Err(format!("key {key:?} holds world {:?}", record.name));
+        }
+        let state = match record.state.as_str() {
+            "active" => WorldState::Active,
+            "archived" => WorldState::Archived,
+            other => return Err(format!("key {key:?}: unknown world state {other:?}")),
+        };
+        PolicyChange::World(WorldInfo {
+            name: record.name,
+            state,
+            atoms: 0,
+            dimension: record.dimension,
+        })
+    } else {
+        return Err(format!(
+            "key {key:?} ({operation:?}) is not a policy record"
+        ));
+    };
+    Ok(change)
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("a policy record always serialises")
+}

@@ -1,0 +1,278 @@
+//! Fleets: three `engramd` nodes follow one epoch, one set of principals and grants and
+//! one set of worlds, kept in NATS JetStream (a real `nats-server` on loopback). An
+//! advance on one node revokes capabilities on every node; two concurrent advances
+//! cannot both win; a principal removed on one node is revoked on all; a node cut off
+//! from NATS fails closed within its lease and serves again once it has caught up.
+
+use std::time::{Duration, Instant};
+
+use engram_client::{ClientError, ErrorCode, NewAtom, Session};
+use engram_tests::fleet::Fleet;
+use engram_tests::{add_principal, assert_code, run_local, session};
+
+const LEASE: Duration = Duration::from_millis(1_500);
+
+/// Polls `probe` until it answers `code`, for at most `deadline`; how long it took.
+async fn until_code<T, F, P>(deadline: Duration, code: ErrorCode, mut probe: P) -> Duration
+where
+    F: std::future::Future<Output = Result<T, ClientError>>,
+    P: FnMut() -> F,
+{
+    let started = Instant::now();
+    loop {
+        match probe().await {
+            Err(error) if error.code() == Some(code) => return started.elapsed(),
+            // On the way: answered as before, or unavailable while the node catches up.
+            Err(error) if error.code() != Some(ErrorCode::Unavailable) => {
+                panic!("expected {code}, got {error}")
+            }
+            _ => {}
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "no {code} within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn epoch_of(session: &Session) -> u64 {
+    engram_client::current_epoch(&session.admin().unwrap())
+        .await
+        .unwrap()
+        .number
+}
+
+#[test]
+fn an_advance_on_one_node_revokes_capabilities_on_every_node() {
+    let fleet = Fleet::start(3, LEASE, &[]);
+    let admin_key = fleet.admin_key();
+    run_local(async {
+        let on_a = session(&fleet.nodes[0].tcp(), &admin_key).await;
+        engram_client::create_world(&on_a.admin().unwrap(), "shared")
+            .await
+            .unwrap();
+        let agent_key = add_principal(&on_a, "agent", &["shared=rw"]).await;
+        // The world and the principal reach every node; the first node's admin key,
+        // which seeded the fleet, logs in everywhere.
+        let mut agents = Vec::new();
+        for node in &fleet.nodes[1..] {
+            let agent = until_session(node, &agent_key).await;
+            engram_client::remember(&agent.writer("shared").unwrap(), &[NewAtom::fact("ok")])
+                .await
+                .unwrap();
+            agents.push(agent);
+        }
+        let before = epoch_of(&on_a).await;
+        let advanced = engram_client::advance_epoch(&on_a.admin().unwrap(), &[7; 32])
+            .await
+            .unwrap();
+        assert_eq!(advanced.number, before + 1);
+        for agent in &agents {
+            let reader = agent.reader("shared").unwrap();
+            let took = until_code(LEASE, ErrorCode::StaleEpoch, || async {
+                engram_client::ask(&reader, &Default::default()).await
+            })
+            .await;
+            assert!(took < LEASE, "revoked after {took:?}, past the lease");
+        }
+        // Grafting again on any node gets the new epoch.
+        for node in &fleet.nodes {
+            let admin = session(&node.tcp(), &admin_key).await;
+            assert_eq!(admin.epoch.number, before + 1);
+            assert_eq!(admin.epoch.head, [7; 32]);
+        }
+    });
+}
+
+/// A session on `node` as soon as the principal of `key` has reached it.
+async fn until_session(node: &engram_tests::TestNode, key: &ed25519_dalek::SigningKey) -> Session {
+    let started = Instant::now();
+    loop {
+        let connection = engram_client::connect(&node.tcp()).await.unwrap();
+        match connection.login(key).await {
+            Ok(membrane) => return membrane.graft().await.unwrap(),
+            Err(error) => assert!(
+                started.elapsed() < LEASE,
+                "the principal did not reach the node within the lease: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn of_two_concurrent_advances_exactly_one_wins() {
+    let fleet = Fleet::start(3, LEASE, &[]);
+    let admin_key = fleet.admin_key();
+    run_local(async {
+        for round in 0..5u8 {
+            let on_b = session(&fleet.nodes[1].tcp(), &admin_key).await;
+            let on_c = session(&fleet.nodes[2].tcp(), &admin_key).await;
+            let before = on_b.epoch.number;
+            assert_eq!(
+                on_c.epoch.number, before,
+                "the nodes agree before round {round}"
+            );
+            let (admin_b, admin_c) = (on_b.admin().unwrap(), on_c.admin().unwrap());
+            let (head_b, head_c) = ([round; 32], [round + 100; 32]);
+            let (b, c) = futures::join!(
+                engram_client::advance_epoch(&admin_b, &head_b),
+                engram_client::advance_epoch(&admin_c, &head_c),
+            );
+            let winners = [&b, &c].iter().filter(|answer| answer.is_ok()).count();
+            assert_eq!(winners, 1, "round {round}: b {b:?}, c {c:?}");
+            let (won, lost) = if b.is_ok() { (b, c) } else { (c, b) };
+            assert_eq!(won.unwrap().number, before + 1);
+            // The loser's capability was issued in the epoch the winner ended.
+            assert_code(lost, ErrorCode::StaleEpoch);
+            // Every node ends at the winner's epoch, never two past it.
+            for node in &fleet.nodes {
+                let started = Instant::now();
+                loop {
+                    let epoch = epoch_of(&session(&node.tcp(), &admin_key).await).await;
+                    assert!(epoch <= before + 1, "two advances won");
+                    if epoch == before + 1 {
+                        break;
+                    }
+                    assert!(started.elapsed() < LEASE, "a node stayed behind");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn a_principal_removed_on_one_node_is_revoked_on_every_node() {
+    let fleet = Fleet::start(3, LEASE, &[]);
+    let admin_key = fleet.admin_key();
+    run_local(async {
+        let on_a = session(&fleet.nodes[0].tcp(), &admin_key).await;
+        engram_client::create_world(&on_a.admin().unwrap(), "team")
+            .await
+            .unwrap();
+        let agent_key = add_principal(&on_a, "agent", &["team=rw"]).await;
+        let agent_on_c = until_session(&fleet.nodes[2], &agent_key).await;
+        let writer = agent_on_c.writer("team").unwrap();
+        engram_client::remember(&writer, &[NewAtom::fact("while granted")])
+            .await
+            .unwrap();
+        // Narrowing its grants on B revokes its capability on C...
+        let on_b = session(&fleet.nodes[1].tcp(), &admin_key).await;
+        engram_client::set_grants(
+            &on_b.admin().unwrap(),
+            "agent",
+            &[engram_client::Grant::parse("team=r").unwrap()],
+        )
+        .await
+        .unwrap();
+        until_code(LEASE, ErrorCode::PermissionDenied, || async {
+            engram_client::remember(&writer, &[NewAtom::fact("after narrowing")]).await
+        })
+        .await;
+        let agent_on_c = session(&fleet.nodes[2].tcp(), &agent_key).await;
+        assert!(
+            agent_on_c.writer("team").is_err(),
+            "no writer after narrowing"
+        );
+        let reader = agent_on_c.reader("team").unwrap();
+        // ...and removing it on B does too, and refuses its logins everywhere.
+        engram_client::remove_principal(&on_b.admin().unwrap(), "agent")
+            .await
+            .unwrap();
+        until_code(LEASE, ErrorCode::PermissionDenied, || async {
+            engram_client::ask(&reader, &Default::default()).await
+        })
+        .await;
+        for node in &fleet.nodes {
+            let connection = engram_client::connect(&node.tcp()).await.unwrap();
+            assert_code(
+                connection.login(&agent_key).await,
+                ErrorCode::Unauthenticated,
+            );
+        }
+        // A name the fleet holds cannot be added again on another node.
+        let other = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let on_c = session(&fleet.nodes[2].tcp(), &admin_key).await;
+        engram_client::add_principal(
+            &on_c.admin().unwrap(),
+            "dup",
+            other.verifying_key().as_bytes(),
+            false,
+            &[],
+        )
+        .await
+        .unwrap();
+        assert_code(
+            engram_client::add_principal(
+                &on_a.admin().unwrap(),
+                "dup",
+                other.verifying_key().as_bytes(),
+                false,
+                &[],
+            )
+            .await,
+            ErrorCode::Conflict,
+        );
+    });
+}
+
+#[test]
+fn a_node_cut_off_from_nats_fails_closed_and_serves_again_once_caught_up() {
+    let fleet = Fleet::start(3, LEASE, &[]);
+    let admin_key = fleet.admin_key();
+    run_local(async {
+        let on_a = session(&fleet.nodes[0].tcp(), &admin_key).await;
+        engram_client::create_world(&on_a.admin().unwrap(), "w")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let reader = loop {
+            if let Ok(reader) = session(&fleet.nodes[2].tcp(), &admin_key).await.reader("w") {
+                break reader;
+            }
+            assert!(
+                started.elapsed() < LEASE,
+                "the world did not reach the node"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        engram_client::ask(&reader, &Default::default())
+            .await
+            .unwrap();
+
+        fleet.proxies[2].cut();
+        let cut_at = Instant::now();
+        until_code(LEASE * 3, ErrorCode::Unavailable, || async {
+            engram_client::ask(&reader, &Default::default()).await
+        })
+        .await;
+        let closed_after = cut_at.elapsed();
+        // The lease, plus at most a quarter of it before the heartbeat's last answer.
+        assert!(
+            closed_after <= LEASE + LEASE / 4 + Duration::from_millis(500),
+            "failed closed only after {closed_after:?}"
+        );
+        // Logins fail closed too.
+        let connection = engram_client::connect(&fleet.nodes[2].tcp()).await.unwrap();
+        assert_code(connection.login(&admin_key).await, ErrorCode::Unavailable);
+
+        // Meanwhile the fleet moves on.
+        let advanced = engram_client::advance_epoch(&on_a.admin().unwrap(), &[3; 32])
+            .await
+            .unwrap();
+
+        fleet.proxies[2].restore();
+        // Back in touch, it serves again, under the fleet's new epoch only.
+        until_code(LEASE * 10, ErrorCode::StaleEpoch, || async {
+            engram_client::ask(&reader, &Default::default()).await
+        })
+        .await;
+        let again = session(&fleet.nodes[2].tcp(), &admin_key).await;
+        assert_eq!(again.epoch.number, advanced.number);
+        engram_client::ask(&again.reader("w").unwrap(), &Default::default())
+            .await
+            .unwrap();
+    });
+}
