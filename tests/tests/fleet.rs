@@ -186,11 +186,11 @@ fn a_principal_removed_on_one_node_is_revoked_on_every_node() {
         })
         .await;
         for node in &fleet.nodes {
-            let connection = engram_client::connect(&node.tcp()).await.unwrap();
-            assert_code(
-                connection.login(&agent_key).await,
-                ErrorCode::Unauthenticated,
-            );
+            until_code(LEASE, ErrorCode::Unauthenticated, || async {
+                let connection = engram_client::connect(&node.tcp()).await.unwrap();
+                connection.login(&agent_key).await
+            })
+            .await;
         }
         // A name the fleet holds cannot be added again on another node.
         let other = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
