@@ -63,7 +63,9 @@ impl CapabilityError {
                 | StoreError::InvalidIdempotencyKey { .. } => ErrorCode::InvalidArgument,
                 StoreError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
                 StoreError::PermissionDenied { .. } => ErrorCode::PermissionDenied,
-                StoreError::WriterStopped | StoreError::AuditStopped => ErrorCode::Unavailable,
+                StoreError::WriterStopped
+                | StoreError::AuditStopped
+                | StoreError::Replication { .. } => ErrorCode::Unavailable,
                 StoreError::BudgetSpent { .. } | StoreError::LimitReached { .. } => {
                     ErrorCode::ResourceExhausted
                 }

@@ -40,13 +40,20 @@ pub trait Fleet {
     fn publish(&self, change: &PolicyChange, after: u64) -> Local<Result<(), Refusal>>;
     /// Resolves once this node has applied every change the fleet held when called.
     fn catch_up(self: Rc<Self>) -> Local<Result<(), String>>;
+    /// Resolves once this node may write `world` (it owns it, and holds all its stream
+    /// holds); else why not, with the owner's address.
+    fn claim(self: Rc<Self>, world: String) -> Local<Result<(), String>>;
 }
 
 /// Whether a write is a policy change (the fleet's, in a fleet).
 pub(crate) fn is_policy(op: &WriteOp) -> bool {
     !matches!(
         op,
-        WriteOp::Remember { .. } | WriteOp::RevokeToken { .. } | WriteOp::ApplyPolicy(_)
+        WriteOp::Remember { .. }
+            | WriteOp::RevokeToken { .. }
+            | WriteOp::ApplyPolicy(_)
+            | WriteOp::SetCommitSlot(_)
+            | WriteOp::Replicate { .. }
     )
 }
 
@@ -89,6 +96,49 @@ impl Node {
             "the fleet's policy changed {PUBLISH_ATTEMPTS} times while this change was \
              being made; try again"
         )))
+    }
+
+    /// `unavailable` unless this node may write `world` now (alone, always).
+    pub(crate) async fn claim_world(self: &Rc<Self>, world: &str) -> Result<(), CapabilityError> {
+        let fleet = self.fleet.borrow().clone();
+        match fleet {
+            Some(fleet) => fleet
+                .claim(world.to_owned())
+                .await
+                .map_err(CapabilityError::Unavailable),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores a world's stream message at `position` (`WriteOp::Replicate`).
+    pub async fn replicate(
+        self: &Rc<Self>,
+        world: String,
+        position: u64,
+        message: Vec<u8>,
+    ) -> Result<WriteOutcome, engram_store::StoreError> {
+        self.write(WriteRequest {
+            authority: engram_store::Authority::Node,
+            op: WriteOp::Replicate {
+                world,
+                position,
+                message,
+            },
+        })
+        .await
+    }
+
+    /// Makes this node give out the commits of `slot` (`WriteOp::SetCommitSlot`).
+    pub async fn set_commit_slot(
+        self: &Rc<Self>,
+        slot: u64,
+    ) -> Result<(), engram_store::StoreError> {
+        self.write(WriteRequest {
+            authority: engram_store::Authority::Node,
+            op: WriteOp::SetCommitSlot(slot),
+        })
+        .await
+        .map(drop)
     }
 
     /// Applies policy changes the fleet holds, durably, and mirrors what they changed.

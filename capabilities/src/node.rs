@@ -77,7 +77,7 @@ pub struct Node {
     /// login of the principal, so logging in again buys nothing.
     grant_rates: RefCell<HashMap<(PublicKey, String), Rc<Bucket>>>,
     /// The fleet whose policy this node follows (`engramd --nats`), if any.
-    fleet: RefCell<Option<Rc<dyn Fleet>>>,
+    pub(crate) fleet: RefCell<Option<Rc<dyn Fleet>>>,
 }
 
 /// Limits an operator configures.
@@ -191,10 +191,21 @@ impl Node {
         self.node_key.verifying_key().to_bytes()
     }
 
+    /// The node's signing key, for what the node signs in its own name (its fleet
+    /// stream messages). Never sent anywhere.
+    pub fn signing_key(&self) -> SigningKey {
+        self.node_key.clone()
+    }
+
     /// Makes this node follow `fleet`'s policy: from now on admins' policy changes go
     /// through it, and nothing is served while it is not confirmed.
     pub fn join(&self, fleet: Rc<dyn Fleet>) {
         *self.fleet.borrow_mut() = Some(fleet);
+    }
+
+    /// Whether this node has joined a fleet.
+    pub fn in_fleet(&self) -> bool {
+        self.fleet.borrow().is_some()
     }
 
     /// `unavailable` while this node, in a fleet, has not confirmed the fleet's policy
@@ -294,7 +305,10 @@ impl Node {
                 }
                 return;
             }
-            WriteOutcome::Remembered { .. } | WriteOutcome::World(_) => return,
+            WriteOutcome::Remembered { .. }
+            | WriteOutcome::World(_)
+            | WriteOutcome::Replicated { .. }
+            | WriteOutcome::CommitSlot => return,
         }
         self.policy.send_modify(|version| *version += 1);
     }

@@ -76,6 +76,8 @@ impl WorldWriter {
                     other => other,
                 })?;
         }
+        // In a fleet, one node writes a world at a time.
+        self.grip.node.claim_world(&self.world).await?;
         let outcome = self
             .grip
             .node

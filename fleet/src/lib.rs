@@ -17,10 +17,12 @@
 //! async-nats' own.
 
 pub mod records;
+mod worlds;
 
-use std::cell::Cell;
-use std::collections::HashSet;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv, stream};
@@ -31,7 +33,9 @@ use engram_store::PolicyChange;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{Notify, watch};
 
-use records::{EPOCH_KEY, decode, encode, principal_key, world_key};
+use records::{
+    Decoded, EPOCH_KEY, NodeRecord, Record, decode, encode, encode_node, principal_key, world_key,
+};
 
 /// The lease a node holds its authority for, by default.
 pub const LEASE_DEFAULT: Duration = Duration::from_secs(5);
@@ -53,6 +57,22 @@ pub struct Config {
 
 /// This node's link to its fleet.
 pub struct Link {
+    client: async_nats::Client,
+    /// The fleet's name.
+    name: String,
+    node_key: [u8; 32],
+    /// Where clients reach this node (its TCP address), as other nodes tell them.
+    address: String,
+    store: engram_store::Store,
+    /// The fleet's nodes, by key, as its bucket holds them.
+    nodes: RefCell<HashMap<[u8; 32], NodeRecord>>,
+    /// Which node writes each world.
+    leases: kv::Store,
+    owned: RefCell<worlds::OwnedWorlds>,
+    /// The worlds whose streams this node follows.
+    followed: RefCell<HashSet<String>>,
+    /// Counts the world stream messages stored, to wake those waiting on them.
+    replicated: watch::Sender<u64>,
     jetstream: jetstream::Context,
     bucket: kv::Store,
     stream: Rc<stream::Stream>,
@@ -74,7 +94,7 @@ pub struct Link {
 /// the fleet has none yet, applies the fleet's policy, and from then on keeps it applied
 /// and confirmed. Refuses a node whose data directory has worlds the fleet does not
 /// know, or an epoch ahead of the fleet's.
-pub async fn join(node: Rc<Node>, config: &Config) -> Result<Rc<Link>, String> {
+pub async fn join(node: Rc<Node>, config: &Config, address: &str) -> Result<Rc<Link>, String> {
     let nats = format!("NATS at {}", config.url);
     let client = async_nats::ConnectOptions::new()
         .name(format!("engramd {}", hex::encode(node.node_key())))
@@ -111,7 +131,18 @@ pub async fn join(node: Rc<Node>, config: &Config) -> Result<Rc<Link>, String> {
         .get_key_value(name.as_str())
         .await
         .map_err(|error| format!("cannot open the fleet's bucket {name:?} on {nats}: {error}"))?;
+    let leases = worlds::open_leases(&jetstream, &config.name, config.lease).await?;
     let link = Rc::new(Link {
+        client: jetstream.client(),
+        name: config.name.clone(),
+        node_key: node.node_key(),
+        address: address.to_owned(),
+        store: node.store().clone(),
+        nodes: RefCell::new(HashMap::new()),
+        leases,
+        owned: RefCell::new(HashMap::new()),
+        followed: RefCell::new(HashSet::new()),
+        replicated: watch::Sender::new(0),
         jetstream,
         bucket,
         stream: Rc::new(stream),
@@ -129,7 +160,15 @@ pub async fn join(node: Rc<Node>, config: &Config) -> Result<Rc<Link>, String> {
     if !seeded {
         link.adopt(&node).await?;
     }
+    let slot = link.register().await?;
+    node.set_commit_slot(slot)
+        .await
+        .map_err(|error| format!("cannot set this node's commit slot: {error}"))?;
+    node.store()
+        .replicate_to(Arc::new(worlds::publisher(&link, node.signing_key())));
     tokio::task::spawn_local(link.clone().heartbeat());
+    tokio::task::spawn_local(link.clone().renew());
+    link.follow_worlds(&node);
     node.join(link.clone());
     tracing::info!(
         fleet = %config.name,
@@ -192,7 +231,7 @@ impl Link {
         }
         let fleet_epoch = match self.bucket.entry(EPOCH_KEY).await {
             Ok(Some(entry)) => match decode(&entry.key, entry.operation, &entry.value)? {
-                PolicyChange::Epoch(epoch) => epoch.number,
+                Decoded::Policy(PolicyChange::Epoch(epoch)) => epoch.number,
                 _ => unreachable!("the epoch key holds an epoch"),
             },
             Ok(None) => return Err("the fleet's bucket has lost its epoch".into()),
@@ -225,7 +264,47 @@ impl Link {
 
     /// Publishes `change` if the bucket's last revision is `after`; its revision.
     async fn send(&self, change: &PolicyChange, after: u64) -> Result<u64, Refusal> {
-        send(&self.jetstream, &self.subject_prefix, change, after).await
+        send(
+            &self.jetstream,
+            &self.subject_prefix,
+            &encode(change),
+            after,
+        )
+        .await
+    }
+
+    /// This node's commit slot: its record's, or the first free one, recorded with its
+    /// address.
+    async fn register(&self) -> Result<u64, String> {
+        for _ in 0..5 {
+            let (mine, used) = {
+                let nodes = self.nodes.borrow();
+                let used: HashSet<u64> = nodes.values().map(|node| node.slot).collect();
+                (nodes.get(&self.node_key).cloned(), used)
+            };
+            let slot = match &mine {
+                Some(record) if record.address == self.address => return Ok(record.slot),
+                Some(record) => record.slot,
+                None => (0..engram_store::COMMIT_SLOTS)
+                    .find(|slot| !used.contains(slot))
+                    .ok_or("the fleet has as many nodes as it may")?,
+            };
+            let record = encode_node(
+                &self.node_key,
+                &NodeRecord {
+                    slot,
+                    address: self.address.clone(),
+                },
+            );
+            let after = *self.applied.borrow();
+            match send(&self.jetstream, &self.subject_prefix, &record, after).await {
+                Ok(_) | Err(Refusal::Moved) => self.caught_up(self.lease).await?,
+                Err(Refusal::Unavailable(reason)) => {
+                    return Err(format!("cannot record this node in the fleet: {reason}"));
+                }
+            }
+        }
+        Err("the fleet's policy kept changing while this node joined; start again".into())
     }
 
     /// Applies the bucket's changes in order, from the first this node lacks, for as
@@ -262,7 +341,7 @@ impl Link {
 
     /// Applies one batch of watched entries, in order, up to the first failure.
     async fn apply(
-        &self,
+        self: &Rc<Self>,
         node: &Rc<Node>,
         batch: Vec<Result<kv::Entry, kv::WatcherError>>,
     ) -> Result<(), String> {
@@ -278,7 +357,10 @@ impl Link {
                 }
             };
             match decode(&entry.key, entry.operation, &entry.value) {
-                Ok(change) => changes.push(change),
+                Ok(Decoded::Policy(change)) => changes.push(change),
+                Ok(Decoded::Node(key, record)) => {
+                    self.nodes.borrow_mut().insert(key, record);
+                }
                 // Not this node's to fix: say so and go on with the fleet.
                 Err(reason) => tracing::error!(
                     revision = entry.revision,
@@ -289,9 +371,14 @@ impl Link {
             last = Some(entry.revision);
         }
         if !changes.is_empty() {
+            let worlds = (changes.iter()).any(|change| matches!(change, PolicyChange::World(_)));
             node.apply_policy(changes)
                 .await
                 .map_err(|error| format!("cannot apply the fleet's changes: {error}"))?;
+            // Once joined, a new world's stream is followed from its creation.
+            if worlds && node.in_fleet() {
+                self.follow_worlds(node);
+            }
         }
         if let Some(revision) = last {
             self.applied.send_if_modified(|applied| {
@@ -388,10 +475,9 @@ impl Link {
 async fn send(
     jetstream: &jetstream::Context,
     prefix: &str,
-    change: &PolicyChange,
+    record: &Record,
     after: u64,
 ) -> Result<u64, Refusal> {
-    let record = encode(change);
     let mut headers = HeaderMap::new();
     headers.insert(
         header::NATS_EXPECTED_LAST_SEQUENCE,
@@ -403,7 +489,7 @@ async fn send(
     let subject = format!("{prefix}{}", record.key);
     let unavailable = |error: &dyn std::fmt::Display| Refusal::Unavailable(error.to_string());
     let acknowledgement = jetstream
-        .publish_with_headers(subject, headers, record.payload.into())
+        .publish_with_headers(subject, headers, record.payload.clone().into())
         .await
         .map_err(|error| unavailable(&error))?;
     match acknowledgement.await {
@@ -439,10 +525,18 @@ impl Fleet for Link {
             self.subject_prefix.clone(),
             change.clone(),
         );
-        Box::pin(async move { send(&jetstream, &prefix, &change, after).await.map(drop) })
+        Box::pin(async move {
+            send(&jetstream, &prefix, &encode(&change), after)
+                .await
+                .map(drop)
+        })
     }
 
     fn catch_up(self: Rc<Self>) -> Local<Result<(), String>> {
         Box::pin(async move { self.caught_up(self.lease).await })
+    }
+
+    fn claim(self: Rc<Self>, world: String) -> Local<Result<(), String>> {
+        Box::pin(self.claim(world))
     }
 }

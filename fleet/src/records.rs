@@ -8,6 +8,10 @@
 //! - `world.<hex of the name>` → `{"name": NAME, "state": "active"|"archived",
 //!   "dimension": D}`
 //!
+//! - `node.<hex of the node key>` → `{"slot": S, "address": ADDRESS}`: a node of the
+//!   fleet, the commit slot it gives out commits in (`engram_store::CommitSpace`), and
+//!   where clients reach it.
+//!
 //! Names are spelled in hex in keys, so that no name can reach outside its key.
 
 use async_nats::jetstream::kv::Operation;
@@ -30,6 +34,33 @@ struct WorldRecord {
     name: String,
     state: String,
     dimension: u32,
+}
+
+/// A node of the fleet, as the bucket holds it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub slot: u64,
+    pub address: String,
+}
+
+/// What a bucket entry holds.
+pub enum Decoded {
+    Policy(PolicyChange),
+    Node([u8; 32], NodeRecord),
+}
+
+/// The key a node's record is kept under.
+pub fn node_key(key: &[u8; 32]) -> String {
+    format!("node.{}", hex::encode(key))
+}
+
+/// The record of node `key`, as the bucket keeps it.
+pub fn encode_node(key: &[u8; 32], node: &NodeRecord) -> Record {
+    Record {
+        key: node_key(key),
+        payload: json(node),
+        removal: false,
+    }
 }
 
 /// A change as the bucket holds it: its key, its payload, and whether it is a removal.
@@ -88,9 +119,19 @@ pub fn encode(change: &PolicyChange) -> Record {
     }
 }
 
-/// The change a bucket entry holds, or why it holds none.
-pub fn decode(key: &str, operation: Operation, payload: &[u8]) -> Result<PolicyChange, String> {
+/// What a bucket entry holds, or why it holds nothing this node knows.
+pub fn decode(key: &str, operation: Operation, payload: &[u8]) -> Result<Decoded, String> {
     let bad = |error: serde_json::Error| format!("key {key:?}: {error}");
+    if let Some(hex_key) = key.strip_prefix("node.")
+        && operation == Operation::Put
+    {
+        let node_key: [u8; 32] = hex::decode(hex_key)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| format!("key {key:?} does not name a node key"))?;
+        let record: NodeRecord = serde_json::from_slice(payload).map_err(bad)?;
+        return Ok(Decoded::Node(node_key, record));
+    }
     let change = if key == EPOCH_KEY && operation == Operation::Put {
         let record: EpochRecord = serde_json::from_slice(payload).map_err(bad)?;
         PolicyChange::Epoch(Epoch {
@@ -128,7 +169,7 @@ pub fn decode(key: &str, operation: Operation, payload: &[u8]) -> Result<PolicyC
             "key {key:?} ({operation:?}) is not a policy record"
         ));
     };
-    Ok(change)
+    Ok(Decoded::Policy(change))
 }
 
 fn json<T: Serialize>(value: &T) -> Vec<u8> {

@@ -162,10 +162,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         tracing::error!("the indexer thread panicked");
     }
     match stop_indexer.persist(&vector_directory) {
-        Ok(true) => tracing::info!(
-            covered = stop_indexer.covered_commit(),
-            "vector index persisted"
-        ),
+        Ok(true) => tracing::info!(worlds = stop_indexer.worlds(), "vector index persisted"),
         Ok(false) => tracing::info!(
             "vector index not persisted (it was still catching up); the next start rebuilds it"
         ),
@@ -197,7 +194,8 @@ fn start_indexer(
             let loading = std::time::Instant::now();
             vectors.load_persisted(&persisted, &store);
             tracing::info!(
-                covered = vectors.covered_commit(),
+                worlds = vectors.worlds(),
+                atoms = vectors.atoms(),
                 elapsed_ms = loading.elapsed().as_millis() as u64,
                 "vector index loaded; the indexer catches up the rest"
             );
@@ -215,7 +213,6 @@ fn start_indexer(
                         Ok(inserted) => tracing::debug!(
                             inserted,
                             elapsed_ms = started.elapsed().as_millis() as u64,
-                            covered = vectors.covered_commit(),
                             "vector index caught up"
                         ),
                         // Searches stay correct meanwhile: what is not indexed is
@@ -289,14 +286,6 @@ struct Identity {
 }
 
 async fn serve(node: Rc<Node>, config: &Config, identity: Identity) -> Result<(), ServerError> {
-    if let Some(fleet) = &config.fleet {
-        engram_fleet::join(node.clone(), fleet)
-            .await
-            .map_err(|reason| ServerError::Fleet {
-                name: fleet.name.clone(),
-                reason,
-            })?;
-    }
     let tcp = match &config.listen {
         Some(address) => {
             let listener =
@@ -344,6 +333,15 @@ async fn serve(node: Rc<Node>, config: &Config, identity: Identity) -> Result<()
         .socket
         .as_ref()
         .map(|path| path.display().to_string());
+    if let Some(fleet) = &config.fleet {
+        let address = tcp_address.as_deref().unwrap_or("-");
+        engram_fleet::join(node.clone(), fleet, address)
+            .await
+            .map_err(|reason| ServerError::Fleet {
+                name: fleet.name.clone(),
+                reason,
+            })?;
+    }
     tracing::info!(tcp = ?tcp_address, unix = ?socket, epoch = node.epoch(), "listening");
     // The ready line is a contract for scripts and tests: it names the bound addresses.
     println!(

@@ -61,6 +61,16 @@ pub enum StoreError {
     #[error("invalid principal: {reason}")]
     InvalidPrincipal { reason: String },
     /// The request was made under an epoch the node has left.
+    #[error("world {world:?} could not be written to its fleet stream: {reason}")]
+    Replication { world: String, reason: String },
+    #[error(
+        "a fleet stream's message for world {world:?} at position {position} was refused: {reason}"
+    )]
+    Refused {
+        world: String,
+        position: u64,
+        reason: String,
+    },
     #[error(
         "this capability was issued in epoch {issued}; the node is at epoch {current}: graft again"
     )]

@@ -379,6 +379,16 @@ pub(crate) enum Item<'a> {
     Key(&'a [u8]),
 }
 
+/// Appends `item` to `out`, framed as in a record body.
+pub(crate) fn encode_item(item: &Item<'_>, out: &mut Vec<u8>) {
+    let (tag, bytes) = match item {
+        Item::Entry(bytes) => (0, bytes),
+        Item::Key(bytes) => (KEY_ITEM, bytes),
+    };
+    out.extend_from_slice(&(bytes.len() as u32 | tag).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
 /// The items of a record body, or `None` if it does not parse (then it is not used).
 pub(crate) fn items_of(body: &[u8]) -> Option<Vec<Item<'_>>> {
     let mut items = Vec::new();

@@ -22,6 +22,7 @@ pub mod policy;
 pub mod principal;
 pub mod query;
 pub mod rank;
+pub mod replica;
 mod tables;
 pub mod text;
 pub mod vector;
@@ -53,7 +54,9 @@ pub use rank::{Ranked, Trust};
 pub use text::TextIndex;
 pub use vector::{AtomFacts, VectorIndex};
 pub use world::{WorldInfo, WorldState};
-pub use write::{Authority, Receipt, WriteOp, WriteOutcome, WriteRequest, now_unix_ms};
+pub use write::{
+    Authority, COMMIT_SLOTS, CommitSpace, Receipt, WriteOp, WriteOutcome, WriteRequest, now_unix_ms,
+};
 
 use crate::atom::{EntryFacts, decode_entry};
 use crate::journal::Journal;
@@ -61,11 +64,12 @@ use crate::query::{Candidates, descending, merge_descending, validate_replay_lim
 use crate::tables::*;
 
 /// The on-disk format this build reads and writes (store/FORMAT.md).
-pub const FORMAT_VERSION: u64 = 4;
+pub const FORMAT_VERSION: u64 = 5;
 /// The formats this build upgrades in place at open: version 3 only adds tables and an
 /// entry version, so a version 2 file is a version 3 file without lifecycles; version 4
-/// adds the idempotency tables and the journal's key items.
-const FORMAT_VERSIONS_UPGRADED: [u64; 2] = [2, 3];
+/// adds the idempotency tables and the journal's key items; version 5 the fleet's
+/// stream positions and commit slot.
+const FORMAT_VERSIONS_UPGRADED: [u64; 3] = [2, 3, 4];
 
 /// An open store. Cheap to clone; every clone shares the database.
 #[derive(Clone)]
@@ -75,6 +79,8 @@ pub struct Store {
     /// The snapshot of the last commit, shared by every read until the next commit
     /// clears it.
     snapshot: Arc<Mutex<Option<Arc<Snapshot>>>>,
+    /// In a fleet, where each world's new entries go before they commit.
+    replicator: Arc<Mutex<Option<Arc<dyn replica::Replicator>>>>,
 }
 
 /// The writer's side: the journal, and whether writing has failed for good.
@@ -161,6 +167,7 @@ impl Store {
             transaction.open_table(REVOKED_TOKENS)?;
             transaction.open_table(IDEMPOTENCY_KEYS)?;
             transaction.open_table(IDEMPOTENCY_EXPIRY)?;
+            transaction.open_table(STREAM_POSITIONS)?;
             let mut epochs = transaction.open_table(EPOCHS)?;
             if epochs.first()?.is_none() {
                 epochs.insert(1, ([0u8; 32], write::now_unix_ms()))?;
@@ -183,6 +190,7 @@ impl Store {
                 failed: None,
             })),
             snapshot: Arc::new(Mutex::new(None)),
+            replicator: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -208,6 +216,18 @@ impl Store {
         journal.begin();
         let mut tables = write::Tables::open(&transaction)?;
         let outcome = write::prepare_group(&mut tables, requests, journal)?;
+        // In a fleet, the worlds' streams take the group's entries before it commits.
+        let replicator = self.replicator.lock().expect("never poisoned").clone();
+        if let Some(replicator) = replicator
+            && journal.has_entries()
+        {
+            for world in replica::worlds_of(journal.entries()) {
+                let message = replica::world_message(journal.entries(), &world);
+                let after = tables.position(&world)?;
+                let position = replicator.publish(&world, after, &message)?;
+                tables.set_position(&world, position)?;
+            }
+        }
         // Journaled unless the group changed more than atoms, or is too large for what is
         // left of the journal.
         let journaled = !outcome.needs_durable_commit
@@ -282,6 +302,12 @@ impl Store {
             return Ok(());
         }
         checkpoint(&self.database, &mut durability.journal)
+    }
+
+    /// From now on, hands each group's entries to `replicator` before committing it
+    /// (`replica.rs`).
+    pub fn replicate_to(&self, replicator: Arc<dyn replica::Replicator>) {
+        *self.replicator.lock().expect("never poisoned") = Some(replicator);
     }
 
     /// Applies one request on its own (tests, bootstrap).
@@ -810,18 +836,30 @@ impl ReadView {
             .ok_or_else(|| StoreError::WorldNotFound {
                 world: world.to_owned(),
             })?;
+        Ok(Generation {
+            node_commit: self.last_commit(),
+            last_commit: self.world_last_commit(world)?,
+            atoms: info.atoms,
+        })
+    }
+
+    /// The position in `world`'s fleet stream up to which this node holds its entries.
+    pub fn stream_position(&self, world: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .table(STREAM_POSITIONS)?
+            .get(world)?
+            .map_or(0, |position| position.value()))
+    }
+
+    /// The commit of `world`'s newest atom (0 while it has none): one index lookup.
+    pub fn world_last_commit(&self, world: &str) -> Result<u64, StoreError> {
         let newest = self
             .entries()
             .range((world, 0)..=(world, u64::MAX))?
             .next_back();
-        let last_commit = match newest {
+        Ok(match newest {
             Some(row) => row?.0.value().1,
             None => 0,
-        };
-        Ok(Generation {
-            node_commit: self.last_commit(),
-            last_commit,
-            atoms: info.atoms,
         })
     }
 

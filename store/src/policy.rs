@@ -174,9 +174,11 @@ where
                 head: *head,
                 advanced_at_unix_ms: now_unix_ms,
             }),
-            WriteOp::Remember { .. } | WriteOp::RevokeToken { .. } | WriteOp::ApplyPolicy(_) => {
-                return Ok(Ok(None));
-            }
+            WriteOp::Remember { .. }
+            | WriteOp::RevokeToken { .. }
+            | WriteOp::ApplyPolicy(_)
+            | WriteOp::SetCommitSlot(_)
+            | WriteOp::Replicate { .. } => return Ok(Ok(None)),
         };
         Ok(Ok(Some(change)))
     }

@@ -61,11 +61,17 @@ pub(crate) const IDEMPOTENCY_KEYS: TableDefinition<(&str, PublicKey, &[u8]), Key
 /// ones past the window are pruned from the oldest, never by a scan.
 pub(crate) const IDEMPOTENCY_EXPIRY: TableDefinition<(i64, &str, PublicKey, &[u8]), ()> =
     TableDefinition::new("idempotency_expiry");
-/// Named counters: `format_version`, `last_commit`.
+/// World → the position in its fleet stream up to which this node holds the world's
+/// entries (a node in a fleet; `replica.rs`).
+pub(crate) const STREAM_POSITIONS: TableDefinition<&str, u64> =
+    TableDefinition::new("stream_positions");
+/// Named counters: `format_version`, `last_commit`, and in a fleet `commit_slot`.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 pub(crate) const META_FORMAT_VERSION: &str = "format_version";
 pub(crate) const META_LAST_COMMIT: &str = "last_commit";
+/// A node in a fleet gives out only the commits `≡ slot (mod COMMIT_SLOTS)`.
+pub(crate) const META_COMMIT_SLOT: &str = "commit_slot";
 
 /// The posting terms: a tag byte, then the value.
 const TERM_KIND: u8 = b'k';

@@ -5,7 +5,6 @@
 //! atoms that pass them, so a filtered ask for k finds k when k exist.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -61,17 +60,21 @@ pub struct TextIndex {
     world: Field,
     text: Field,
     commit: Field,
-    facts: RwLock<HashMap<u64, AtomFacts>>,
-    covered_commit: AtomicU64,
+    /// Facts of the indexed atoms, by world and commit.
+    facts: RwLock<HashMap<String, HashMap<u64, AtomFacts>>>,
+    /// For each world, the commit up to which every atom's text is searchable. Per
+    /// world: in a fleet a world's atoms arrive with the commits its owner gave them,
+    /// which may be older than the commits of atoms already here in other worlds.
+    covered: RwLock<HashMap<String, u64>>,
 }
 
 /// The indexer's side: documents added to the writer but not yet searchable.
 struct Writing {
     writer: IndexWriter,
-    /// Every atom up to this commit has been added to the writer.
-    added_through: u64,
-    /// Facts of the added atoms, published with them.
-    pending: Vec<AtomFacts>,
+    /// For each world, every atom up to this commit has been added to the writer.
+    added_through: HashMap<String, u64>,
+    /// Facts of the added atoms, by world, published with them.
+    pending: Vec<(String, AtomFacts)>,
     /// When the oldest waiting document was added.
     pending_since: Option<Instant>,
 }
@@ -110,7 +113,7 @@ impl TextIndex {
         Ok(TextIndex {
             writing: Mutex::new(Writing {
                 writer,
-                added_through: 0,
+                added_through: HashMap::new(),
                 pending: Vec::new(),
                 pending_since: None,
             }),
@@ -119,13 +122,14 @@ impl TextIndex {
             text,
             commit,
             facts: RwLock::new(HashMap::new()),
-            covered_commit: AtomicU64::new(0),
+            covered: RwLock::new(HashMap::new()),
         })
     }
 
-    /// The commit up to which every atom's text is in the index.
-    pub fn covered_commit(&self) -> u64 {
-        self.covered_commit.load(Ordering::Acquire)
+    /// The commit up to which every atom of `world` has its text searchable.
+    pub fn covered(&self, world: &str) -> u64 {
+        let covered = self.covered.read().expect("never poisoned");
+        covered.get(world).copied().unwrap_or(0)
     }
 
     /// Adds every atom committed since the last call to the index writer, and makes
@@ -135,24 +139,27 @@ impl TextIndex {
     pub fn catch_up(&self, store: &Store) -> Result<Option<Duration>, StoreError> {
         let mut writing = self.writing.lock().expect("never poisoned");
         let view = store.read()?;
-        let target = view.last_commit();
-        let from = writing.added_through;
-        if target > from {
-            let worlds = view.table(WORLDS)?;
-            for entry in worlds.iter()? {
-                let (name, _) = entry?;
-                let name = name.value();
-                for atom in view.atoms_in_log(name, from, target)? {
-                    let atom = atom?;
-                    let mut document = TantivyDocument::default();
-                    document.add_text(self.world, name);
-                    document.add_text(self.text, &atom.content.text);
-                    document.add_u64(self.commit, atom.commit);
-                    writing.writer.add_document(document).map_err(failed)?;
-                    writing.pending.push(AtomFacts::of(&atom));
-                }
+        let worlds = view.table(WORLDS)?;
+        for entry in worlds.iter()? {
+            let (name, _) = entry?;
+            let name = name.value();
+            let target = view.world_last_commit(name)?;
+            let from = writing.added_through.get(name).copied().unwrap_or(0);
+            if target <= from {
+                continue;
             }
-            writing.added_through = target;
+            for atom in view.atoms_in_log(name, from, target)? {
+                let atom = atom?;
+                let mut document = TantivyDocument::default();
+                document.add_text(self.world, name);
+                document.add_text(self.text, &atom.content.text);
+                document.add_u64(self.commit, atom.commit);
+                writing.writer.add_document(document).map_err(failed)?;
+                writing
+                    .pending
+                    .push((name.to_owned(), AtomFacts::of(&atom)));
+            }
+            writing.added_through.insert(name.to_owned(), target);
             writing.pending_since.get_or_insert_with(Instant::now);
         }
         let Some(since) = writing.pending_since else {
@@ -165,15 +172,17 @@ impl TextIndex {
         // Facts first, then the documents become visible, then the covered commit moves.
         {
             let mut facts = self.facts.write().expect("never poisoned");
-            for fact in writing.pending.drain(..) {
-                facts.insert(fact.commit, fact);
+            for (world, fact) in writing.pending.drain(..) {
+                facts.entry(world).or_default().insert(fact.commit, fact);
             }
         }
         writing.writer.commit().map_err(failed)?;
         self.reader.reload().map_err(failed)?;
         writing.pending_since = None;
-        self.covered_commit
-            .store(writing.added_through, Ordering::Release);
+        self.covered
+            .write()
+            .expect("never poisoned")
+            .clone_from(&writing.added_through);
         Ok(None)
     }
 
@@ -204,7 +213,7 @@ impl TextIndex {
                 ),
             });
         }
-        let covered = self.covered_commit();
+        let covered = self.covered(world);
         // Words, and nothing else: any word matches (BM25 ranks those with more first);
         // no query syntax (wildcards, ranges, fields) reaches tantivy.
         let any_word: Vec<(Occur, Box<dyn Query>)> = query_words
@@ -250,9 +259,11 @@ impl TextIndex {
             matches.clear();
             {
                 let facts = self.facts.read().expect("never poisoned");
+                let facts = facts.get(world);
                 for (score, commit) in commits {
                     if commit <= covered
-                        && let Some(fact) = facts.get(&commit).filter(|fact| allowed(fact))
+                        && let Some(fact) = (facts.and_then(|facts| facts.get(&commit)))
+                            .filter(|fact| allowed(fact))
                     {
                         matches.push(TextMatch {
                             commit,

@@ -44,9 +44,10 @@ const SELECTIVE_FILTER_DIVISOR: usize = 5;
 /// Atoms sampled to estimate a filter's selectivity.
 const SELECTIVITY_SAMPLE: usize = 512;
 /// First line of a persisted index's manifest. Version 2 scales units by
-/// [`unit_scale`]; a version 1 snapshot is rebuilt.
-const PERSISTED_FORMAT: &str = "engram vector index v2";
-/// The manifest: format, covered commit, then one `basename world` line per graph.
+/// [`unit_scale`]; version 3 keeps a covered commit per world. Older snapshots are
+/// rebuilt.
+const PERSISTED_FORMAT: &str = "engram vector index v3";
+/// The manifest: format, then one `basename covered world` line per graph.
 const MANIFEST: &str = "manifest";
 /// Atoms the indexer reads and inserts at a time.
 const INDEX_BATCH_ATOMS: usize = 4096;
@@ -108,6 +109,8 @@ struct WorldGraph {
     units: RwLock<Vec<Box<[f32]>>>,
     /// What hnsw_rs panicked on inserting; empty unless it did.
     left_out: RwLock<LeftOut>,
+    /// Every vector of the world committed up to here is in the graph.
+    covered: AtomicU64,
 }
 
 /// Data ids the graph must not answer for, after hnsw_rs panicked inserting them.
@@ -142,10 +145,11 @@ pub struct SimilarityAnswer {
     pub tail_cut: bool,
 }
 
-/// Every world's graph, and the commit up to which they hold every vector.
+/// Every world's graph, and for each the commit up to which it holds every vector of
+/// its world. Per world: in a fleet a world's atoms arrive with the commits its owner
+/// gave them, which may be older than the commits of atoms already here in other worlds.
 pub struct VectorIndex {
     worlds: RwLock<HashMap<String, Arc<WorldGraph>>>,
-    covered_commit: AtomicU64,
     /// Set at shutdown: a catch-up in progress stops at its next batch.
     stopping: AtomicBool,
     /// False once a catch-up stopped in the middle: the graphs then hold atoms past the
@@ -270,7 +274,6 @@ impl VectorIndex {
     pub fn new() -> VectorIndex {
         VectorIndex {
             worlds: RwLock::new(HashMap::new()),
-            covered_commit: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             consistent: AtomicBool::new(true),
         }
@@ -282,9 +285,23 @@ impl VectorIndex {
         self.stopping.store(true, Ordering::Release);
     }
 
-    /// The commit up to which every vector is in the graphs.
-    pub fn covered_commit(&self) -> u64 {
-        self.covered_commit.load(Ordering::Acquire)
+    /// The commit up to which every vector of `world` is in its graph.
+    pub fn covered(&self, world: &str) -> u64 {
+        self.graph(world)
+            .map_or(0, |graph| graph.covered.load(Ordering::Acquire))
+    }
+
+    /// How many worlds have a graph.
+    pub fn worlds(&self) -> usize {
+        self.worlds.read().expect("never poisoned").len()
+    }
+
+    /// How many atoms the graphs hold.
+    pub fn atoms(&self) -> usize {
+        let worlds = self.worlds.read().expect("never poisoned");
+        (worlds.values())
+            .map(|graph| graph.facts.read().expect("never poisoned").len())
+            .sum()
     }
 
     fn graph(&self, world: &str) -> Option<Arc<WorldGraph>> {
@@ -319,6 +336,7 @@ impl VectorIndex {
                     facts: RwLock::new(Vec::new()),
                     units: RwLock::new(Vec::new()),
                     left_out: RwLock::default(),
+                    covered: AtomicU64::new(0),
                 }))
             })
             .clone()
@@ -353,7 +371,7 @@ impl VectorIndex {
         }) {
             return Ok(false);
         }
-        let mut manifest = format!("{PERSISTED_FORMAT}\n{}\n", self.covered_commit());
+        let mut manifest = format!("{PERSISTED_FORMAT}\n");
         for (number, (name, graph)) in worlds.iter().enumerate() {
             let basename = format!("world-{number}");
             contained(|| graph.graph.file_dump(&staging, &basename)).map_err(|error| {
@@ -361,7 +379,8 @@ impl VectorIndex {
                     reason: format!("dumping the graph of {name:?}: {error}"),
                 }
             })?;
-            manifest.push_str(&format!("{basename} {name}\n"));
+            let covered = graph.covered.load(Ordering::Acquire);
+            manifest.push_str(&format!("{basename} {covered} {name}\n"));
         }
         std::fs::write(staging.join(MANIFEST), manifest).map_err(io)?;
         let _ = std::fs::remove_dir_all(directory);
@@ -387,7 +406,6 @@ impl VectorIndex {
 
     fn clear(&self) {
         self.worlds.write().expect("never poisoned").clear();
-        self.covered_commit.store(0, Ordering::Release);
     }
 
     fn load_snapshot(&self, directory: &Path, store: &Store) -> Result<bool, StoreError> {
@@ -398,17 +416,20 @@ impl VectorIndex {
         if lines.next() != Some(PERSISTED_FORMAT) {
             return Ok(false);
         }
-        let Some(covered) = lines.next().and_then(|line| line.parse::<u64>().ok()) else {
-            return Ok(false);
-        };
         let view = store.read()?;
-        if covered > view.last_commit() {
-            return Ok(false);
-        }
         for line in lines {
-            let Some((basename, name)) = line.split_once(' ') else {
+            let mut fields = line.splitn(3, ' ');
+            let (Some(basename), Some(covered), Some(name)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
                 return Ok(false);
             };
+            let Ok(covered) = covered.parse::<u64>() else {
+                return Ok(false);
+            };
+            if view.world(name)?.is_none() || covered > view.world_last_commit(name)? {
+                return Ok(false);
+            }
             // The loaded graph refers to its loader for as long as it lives: the loader is
             // kept for the life of the process (one small struct per world and start). A
             // damaged snapshot may make hnsw_rs panic: contain it, then rebuild.
@@ -440,28 +461,28 @@ impl VectorIndex {
                     facts: RwLock::new(facts),
                     units: RwLock::new(units),
                     left_out: RwLock::default(),
+                    covered: AtomicU64::new(covered),
                 }),
             );
         }
-        self.covered_commit.store(covered, Ordering::Release);
         Ok(true)
     }
 
-    /// Inserts every vector committed after the covered commit, world by world in
-    /// batches; returns how many it inserted. Called by the indexer thread only.
+    /// Inserts every vector each world committed after its covered commit, world by
+    /// world in batches; returns how many it inserted. Called by the indexer thread only.
     pub fn catch_up(&self, store: &Store) -> Result<usize, StoreError> {
         let view = store.read()?;
-        let target = view.last_commit();
-        let from = self.covered_commit();
-        if target <= from {
-            return Ok(0);
-        }
         let worlds = view.table(WORLDS)?;
         let mut inserted = 0;
         for entry in worlds.iter()? {
             let (name, record) = entry?;
             let (name, (_, world_atoms, dimension)) = (name.value(), record.value());
             if dimension == 0 {
+                continue;
+            }
+            let target = view.world_last_commit(name)?;
+            let from = self.covered(name);
+            if target <= from {
                 continue;
             }
             let graph = self.graph_or_new(name, world_atoms as usize, None);
@@ -503,8 +524,8 @@ impl VectorIndex {
                 if batch.len() == INDEX_BATCH_ATOMS {
                     flush(&mut batch, &mut facts);
                     if self.stopping.load(Ordering::Acquire) {
-                        // The covered commit stays where it was: nothing is claimed
-                        // that was not inserted.
+                        // The world's covered commit stays where it was: nothing is
+                        // claimed that was not inserted.
                         self.consistent.store(false, Ordering::Release);
                         return Ok(inserted);
                     }
@@ -513,8 +534,8 @@ impl VectorIndex {
             if !batch.is_empty() {
                 flush(&mut batch, &mut facts);
             }
+            graph.covered.store(target, Ordering::Release);
         }
-        self.covered_commit.store(target, Ordering::Release);
         Ok(inserted)
     }
 
@@ -557,7 +578,7 @@ impl VectorIndex {
         }
         // Read the covered commit before the graph: the graph may hold more than it says,
         // never less, and an atom in both is deduplicated below.
-        let covered = self.covered_commit();
+        let covered = self.covered(world);
         let mut matches = Vec::with_capacity(limit * 2);
         if let Some(graph) = self.graph(world) {
             let facts = graph.facts.read().expect("never poisoned");

@@ -68,6 +68,16 @@ pub enum WriteOp {
     AdvanceEpoch {
         head: Hash,
     },
+    /// Makes this node give out only the commits of `slot` in its fleet
+    /// ([`CommitSpace`]); only the node itself may.
+    SetCommitSlot(u64),
+    /// Stores entries another node wrote, as the world's fleet stream carries them at
+    /// `position` (`replica.rs`); only the node itself may.
+    Replicate {
+        world: String,
+        position: u64,
+        message: Vec<u8>,
+    },
     /// Sets policy records as a fleet's nodes agreed them (`policy.rs`), checking
     /// nothing but that the node asks; only the node itself may.
     ApplyPolicy(Vec<PolicyChange>),
@@ -117,6 +127,12 @@ pub enum WriteOutcome {
     /// What applying policy changes changed, in order; empty when every record was
     /// already as the changes say.
     Applied(Vec<WriteOutcome>),
+    /// How many replicated entries were stored (0: the position was already held).
+    Replicated {
+        stored: usize,
+    },
+    /// The commit slot is set.
+    CommitSlot,
 }
 
 impl WriteOutcome {
@@ -152,6 +168,7 @@ pub(crate) struct Tables<'txn> {
     revoked_tokens: Table<'txn, (u64, &'static [u8]), (PublicKey, i64)>,
     idempotency_keys: Table<'txn, (&'static str, PublicKey, &'static [u8]), KeyValue>,
     idempotency_expiry: Table<'txn, (i64, &'static str, PublicKey, &'static [u8]), ()>,
+    positions: Table<'txn, &'static str, u64>,
     meta: Table<'txn, &'static str, u64>,
 }
 
@@ -193,6 +210,7 @@ impl<'txn> Tables<'txn> {
             revoked_tokens: transaction.open_table(REVOKED_TOKENS)?,
             idempotency_keys: transaction.open_table(IDEMPOTENCY_KEYS)?,
             idempotency_expiry: transaction.open_table(IDEMPOTENCY_EXPIRY)?,
+            positions: transaction.open_table(STREAM_POSITIONS)?,
             meta: transaction.open_table(META)?,
         })
     }
@@ -326,6 +344,45 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
+    /// The position in `world`'s fleet stream this node holds.
+    pub(crate) fn position(&self, world: &str) -> Result<u64, StoreError> {
+        Ok(self.positions.get(world)?.map_or(0, |held| held.value()))
+    }
+
+    pub(crate) fn set_position(&mut self, world: &str, position: u64) -> Result<(), StoreError> {
+        self.positions.insert(world, position)?;
+        Ok(())
+    }
+
+    /// Stores an entry read back whole (from the journal, or a fleet stream): the entry,
+    /// its indexes and its chain's head; counts it in `world`, whose record the caller
+    /// writes.
+    fn append(
+        &mut self,
+        scratch: &mut Scratch,
+        atom: &crate::atom::Atom,
+        entry: &[u8],
+        world: &mut WorldInfo,
+    ) -> Result<(), StoreError> {
+        self.store_entry(
+            scratch,
+            &atom.world,
+            atom.commit,
+            &atom.id,
+            entry,
+            &atom.content,
+            &atom.writer,
+            atom.links_count,
+        )?;
+        self.heads
+            .insert((atom.world.as_str(), atom.writer), (atom.seq, atom.id))?;
+        world.atoms += 1;
+        if world.dimension == 0 {
+            world.dimension = atom.content.vector.len() as u32;
+        }
+        Ok(())
+    }
+
     /// Moves the atom of `atom_commit` from `from` to `to` at `change_commit`.
     fn enter_state(
         &mut self,
@@ -413,6 +470,7 @@ pub(crate) fn prepare_group(
     let first_commit = last_commit(&tables.meta)?;
     let mut group = Group {
         last_commit: first_commit,
+        commits: CommitSpace::read(&tables.meta)?,
         epoch: current_epoch(&tables.epochs)?,
         recorded_at_unix_ms: now_unix_ms(),
         request: 0,
@@ -480,7 +538,9 @@ pub(crate) fn replay_journal(
 ) -> Result<u64, StoreError> {
     let mut tables = Tables::open(transaction)?;
     let durable = last_commit(&tables.meta)?;
-    let mut expected = durable + 1;
+    let commits = CommitSpace::read(&tables.meta)?;
+    let mut expected = commits.next(durable);
+    let mut applied = 0;
     let mut scratch = Scratch::new();
     'records: for body in bodies {
         let Some(items) = journal::items_of(body) else {
@@ -503,7 +563,7 @@ pub(crate) fn replay_journal(
             };
             let id = entry_hash(entry);
             let atom = decode_entry(id, entry)?;
-            if atom.commit < expected && expected == durable + 1 {
+            if atom.commit < expected && expected == commits.next(durable) {
                 // Already in the redb file (written before its last checkpoint).
                 continue;
             }
@@ -511,47 +571,27 @@ pub(crate) fn replay_journal(
                 // A gap or an older round's record: the journal ends here.
                 break 'records;
             }
-            tables.store_entry(
-                &mut scratch,
-                &atom.world,
-                atom.commit,
-                &id,
-                entry,
-                &atom.content,
-                &atom.writer,
-                atom.links_count,
-            )?;
-            tables
-                .heads
-                .insert((atom.world.as_str(), atom.writer), (atom.seq, id))?;
-            let mut info = match tables.worlds.get(atom.world.as_str())? {
-                Some(value) => WorldInfo::from_record(&atom.world, value.value())?,
-                None => {
-                    return Err(StoreError::Corrupt {
-                        what: format!(
-                            "the journal holds an atom of unknown world {:?}",
-                            atom.world
-                        ),
-                    });
-                }
+            let Some(mut info) = tables.policy().world(&atom.world)? else {
+                return Err(StoreError::Corrupt {
+                    what: format!(
+                        "the journal holds an atom of unknown world {:?}",
+                        atom.world
+                    ),
+                });
             };
-            info.atoms += 1;
-            if info.dimension == 0 {
-                info.dimension = atom.content.vector.len() as u32;
-            }
+            tables.append(&mut scratch, &atom, entry, &mut info)?;
             tables.worlds.insert(atom.world.as_str(), info.record())?;
-            expected += 1;
+            tables.meta.insert(META_LAST_COMMIT, atom.commit)?;
+            expected = commits.next(atom.commit);
+            applied += 1;
         }
-    }
-    let applied = expected - (durable + 1);
-    if applied > 0 {
-        tables.meta.insert(META_LAST_COMMIT, expected - 1)?;
     }
     Ok(applied)
 }
 
 struct Group<'a> {
     last_commit: u64,
+    commits: CommitSpace,
     epoch: Epoch,
     recorded_at_unix_ms: i64,
     /// The index of the request being applied.
@@ -575,6 +615,41 @@ pub fn now_unix_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Which commit numbers a node gives out: every number when alone; in a fleet, those of
+/// its slot, so that no two nodes ever give out the same commit (a commit names one atom
+/// in the whole fleet), while a world's commits still increase as its owner changes: a
+/// node gives out only commits above every commit it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitSpace {
+    slot: Option<u64>,
+}
+
+/// Nodes a fleet may have: commits of a node in a fleet are `≡ slot (mod COMMIT_SLOTS)`.
+pub const COMMIT_SLOTS: u64 = 1024;
+
+impl CommitSpace {
+    pub(crate) fn read(meta: &impl ReadableTable<&'static str, u64>) -> Result<Self, StoreError> {
+        Ok(CommitSpace {
+            slot: meta.get(META_COMMIT_SLOT)?.map(|slot| slot.value()),
+        })
+    }
+
+    /// The first commit this node gives out after `last`.
+    pub fn next(self, last: u64) -> u64 {
+        match self.slot {
+            None => last + 1,
+            Some(slot) => {
+                let base = last - last % COMMIT_SLOTS + slot;
+                if base > last {
+                    base
+                } else {
+                    base + COMMIT_SLOTS
+                }
+            }
+        }
+    }
 }
 
 /// The last commit number given out (0 before the first atom).
@@ -637,6 +712,28 @@ fn apply_one(
                 id: id.clone(),
             }))
         }
+        WriteOp::SetCommitSlot(slot) => {
+            if actor.is_some() || *slot >= COMMIT_SLOTS {
+                return Ok(Err(StoreError::PermissionDenied {
+                    reason: "only the node sets its commit slot".into(),
+                }));
+            }
+            tables.meta.insert(META_COMMIT_SLOT, *slot)?;
+            group.commits = CommitSpace::read(&tables.meta)?;
+            Ok(Ok(WriteOutcome::CommitSlot))
+        }
+        WriteOp::Replicate {
+            world,
+            position,
+            message,
+        } => {
+            if actor.is_some() {
+                return Ok(Err(StoreError::PermissionDenied {
+                    reason: "only the node stores its fleet's entries".into(),
+                }));
+            }
+            replicate(tables, group, world, *position, message)
+        }
         WriteOp::ApplyPolicy(changes) => {
             if actor.is_some() {
                 return Ok(Err(StoreError::PermissionDenied {
@@ -660,6 +757,128 @@ fn apply_one(
             Ok(Ok(WriteOutcome::of(change)))
         }
     }
+}
+
+/// Stores the entries of `message` (a fleet stream's message at `position` for `world`:
+/// journal items, `replica.rs`) if every one continues its chain and the world's
+/// commits; refuses the whole message otherwise. A position already held stores nothing.
+fn replicate(
+    tables: &mut Tables<'_>,
+    group: &mut Group<'_>,
+    world: &str,
+    position: u64,
+    message: &[u8],
+) -> Result<Verdict, StoreError> {
+    let held = tables.positions.get(world)?.map_or(0, |held| held.value());
+    if position <= held {
+        return Ok(Ok(WriteOutcome::Replicated { stored: 0 }));
+    }
+    let Some(mut info) = tables.policy().world(world)? else {
+        return Ok(Err(StoreError::WorldNotFound {
+            world: world.to_owned(),
+        }));
+    };
+    let refused = |reason: String| {
+        Ok(Err(StoreError::Refused {
+            world: world.to_owned(),
+            position,
+            reason,
+        }))
+    };
+    let Some(items) = journal::items_of(message) else {
+        return refused("the message does not parse".into());
+    };
+    // Every entry is checked before the first is stored.
+    let mut last = {
+        let newest = tables
+            .entries
+            .range((world, 0)..=(world, u64::MAX))?
+            .next_back();
+        match newest {
+            Some(row) => row?.0.value().1,
+            None => 0,
+        }
+    };
+    // A message this node stored before a crash took its position with it: it is held.
+    let first_entry = items.iter().find_map(|item| match item {
+        Item::Entry(bytes) => Some(entry_hash(bytes)),
+        Item::Key(_) => None,
+    });
+    if let Some(id) = first_entry
+        && tables.ids.get(&id)?.is_some()
+    {
+        tables.positions.insert(world, position)?;
+        return Ok(Ok(WriteOutcome::Replicated { stored: 0 }));
+    }
+    let mut heads: HashMap<PublicKey, (u64, Hash)> = HashMap::new();
+    let mut atoms = Vec::new();
+    let mut keys = Vec::new();
+    for item in items {
+        let bytes = match item {
+            Item::Key(bytes) => {
+                match KeyRecord::decode(bytes).filter(|record| record.world == world) {
+                    Some(record) => keys.push(record),
+                    None => {
+                        return refused(
+                            "a key record does not decode, or is another world's".into(),
+                        );
+                    }
+                }
+                continue;
+            }
+            Item::Entry(bytes) => bytes,
+        };
+        let id = entry_hash(bytes);
+        let atom = match decode_entry(id, bytes) {
+            Ok(atom) => atom,
+            Err(error) => return refused(format!("an entry does not decode: {error}")),
+        };
+        let at = format!("writer {} seq {}", hex::encode(atom.writer), atom.seq);
+        if atom.world != world {
+            return refused(format!("{at} is an entry of world {:?}", atom.world));
+        }
+        if let Err(error) = atom.content.validate() {
+            return refused(format!("{at}: {error}"));
+        }
+        let (seq, prev) = match heads.get(&atom.writer) {
+            Some(head) => *head,
+            None => tables
+                .heads
+                .get((world, atom.writer))?
+                .map_or((0, ZERO_HASH), |head| head.value()),
+        };
+        if atom.seq != seq + 1 || atom.prev != prev {
+            return refused(format!(
+                "{at} does not continue its chain, whose head is seq {seq} ({})",
+                hex::encode(prev)
+            ));
+        }
+        if atom.commit <= last {
+            return refused(format!(
+                "{at} has commit {}, not above the world's last, {last}",
+                atom.commit
+            ));
+        }
+        if tables.ids.get(&id)?.is_some() {
+            return refused(format!("{at} ({}) is already stored", hex::encode(id)));
+        }
+        heads.insert(atom.writer, (atom.seq, id));
+        last = atom.commit;
+        atoms.push((atom, bytes));
+    }
+    let mut scratch = Scratch::new();
+    for (atom, bytes) in &atoms {
+        tables.append(&mut scratch, atom, bytes, &mut info)?;
+    }
+    tables.worlds.insert(world, info.record())?;
+    for record in &keys {
+        record.insert(&mut tables.key_tables())?;
+    }
+    tables.positions.insert(world, position)?;
+    group.last_commit = group.last_commit.max(last);
+    Ok(Ok(WriteOutcome::Replicated {
+        stored: atoms.len(),
+    }))
 }
 
 /// Sets the record `change` describes; what it changed, none when it was already so.
@@ -865,7 +1084,7 @@ fn remember(
     let mut receipts = Vec::with_capacity(atoms.len());
     for (index, content) in atoms.iter().enumerate() {
         let entry_seq = seq + 1;
-        let commit = group.last_commit + 1;
+        let commit = group.commits.next(group.last_commit);
         let header = EntryHeader {
             world,
             writer: &key,

@@ -58,7 +58,7 @@ fn an_advance_on_one_node_revokes_capabilities_on_every_node() {
         let mut agents = Vec::new();
         for node in &fleet.nodes[1..] {
             let agent = until_session(node, &agent_key).await;
-            engram_client::remember(&agent.writer("shared").unwrap(), &[NewAtom::fact("ok")])
+            engram_client::ask(&agent.reader("shared").unwrap(), &Default::default())
                 .await
                 .unwrap();
             agents.push(agent);
@@ -274,5 +274,113 @@ fn a_node_cut_off_from_nats_fails_closed_and_serves_again_once_caught_up() {
         engram_client::ask(&again.reader("w").unwrap(), &Default::default())
             .await
             .unwrap();
+    });
+}
+
+/// A session on `node` whose capabilities include `world`, once the world reached it.
+async fn until_world(
+    node: &engram_tests::TestNode,
+    key: &ed25519_dalek::SigningKey,
+    world: &str,
+) -> Session {
+    let started = Instant::now();
+    loop {
+        let session = session(&node.tcp(), key).await;
+        if session.reader(world).is_ok() {
+            return session;
+        }
+        assert!(
+            started.elapsed() < LEASE,
+            "world {world} did not reach the node"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `world` on `session`'s node holds `atoms` atoms.
+async fn until_atoms(session: &Session, world: &str, atoms: u64) {
+    let reader = session.reader(world).unwrap();
+    let started = Instant::now();
+    loop {
+        let generation = engram_client::generation(&reader).await.unwrap();
+        if generation.atoms == atoms {
+            return;
+        }
+        assert!(
+            generation.atoms < atoms,
+            "more atoms than written: {generation:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "world {world} holds {} of {atoms} atoms",
+            generation.atoms
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn every_node_holds_every_world_with_identical_chains() {
+    let fleet = Fleet::start(3, LEASE, &[]);
+    let admin_key = fleet.admin_key();
+    run_local(async {
+        let on_a = session(&fleet.nodes[0].tcp(), &admin_key).await;
+        let worlds = ["w0", "w1", "w2"];
+        for world in worlds {
+            engram_client::create_world(&on_a.admin().unwrap(), world)
+                .await
+                .unwrap();
+        }
+        // Each node writes a world of its own, in batches; every write is acknowledged
+        // once the world's stream holds it.
+        let mut receipts = Vec::new();
+        for (index, world) in worlds.iter().enumerate() {
+            let writer = until_world(&fleet.nodes[index], &admin_key, world).await;
+            let writer = writer.writer(world).unwrap();
+            for batch in 0..5 {
+                let atoms: Vec<NewAtom> = (0..4)
+                    .map(|atom| NewAtom::fact(format!("{world} batch {batch} atom {atom}")))
+                    .collect();
+                receipts.extend(
+                    engram_client::remember(&writer, &atoms)
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .map(|receipt| (*world, receipt)),
+                );
+            }
+        }
+        // A world is written by one node: another refuses, naming the owner.
+        let on_b = until_world(&fleet.nodes[1], &admin_key, "w0").await;
+        let refused = engram_client::remember(&on_b.writer("w0").unwrap(), &[NewAtom::fact("x")])
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Some(ErrorCode::Unavailable), "{refused}");
+        assert!(
+            refused.to_string().contains(fleet.nodes[0].tcp_address()),
+            "the refusal names the owner: {refused}"
+        );
+        // Every node ends with every atom, the same chains, and they verify.
+        let mut heads = Vec::new();
+        for node in &fleet.nodes {
+            let admin = session(&node.tcp(), &admin_key).await;
+            let mut node_heads = Vec::new();
+            for world in worlds {
+                until_atoms(&admin, world, 20).await;
+                let reader = admin.reader(world).unwrap();
+                let verification = engram_client::verify(&reader).await.unwrap();
+                assert_eq!(verification.first_bad, None);
+                assert_eq!(verification.entries, 20);
+                node_heads.push(engram_client::heads(&reader).await.unwrap());
+            }
+            for (world, receipt) in &receipts {
+                let atom = engram_client::get(&admin.reader(world).unwrap(), &receipt.id)
+                    .await
+                    .unwrap();
+                assert_eq!((atom.seq, atom.commit), (receipt.seq, receipt.commit));
+            }
+            heads.push(node_heads);
+        }
+        assert!(heads.windows(2).all(|pair| pair[0] == pair[1]), "{heads:?}");
     });
 }

@@ -267,8 +267,9 @@ fn answers_are_the_same_after_a_restart_and_after_kill_9() {
     // The log is complete once the node has exited: the start above loaded the snapshot.
     let log = std::fs::read_to_string(node.log_path()).unwrap();
     assert!(
-        log.lines().any(|line| line.contains("vector index loaded")
-            && line.contains(&format!("covered={ATOMS}"))),
+        log.lines()
+            .any(|line| line.contains("vector index loaded")
+                && line.contains(&format!("atoms={ATOMS}"))),
         "the restart did not load the persisted index:\n{log}"
     );
     // A damaged snapshot is ignored and rebuilt: cut the graph file short.

@@ -1,0 +1,479 @@
+//! Replicated worlds. Each world has a stream of its own (`<fleet>-world-<hash>`, one
+//! subject) whose messages are the world's part of its owner's groups
+//! (`engram_store::replica`), signed by the owner's node key; and at most one *owner*, the
+//! node holding the world's lease in the `<fleet>-leases` bucket, whose entries expire
+//! after the lease unless renewed.
+//!
+//! - The owner's writer publishes each group's message before it commits the group
+//!   ([`Publisher`], `Nats-Expected-Last-Subject-Sequence` = the position it holds), so
+//!   the stream orders every message and a node that is not at the stream's end cannot
+//!   write: safety does not rest on the lease, only liveness does.
+//! - Every node follows every world's stream ([`follow`]) and stores each message with
+//!   `WriteOp::Replicate`, which checks every entry's id, chain position and commit;
+//!   a message that is not signed by a node of the fleet, or does not check, is refused
+//!   and reported, never stored.
+//! - A node that receives a write for a world takes the lease if no node holds it
+//!   ([`Link::claim`]), catches up the world's stream, and only then writes; a world
+//!   another node holds is refused with that node's address.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::{HeaderMap, header};
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use engram_capabilities::Node;
+use engram_store::{StoreError, WriteOutcome};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::Link;
+
+/// The signature's domain: what a node signs is this, the world, then the message.
+const SIGNED_CONTEXT: &[u8] = b"engram 2026-11 world stream message v1\0";
+/// Headers of a world stream message.
+const NODE_HEADER: &str = "Engram-Node";
+const SIGNATURE_HEADER: &str = "Engram-Signature";
+
+/// The stream of `world` in fleet `fleet`, and its one subject.
+pub(crate) fn stream_of(fleet: &str, world: &str) -> (String, String) {
+    let hash = blake3::hash(world.as_bytes()).to_hex();
+    let hash = &hash.as_str()[..32];
+    (
+        format!("{fleet}-world-{hash}"),
+        format!("engram.{fleet}.world.{hash}"),
+    )
+}
+
+/// The bytes a node signs for a message of `world`.
+fn signed(world: &str, message: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(SIGNED_CONTEXT.len() + world.len() + 1 + message.len());
+    bytes.extend_from_slice(SIGNED_CONTEXT);
+    bytes.extend_from_slice(world.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(message);
+    bytes
+}
+
+/// Makes sure `world`'s stream exists.
+pub(crate) async fn open_stream(
+    jetstream: &jetstream::Context,
+    fleet: &str,
+    world: &str,
+) -> Result<stream::Stream, String> {
+    let (name, subject) = stream_of(fleet, world);
+    jetstream
+        .get_or_create_stream(stream::Config {
+            name,
+            description: Some(format!("engram: the entries of world {world:?}")),
+            subjects: vec![subject],
+            storage: stream::StorageType::File,
+            num_replicas: 1,
+            deny_delete: true,
+            deny_purge: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| format!("cannot open the stream of world {world:?}: {error}"))
+}
+
+/// One message for the publishing task.
+struct Job {
+    world: String,
+    after: u64,
+    message: Vec<u8>,
+    signature: [u8; 64],
+    reply: std::sync::mpsc::SyncSender<Result<u64, String>>,
+}
+
+/// The writer's way to the worlds' streams: it hands each message to a task on the RPC
+/// thread (where the NATS connection lives) and waits for the stream's answer.
+pub(crate) struct Publisher {
+    jobs: mpsc::UnboundedSender<Job>,
+    node_key: ed25519_dalek::SigningKey,
+    timeout: Duration,
+}
+
+impl engram_store::replica::Replicator for Publisher {
+    fn publish(&self, world: &str, after: u64, message: &[u8]) -> Result<u64, StoreError> {
+        let failed = |reason: String| StoreError::Replication {
+            world: world.to_owned(),
+            reason,
+        };
+        let signature = ed25519_dalek::Signer::sign(&self.node_key, &signed(world, message));
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.jobs
+            .send(Job {
+                world: world.to_owned(),
+                after,
+                message: message.to_vec(),
+                signature: signature.to_bytes(),
+                reply,
+            })
+            .map_err(|_| failed("the node is shutting down".into()))?;
+        match answer.recv_timeout(self.timeout) {
+            Ok(answer) => answer.map_err(failed),
+            Err(_) => Err(failed("the stream did not answer in time".into())),
+        }
+    }
+}
+
+/// Starts the publishing task; the writer's [`Publisher`].
+pub(crate) fn publisher(link: &Rc<Link>, node_key: ed25519_dalek::SigningKey) -> Publisher {
+    let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+    let link = link.clone();
+    tokio::task::spawn_local(async move {
+        while let Some(job) = queue.recv().await {
+            let answer = link.send_message(&job).await;
+            let _ = job.reply.send(answer);
+        }
+    });
+    Publisher {
+        jobs,
+        node_key,
+        timeout: link_timeout(),
+    }
+}
+
+fn link_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// A world's lease, as the lease bucket holds it.
+#[derive(Serialize, Deserialize)]
+struct Lease {
+    #[serde(with = "hex::serde")]
+    node: [u8; 32],
+    address: String,
+}
+
+/// A world this node owns: the revision of its lease entry, and when it was last
+/// renewed.
+#[derive(Clone, Copy)]
+pub(crate) struct Owned {
+    revision: u64,
+    renewed: Instant,
+}
+
+impl Link {
+    async fn send_message(&self, job: &Job) -> Result<u64, String> {
+        if !self.owns(&job.world) {
+            return Err(format!(
+                "this node no longer holds the lease of world {:?}",
+                job.world
+            ));
+        }
+        open_stream(&self.jetstream, &self.name, &job.world).await?;
+        let (_, subject) = stream_of(&self.name, &job.world);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            job.after.to_string().as_str(),
+        );
+        headers.insert(NODE_HEADER, hex::encode(self.node_key).as_str());
+        headers.insert(SIGNATURE_HEADER, hex::encode(job.signature).as_str());
+        let acknowledgement = self
+            .jetstream
+            .publish_with_headers(subject, headers, job.message.clone().into())
+            .await
+            .map_err(|error| error.to_string())?;
+        match acknowledgement.await {
+            Ok(ack) => Ok(ack.sequence),
+            Err(error)
+                if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence =>
+            {
+                // Another node wrote the world, or this node has not stored all it
+                // published: it catches up from the stream before writing again.
+                self.owned.borrow_mut().remove(&job.world);
+                Err(format!(
+                    "world {:?}'s stream moved past what this node holds; try again",
+                    job.world
+                ))
+            }
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// Whether this node holds `world`'s lease now.
+    pub(crate) fn owns(&self, world: &str) -> bool {
+        (self.owned.borrow().get(world)).is_some_and(|owned| owned.renewed.elapsed() < self.lease)
+    }
+
+    fn lease_key(world: &str) -> String {
+        let hash = blake3::hash(world.as_bytes()).to_hex();
+        format!("world.{}", &hash.as_str()[..32])
+    }
+
+    /// Makes this node `world`'s owner if no node is, once it holds every message of
+    /// the world's stream; refuses when another node owns it, naming its address.
+    pub(crate) async fn claim(self: Rc<Self>, world: String) -> Result<(), String> {
+        if self.owns(&world) {
+            return Ok(());
+        }
+        let key = Link::lease_key(&world);
+        let lease = serde_json::to_vec(&Lease {
+            node: self.node_key,
+            address: self.address.clone(),
+        })
+        .expect("a lease serialises");
+        let held = self
+            .leases
+            .entry(key.as_str())
+            .await
+            .map_err(|error| format!("cannot read the lease of world {world:?}: {error}"))?;
+        let revision = match held {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let holder: Lease = serde_json::from_slice(&entry.value)
+                    .map_err(|error| format!("the lease of world {world:?}: {error}"))?;
+                if holder.node != self.node_key {
+                    return Err(format!(
+                        "world {world:?} is written on another node of the fleet, at {}; \
+                         send its writes there (another node takes it over if that one \
+                         stays away for the fleet's lease)",
+                        holder.address
+                    ));
+                }
+                self.leases
+                    .update(key.as_str(), lease.into(), entry.revision)
+                    .await
+                    .map_err(|error| error.to_string())
+            }
+            Some(entry) => self
+                .leases
+                .update(key.as_str(), lease.into(), entry.revision)
+                .await
+                .map_err(|error| error.to_string()),
+            None => self
+                .leases
+                .create(key.as_str(), lease.into())
+                .await
+                .map_err(|error| error.to_string()),
+        }
+        .map_err(|error| format!("another node took world {world:?} first ({error}); try again"))?;
+        // Everything the stream holds is here before the first write.
+        let stream = open_stream(&self.jetstream, &self.name, &world).await?;
+        let last = stream.cached_info().state.last_sequence;
+        let started = Instant::now();
+        loop {
+            let held = (self.store().read())
+                .and_then(|view| view.stream_position(&world))
+                .map_err(|error| error.to_string())?;
+            if held >= last {
+                break;
+            }
+            if started.elapsed() > self.lease {
+                return Err(format!(
+                    "this node has not caught up world {world:?} (at {held} of {last}); try again"
+                ));
+            }
+            let mut changed = self.replicated.subscribe();
+            let _ = tokio::time::timeout(self.lease / 10, changed.changed()).await;
+        }
+        self.owned.borrow_mut().insert(
+            world.clone(),
+            Owned {
+                revision,
+                renewed: Instant::now(),
+            },
+        );
+        tracing::info!(world, "this node owns the world now");
+        Ok(())
+    }
+
+    /// Renews the leases of the worlds this node owns every third of the lease; a
+    /// lease it cannot renew is given up.
+    pub(crate) async fn renew(self: Rc<Self>) {
+        loop {
+            tokio::time::sleep(self.lease / 3).await;
+            let owned: Vec<(String, Owned)> = (self.owned.borrow().iter())
+                .map(|(world, owned)| (world.clone(), *owned))
+                .collect();
+            let lease = serde_json::to_vec(&Lease {
+                node: self.node_key,
+                address: self.address.clone(),
+            })
+            .expect("a lease serialises");
+            for (world, owned) in owned {
+                let asked = Instant::now();
+                let renewed = self
+                    .leases
+                    .update(
+                        Link::lease_key(&world),
+                        lease.clone().into(),
+                        owned.revision,
+                    )
+                    .await;
+                let mut all = self.owned.borrow_mut();
+                match renewed {
+                    Ok(revision) => {
+                        all.insert(
+                            world,
+                            Owned {
+                                revision,
+                                renewed: asked,
+                            },
+                        );
+                    }
+                    Err(error) => {
+                        tracing::warn!(world, %error, "lost the world's lease");
+                        all.remove(&world);
+                    }
+                }
+            }
+        }
+    }
+
+    fn store(&self) -> &engram_store::Store {
+        &self.store
+    }
+
+    /// Follows every world this node knows and does not follow yet.
+    pub(crate) fn follow_worlds(self: &Rc<Self>, node: &Rc<Node>) {
+        let Ok(worlds) = node.store().read().and_then(|view| view.worlds()) else {
+            return;
+        };
+        for world in worlds {
+            if self.followed.borrow_mut().insert(world.name.clone()) {
+                tokio::task::spawn_local(follow(self.clone(), node.clone(), world.name));
+            }
+        }
+    }
+}
+
+/// Stores `world`'s stream's messages from the first this node does not hold, for as
+/// long as the node runs.
+async fn follow(link: Rc<Link>, node: Rc<Node>, world: String) {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        if let Err(error) = follow_once(&link, &node, &world).await {
+            tracing::warn!(world, %error, "following the world's stream; again shortly");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(link.lease / 2);
+        }
+    }
+}
+
+async fn follow_once(link: &Rc<Link>, node: &Rc<Node>, world: &str) -> Result<(), String> {
+    let held = (node.store().read())
+        .and_then(|view| view.stream_position(world))
+        .map_err(|error| error.to_string())?;
+    let stream = open_stream(&link.jetstream, &link.name, world).await?;
+    let consumer = stream
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: link.client.new_inbox(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: held + 1,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|error| error.to_string())?;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|error| error.to_string())?;
+        let position = message
+            .info()
+            .map_err(|error| error.to_string())?
+            .stream_sequence;
+        if let Err(reason) = link.signed_by_fleet(world, &message) {
+            refused(world, position, &reason);
+            continue;
+        }
+        match node
+            .replicate(world.to_owned(), position, message.payload.to_vec())
+            .await
+        {
+            Ok(WriteOutcome::Replicated { .. }) => {
+                link.replicated.send_modify(|count| *count += 1);
+            }
+            Ok(other) => unreachable!("replicate answered {other:?}"),
+            Err(StoreError::Refused { reason, .. }) => refused(world, position, &reason),
+            // The world's record has not reached this node yet, or the writer failed:
+            // read the message again shortly.
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+    Err("the stream's consumer ended".into())
+}
+
+fn refused(world: &str, position: u64, reason: &str) {
+    tracing::error!(
+        world,
+        position,
+        reason,
+        "refused a message of the world's stream: not stored"
+    );
+}
+
+impl Link {
+    /// Whether `message` is signed by a node of the fleet.
+    fn signed_by_fleet(&self, world: &str, message: &jetstream::Message) -> Result<(), String> {
+        let headers = message
+            .headers
+            .as_ref()
+            .ok_or("the message has no headers")?;
+        let field = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|value| hex::decode(value.as_str()).ok())
+                .ok_or_else(|| format!("the message has no valid {name}"))
+        };
+        let key: [u8; 32] = field(NODE_HEADER)?
+            .try_into()
+            .map_err(|_| "the node key is not 32 bytes")?;
+        if !self.nodes.borrow().contains_key(&key) {
+            return Err(format!(
+                "node {} is not a node of the fleet",
+                hex::encode(key)
+            ));
+        }
+        let signature: [u8; 64] = field(SIGNATURE_HEADER)?
+            .try_into()
+            .map_err(|_| "the signature is not 64 bytes")?;
+        let key = VerifyingKey::from_bytes(&key).map_err(|error| error.to_string())?;
+        key.verify(
+            &signed(world, &message.payload),
+            &Signature::from_bytes(&signature),
+        )
+        .map_err(|_| "the signature does not verify".to_owned())
+    }
+}
+
+/// The lease bucket's stream, made as a key-value bucket's is, whose entries expire
+/// after `lease`.
+pub(crate) async fn open_leases(
+    jetstream: &jetstream::Context,
+    fleet: &str,
+    lease: Duration,
+) -> Result<kv::Store, String> {
+    let name = format!("{fleet}-leases");
+    jetstream
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{name}"),
+            description: Some("engram: which node writes each world".into()),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_age: lease,
+            storage: stream::StorageType::File,
+            num_replicas: 1,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| format!("cannot open the lease bucket: {error}"))?;
+    jetstream
+        .get_key_value(name.as_str())
+        .await
+        .map_err(|error| format!("cannot open the lease bucket: {error}"))
+}
+
+/// The worlds this node owns, by name.
+pub(crate) type OwnedWorlds = HashMap<String, Owned>;
