@@ -380,19 +380,20 @@ async fn follow_once(link: &Rc<Link>, node: &Rc<Node>, world: &str) -> Result<()
             .info()
             .map_err(|error| error.to_string())?
             .stream_sequence;
-        if let Err(reason) = link.signed_by_fleet(world, &message) {
-            refused(world, position, &reason);
-            continue;
-        }
-        match node
-            .replicate(world.to_owned(), position, message.payload.to_vec())
-            .await
-        {
-            Ok(WriteOutcome::Replicated { .. }) => {
+        // A message no node of the fleet signed is passed with nothing stored.
+        let signed = link.signed_by_fleet(world, &message);
+        let payload = match &signed {
+            Ok(()) => message.payload.to_vec(),
+            Err(_) => Vec::new(),
+        };
+        match node.replicate(world.to_owned(), position, payload).await {
+            Ok(WriteOutcome::Replicated { refused, .. }) => {
+                if let Some(reason) = signed.err().or(refused) {
+                    report_refusal(world, position, &reason);
+                }
                 link.replicated.send_modify(|count| *count += 1);
             }
             Ok(other) => unreachable!("replicate answered {other:?}"),
-            Err(StoreError::Refused { reason, .. }) => refused(world, position, &reason),
             // The world's record has not reached this node yet, or the writer failed:
             // read the message again shortly.
             Err(error) => return Err(error.to_string()),
@@ -401,7 +402,7 @@ async fn follow_once(link: &Rc<Link>, node: &Rc<Node>, world: &str) -> Result<()
     Err("the stream's consumer ended".into())
 }
 
-fn refused(world: &str, position: u64, reason: &str) {
+fn report_refusal(world: &str, position: u64, reason: &str) {
     tracing::error!(
         world,
         position,

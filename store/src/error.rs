@@ -60,17 +60,10 @@ pub enum StoreError {
     /// A principal record broke a rule (name, grants).
     #[error("invalid principal: {reason}")]
     InvalidPrincipal { reason: String },
-    /// The request was made under an epoch the node has left.
+    /// A world's group could not be written to its fleet stream (nothing was written).
     #[error("world {world:?} could not be written to its fleet stream: {reason}")]
     Replication { world: String, reason: String },
-    #[error(
-        "a fleet stream's message for world {world:?} at position {position} was refused: {reason}"
-    )]
-    Refused {
-        world: String,
-        position: u64,
-        reason: String,
-    },
+    /// The request was made under an epoch the node has left.
     #[error(
         "this capability was issued in epoch {issued}; the node is at epoch {current}: graft again"
     )]

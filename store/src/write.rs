@@ -127,9 +127,11 @@ pub enum WriteOutcome {
     /// What applying policy changes changed, in order; empty when every record was
     /// already as the changes say.
     Applied(Vec<WriteOutcome>),
-    /// How many replicated entries were stored (0: the position was already held).
+    /// How many replicated entries were stored (0: the position was already held), or
+    /// why the message was refused (nothing stored; its position is passed).
     Replicated {
         stored: usize,
+        refused: Option<String>,
     },
     /// The commit slot is set.
     CommitSlot,
@@ -771,22 +773,26 @@ fn replicate(
 ) -> Result<Verdict, StoreError> {
     let held = tables.positions.get(world)?.map_or(0, |held| held.value());
     if position <= held {
-        return Ok(Ok(WriteOutcome::Replicated { stored: 0 }));
+        return Ok(Ok(WriteOutcome::Replicated {
+            stored: 0,
+            refused: None,
+        }));
     }
     let Some(mut info) = tables.policy().world(world)? else {
         return Ok(Err(StoreError::WorldNotFound {
             world: world.to_owned(),
         }));
     };
-    let refused = |reason: String| {
-        Ok(Err(StoreError::Refused {
-            world: world.to_owned(),
-            position,
-            reason,
+    // A refused message stores nothing, but its position is passed: the stream goes on.
+    let refused = |tables: &mut Tables<'_>, reason: String| {
+        tables.positions.insert(world, position)?;
+        Ok(Ok(WriteOutcome::Replicated {
+            stored: 0,
+            refused: Some(reason),
         }))
     };
     let Some(items) = journal::items_of(message) else {
-        return refused("the message does not parse".into());
+        return refused(tables, "the message does not parse".into());
     };
     // Every entry is checked before the first is stored.
     let mut last = {
@@ -800,15 +806,25 @@ fn replicate(
         }
     };
     // A message this node stored before a crash took its position with it: it is held.
-    let first_entry = items.iter().find_map(|item| match item {
-        Item::Entry(bytes) => Some(entry_hash(bytes)),
-        Item::Key(_) => None,
-    });
-    if let Some(id) = first_entry
-        && tables.ids.get(&id)?.is_some()
-    {
+    let ids: Vec<Hash> = (items.iter())
+        .filter_map(|item| match item {
+            Item::Entry(bytes) => Some(entry_hash(bytes)),
+            Item::Key(_) => None,
+        })
+        .collect();
+    let mut stored = !ids.is_empty();
+    for id in &ids {
+        if tables.ids.get(id)?.is_none() {
+            stored = false;
+            break;
+        }
+    }
+    if stored {
         tables.positions.insert(world, position)?;
-        return Ok(Ok(WriteOutcome::Replicated { stored: 0 }));
+        return Ok(Ok(WriteOutcome::Replicated {
+            stored: 0,
+            refused: None,
+        }));
     }
     let mut heads: HashMap<PublicKey, (u64, Hash)> = HashMap::new();
     let mut atoms = Vec::new();
@@ -820,6 +836,7 @@ fn replicate(
                     Some(record) => keys.push(record),
                     None => {
                         return refused(
+                            tables,
                             "a key record does not decode, or is another world's".into(),
                         );
                     }
@@ -831,14 +848,17 @@ fn replicate(
         let id = entry_hash(bytes);
         let atom = match decode_entry(id, bytes) {
             Ok(atom) => atom,
-            Err(error) => return refused(format!("an entry does not decode: {error}")),
+            Err(error) => return refused(tables, format!("an entry does not decode: {error}")),
         };
         let at = format!("writer {} seq {}", hex::encode(atom.writer), atom.seq);
         if atom.world != world {
-            return refused(format!("{at} is an entry of world {:?}", atom.world));
+            return refused(
+                tables,
+                format!("{at} is an entry of world {:?}", atom.world),
+            );
         }
         if let Err(error) = atom.content.validate() {
-            return refused(format!("{at}: {error}"));
+            return refused(tables, format!("{at}: {error}"));
         }
         let (seq, prev) = match heads.get(&atom.writer) {
             Some(head) => *head,
@@ -848,19 +868,28 @@ fn replicate(
                 .map_or((0, ZERO_HASH), |head| head.value()),
         };
         if atom.seq != seq + 1 || atom.prev != prev {
-            return refused(format!(
-                "{at} does not continue its chain, whose head is seq {seq} ({})",
-                hex::encode(prev)
-            ));
+            return refused(
+                tables,
+                format!(
+                    "{at} does not continue its chain, whose head is seq {seq} ({})",
+                    hex::encode(prev)
+                ),
+            );
         }
         if atom.commit <= last {
-            return refused(format!(
-                "{at} has commit {}, not above the world's last, {last}",
-                atom.commit
-            ));
+            return refused(
+                tables,
+                format!(
+                    "{at} has commit {}, not above the world's last, {last}",
+                    atom.commit
+                ),
+            );
         }
         if tables.ids.get(&id)?.is_some() {
-            return refused(format!("{at} ({}) is already stored", hex::encode(id)));
+            return refused(
+                tables,
+                format!("{at} ({}) is already stored", hex::encode(id)),
+            );
         }
         heads.insert(atom.writer, (atom.seq, id));
         last = atom.commit;
@@ -878,6 +907,7 @@ fn replicate(
     group.last_commit = group.last_commit.max(last);
     Ok(Ok(WriteOutcome::Replicated {
         stored: atoms.len(),
+        refused: None,
     }))
 }
 

@@ -36,6 +36,27 @@ where
     }
 }
 
+/// A session on `node`, logging in again while the node answers `unavailable` (an epoch
+/// the fleet advanced is being applied there: "graft again").
+async fn fresh_session(node: &engram_tests::TestNode, key: &ed25519_dalek::SigningKey) -> Session {
+    let started = Instant::now();
+    loop {
+        let connection = engram_client::connect(&node.tcp()).await.unwrap();
+        let grafted = match connection.login(key).await {
+            Ok(membrane) => membrane.graft().await,
+            Err(error) => Err(error),
+        };
+        match grafted {
+            Ok(session) => return session,
+            Err(error) if error.code() == Some(ErrorCode::Unavailable) => {
+                assert!(started.elapsed() < LEASE, "still unavailable: {error}")
+            }
+            Err(error) => panic!("cannot log in: {error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn epoch_of(session: &Session) -> u64 {
     engram_client::current_epoch(&session.admin().unwrap())
         .await
@@ -78,7 +99,7 @@ fn an_advance_on_one_node_revokes_capabilities_on_every_node() {
         }
         // Grafting again on any node gets the new epoch.
         for node in &fleet.nodes {
-            let admin = session(&node.tcp(), &admin_key).await;
+            let admin = fresh_session(node, &admin_key).await;
             assert_eq!(admin.epoch.number, before + 1);
             assert_eq!(admin.epoch.head, [7; 32]);
         }
@@ -107,8 +128,8 @@ fn of_two_concurrent_advances_exactly_one_wins() {
     let admin_key = fleet.admin_key();
     run_local(async {
         for round in 0..5u8 {
-            let on_b = session(&fleet.nodes[1].tcp(), &admin_key).await;
-            let on_c = session(&fleet.nodes[2].tcp(), &admin_key).await;
+            let on_b = fresh_session(&fleet.nodes[1], &admin_key).await;
+            let on_c = fresh_session(&fleet.nodes[2], &admin_key).await;
             let before = on_b.epoch.number;
             assert_eq!(
                 on_c.epoch.number, before,
@@ -130,7 +151,7 @@ fn of_two_concurrent_advances_exactly_one_wins() {
             for node in &fleet.nodes {
                 let started = Instant::now();
                 loop {
-                    let epoch = epoch_of(&session(&node.tcp(), &admin_key).await).await;
+                    let epoch = epoch_of(&fresh_session(node, &admin_key).await).await;
                     assert!(epoch <= before + 1, "two advances won");
                     if epoch == before + 1 {
                         break;
@@ -269,7 +290,7 @@ fn a_node_cut_off_from_nats_fails_closed_and_serves_again_once_caught_up() {
             engram_client::ask(&reader, &Default::default()).await
         })
         .await;
-        let again = session(&fleet.nodes[2].tcp(), &admin_key).await;
+        let again = fresh_session(&fleet.nodes[2], &admin_key).await;
         assert_eq!(again.epoch.number, advanced.number);
         engram_client::ask(&again.reader("w").unwrap(), &Default::default())
             .await
@@ -382,5 +403,203 @@ fn every_node_holds_every_world_with_identical_chains() {
             heads.push(node_heads);
         }
         assert!(heads.windows(2).all(|pair| pair[0] == pair[1]), "{heads:?}");
+    });
+}
+
+#[test]
+fn the_owner_killed_mid_storm_loses_nothing_acknowledged() {
+    let mut fleet = Fleet::start(3, LEASE, &[]);
+    let admin_key = fleet.admin_key();
+    let endpoints: Vec<_> = fleet.nodes.iter().map(|node| node.tcp()).collect();
+    let (before_kill, after_kill) = (30, 20);
+    let acknowledged = run_local(async {
+        let on_a = session(&endpoints[0], &admin_key).await;
+        engram_client::create_world(&on_a.admin().unwrap(), "storm")
+            .await
+            .unwrap();
+        for node in &fleet.nodes {
+            until_world(node, &admin_key, "storm").await;
+        }
+        // A writer that reaches the first node it can: the owner until it dies.
+        let acquire = || async {
+            let mut last = None;
+            for endpoint in &endpoints {
+                match engram_client::connect(endpoint).await {
+                    Ok(connection) => {
+                        let membrane = connection.login(&admin_key).await?;
+                        return membrane.graft().await?.writer("storm");
+                    }
+                    Err(error) => last = Some(error),
+                }
+            }
+            Err(last.unwrap())
+        };
+        let mut acknowledged = Vec::new();
+        let mut in_flight = None;
+        let mut killed_at = None;
+        let mut first_after_kill = None;
+        for index in 0..before_kill + after_kill {
+            let atom = [NewAtom::fact(format!("storm atom {index}"))];
+            let key = engram_client::IdempotencyKey::random().unwrap();
+            if index == before_kill {
+                // One write in flight as the owner dies: it is done once or not at all,
+                // and its retry on another node says which.
+                let writer = acquire().await.unwrap();
+                let sent = {
+                    let (atom, key) = (atom.clone(), key.clone());
+                    tokio::task::spawn_local(async move {
+                        engram_client::remember_keyed(&writer, &atom, &key).await
+                    })
+                };
+                tokio::task::yield_now().await;
+                fleet.nodes[0].kill();
+                killed_at = Some(Instant::now());
+                in_flight = Some(sent);
+            }
+            let remembered = engram_client::remember_retrying(acquire, &atom, &key, 12)
+                .await
+                .unwrap_or_else(|error| panic!("atom {index} was not written: {error}"));
+            if let (Some(killed_at), None) = (killed_at, first_after_kill) {
+                first_after_kill = Some(killed_at.elapsed());
+            }
+            acknowledged.push(remembered.receipts[0]);
+        }
+        let _ = in_flight.unwrap().await;
+        eprintln!(
+            "failover: writes accepted again {:?} after the owner was killed (lease {LEASE:?})",
+            first_after_kill.unwrap()
+        );
+        acknowledged
+    });
+    // Every acknowledged atom is on both survivors, once, and the chains verify.
+    run_local(async {
+        let mut heads = Vec::new();
+        for node in &fleet.nodes[1..] {
+            let admin = session(&node.tcp(), &admin_key).await;
+            until_atoms(&admin, "storm", acknowledged.len() as u64).await;
+            let reader = admin.reader("storm").unwrap();
+            for receipt in &acknowledged {
+                let atom = engram_client::get(&reader, &receipt.id).await.unwrap();
+                assert_eq!((atom.seq, atom.commit), (receipt.seq, receipt.commit));
+            }
+            let verification = engram_client::verify(&reader).await.unwrap();
+            assert_eq!(verification.first_bad, None);
+            heads.push(engram_client::heads(&reader).await.unwrap());
+        }
+        assert_eq!(heads[0], heads[1]);
+    });
+    // The old owner, back, catches up and agrees.
+    fleet.nodes[0].restart();
+    run_local(async {
+        let admin = session(&fleet.nodes[0].tcp(), &admin_key).await;
+        until_atoms(&admin, "storm", acknowledged.len() as u64).await;
+        let verification = engram_client::verify(&admin.reader("storm").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(verification.first_bad, None);
+    });
+}
+
+#[test]
+fn a_tampered_message_in_a_world_stream_is_refused_by_every_node() {
+    let fleet = Fleet::start(3, LEASE, &[]);
+    let admin_key = fleet.admin_key();
+    run_local(async {
+        let on_a = session(&fleet.nodes[0].tcp(), &admin_key).await;
+        engram_client::create_world(&on_a.admin().unwrap(), "t")
+            .await
+            .unwrap();
+        let writer = until_world(&fleet.nodes[0], &admin_key, "t").await;
+        let atoms: Vec<NewAtom> = (0..5).map(|n| NewAtom::fact(format!("fact {n}"))).collect();
+        engram_client::remember(&writer.writer("t").unwrap(), &atoms)
+            .await
+            .unwrap();
+        for node in &fleet.nodes {
+            until_atoms(&until_world(node, &admin_key, "t").await, "t", 5).await;
+        }
+
+        // As someone who may publish to the fleet's NATS (store/FORMAT.md, World streams).
+        let client = async_nats::connect(fleet.nats.address().to_string())
+            .await
+            .unwrap();
+        let jetstream = async_nats::jetstream::new(client);
+        let hash = blake3::hash(b"t").to_hex();
+        let hash = &hash.as_str()[..32];
+        let stream = jetstream
+            .get_stream(format!("engram-world-{hash}"))
+            .await
+            .unwrap();
+        let original = stream.get_raw_message(1).await.unwrap();
+        let subject = format!("engram.engram.world.{hash}");
+        let mut tampered = original.payload.to_vec();
+        let last = tampered.len() - 40; // inside the last entry, past its header
+        tampered[last] ^= 1;
+        // Signed by a real node of the fleet (its key taken from its data directory):
+        // the entry no longer continues its chain.
+        let node_key =
+            engram_client::keyfile::read(&fleet.nodes[0].data_dir().join("node.key")).unwrap();
+        let sign = |message: &[u8]| {
+            let mut signed = b"engram 2026-11 world stream message v1\0t\0".to_vec();
+            signed.extend_from_slice(message);
+            hex::encode(ed25519_dalek::Signer::sign(&node_key, &signed).to_bytes())
+        };
+        let headers = |signature: String| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                "Engram-Node",
+                hex::encode(node_key.verifying_key().as_bytes()).as_str(),
+            );
+            headers.insert("Engram-Signature", signature.as_str());
+            headers
+        };
+        let injected = [
+            Some(headers(sign(&tampered))),
+            // The tampered bytes under the original's signature.
+            Some(headers(
+                original
+                    .headers
+                    .get("Engram-Signature")
+                    .unwrap()
+                    .to_string(),
+            )),
+            // No signature at all.
+            None,
+        ];
+        for headers in injected {
+            let payload = tampered.clone().into();
+            let ack = match headers {
+                Some(headers) => jetstream
+                    .publish_with_headers(subject.clone(), headers, payload)
+                    .await
+                    .unwrap(),
+                None => jetstream.publish(subject.clone(), payload).await.unwrap(),
+            };
+            ack.await.unwrap();
+        }
+        for node in &fleet.nodes {
+            node.until_logged(
+                "refused a message of the world's stream",
+                3,
+                Duration::from_secs(10),
+            )
+            .await;
+            let admin = session(&node.tcp(), &admin_key).await;
+            let reader = admin.reader("t").unwrap();
+            assert_eq!(engram_client::generation(&reader).await.unwrap().atoms, 5);
+            let verification = engram_client::verify(&reader).await.unwrap();
+            assert_eq!((verification.entries, verification.first_bad), (5, None));
+        }
+        // The owner passes what it refused and writes on.
+        let acquire = || async {
+            let session = session(&fleet.nodes[0].tcp(), &admin_key).await;
+            session.writer("t")
+        };
+        let key = engram_client::IdempotencyKey::random().unwrap();
+        engram_client::remember_retrying(acquire, &[NewAtom::fact("after")], &key, 8)
+            .await
+            .unwrap();
+        for node in &fleet.nodes {
+            until_atoms(&session(&node.tcp(), &admin_key).await, "t", 6).await;
+        }
     });
 }
