@@ -843,6 +843,20 @@ impl ReadView {
         })
     }
 
+    /// The last commit a cursor at the end of `world` may stand at: no atom of the world
+    /// stored later has a commit at or below it. A node alone gives out commits above
+    /// all it holds, so the node's last commit, which tells nothing of the world. In a
+    /// fleet a world's atoms arrive with their owner's commits, which may be below this
+    /// node's last: only the world's own last commit is safe (a reader whose
+    /// restriction hides atoms learns that commit, not what it holds).
+    fn horizon(&self, world: &str) -> Result<u64, StoreError> {
+        if write::CommitSpace::read(&self.table(META)?)?.in_fleet() {
+            self.world_last_commit(world)
+        } else {
+            Ok(self.last_commit())
+        }
+    }
+
     /// The position in `world`'s fleet stream up to which this node holds its entries.
     pub fn stream_position(&self, world: &str) -> Result<u64, StoreError> {
         Ok(self
@@ -988,7 +1002,7 @@ impl ReadView {
             // The world's log is read to its end (or to `up_to`): the cursor moves there,
             // so it does not tell where the world's last (perhaps hidden) atom is.
             let end = if up_to == u64::MAX {
-                self.last_commit()
+                self.horizon(world)?
             } else {
                 up_to
             };

@@ -127,10 +127,12 @@ pub enum WriteOutcome {
     /// What applying policy changes changed, in order; empty when every record was
     /// already as the changes say.
     Applied(Vec<WriteOutcome>),
-    /// How many replicated entries were stored (0: the position was already held), or
-    /// why the message was refused (nothing stored; its position is passed).
+    /// How many replicated entries were stored (0: the position was already held) and
+    /// the last one's commit, or why the message was refused (nothing stored; its
+    /// position is passed).
     Replicated {
         stored: usize,
+        last_commit: Option<u64>,
         refused: Option<String>,
     },
     /// The commit slot is set.
@@ -638,6 +640,11 @@ impl CommitSpace {
         })
     }
 
+    /// Whether the node is in a fleet (it has a slot).
+    pub fn in_fleet(self) -> bool {
+        self.slot.is_some()
+    }
+
     /// The first commit this node gives out after `last`.
     pub fn next(self, last: u64) -> u64 {
         match self.slot {
@@ -775,6 +782,7 @@ fn replicate(
     if position <= held {
         return Ok(Ok(WriteOutcome::Replicated {
             stored: 0,
+            last_commit: None,
             refused: None,
         }));
     }
@@ -788,6 +796,7 @@ fn replicate(
         tables.positions.insert(world, position)?;
         Ok(Ok(WriteOutcome::Replicated {
             stored: 0,
+            last_commit: None,
             refused: Some(reason),
         }))
     };
@@ -823,6 +832,7 @@ fn replicate(
         tables.positions.insert(world, position)?;
         return Ok(Ok(WriteOutcome::Replicated {
             stored: 0,
+            last_commit: None,
             refused: None,
         }));
     }
@@ -907,6 +917,7 @@ fn replicate(
     group.last_commit = group.last_commit.max(last);
     Ok(Ok(WriteOutcome::Replicated {
         stored: atoms.len(),
+        last_commit: atoms.last().map(|(atom, _)| atom.commit),
         refused: None,
     }))
 }

@@ -77,6 +77,11 @@ fn last_commit_of(verdicts: &[Result<WriteOutcome, StoreError>]) -> Option<u64> 
                 receipts,
                 replayed: false,
             }) => receipts.last().map(|receipt| receipt.commit),
+            // Atoms of another node's world: they wake subscribers and the indexer too.
+            Ok(WriteOutcome::Replicated {
+                last_commit: Some(commit),
+                ..
+            }) => Some(*commit),
             _ => None,
         })
         .max()

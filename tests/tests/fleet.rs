@@ -603,3 +603,74 @@ fn a_tampered_message_in_a_world_stream_is_refused_by_every_node() {
         }
     });
 }
+
+#[test]
+fn a_follower_subscription_misses_nothing_while_the_follower_writes_its_own_world() {
+    // Atoms of a world written elsewhere arrive with their owner's commits, which may be
+    // below commits this node gave its own world meanwhile: a subscriber here must still
+    // get every one of them.
+    let fleet = Fleet::start(3, LEASE, &[]);
+    let admin_key = fleet.admin_key();
+    let rounds = 60;
+    run_local(async {
+        let on_a = session(&fleet.nodes[0].tcp(), &admin_key).await;
+        for world in ["far", "near"] {
+            engram_client::create_world(&on_a.admin().unwrap(), world)
+                .await
+                .unwrap();
+        }
+        let on_c = until_world(&fleet.nodes[2], &admin_key, "far").await;
+        let on_c = if on_c.writer("near").is_ok() {
+            on_c
+        } else {
+            until_world(&fleet.nodes[2], &admin_key, "near").await
+        };
+        let mut watch = engram_client::subscribe(
+            &on_c.observer("far").unwrap(),
+            &engram_client::Filter::default(),
+            0,
+        )
+        .await
+        .unwrap();
+        let on_a = until_world(&fleet.nodes[0], &admin_key, "far").await;
+        let (far, near) = (on_a.writer("far").unwrap(), on_c.writer("near").unwrap());
+        let far_writes = tokio::task::spawn_local(async move {
+            for round in 0..rounds {
+                engram_client::remember(&far, &[NewAtom::fact(format!("far {round}"))])
+                    .await
+                    .unwrap();
+            }
+        });
+        let near_writes = tokio::task::spawn_local(async move {
+            for round in 0..rounds {
+                let batch: Vec<NewAtom> = (0..3)
+                    .map(|n| NewAtom::fact(format!("near {round} {n}")))
+                    .collect();
+                engram_client::remember(&near, &batch).await.unwrap();
+            }
+        });
+        far_writes.await.unwrap();
+        near_writes.await.unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < rounds {
+            let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {rounds} atoms arrived", seen.len()));
+            match event.expect("the subscription is live") {
+                engram_client::WatchEvent::Atoms(atoms) => {
+                    seen.extend(atoms.into_iter().map(|atom| atom.text))
+                }
+                engram_client::WatchEvent::End { code, message } => {
+                    panic!("ended: {code:?} {message}")
+                }
+            }
+        }
+        let expected: Vec<String> = (0..rounds).map(|round| format!("far {round}")).collect();
+        assert_eq!(seen, expected);
+        // A replay paged from the start, as a poller would, gets them all too.
+        let (replayed, _) = engram_client::replay(&on_c.reader("far").unwrap(), 0, 1000)
+            .await
+            .unwrap();
+        assert_eq!(replayed.len(), rounds);
+    });
+}
