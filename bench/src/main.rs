@@ -8,11 +8,13 @@
 //! cargo build --release --bins && target/release/engram-bench abuse
 //! cargo build --release --bins && target/release/engram-bench check
 //! cargo build --release --bins && target/release/engram-bench storm
+//! cargo build --release --bins && target/release/engram-bench fleet   # needs nats-server
 //! ```
 
 mod abuse;
 mod check;
 mod echo;
+mod fleet;
 mod node;
 mod observe;
 mod report;
@@ -80,6 +82,9 @@ enum Benchmark {
     /// acknowledged atom must be there once, no request in part or twice. Exits 1 when
     /// the store broke a promise.
     Storm(storm::Options),
+    /// Three nodes in a fleet (nats-server with JetStream) beside one alone: remember
+    /// throughput and p99, replication lag, failover time.
+    Fleet(fleet::Options),
     /// One writer of `storm`, in a process of its own (started by `storm`).
     #[command(hide = true)]
     StormWriter(storm::WriterOptions),
@@ -181,6 +186,7 @@ fn main() {
             }),
         ),
         Benchmark::Storm(options) => storm::run(options),
+        Benchmark::Fleet(options) => local.block_on(&runtime, fleet::run(options)),
         Benchmark::StormWriter(options) => local.block_on(&runtime, storm::writer(options)),
         Benchmark::Observe {
             subscribers,

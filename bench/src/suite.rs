@@ -77,7 +77,7 @@ where
 
 /// Runs `per_connection` sequential calls on each of `clients` concurrently; returns
 /// the calls per second and the sorted latencies.
-async fn concurrent<C, F, Fut>(
+pub(crate) async fn concurrent<C, F, Fut>(
     clients: Vec<C>,
     per_connection: usize,
     call: F,

@@ -69,6 +69,9 @@ pub struct Link {
     /// Which node writes each world.
     leases: kv::Store,
     owned: RefCell<worlds::OwnedWorlds>,
+    /// The worlds a call of this node is taking, and the signal that one was taken.
+    claiming: RefCell<HashSet<String>>,
+    claimed: Notify,
     /// The worlds whose streams this node follows.
     followed: RefCell<HashSet<String>>,
     /// Counts the world stream messages stored, to wake those waiting on them.
@@ -141,6 +144,8 @@ pub async fn join(node: Rc<Node>, config: &Config, address: &str) -> Result<Rc<L
         nodes: RefCell::new(HashMap::new()),
         leases,
         owned: RefCell::new(HashMap::new()),
+        claiming: RefCell::new(HashSet::new()),
+        claimed: Notify::new(),
         followed: RefCell::new(HashSet::new()),
         replicated: watch::Sender::new(0),
         jetstream,

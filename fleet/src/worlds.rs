@@ -207,11 +207,39 @@ impl Link {
     }
 
     /// Makes this node `world`'s owner if no node is, once it holds every message of
-    /// the world's stream; refuses when another node owns it, naming its address.
+    /// the world's stream; refuses when another node owns it, naming its address. One
+    /// call at a time takes a world; concurrent calls for it wait for that one.
     pub(crate) async fn claim(self: Rc<Self>, world: String) -> Result<(), String> {
         if self.owns(&world) {
             return Ok(());
         }
+        if self.claiming.borrow().contains(&world) {
+            let deadline = Instant::now() + self.lease;
+            while self.claiming.borrow().contains(&world) && Instant::now() < deadline {
+                let _ = tokio::time::timeout(self.lease / 10, self.claimed.notified()).await;
+            }
+            return match self.owns(&world) {
+                true => Ok(()),
+                false => Err(format!(
+                    "this node could not take world {world:?}; try again"
+                )),
+            };
+        }
+        // Taken out again however the claim ends, its caller cancelled included.
+        struct Claiming<'a>(&'a Link, &'a str);
+        impl Drop for Claiming<'_> {
+            fn drop(&mut self) {
+                self.0.claiming.borrow_mut().remove(self.1);
+                self.0.claimed.notify_waiters();
+            }
+        }
+        self.claiming.borrow_mut().insert(world.clone());
+        let _claiming = Claiming(&self, &world);
+        self.take(&world).await
+    }
+
+    async fn take(&self, world: &str) -> Result<(), String> {
+        let world = world.to_owned();
         let key = Link::lease_key(&world);
         let lease = serde_json::to_vec(&Lease {
             node: self.node_key,

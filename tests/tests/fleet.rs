@@ -674,3 +674,37 @@ fn a_follower_subscription_misses_nothing_while_the_follower_writes_its_own_worl
         assert_eq!(replayed.len(), rounds);
     });
 }
+
+#[test]
+fn concurrent_first_writes_to_a_world_on_one_node_all_succeed() {
+    let fleet = Fleet::start(2, LEASE, &[]);
+    let admin_key = fleet.admin_key();
+    run_local(async {
+        let on_b = session(&fleet.nodes[1].tcp(), &admin_key).await;
+        engram_client::create_world(&on_b.admin().unwrap(), "fresh")
+            .await
+            .unwrap();
+        let mut writers = Vec::new();
+        for _ in 0..8 {
+            let session = until_world(&fleet.nodes[1], &admin_key, "fresh").await;
+            writers.push(session.writer("fresh").unwrap());
+        }
+        // Each takes the world's lease if nobody holds it: one call of the node takes
+        // it, the others wait for that one.
+        let writes = writers
+            .iter()
+            .enumerate()
+            .map(|(index, writer)| async move {
+                engram_client::remember(writer, &[NewAtom::fact(format!("first {index}"))]).await
+            });
+        for answer in futures::future::join_all(writes).await {
+            answer.unwrap();
+        }
+        until_atoms(
+            &session(&fleet.nodes[0].tcp(), &admin_key).await,
+            "fresh",
+            8,
+        )
+        .await;
+    });
+}
