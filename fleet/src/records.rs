@@ -175,3 +175,77 @@ pub fn decode(key: &str, operation: Operation, payload: &[u8]) -> Result<Decoded
 fn json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("a policy record always serialises")
 }
+
+#[cfg(test)]
+mod tests {
+    use engram_store::{Grant, Rate};
+
+    use super::*;
+
+    fn principal(name: &str) -> Principal {
+        Principal {
+            name: name.into(),
+            public_key: [7; 32],
+            admin: false,
+            grants: vec![Grant {
+                world: "team/auth".into(),
+                read: true,
+                write: false,
+                observe: true,
+                approve: false,
+                rate: Rate::UNLIMITED,
+            }],
+        }
+    }
+
+    #[test]
+    fn every_change_reads_back_as_written() {
+        let changes = [
+            PolicyChange::Epoch(Epoch {
+                number: 9,
+                head: [3; 32],
+                advanced_at_unix_ms: 17,
+            }),
+            PolicyChange::Principal(principal("agent.7")),
+            PolicyChange::PrincipalRemoved(principal("agent.7")),
+            PolicyChange::World(WorldInfo {
+                name: "team/auth".into(),
+                state: WorldState::Archived,
+                atoms: 0,
+                dimension: 384,
+            }),
+        ];
+        for change in changes {
+            let record = encode(&change);
+            let operation = if record.removal {
+                Operation::Delete
+            } else {
+                Operation::Put
+            };
+            match decode(&record.key, operation, &record.payload) {
+                Ok(Decoded::Policy(decoded)) => assert_eq!(decoded, change),
+                _ => panic!("{change:?} did not read back"),
+            }
+        }
+        let node = NodeRecord {
+            slot: 3,
+            address: "127.0.0.1:7420".into(),
+        };
+        let record = encode_node(&[5; 32], &node);
+        match decode(&record.key, Operation::Put, &record.payload) {
+            Ok(Decoded::Node(key, decoded)) => assert_eq!((key, decoded), ([5; 32], node)),
+            _ => panic!("the node record did not read back"),
+        }
+    }
+
+    #[test]
+    fn a_record_under_another_key_is_refused() {
+        // A record must name what its key names: no principal can be slipped in under
+        // another's key, nor a world under a principal's.
+        let record = encode(&PolicyChange::Principal(principal("agent.7")));
+        assert!(decode(&principal_key("admin"), Operation::Put, &record.payload).is_err());
+        assert!(decode(&world_key("agent.7"), Operation::Put, &record.payload).is_err());
+        assert!(decode("elsewhere", Operation::Put, &record.payload).is_err());
+        assert!(decode(EPOCH_KEY, Operation::Put, b"not json").is_err());
+    }
+}

@@ -11,26 +11,40 @@ use engram_tests::fleet::Fleet;
 use engram_tests::{add_principal, assert_code, run_local, session};
 
 const LEASE: Duration = Duration::from_millis(1_500);
+/// How long a change may take to reach every node on a loaded machine (usually
+/// milliseconds): a bound for waiting, not a property of the fleet.
+const PROPAGATION: Duration = Duration::from_secs(10);
 
-/// Polls `probe` until it answers `code`, for at most `deadline`; how long it took.
+/// Polls `probe` until it answers `code`, and returns how long it went on succeeding:
+/// from then on what it uses is no longer served (`unavailable` while a node catches
+/// up, then `code`). Fails if it still succeeds after `deadline` (what the fleet's lease
+/// bounds), or if `code` has not come after five times that (a slow machine may take a
+/// while to apply what it was refused for).
 async fn until_code<T, F, P>(deadline: Duration, code: ErrorCode, mut probe: P) -> Duration
 where
     F: std::future::Future<Output = Result<T, ClientError>>,
     P: FnMut() -> F,
 {
     let started = Instant::now();
+    let mut refused = None;
     loop {
         match probe().await {
-            Err(error) if error.code() == Some(code) => return started.elapsed(),
-            // On the way: answered as before, or unavailable while the node catches up.
-            Err(error) if error.code() != Some(ErrorCode::Unavailable) => {
-                panic!("expected {code}, got {error}")
+            Err(error) if error.code() == Some(code) => {
+                return refused.unwrap_or_else(|| started.elapsed());
             }
-            _ => {}
+            Err(error) if error.code() == Some(ErrorCode::Unavailable) => {
+                refused.get_or_insert_with(|| started.elapsed());
+            }
+            Err(error) => panic!("expected {code}, got {error}"),
+            Ok(_) => assert!(
+                started.elapsed() < deadline,
+                "still served {deadline:?} after it should have stopped"
+            ),
         }
         assert!(
-            started.elapsed() < deadline,
-            "no {code} within {deadline:?}"
+            started.elapsed() < deadline * 5,
+            "no {code} within {:?}",
+            deadline * 5
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -49,7 +63,10 @@ async fn fresh_session(node: &engram_tests::TestNode, key: &ed25519_dalek::Signi
         match grafted {
             Ok(session) => return session,
             Err(error) if error.code() == Some(ErrorCode::Unavailable) => {
-                assert!(started.elapsed() < LEASE, "still unavailable: {error}")
+                assert!(
+                    started.elapsed() < PROPAGATION,
+                    "still unavailable: {error}"
+                )
             }
             Err(error) => panic!("cannot log in: {error}"),
         }
@@ -91,11 +108,10 @@ fn an_advance_on_one_node_revokes_capabilities_on_every_node() {
         assert_eq!(advanced.number, before + 1);
         for agent in &agents {
             let reader = agent.reader("shared").unwrap();
-            let took = until_code(LEASE, ErrorCode::StaleEpoch, || async {
+            until_code(LEASE, ErrorCode::StaleEpoch, || async {
                 engram_client::ask(&reader, &Default::default()).await
             })
             .await;
-            assert!(took < LEASE, "revoked after {took:?}, past the lease");
         }
         // Grafting again on any node gets the new epoch.
         for node in &fleet.nodes {
@@ -114,8 +130,8 @@ async fn until_session(node: &engram_tests::TestNode, key: &ed25519_dalek::Signi
         match connection.login(key).await {
             Ok(membrane) => return membrane.graft().await.unwrap(),
             Err(error) => assert!(
-                started.elapsed() < LEASE,
-                "the principal did not reach the node within the lease: {error}"
+                started.elapsed() < PROPAGATION,
+                "the principal did not reach the node: {error}"
             ),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -156,7 +172,7 @@ fn of_two_concurrent_advances_exactly_one_wins() {
                     if epoch == before + 1 {
                         break;
                     }
-                    assert!(started.elapsed() < LEASE, "a node stayed behind");
+                    assert!(started.elapsed() < PROPAGATION, "a node stayed behind");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -248,33 +264,22 @@ fn a_node_cut_off_from_nats_fails_closed_and_serves_again_once_caught_up() {
         engram_client::create_world(&on_a.admin().unwrap(), "w")
             .await
             .unwrap();
-        let started = Instant::now();
-        let reader = loop {
-            if let Ok(reader) = session(&fleet.nodes[2].tcp(), &admin_key).await.reader("w") {
-                break reader;
-            }
-            assert!(
-                started.elapsed() < LEASE,
-                "the world did not reach the node"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let reader = (until_world(&fleet.nodes[2], &admin_key, "w").await)
+            .reader("w")
+            .unwrap();
         engram_client::ask(&reader, &Default::default())
             .await
             .unwrap();
 
         fleet.proxies[2].cut();
-        let cut_at = Instant::now();
-        until_code(LEASE * 3, ErrorCode::Unavailable, || async {
-            engram_client::ask(&reader, &Default::default()).await
-        })
+        // Its last confirmation came before the cut: it serves at most the lease more
+        // (and the probe's own round trips).
+        until_code(
+            LEASE + Duration::from_millis(300),
+            ErrorCode::Unavailable,
+            || async { engram_client::ask(&reader, &Default::default()).await },
+        )
         .await;
-        let closed_after = cut_at.elapsed();
-        // The lease, plus at most a quarter of it before the heartbeat's last answer.
-        assert!(
-            closed_after <= LEASE + LEASE / 4 + Duration::from_millis(500),
-            "failed closed only after {closed_after:?}"
-        );
         // Logins fail closed too.
         let connection = engram_client::connect(&fleet.nodes[2].tcp()).await.unwrap();
         assert_code(connection.login(&admin_key).await, ErrorCode::Unavailable);
@@ -286,7 +291,7 @@ fn a_node_cut_off_from_nats_fails_closed_and_serves_again_once_caught_up() {
 
         fleet.proxies[2].restore();
         // Back in touch, it serves again, under the fleet's new epoch only.
-        until_code(LEASE * 10, ErrorCode::StaleEpoch, || async {
+        until_code(LEASE * 2, ErrorCode::StaleEpoch, || async {
             engram_client::ask(&reader, &Default::default()).await
         })
         .await;
@@ -332,7 +337,7 @@ async fn until_atoms(session: &Session, world: &str, atoms: u64) {
             "more atoms than written: {generation:?}"
         );
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < PROPAGATION,
             "world {world} holds {} of {atoms} atoms",
             generation.atoms
         );
