@@ -117,13 +117,10 @@ impl Node {
         position: u64,
         message: Vec<u8>,
     ) -> Result<WriteOutcome, engram_store::StoreError> {
-        self.write(WriteRequest {
-            authority: engram_store::Authority::Node,
-            op: WriteOp::Replicate {
-                world,
-                position,
-                message,
-            },
+        self.write_as_node(WriteOp::Replicate {
+            world,
+            position,
+            message,
         })
         .await
     }
@@ -133,12 +130,9 @@ impl Node {
         self: &Rc<Self>,
         slot: u64,
     ) -> Result<(), engram_store::StoreError> {
-        self.write(WriteRequest {
-            authority: engram_store::Authority::Node,
-            op: WriteOp::SetCommitSlot(slot),
-        })
-        .await
-        .map(drop)
+        self.write_as_node(WriteOp::SetCommitSlot(slot))
+            .await
+            .map(drop)
     }
 
     /// Applies policy changes the fleet holds, durably, and mirrors what they changed.
@@ -146,11 +140,20 @@ impl Node {
         self: &Rc<Self>,
         changes: Vec<PolicyChange>,
     ) -> Result<(), engram_store::StoreError> {
+        self.write_as_node(WriteOp::ApplyPolicy(changes))
+            .await
+            .map(drop)
+    }
+
+    /// A write the node makes in its own name (what only it may ask for).
+    async fn write_as_node(
+        self: &Rc<Self>,
+        op: WriteOp,
+    ) -> Result<WriteOutcome, engram_store::StoreError> {
         self.write(WriteRequest {
             authority: engram_store::Authority::Node,
-            op: WriteOp::ApplyPolicy(changes),
+            op,
         })
         .await
-        .map(drop)
     }
 }

@@ -112,29 +112,23 @@ pub async fn join(node: Rc<Node>, config: &Config, address: &str) -> Result<Rc<L
         .timeout(config.lease / 2)
         .build(client);
     let name = format!("{}-policy", config.name);
-    // The bucket's stream, made as a key-value bucket's is (async-nats' own
-    // `create_key_value` reads account fields nats-server 2.9 does not send).
-    let stream = jetstream
-        .get_or_create_stream(stream::Config {
-            name: format!("KV_{name}"),
-            description: Some("engram: the fleet's epoch, principals and worlds".into()),
-            subjects: vec![format!("$KV.{name}.>")],
-            max_messages_per_subject: 1,
-            storage: stream::StorageType::File,
-            num_replicas: 1,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .map_err(|error| format!("cannot open the fleet's bucket {name:?} on {nats}: {error}"))?;
-    let bucket = jetstream
-        .get_key_value(name.as_str())
-        .await
-        .map_err(|error| format!("cannot open the fleet's bucket {name:?} on {nats}: {error}"))?;
-    let leases = worlds::open_leases(&jetstream, &config.name, config.lease).await?;
+    let (bucket, stream) = open_bucket(
+        &jetstream,
+        &name,
+        "engram: the fleet's epoch, principals and worlds",
+        Duration::ZERO,
+    )
+    .await
+    .map_err(|error| format!("cannot open the fleet's bucket {name:?} on {nats}: {error}"))?;
+    let leases_name = format!("{}-leases", config.name);
+    let (leases, _) = open_bucket(
+        &jetstream,
+        &leases_name,
+        "engram: which node writes each world",
+        config.lease,
+    )
+    .await
+    .map_err(|error| format!("cannot open the lease bucket {leases_name:?} on {nats}: {error}"))?;
     let link = Rc::new(Link {
         client: jetstream.client(),
         name: config.name.clone(),
@@ -182,6 +176,39 @@ pub async fn join(node: Rc<Node>, config: &Config, address: &str) -> Result<Rc<L
         "joined the fleet"
     );
     Ok(link)
+}
+
+/// A key-value bucket (one value per key; entries expire after `max_age` unless it is
+/// zero), and its stream. Made as async-nats' `create_key_value` makes one, which itself
+/// reads account fields nats-server 2.9 does not send.
+async fn open_bucket(
+    jetstream: &jetstream::Context,
+    name: &str,
+    description: &str,
+    max_age: Duration,
+) -> Result<(kv::Store, stream::Stream), String> {
+    let stream = jetstream
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{name}"),
+            description: Some(description.to_owned()),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: 1,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| error.to_string())?;
+    let bucket = jetstream
+        .get_key_value(name)
+        .await
+        .map_err(|error| error.to_string())?;
+    Ok((bucket, stream))
 }
 
 impl Link {

@@ -473,36 +473,5 @@ impl Link {
     }
 }
 
-/// The lease bucket's stream, made as a key-value bucket's is, whose entries expire
-/// after `lease`.
-pub(crate) async fn open_leases(
-    jetstream: &jetstream::Context,
-    fleet: &str,
-    lease: Duration,
-) -> Result<kv::Store, String> {
-    let name = format!("{fleet}-leases");
-    jetstream
-        .get_or_create_stream(stream::Config {
-            name: format!("KV_{name}"),
-            description: Some("engram: which node writes each world".into()),
-            subjects: vec![format!("$KV.{name}.>")],
-            max_messages_per_subject: 1,
-            max_age: lease,
-            storage: stream::StorageType::File,
-            num_replicas: 1,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .map_err(|error| format!("cannot open the lease bucket: {error}"))?;
-    jetstream
-        .get_key_value(name.as_str())
-        .await
-        .map_err(|error| format!("cannot open the lease bucket: {error}"))
-}
-
 /// The worlds this node owns, by name.
 pub(crate) type OwnedWorlds = HashMap<String, Owned>;
