@@ -341,6 +341,20 @@ async fn serve(node: Rc<Node>, config: &Config, identity: Identity) -> Result<()
                 name: fleet.name.clone(),
                 reason,
             })?;
+        // A node that joined an existing fleet took its principals: the admin key its
+        // first start wrote may no longer log in anywhere.
+        let admin_key = config.data.join(ADMIN_KEY_FILE);
+        if let Ok(key) = engram_client::keyfile::read(&admin_key) {
+            let public_key = key.verifying_key().to_bytes();
+            let known = (node.store().read()).and_then(|view| view.principal(&public_key));
+            if matches!(known, Ok(None)) {
+                tracing::warn!(
+                    key_file = %admin_key.display(),
+                    "this key is not a principal of the fleet this node joined; log in with \
+                     a key of the fleet's (its first node's admin.key, or one an admin added)"
+                );
+            }
+        }
     }
     tracing::info!(tcp = ?tcp_address, unix = ?socket, epoch = node.epoch(), "listening");
     // The ready line is a contract for scripts and tests: it names the bound addresses.

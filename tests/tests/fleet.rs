@@ -96,7 +96,17 @@ fn an_advance_on_one_node_revokes_capabilities_on_every_node() {
             .unwrap();
         let agent_key = add_principal(&on_a, "agent", &["shared=rw"]).await;
         // The world and the principal reach every node; the first node's admin key,
-        // which seeded the fleet, logs in everywhere.
+        // which seeded the fleet, logs in everywhere, and the others' own admin keys
+        // are no principals of the fleet (their logs say so).
+        for node in &fleet.nodes[1..] {
+            node.until_logged("is not a principal of the fleet", 1, PROPAGATION)
+                .await;
+            let connection = engram_client::connect(&node.tcp()).await.unwrap();
+            assert_code(
+                connection.login(&node.admin_key()).await,
+                ErrorCode::Unauthenticated,
+            );
+        }
         let mut agents = Vec::new();
         for node in &fleet.nodes[1..] {
             let agent = until_session(node, &agent_key).await;
