@@ -226,7 +226,25 @@ impl Connection {
     }
 
     /// Logs in: asks for a challenge, signs it with `key`, and returns the membrane.
+    /// A login refused because the epoch advanced between the challenge and the login
+    /// (its nonce is then of the older epoch) is made once more with a fresh challenge.
     pub async fn login(&self, key: &SigningKey) -> Result<Membrane, ClientError> {
+        let challenge = self.challenge().await?;
+        let signed_epoch = challenge.2;
+        match self.login_with(key, challenge).await {
+            Err(error) if error.code() == Some(ErrorCode::Unauthenticated) => {
+                let again = self.challenge().await?;
+                if again.2 == signed_epoch {
+                    return Err(error);
+                }
+                self.login_with(key, again).await
+            }
+            done => done,
+        }
+    }
+
+    /// A fresh challenge: the nonce, the node's key and the epoch to sign.
+    async fn challenge(&self) -> Result<([u8; 32], [u8; 32], u64), ClientError> {
         let challenge = self.terminal.challenge_request().send().promise.await?;
         let challenge = challenge.get()?;
         let nonce: [u8; 32] = challenge.get_nonce()?.try_into().map_err(|_| {
@@ -235,6 +253,14 @@ impl Connection {
         let node_key: [u8; 32] = challenge.get_node_key()?.try_into().map_err(|_| {
             ClientError::InvalidInput("the node sent a key that is not 32 bytes".into())
         })?;
+        Ok((nonce, node_key, challenge.get_epoch()))
+    }
+
+    async fn login_with(
+        &self,
+        key: &SigningKey,
+        (nonce, node_key, epoch): ([u8; 32], [u8; 32], u64),
+    ) -> Result<Membrane, ClientError> {
         if let Some(authenticated) = self.node_key
             && authenticated != node_key
         {
@@ -246,7 +272,7 @@ impl Connection {
                 pinned_by: "the node's TLS certificate".into(),
             });
         }
-        let signature = key.sign(&login_message(&nonce, &node_key, challenge.get_epoch()));
+        let signature = key.sign(&login_message(&nonce, &node_key, epoch));
         let mut request = self.terminal.login_request();
         {
             let mut params = request.get();

@@ -296,8 +296,23 @@ class Connection:
         return bytes(result.nonce), bytes(result.nodeKey), result.epoch
 
     async def login(self, key: Ed25519PrivateKey) -> Membrane:
-        """Signs a fresh challenge with ``key`` and returns the principal's membrane."""
-        nonce, node_key, epoch = await self.challenge()
+        """Signs a fresh challenge with ``key`` and returns the principal's membrane. A
+        login refused because the epoch advanced between the challenge and the login
+        (its nonce is then of the older epoch) is made once more with a fresh challenge."""
+        challenge = await self.challenge()
+        try:
+            return await self._login_with(key, *challenge)
+        except EngramError as error:
+            if error.code != "unauthenticated":
+                raise
+            again = await self.challenge()
+            if again[2] == challenge[2]:
+                raise
+            return await self._login_with(key, *again)
+
+    async def _login_with(
+        self, key: Ed25519PrivateKey, nonce: bytes, node_key: bytes, epoch: int
+    ) -> Membrane:
         if self.node_key is not None and node_key != self.node_key:
             raise NodeKeyMismatch("this connection", node_key, self.node_key, "the node's TLS certificate")
         request = self.terminal.login_request()
