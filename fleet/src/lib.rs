@@ -229,9 +229,14 @@ impl Link {
         let changes = (worlds.into_iter().map(PolicyChange::World))
             .chain(principals.into_iter().map(PolicyChange::Principal));
         for change in changes {
-            after = self.send(&change, after).await.map_err(|refusal| {
-                format!("the fleet changed while this node seeded it ({refusal:?}); start again")
-            })?;
+            after = self
+                .send(&encode(&change), after)
+                .await
+                .map_err(|refusal| {
+                    format!(
+                        "the fleet changed while this node seeded it ({refusal:?}); start again"
+                    )
+                })?;
         }
         Ok(true)
     }
@@ -294,15 +299,9 @@ impl Link {
         Ok(())
     }
 
-    /// Publishes `change` if the bucket's last revision is `after`; its revision.
-    async fn send(&self, change: &PolicyChange, after: u64) -> Result<u64, Refusal> {
-        send(
-            &self.jetstream,
-            &self.subject_prefix,
-            &encode(change),
-            after,
-        )
-        .await
+    /// Publishes `record` if the bucket's last revision is `after`; its revision.
+    async fn send(&self, record: &Record, after: u64) -> Result<u64, Refusal> {
+        send(&self.jetstream, &self.subject_prefix, record, after).await
     }
 
     /// This node's commit slot: its record's, or the first free one, recorded with its
@@ -329,7 +328,7 @@ impl Link {
                 },
             );
             let after = *self.applied.borrow();
-            match send(&self.jetstream, &self.subject_prefix, &record, after).await {
+            match self.send(&record, after).await {
                 Ok(_) | Err(Refusal::Moved) => self.caught_up(self.lease).await?,
                 Err(Refusal::Unavailable(reason)) => {
                     return Err(format!("cannot record this node in the fleet: {reason}"));

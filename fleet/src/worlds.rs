@@ -33,6 +33,8 @@ use crate::Link;
 
 /// The signature's domain: what a node signs is this, the world, then the message.
 const SIGNED_CONTEXT: &[u8] = b"engram 2026-11 world stream message v1\0";
+/// How long the writer waits for the stream's answer to a group's message, at most.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Headers of a world stream message.
 const NODE_HEADER: &str = "Engram-Node";
 const SIGNATURE_HEADER: &str = "Engram-Signature";
@@ -133,12 +135,8 @@ pub(crate) fn publisher(link: &Rc<Link>, node_key: ed25519_dalek::SigningKey) ->
     Publisher {
         jobs,
         node_key,
-        timeout: link_timeout(),
+        timeout: PUBLISH_TIMEOUT,
     }
-}
-
-fn link_timeout() -> Duration {
-    Duration::from_secs(10)
 }
 
 /// A world's lease, as the lease bucket holds it.
@@ -165,7 +163,7 @@ impl Link {
                 job.world
             ));
         }
-        open_stream(&self.jetstream, &self.name, &job.world).await?;
+        // The claim that made this node the owner opened the world's stream.
         let (_, subject) = stream_of(&self.name, &job.world);
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -285,7 +283,7 @@ impl Link {
         let last = stream.cached_info().state.last_sequence;
         let started = Instant::now();
         loop {
-            let held = (self.store().read())
+            let held = (self.store.read())
                 .and_then(|view| view.stream_position(&world))
                 .map_err(|error| error.to_string())?;
             if held >= last {
@@ -351,10 +349,6 @@ impl Link {
                 }
             }
         }
-    }
-
-    fn store(&self) -> &engram_store::Store {
-        &self.store
     }
 
     /// Follows every world this node knows and does not follow yet.
