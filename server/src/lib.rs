@@ -5,6 +5,7 @@
 pub mod error;
 mod handoff;
 pub mod limits;
+pub mod settings;
 mod tls;
 
 use std::cell::{Cell, RefCell};

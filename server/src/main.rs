@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use engram_capabilities::NodeLimits;
 use engram_capabilities::limits::{
     CALLS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT, LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT,
@@ -14,7 +14,7 @@ use engram_server::limits::{
     CONNECTIONS_PER_ADDRESS_MAX_DEFAULT, HANDSHAKE_TIMEOUT_MS_DEFAULT, IDLE_TIMEOUT_MS_DEFAULT,
     MESSAGE_BYTES_MAX_DEFAULT, WRITE_STALL_TIMEOUT_MS_DEFAULT,
 };
-use engram_server::{Config, SOCKET_FILE};
+use engram_server::{Config, SOCKET_FILE, settings};
 use engram_store::limits::CACHE_BYTES_DEFAULT;
 
 /// The engram node: memory and coordination for fleets of AI agents, over Cap'n Proto.
@@ -24,13 +24,23 @@ use engram_store::limits::CACHE_BYTES_DEFAULT;
 /// `engramd ready tcp=ADDR unix=PATH tls=on|off node_key=HEX` on stdout once it accepts
 /// connections, logs to
 /// stderr (RUST_LOG sets the filter), and exits 0 after SIGINT or SIGTERM.
+/// Every option may also come from an `ENGRAM_*` environment variable (`--cache-mib` from
+/// `ENGRAM_CACHE_MIB`) or the configuration file (`cache-mib = 256`); flags override
+/// variables, which override the file.
 /// Exit codes: 0 stopped cleanly, 1 could not start (the message says why), 2 bad usage.
 #[derive(Parser, Debug)]
 #[command(name = "engramd", version)]
 struct Arguments {
     /// Data directory: the redb file, node.key, admin.key and the Unix socket.
-    #[arg(long, env = "ENGRAM_DATA", default_value = "./engram-data")]
+    #[arg(long, default_value = "./engram-data")]
     data: PathBuf,
+    /// The configuration file (TOML; keys are these options' long names) [default:
+    /// DATA/engram.toml if it exists].
+    #[arg(long, env = "ENGRAM_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration, each value with its source, and exit.
+    #[arg(long)]
+    print_config: bool,
     /// TCP address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7420")]
     listen: String,
@@ -101,7 +111,7 @@ struct Arguments {
     /// Join a fleet through the NATS server at this URL (JetStream enabled): the
     /// epoch, principals and worlds are then the fleet's (README, Fleets). Without it
     /// the node runs alone.
-    #[arg(long, env = "ENGRAM_NATS", value_name = "URL")]
+    #[arg(long, value_name = "URL")]
     nats: Option<String>,
     /// The fleet's name: nodes with the same NATS and name form one fleet.
     #[arg(long, default_value = "engram", requires = "nats")]
@@ -112,8 +122,51 @@ struct Arguments {
     fleet_lease_ms: u64,
 }
 
+/// Reads the options from the flags, the environment and the configuration file; with
+/// `--print-config` prints them. `Err` is the exit code.
+fn arguments() -> Result<Arguments, ExitCode> {
+    let command = settings::with_environment(Arguments::command());
+    // A first reading finds the file (`--config`, or in the data directory); then the
+    // file's values become defaults, and the flags and variables are read again over them.
+    let first = command.clone().get_matches();
+    let data = first
+        .get_one::<PathBuf>("data")
+        .expect("data has a default");
+    let (path, named) = match first.get_one::<PathBuf>("config") {
+        Some(path) => (path.clone(), true),
+        None => (data.join(settings::CONFIG_FILE), false),
+    };
+    let usage = |message: String| {
+        eprintln!("engramd: {message}");
+        ExitCode::from(2)
+    };
+    let file = settings::File::read(&path, named).map_err(usage)?;
+    let command = match &file {
+        Some(file) => {
+            if !named && file.keys().contains("data") {
+                return Err(usage(format!(
+                    "{}: a data directory's own configuration cannot name another data directory; use --config",
+                    file.path.display()
+                )));
+            }
+            file.apply(command).map_err(usage)?
+        }
+        None => command,
+    };
+    let matches = command.clone().get_matches();
+    let arguments = Arguments::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    if arguments.print_config {
+        print!("{}", settings::render(&command, &matches, file.as_ref()));
+        return Err(ExitCode::SUCCESS);
+    }
+    Ok(arguments)
+}
+
 fn main() -> ExitCode {
-    let arguments = Arguments::parse();
+    let arguments = match arguments() {
+        Ok(arguments) => arguments,
+        Err(code) => return code,
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal; log files stay plain text.
