@@ -87,7 +87,14 @@ impl File {
     pub fn read(path: &Path, required: bool) -> Result<Option<File>, String> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound && !required => {
+            // No file, or no data directory (the start explains that one).
+            Err(error)
+                if !required
+                    && matches!(
+                        error.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) =>
+            {
                 return Ok(None);
             }
             Err(error) => return Err(format!("reading {}: {error}", path.display())),
