@@ -16,6 +16,16 @@ pub struct Admin {
     grip: Grip,
 }
 
+impl crate::metered::Caller for Admin {
+    fn principal(&self) -> Option<&str> {
+        Some(&self.grip.name)
+    }
+
+    fn slow_call(&self) -> std::time::Duration {
+        self.grip.node.limits.slow_call
+    }
+}
+
 impl Admin {
     pub(crate) fn new(grip: Grip) -> Admin {
         Admin { grip }

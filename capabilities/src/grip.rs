@@ -20,6 +20,8 @@ pub(crate) const EXPIRED: &str = "this capability has expired";
 pub(crate) struct Grip {
     pub node: Rc<Node>,
     pub principal: PublicKey,
+    /// The principal's name when the capability was handed out, for the log.
+    pub name: Rc<str>,
     pub epoch: u64,
     pub generation: u64,
     pub restriction: Rc<Restriction>,

@@ -13,6 +13,7 @@ pub mod fleet;
 mod grip;
 pub mod limits;
 pub mod membrane;
+mod metered;
 pub mod node;
 pub mod observer;
 pub mod peer;

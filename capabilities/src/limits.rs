@@ -47,3 +47,6 @@ const _: () = assert!(
 /// Tokens of one principal it may revoke itself in one epoch (an admin may revoke
 /// more, up to the node's revocation list's limit): one principal cannot fill the list.
 pub const REVOKED_TOKENS_PER_PRINCIPAL_MAX: usize = 1_000;
+
+/// Calls that take longer than this many milliseconds are logged as slow.
+pub const SLOW_CALL_MS_DEFAULT: u64 = 1000;

@@ -20,6 +20,8 @@ use crate::world_writer::WorldWriter;
 pub struct Membrane {
     node: Rc<Node>,
     principal: PublicKey,
+    /// The principal's name at login, for the log.
+    name: Rc<str>,
     /// Who logged in: a token to revoke counts against its login rate.
     peer: Peer,
     /// The calls-in-flight budget of the connection this login came on, shared by every
@@ -27,16 +29,28 @@ pub struct Membrane {
     budget: Rc<CallBudget>,
 }
 
+impl crate::metered::Caller for Membrane {
+    fn principal(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+
+    fn slow_call(&self) -> std::time::Duration {
+        self.node.limits.slow_call
+    }
+}
+
 impl Membrane {
     pub(crate) fn new(
         node: Rc<Node>,
         principal: PublicKey,
+        name: Rc<str>,
         peer: Peer,
         budget: Rc<CallBudget>,
     ) -> Membrane {
         Membrane {
             node,
             principal,
+            name,
             peer,
             budget,
         }
@@ -86,6 +100,7 @@ impl membrane::Server for Membrane {
         let grip = Grip {
             node: node.clone(),
             principal: self.principal,
+            name: principal.name.as_str().into(),
             epoch: epoch.number,
             generation,
             restriction: Rc::new(Restriction::NONE),
@@ -115,27 +130,27 @@ impl membrane::Server for Membrane {
                 ..grip.clone()
             };
             if principal.holds(&world.name, Right::Read) {
-                entry.set_reader(capnp_rpc::new_client(WorldReader::new(
+                entry.set_reader(crate::metered::client(WorldReader::new(
                     grip.clone(),
                     world.name.clone(),
                 )));
             }
             if principal.holds(&world.name, Right::Write) {
-                entry.set_writer(capnp_rpc::new_client(WorldWriter::new(
+                entry.set_writer(crate::metered::client(WorldWriter::new(
                     grip.clone(),
                     world.name.clone(),
                 )));
             }
             if principal.holds(&world.name, Right::Observe) {
-                entry.set_observer(capnp_rpc::new_client(Observer::new(
+                entry.set_observer(crate::metered::client(Observer::new(
                     grip.clone(),
                     world.name.clone(),
                 )));
             }
         }
-        results.set_signer(capnp_rpc::new_client(Signer::new(grip.clone(), None)));
+        results.set_signer(crate::metered::client(Signer::new(grip.clone(), None)));
         if principal.admin {
-            results.set_admin(capnp_rpc::new_client(Admin::new(grip)));
+            results.set_admin(crate::metered::client(Admin::new(grip)));
         }
         Ok(())
     }

@@ -95,6 +95,8 @@ pub struct NodeLimits {
     /// Reads (searches, long asks and replays, verifications) run off the RPC thread at
     /// once; more wait for a place.
     pub read_workers: usize,
+    /// Calls that take longer are logged as slow (`--slow-call-ms`).
+    pub slow_call: std::time::Duration,
 }
 
 impl Default for NodeLimits {
@@ -107,6 +109,7 @@ impl Default for NodeLimits {
                 crate::limits::READS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT,
             login_attempts_per_minute: crate::limits::LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT,
             read_workers: crate::limits::read_workers_default(),
+            slow_call: std::time::Duration::from_millis(crate::limits::SLOW_CALL_MS_DEFAULT),
         }
     }
 }
@@ -457,6 +460,7 @@ impl Node {
             ));
         }
         *count += 1;
+        metrics::gauge!("engram_subscriptions").increment(1);
         Ok(())
     }
 
@@ -469,6 +473,7 @@ impl Node {
             if *count == 0 {
                 subscriptions.remove(principal);
             }
+            metrics::gauge!("engram_subscriptions").decrement(1);
         }
         self.ending.set(self.ending.get() + 1);
     }

@@ -14,6 +14,20 @@ pub struct Observer {
     world: String,
 }
 
+impl crate::metered::Caller for Observer {
+    fn principal(&self) -> Option<&str> {
+        Some(&self.grip.name)
+    }
+
+    fn world(&self) -> Option<&str> {
+        Some(&self.world)
+    }
+
+    fn slow_call(&self) -> std::time::Duration {
+        self.grip.node.limits.slow_call
+    }
+}
+
 impl Observer {
     pub(crate) fn new(grip: Grip, world: String) -> Observer {
         Observer { grip, world }
@@ -73,7 +87,7 @@ impl observer::Server for Observer {
         let restriction =
             read_restriction(params.get().param()?.get_restriction().param()?).wire()?;
         let narrowed = Observer::new(self.grip.narrowed(&restriction), self.world.clone());
-        results.get().set_observer(capnp_rpc::new_client(narrowed));
+        results.get().set_observer(crate::metered::client(narrowed));
         Ok(())
     }
 

@@ -23,6 +23,16 @@ pub struct Signer {
     domains: Option<Rc<BTreeSet<String>>>,
 }
 
+impl crate::metered::Caller for Signer {
+    fn principal(&self) -> Option<&str> {
+        Some(&self.grip.name)
+    }
+
+    fn slow_call(&self) -> std::time::Duration {
+        self.grip.node.limits.slow_call
+    }
+}
+
 impl Signer {
     pub(crate) fn new(grip: Grip, domains: Option<Rc<BTreeSet<String>>>) -> Signer {
         Signer { grip, domains }
@@ -121,7 +131,7 @@ impl signer::Server for Signer {
             Some(held) => held.intersection(&requested).cloned().collect(),
         };
         let narrowed = Signer::new(self.grip.clone(), Some(Rc::new(domains)));
-        results.get().set_signer(capnp_rpc::new_client(narrowed));
+        results.get().set_signer(crate::metered::client(narrowed));
         Ok(())
     }
 

@@ -22,6 +22,24 @@ pub struct Subscription {
     cancel: watch::Sender<bool>,
     /// Set by the delivery task when it has ended and been counted out.
     ended: watch::Receiver<bool>,
+    /// Whose subscription of which world, for the log.
+    principal: Rc<str>,
+    world: Rc<str>,
+    slow_call: Duration,
+}
+
+impl crate::metered::Caller for Subscription {
+    fn principal(&self) -> Option<&str> {
+        Some(&self.principal)
+    }
+
+    fn world(&self) -> Option<&str> {
+        Some(&self.world)
+    }
+
+    fn slow_call(&self) -> Duration {
+        self.slow_call
+    }
 }
 
 impl subscription::Server for Subscription {
@@ -57,6 +75,11 @@ pub(crate) fn start(
 ) -> subscription::Client {
     let (cancel, cancelled) = watch::channel(false);
     let (end, ended) = watch::channel(false);
+    let caller = (
+        grip.name.clone(),
+        Rc::from(world.as_str()),
+        grip.node.limits.slow_call,
+    );
     let subscriptions = &grip.budget.subscriptions;
     subscriptions.set(subscriptions.get() + 1);
     tokio::task::spawn_local(async move {
@@ -76,7 +99,14 @@ pub(crate) fn start(
         }
         grip.node.end_notice_sent();
     });
-    capnp_rpc::new_client(Subscription { cancel, ended })
+    let (principal, world, slow_call) = caller;
+    crate::metered::client(Subscription {
+        cancel,
+        ended,
+        principal,
+        world,
+        slow_call,
+    })
 }
 
 fn coded(error: CapabilityError) -> String {

@@ -146,6 +146,7 @@ impl Terminal {
         Ok(Membrane::new(
             self.node.clone(),
             public_key,
+            principal.name.as_str().into(),
             self.peer,
             self.budget.clone(),
         ))
@@ -158,25 +159,25 @@ impl Terminal {
         let world = claims.world.unwrap_or_default();
         let client = match claims.held {
             Held::Reader => {
-                capnp_rpc::new_client::<world_reader::Client, _>(WorldReader::new(
+                crate::metered::client::<world_reader::Client, _>(WorldReader::new(
                     grip,
                     world.clone(),
                 ))
                 .client
             }
             Held::Writer => {
-                capnp_rpc::new_client::<world_writer::Client, _>(WorldWriter::new(
+                crate::metered::client::<world_writer::Client, _>(WorldWriter::new(
                     grip,
                     world.clone(),
                 ))
                 .client
             }
             Held::Observer => {
-                capnp_rpc::new_client::<observer::Client, _>(Observer::new(grip, world.clone()))
+                crate::metered::client::<observer::Client, _>(Observer::new(grip, world.clone()))
                     .client
             }
             Held::Signer => {
-                capnp_rpc::new_client::<signer::Client, _>(Signer::new(
+                crate::metered::client::<signer::Client, _>(Signer::new(
                     grip,
                     claims.domains.map(Rc::new),
                 ))
@@ -242,6 +243,7 @@ impl Terminal {
         let grip = Grip {
             node: node.clone(),
             principal: claims.principal,
+            name: principal.name.as_str().into(),
             epoch: claims.epoch,
             generation,
             audit_restriction: claims.restriction.describe().into(),
@@ -251,6 +253,24 @@ impl Terminal {
             tokens: claims.revoked_with.clone().into(),
         };
         Ok((claims, grip))
+    }
+}
+
+impl crate::metered::Caller for Terminal {
+    /// Before login, no one.
+    fn principal(&self) -> Option<&str> {
+        None
+    }
+
+    fn slow_call(&self) -> std::time::Duration {
+        self.node.limits.slow_call
+    }
+}
+
+impl Terminal {
+    /// The bootstrap capability of a connection: this terminal, its calls metered.
+    pub fn into_client(self) -> terminal::Client {
+        crate::metered::client(self)
     }
 }
 
@@ -284,14 +304,15 @@ impl terminal::Server for Terminal {
         mut results: terminal::LoginResults,
     ) -> Result<(), capnp::Error> {
         let params = params.get().param()?;
-        let membrane = self
-            .verify_login(
-                params.get_public_key().param()?,
-                params.get_nonce().param()?,
-                params.get_signature().param()?,
-            )
-            .wire()?;
-        results.get().set_membrane(capnp_rpc::new_client(membrane));
+        let membrane = self.verify_login(
+            params.get_public_key().param()?,
+            params.get_nonce().param()?,
+            params.get_signature().param()?,
+        );
+        let outcome = if membrane.is_ok() { "ok" } else { "failed" };
+        metrics::counter!("engram_logins_total", "outcome" => outcome).increment(1);
+        let membrane = membrane.wire()?;
+        results.get().set_membrane(crate::metered::client(membrane));
         Ok(())
     }
 

@@ -19,6 +19,20 @@ pub struct WorldReader {
     world: String,
 }
 
+impl crate::metered::Caller for WorldReader {
+    fn principal(&self) -> Option<&str> {
+        Some(&self.grip.name)
+    }
+
+    fn world(&self) -> Option<&str> {
+        Some(&self.world)
+    }
+
+    fn slow_call(&self) -> std::time::Duration {
+        self.grip.node.limits.slow_call
+    }
+}
+
 impl WorldReader {
     pub(crate) fn new(grip: Grip, world: String) -> WorldReader {
         WorldReader { grip, world }
@@ -653,7 +667,7 @@ impl world_reader::Server for WorldReader {
         let restriction =
             read_restriction(params.get().param()?.get_restriction().param()?).wire()?;
         let narrowed = WorldReader::new(self.grip.narrowed(&restriction), self.world.clone());
-        results.get().set_reader(capnp_rpc::new_client(narrowed));
+        results.get().set_reader(crate::metered::client(narrowed));
         Ok(())
     }
 

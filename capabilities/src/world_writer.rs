@@ -21,6 +21,20 @@ pub struct WorldWriter {
     world: String,
 }
 
+impl crate::metered::Caller for WorldWriter {
+    fn principal(&self) -> Option<&str> {
+        Some(&self.grip.name)
+    }
+
+    fn world(&self) -> Option<&str> {
+        Some(&self.world)
+    }
+
+    fn slow_call(&self) -> std::time::Duration {
+        self.grip.node.limits.slow_call
+    }
+}
+
 impl WorldWriter {
     pub(crate) fn new(grip: Grip, world: String) -> WorldWriter {
         WorldWriter { grip, world }
@@ -255,7 +269,7 @@ impl world_writer::Server for WorldWriter {
         let restriction =
             read_restriction(params.get().param()?.get_restriction().param()?).wire()?;
         let narrowed = WorldWriter::new(self.grip.narrowed(&restriction), self.world.clone());
-        results.get().set_writer(capnp_rpc::new_client(narrowed));
+        results.get().set_writer(crate::metered::client(narrowed));
         Ok(())
     }
 

@@ -38,6 +38,16 @@ pub struct Outbox {
     last_heard: Cell<tokio::time::Instant>,
 }
 
+/// The bytes queued for peers and not yet taken, of every outbox of the process (a
+/// no-op unless the process installed a metrics recorder, as `engramd --metrics` does).
+const UNREAD_GAUGE: &str = "engram_unread_answer_bytes";
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        metrics::gauge!(UNREAD_GAUGE).decrement(self.unread.get() as f64);
+    }
+}
+
 impl Outbox {
     pub fn new(unread_max: usize) -> Rc<Outbox> {
         Rc::new(Outbox {
@@ -79,11 +89,13 @@ impl Outbox {
 
     fn queued(&self, bytes: usize) {
         self.unread.set(self.unread.get().saturating_add(bytes));
+        metrics::gauge!(UNREAD_GAUGE).increment(bytes as f64);
     }
 
     fn written(&self, bytes: usize) {
         let before = self.unread.get();
         self.unread.set(before.saturating_sub(bytes));
+        metrics::gauge!(UNREAD_GAUGE).decrement((before - self.unread.get()) as f64);
         // A read side waits on the bound only when it was past it.
         if before > self.unread_max && !self.over() {
             self.wake_readers();

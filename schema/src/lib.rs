@@ -9,6 +9,20 @@
 #[path = "generated/engram_capnp.rs"]
 pub mod engram_capnp;
 
+#[rustfmt::skip]
+#[path = "generated/methods.rs"]
+mod methods;
+
+/// The names of the interface `interface_id` and of its method `method_id`, as the
+/// schema spells them (`("WorldReader", "ask")`), or `None` for no method of the schema.
+pub fn method_name(interface_id: u64, method_id: u16) -> Option<(&'static str, &'static str)> {
+    let index = methods::INTERFACES
+        .binary_search_by_key(&interface_id, |(id, _, _)| *id)
+        .ok()?;
+    let (_, interface, methods) = methods::INTERFACES[index];
+    Some((interface, methods.get(usize::from(method_id))?))
+}
+
 /// The schema text, for clients that load it at run time (e.g. pycapnp).
 pub const SCHEMA_TEXT: &str = include_str!("../engram.capnp");
 
@@ -128,6 +142,18 @@ mod tests {
             );
         }
         assert_eq!(ErrorCode::parse_description("remote exception: x"), None);
+    }
+
+    #[test]
+    fn methods_are_named_as_the_schema_spells_them() {
+        use crate::engram_capnp::{terminal, world_reader};
+        use capnp::traits::HasTypeId;
+        let reader = <world_reader::Client as HasTypeId>::TYPE_ID;
+        assert_eq!(super::method_name(reader, 2), Some(("WorldReader", "ask")));
+        let terminal = <terminal::Client as HasTypeId>::TYPE_ID;
+        assert_eq!(super::method_name(terminal, 1), Some(("Terminal", "login")));
+        assert_eq!(super::method_name(terminal, 99), None);
+        assert_eq!(super::method_name(1, 0), None);
     }
 }
 

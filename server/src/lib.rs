@@ -5,6 +5,7 @@
 pub mod error;
 mod handoff;
 pub mod limits;
+pub mod metrics;
 pub mod settings;
 mod tls;
 
@@ -21,7 +22,6 @@ use engram_capabilities::error::CapabilityError;
 use engram_capabilities::{Node, NodeLimits, Peer, Terminal};
 use engram_client::keyfile;
 use engram_client::outbox::{CountingWriter, Guarded, Outbox, PausingReader};
-use engram_schema::engram_capnp::terminal;
 use engram_store::audit::AuditLog;
 use engram_store::writer::Writer;
 use engram_store::{Authority, Principal, Store, TextIndex, VectorIndex, WriteOp, WriteRequest};
@@ -74,6 +74,8 @@ pub struct Config {
     pub cache_bytes: usize,
     /// The fleet whose policy the node follows (`--nats`); `None` runs it alone.
     pub fleet: Option<engram_fleet::Config>,
+    /// Where to serve metrics, `/healthz` and `/readyz` over HTTP (`--metrics`).
+    pub metrics: Option<String>,
 }
 
 /// Runs the node until SIGINT or SIGTERM. Every acknowledged write is durable when it
@@ -120,6 +122,19 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         vector_directory.clone(),
     );
     let stop_indexer = vectors.clone();
+    let metrics = match &config.metrics {
+        Some(address) => Some(metrics::Metrics::start(
+            address,
+            metrics::Observed {
+                store: store.clone(),
+                vectors: vectors.clone(),
+                texts: texts.clone(),
+                data: config.data.clone(),
+            },
+        )?),
+        None => None,
+    };
+    let metrics_address = metrics.as_ref().map(|metrics| metrics.address);
     let audit_path = config.data.join(AUDIT_FILE);
     let (audit, audit_thread) =
         AuditLog::open(&audit_path).map_err(|source| ServerError::Store {
@@ -149,12 +164,18 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             source,
         })?;
     let local = tokio::task::LocalSet::new();
-    let served = local.block_on(&runtime, serve(Rc::new(node), &config, identity));
+    let served = local.block_on(
+        &runtime,
+        serve(Rc::new(node), &config, identity, metrics_address),
+    );
     // Dropping the tasks closes every connection and drops every capability, and with
     // them the last handles of the writer, which then finishes what is queued and exits.
     drop(local);
     drop(runtime);
     stop_indexer.stop();
+    if let Some(metrics) = metrics {
+        metrics.stop();
+    }
     writer_thread.join();
     // The last audit handles went with the node: the thread commits what is queued.
     audit_thread.join();
@@ -286,7 +307,12 @@ struct Identity {
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
-async fn serve(node: Rc<Node>, config: &Config, identity: Identity) -> Result<(), ServerError> {
+async fn serve(
+    node: Rc<Node>,
+    config: &Config,
+    identity: Identity,
+    metrics: Option<std::net::SocketAddr>,
+) -> Result<(), ServerError> {
     let tcp = match &config.listen {
         Some(address) => {
             let listener =
@@ -360,11 +386,12 @@ async fn serve(node: Rc<Node>, config: &Config, identity: Identity) -> Result<()
     tracing::info!(tcp = ?tcp_address, unix = ?socket, epoch = node.epoch(), "listening");
     // The ready line is a contract for scripts and tests: it names the bound addresses.
     println!(
-        "engramd ready tcp={} unix={} tls={} node_key={}",
+        "engramd ready tcp={} unix={} tls={} node_key={} metrics={}",
         tcp_address.as_deref().unwrap_or("-"),
         socket.as_deref().unwrap_or("-"),
         if tls.is_some() { "on" } else { "off" },
         hex_key(&identity.public_key),
+        metrics.map_or("-".to_owned(), |address| address.to_string()),
     );
     let _ = std::io::stdout().flush();
 
@@ -535,11 +562,13 @@ impl Connections {
 
     fn open(&self, peer: Peer) {
         self.active.set(self.active.get() + 1);
+        ::metrics::gauge!("engram_connections").set(self.active.get() as f64);
         *self.per_peer.borrow_mut().entry(peer).or_insert(0) += 1;
     }
 
     fn close(&self, peer: &Peer) {
         self.active.set(self.active.get() - 1);
+        ::metrics::gauge!("engram_connections").set(self.active.get() as f64);
         let mut per_peer = self.per_peer.borrow_mut();
         if let Some(held) = per_peer.get_mut(peer) {
             *held -= 1;
@@ -597,7 +626,7 @@ fn serve_terminal(
 ) {
     let terminal = Terminal::new(node.clone(), peer);
     let watched = Watched::of(&terminal);
-    let bootstrap = capnp_rpc::new_client::<terminal::Client, _>(terminal).client;
+    let bootstrap = terminal.into_client().client;
     serve_connection(
         connections,
         config,

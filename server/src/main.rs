@@ -7,7 +7,8 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use engram_capabilities::NodeLimits;
 use engram_capabilities::limits::{
     CALLS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT, LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT,
-    READS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT, SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT,
+    READS_IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT, SLOW_CALL_MS_DEFAULT,
+    SUBSCRIPTIONS_PER_PRINCIPAL_MAX_DEFAULT,
 };
 use engram_server::limits::{
     CONNECTION_UNREAD_BYTES_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT,
@@ -21,7 +22,7 @@ use engram_store::limits::CACHE_BYTES_DEFAULT;
 ///
 /// On first start it creates the data directory with the redb store, the node key and
 /// `admin.key`, the admin principal's key (mode 0600). It prints
-/// `engramd ready tcp=ADDR unix=PATH tls=on|off node_key=HEX` on stdout once it accepts
+/// `engramd ready tcp=ADDR unix=PATH tls=on|off node_key=HEX metrics=ADDR` on stdout once it accepts
 /// connections, logs to
 /// stderr (RUST_LOG sets the filter), and exits 0 after SIGINT or SIGTERM.
 /// Every option may also come from an `ENGRAM_*` environment variable (`--cache-mib` from
@@ -120,6 +121,22 @@ struct Arguments {
     /// past it every call answers unavailable until it has caught up.
     #[arg(long, default_value_t = engram_fleet::LEASE_DEFAULT.as_millis() as u64, requires = "nats")]
     fleet_lease_ms: u64,
+    /// Serve Prometheus metrics at http://ADDRESS/metrics, with /healthz and /readyz,
+    /// on a listener of their own (port 0 picks a free port; the ready line names it).
+    #[arg(long, value_name = "ADDRESS")]
+    metrics: Option<String>,
+    /// How the log (stderr) is written: text, or json (one object a line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Calls that take longer than this many milliseconds are logged as slow calls.
+    #[arg(long, default_value_t = SLOW_CALL_MS_DEFAULT)]
+    slow_call_ms: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Reads the options from the flags, the environment and the configuration file; with
@@ -167,15 +184,19 @@ fn main() -> ExitCode {
         Ok(arguments) => arguments,
         Err(code) => return code,
     };
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal; log files stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        );
+    match arguments.log_format {
+        // Colour only for a person at a terminal; log files stay plain text.
+        LogFormat::Text => log
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => log.json().flatten_event(true).init(),
+    }
     let socket = (!arguments.no_socket).then(|| {
         arguments
             .socket
@@ -196,6 +217,7 @@ fn main() -> ExitCode {
         idle_timeout: std::time::Duration::from_millis(arguments.idle_timeout_ms),
         message_bytes_max: arguments.message_bytes_max,
         cache_bytes: arguments.cache_mib.saturating_mul(1024 * 1024),
+        metrics: arguments.metrics,
         fleet: arguments.nats.map(|url| engram_fleet::Config {
             url,
             name: arguments.fleet,
@@ -209,6 +231,7 @@ fn main() -> ExitCode {
             read_workers: arguments
                 .read_workers
                 .unwrap_or_else(engram_capabilities::limits::read_workers_default),
+            slow_call: std::time::Duration::from_millis(arguments.slow_call_ms),
         },
     };
     if let Err(error) = validate_fleet_name(&config) {

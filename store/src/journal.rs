@@ -88,7 +88,7 @@ pub(crate) struct Journal {
     /// The thread that syncs the file while the writer goes on.
     syncer: Syncer,
     /// The length of the record written whose sync has not been waited for.
-    syncing: Option<u64>,
+    syncing: Option<(u64, Instant)>,
 }
 
 /// A thread that calls `fdatasync` on the journal when asked, so that the writer can
@@ -290,14 +290,15 @@ impl Journal {
         // Let the sync thread start: woken onto this core, it would otherwise wait for
         // the writer to block, and the sync would not overlap the writer's inserts.
         std::thread::yield_now();
-        self.syncing = Some(length);
+        self.syncing = Some((length, Instant::now()));
         Ok(true)
     }
 
     /// Waits until the record written by [`Journal::write`] is durable.
     pub(crate) fn synced(&mut self) -> Result<(), JournalError> {
-        let length = self.syncing.take().expect("a record was written");
+        let (length, started) = self.syncing.take().expect("a record was written");
         self.syncer.result().map_err(|source| self.failed(source))?;
+        metrics::histogram!("engram_journal_sync_seconds").record(started.elapsed());
         self.position += length;
         self.since.get_or_insert_with(Instant::now);
         Ok(())

@@ -397,12 +397,14 @@ fn durability_refused(error: redb::SetDurabilityError) -> StoreError {
 
 /// One durable redb commit: everything committed before it is in the file.
 fn checkpoint(database: &Database, journal: &mut Journal) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
     let mut transaction = database.begin_write()?;
     transaction
         .set_durability(redb::Durability::Immediate)
         .map_err(durability_refused)?;
     transaction.commit()?;
     journal.checkpointed();
+    metrics::histogram!("engram_checkpoint_seconds").record(started.elapsed());
     Ok(())
 }
 

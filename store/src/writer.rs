@@ -106,7 +106,12 @@ fn run(store: Store, mut receiver: mpsc::Receiver<(WriteRequest, Reply)>, on_com
             }
         }
         tracing::trace!(requests = requests.len(), atoms, "group commit");
-        match store.apply(&requests) {
+        metrics::histogram!("engram_write_group_requests").record(requests.len() as f64);
+        metrics::histogram!("engram_write_group_atoms").record(atoms as f64);
+        let started = std::time::Instant::now();
+        let applied = store.apply(&requests);
+        metrics::histogram!("engram_write_group_seconds").record(started.elapsed());
+        match applied {
             Ok(verdicts) => {
                 assert_eq!(verdicts.len(), replies.len(), "one verdict per request");
                 if let Some(commit) = last_commit_of(&verdicts) {

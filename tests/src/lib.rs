@@ -129,6 +129,7 @@ pub struct TestNode {
     child: Option<Child>,
     tcp: String,
     node_key: String,
+    metrics: Option<String>,
     arguments: Vec<String>,
     terminated: bool,
 }
@@ -147,6 +148,7 @@ impl TestNode {
             child: None,
             tcp: String::new(),
             node_key: String::new(),
+            metrics: None,
             arguments: arguments
                 .iter()
                 .map(|argument| argument.to_string())
@@ -194,6 +196,11 @@ impl TestNode {
             .find_map(|field| field.strip_prefix("node_key="))
             .expect("the ready line names the node key")
             .to_owned();
+        self.metrics = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("metrics="))
+            .filter(|address| *address != "-")
+            .map(str::to_owned);
         self.child = Some(child);
     }
 
@@ -221,6 +228,11 @@ impl TestNode {
     /// The node's public key, as its ready line prints it (hex).
     pub fn node_key_hex(&self) -> &str {
         &self.node_key
+    }
+
+    /// The metrics listener's `HOST:PORT`, when the node was started with `--metrics`.
+    pub fn metrics_address(&self) -> Option<&str> {
+        self.metrics.as_deref()
     }
 
     pub fn tcp_address(&self) -> &str {
