@@ -18,6 +18,7 @@
 pub mod batch;
 pub mod calls;
 pub mod error;
+pub mod export;
 pub mod keyfile;
 pub mod mcp;
 pub mod outbox;

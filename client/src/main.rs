@@ -1,7 +1,7 @@
 //! `engram`: the command-line client of an engram node. `engram --help` lists commands.
 
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -159,6 +159,26 @@ enum Command {
     Generation { world: String },
     /// Recompute every chain of a world; exit 4 naming the first bad entry.
     Verify { world: String },
+    /// Write every atom of a world, in commit order, as JSON lines (one atom a line,
+    /// every field, with its id, writer, seq and prev), to FILE or stdout.
+    Export {
+        world: String,
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Write the atoms of an export (FILE, or stdin) into WORLD as this principal, each
+    /// with a derivedFrom link to its original id, in batches. Each writer's chain in
+    /// the file is checked first. Run again after an interruption, it writes only what
+    /// is missing (within the node's 24-hour idempotency window).
+    Import {
+        world: String,
+        /// The export to read [default: stdin].
+        file: Option<PathBuf>,
+        /// Atoms a batch (1 to 10,000).
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
     /// Print the audit trail of a principal (admin): every ask, check, get, replay and
     /// diff it made, with what it asked, the ids it received and the commit its answer
     /// stood at. `--from N --to N`: what it received when it asked at commit N.
@@ -1548,6 +1568,32 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 )
             });
         }
+        Command::Export { world, output } => {
+            let reader = access(&cli).await?.reader(world)?;
+            let count = export(&reader, output.as_deref()).await?;
+            if output.is_some() {
+                emit(json_output, json!({"world": world, "atoms": count}), || {
+                    format!("exported {count} atoms of world {world}")
+                });
+            }
+        }
+        Command::Import { world, file, batch } => {
+            if !(1..=10_000).contains(batch) {
+                return Err(usage("--batch takes 1 to 10,000 atoms"));
+            }
+            let writer = access(&cli).await?.writer(world)?;
+            let (written, replayed) = import(&writer, world, file.as_deref(), *batch).await?;
+            emit(
+                json_output,
+                json!({"world": world, "written": written, "alreadyWritten": replayed}),
+                || {
+                    format!(
+                        "imported {} atoms into world {world} ({written} written now, {replayed} by an earlier run)",
+                        written + replayed
+                    )
+                },
+            );
+        }
         Command::Verify { world } => {
             let reader = access(&cli).await?.reader(world)?;
             let verification = engram_client::verify(&reader).await?;
@@ -1796,4 +1842,129 @@ fn read_batch(path: &PathBuf) -> Result<Vec<NewAtom>, Failure> {
         return Err(usage(format!("{}: no atoms in the batch", path.display())));
     }
     Ok(atoms)
+}
+
+/// A progress bar on stderr for a person at a terminal (hidden otherwise): `total`
+/// units if known, else a counter; `unit` names them.
+fn progress(total: Option<u64>, unit: &str) -> indicatif::ProgressBar {
+    let bar = match total {
+        Some(total) => indicatif::ProgressBar::new(total).with_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{{bar:40}} {{human_pos}}/{{human_len}} {unit} ({{per_sec}}, {{eta}} left)"
+            ))
+            .expect("a valid template"),
+        ),
+        None => indicatif::ProgressBar::new_spinner().with_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{{spinner}} {{human_pos}} {unit} ({{per_sec}}, {{elapsed}})"
+            ))
+            .expect("a valid template"),
+        ),
+    };
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar
+}
+
+/// Writes every atom `reader` sees, in commit order, as export lines to `output` (or
+/// stdout); returns how many.
+async fn export(
+    reader: &engram_client::engram_schema::engram_capnp::world_reader::Client,
+    output: Option<&Path>,
+) -> Result<u64, Failure> {
+    use std::io::Write;
+    let mut sink: Box<dyn Write> = match output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|error| usage(format!("creating {}: {error}", path.display())))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let written = |error: std::io::Error| Failure {
+        exit: 1,
+        message: format!("writing the export: {error}"),
+    };
+    let bar = progress(None, "atoms");
+    let (mut from, mut count) = (0, 0u64);
+    loop {
+        let (atoms, next) = engram_client::replay(reader, from, 1000).await?;
+        for atom in &atoms {
+            writeln!(sink, "{}", engram_client::export::export_line(atom)).map_err(written)?;
+        }
+        count += atoms.len() as u64;
+        bar.set_position(count);
+        if atoms.is_empty() && next <= from {
+            break;
+        }
+        from = next;
+    }
+    sink.flush().map_err(written)?;
+    bar.finish_and_clear();
+    Ok(count)
+}
+
+/// Imports the export at `file` (or stdin) into `world` through `writer`, `batch`
+/// atoms a request; returns how many atoms were written now and how many an earlier
+/// run had written.
+async fn import(
+    writer: &engram_client::engram_schema::engram_capnp::world_writer::Client,
+    world: &str,
+    file: Option<&Path>,
+    batch: usize,
+) -> Result<(u64, u64), Failure> {
+    use engram_client::export::{ChainCheck, Exported, Imported, batch_key, parse_line};
+    use std::io::BufRead;
+    let (input, total): (Box<dyn BufRead>, Option<u64>) = match file {
+        Some(path) => {
+            let opened = std::fs::File::open(path)
+                .map_err(|error| usage(format!("reading {}: {error}", path.display())))?;
+            let length = opened.metadata().map(|metadata| metadata.len()).ok();
+            (Box::new(std::io::BufReader::new(opened)), length)
+        }
+        None => (Box::new(std::io::BufReader::new(std::io::stdin())), None),
+    };
+    let name = file.map_or("stdin".to_owned(), |path| path.display().to_string());
+    let bar = progress(total, "bytes");
+    let (mut chains, mut imported) = (ChainCheck::default(), Imported::default());
+    let (mut written, mut replayed, mut read) = (0u64, 0u64, 0u64);
+    let mut pending: Vec<Exported> = Vec::with_capacity(batch);
+    let mut lines = input.lines().enumerate().peekable();
+    while let Some((index, line)) = lines.next() {
+        let line = line.map_err(|error| usage(format!("reading {name}: {error}")))?;
+        read += line.len() as u64 + 1;
+        if !line.trim().is_empty() {
+            let exported = parse_line(&line)
+                .and_then(|exported| chains.check(&exported).map(|()| exported))
+                .map_err(|error| usage(format!("{name} line {}: {error}", index + 1)))?;
+            pending.push(exported);
+        }
+        if pending.len() < batch && lines.peek().is_some() {
+            continue;
+        }
+        if pending.is_empty() {
+            break;
+        }
+        let atoms: Vec<_> = pending.iter().map(|atom| imported.to_write(atom)).collect();
+        let answer = engram_client::remember_keyed(writer, &atoms, &batch_key(world, &pending))
+            .await
+            .map_err(|error| Failure {
+                message: format!(
+                    "{error} (the batch ending at {name} line {}; what was imported before it stays, and running the import again goes on from it)",
+                    index + 1
+                ),
+                ..Failure::from(error)
+            })?;
+        for (original, receipt) in pending.iter().zip(&answer.receipts) {
+            imported.record(original.id, receipt.id);
+        }
+        let count = pending.len() as u64;
+        if answer.replayed {
+            replayed += count;
+        } else {
+            written += count;
+        }
+        pending.clear();
+        bar.set_position(read);
+    }
+    bar.finish_and_clear();
+    Ok((written, replayed))
 }

@@ -289,6 +289,8 @@ pub struct AtomView {
     pub importance: f32,
     pub confidence: f32,
     pub payload: Vec<u8>,
+    /// Its embedding (empty: none).
+    pub vector: Vec<f32>,
     /// When the atom claims to hold in the world, if it does.
     pub valid_time: Option<ValidTime>,
     pub links: Vec<Link>,
@@ -344,6 +346,7 @@ impl AtomView {
             importance: content.get_importance(),
             confidence: content.get_confidence(),
             payload: content.get_payload()?.to_vec(),
+            vector: content.get_vector()?.iter().collect(),
             valid_time,
             links,
             state: reader.get_state().map_err(capnp::Error::from)?,
