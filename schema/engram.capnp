@@ -801,4 +801,30 @@ interface Admin {
 
   revokeToken @12 (token :Data) -> ();
   # Revokes any principal's token, as `Membrane.revokeToken` does its own.
+
+  backup @13 () -> (backup :Backup);
+  # A consistent copy of the node's state as it stands now, made while the node goes on
+  # serving writes: the store, copied table by table from one read snapshot into a
+  # fresh redb file (`engram.redb`), and the audit trail (`audit.redb`), on the node's
+  # disk until the `Backup` is released. Its manifest says what it holds. One backup at
+  # a time on a node (`resourceExhausted` while another is held). Neither the node key
+  # nor the derived indexes are part of it: a restored node makes its own key (so it
+  # cannot impersonate the one backed up) and rebuilds its indexes.
+  # `engramd restore --from DIR --data DIR` restores a backup a client wrote to DIR.
+}
+
+interface Backup {
+  # A backup made by `Admin.backup`, read by its holder file by file. Released (its
+  # files deleted from the node's disk) when the holder drops it or disconnects.
+
+  manifest @0 () -> (manifest :Text);
+  # JSON: `format` (1), `createdAtUnixMs`, `lastCommit`, `epoch`, `worlds` (each with
+  # `name`, `state`, `atoms` and `heads`: each writer's `writer`, `seq` and `id` in hex),
+  # and `files` (each with `name`, `bytes` and `blake3` in hex). A client writes it as
+  # `manifest.json` beside the files, last, once every file matches it.
+
+  read @1 (file :Text, offset :UInt64, length :UInt32) -> (data :Data);
+  # Up to `length` bytes (1 to 4 MiB) of the manifest's file `file` from `offset`;
+  # fewer only at the file's end (none past it). `notFound` for a file the manifest
+  # does not name.
 }

@@ -5,6 +5,7 @@ use std::rc::Rc;
 use engram_schema::engram_capnp::admin;
 use engram_store::{Authority, Principal, WorldState, WriteOp, WriteOutcome, WriteRequest};
 
+use crate::backup::{Backup, BackupSlot};
 use crate::convert::{
     Param, bytes32, malformed, read_epoch_head, read_grants, write_epoch, write_principal,
     write_world,
@@ -239,6 +240,25 @@ impl admin::Server for Admin {
             }
             other => unreachable!("advance epoch answered {other:?}"),
         }
+        Ok(())
+    }
+
+    async fn backup(
+        self: Rc<Self>,
+        _: admin::BackupParams,
+        mut results: admin::BackupResults,
+    ) -> Result<(), capnp::Error> {
+        self.authorize().wire()?;
+        let node = &self.grip.node;
+        let directory = node
+            .backup_directory()
+            .ok_or_else(|| CapabilityError::Unavailable("this node makes no backups".into()))
+            .wire()?;
+        let slot = BackupSlot::take(node).wire()?;
+        let backup = Backup::make(self.grip.clone(), slot, directory)
+            .await
+            .wire()?;
+        results.get().set_backup(crate::metered::client(backup));
         Ok(())
     }
 

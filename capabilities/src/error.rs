@@ -22,6 +22,8 @@ pub enum CapabilityError {
     #[error("{0}")]
     ResourceExhausted(String),
     #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
@@ -40,6 +42,7 @@ impl CapabilityError {
             CapabilityError::PermissionDenied(_) => ErrorCode::PermissionDenied,
             CapabilityError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             CapabilityError::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
+            CapabilityError::NotFound(_) => ErrorCode::NotFound,
             CapabilityError::Conflict(_) => ErrorCode::Conflict,
             CapabilityError::Unavailable(_) => ErrorCode::Unavailable,
             CapabilityError::Internal(_) => ErrorCode::Internal,

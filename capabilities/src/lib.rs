@@ -7,6 +7,7 @@
 //! alone turns errors into wire exceptions (`code: message`).
 
 pub mod admin;
+pub mod backup;
 mod convert;
 pub mod error;
 pub mod fleet;

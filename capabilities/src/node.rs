@@ -78,6 +78,10 @@ pub struct Node {
     grant_rates: RefCell<HashMap<(PublicKey, String), Rc<Bucket>>>,
     /// The fleet whose policy this node follows (`engramd --nats`), if any.
     pub(crate) fleet: RefCell<Option<Rc<dyn Fleet>>>,
+    /// Where backups are made (`Admin.backup`); `None`: this node makes none.
+    backups: RefCell<Option<std::path::PathBuf>>,
+    /// Whether a backup is held (one at a time).
+    pub(crate) backup_held: Cell<bool>,
 }
 
 /// Limits an operator configures.
@@ -173,6 +177,8 @@ impl Node {
             grant_rates: RefCell::new(HashMap::new()),
             read_shares: RefCell::new(HashMap::new()),
             fleet: RefCell::new(None),
+            backups: RefCell::new(None),
+            backup_held: Cell::new(false),
             limits,
         })
     }
@@ -182,6 +188,23 @@ impl Node {
     pub fn login_refusal(&self, peer: &crate::Peer) -> Option<(String, std::time::Duration)> {
         let left = self.logins.blocks(peer)?;
         Some((self.logins.refusal(peer), left))
+    }
+
+    /// Makes backups (`Admin.backup`) in `directory`, which only they use: whatever it
+    /// holds is deleted now (backups a stopped node left behind) and as each backup is
+    /// released.
+    pub fn set_backup_directory(&self, directory: std::path::PathBuf) {
+        if let Err(error) = std::fs::remove_dir_all(&directory)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(%error, directory = %directory.display(), "old backups could not be deleted");
+        }
+        self.backups.replace(Some(directory));
+    }
+
+    /// Where backups are made, if this node makes them.
+    pub(crate) fn backup_directory(&self) -> Option<std::path::PathBuf> {
+        self.backups.borrow().clone()
     }
 
     /// The store this node serves.

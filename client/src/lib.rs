@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backup;
 pub mod batch;
 pub mod calls;
 pub mod error;

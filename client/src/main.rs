@@ -159,6 +159,10 @@ enum Command {
     Generation { world: String },
     /// Recompute every chain of a world; exit 4 naming the first bad entry.
     Verify { world: String },
+    /// Back the node up into DEST, a new directory (admin): a consistent copy of its
+    /// state made while it goes on serving, every file checked against the manifest,
+    /// which is written last. `engramd restore --from DEST --data DIR` restores it.
+    Backup { destination: PathBuf },
     /// Write every atom of a world, in commit order, as JSON lines (one atom a line,
     /// every field, with its id, writer, seq and prev), to FILE or stdout.
     Export {
@@ -1567,6 +1571,34 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     generation.last_commit, generation.node_commit
                 )
             });
+        }
+        Command::Backup { destination } => {
+            let admin = session(&cli).await?.admin()?;
+            let bar = progress(None, "bytes");
+            let summary = engram_client::backup::backup(&admin, destination, |written| {
+                bar.set_position(written)
+            })
+            .await?;
+            bar.finish_and_clear();
+            emit(
+                json_output,
+                json!({
+                    "destination": destination.display().to_string(),
+                    "lastCommit": summary.last_commit,
+                    "epoch": summary.epoch,
+                    "worlds": summary.worlds.len(),
+                    "bytes": summary.bytes(),
+                }),
+                || {
+                    format!(
+                        "backed up {} worlds up to commit {} ({} bytes) into {}",
+                        summary.worlds.len(),
+                        summary.last_commit,
+                        summary.bytes(),
+                        destination.display()
+                    )
+                },
+            );
         }
         Command::Export { world, output } => {
             let reader = access(&cli).await?.reader(world)?;

@@ -30,4 +30,6 @@ pub enum ServerError {
     Tls { reason: String },
     #[error("joining fleet {name:?}: {reason}")]
     Fleet { name: String, reason: String },
+    #[error("restore refused: {reason}")]
+    Restore { reason: String },
 }

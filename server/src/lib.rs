@@ -6,6 +6,7 @@ pub mod error;
 mod handoff;
 pub mod limits;
 pub mod metrics;
+pub mod restore;
 pub mod settings;
 mod tls;
 
@@ -41,6 +42,8 @@ pub const NODE_KEY_FILE: &str = "node.key";
 pub const ADMIN_KEY_FILE: &str = "admin.key";
 /// The persisted vector index (derived state) inside the data directory.
 pub const VECTOR_INDEX_DIRECTORY: &str = "vector-index";
+/// Where backups (`Admin.backup`) are made until their holders release them.
+pub const BACKUP_DIRECTORY: &str = "backups";
 /// The Unix socket inside the data directory, unless configured elsewhere.
 pub const SOCKET_FILE: &str = "engramd.sock";
 
@@ -155,6 +158,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         config.node_limits,
     )
     .map_err(store_error)?;
+    node.set_backup_directory(config.data.join(BACKUP_DIRECTORY));
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

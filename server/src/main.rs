@@ -32,6 +32,8 @@ use engram_store::limits::CACHE_BYTES_DEFAULT;
 #[derive(Parser, Debug)]
 #[command(name = "engramd", version)]
 struct Arguments {
+    #[command(subcommand)]
+    command: Option<Subcommand>,
     /// Data directory: the redb file, node.key, admin.key and the Unix socket.
     #[arg(long, default_value = "./engram-data")]
     data: PathBuf,
@@ -133,6 +135,23 @@ struct Arguments {
     slow_call_ms: u64,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Subcommand {
+    /// Restore a backup (`engram backup DIR`) into a new data directory: every file is
+    /// checked against the backup's manifest, the restored store against its last
+    /// commit, epoch, worlds and chain heads, and every chain is recomputed, before
+    /// the node can serve it. The restored node makes its own node key at its first
+    /// start. Exit 0 restored, 1 refused (the message says why; nothing is left to serve).
+    Restore {
+        /// The backup's directory (with manifest.json).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The new data directory (it must hold no store).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+    },
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum LogFormat {
     Text,
@@ -146,6 +165,10 @@ fn arguments() -> Result<Arguments, ExitCode> {
     // A first reading finds the file (`--config`, or in the data directory); then the
     // file's values become defaults, and the flags and variables are read again over them.
     let first = command.clone().get_matches();
+    if first.subcommand_name().is_some() {
+        // A subcommand takes its own options, not the node's configuration.
+        return Ok(Arguments::from_arg_matches(&first).unwrap_or_else(|error| error.exit()));
+    }
     let data = first
         .get_one::<PathBuf>("data")
         .expect("data has a default");
@@ -184,6 +207,25 @@ fn main() -> ExitCode {
         Ok(arguments) => arguments,
         Err(code) => return code,
     };
+    if let Some(Subcommand::Restore { from, data }) = &arguments.command {
+        return match engram_server::restore::restore(from, data) {
+            Ok(restored) => {
+                println!(
+                    "restored {} atoms in {} worlds ({} chains verified) up to commit {} into {}",
+                    restored.atoms,
+                    restored.worlds,
+                    restored.chains,
+                    restored.last_commit,
+                    data.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("engramd: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let log = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -338,6 +338,16 @@ impl AuditLog {
         Ok((AuditLog { queue, database }, AuditThread { handle }))
     }
 
+    /// Copies the trail as it stands now into a new redb file at `path` (an online
+    /// backup, from one read snapshot).
+    pub fn backup_to(&self, path: &std::path::Path) -> Result<(), StoreError> {
+        let from = self.database.begin_read()?;
+        crate::backup::fresh(path, |to| {
+            crate::backup::copy(&from, to, RECORDS)?;
+            crate::backup::copy(&from, to, META)
+        })
+    }
+
     /// Queues a record; waits while the queue is full. `Unavailable` once the trail
     /// cannot be written: the read must then not be answered.
     pub async fn record(&self, record: AuditRecord) -> Result<(), StoreError> {

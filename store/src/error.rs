@@ -100,6 +100,13 @@ pub enum StoreError {
     /// The write-ahead journal failed.
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
+    /// A file of the node's own (a backup's) could not be read or written.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// redb failed.
     #[error("storage: {0}")]
     Storage(#[from] redb::Error),

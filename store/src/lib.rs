@@ -9,6 +9,7 @@
 
 pub mod atom;
 pub mod audit;
+pub mod backup;
 pub mod chain;
 pub mod constraint;
 pub mod epoch;

@@ -18,6 +18,14 @@ impl WorldState {
         }
     }
 
+    /// `active` or `archived`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorldState::Active => "active",
+            WorldState::Archived => "archived",
+        }
+    }
+
     pub(crate) fn from_code(code: u8) -> Result<Self, StoreError> {
         match code {
             0 => Ok(WorldState::Active),

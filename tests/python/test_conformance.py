@@ -715,3 +715,43 @@ def test_the_audit_trail_records_what_each_read_answered(node):
         await expect_code("notFound", engram.audit(session.admin, "nobody"))
 
     run(body())
+
+
+def test_a_backup_restores_into_a_node_that_serves_it(node, tmp_path):
+    import json
+    import subprocess
+
+    import blake3
+    from conftest import _engramd, engramd_binary
+
+    async def write_and_back_up():
+        session = await with_world(node.tcp, node, "kept")
+        (kept,) = await engram.remember(session.writer("kept"), NewAtom("kept across a restore"))
+        written = []
+        manifest = await engram.backup(session.admin, tmp_path / "backup", progress=written.append)
+        assert written and written[-1] == sum(file["bytes"] for file in manifest["files"])
+        with pytest.raises(ValueError, match="not empty"):
+            await engram.backup(session.admin, tmp_path / "backup")
+        return kept, manifest
+
+    kept, manifest = run(write_and_back_up())
+    assert manifest["lastCommit"] >= kept.commit
+    assert [world["name"] for world in manifest["worlds"]] == ["kept"]
+    assert json.loads((tmp_path / "backup" / "manifest.json").read_text()) == manifest
+    for file in manifest["files"]:
+        assert blake3.blake3((tmp_path / "backup" / file["name"]).read_bytes()).hexdigest() == file["blake3"]
+
+    restored = subprocess.run(
+        [engramd_binary(), "restore", "--from", str(tmp_path / "backup"), "--data", str(tmp_path / "restored")],
+        capture_output=True,
+        text=True,
+    )
+    assert restored.returncode == 0, restored.stderr
+    with _engramd(tmp_path, "restored") as (fields, _data, _process):
+
+        async def read_back():
+            session = await engram.open_session(fields["tcp"], node.admin_key)
+            atom = await engram.get(session.reader("kept"), kept.id)
+            assert atom.text == "kept across a restore"
+
+        run(read_back())

@@ -142,7 +142,32 @@ impl TestNode {
 
     /// Starts a node with extra `engramd` options (kept across restarts).
     pub fn start_with(arguments: &[&str]) -> TestNode {
+        TestNode::start_in(
+            tempfile::tempdir().expect("a temporary directory"),
+            arguments,
+        )
+    }
+
+    /// Restores the backup in `backup` (`engramd restore`) into a new data directory
+    /// and starts a node on it; fails if the restore does.
+    pub fn restore_from(backup: &Path) -> TestNode {
         let directory = tempfile::tempdir().expect("a temporary directory");
+        let output = Command::new(binary("engramd"))
+            .args(["restore", "--from"])
+            .arg(backup)
+            .arg("--data")
+            .arg(directory.path().join("data"))
+            .output()
+            .expect("running engramd restore");
+        assert!(
+            output.status.success(),
+            "the restore failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        TestNode::start_in(directory, &[])
+    }
+
+    fn start_in(directory: tempfile::TempDir, arguments: &[&str]) -> TestNode {
         let mut node = TestNode {
             directory,
             child: None,
