@@ -40,6 +40,8 @@ pub const AUDIT_FILE: &str = "audit.redb";
 pub const NODE_KEY_FILE: &str = "node.key";
 /// The first admin's key, written on first start.
 pub const ADMIN_KEY_FILE: &str = "admin.key";
+/// The text index (derived state, kept up to date on disk) inside the data directory.
+pub const TEXT_INDEX_DIRECTORY: &str = "text-index";
 /// The persisted vector index (derived state) inside the data directory.
 pub const VECTOR_INDEX_DIRECTORY: &str = "vector-index";
 /// Where backups (`Admin.backup`) are made until their holders release them.
@@ -79,6 +81,9 @@ pub struct Config {
     pub fleet: Option<engram_fleet::Config>,
     /// Where to serve metrics, `/healthz` and `/readyz` over HTTP (`--metrics`).
     pub metrics: Option<String>,
+    /// The soonest a fresh snapshot of the similarity index is written after new vectors
+    /// went in (`--vector-snapshot-ms`).
+    pub vector_snapshot_after: std::time::Duration,
 }
 
 /// Runs the node until SIGINT or SIGTERM. Every acknowledged write is durable when it
@@ -116,13 +121,16 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let (doorbell, committed) = tokio::sync::watch::channel(last_commit);
     let vector_directory = config.data.join(VECTOR_INDEX_DIRECTORY);
     let vectors = Arc::new(VectorIndex::new());
-    let texts = Arc::new(TextIndex::new().map_err(store_error)?);
+    let texts = Arc::new(
+        TextIndex::open(&config.data.join(TEXT_INDEX_DIRECTORY), &store).map_err(store_error)?,
+    );
     let indexer = start_indexer(
         store.clone(),
         vectors.clone(),
         texts.clone(),
         committed.clone(),
         vector_directory.clone(),
+        config.vector_snapshot_after,
     );
     let stop_indexer = vectors.clone();
     let metrics = match &config.metrics {
@@ -203,16 +211,45 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     served
 }
 
+/// The default of `--vector-snapshot-ms`: the soonest the indexer writes a fresh
+/// snapshot of the similarity index after new vectors went in. While what is new is
+/// under a tenth of the index it waits ten times as long, so writing snapshots costs
+/// little next to indexing; a crash then costs at start-up the vectors of at most that
+/// long.
+pub const VECTOR_SNAPSHOT_MS_DEFAULT: u64 = 30_000;
+
+/// How long until the similarity index is due a fresh snapshot, `after` being the
+/// soonest: `inserted` vectors went in since the last, `since` ago, and it holds
+/// `atoms`. `None` while nothing is new.
+fn vector_snapshot_in(
+    inserted: usize,
+    atoms: usize,
+    since: std::time::Duration,
+    after: std::time::Duration,
+) -> Option<std::time::Duration> {
+    if inserted == 0 {
+        return None;
+    }
+    let wait = if inserted * 10 >= atoms {
+        after
+    } else {
+        after * 10
+    };
+    Some(wait.saturating_sub(since))
+}
+
 /// The indexer thread: loads the persisted similarity index, catches both indexes up
 /// with the store, and again after every commit the doorbell announces (and when text
-/// documents waiting to be published are due), off the RPC thread. It stops when the
-/// doorbell's sender (the writer) is gone.
+/// documents waiting to be published are due), off the RPC thread; writes a fresh
+/// snapshot of the similarity index now and then while the node runs (so a crash does
+/// not cost a rebuild). It stops when the doorbell's sender (the writer) is gone.
 fn start_indexer(
     store: Store,
     vectors: Arc<VectorIndex>,
     texts: Arc<TextIndex>,
     mut committed: tokio::sync::watch::Receiver<u64>,
     persisted: PathBuf,
+    snapshot_after: std::time::Duration,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("engram-indexer".into())
@@ -231,16 +268,20 @@ fn start_indexer(
                 .build()
                 .expect("the indexer's runtime");
             runtime.block_on(async {
+                let (mut unsaved, mut saved_at) = (0, std::time::Instant::now());
                 loop {
                     committed.borrow_and_update();
                     let started = std::time::Instant::now();
                     match vectors.catch_up(&store) {
                         Ok(0) => {}
-                        Ok(inserted) => tracing::debug!(
-                            inserted,
-                            elapsed_ms = started.elapsed().as_millis() as u64,
-                            "vector index caught up"
-                        ),
+                        Ok(inserted) => {
+                            unsaved += inserted;
+                            tracing::debug!(
+                                inserted,
+                                elapsed_ms = started.elapsed().as_millis() as u64,
+                                "vector index caught up"
+                            )
+                        }
                         // Searches stay correct meanwhile: what is not indexed is
                         // compared exactly. The next commit retries.
                         Err(error) => tracing::error!(%error, "vector index catch-up failed"),
@@ -249,7 +290,39 @@ fn start_indexer(
                         tracing::error!(%error, "text index catch-up failed");
                         None
                     });
-                    let next = match publish_in {
+                    let due = |unsaved, saved_at: std::time::Instant| {
+                        let since = saved_at.elapsed();
+                        vector_snapshot_in(unsaved, vectors.atoms(), since, snapshot_after)
+                    };
+                    if due(unsaved, saved_at).is_some_and(|wait| wait.is_zero()) {
+                        let saving = std::time::Instant::now();
+                        match vectors.persist(&persisted) {
+                            Ok(saved) => {
+                                if saved {
+                                    unsaved = 0;
+                                }
+                                saved_at = std::time::Instant::now();
+                                tracing::info!(
+                                    saved,
+                                    atoms = vectors.atoms(),
+                                    elapsed_ms = saving.elapsed().as_millis() as u64,
+                                    "vector index snapshot written"
+                                );
+                            }
+                            Err(error) => {
+                                saved_at = std::time::Instant::now();
+                                tracing::warn!(%error, "vector index snapshot failed; the next start may rebuild it");
+                            }
+                        }
+                    }
+                    // Woken by the next commit, or when waiting text is due to publish
+                    // or unsaved vectors are due a snapshot.
+                    let snapshot_in = due(unsaved, saved_at);
+                    let wake_in = match (publish_in, snapshot_in) {
+                        (Some(left), Some(right)) => Some(left.min(right)),
+                        (either, other) => either.or(other),
+                    };
+                    let next = match wake_in {
                         None => committed.changed().await,
                         Some(wait) => tokio::time::timeout(wait, committed.changed())
                             .await

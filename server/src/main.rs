@@ -133,6 +133,11 @@ struct Arguments {
     /// Calls that take longer than this many milliseconds are logged as slow calls.
     #[arg(long, default_value_t = SLOW_CALL_MS_DEFAULT)]
     slow_call_ms: u64,
+    /// Milliseconds after new vectors went in before a fresh snapshot of the similarity
+    /// index is written (ten times as long while what is new is under a tenth of it),
+    /// so that a start after a crash loads it instead of rebuilding.
+    #[arg(long, default_value_t = engram_server::VECTOR_SNAPSHOT_MS_DEFAULT)]
+    vector_snapshot_ms: u64,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -260,6 +265,7 @@ fn main() -> ExitCode {
         message_bytes_max: arguments.message_bytes_max,
         cache_bytes: arguments.cache_mib.saturating_mul(1024 * 1024),
         metrics: arguments.metrics,
+        vector_snapshot_after: std::time::Duration::from_millis(arguments.vector_snapshot_ms),
         fleet: arguments.nats.map(|url| engram_fleet::Config {
             url,
             name: arguments.fleet,

@@ -21,6 +21,7 @@ pub mod journal;
 pub mod limits;
 pub mod policy;
 pub mod principal;
+mod progress;
 pub mod query;
 pub mod rank;
 pub mod replica;
@@ -82,6 +83,7 @@ pub struct Store {
     snapshot: Arc<Mutex<Option<Arc<Snapshot>>>>,
     /// In a fleet, where each world's new entries go before they commit.
     replicator: Arc<Mutex<Option<Arc<dyn replica::Replicator>>>>,
+    id: u64,
 }
 
 /// The writer's side: the journal, and whether writing has failed for good.
@@ -153,6 +155,13 @@ impl Store {
                     });
                 }
             }
+            if meta.get(META_STORE_ID)?.is_none() {
+                let mut id = [0u8; 8];
+                getrandom::fill(&mut id).map_err(|error| StoreError::TransactionFailed {
+                    reason: format!("no randomness for the store's id: {error}"),
+                })?;
+                meta.insert(META_STORE_ID, u64::from_le_bytes(id))?;
+            }
             transaction.open_table(ENTRIES)?;
             transaction.open_table(IDS)?;
             transaction.open_table(POSTINGS)?;
@@ -174,6 +183,10 @@ impl Store {
                 epochs.insert(1, ([0u8; 32], write::now_unix_ms()))?;
             }
         }
+        let id = transaction
+            .open_table(META)?
+            .get(META_STORE_ID)?
+            .map_or(0, |value| value.value());
         transaction.commit()?;
         if !records.is_empty() {
             let transaction = database.begin_write()?;
@@ -192,7 +205,13 @@ impl Store {
             })),
             snapshot: Arc::new(Mutex::new(None)),
             replicator: Arc::new(Mutex::new(None)),
+            id,
         })
+    }
+
+    /// The store's id: random, given at creation, the same in a backup's copy.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Applies `requests` in order in one transaction, durable when this returns, and
@@ -1241,7 +1260,7 @@ impl Store {
         query: &Query,
         vector: &[f32],
         text: &str,
-        allowed: &(dyn Fn(&AtomFacts) -> bool + Sync),
+        allowed: &(dyn Fn(&dyn Facts) -> bool + Sync),
         weigh_trust: bool,
     ) -> Result<(Vec<Ranked>, Coverage), StoreError> {
         query.validate()?;
@@ -1250,12 +1269,12 @@ impl Store {
         // again on the atoms returned (an atom newer than that snapshot may be in a
         // state it does not know). An atom whose state does not read is left out.
         let states = self.read()?;
-        let filter = |facts: &AtomFacts| {
+        let filter = |facts: &dyn Facts| {
             query.matches(facts)
                 && allowed(facts)
                 && states
-                    .state(world, facts.commit, as_of)
-                    .is_ok_and(|state| query.admits_state(facts.kind, state))
+                    .state(world, facts.commit(), as_of)
+                    .is_ok_and(|state| query.admits_state(facts.kind(), state))
         };
         // Rank more candidates than asked for, so the other factors can reorder them.
         let candidates = query.limit as usize * 4;

@@ -70,6 +70,9 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 
 pub(crate) const META_FORMAT_VERSION: &str = "format_version";
 pub(crate) const META_LAST_COMMIT: &str = "last_commit";
+/// A random number given the store when it is created (or first opened by a version
+/// that knows it): what derived files on disk (the text index) are checked against.
+pub(crate) const META_STORE_ID: &str = "store_id";
 /// A node in a fleet gives out only the commits `≡ slot (mod COMMIT_SLOTS)`.
 pub(crate) const META_COMMIT_SLOT: &str = "commit_slot";
 

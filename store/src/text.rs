@@ -1,10 +1,18 @@
 //! Lexical search: a tantivy index of every atom's text (BM25), derived from the store
 //! like the vector index and caught up by the same indexer thread. A search covers what
 //! the index holds and matches the newer atoms word by word, so no answer is stale.
-//! Filters run on facts kept beside the index; a search widens until it has enough
-//! atoms that pass them, so a filtered ask for k finds k when k exist.
+//! Filters run on each match's facts, read in place from the store's entry; a search
+//! widens until it has enough atoms that pass them, so a filtered ask for k finds k
+//! when k exist.
+//!
+//! The index lives in its own directory beside the store and survives restarts: each
+//! tantivy commit carries, as its payload, the store's id and the commit each world is
+//! covered up to, so a start — after a crash too, since a tantivy commit is atomic —
+//! goes on from there. An index of another store, or one that claims commits its store
+//! does not have, is emptied and rebuilt.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -15,10 +23,11 @@ use tantivy::schema::{Field, INDEXED, IndexRecordOption, STORED, STRING, Schema,
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 use crate::Store;
+use crate::atom::Facts;
 use crate::error::StoreError;
 use crate::limits::{SEARCH_EXAMINED_MAX, TEXT_QUERY_WORDS_MAX};
+use crate::progress::Progress;
 use crate::tables::WORLDS;
-use crate::vector::AtomFacts;
 
 /// Bytes the index writer buffers before it flushes a segment.
 const WRITER_MEMORY_BYTES: usize = 50 * 1024 * 1024;
@@ -60,8 +69,8 @@ pub struct TextIndex {
     world: Field,
     text: Field,
     commit: Field,
-    /// Facts of the indexed atoms, by world and commit.
-    facts: RwLock<HashMap<String, HashMap<u64, AtomFacts>>>,
+    /// The id of the store the index is of, recorded with each commit.
+    store_id: u64,
     /// For each world, the commit up to which every atom's text is searchable. Per
     /// world: in a fleet a world's atoms arrive with the commits its owner gave them,
     /// which may be older than the commits of atoms already here in other worlds.
@@ -73,8 +82,8 @@ struct Writing {
     writer: IndexWriter,
     /// For each world, every atom up to this commit has been added to the writer.
     added_through: HashMap<String, u64>,
-    /// Facts of the added atoms, by world, published with them.
-    pending: Vec<(String, AtomFacts)>,
+    /// Documents added and not yet searchable.
+    pending: usize,
     /// When the oldest waiting document was added.
     pending_since: Option<Instant>,
 }
@@ -94,14 +103,115 @@ fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// About how many atoms an index covering each world up to `covered` lacks: a world's
+/// atoms when it covers none of it, else the commits it is behind by (at most the
+/// world's atoms). With `vectors_only`, worlds that hold no vector are left out.
+pub(crate) fn behind(
+    view: &crate::ReadView,
+    worlds: &redb::ReadOnlyTable<&'static str, (u8, u64, u32)>,
+    covered: &HashMap<String, u64>,
+    vectors_only: bool,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    for entry in worlds.iter()? {
+        let (name, record) = entry?;
+        let (name, (_, atoms, dimension)) = (name.value(), record.value());
+        if vectors_only && dimension == 0 {
+            continue;
+        }
+        let from = covered.get(name).copied().unwrap_or(0);
+        let target = view.world_last_commit(name)?;
+        if target > from {
+            total += if from == 0 {
+                atoms
+            } else {
+                (target - from).min(atoms)
+            };
+        }
+    }
+    Ok(total)
+}
+
+/// What each commit of the index records (its payload): whose index it is and how far
+/// it covers each world.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Payload {
+    format: u32,
+    store: u64,
+    covered: HashMap<String, u64>,
+}
+
+const PAYLOAD_FORMAT: u32 = 1;
+
+fn schema() -> (Schema, Field, Field, Field) {
+    let mut schema = Schema::builder();
+    let world = schema.add_text_field("world", STRING);
+    let text = schema.add_text_field("text", TEXT);
+    let commit = schema.add_u64_field("commit", INDEXED | STORED);
+    (schema.build(), world, text, commit)
+}
+
 impl TextIndex {
-    /// An empty index in memory; [`TextIndex::catch_up`] fills it from the store.
-    pub fn new() -> Result<TextIndex, StoreError> {
-        let mut schema = Schema::builder();
-        let world = schema.add_text_field("world", STRING);
-        let text = schema.add_text_field("text", TEXT);
-        let commit = schema.add_u64_field("commit", INDEXED | STORED);
-        let index = Index::create_in_ram(schema.build());
+    /// The index kept in `directory` (created if need be), going on from what it covered
+    /// when last committed; emptied first if it is not `store`'s or does not match it.
+    pub fn open(directory: &Path, store: &Store) -> Result<TextIndex, StoreError> {
+        let io = |error: std::io::Error| StoreError::Io {
+            what: format!("the text index in {}", directory.display()),
+            source: error,
+        };
+        std::fs::create_dir_all(directory).map_err(io)?;
+        let (schema, ..) = schema();
+        let opened = tantivy::directory::MmapDirectory::open(directory)
+            .map_err(|error| failed(error.into()))
+            .and_then(|files| Index::open_or_create(files, schema.clone()).map_err(failed));
+        let index = match opened {
+            Ok(index) => index,
+            Err(error) => {
+                tracing::warn!(%error, "the text index on disk does not open; rebuilding it");
+                std::fs::remove_dir_all(directory).map_err(io)?;
+                std::fs::create_dir_all(directory).map_err(io)?;
+                let files = tantivy::directory::MmapDirectory::open(directory)
+                    .map_err(|error| failed(error.into()))?;
+                Index::create(files, schema, Default::default()).map_err(failed)?
+            }
+        };
+        let payload = index
+            .load_metas()
+            .ok()
+            .and_then(|metas| metas.payload)
+            .and_then(|payload| serde_json::from_str::<Payload>(&payload).ok());
+        let covered = match payload {
+            Some(payload) if payload.format == PAYLOAD_FORMAT && payload.store == store.id() => {
+                let view = store.read()?;
+                let mut matches = true;
+                for (world, commit) in &payload.covered {
+                    matches &=
+                        view.world(world)?.is_some() && *commit <= view.world_last_commit(world)?;
+                }
+                if matches { Some(payload.covered) } else { None }
+            }
+            // A new index: nothing to empty.
+            None if index.searchable_segment_ids().map_err(failed)?.is_empty() => {
+                Some(HashMap::new())
+            }
+            _ => None,
+        };
+        let text = TextIndex::on(index, store, covered.clone().unwrap_or_default())?;
+        if covered.is_none() {
+            tracing::warn!("the text index on disk is not this store's; rebuilding it");
+            let mut writing = text.writing.lock().expect("never poisoned");
+            writing.writer.delete_all_documents().map_err(failed)?;
+            text.commit(&mut writing)?;
+        }
+        Ok(text)
+    }
+
+    fn on(
+        index: Index,
+        store: &Store,
+        covered: HashMap<String, u64>,
+    ) -> Result<TextIndex, StoreError> {
+        let (_, world, text, commit) = schema();
         let writer = index
             .writer_with_num_threads(1, WRITER_MEMORY_BYTES)
             .map_err(failed)?;
@@ -113,17 +223,38 @@ impl TextIndex {
         Ok(TextIndex {
             writing: Mutex::new(Writing {
                 writer,
-                added_through: HashMap::new(),
-                pending: Vec::new(),
+                added_through: covered.clone(),
+                pending: 0,
                 pending_since: None,
             }),
             reader,
             world,
             text,
             commit,
-            facts: RwLock::new(HashMap::new()),
-            covered: RwLock::new(HashMap::new()),
+            store_id: store.id(),
+            covered: RwLock::new(covered),
         })
+    }
+
+    /// Commits what was added, with the payload saying how far each world is covered,
+    /// makes it searchable, and moves the covered commits.
+    fn commit(&self, writing: &mut Writing) -> Result<(), StoreError> {
+        let payload = Payload {
+            format: PAYLOAD_FORMAT,
+            store: self.store_id,
+            covered: writing.added_through.clone(),
+        };
+        let mut prepared = writing.writer.prepare_commit().map_err(failed)?;
+        prepared.set_payload(&serde_json::to_string(&payload).expect("a payload serializes"));
+        prepared.commit().map_err(failed)?;
+        self.reader.reload().map_err(failed)?;
+        writing.pending = 0;
+        writing.pending_since = None;
+        self.covered
+            .write()
+            .expect("never poisoned")
+            .clone_from(&writing.added_through);
+        Ok(())
     }
 
     /// The commit up to which every atom of `world` has its text searchable.
@@ -140,6 +271,10 @@ impl TextIndex {
         let mut writing = self.writing.lock().expect("never poisoned");
         let view = store.read()?;
         let worlds = view.table(WORLDS)?;
+        let mut progress = Progress::new(
+            "text",
+            behind(&view, &worlds, &writing.added_through, false)?,
+        );
         for entry in worlds.iter()? {
             let (name, _) = entry?;
             let name = name.value();
@@ -149,15 +284,14 @@ impl TextIndex {
                 continue;
             }
             for atom in view.atoms_in_log(name, from, target)? {
+                progress.advance(1);
                 let atom = atom?;
                 let mut document = TantivyDocument::default();
                 document.add_text(self.world, name);
                 document.add_text(self.text, &atom.content.text);
                 document.add_u64(self.commit, atom.commit);
                 writing.writer.add_document(document).map_err(failed)?;
-                writing
-                    .pending
-                    .push((name.to_owned(), AtomFacts::of(&atom)));
+                writing.pending += 1;
             }
             writing.added_through.insert(name.to_owned(), target);
             writing.pending_since.get_or_insert_with(Instant::now);
@@ -166,23 +300,10 @@ impl TextIndex {
             return Ok(None);
         };
         let waited = since.elapsed();
-        if writing.pending.len() < PUBLISH_DOCUMENTS && waited < PUBLISH_AFTER {
+        if writing.pending < PUBLISH_DOCUMENTS && waited < PUBLISH_AFTER {
             return Ok(Some(PUBLISH_AFTER - waited));
         }
-        // Facts first, then the documents become visible, then the covered commit moves.
-        {
-            let mut facts = self.facts.write().expect("never poisoned");
-            for (world, fact) in writing.pending.drain(..) {
-                facts.entry(world).or_default().insert(fact.commit, fact);
-            }
-        }
-        writing.writer.commit().map_err(failed)?;
-        self.reader.reload().map_err(failed)?;
-        writing.pending_since = None;
-        self.covered
-            .write()
-            .expect("never poisoned")
-            .clone_from(&writing.added_through);
+        self.commit(&mut writing)?;
         Ok(None)
     }
 
@@ -195,7 +316,7 @@ impl TextIndex {
         world: &str,
         text: &str,
         limit: usize,
-        allowed: &(dyn Fn(&AtomFacts) -> bool + Sync),
+        allowed: &(dyn Fn(&dyn Facts) -> bool + Sync),
     ) -> Result<TextAnswer, StoreError> {
         let mut query_words = words(text);
         query_words.sort_unstable();
@@ -236,11 +357,11 @@ impl TextIndex {
             (Occur::Must, Box::new(BooleanQuery::new(any_word))),
         ]);
         let searcher = self.reader.searcher();
+        let view = store.read()?;
         let mut matches = Vec::new();
         let mut budget_spent = false;
         // Widen until enough atoms pass the filters, nothing more matches, or the search
-        // has examined its budget. The facts are locked only while filtering, so the
-        // indexer never waits on a search's own work.
+        // has examined its budget. Each match's facts are read in place from its entry.
         let mut window = (limit.max(1) * 4).min(SEARCH_EXAMINED_MAX);
         loop {
             let found = searcher
@@ -257,20 +378,19 @@ impl TextIndex {
                 }
             }
             matches.clear();
-            {
-                let facts = self.facts.read().expect("never poisoned");
-                let facts = facts.get(world);
-                for (score, commit) in commits {
-                    if commit <= covered
-                        && let Some(fact) = (facts.and_then(|facts| facts.get(&commit)))
-                            .filter(|fact| allowed(fact))
-                    {
-                        matches.push(TextMatch {
-                            commit,
-                            importance: fact.importance,
-                            score,
-                        });
-                    }
+            for (score, commit) in commits {
+                if commit > covered {
+                    continue;
+                }
+                let row = view.row(world, commit)?;
+                let (_, entry) = crate::split_row(world, commit, row.value())?;
+                let facts = view.facts(world, commit, entry)?;
+                if allowed(&facts) {
+                    matches.push(TextMatch {
+                        commit,
+                        importance: facts.importance(),
+                        score,
+                    });
                 }
             }
             if matches.len() >= limit || found.len() < window {
@@ -284,7 +404,6 @@ impl TextIndex {
         }
         matches.truncate(limit);
         // What the index does not hold yet is matched word by word.
-        let view = store.read()?;
         let mut compared_exactly = 0;
         let mut tail_cut = false;
         let mut tail = Vec::new();
@@ -294,8 +413,7 @@ impl TextIndex {
                 break;
             }
             let atom = atom?;
-            let facts = AtomFacts::of(&atom);
-            if !allowed(&facts) {
+            if !allowed(&atom) {
                 continue;
             }
             // Counted only when visible: the count must not tell about hidden atoms.

@@ -23,9 +23,10 @@ use std::path::Path;
 
 use hnsw_rs::prelude::{AnnT, DistDot, Hnsw, HnswIo};
 
-use crate::atom::{AtomKind, PublicKey, TimeInterval};
+use crate::atom::{AtomKind, Facts, PublicKey, TimeInterval};
 use crate::error::StoreError;
 use crate::limits::SEARCH_EXAMINED_MAX;
+use crate::progress::Progress;
 use crate::tables::WORLDS;
 use crate::{Atom, Store};
 use redb::ReadableTable;
@@ -65,7 +66,7 @@ pub struct AtomFacts {
     pub valid_time: Option<Box<TimeInterval>>,
 }
 
-impl crate::atom::Facts for AtomFacts {
+impl Facts for AtomFacts {
     fn kind(&self) -> AtomKind {
         self.kind
     }
@@ -474,6 +475,14 @@ impl VectorIndex {
         let view = store.read()?;
         let worlds = view.table(WORLDS)?;
         let mut inserted = 0;
+        let covered: HashMap<String, u64> = (self.worlds.read().expect("never poisoned"))
+            .iter()
+            .map(|(name, graph)| (name.clone(), graph.covered.load(Ordering::Acquire)))
+            .collect();
+        let mut progress = Progress::new(
+            "vector",
+            crate::text::behind(&view, &worlds, &covered, true)?,
+        );
         for entry in worlds.iter()? {
             let (name, record) = entry?;
             let (name, (_, world_atoms, dimension)) = (name.value(), record.value());
@@ -515,6 +524,7 @@ impl VectorIndex {
             };
             for atom in view.atoms_in_log(name, from, target)? {
                 let atom = atom?;
+                progress.advance(1);
                 let Some(unit) = normalized(&atom.content.vector) else {
                     continue;
                 };
@@ -547,7 +557,7 @@ impl VectorIndex {
         world: &str,
         vector: &[f32],
         limit: usize,
-        allowed: &(dyn Fn(&AtomFacts) -> bool + Sync),
+        allowed: &(dyn Fn(&dyn Facts) -> bool + Sync),
     ) -> Result<SimilarityAnswer, StoreError> {
         let Some(query) = normalized(vector) else {
             return Err(StoreError::InvalidQuery {
@@ -649,7 +659,7 @@ impl VectorIndex {
                 break;
             }
             let atom = atom?;
-            if !allowed(&AtomFacts::of(&atom)) {
+            if !allowed(&atom) {
                 continue;
             }
             let Some(unit) = normalized(&atom.content.vector) else {

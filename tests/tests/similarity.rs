@@ -1,6 +1,7 @@
 //! Similarity search in `ask`: the known nearest atoms of a small seeded set, the
 //! dimension rules, filters and restrictions applied inside the search, and the same
-//! answers after a restart with the persisted index, without it, and after kill -9.
+//! answers after a restart with the persisted index, without it, and after kill -9;
+//! snapshots written while the node runs, which a start after a crash loads.
 
 use engram_client::engram_schema::engram_capnp::AtomKind;
 use engram_client::{ErrorCode, Filter, NewAtom, Restriction, Session};
@@ -292,4 +293,38 @@ fn answers_are_the_same_after_a_restart_and_after_kill_9() {
     node.kill();
     node.restart();
     check(&node);
+}
+
+#[test]
+fn a_node_writes_snapshots_as_it_runs_so_a_crash_costs_no_rebuild() {
+    let mut node = TestNode::start_with(&["--vector-snapshot-ms", "100"]);
+    run_local(async {
+        seeded_world(&node).await;
+        node.until_logged(
+            &format!("vector index snapshot written saved=true atoms={ATOMS}"),
+            1,
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+    });
+    // No clean stop: the snapshot written while the node ran is what the next start
+    // loads.
+    node.kill();
+    node.restart();
+    // The node loads its snapshot before it stops (the indexer thread's first work).
+    node.stop();
+    let log = std::fs::read_to_string(node.log_path()).unwrap();
+    let loads: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("vector index loaded"))
+        .collect();
+    assert_eq!(loads.len(), 2, "{log}");
+    assert!(
+        loads[0].contains("atoms=0"),
+        "the first start had nothing to load"
+    );
+    assert!(
+        loads[1].contains(&format!("atoms={ATOMS}")),
+        "the start after the crash loaded the snapshot:\n{log}"
+    );
 }

@@ -1,6 +1,7 @@
 //! Text search in `ask`: words ranked by BM25, filters and restrictions inside the
-//! search, fusion with vector similarity, and the same answers after a restart (the
-//! text index is rebuilt from the store).
+//! search, fusion with vector similarity, and the same answers after a restart. The
+//! text index is kept on disk: after a crash the node answers text asks from it at
+//! once, and it never serves another store's index.
 
 use engram_client::{ErrorCode, Filter, NewAtom, Restriction, Session};
 use engram_tests::{TestNode, assert_code, run_local, session};
@@ -165,4 +166,118 @@ fn text_answers_are_the_same_after_a_restart() {
             assert_eq!(&texts(&admin, words(query, 5)).await, expected, "{query}");
         }
     });
+}
+
+/// A text ask of `text` in `world`: the texts found, and the warning.
+async fn text_ask(session: &Session, world: &str, text: &str) -> (Vec<String>, String) {
+    let answer = engram_client::ask_scored(
+        &session.reader(world).unwrap(),
+        &Filter {
+            text: text.into(),
+            limit: 50,
+            ..Filter::default()
+        },
+    )
+    .await
+    .unwrap();
+    let texts = answer.hits.into_iter().map(|hit| hit.atom.text).collect();
+    (texts, answer.warning)
+}
+
+#[test]
+fn after_a_crash_the_text_index_answers_at_once_from_disk() {
+    let mut node = TestNode::start();
+    let atoms: Vec<NewAtom> = (0..3000)
+        .map(|index| {
+            NewAtom::fact(format!(
+                "note {index} about {}",
+                ["argon", "tokens", "deploys"][index % 3]
+            ))
+        })
+        .collect();
+    let before = run_local(async {
+        let admin = notes(&node).await;
+        engram_client::remember(&admin.writer("notes").unwrap(), &atoms)
+            .await
+            .unwrap();
+        let filter = Filter {
+            text: "argon".into(),
+            limit: 50,
+            ..Filter::default()
+        };
+        engram_tests::ask_when_indexed(
+            &admin.reader("notes").unwrap(),
+            &filter,
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+        text_ask(&admin, "notes", "argon").await.0
+    });
+    node.kill();
+    node.restart();
+    run_local(async {
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        let (after, warning) = text_ask(&admin, "notes", "argon").await;
+        assert_eq!(
+            warning, "",
+            "the first ask after the restart is answered from the index"
+        );
+        assert_eq!(after, before);
+    });
+}
+
+#[test]
+fn a_text_index_of_another_store_is_never_served() {
+    let mut first = TestNode::start();
+    run_local(async {
+        let admin = notes(&first).await;
+        let filter = Filter {
+            text: "passwords".into(),
+            limit: 10,
+            ..Filter::default()
+        };
+        engram_tests::ask_when_indexed(
+            &admin.reader("notes").unwrap(),
+            &filter,
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+    });
+    first.stop();
+    // A second node whose store has the same world, other atoms, and the first node's
+    // text index copied in.
+    let mut second = TestNode::start();
+    run_local(async {
+        let admin = session(&second.tcp(), &second.admin_key()).await;
+        engram_client::create_world(&admin.admin().unwrap(), "notes")
+            .await
+            .unwrap();
+        let admin = session(&second.tcp(), &second.admin_key()).await;
+        let atoms: Vec<NewAtom> = (0..10)
+            .map(|index| NewAtom::fact(format!("other {index}")))
+            .collect();
+        engram_client::remember(&admin.writer("notes").unwrap(), &atoms)
+            .await
+            .unwrap();
+    });
+    second.stop();
+    let copied = second.data_dir().join("text-index");
+    std::fs::remove_dir_all(&copied).unwrap();
+    std::fs::create_dir(&copied).unwrap();
+    for file in std::fs::read_dir(first.data_dir().join("text-index")).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), copied.join(file.file_name())).unwrap();
+    }
+    second.restart();
+    run_local(async {
+        let admin = session(&second.tcp(), &second.admin_key()).await;
+        let (found, _) = text_ask(&admin, "notes", "passwords").await;
+        assert!(
+            found.is_empty(),
+            "another store's atoms were answered: {found:?}"
+        );
+    });
+    second.stop();
+    let log = std::fs::read_to_string(second.log_path()).unwrap();
+    assert!(log.contains("not this store's"), "{log}");
 }
