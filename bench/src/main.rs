@@ -18,6 +18,7 @@ mod fleet;
 mod node;
 mod observe;
 mod report;
+mod startup;
 mod storm;
 mod suite;
 mod tokens;
@@ -82,6 +83,9 @@ enum Benchmark {
     /// acknowledged atom must be there once, no request in part or twice. Exits 1 when
     /// the store broke a promise.
     Storm(storm::Options),
+    /// A node of a million text atoms: its memory beyond the page cache per atom, and
+    /// start-up to a ranked ask without a warning after a clean stop and after kill -9.
+    Startup(startup::Options),
     /// Three nodes in a fleet (nats-server with JetStream) beside one alone: remember
     /// throughput and p99, replication lag, failover time.
     Fleet(fleet::Options),
@@ -155,6 +159,7 @@ fn main() {
             local.block_on(&runtime, abuse::serve_hostile(tcp, key, hostile))
         }
         Benchmark::Abuse(options) => local.block_on(&runtime, abuse::run(options)),
+        Benchmark::Startup(options) => local.block_on(&runtime, startup::run(options)),
         Benchmark::Check {
             constraints,
             checks,

@@ -1628,7 +1628,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Verify { world } => {
             let reader = access(&cli).await?.reader(world)?;
-            let verification = engram_client::verify(&reader).await?;
+            // One call: the node recomputes every chain; a spinner shows it is at work.
+            let bar = indicatif::ProgressBar::new_spinner().with_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                    .expect("a valid template"),
+            );
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.set_message(format!("verifying every chain of world {world}"));
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            let verification = engram_client::verify(&reader).await;
+            bar.finish_and_clear();
+            let verification = verification?;
             emit(
                 json_output,
                 verification.to_json(),
