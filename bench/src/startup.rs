@@ -92,8 +92,8 @@ pub async fn run(options: Options) {
     let anonymous_kib = node.memory_kib("RssAnon");
     print("startup.node_rss", mib(node.memory_kib("VmRSS")), "MiB");
     print("startup.node_rss_anonymous", mib(anonymous_kib), "MiB");
-    let beyond = (anonymous_kib.saturating_sub(empty_kib) * 1024)
-        .saturating_sub(CACHE_MIB * 1024 * 1024);
+    let beyond =
+        (anonymous_kib.saturating_sub(empty_kib) * 1024).saturating_sub(CACHE_MIB * 1024 * 1024);
     print(
         "startup.memory_beyond_page_cache_per_atom",
         beyond as f64 / sent as f64,
@@ -104,7 +104,11 @@ pub async fn run(options: Options) {
     node.stop();
     let (accepting, answering) = reopen(&mut node).await;
     print("startup.clean_to_accepting", ms(accepting), "ms");
-    print("startup.clean_to_ranked_ask_without_warning", ms(answering), "ms");
+    print(
+        "startup.clean_to_ranked_ask_without_warning",
+        ms(answering),
+        "ms",
+    );
     node.kill();
     let (accepting, answering) = reopen(&mut node).await;
     print("startup.killed_to_accepting", ms(accepting), "ms");

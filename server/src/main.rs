@@ -142,8 +142,9 @@ struct Arguments {
 
 #[derive(clap::Subcommand, Debug)]
 enum Subcommand {
-    /// Restore a backup (`engram backup DIR`) into a new data directory: every file is
-    /// checked against the backup's manifest, the restored store against its last
+    /// Restore a backup (`engram backup DIR`) into a new data directory.
+    ///
+    /// Every file is checked against the backup's manifest, the restored store against its last
     /// commit, epoch, worlds and chain heads, and every chain is recomputed, before
     /// the node can serve it. The restored node makes its own node key at its first
     /// start. Exit 0 restored, 1 refused (the message says why; nothing is left to serve).
