@@ -17,13 +17,9 @@ pub struct Admin {
     grip: Grip,
 }
 
-impl crate::metered::Caller for Admin {
-    fn principal(&self) -> Option<&str> {
-        Some(&self.grip.name)
-    }
-
-    fn slow_call(&self) -> std::time::Duration {
-        self.grip.node.limits.slow_call
+impl crate::metered::Gripped for Admin {
+    fn grip(&self) -> &Grip {
+        &self.grip
     }
 }
 

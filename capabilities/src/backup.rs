@@ -52,13 +52,9 @@ pub struct Backup {
     _slot: BackupSlot,
 }
 
-impl crate::metered::Caller for Backup {
-    fn principal(&self) -> Option<&str> {
-        Some(&self.grip.name)
-    }
-
-    fn slow_call(&self) -> std::time::Duration {
-        self.grip.node.limits.slow_call
+impl crate::metered::Gripped for Backup {
+    fn grip(&self) -> &Grip {
+        &self.grip
     }
 }
 

@@ -28,6 +28,29 @@ pub(crate) trait Caller {
     fn slow_call(&self) -> Duration;
 }
 
+/// A capability that carries a grip: its caller is the grip's principal.
+pub(crate) trait Gripped {
+    fn grip(&self) -> &crate::grip::Grip;
+    /// The world the capability is of, if any.
+    fn world(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl<T: Gripped> Caller for T {
+    fn principal(&self) -> Option<&str> {
+        Some(&self.grip().name)
+    }
+
+    fn world(&self) -> Option<&str> {
+        Gripped::world(self)
+    }
+
+    fn slow_call(&self) -> Duration {
+        self.grip().node.limits.slow_call
+    }
+}
+
 /// A client of interface `C` whose server's calls are metered: `C`'s own
 /// [`FromServer`], wrapped.
 pub(crate) struct Metered<C>(pub C);

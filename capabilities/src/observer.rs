@@ -14,17 +14,13 @@ pub struct Observer {
     world: String,
 }
 
-impl crate::metered::Caller for Observer {
-    fn principal(&self) -> Option<&str> {
-        Some(&self.grip.name)
+impl crate::metered::Gripped for Observer {
+    fn grip(&self) -> &Grip {
+        &self.grip
     }
 
     fn world(&self) -> Option<&str> {
         Some(&self.world)
-    }
-
-    fn slow_call(&self) -> std::time::Duration {
-        self.grip.node.limits.slow_call
     }
 }
 

@@ -23,13 +23,9 @@ pub struct Signer {
     domains: Option<Rc<BTreeSet<String>>>,
 }
 
-impl crate::metered::Caller for Signer {
-    fn principal(&self) -> Option<&str> {
-        Some(&self.grip.name)
-    }
-
-    fn slow_call(&self) -> std::time::Duration {
-        self.grip.node.limits.slow_call
+impl crate::metered::Gripped for Signer {
+    fn grip(&self) -> &Grip {
+        &self.grip
     }
 }
 

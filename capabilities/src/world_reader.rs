@@ -19,17 +19,13 @@ pub struct WorldReader {
     world: String,
 }
 
-impl crate::metered::Caller for WorldReader {
-    fn principal(&self) -> Option<&str> {
-        Some(&self.grip.name)
+impl crate::metered::Gripped for WorldReader {
+    fn grip(&self) -> &Grip {
+        &self.grip
     }
 
     fn world(&self) -> Option<&str> {
         Some(&self.world)
-    }
-
-    fn slow_call(&self) -> std::time::Duration {
-        self.grip.node.limits.slow_call
     }
 }
 

@@ -21,17 +21,13 @@ pub struct WorldWriter {
     world: String,
 }
 
-impl crate::metered::Caller for WorldWriter {
-    fn principal(&self) -> Option<&str> {
-        Some(&self.grip.name)
+impl crate::metered::Gripped for WorldWriter {
+    fn grip(&self) -> &Grip {
+        &self.grip
     }
 
     fn world(&self) -> Option<&str> {
         Some(&self.world)
-    }
-
-    fn slow_call(&self) -> std::time::Duration {
-        self.grip.node.limits.slow_call
     }
 }
 

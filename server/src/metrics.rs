@@ -22,6 +22,9 @@ use crate::ServerError;
 
 /// HTTP connections the listener serves at once; more wait to be accepted.
 pub const METRICS_CONNECTIONS_MAX: usize = 16;
+/// How long a metrics connection may send nothing before it is closed, so that idle
+/// connections do not keep the places above from scrapers.
+pub const METRICS_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Buckets of the latency histograms (seconds): from 100 µs to 10 s.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -258,10 +261,12 @@ impl axum::serve::Listener for Bounded {
         loop {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
+                    let idle = Box::pin(tokio::time::sleep(METRICS_IDLE_TIMEOUT));
                     return (
                         Slotted {
                             stream,
                             _slot: slot,
+                            idle,
                         },
                         peer,
                     );
@@ -277,10 +282,12 @@ impl axum::serve::Listener for Bounded {
     }
 }
 
-/// A connection holding its place until it closes.
+/// A connection holding its place until it closes, or until its peer has sent nothing
+/// for [`METRICS_IDLE_TIMEOUT`].
 struct Slotted {
     stream: tokio::net::TcpStream,
     _slot: OwnedSemaphorePermit,
+    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl tokio::io::AsyncRead for Slotted {
@@ -289,7 +296,24 @@ impl tokio::io::AsyncRead for Slotted {
         context: &mut std::task::Context<'_>,
         buffer: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(context, buffer)
+        use std::future::Future;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.stream).poll_read(context, buffer) {
+            std::task::Poll::Pending => {
+                if this.idle.as_mut().poll(context).is_ready() {
+                    return std::task::Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the metrics connection sent nothing for too long",
+                    )));
+                }
+                std::task::Poll::Pending
+            }
+            ready => {
+                let deadline = tokio::time::Instant::now() + METRICS_IDLE_TIMEOUT;
+                this.idle.as_mut().reset(deadline);
+                ready
+            }
+        }
     }
 }
 

@@ -193,3 +193,25 @@ fn every_call_over_the_threshold_is_a_slow_call() {
     assert_eq!(remembered["world"], "ops");
     assert_eq!(remembered["code"], "ok");
 }
+
+#[test]
+fn idle_connections_keep_no_scraper_out_and_no_caller_waiting() {
+    let node = TestNode::start_with(&["--metrics", "127.0.0.1:0"]);
+    let address = node.metrics_address().unwrap().to_owned();
+    // Every place of the listener taken by a peer that sends nothing.
+    let held: Vec<std::net::TcpStream> = (0..16)
+        .map(|_| std::net::TcpStream::connect(&address).expect("connecting"))
+        .collect();
+    // Calls are served meanwhile: the listener is apart from the RPC thread.
+    run_local(async {
+        let admin = admin_with_world(&node, "ops").await;
+        engram_client::remember(&admin.writer("ops").unwrap(), &[NewAtom::fact("served")])
+            .await
+            .unwrap();
+    });
+    // The idle connections are closed, and a scraper gets its place.
+    let started = Instant::now();
+    assert_eq!(get(&address, "/healthz").0, 200);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(held);
+}
