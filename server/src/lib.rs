@@ -460,6 +460,16 @@ async fn serve(
             }
         }
     }
+    // The signals are taken before the ready line: a SIGTERM sent as soon as the node
+    // said it was ready stops it cleanly, never with the signal's default action.
+    let signal = |kind: tokio::signal::unix::SignalKind, name: &str| {
+        tokio::signal::unix::signal(kind).map_err(|source| ServerError::Listen {
+            address: name.into(),
+            source,
+        })
+    };
+    let mut terminate = signal(tokio::signal::unix::SignalKind::terminate(), "SIGTERM")?;
+    let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt(), "SIGINT")?;
     tracing::info!(tcp = ?tcp_address, unix = ?socket, epoch = node.epoch(), "listening");
     // The ready line is a contract for scripts and tests: it names the bound addresses.
     println!(
@@ -474,11 +484,6 @@ async fn serve(
 
     let connections = Rc::new(Connections::default());
     let config = Rc::new(config.clone());
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|source| ServerError::Listen {
-        address: "SIGTERM".into(),
-        source,
-    })?;
     loop {
         tokio::select! {
             accepted = accept_tcp(tcp.as_ref()) => match accepted {
@@ -519,7 +524,7 @@ async fn serve(
                 }
                 Err(error) => tracing::warn!(%error, "Unix socket accept failed"),
             },
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupt.recv() => {
                 tracing::info!("SIGINT: shutting down");
                 break;
             }

@@ -109,3 +109,28 @@ fn start_up_errors_are_explained() {
     let (code, _) = failure(engramd(&data, &["--frobnicate"]).output().unwrap());
     assert_eq!(code, 2);
 }
+
+#[test]
+fn a_signal_sent_as_soon_as_the_node_is_ready_stops_it_cleanly() {
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("data");
+    for signal in [libc::SIGTERM, libc::SIGINT].repeat(5) {
+        let mut child = engramd(&data, &["--no-socket"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert!(ready.starts_with("engramd ready "), "{ready}");
+        // SAFETY: kill(2) on our own child with a valid signal.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "signal {signal}: engramd exited with {status}"
+        );
+    }
+}

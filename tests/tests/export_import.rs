@@ -23,6 +23,19 @@ fn succeeds(output: std::process::Output) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// `engram --json import copy FILE --batch 2`, which must succeed: its summary.
+fn import_into_copy(node: &TestNode, file: &std::path::Path) -> serde_json::Value {
+    let arguments = [
+        "--json",
+        "import",
+        "copy",
+        file.to_str().unwrap(),
+        "--batch",
+        "2",
+    ];
+    serde_json::from_str(&succeeds(cli(node, &arguments))).unwrap()
+}
+
 /// Every atom of `world`, in commit order.
 async fn atoms_of(node: &TestNode, world: &str) -> Vec<AtomView> {
     let session = engram_tests::session(&node.tcp(), &node.admin_key()).await;
@@ -89,18 +102,7 @@ fn an_export_imports_whole_with_every_field_and_its_links() {
     // To stdout, the same lines.
     assert_eq!(succeeds(cli(&node, &["export", "source"])), lines);
 
-    let imported = succeeds(cli(
-        &node,
-        &[
-            "--json",
-            "import",
-            "copy",
-            file.to_str().unwrap(),
-            "--batch",
-            "2",
-        ],
-    ));
-    let summary: serde_json::Value = serde_json::from_str(&imported).unwrap();
+    let summary = import_into_copy(&node, &file);
     assert_eq!(summary["written"], originals.len());
     let copies = run_local(atoms_of(&node, "copy"));
     assert_eq!(copies.len(), originals.len());
@@ -185,18 +187,7 @@ fn a_broken_chain_is_refused_and_an_interrupted_import_resumes_once() {
     );
 
     // Run again on the whole export: the first batch is answered, the rest written.
-    let resumed = succeeds(cli(
-        &node,
-        &[
-            "--json",
-            "import",
-            "copy",
-            file.to_str().unwrap(),
-            "--batch",
-            "2",
-        ],
-    ));
-    let summary: serde_json::Value = serde_json::from_str(&resumed).unwrap();
+    let summary = import_into_copy(&node, &file);
     assert_eq!(summary["alreadyWritten"], 2);
     assert_eq!(summary["written"], originals.len() - 2);
     let copies = run_local(atoms_of(&node, "copy"));

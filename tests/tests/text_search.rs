@@ -184,6 +184,18 @@ async fn text_ask(session: &Session, world: &str, text: &str) -> (Vec<String>, S
     (texts, answer.warning)
 }
 
+/// Waits until a text ask of `word` in `notes` carries no warning: the text index holds
+/// every atom.
+async fn until_text_indexed(session: &Session, word: &str) {
+    let filter = Filter {
+        text: word.into(),
+        limit: 1,
+        ..Filter::default()
+    };
+    let reader = session.reader("notes").unwrap();
+    engram_tests::ask_when_indexed(&reader, &filter, std::time::Duration::from_secs(30)).await;
+}
+
 #[test]
 fn after_a_crash_the_text_index_answers_at_once_from_disk() {
     let mut node = TestNode::start();
@@ -200,17 +212,7 @@ fn after_a_crash_the_text_index_answers_at_once_from_disk() {
         engram_client::remember(&admin.writer("notes").unwrap(), &atoms)
             .await
             .unwrap();
-        let filter = Filter {
-            text: "argon".into(),
-            limit: 50,
-            ..Filter::default()
-        };
-        engram_tests::ask_when_indexed(
-            &admin.reader("notes").unwrap(),
-            &filter,
-            std::time::Duration::from_secs(30),
-        )
-        .await;
+        until_text_indexed(&admin, "argon").await;
         text_ask(&admin, "notes", "argon").await.0
     });
     node.kill();
@@ -231,17 +233,7 @@ fn a_text_index_of_another_store_is_never_served() {
     let mut first = TestNode::start();
     run_local(async {
         let admin = notes(&first).await;
-        let filter = Filter {
-            text: "passwords".into(),
-            limit: 10,
-            ..Filter::default()
-        };
-        engram_tests::ask_when_indexed(
-            &admin.reader("notes").unwrap(),
-            &filter,
-            std::time::Duration::from_secs(30),
-        )
-        .await;
+        until_text_indexed(&admin, "passwords").await;
     });
     first.stop();
     // A second node whose store has the same world, other atoms, and the first node's
