@@ -35,13 +35,7 @@ pub fn atom_from_json_line(line: &str) -> Result<NewAtom, String> {
     );
     atom.labels = strings(&value, "labels")?;
     atom.forbids = strings(&value, "forbids")?;
-    if let Some(vector) = value.get("vector") {
-        let wrong = || "\"vector\" must be an array of numbers".to_owned();
-        for component in vector.as_array().ok_or_else(wrong)? {
-            atom.vector
-                .push(component.as_f64().ok_or_else(wrong)? as f32);
-        }
-    }
+    atom.vector = vector(&value)?;
     if let Some(proposed) = value.get("proposed") {
         atom.proposed = proposed
             .as_bool()
@@ -69,8 +63,24 @@ pub fn atom_from_json_line(line: &str) -> Result<NewAtom, String> {
     Ok(atom)
 }
 
+/// The numbers of the array `vector` (none if absent).
+pub(crate) fn vector(value: &Value) -> Result<Vec<f32>, String> {
+    let Some(vector) = value.get("vector") else {
+        return Ok(Vec::new());
+    };
+    let wrong = || "\"vector\" must be an array of numbers".to_owned();
+    (vector.as_array().ok_or_else(wrong)?.iter())
+        .map(|component| {
+            component
+                .as_f64()
+                .map(|number| number as f32)
+                .ok_or_else(wrong)
+        })
+        .collect()
+}
+
 /// The strings of the array `name` (none if absent).
-fn strings(value: &Value, name: &str) -> Result<Vec<String>, String> {
+pub(crate) fn strings(value: &Value, name: &str) -> Result<Vec<String>, String> {
     let Some(items) = value.get(name) else {
         return Ok(Vec::new());
     };

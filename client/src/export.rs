@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
+use crate::batch::{strings, vector};
 use crate::types::{
     AtomView, IdempotencyKey, Link, NewAtom, ValidTime, kind_from_name, link_kind_from_name,
 };
@@ -45,18 +46,6 @@ fn hash(value: &Value, name: &str) -> Result<[u8; 32], String> {
         .ok_or_else(|| format!("\"{name}\" must be 64 hex digits"))
 }
 
-fn strings(value: &Value, name: &str) -> Result<Vec<String>, String> {
-    match &value[name] {
-        Value::Null => Ok(Vec::new()),
-        Value::Array(items) => items
-            .iter()
-            .map(|item| item.as_str().map(str::to_owned))
-            .collect::<Option<_>>()
-            .ok_or_else(|| format!("\"{name}\" must be an array of strings")),
-        _ => Err(format!("\"{name}\" must be an array of strings")),
-    }
-}
-
 fn unit(value: &Value, name: &str) -> Result<f32, String> {
     value[name]
         .as_f64()
@@ -85,13 +74,7 @@ pub fn parse_line(line: &str) -> Result<Exported, String> {
         .as_str()
         .and_then(|text| hex::decode(text).ok())
         .ok_or("\"payloadHex\" must be hex digits")?;
-    if let Some(vector) = value.get("vector") {
-        let wrong = || "\"vector\" must be an array of numbers".to_owned();
-        for component in vector.as_array().ok_or_else(wrong)? {
-            atom.vector
-                .push(component.as_f64().ok_or_else(wrong)? as f32);
-        }
-    }
+    atom.vector = vector(&value)?;
     atom.valid_time = match &value["validTime"] {
         Value::Null => None,
         interval => Some(ValidTime {

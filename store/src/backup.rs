@@ -65,11 +65,13 @@ pub struct FileManifest {
 impl FileManifest {
     /// The size and BLAKE3 of the file `name` in `directory`.
     pub fn of(directory: &Path, name: &str) -> Result<FileManifest, std::io::Error> {
+        let file = std::fs::File::open(directory.join(name))?;
+        let bytes = file.metadata()?.len();
         let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(std::fs::File::open(directory.join(name))?)?;
+        hasher.update_reader(file)?;
         Ok(FileManifest {
             name: name.to_owned(),
-            bytes: std::fs::metadata(directory.join(name))?.len(),
+            bytes,
             blake3: *hasher.finalize().as_bytes(),
         })
     }

@@ -2,7 +2,12 @@
 //! atoms done of the total, the rate and the time left, every few seconds, and a last
 //! line when it is done. Short catch-ups, the usual ones, log nothing.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use redb::ReadableTable;
+
+use crate::error::StoreError;
 
 /// How often a long catch-up logs where it stands.
 const LOG_EVERY: Duration = Duration::from_secs(2);
@@ -59,4 +64,33 @@ impl Drop for Progress {
             );
         }
     }
+}
+
+/// About how many atoms an index covering each world up to `covered` lacks: a world's
+/// atoms when it covers none of it, else the commits it is behind by (at most the
+/// world's atoms). With `vectors_only`, worlds that hold no vector are left out.
+pub(crate) fn behind(
+    view: &crate::ReadView,
+    worlds: &redb::ReadOnlyTable<&'static str, (u8, u64, u32)>,
+    covered: &HashMap<String, u64>,
+    vectors_only: bool,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    for entry in worlds.iter()? {
+        let (name, record) = entry?;
+        let (name, (_, atoms, dimension)) = (name.value(), record.value());
+        if vectors_only && dimension == 0 {
+            continue;
+        }
+        let from = covered.get(name).copied().unwrap_or(0);
+        let target = view.world_last_commit(name)?;
+        if target > from {
+            total += if from == 0 {
+                atoms
+            } else {
+                (target - from).min(atoms)
+            };
+        }
+    }
+    Ok(total)
 }

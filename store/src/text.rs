@@ -103,35 +103,6 @@ fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// About how many atoms an index covering each world up to `covered` lacks: a world's
-/// atoms when it covers none of it, else the commits it is behind by (at most the
-/// world's atoms). With `vectors_only`, worlds that hold no vector are left out.
-pub(crate) fn behind(
-    view: &crate::ReadView,
-    worlds: &redb::ReadOnlyTable<&'static str, (u8, u64, u32)>,
-    covered: &HashMap<String, u64>,
-    vectors_only: bool,
-) -> Result<u64, StoreError> {
-    let mut total = 0;
-    for entry in worlds.iter()? {
-        let (name, record) = entry?;
-        let (name, (_, atoms, dimension)) = (name.value(), record.value());
-        if vectors_only && dimension == 0 {
-            continue;
-        }
-        let from = covered.get(name).copied().unwrap_or(0);
-        let target = view.world_last_commit(name)?;
-        if target > from {
-            total += if from == 0 {
-                atoms
-            } else {
-                (target - from).min(atoms)
-            };
-        }
-    }
-    Ok(total)
-}
-
 /// What each commit of the index records (its payload): whose index it is and how far
 /// it covers each world.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -273,7 +244,7 @@ impl TextIndex {
         let worlds = view.table(WORLDS)?;
         let mut progress = Progress::new(
             "text",
-            behind(&view, &worlds, &writing.added_through, false)?,
+            crate::progress::behind(&view, &worlds, &writing.added_through, false)?,
         );
         for entry in worlds.iter()? {
             let (name, _) = entry?;

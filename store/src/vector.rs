@@ -481,7 +481,7 @@ impl VectorIndex {
             .collect();
         let mut progress = Progress::new(
             "vector",
-            crate::text::behind(&view, &worlds, &covered, true)?,
+            crate::progress::behind(&view, &worlds, &covered, true)?,
         );
         for entry in worlds.iter()? {
             let (name, record) = entry?;
