@@ -43,7 +43,7 @@ impl BackupSummary {
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> ClientError {
-    move |error| ClientError::InvalidInput(format!("{what}: {error}"))
+    move |source| ClientError::Io { what, source }
 }
 
 /// Backs the node up into `destination`, a directory that must not exist or be empty;

@@ -45,6 +45,12 @@ pub enum ClientError {
     /// A value given to the client library was malformed.
     #[error("{0}")]
     InvalidInput(String),
+    /// A local file could not be written or read (e.g. a backup's destination).
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 impl ClientError {

@@ -38,6 +38,10 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Headers of a world stream message.
 const NODE_HEADER: &str = "Engram-Node";
 const SIGNATURE_HEADER: &str = "Engram-Signature";
+/// What a message's headers and subject take, at most, of the server's `max_payload`,
+/// which counts them with the payload: the expected sequence, the node's key and the
+/// signature in hex, their names, and the subject.
+const HEADERS_BYTES_MAX: usize = 1024;
 
 /// The stream of `world` in fleet `fleet`, and its one subject.
 pub(crate) fn stream_of(fleet: &str, world: &str) -> (String, String) {
@@ -96,6 +100,8 @@ pub(crate) struct Publisher {
     jobs: mpsc::UnboundedSender<Job>,
     node_key: ed25519_dalek::SigningKey,
     timeout: Duration,
+    /// The NATS server's `max_payload` less what the headers take.
+    message_bytes_max: usize,
 }
 
 impl engram_store::replica::Replicator for Publisher {
@@ -120,10 +126,16 @@ impl engram_store::replica::Replicator for Publisher {
             Err(_) => Err(failed("the stream did not answer in time".into())),
         }
     }
+
+    fn message_bytes_max(&self) -> usize {
+        self.message_bytes_max
+    }
 }
 
 /// Starts the publishing task; the writer's [`Publisher`].
 pub(crate) fn publisher(link: &Rc<Link>, node_key: ed25519_dalek::SigningKey) -> Publisher {
+    let message_bytes_max =
+        (link.client.server_info().max_payload).saturating_sub(HEADERS_BYTES_MAX);
     let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
     let link = link.clone();
     tokio::task::spawn_local(async move {
@@ -136,6 +148,7 @@ pub(crate) fn publisher(link: &Rc<Link>, node_key: ed25519_dalek::SigningKey) ->
         jobs,
         node_key,
         timeout: PUBLISH_TIMEOUT,
+        message_bytes_max,
     }
 }
 

@@ -84,6 +84,9 @@ pub struct Config {
     /// The soonest a fresh snapshot of the similarity index is written after new vectors
     /// went in (`--vector-snapshot-ms`).
     pub vector_snapshot_after: std::time::Duration,
+    /// How long the audit trail keeps a record (`--audit-retention-ms`); `None` keeps
+    /// every record.
+    pub audit_retention: Option<std::time::Duration>,
 }
 
 /// Runs the node until SIGINT or SIGTERM. Every acknowledged write is durable when it
@@ -148,9 +151,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let metrics_address = metrics.as_ref().map(|metrics| metrics.address);
     let audit_path = config.data.join(AUDIT_FILE);
     let (audit, audit_thread) =
-        AuditLog::open(&audit_path).map_err(|source| ServerError::Store {
-            path: audit_path.clone(),
-            source,
+        AuditLog::open(&audit_path, config.audit_retention).map_err(|source| {
+            ServerError::Store {
+                path: audit_path.clone(),
+                source,
+            }
         })?;
     let (writer, writer_thread) = Writer::start(store.clone(), move |commit| {
         doorbell.send_replace(commit);

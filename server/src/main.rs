@@ -138,6 +138,10 @@ struct Arguments {
     /// so that a start after a crash loads it instead of rebuilding.
     #[arg(long, default_value_t = engram_server::VECTOR_SNAPSHOT_MS_DEFAULT)]
     vector_snapshot_ms: u64,
+    /// Milliseconds the audit trail keeps each record; older records are deleted at
+    /// start and as the trail is written. 0 keeps every record.
+    #[arg(long, default_value_t = 0)]
+    audit_retention_ms: u64,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -267,6 +271,8 @@ fn main() -> ExitCode {
         cache_bytes: arguments.cache_mib.saturating_mul(1024 * 1024),
         metrics: arguments.metrics,
         vector_snapshot_after: std::time::Duration::from_millis(arguments.vector_snapshot_ms),
+        audit_retention: (arguments.audit_retention_ms > 0)
+            .then(|| std::time::Duration::from_millis(arguments.audit_retention_ms)),
         fleet: arguments.nats.map(|url| engram_fleet::Config {
             url,
             name: arguments.fleet,

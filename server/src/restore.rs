@@ -118,7 +118,11 @@ pub fn restore(from: &Path, data: &Path) -> Result<Restored, ServerError> {
             .and_then(|()| std::fs::rename(&partial, target))
             .map_err(|error| refused(format!("writing {}: {error}", target.display())))?;
     }
-    let checked = check(&manifest, data);
+    // The renames last through a crash once the directory that holds them is synced.
+    let checked = std::fs::File::open(data)
+        .and_then(|directory| directory.sync_all())
+        .map_err(|error| refused(format!("syncing {}: {error}", data.display())))
+        .and_then(|()| check(&manifest, data));
     if checked.is_err() {
         // Nothing that failed its checks may be served by mistake.
         for (_, target) in &placed {

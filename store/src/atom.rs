@@ -521,6 +521,38 @@ pub fn encode_entry(header: &EntryHeader<'_>, content: &AtomContent, out: &mut V
     }
 }
 
+/// How many bytes [`encode_entry`] appends for `content` in `world`, without encoding
+/// it.
+pub fn encoded_entry_len(world: &str, content: &AtomContent) -> usize {
+    // Version, world, writer, seq, prev, commit, recorded at, kind, importance,
+    // confidence, valid time, initial state.
+    let header = 1 + 2 + world.len() + 32 + 8 + 32 + 8 + 8 + 2 + 4 + 4 + 1;
+    let valid_time = if content.valid_time.is_some() { 16 } else { 0 };
+    header
+        + valid_time
+        + 1
+        + 4
+        + content.text.len()
+        + 4
+        + content.payload.len()
+        + 2
+        + content
+            .labels
+            .iter()
+            .map(|label| 2 + label.len())
+            .sum::<usize>()
+        + 2
+        + content.links.len() * (2 + 32)
+        + 4
+        + content.vector.len() * 4
+        + 2
+        + content
+            .forbids
+            .iter()
+            .map(|term| 2 + term.len())
+            .sum::<usize>()
+}
+
 /// The chain entry hash of an encoded entry.
 pub fn entry_hash(encoded_entry: &[u8]) -> Hash {
     let mut hasher = blake3::Hasher::new_derive_key(CHAIN_ENTRY_CONTEXT);

@@ -8,13 +8,17 @@
 //! once the trail cannot be written the read fails instead of going unrecorded. The
 //! thread commits what is queued every `AUDIT_COMMIT_INTERVAL`, durably: a crash loses
 //! at most the records of answers given in that interval before it, and those queued.
+//!
+//! With a retention, the thread deletes the rows of every commit of the trail older
+//! than it, oldest first, at start and as it writes (each commit of the trail lists its
+//! rows in `commits`, so nothing is scanned).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -33,6 +37,11 @@ const RECORDS: TableDefinition<(PublicKey, u64, u64), &[u8]> = TableDefinition::
 /// `next_sequence`: the sequence number the next record gets.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQUENCE: &str = "next_sequence";
+/// The first sequence of a commit of the trail → when it was committed (i64, Unix ms)
+/// and the keys of the rows it wrote (48 bytes each): what retention deletes, in order.
+const COMMITS: TableDefinition<u64, &[u8]> = TableDefinition::new("commits");
+/// The bytes of a row's key in a `commits` value: principal, commit, first sequence.
+const ROW_KEY_BYTES: usize = 32 + 8 + 8;
 
 /// Records queued for the thread at most; a read past it waits for room.
 pub const AUDIT_QUEUE_MAX: usize = 16_384;
@@ -42,6 +51,11 @@ pub const AUDIT_COMMIT_INTERVAL: Duration = Duration::from_millis(50);
 const AUDIT_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Records one `Admin.audit` call returns at most.
 pub const AUDIT_LIMIT_MAX: u32 = 1000;
+/// Commits of the trail one pruning transaction deletes at most, so that pruning a
+/// long backlog never holds the thread from recording for long.
+const PRUNE_COMMITS_MAX: usize = 1024;
+/// How often the thread prunes at most, however often it writes.
+const PRUNE_INTERVAL_MAX: Duration = Duration::from_secs(60);
 
 /// What a read was asked, as the trail keeps it.
 #[derive(Clone, Debug)]
@@ -316,24 +330,36 @@ impl AuditThread {
 }
 
 impl AuditLog {
-    /// Opens (or creates) the trail at `path` and starts its thread.
-    pub fn open(path: &Path) -> Result<(AuditLog, AuditThread), StoreError> {
+    /// Opens (or creates) the trail at `path` and starts its thread. With `retention`,
+    /// records older than it are deleted, at start and as the trail is written.
+    pub fn open(
+        path: &Path,
+        retention: Option<Duration>,
+    ) -> Result<(AuditLog, AuditThread), StoreError> {
         let database = Database::builder()
             .set_cache_size(AUDIT_CACHE_BYTES)
             .create(path)?;
         let transaction = database.begin_write()?;
         let next_sequence = {
-            transaction.open_table(RECORDS)?;
+            let records = transaction.open_table(RECORDS)?;
+            let mut commits = transaction.open_table(COMMITS)?;
+            if commits.is_empty()? && !records.is_empty()? {
+                index_rows(&records, &mut commits)?;
+            }
             let meta = transaction.open_table(META)?;
             meta.get(NEXT_SEQUENCE)?.map_or(1, |value| value.value())
         };
         transaction.commit()?;
+        let mut pruner = retention.map(Pruner::new);
+        if let Some(pruner) = &mut pruner {
+            pruner.prune(&database)?;
+        }
         let database = Arc::new(database);
         let (queue, receiver) = mpsc::channel(AUDIT_QUEUE_MAX);
         let writing = database.clone();
         let handle = std::thread::Builder::new()
             .name("engram-audit".into())
-            .spawn(move || run(&writing, receiver, next_sequence))
+            .spawn(move || run(&writing, receiver, next_sequence, pruner))
             .expect("spawning the audit thread");
         Ok((AuditLog { queue, database }, AuditThread { handle }))
     }
@@ -344,6 +370,7 @@ impl AuditLog {
         let from = self.database.begin_read()?;
         crate::backup::fresh(path, |to| {
             crate::backup::copy(&from, to, RECORDS)?;
+            crate::backup::copy(&from, to, COMMITS)?;
             crate::backup::copy(&from, to, META)
         })
     }
@@ -460,7 +487,12 @@ fn decode(
 
 /// The thread: waits for a record, lets more gather for the commit interval, then
 /// commits every queued record in one durable transaction.
-fn run(database: &Database, mut receiver: mpsc::Receiver<AuditRecord>, mut next_sequence: u64) {
+fn run(
+    database: &Database,
+    mut receiver: mpsc::Receiver<AuditRecord>,
+    mut next_sequence: u64,
+    mut pruner: Option<Pruner>,
+) {
     let mut batch = Vec::new();
     while let Some(first) = receiver.blocking_recv() {
         batch.push(first);
@@ -478,7 +510,129 @@ fn run(database: &Database, mut receiver: mpsc::Receiver<AuditRecord>, mut next_
             }
         }
         batch.clear();
+        if let Some(pruner) = &mut pruner
+            && pruner.due()
+            && let Err(error) = pruner.prune(database)
+        {
+            // Nothing is lost: the records stay until a later pruning deletes them.
+            tracing::warn!(%error, "pruning the audit trail failed");
+        }
     }
+}
+
+/// Deletes the trail's records older than the retention.
+struct Pruner {
+    retention: Duration,
+    /// How often it prunes: a tenth of the retention, at most a minute.
+    interval: Duration,
+    last: std::time::Instant,
+}
+
+impl Pruner {
+    fn new(retention: Duration) -> Pruner {
+        Pruner {
+            retention,
+            interval: (retention / 10).min(PRUNE_INTERVAL_MAX),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.last.elapsed() >= self.interval
+    }
+
+    /// Deletes every commit of the trail made before the retention, oldest first, a
+    /// bounded number a transaction.
+    fn prune(&mut self, database: &Database) -> Result<(), StoreError> {
+        self.last = std::time::Instant::now();
+        let before = crate::write::now_unix_ms() - self.retention.as_millis() as i64;
+        loop {
+            let transaction = database.begin_write()?;
+            let pruned = {
+                let mut commits = transaction.open_table(COMMITS)?;
+                let mut records = transaction.open_table(RECORDS)?;
+                let mut old = Vec::new();
+                for row in commits.iter()?.take(PRUNE_COMMITS_MAX) {
+                    let (first, value) = row?;
+                    let value = value.value();
+                    let at = value
+                        .first_chunk::<8>()
+                        .map(|at| i64::from_be_bytes(*at))
+                        .ok_or_else(|| corrupt_commit(first.value()))?;
+                    if at >= before {
+                        break;
+                    }
+                    for key in value[8..].chunks(ROW_KEY_BYTES) {
+                        records
+                            .remove(row_key(key).ok_or_else(|| corrupt_commit(first.value()))?)?;
+                    }
+                    old.push(first.value());
+                }
+                for first in &old {
+                    commits.remove(first)?;
+                }
+                old.len()
+            };
+            transaction.commit()?;
+            if pruned > 0 {
+                metrics::counter!("engram_audit_commits_pruned_total").increment(pruned as u64);
+            }
+            if pruned < PRUNE_COMMITS_MAX {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn corrupt_commit(first: u64) -> StoreError {
+    StoreError::Corrupt {
+        what: format!("the audit trail's commit from sequence {first}"),
+    }
+}
+
+/// A row's key from its bytes in a `commits` value.
+fn row_key(bytes: &[u8]) -> Option<(PublicKey, u64, u64)> {
+    let (principal, rest) = bytes.split_first_chunk::<32>()?;
+    let (commit, rest) = rest.split_first_chunk::<8>()?;
+    let first = rest.first_chunk::<8>()?;
+    Some((
+        *principal,
+        u64::from_be_bytes(*commit),
+        u64::from_be_bytes(*first),
+    ))
+}
+
+fn put_row_key(key: &(PublicKey, u64, u64), out: &mut Vec<u8>) {
+    out.extend_from_slice(&key.0);
+    out.extend_from_slice(&key.1.to_be_bytes());
+    out.extend_from_slice(&key.2.to_be_bytes());
+}
+
+/// Lists in `commits` the rows of a trail written before it had that table: each row as
+/// a commit of its own, at the time of its first record.
+fn index_rows(
+    records: &redb::Table<(PublicKey, u64, u64), &[u8]>,
+    commits: &mut redb::Table<u64, &[u8]>,
+) -> Result<(), StoreError> {
+    let mut value = Vec::with_capacity(8 + ROW_KEY_BYTES);
+    for row in records.iter()? {
+        let (key, bytes) = row?;
+        let key = key.value();
+        let mut reader = EntryReader::new(bytes.value());
+        // The row's first record: its sequence, length, version, then its time.
+        let at = (|| {
+            reader.u64()?;
+            reader.u32()?;
+            reader.u8()?;
+            Some(reader.u64()? as i64)
+        })()
+        .ok_or_else(|| corrupt_commit(key.2))?;
+        value.clear();
+        value.extend_from_slice(&at.to_be_bytes());
+        put_row_key(&key, &mut value);
+        commits.insert(key.2, value.as_slice())?;
+    }
+    Ok(())
 }
 
 fn commit(database: &Database, batch: &[AuditRecord], first: u64) -> Result<(), StoreError> {
@@ -490,6 +644,9 @@ fn commit(database: &Database, batch: &[AuditRecord], first: u64) -> Result<(), 
         order.sort_by_key(|index| (batch[*index].principal, batch[*index].commit, *index));
         let mut row = Vec::with_capacity(4096);
         let mut record = Vec::with_capacity(256);
+        // When, then the key of every row this commit writes.
+        let mut rows = Vec::with_capacity(8 + ROW_KEY_BYTES);
+        rows.extend_from_slice(&crate::write::now_unix_ms().to_be_bytes());
         for (position, index) in order.iter().enumerate() {
             let this = &batch[*index];
             record.clear();
@@ -510,13 +667,15 @@ fn commit(database: &Database, batch: &[AuditRecord], first: u64) -> Result<(), 
                     })
                     .last()
                     .expect("the row holds this record");
-                records.insert(
-                    (this.principal, this.commit, first + *row_first as u64),
-                    row.as_slice(),
-                )?;
+                let key = (this.principal, this.commit, first + *row_first as u64);
+                records.insert(key, row.as_slice())?;
+                put_row_key(&key, &mut rows);
                 row.clear();
             }
         }
+        transaction
+            .open_table(COMMITS)?
+            .insert(first, rows.as_slice())?;
         let mut meta = transaction.open_table(META)?;
         meta.insert(NEXT_SEQUENCE, first + batch.len() as u64)?;
     }
@@ -527,6 +686,57 @@ fn commit(database: &Database, batch: &[AuditRecord], first: u64) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(principal: u8, commit: u64, at_unix_ms: i64) -> AuditRecord {
+        AuditRecord {
+            principal: [principal; 32],
+            world: "w".into(),
+            restriction: "{}".into(),
+            query: AuditedQuery::Get {
+                id: [7; 32],
+                as_of: 0,
+            },
+            ids: vec![[7; 32]],
+            commit,
+            at_unix_ms,
+        }
+    }
+
+    #[test]
+    fn a_trail_written_before_its_commits_table_is_indexed_and_pruned_at_open() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("audit.redb");
+        let now = crate::write::now_unix_ms();
+        {
+            let database = Database::create(&path).unwrap();
+            let long_ago = now - 7_200_000;
+            commit(
+                &database,
+                &[record(1, 5, long_ago), record(2, 5, long_ago)],
+                1,
+            )
+            .unwrap();
+            commit(&database, &[record(1, 6, now)], 3).unwrap();
+            let transaction = database.begin_write().unwrap();
+            assert!(transaction.delete_table(COMMITS).unwrap());
+            transaction.commit().unwrap();
+        }
+        let (log, thread) = AuditLog::open(&path, Some(Duration::from_secs(3600))).unwrap();
+        let trail = |principal| log.read(&[principal; 32], 0, u64::MAX, 0, 1000).unwrap();
+        assert_eq!(trail(2), []);
+        let kept = trail(1);
+        assert_eq!(kept.len(), 1);
+        assert_eq!((kept[0].commit, kept[0].sequence), (6, 3));
+        drop(log);
+        thread.join();
+        // Every row left is listed, once: opening without a retention keeps them.
+        let (log, thread) = AuditLog::open(&path, None).unwrap();
+        assert_eq!(log.read(&[1; 32], 0, u64::MAX, 0, 1000).unwrap().len(), 1);
+        let transaction = log.database.begin_read().unwrap();
+        assert_eq!(transaction.open_table(COMMITS).unwrap().len().unwrap(), 1);
+        drop((transaction, log));
+        thread.join();
+    }
 
     #[test]
     fn records_round_trip_through_their_bytes() {

@@ -38,6 +38,8 @@ pub const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
 const MAGIC: [u8; 4] = *b"EJR1";
 /// The top bit of an item's length: the item is an idempotency key, not an entry.
 const KEY_ITEM: u32 = 1 << 31;
+/// The bytes before each item of a record body: its length, and whether it is a key.
+pub(crate) const ITEM_PREFIX_BYTES: usize = 4;
 const HEADER_BYTES: usize = 4 + 4 + 8;
 /// The BLAKE3 key-derivation context of record checksums.
 const CHECKSUM_CONTEXT: &str = "engram 2026-11 journal record v1";
@@ -249,9 +251,9 @@ impl Journal {
 
     fn push(&mut self, tag: u32, encode: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
         let prefix = self.record.len();
-        self.record.extend_from_slice(&[0; 4]);
+        self.record.extend_from_slice(&[0; ITEM_PREFIX_BYTES]);
         encode(&mut self.record);
-        let start = prefix + 4;
+        let start = prefix + ITEM_PREFIX_BYTES;
         let length = (self.record.len() - start) as u32;
         assert!(length < KEY_ITEM, "items are far smaller than 2 GiB");
         self.record[prefix..start].copy_from_slice(&(length | tag).to_be_bytes());
@@ -378,16 +380,6 @@ pub(crate) enum Item<'a> {
     Entry(&'a [u8]),
     /// An idempotency key record (`crate::idempotency::KeyRecord`).
     Key(&'a [u8]),
-}
-
-/// Appends `item` to `out`, framed as in a record body.
-pub(crate) fn encode_item(item: &Item<'_>, out: &mut Vec<u8>) {
-    let (tag, bytes) = match item {
-        Item::Entry(bytes) => (0, bytes),
-        Item::Key(bytes) => (KEY_ITEM, bytes),
-    };
-    out.extend_from_slice(&(bytes.len() as u32 | tag).to_be_bytes());
-    out.extend_from_slice(bytes);
 }
 
 /// The items of a record body, or `None` if it does not parse (then it is not used).

@@ -235,17 +235,23 @@ impl Store {
         let transaction = self.database.begin_write()?;
         journal.begin();
         let mut tables = write::Tables::open(&transaction)?;
-        let outcome = write::prepare_group(&mut tables, requests, journal)?;
-        // In a fleet, the worlds' streams take the group's entries before it commits.
         let replicator = self.replicator.lock().expect("never poisoned").clone();
+        let message_bytes_max = replicator.as_ref().map(|to| to.message_bytes_max());
+        let outcome = write::prepare_group(&mut tables, requests, journal, message_bytes_max)?;
+        // In a fleet, the worlds' streams take the group's entries before it commits.
         if let Some(replicator) = replicator
-            && journal.has_entries()
+            && let Some(bytes_max) = message_bytes_max
         {
-            for world in replica::worlds_of(journal.entries()) {
-                let message = replica::world_message(journal.entries(), &world);
-                let after = tables.position(&world)?;
-                let position = replicator.publish(&world, after, &message)?;
-                tables.set_position(&world, position)?;
+            let world_of = |request: usize| match &requests[request].op {
+                WriteOp::Remember { world, .. } => world.as_str(),
+                _ => unreachable!("only remember requests write the journal"),
+            };
+            let messages =
+                replica::messages(journal.entries(), &outcome.spans, world_of, bytes_max);
+            for (world, message) in messages {
+                let after = tables.position(world)?;
+                let position = replicator.publish(world, after, &message)?;
+                tables.set_position(world, position)?;
             }
         }
         // Journaled unless the group changed more than atoms, or is too large for what is

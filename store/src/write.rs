@@ -13,7 +13,7 @@ use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
 use crate::atom::{
     AtomContent, AtomKind, EntryFacts, EntryHeader, Facts, Hash, LifecycleState, LinkKind,
-    PublicKey, Transition, ZERO_HASH, decode_entry, encode_entry, entry_hash,
+    PublicKey, Transition, ZERO_HASH, decode_entry, encode_entry, encoded_entry_len, entry_hash,
 };
 use crate::epoch::Epoch;
 use crate::error::StoreError;
@@ -24,6 +24,7 @@ use crate::limits::{
 };
 use crate::policy::{PolicyChange, PolicyTables};
 use crate::principal::{Grant, Principal, Right};
+use crate::replica::Span;
 use crate::tables::*;
 use crate::world::{WorldInfo, WorldState};
 
@@ -449,6 +450,8 @@ pub(crate) struct GroupOutcome {
     pub needs_durable_commit: bool,
     /// The entries encoded into the journal's record, to store with [`store_group`].
     pub entries: Vec<PendingEntry>,
+    /// Each request's part of the journal's record, for a fleet's streams.
+    pub spans: Vec<Span>,
 }
 
 /// An entry of the group, encoded but not yet stored in the tables.
@@ -466,10 +469,14 @@ pub(crate) struct PendingEntry {
 /// it, and makes every change but one: the entries of remembered atoms are encoded into
 /// the journal's open record and returned, and [`store_group`] stores them. The caller
 /// writes the record, stores the entries while it syncs, and commits.
+///
+/// `message_bytes_max` is set in a fleet: a request whose part of the record would not
+/// fit in one of its world's messages is refused.
 pub(crate) fn prepare_group(
     tables: &mut Tables<'_>,
     requests: &[WriteRequest],
     journal: &mut Journal,
+    message_bytes_max: Option<usize>,
 ) -> Result<GroupOutcome, StoreError> {
     let first_commit = last_commit(&tables.meta)?;
     let mut group = Group {
@@ -484,11 +491,21 @@ pub(crate) fn prepare_group(
         states: HashMap::new(),
         keyed: HashMap::new(),
         scratch: Vec::new(),
+        message_bytes_max,
     };
     let mut verdicts = Vec::with_capacity(requests.len());
+    let mut spans = Vec::new();
     for (index, request) in requests.iter().enumerate() {
         group.request = index;
+        let start = group.journal.entries().len();
         let verdict = apply_one(tables, &mut group, request)?;
+        let end = group.journal.entries().len();
+        if end > start {
+            spans.push(Span {
+                request: index,
+                bytes: start..end,
+            });
+        }
         if verdict.is_ok() && !matches!(request.op, WriteOp::Remember { .. }) {
             group.needs_durable_commit = true;
         }
@@ -502,6 +519,7 @@ pub(crate) fn prepare_group(
         verdicts,
         needs_durable_commit: group.needs_durable_commit,
         entries: group.entries,
+        spans,
     })
 }
 
@@ -612,6 +630,8 @@ struct Group<'a> {
     keyed: HashMap<(String, PublicKey, Vec<u8>), Vec<Receipt>>,
     /// A buffer for request hashes.
     scratch: Vec<u8>,
+    /// In a fleet, the most bytes of one message of a world's stream.
+    message_bytes_max: Option<usize>,
 }
 
 pub fn now_unix_ms() -> i64 {
@@ -1075,6 +1095,25 @@ fn remember(
         }
     }
 
+    // In a fleet, the request must fit in one message of its world's stream.
+    if let Some(bytes_max) = group.message_bytes_max {
+        let bytes = atoms
+            .iter()
+            .map(|atom| journal::ITEM_PREFIX_BYTES + encoded_entry_len(world, atom))
+            .sum::<usize>()
+            + key.map_or(0, |key| {
+                journal::ITEM_PREFIX_BYTES + KeyRecord::encoded_len(world, key)
+            });
+        if bytes > bytes_max {
+            return Ok(Err(StoreError::InvalidBatch {
+                reason: format!(
+                    "its entries take {bytes} bytes; this fleet carries at most {bytes_max} \
+                     bytes of a request in one message: split the batch"
+                ),
+            }));
+        }
+    }
+
     // Every transition must be legal where its target stands, after the transitions
     // before it in the group and in the batch.
     let count: usize = atoms.iter().map(|atom| atom.transitions().count()).sum();
@@ -1137,6 +1176,7 @@ fn remember(
         let bytes = group
             .journal
             .push_entry(|out| encode_entry(&header, content, out));
+        debug_assert_eq!(bytes.len(), encoded_entry_len(world, content));
         let id = entry_hash(&group.journal.entries()[bytes.clone()]);
         group.entries.push(PendingEntry {
             request: group.request,

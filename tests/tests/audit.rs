@@ -194,3 +194,53 @@ fn every_read_is_recorded_with_what_it_answered() {
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("notFound"));
 }
+
+/// With `--audit-retention-ms`, a record older than the retention is deleted as the
+/// trail goes on being written, and the records of reads within it stay.
+#[test]
+fn records_past_the_retention_are_deleted_and_recent_ones_kept() {
+    const RETENTION_MS: i64 = 2_000;
+    let node = TestNode::start_with(&["--audit-retention-ms", &RETENTION_MS.to_string()]);
+    run_local(async {
+        let admin = admin_with_world(&node, "w").await;
+        let agent_key = add_principal(&admin, "agent", &["w=rw"]).await;
+        let agent = session(&node.tcp(), &agent_key).await;
+        let receipts = engram_client::remember(&agent.writer("w").unwrap(), &[NewAtom::fact("x")])
+            .await
+            .unwrap();
+        let reader = agent.reader("w").unwrap();
+        engram_client::get(&reader, &receipts[0].id).await.unwrap();
+        let first = trail_of(&admin, "agent", 1).await[0].clone();
+        // The agent goes on reading; its first record goes once the retention is past.
+        let started = Instant::now();
+        loop {
+            engram_client::get(&reader, &receipts[0].id).await.unwrap();
+            let trail = engram_client::audit(&admin.admin().unwrap(), "agent", 0, 0, 0, 1000)
+                .await
+                .unwrap();
+            if trail.iter().all(|record| record.sequence != first.sequence) {
+                // What is left is what was read within the retention (and a little
+                // more: pruning runs at most every tenth of it).
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64;
+                assert!(
+                    now - first.at_unix_ms >= RETENTION_MS,
+                    "deleted before the retention"
+                );
+                assert!(!trail.is_empty(), "recent records are kept");
+                assert!(
+                    (trail.iter()).all(|record| now - record.at_unix_ms < RETENTION_MS + 1_000),
+                    "{trail:?}"
+                );
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the first record is still there"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}

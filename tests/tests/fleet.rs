@@ -727,3 +727,74 @@ fn concurrent_first_writes_to_a_world_on_one_node_all_succeed() {
         .await;
     });
 }
+
+/// A batch: `atoms` atoms of 60 KiB of text each, told apart by `tag`.
+fn heavy_batch(tag: &str, atoms: usize) -> Vec<NewAtom> {
+    (0..atoms)
+        .map(|index| NewAtom::fact(format!("{tag} {index} {}", "word ".repeat(12_000))))
+        .collect()
+}
+
+/// A world's entries travel in NATS messages, which hold 1 MiB by default. One holder's
+/// batch too large for a message is refused on its own, saying so; the requests the
+/// node writes in the same group are written, however many bytes they come to together,
+/// and reach the other node whole.
+#[test]
+fn an_oversized_batch_is_refused_alone_and_large_groups_reach_every_node() {
+    let fleet = Fleet::start(2, LEASE, &[]);
+    let admin_key = fleet.admin_key();
+    run_local(async {
+        let on_a = session(&fleet.nodes[0].tcp(), &admin_key).await;
+        engram_client::create_world(&on_a.admin().unwrap(), "heavy")
+            .await
+            .unwrap();
+        let writers_session = session(&fleet.nodes[0].tcp(), &admin_key).await;
+        let mut writers = Vec::new();
+        for _ in 0..9 {
+            let session = session(&fleet.nodes[0].tcp(), &admin_key).await;
+            writers.push(session.writer("heavy").unwrap());
+        }
+        // About 1.2 MB in one request; eight of about 600 kB, sent together so that the
+        // node writes several in a group.
+        let oversized_batch = heavy_batch("oversized", 20);
+        let oversized = engram_client::remember(&writers[0], &oversized_batch);
+        let others = writers[1..]
+            .iter()
+            .enumerate()
+            .map(|(index, writer)| async move {
+                engram_client::remember(writer, &heavy_batch(&format!("request {index}"), 10)).await
+            });
+        let (refused, written) =
+            futures::future::join(oversized, futures::future::join_all(others)).await;
+        let refused = refused.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Some(ErrorCode::InvalidArgument),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("split"), "{refused}");
+        let mut receipts = Vec::new();
+        for answer in written {
+            receipts.extend(answer.expect("a request beside the oversized one is written"));
+        }
+        assert_eq!(receipts.len(), 80);
+        // The other node holds every atom, in the same chain.
+        let on_b = until_world(&fleet.nodes[1], &admin_key, "heavy").await;
+        until_atoms(&on_b, "heavy", 80).await;
+        let reader = on_b.reader("heavy").unwrap();
+        assert_eq!(
+            engram_client::verify(&reader).await.unwrap().first_bad,
+            None
+        );
+        for receipt in &receipts {
+            let atom = engram_client::get(&reader, &receipt.id).await.unwrap();
+            assert_eq!((atom.seq, atom.commit), (receipt.seq, receipt.commit));
+        }
+        assert_eq!(
+            engram_client::heads(&reader).await.unwrap(),
+            engram_client::heads(&writers_session.reader("heavy").unwrap())
+                .await
+                .unwrap()
+        );
+    });
+}
