@@ -69,6 +69,10 @@ pub struct Link {
     /// Which node writes each world.
     leases: kv::Store,
     owned: RefCell<worlds::OwnedWorlds>,
+    /// The worlds another node was found writing, with the refusal and when it was
+    /// read: a write here is refused from it for a tenth of the lease, so a holder's
+    /// flood of refused writes costs NATS a lease read per world that often, not each.
+    refused: RefCell<HashMap<String, (String, Instant)>>,
     /// The worlds a call of this node is taking, and the signal that one was taken.
     claiming: RefCell<HashSet<String>>,
     claimed: Notify,
@@ -138,6 +142,7 @@ pub async fn join(node: Rc<Node>, config: &Config, address: &str) -> Result<Rc<L
         nodes: RefCell::new(HashMap::new()),
         leases,
         owned: RefCell::new(HashMap::new()),
+        refused: RefCell::new(HashMap::new()),
         claiming: RefCell::new(HashSet::new()),
         claimed: Notify::new(),
         followed: RefCell::new(HashSet::new()),

@@ -224,6 +224,11 @@ impl Link {
         if self.owns(&world) {
             return Ok(());
         }
+        if let Some((refusal, read)) = self.refused.borrow().get(&world)
+            && read.elapsed() < self.lease / 10
+        {
+            return Err(refusal.clone());
+        }
         if self.claiming.borrow().contains(&world) {
             let deadline = Instant::now() + self.lease;
             while self.claiming.borrow().contains(&world) && Instant::now() < deadline {
@@ -267,12 +272,15 @@ impl Link {
                 let holder: Lease = serde_json::from_slice(&entry.value)
                     .map_err(|error| format!("the lease of world {world:?}: {error}"))?;
                 if holder.node != self.node_key {
-                    return Err(format!(
+                    let refusal = format!(
                         "world {world:?} is written on another node of the fleet, at {}; \
                          send its writes there (another node takes it over if that one \
                          stays away for the fleet's lease)",
                         holder.address
-                    ));
+                    );
+                    let read = Instant::now();
+                    (self.refused.borrow_mut()).insert(world.clone(), (refusal.clone(), read));
+                    return Err(refusal);
                 }
                 self.leases
                     .update(key.as_str(), lease.into(), entry.revision)

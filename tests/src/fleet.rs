@@ -8,9 +8,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -94,16 +97,20 @@ impl Drop for NatsServer {
 }
 
 /// A TCP proxy to one address, on a thread of its own; cut, it closes every
-/// connection it carries and every new one at once.
+/// connection it carries and every new one at once. It counts the bytes it carries
+/// upstream.
 pub struct Proxy {
     address: SocketAddr,
     cut: watch::Sender<bool>,
+    upstream_bytes: Arc<AtomicU64>,
 }
 
 impl Proxy {
     pub fn start(upstream: SocketAddr) -> Proxy {
         let (cut, cuts) = watch::channel(false);
         let (bound, address) = std::sync::mpsc::channel();
+        let upstream_bytes = Arc::new(AtomicU64::new(0));
+        let counted = upstream_bytes.clone();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -128,12 +135,27 @@ impl Proxy {
                         continue; // dropped: closed at once
                     }
                     let mut cuts = cuts.clone();
+                    let counted = counted.clone();
                     tokio::spawn(async move {
-                        let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        let Ok(server) = TcpStream::connect(upstream).await else {
                             return;
                         };
+                        let (mut from_client, mut to_client) = client.split();
+                        let (mut from_server, mut to_server) = server.into_split();
+                        let up = async {
+                            let mut buffer = vec![0; 16 * 1024];
+                            loop {
+                                let read = from_client.read(&mut buffer).await?;
+                                if read == 0 {
+                                    return to_server.shutdown().await;
+                                }
+                                counted.fetch_add(read as u64, Ordering::Relaxed);
+                                to_server.write_all(&buffer[..read]).await?;
+                            }
+                        };
+                        let down = tokio::io::copy(&mut from_server, &mut to_client);
                         tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = futures::future::join(up, down) => {}
                             _ = cuts.wait_for(|cut| *cut) => {}
                         }
                     });
@@ -143,7 +165,13 @@ impl Proxy {
         Proxy {
             address: address.recv().expect("the proxy's address"),
             cut,
+            upstream_bytes,
         }
+    }
+
+    /// The bytes carried upstream so far (what the node sent NATS).
+    pub fn upstream_bytes(&self) -> u64 {
+        self.upstream_bytes.load(Ordering::Relaxed)
     }
 
     pub fn address(&self) -> SocketAddr {

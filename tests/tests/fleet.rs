@@ -798,3 +798,41 @@ fn an_oversized_batch_is_refused_alone_and_large_groups_reach_every_node() {
         );
     });
 }
+
+/// A write to a world another node writes is refused, naming that node; a holder's
+/// flood of such writes costs NATS a lease read now and then, not one each (the node's
+/// traffic to NATS is counted at its proxy).
+#[test]
+fn a_flood_of_writes_to_another_nodes_world_costs_nats_little() {
+    const WRITES: u64 = 300;
+    let fleet = Fleet::start(2, LEASE, &[]);
+    let admin_key = fleet.admin_key();
+    run_local(async {
+        let on_a = session(&fleet.nodes[0].tcp(), &admin_key).await;
+        engram_client::create_world(&on_a.admin().unwrap(), "owned")
+            .await
+            .unwrap();
+        let on_a = until_world(&fleet.nodes[0], &admin_key, "owned").await;
+        engram_client::remember(&on_a.writer("owned").unwrap(), &[NewAtom::fact("mine")])
+            .await
+            .unwrap();
+        let on_b = until_world(&fleet.nodes[1], &admin_key, "owned").await;
+        let writer = on_b.writer("owned").unwrap();
+        let before = fleet.proxies[1].upstream_bytes();
+        for index in 0..WRITES {
+            let refused = engram_client::remember(&writer, &[NewAtom::fact(format!("{index}"))])
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), Some(ErrorCode::Unavailable), "{refused}");
+            assert!(
+                refused.to_string().contains(fleet.nodes[0].tcp_address()),
+                "the refusal names the owner: {refused}"
+            );
+        }
+        let sent = fleet.proxies[1].upstream_bytes() - before;
+        assert!(
+            sent < WRITES * 20,
+            "node B sent NATS {sent} bytes for {WRITES} refused writes"
+        );
+    });
+}
