@@ -167,6 +167,11 @@ impl Imported {
     }
 }
 
+/// Bytes of export lines after which `engram import` sends what it has read as one
+/// batch, whatever its atom count: a line is at least as long as its atom's entry, so a
+/// batch stays well inside a node's message limit and a fleet's 1 MiB NATS message.
+pub const IMPORT_BATCH_BYTES: usize = 512 * 1024;
+
 /// The idempotency key of a batch of exported atoms imported into `world`: the same
 /// batch into the same world gets the same key, so an import run again is answered,
 /// not written twice.

@@ -1945,15 +1945,18 @@ async fn export(
 }
 
 /// Imports the export at `file` (or stdin) into `world` through `writer`, `batch`
-/// atoms a request; returns how many atoms were written now and how many an earlier
-/// run had written.
+/// atoms a request at most and [`IMPORT_BATCH_BYTES`] of export lines (so that large
+/// atoms make smaller requests); returns how many atoms were written now and how many
+/// an earlier run had written.
+///
+/// [`IMPORT_BATCH_BYTES`]: engram_client::export::IMPORT_BATCH_BYTES
 async fn import(
     writer: &engram_client::engram_schema::engram_capnp::world_writer::Client,
     world: &str,
     file: Option<&Path>,
     batch: usize,
 ) -> Result<(u64, u64), Failure> {
-    use engram_client::export::{ChainCheck, Exported, Imported, batch_key, parse_line};
+    use engram_client::export::{ChainCheck, Exported, IMPORT_BATCH_BYTES, Imported, parse_line};
     use std::io::BufRead;
     let (input, total): (Box<dyn BufRead>, Option<u64>) = match file {
         Some(path) => {
@@ -1966,47 +1969,90 @@ async fn import(
     };
     let name = file.map_or("stdin".to_owned(), |path| path.display().to_string());
     let bar = progress(total, "bytes");
-    let (mut chains, mut imported) = (ChainCheck::default(), Imported::default());
-    let (mut written, mut replayed, mut read) = (0u64, 0u64, 0u64);
-    let mut pending: Vec<Exported> = Vec::with_capacity(batch);
-    let mut lines = input.lines().enumerate().peekable();
-    while let Some((index, line)) = lines.next() {
+    let mut chains = ChainCheck::default();
+    let mut batches = Batches {
+        writer,
+        world,
+        name: &name,
+        imported: Imported::default(),
+        written: 0,
+        replayed: 0,
+    };
+    let mut read = 0u64;
+    // The batch being read, its bytes of lines, and the number of its last line.
+    let (mut pending, mut pending_bytes, mut last_line): (Vec<Exported>, usize, usize) =
+        (Vec::new(), 0, 0);
+    for (index, line) in input.lines().enumerate() {
         let line = line.map_err(|error| usage(format!("reading {name}: {error}")))?;
         read += line.len() as u64 + 1;
-        if !line.trim().is_empty() {
-            let exported = parse_line(&line)
-                .and_then(|exported| chains.check(&exported).map(|()| exported))
-                .map_err(|error| usage(format!("{name} line {}: {error}", index + 1)))?;
-            pending.push(exported);
-        }
-        if pending.len() < batch && lines.peek().is_some() {
+        if line.trim().is_empty() {
             continue;
         }
-        if pending.is_empty() {
-            break;
+        let exported = parse_line(&line)
+            .and_then(|exported| chains.check(&exported).map(|()| exported))
+            .map_err(|error| usage(format!("{name} line {}: {error}", index + 1)))?;
+        if !pending.is_empty() && pending_bytes + line.len() > IMPORT_BATCH_BYTES {
+            batches.send(&mut pending, last_line).await?;
+            pending_bytes = 0;
         }
-        let atoms: Vec<_> = pending.iter().map(|atom| imported.to_write(atom)).collect();
-        let answer = engram_client::remember_keyed(writer, &atoms, &batch_key(world, &pending))
+        pending.push(exported);
+        pending_bytes += line.len();
+        last_line = index + 1;
+        if pending.len() >= batch {
+            batches.send(&mut pending, last_line).await?;
+            pending_bytes = 0;
+        }
+        bar.set_position(read);
+    }
+    if !pending.is_empty() {
+        batches.send(&mut pending, last_line).await?;
+    }
+    bar.finish_and_clear();
+    Ok((batches.written, batches.replayed))
+}
+
+/// `engram import`'s batches as they are written.
+struct Batches<'a> {
+    writer: &'a engram_client::engram_schema::engram_capnp::world_writer::Client,
+    world: &'a str,
+    /// The file's name, as errors name it.
+    name: &'a str,
+    imported: engram_client::export::Imported,
+    written: u64,
+    replayed: u64,
+}
+
+impl Batches<'_> {
+    /// Writes `pending` (emptied) as one keyed batch; `last_line` is the number of its
+    /// last line in the file, as an error names it.
+    async fn send(
+        &mut self,
+        pending: &mut Vec<engram_client::export::Exported>,
+        last_line: usize,
+    ) -> Result<(), Failure> {
+        let atoms: Vec<_> = (pending.iter())
+            .map(|atom| self.imported.to_write(atom))
+            .collect();
+        let key = engram_client::export::batch_key(self.world, pending);
+        let answer = engram_client::remember_keyed(self.writer, &atoms, &key)
             .await
             .map_err(|error| Failure {
                 message: format!(
-                    "{error} (the batch ending at {name} line {}; what was imported before it stays, and running the import again goes on from it)",
-                    index + 1
+                    "{error} (the batch ending at {} line {last_line}; what was imported before it stays, and running the import again goes on from it)",
+                    self.name
                 ),
                 ..Failure::from(error)
             })?;
         for (original, receipt) in pending.iter().zip(&answer.receipts) {
-            imported.record(original.id, receipt.id);
+            self.imported.record(original.id, receipt.id);
         }
         let count = pending.len() as u64;
         if answer.replayed {
-            replayed += count;
+            self.replayed += count;
         } else {
-            written += count;
+            self.written += count;
         }
         pending.clear();
-        bar.set_position(read);
+        Ok(())
     }
-    bar.finish_and_clear();
-    Ok((written, replayed))
 }

@@ -203,3 +203,37 @@ fn tamper_line(export: &str, index: usize) -> String {
     lines[index] = value.to_string();
     lines.join("\n") + "\n"
 }
+
+/// Large atoms make smaller batches: 2.4 MB of atoms import with the default `--batch`
+/// into a node that takes messages of at most 1 MiB (one batch of them would not fit).
+#[test]
+fn large_atoms_import_in_batches_the_node_takes() {
+    let node = TestNode::start_with(&["--message-bytes-max", "1048576"]);
+    run_local(async {
+        let admin = admin_with_world(&node, "source").await;
+        engram_client::create_world(&admin.admin().unwrap(), "copy")
+            .await
+            .unwrap();
+        let writer = admin.writer("source").unwrap();
+        for round in 0..4 {
+            let atoms: Vec<NewAtom> = (0..10)
+                .map(|index| NewAtom::fact(format!("{round}/{index} {}", "word ".repeat(12_000))))
+                .collect();
+            engram_client::remember(&writer, &atoms).await.unwrap();
+        }
+    });
+    let directory = tempfile::tempdir().unwrap();
+    let file = directory.path().join("large.jsonl");
+    succeeds(cli(
+        &node,
+        &["export", "source", "-o", file.to_str().unwrap()],
+    ));
+    let summary: serde_json::Value = serde_json::from_str(&succeeds(cli(
+        &node,
+        &["--json", "import", "copy", file.to_str().unwrap()],
+    )))
+    .unwrap();
+    assert_eq!(summary["written"], 40);
+    assert_eq!(run_local(atoms_of(&node, "copy")).len(), 40);
+    succeeds(cli(&node, &["verify", "copy"]));
+}
