@@ -494,7 +494,7 @@ struct AuditRecord {
   # One read, as the audit trail keeps it (`Admin.audit`).
   principal @0 :Data;   # Who read (public key).
   world @1 :Text;
-  method @2 :Text;      # ask, check, get, replay or diff.
+  method @2 :Text;      # ask, check, get, replay, diff, or subscribe (one push).
   restriction @3 :Text; # The capability's restriction as JSON: only what it narrows; {} for none.
   query @4 :Text;       # The method's parameters as JSON (a query vector by its dimensions only).
   ids @5 :List(Data);   # The ids answered, in the answer's order.
@@ -791,7 +791,7 @@ interface Admin {
              limit :UInt32) -> (records :List(AuditRecord));
   # The audit trail of one principal (its name, or its public key as 64 hex digits, for
   # a principal since removed): every `ask`, `check`, `get`, `replay` and `diff` it made
-  # that answered, with the commit its answer stood at in `fromCommit..=toCommit` (0 as
+  # that answered, and every push of its subscriptions (method `subscribe`), with the commit its answer stood at in `fromCommit..=toCommit` (0 as
   # `toCommit`: no bound), in commit order, at most `limit` (1 to 1000). To page on, pass
   # the last record's `commit` as `fromCommit` and its `sequence` as `afterSequence`.
   # "What did this agent receive when it asked at commit N": fromCommit = toCommit = N.

@@ -3,8 +3,9 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use engram_store::PublicKey;
+use engram_store::audit::{AuditRecord, AuditedQuery};
 use engram_store::limits::{READ_EXAMINED_MAX, READ_INLINE_EXAMINED_MAX};
+use engram_store::{Hash, PublicKey};
 
 use crate::error::CapabilityError;
 use crate::node::Node;
@@ -122,6 +123,28 @@ impl Drop for CallPermit {
 }
 
 impl Grip {
+    /// Records a read of `world` in the audit trail (`query`, the `ids` answered, the
+    /// commit the answer stood at) before it is answered: waits while the trail's queue
+    /// is full, and fails (`unavailable`) once the trail cannot be written.
+    pub(crate) async fn audit(
+        &self,
+        world: &str,
+        query: AuditedQuery,
+        ids: Vec<Hash>,
+        commit: u64,
+    ) -> Result<(), CapabilityError> {
+        let record = AuditRecord {
+            principal: self.principal,
+            world: world.to_owned(),
+            restriction: self.audit_restriction.clone(),
+            query,
+            ids,
+            commit,
+            at_unix_ms: engram_store::now_unix_ms(),
+        };
+        Ok(self.node.audit.record(record).await?)
+    }
+
     /// The epoch guard: fails once the node has left the capability's epoch, once its
     /// principal was removed or its grants changed, and once its restriction expired or
     /// excludes `world`.

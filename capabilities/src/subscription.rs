@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use engram_schema::engram_capnp::{atom_sink, subscription};
+use engram_store::audit::AuditedQuery;
 use engram_store::{Facts, Query, ReadBudget, ReplayPage};
 use tokio::sync::watch;
 
@@ -172,23 +173,36 @@ async fn deliver(
         // A bounded read on the RPC thread: a selective filter over a long backlog is
         // read a slice at a time, with other work served between slices.
         let read = node.store.read().and_then(|view| {
-            view.replay(
+            let page = view.replay(
                 world,
                 cursor,
                 SUBSCRIPTION_PUSH_ATOMS_MAX,
                 ReadBudget::INLINE,
                 &shows,
-            )
+            )?;
+            Ok((page, view.last_commit()))
         });
-        let ReplayPage {
-            atoms,
-            next_commit: next,
-            ..
-        } = match read {
-            Ok(page) => page,
+        let (
+            ReplayPage {
+                atoms,
+                next_commit: next,
+                ..
+            },
+            read_at,
+        ) = match read {
+            Ok(read) => read,
             Err(error) => return Some(coded(error.into())),
         };
         if !atoms.is_empty() {
+            // Recorded like any read that answers with atoms, before it is pushed.
+            let push = AuditedQuery::Push {
+                filter: filter.clone(),
+                from_commit: cursor,
+            };
+            let ids = atoms.iter().map(|atom| atom.id).collect();
+            if let Err(error) = grip.audit(world, push, ids, read_at).await {
+                return Some(coded(error));
+            }
             let mut request = sink.push_request();
             write_atoms(request.get().init_atoms(atoms.len() as u32), &atoms);
             // Resolves once the flow-control window has room: a slow sink holds us here,

@@ -3,7 +3,7 @@
 use std::rc::Rc;
 
 use engram_schema::engram_capnp::{hit, world_reader};
-use engram_store::audit::{AuditRecord, AuditedQuery};
+use engram_store::audit::AuditedQuery;
 use engram_store::{Atom, Facts, Hash, Plan, ReadBudget, ReadView, StoreError};
 
 use crate::convert::{
@@ -91,21 +91,9 @@ impl WorldReader {
         ids: Vec<Hash>,
         commit: u64,
     ) -> Result<(), capnp::Error> {
-        let record = AuditRecord {
-            principal: self.grip.principal,
-            world: self.world.clone(),
-            restriction: self.grip.audit_restriction.clone(),
-            query,
-            ids,
-            commit,
-            at_unix_ms: engram_store::now_unix_ms(),
-        };
         self.grip
-            .node
-            .audit
-            .record(record)
+            .audit(&self.world, query, ids, commit)
             .await
-            .map_err(CapabilityError::from)
             .wire()
     }
 

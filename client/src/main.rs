@@ -184,8 +184,8 @@ enum Command {
         batch: usize,
     },
     /// Print the audit trail of a principal (admin): every ask, check, get, replay and
-    /// diff it made, with what it asked, the ids it received and the commit its answer
-    /// stood at. `--from N --to N`: what it received when it asked at commit N.
+    /// diff it made and every push of its subscriptions, with what it asked, the ids it
+    /// received and the commit its answer stood at. `--from N --to N`: what it received when it asked at commit N.
     Audit {
         /// The principal's name, or its public key (hex) if it has been removed.
         principal: String,

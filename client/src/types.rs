@@ -414,7 +414,7 @@ impl ViolationView {
 pub struct AuditView {
     pub principal: [u8; 32],
     pub world: String,
-    /// ask, check, get, replay or diff.
+    /// ask, check, get, replay, diff, or subscribe (one push of a subscription).
     pub method: String,
     /// The capability's restriction (JSON; `{}` for none).
     pub restriction: String,

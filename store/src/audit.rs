@@ -1,5 +1,5 @@
 //! The audit trail: a record of every read that answers with atoms (`ask`, `check`,
-//! `get`, `replay`, `diff`): who read, through which restriction, what was asked, the
+//! `get`, `replay`, `diff`, and each push of a subscription): who read, through which restriction, what was asked, the
 //! ids answered and the commit the answer stood at.
 //!
 //! Records go into their own redb file (`audit.redb` beside the store) on a thread of
@@ -83,6 +83,11 @@ pub enum AuditedQuery {
         to_commit: u64,
         limit: u32,
     },
+    /// One push of a subscription: its filter, and the commit the push read after.
+    Push {
+        filter: Query,
+        from_commit: u64,
+    },
 }
 
 impl AuditedQuery {
@@ -93,6 +98,7 @@ impl AuditedQuery {
             AuditedQuery::Check { .. } => "check",
             AuditedQuery::Replay { .. } => "replay",
             AuditedQuery::Diff { .. } => "diff",
+            AuditedQuery::Push { .. } => "subscribe",
         }
     }
 
@@ -120,31 +126,7 @@ impl AuditedQuery {
                 vector_dimensions,
             } => {
                 out.push(1);
-                out.extend_from_slice(&(query.kinds.len() as u16).to_be_bytes());
-                for kind in &query.kinds {
-                    out.extend_from_slice(&kind.code().to_be_bytes());
-                }
-                texts(out, &query.labels);
-                out.extend_from_slice(&(query.writers.len() as u16).to_be_bytes());
-                for writer in &query.writers {
-                    out.extend_from_slice(writer);
-                }
-                out.extend_from_slice(&query.min_importance.to_bits().to_be_bytes());
-                out.extend_from_slice(&query.max_importance.to_bits().to_be_bytes());
-                out.extend_from_slice(&query.limit.to_be_bytes());
-                out.extend_from_slice(&query.before_commit.unwrap_or(0).to_be_bytes());
-                match query.valid_at {
-                    None => out.push(0),
-                    Some(instant) => {
-                        out.push(1);
-                        out.extend_from_slice(&instant.to_be_bytes());
-                    }
-                }
-                out.push(query.states.len() as u8);
-                for state in &query.states {
-                    out.push(state.code() as u8);
-                }
-                out.extend_from_slice(&query.as_of.unwrap_or(0).to_be_bytes());
+                encode_query(query, out);
                 text(out, words);
                 out.extend_from_slice(&(*vector_dimensions as u32).to_be_bytes());
             }
@@ -168,6 +150,14 @@ impl AuditedQuery {
                 out.extend_from_slice(&to_commit.to_be_bytes());
                 out.extend_from_slice(&limit.to_be_bytes());
             }
+            AuditedQuery::Push {
+                filter,
+                from_commit,
+            } => {
+                out.push(5);
+                encode_query(filter, out);
+                out.extend_from_slice(&from_commit.to_be_bytes());
+            }
         }
     }
 
@@ -181,49 +171,16 @@ impl AuditedQuery {
             let count = reader.u16()? as usize;
             (0..count).map(|_| text(reader)).collect()
         }
-        let nonzero = |value: u64| (value != 0).then_some(value);
         Some(match reader.u8()? {
             0 => AuditedQuery::Get {
                 id: reader.array32()?,
                 as_of: reader.u64()?,
             },
-            1 => {
-                let kinds = (0..reader.u16()?)
-                    .map(|_| AtomKind::from_code(reader.u16()?))
-                    .collect::<Option<_>>()?;
-                let labels = texts(reader)?;
-                let writers = (0..reader.u16()?)
-                    .map(|_| reader.array32())
-                    .collect::<Option<_>>()?;
-                let min_importance = f32::from_bits(reader.u32()?);
-                let max_importance = f32::from_bits(reader.u32()?);
-                let limit = reader.u32()?;
-                let before_commit = nonzero(reader.u64()?);
-                let valid_at = match reader.u8()? {
-                    0 => None,
-                    _ => Some(reader.u64()? as i64),
-                };
-                let states = (0..reader.u8()?)
-                    .map(|_| LifecycleState::from_code(u16::from(reader.u8()?)))
-                    .collect::<Option<_>>()?;
-                let as_of = nonzero(reader.u64()?);
-                AuditedQuery::Ask {
-                    query: Query {
-                        kinds,
-                        labels,
-                        writers,
-                        min_importance,
-                        max_importance,
-                        limit,
-                        before_commit,
-                        valid_at,
-                        states,
-                        as_of,
-                    },
-                    text: text(reader)?,
-                    vector_dimensions: reader.u32()? as usize,
-                }
-            }
+            1 => AuditedQuery::Ask {
+                query: decode_query(reader)?,
+                text: text(reader)?,
+                vector_dimensions: reader.u32()? as usize,
+            },
             2 => AuditedQuery::Check {
                 plan: text(reader)?,
                 labels: texts(reader)?,
@@ -237,6 +194,10 @@ impl AuditedQuery {
                 to_commit: reader.u64()?,
                 limit: reader.u32()?,
             },
+            5 => AuditedQuery::Push {
+                filter: decode_query(reader)?,
+                from_commit: reader.u64()?,
+            },
             _ => return None,
         })
     }
@@ -248,20 +209,12 @@ impl AuditedQuery {
                 query,
                 text,
                 vector_dimensions,
-            } => json!({
-                "kinds": query.kinds.iter().map(|kind| kind.name()).collect::<Vec<_>>(),
-                "labels": query.labels,
-                "writers": query.writers.iter().map(hex::encode).collect::<Vec<_>>(),
-                "minImportance": query.min_importance,
-                "maxImportance": query.max_importance,
-                "limit": query.limit,
-                "beforeCommit": query.before_commit,
-                "validAt": query.valid_at,
-                "states": query.states.iter().map(|state| state.name()).collect::<Vec<_>>(),
-                "asOf": query.as_of,
-                "text": text,
-                "vectorDimensions": vector_dimensions,
-            }),
+            } => {
+                let mut value = query_json(query);
+                value["text"] = json!(text);
+                value["vectorDimensions"] = json!(vector_dimensions);
+                value
+            }
             AuditedQuery::Check { plan, labels } => json!({"plan": plan, "labels": labels}),
             AuditedQuery::Replay { from_commit, limit } => {
                 json!({"fromCommit": from_commit, "limit": limit})
@@ -271,8 +224,107 @@ impl AuditedQuery {
                 to_commit,
                 limit,
             } => json!({"fromCommit": from_commit, "toCommit": to_commit, "limit": limit}),
+            AuditedQuery::Push {
+                filter,
+                from_commit,
+            } => {
+                let mut value = query_json(filter);
+                value["fromCommit"] = json!(from_commit);
+                value
+            }
         }
     }
+}
+
+/// Appends a query's filter fields (store/FORMAT.md, The audit trail: ask's parameters
+/// up to asOf).
+fn encode_query(query: &Query, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(query.kinds.len() as u16).to_be_bytes());
+    for kind in &query.kinds {
+        out.extend_from_slice(&kind.code().to_be_bytes());
+    }
+    out.extend_from_slice(&(query.labels.len() as u16).to_be_bytes());
+    for label in &query.labels {
+        out.extend_from_slice(&(label.len() as u32).to_be_bytes());
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.extend_from_slice(&(query.writers.len() as u16).to_be_bytes());
+    for writer in &query.writers {
+        out.extend_from_slice(writer);
+    }
+    out.extend_from_slice(&query.min_importance.to_bits().to_be_bytes());
+    out.extend_from_slice(&query.max_importance.to_bits().to_be_bytes());
+    out.extend_from_slice(&query.limit.to_be_bytes());
+    out.extend_from_slice(&query.before_commit.unwrap_or(0).to_be_bytes());
+    match query.valid_at {
+        None => out.push(0),
+        Some(instant) => {
+            out.push(1);
+            out.extend_from_slice(&instant.to_be_bytes());
+        }
+    }
+    out.push(query.states.len() as u8);
+    for state in &query.states {
+        out.push(state.code() as u8);
+    }
+    out.extend_from_slice(&query.as_of.unwrap_or(0).to_be_bytes());
+}
+
+/// Reads what [`encode_query`] wrote.
+fn decode_query(reader: &mut EntryReader<'_>) -> Option<Query> {
+    let nonzero = |value: u64| (value != 0).then_some(value);
+    let kinds = (0..reader.u16()?)
+        .map(|_| AtomKind::from_code(reader.u16()?))
+        .collect::<Option<_>>()?;
+    let labels = (0..reader.u16()?)
+        .map(|_| {
+            let length = reader.u32()? as usize;
+            reader.string(length)
+        })
+        .collect::<Option<_>>()?;
+    let writers = (0..reader.u16()?)
+        .map(|_| reader.array32())
+        .collect::<Option<_>>()?;
+    let min_importance = f32::from_bits(reader.u32()?);
+    let max_importance = f32::from_bits(reader.u32()?);
+    let limit = reader.u32()?;
+    let before_commit = nonzero(reader.u64()?);
+    let valid_at = match reader.u8()? {
+        0 => None,
+        _ => Some(reader.u64()? as i64),
+    };
+    let states = (0..reader.u8()?)
+        .map(|_| LifecycleState::from_code(u16::from(reader.u8()?)))
+        .collect::<Option<_>>()?;
+    let as_of = nonzero(reader.u64()?);
+    Some(Query {
+        kinds,
+        labels,
+        writers,
+        min_importance,
+        max_importance,
+        limit,
+        before_commit,
+        valid_at,
+        states,
+        as_of,
+    })
+}
+
+/// A query's filter fields as `Admin.audit` renders them.
+fn query_json(query: &Query) -> Value {
+    json!({
+        "kinds": query.kinds.iter().map(|kind| kind.name()).collect::<Vec<_>>(),
+        "labels": query.labels,
+        "writers": query.writers.iter().map(hex::encode).collect::<Vec<_>>(),
+        "minImportance": query.min_importance,
+        "maxImportance": query.max_importance,
+        "limit": query.limit,
+        "beforeCommit": query.before_commit,
+        "validAt": query.valid_at,
+        "states": query.states.iter().map(|state| state.name()).collect::<Vec<_>>(),
+        "asOf": query.as_of,
+    })
 }
 
 /// One read, as it is recorded.
@@ -771,6 +823,14 @@ mod tests {
                 from_commit: 1,
                 to_commit: 2,
                 limit: 3,
+            },
+            AuditedQuery::Push {
+                filter: Query {
+                    labels: vec!["auth".into()],
+                    states: vec![LifecycleState::Approved],
+                    ..Query::default()
+                },
+                from_commit: 17,
             },
         ];
         for query in queries {

@@ -700,17 +700,24 @@ def test_the_audit_trail_records_what_each_read_answered(node):
         (first, second) = await engram.remember(writer, NewAtom("one", labels=["a"]), NewAtom("two", labels=["b"]))
         asked = await engram.ask(reader, labels=["a"])
         await engram.get(reader, second.id)
+        # A subscription's push is recorded too, as method "subscribe".
+        watch = await engram.subscribe(session.worlds["audited"].observer, labels=["b"])
+        assert [atom.id for atom in await watch.next()] == [second.id]
+        await watch.cancel()
         records = []
         for _ in range(500):  # the trail takes up to 50 ms to hold a read's record
             records = await engram.audit(session.admin, "admin", from_commit=second.commit)
-            if len(records) >= 2:
+            if len(records) >= 3:
                 break
             await asyncio.sleep(0.01)
         assert [(record.method, record.ids, record.commit) for record in records] == [
             ("ask", (asked[0].id,), second.commit),
             ("get", (second.id,), second.commit),
+            ("subscribe", (second.id,), second.commit),
         ]
         assert json.loads(records[0].query)["labels"] == ["a"]
+        assert json.loads(records[2].query)["labels"] == ["b"]
+        assert json.loads(records[2].query)["fromCommit"] == 0
         assert records[0].restriction == "{}" and records[0].world == "audited"
         await expect_code("notFound", engram.audit(session.admin, "nobody"))
 

@@ -244,3 +244,62 @@ fn records_past_the_retention_are_deleted_and_recent_ones_kept() {
         }
     });
 }
+
+/// A subscription's pushes answer with atoms too: each is recorded, with the filter,
+/// the commit it read after and the ids it pushed.
+#[test]
+fn each_push_of_a_subscription_is_recorded() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = admin_with_world(&node, "w").await;
+        let agent_key = add_principal(&admin, "agent", &["w=rwo"]).await;
+        let agent = session(&node.tcp(), &agent_key).await;
+        let auth = Filter {
+            labels: vec!["auth".into()],
+            ..Filter::default()
+        };
+        let mut watch = engram_client::subscribe(&agent.observer("w").unwrap(), &auth, 0)
+            .await
+            .unwrap();
+        let receipts = engram_client::remember(
+            &agent.writer("w").unwrap(),
+            &[
+                NewAtom::fact("tokens expire after one hour").labels(&["auth"]),
+                NewAtom::fact("the pool size is 10").labels(&["db"]),
+                NewAtom::fact("keys rotate monthly").labels(&["auth"]),
+            ],
+        )
+        .await
+        .unwrap();
+        let mut pushed = Vec::new();
+        while pushed.len() < 2 {
+            match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
+                Ok(Some(engram_client::WatchEvent::Atoms(atoms))) => {
+                    pushed.extend(atoms.iter().map(|atom| atom.id))
+                }
+                other => panic!("expected atoms, got {other:?}"),
+            }
+        }
+        assert_eq!(pushed, [receipts[0].id, receipts[2].id]);
+        // The agent made no other read: its trail is the pushes, one record each.
+        let started = Instant::now();
+        let trail = loop {
+            let trail = trail_of(&admin, "agent", 1).await;
+            let recorded: Vec<[u8; 32]> = (trail.iter())
+                .inspect(|record| assert_eq!(record.method, "subscribe"))
+                .flat_map(|record| record.ids.clone())
+                .collect();
+            if recorded == pushed {
+                break trail;
+            }
+            assert!(recorded.len() < 2, "{trail:?}");
+            assert!(started.elapsed() < Duration::from_secs(10), "{trail:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let first = &trail[0];
+        let query: serde_json::Value = serde_json::from_str(&first.query).unwrap();
+        assert_eq!(query["labels"], serde_json::json!(["auth"]));
+        assert_eq!(query["fromCommit"], 0);
+        assert!(first.commit >= receipts[2].commit);
+    });
+}
