@@ -140,3 +140,26 @@ def test_a_python_parent_cuts_off_a_child_that_sends_garbage_and_serves_its_sibl
         assert "child: sees 'tokens expire after one hour'" in sibling.process.stdout.read().decode()
 
     run(body())
+
+
+def test_a_python_parent_spawning_over_tls_sends_the_token_only_to_the_pinned_node(tls_node):
+    async def body():
+        address = "tls://" + tls_node.tcp
+        session = await engram.open_session(address, tls_node.admin_key, node_key=tls_node.node_key)
+        await engram.create_world(session.admin, "team/auth")
+        session = await engram.open_session(address, tls_node.admin_key, node_key=tls_node.node_key)
+        await engram.remember(session.writer("team/auth"), engram.NewAtom("tokens expire after one hour"))
+        reader = session.reader("team/auth")
+        # Another key pinned: refused in the handshake, before the token is sent.
+        with pytest.raises(engram.NodeKeyMismatch):
+            await engram.spawn(address, reader, "reader", "team/auth", ["true"], node_key=bytes(32))
+        child = await engram.spawn(
+            address, reader, "reader", "team/auth",
+            [sys.executable, str(REPOSITORY / "examples" / "python_child.py")],
+            node_key=tls_node.node_key,
+            stdout=subprocess.PIPE,
+        )
+        assert await child.wait() == 0
+        assert "child: sees 'tokens expire after one hour'" in child.process.stdout.read().decode()
+
+    run(body())

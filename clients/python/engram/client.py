@@ -528,7 +528,15 @@ class Spawned:
 
 
 async def spawn(
-    address: str, capability: Any, kind: str, world: str, command: Sequence[str], **popen: Any
+    address: str,
+    capability: Any,
+    kind: str,
+    world: str,
+    command: Sequence[str],
+    *,
+    node_key: Optional[bytes] = None,
+    known_nodes: Optional[str | os.PathLike] = None,
+    **popen: Any,
 ) -> Spawned:
     """Starts ``command`` as a child whose only authority is ``capability`` (a ``reader``,
     ``writer``, ``observer`` or ``signer`` of ``world``, as ``kind`` says), served as the
@@ -540,17 +548,20 @@ async def spawn(
     node (schema ``handoffMagic``), which serves the capability itself, until the
     :class:`Spawned` is dropped or this process exits. Over TCP this process forwards
     the child's calls, on a node connection of the child's own where the capability is
-    restored from a token the child never sees. ``popen`` goes to ``subprocess.Popen``."""
+    restored from a token the child never sees; over TLS that connection authenticates
+    the node as :func:`connect` does with ``node_key`` or ``known_nodes``, before the
+    token is sent. ``popen`` goes to ``subprocess.Popen``."""
     if kind not in _CAPABILITY_INTERFACES:
         raise EngramError(None, f"cannot hand a child a {kind!r}; a reader, writer, observer or signer")
     token = await save(capability)
+    if not address.startswith("unix:"):
+        connection = await connect(address, node_key=node_key, known_nodes=known_nodes)
+        restored = await connection.restore(token)
     parent_end, child_end = socket.socketpair()
     if address.startswith("unix:"):
         loop = asyncio.get_running_loop()
         with parent_end:
             hold = await loop.run_in_executor(None, _hand_off, address[len("unix:"):], token, parent_end)
-    else:
-        restored = await (await connect(address)).restore(token)
     environment = dict(popen.pop("env", None) or os.environ)
     environment.update({"ENGRAM_FD": str(_CHILD_FD), "ENGRAM_CAPABILITY": kind, "ENGRAM_WORLD": world})
 
