@@ -183,3 +183,68 @@ fn an_idle_connection_is_closed_and_a_subscriber_is_not_idle() {
             .unwrap();
     });
 }
+
+/// Bytes that are no Cap'n Proto message, from anonymous peers on TCP and on the Unix
+/// socket, close only their own connections, at once: a frame claiming segments of
+/// gigabytes or thousands of segments allocates nothing, and a client beside them is
+/// served throughout.
+#[test]
+fn bytes_that_are_no_message_close_only_their_connection() {
+    use tokio::io::AsyncWriteExt;
+    let node = TestNode::start_with(&["--handshake-timeout-ms", "60000"]);
+    let frames: Vec<Vec<u8>> = vec![
+        // One segment of 2^31 - 1 words (16 GiB).
+        [0u32.to_le_bytes(), 0x7fff_ffffu32.to_le_bytes()].concat(),
+        // 65,536 segments.
+        [0xffffu32.to_le_bytes(), 1u32.to_le_bytes()].concat(),
+        // 512 segments, each claiming 2^24 words.
+        std::iter::once(511u32)
+            .chain(std::iter::repeat_n(1 << 24, 512))
+            .flat_map(u32::to_le_bytes)
+            .collect(),
+        // Text.
+        b"GET / HTTP/1.1\r\nHost: engram\r\n\r\n".repeat(64),
+        // A message whose root pointer points far outside its one segment.
+        [
+            0u32.to_le_bytes().as_slice(),
+            2u32.to_le_bytes().as_slice(),
+            &0x7fff_fff0_0000_0000u64.to_le_bytes(),
+            &u64::MAX.to_le_bytes(),
+        ]
+        .concat(),
+    ];
+    let rss_before = node.memory_kib("VmRSS");
+    run_local(async {
+        let client = session(&node.tcp(), &node.admin_key()).await;
+        for (index, frame) in frames.iter().enumerate() {
+            let mut tcp = tokio::net::TcpStream::connect(node.tcp_address())
+                .await
+                .unwrap();
+            let mut unix = tokio::net::UnixStream::connect(node.data_dir().join("engramd.sock"))
+                .await
+                .unwrap();
+            // The node may close before it has read it all.
+            let _ = tcp.write_all(frame).await;
+            let _ = unix.write_all(frame).await;
+            // Closed long before the handshake timeout: the frame itself is refused.
+            tokio::time::timeout(Duration::from_secs(10), until_closed(tcp))
+                .await
+                .unwrap_or_else(|_| panic!("a TCP connection stayed open after {frame:02x?}"));
+            tokio::time::timeout(Duration::from_secs(10), async {
+                let mut buffer = [0u8; 4096];
+                while let Ok(read) = unix.read(&mut buffer).await {
+                    if read == 0 {
+                        break;
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("a Unix connection stayed open after {frame:02x?}"));
+            engram_client::create_world(&client.admin().unwrap(), &format!("w{index}"))
+                .await
+                .expect("the client beside them is served");
+        }
+    });
+    let grown_kib = node.memory_kib("VmRSS").saturating_sub(rss_before);
+    assert!(grown_kib < 64 * 1024, "the node grew by {grown_kib} KiB");
+}
