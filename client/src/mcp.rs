@@ -14,9 +14,10 @@
 //! epoch moves on, a bridge that logged in with a key grafts again and retries once; one
 //! that holds a token answers `staleEpoch`, which only a new token cures. When the
 //! connection to the node is lost, the call connects again and is sent once more (writes
-//! carry an idempotency key, so none is done twice).
+//! carry an idempotency key, so none is done twice). Calls that fail together acquire
+//! the capabilities again once between them (`Engram::acquire_after`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -94,8 +95,13 @@ enum Job {
 
 /// The engram side: the capabilities, on the thread that runs Cap'n Proto.
 struct Engram {
-    /// `None` once their connection was lost: the next call acquires them again.
-    held: RefCell<Option<Capabilities>>,
+    held: RefCell<Capabilities>,
+    /// Counts the acquisitions: a call that failed with capabilities of an earlier one
+    /// takes the newer ones instead of acquiring again.
+    generation: Cell<u64>,
+    /// One acquisition at a time: calls that fail together (an epoch advance, a lost
+    /// connection) log in once between them, not once each.
+    acquiring: tokio::sync::Mutex<()>,
     acquire: Acquire,
     /// Whether acquiring again cures `staleEpoch`: a key grafts in the new epoch; a
     /// token's epoch never comes back (and restoring it would only spend the peer's
@@ -114,27 +120,26 @@ impl Engram {
     where
         F: Fn(Capabilities) -> LocalFuture<Result<Value, ClientError>>,
     {
-        let held = self.held.borrow().clone();
-        let held = match held {
-            Some(held) => held,
-            None => self.acquire().await?,
-        };
+        let (held, generation) = (self.held.borrow().clone(), self.generation.get());
         match call(held).await {
             Err(error) if self.grafts && error.code() == Some(ErrorCode::StaleEpoch) => {
-                call(self.acquire().await?).await
+                call(self.acquire_after(generation).await?).await
             }
-            Err(error) if disconnected(&error) => {
-                *self.held.borrow_mut() = None;
-                call(self.acquire().await?).await
-            }
+            Err(error) if disconnected(&error) => call(self.acquire_after(generation).await?).await,
             answered => answered,
         }
     }
 
-    async fn acquire(&self) -> Result<Capabilities, ClientError> {
-        let held = (self.acquire)().await?;
-        *self.held.borrow_mut() = Some(held.clone());
-        Ok(held)
+    /// Capabilities newer than those of acquisition `failed`: acquired now, or by
+    /// another call while this one waited for its turn.
+    async fn acquire_after(&self, failed: u64) -> Result<Capabilities, ClientError> {
+        let _turn = self.acquiring.lock().await;
+        if self.generation.get() == failed {
+            let held = (self.acquire)().await?;
+            *self.held.borrow_mut() = held;
+            self.generation.set(failed + 1);
+        }
+        Ok(self.held.borrow().clone())
     }
 }
 
@@ -176,7 +181,9 @@ where
                 let holds = held.holds();
                 let _ = ready.send(Ok((held.world.clone(), holds)));
                 let engram = Rc::new(Engram {
-                    held: RefCell::new(Some(held)),
+                    held: RefCell::new(held),
+                    generation: Cell::new(0),
+                    acquiring: tokio::sync::Mutex::new(()),
                     acquire,
                     grafts,
                 });
@@ -810,29 +817,23 @@ async fn watch(
     updated: mpsc::Sender<Result<(), String>>,
     stopped: oneshot::Receiver<()>,
 ) {
-    let held = engram.held.borrow().clone();
-    let held = match held {
-        Some(held) => held,
-        None => match engram.acquire().await {
-            Ok(held) => held,
-            Err(error) => {
-                let _ = updated.send(Err(error_text(error))).await;
-                return;
-            }
-        },
-    };
-    let Some(observer) = held.observer else {
+    // From now on: what is already stored is what reading the resource shows. Read
+    // through `with`, which acquires the capabilities again if they are stale or their
+    // connection was lost.
+    let from = engram
+        .with(|held| {
+            Box::pin(async move {
+                let reader = held.reader.ok_or_else(|| not_held("reader"))?;
+                let generation = crate::generation(&reader).await?;
+                Ok(Value::from(generation.node_commit))
+            })
+        })
+        .await
+        .map(|commit| commit.as_u64().unwrap_or_default());
+    let Some(observer) = engram.held.borrow().observer.clone() else {
         let _ = updated.send(Err(error_text(not_held("observer")))).await;
         return;
     };
-    let Some(reader) = held.reader else {
-        let _ = updated.send(Err(error_text(not_held("reader")))).await;
-        return;
-    };
-    // From now on: what is already stored is what reading the resource shows.
-    let from = crate::generation(&reader)
-        .await
-        .map(|generation| generation.node_commit);
     let watching = async {
         let mut watch = crate::watch::subscribe(&observer, &Filter::default(), from?).await?;
         // One update as soon as the subscription stands: an atom committed after the

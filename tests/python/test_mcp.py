@@ -13,7 +13,7 @@ import engram
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from conftest import engram_cli, engramd_binary, run
+from conftest import Node, _engramd, engram_cli, engramd_binary, run
 
 WORLD = "team/auth"
 URI = f"engram://worlds/{WORLD}"
@@ -223,3 +223,33 @@ def test_after_the_node_restarts_the_bridge_connects_again(node):
             assert text_of(once).count("after the restart") == 1, text_of(once)
 
     anyio.run(body)
+
+
+def test_calls_that_find_the_epoch_moved_on_graft_again_once_between_them(tmp_path):
+    # Eight logins a minute from this address: the test's own three, the bridge's
+    # first, and one graft again for all the calls below, with room to spare.
+    with _engramd(tmp_path, "data", "--login-attempts-per-minute", "8") as (fields, data, process):
+        node = Node(tcp=fields["tcp"], unix="unix:" + fields["unix"], data=data, process=process)
+        run(world_with_secrets(node))
+
+        async def advance() -> None:
+            session = await engram.open_session(node.tcp, node.admin_key)
+            await engram.advance_epoch(session.admin, bytes(32))
+
+        async def body():
+            keyed = StdioServerParameters(command=engram_cli(), args=bridge_arguments(node, "--reader", WORLD))
+            async with Client(keyed) as client:
+                assert not (await client.call_tool("ask", {})).is_error
+                await anyio.to_thread.run_sync(lambda: run(advance()))
+                answers = []
+
+                async def one() -> None:
+                    answers.append(await client.call_tool("ask", {}))
+
+                async with anyio.create_task_group() as calls:
+                    for _ in range(16):
+                        calls.start_soon(one)
+                assert [text_of(answer) for answer in answers if answer.is_error] == []
+                assert len(answers) == 16
+
+        anyio.run(body)
