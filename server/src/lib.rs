@@ -869,8 +869,8 @@ impl Watched {
 }
 
 /// Serves `bootstrap` on a connection already counted for `peer` until it ends, stalls,
-/// is idle for too long, has not logged in within the handshake timeout, or `ended`
-/// resolves; then uncounts it.
+/// is idle for too long (unless `ended` is given: a handed-off child), has not logged in
+/// within the handshake timeout, or `ended` resolves; then uncounts it.
 fn serve_connection(
     connections: &Rc<Connections>,
     config: &Config,
@@ -889,7 +889,12 @@ fn serve_connection(
         activity,
     } = watched;
     let network = network(config, reader, writer, &outbox, Some(activity.clone()));
-    let idle_timeout = config.idle_timeout;
+    // A handed-off child is not idle while its parent holds the handoff: it may think
+    // for longer than the timeout, and cannot connect again.
+    let idle_timeout = match ended {
+        Some(_) => std::time::Duration::ZERO,
+        None => config.idle_timeout,
+    };
     let rpc_system = RpcSystem::new(Box::new(network), Some(bootstrap));
     let handshake_timeout = config.handshake_timeout;
     let connections = connections.clone();

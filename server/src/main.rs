@@ -74,7 +74,8 @@ struct Arguments {
     #[arg(long, default_value_t = HANDSHAKE_TIMEOUT_MS_DEFAULT)]
     handshake_timeout_ms: u64,
     /// Milliseconds a logged-in connection may send nothing, with no call in flight and
-    /// no live subscription, before it is closed; 0 for never.
+    /// no live subscription, before it is closed; 0 for never. (A child handed off on
+    /// the Unix socket lives while its parent holds the handoff instead.)
     #[arg(long, default_value_t = IDLE_TIMEOUT_MS_DEFAULT)]
     idle_timeout_ms: u64,
     /// Bytes of answers a connection may leave unread; past it, its calls are not read

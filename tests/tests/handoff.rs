@@ -180,6 +180,59 @@ fn hostile_handoffs_are_refused_with_their_reason_and_keep_no_descriptor() {
     });
 }
 
+/// This process plays the child on `child_end`: the bootstrap capability is the reader
+/// handed off; the task runs its connection.
+fn play_the_child(
+    child_end: UnixStream,
+) -> (
+    world_reader::Client,
+    tokio::task::JoinHandle<Result<(), capnp::Error>>,
+) {
+    child_end.set_nonblocking(true).unwrap();
+    let (reader, writer) = tokio::net::UnixStream::from_std(child_end)
+        .unwrap()
+        .into_split();
+    let network = twoparty::VatNetwork::new(
+        reader.compat(),
+        writer.compat_write(),
+        rpc_twoparty_capnp::Side::Client,
+        Default::default(),
+    );
+    let mut system = RpcSystem::new(Box::new(network), None);
+    let reader: world_reader::Client = system.bootstrap(rpc_twoparty_capnp::Side::Server);
+    (reader, tokio::task::spawn_local(system))
+}
+
+/// A handed-off child lives as long as its parent holds the handoff, however long it
+/// stays quiet (an agent may think for longer than the node's idle timeout, and cannot
+/// connect again): the idle timeout is for connections nobody answers for.
+#[test]
+fn a_quiet_child_outlives_the_idle_timeout_while_its_handoff_is_held() {
+    let node = TestNode::start_with(&["--idle-timeout-ms", "200"]);
+    run_local(async {
+        let admin = admin_with_facts(&node, "team/auth", &["tokens expire after one hour"]).await;
+        let token = engram_client::token::save(&Held::Reader(admin.reader("team/auth").unwrap()))
+            .await
+            .unwrap();
+        let (node_end, child_end) = UnixStream::pair().unwrap();
+        let mut hold = send_handoff(&node, &[node_end.as_raw_fd()], token.len() as u32, &token);
+        drop(node_end);
+        assert_eq!(answer(&mut hold), Ok(()));
+        let (reader, _connection) = play_the_child(child_end);
+        assert_eq!(
+            engram_client::replay(&reader, 0, 10).await.unwrap().0.len(),
+            1
+        );
+        // Quiet for five idle timeouts: the behaviour under test, not a wait for it.
+        tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+        let atoms = engram_client::replay(&reader, 0, 10)
+            .await
+            .expect("the quiet child is still served");
+        assert_eq!(atoms.0.len(), 1);
+        drop(hold);
+    });
+}
+
 #[test]
 fn a_handed_off_connection_serves_one_capability_while_its_handoff_is_held() {
     let node = TestNode::start();
@@ -193,20 +246,7 @@ fn a_handed_off_connection_serves_one_capability_while_its_handoff_is_held() {
         drop(node_end);
         assert_eq!(answer(&mut hold), Ok(()));
 
-        // This process plays the child: the bootstrap capability is the reader itself.
-        child_end.set_nonblocking(true).unwrap();
-        let (reader, writer) = tokio::net::UnixStream::from_std(child_end)
-            .unwrap()
-            .into_split();
-        let network = twoparty::VatNetwork::new(
-            reader.compat(),
-            writer.compat_write(),
-            rpc_twoparty_capnp::Side::Client,
-            Default::default(),
-        );
-        let mut system = RpcSystem::new(Box::new(network), None);
-        let reader: world_reader::Client = system.bootstrap(rpc_twoparty_capnp::Side::Server);
-        let connection = tokio::task::spawn_local(system);
+        let (reader, connection) = play_the_child(child_end);
         let atoms = engram_client::replay(&reader, 0, 10).await.unwrap().0;
         assert_eq!(atoms.len(), 1);
 
