@@ -43,14 +43,14 @@ pub struct KeyRecord<'a> {
 pub(crate) type KeyValue = (Hash, i64, u64, u32);
 
 impl<'a> KeyRecord<'a> {
-    /// Appends the journal item: world (u16 length, UTF-8), writer (32), key (u8 length,
-    /// bytes), request hash (32), recorded at (i64), first commit (u64), count (u32),
-    /// all big-endian.
     /// How many bytes [`KeyRecord::encode`] appends for a record of `key` in `world`.
     pub(crate) fn encoded_len(world: &str, key: &[u8]) -> usize {
         2 + world.len() + 32 + 1 + key.len() + 32 + 8 + 8 + 4
     }
 
+    /// Appends the journal item: world (u16 length, UTF-8), writer (32), key (u8 length,
+    /// bytes), request hash (32), recorded at (i64), first commit (u64), count (u32),
+    /// all big-endian.
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&(self.world.len() as u16).to_be_bytes());
         out.extend_from_slice(self.world.as_bytes());

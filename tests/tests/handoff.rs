@@ -180,14 +180,24 @@ fn hostile_handoffs_are_refused_with_their_reason_and_keep_no_descriptor() {
     });
 }
 
-/// This process plays the child on `child_end`: the bootstrap capability is the reader
-/// handed off; the task runs its connection.
-fn play_the_child(
-    child_end: UnixStream,
+/// A reader of a world `team/auth` holding one fact, handed off to `node` as a parent
+/// would; this process plays the child: the handoff connection, the bootstrap
+/// capability (the reader itself) and the task that runs the child's connection.
+async fn handed_off_reader(
+    node: &TestNode,
 ) -> (
+    UnixStream,
     world_reader::Client,
     tokio::task::JoinHandle<Result<(), capnp::Error>>,
 ) {
+    let admin = admin_with_facts(node, "team/auth", &["tokens expire after one hour"]).await;
+    let token = engram_client::token::save(&Held::Reader(admin.reader("team/auth").unwrap()))
+        .await
+        .unwrap();
+    let (node_end, child_end) = UnixStream::pair().unwrap();
+    let mut hold = send_handoff(node, &[node_end.as_raw_fd()], token.len() as u32, &token);
+    drop(node_end);
+    assert_eq!(answer(&mut hold), Ok(()));
     child_end.set_nonblocking(true).unwrap();
     let (reader, writer) = tokio::net::UnixStream::from_std(child_end)
         .unwrap()
@@ -200,7 +210,7 @@ fn play_the_child(
     );
     let mut system = RpcSystem::new(Box::new(network), None);
     let reader: world_reader::Client = system.bootstrap(rpc_twoparty_capnp::Side::Server);
-    (reader, tokio::task::spawn_local(system))
+    (hold, reader, tokio::task::spawn_local(system))
 }
 
 /// A handed-off child lives as long as its parent holds the handoff, however long it
@@ -210,15 +220,7 @@ fn play_the_child(
 fn a_quiet_child_outlives_the_idle_timeout_while_its_handoff_is_held() {
     let node = TestNode::start_with(&["--idle-timeout-ms", "200"]);
     run_local(async {
-        let admin = admin_with_facts(&node, "team/auth", &["tokens expire after one hour"]).await;
-        let token = engram_client::token::save(&Held::Reader(admin.reader("team/auth").unwrap()))
-            .await
-            .unwrap();
-        let (node_end, child_end) = UnixStream::pair().unwrap();
-        let mut hold = send_handoff(&node, &[node_end.as_raw_fd()], token.len() as u32, &token);
-        drop(node_end);
-        assert_eq!(answer(&mut hold), Ok(()));
-        let (reader, _connection) = play_the_child(child_end);
+        let (hold, reader, _connection) = handed_off_reader(&node).await;
         assert_eq!(
             engram_client::replay(&reader, 0, 10).await.unwrap().0.len(),
             1
@@ -237,16 +239,7 @@ fn a_quiet_child_outlives_the_idle_timeout_while_its_handoff_is_held() {
 fn a_handed_off_connection_serves_one_capability_while_its_handoff_is_held() {
     let node = TestNode::start();
     run_local(async {
-        let admin = admin_with_facts(&node, "team/auth", &["tokens expire after one hour"]).await;
-        let token = engram_client::token::save(&Held::Reader(admin.reader("team/auth").unwrap()))
-            .await
-            .unwrap();
-        let (node_end, child_end) = UnixStream::pair().unwrap();
-        let mut hold = send_handoff(&node, &[node_end.as_raw_fd()], token.len() as u32, &token);
-        drop(node_end);
-        assert_eq!(answer(&mut hold), Ok(()));
-
-        let (reader, connection) = play_the_child(child_end);
+        let (hold, reader, connection) = handed_off_reader(&node).await;
         let atoms = engram_client::replay(&reader, 0, 10).await.unwrap().0;
         assert_eq!(atoms.len(), 1);
 
