@@ -39,6 +39,8 @@ use records::{
 
 /// The lease a node holds its authority for, by default.
 pub const LEASE_DEFAULT: Duration = Duration::from_secs(5);
+/// The default of [`Config::idle_release`].
+pub const IDLE_RELEASE_DEFAULT: Duration = Duration::from_secs(60);
 /// How long joining may take to apply the fleet's policy.
 const JOIN_CATCH_UP: Duration = Duration::from_secs(60);
 /// Changes applied in one write, at most.
@@ -53,6 +55,9 @@ pub struct Config {
     pub name: String,
     /// A node that has not confirmed the fleet's policy for this long serves nothing.
     pub lease: Duration,
+    /// A world this node was not asked to write for this long is given up, so that any
+    /// node may take it; zero keeps every world it took for as long as it runs.
+    pub idle_release: Duration,
 }
 
 /// This node's link to its fleet.
@@ -85,6 +90,7 @@ pub struct Link {
     stream: Rc<stream::Stream>,
     subject_prefix: String,
     lease: Duration,
+    idle_release: Duration,
     /// The last revision every change up to which this node applied.
     applied: watch::Sender<u64>,
     /// When this node last knew it had applied everything the fleet held.
@@ -152,6 +158,7 @@ pub async fn join(node: Rc<Node>, config: &Config, address: &str) -> Result<Rc<L
         stream: Rc::new(stream),
         subject_prefix: format!("$KV.{name}."),
         lease: config.lease,
+        idle_release: config.idle_release,
         applied: watch::Sender::new(0),
         confirmed_at: Cell::new(None),
         pending: Cell::new(None),

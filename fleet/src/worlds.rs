@@ -160,12 +160,13 @@ struct Lease {
     address: String,
 }
 
-/// A world this node owns: the revision of its lease entry, and when it was last
-/// renewed.
+/// A world this node owns: the revision of its lease entry, when it was last renewed,
+/// and when a write last asked for it.
 #[derive(Clone, Copy)]
 pub(crate) struct Owned {
     revision: u64,
     renewed: Instant,
+    used: Instant,
 }
 
 impl Link {
@@ -222,6 +223,9 @@ impl Link {
     /// call at a time takes a world; concurrent calls for it wait for that one.
     pub(crate) async fn claim(self: Rc<Self>, world: String) -> Result<(), String> {
         if self.owns(&world) {
+            if let Some(owned) = self.owned.borrow_mut().get_mut(&world) {
+                owned.used = Instant::now();
+            }
             return Ok(());
         }
         if let Some((refusal, read)) = self.refused.borrow().get(&world)
@@ -318,11 +322,13 @@ impl Link {
             let mut changed = self.replicated.subscribe();
             let _ = tokio::time::timeout(self.lease / 10, changed.changed()).await;
         }
+        let now = Instant::now();
         self.owned.borrow_mut().insert(
             world.clone(),
             Owned {
                 revision,
-                renewed: Instant::now(),
+                renewed: now,
+                used: now,
             },
         );
         tracing::info!(world, "this node owns the world now");
@@ -343,6 +349,10 @@ impl Link {
             })
             .expect("a lease serialises");
             for (world, owned) in owned {
+                if !self.idle_release.is_zero() && owned.used.elapsed() >= self.idle_release {
+                    self.release(&world, owned).await;
+                    continue;
+                }
                 let asked = Instant::now();
                 let renewed = self
                     .leases
@@ -355,11 +365,14 @@ impl Link {
                 let mut all = self.owned.borrow_mut();
                 match renewed {
                     Ok(revision) => {
+                        // A write may have asked for it meanwhile.
+                        let used = all.get(&world).map_or(owned.used, |now| now.used);
                         all.insert(
                             world,
                             Owned {
                                 revision,
                                 renewed: asked,
+                                used,
                             },
                         );
                     }
@@ -368,6 +381,30 @@ impl Link {
                         all.remove(&world);
                     }
                 }
+            }
+        }
+    }
+
+    /// Gives up `world`, which no write asked for during the idle release: it is no
+    /// longer this node's, and its lease entry is deleted (if still the one this node
+    /// wrote) so that the next node asked to write it takes it at once.
+    async fn release(&self, world: &str, owned: Owned) {
+        {
+            let mut all = self.owned.borrow_mut();
+            // Asked for since the loop looked: keep it.
+            if all.get(world).is_some_and(|now| now.used != owned.used) {
+                return;
+            }
+            all.remove(world);
+        }
+        let deleted = (self.leases)
+            .delete_expect_revision(Link::lease_key(world), Some(owned.revision))
+            .await;
+        match deleted {
+            Ok(()) => tracing::info!(world, "gave up the world's lease: no write asked for it"),
+            // Expiry frees it instead, within the lease.
+            Err(error) => {
+                tracing::debug!(world, %error, "the idle world's lease stays until it expires")
             }
         }
     }

@@ -124,6 +124,11 @@ struct Arguments {
     /// past it every call answers unavailable until it has caught up.
     #[arg(long, default_value_t = engram_fleet::LEASE_DEFAULT.as_millis() as u64, requires = "nats")]
     fleet_lease_ms: u64,
+    /// Milliseconds after which a world this node writes, and no write asked for since,
+    /// is given up so that any node of the fleet may take it (0: kept while the node
+    /// runs).
+    #[arg(long, default_value_t = engram_fleet::IDLE_RELEASE_DEFAULT.as_millis() as u64, requires = "nats")]
+    fleet_idle_release_ms: u64,
     /// Serve Prometheus metrics at http://ADDRESS/metrics, with /healthz and /readyz,
     /// on a listener of their own (port 0 picks a free port; the ready line names it).
     #[arg(long, value_name = "ADDRESS")]
@@ -278,6 +283,7 @@ fn main() -> ExitCode {
             url,
             name: arguments.fleet,
             lease: std::time::Duration::from_millis(arguments.fleet_lease_ms.max(100)),
+            idle_release: std::time::Duration::from_millis(arguments.fleet_idle_release_ms),
         }),
         node_limits: NodeLimits {
             subscriptions_per_principal_max: arguments.subscriptions_per_principal_max,

@@ -836,3 +836,57 @@ fn a_flood_of_writes_to_another_nodes_world_costs_nats_little() {
         );
     });
 }
+
+/// A world no write asked for during the idle release is given up: the next node asked
+/// to write it takes it, while the first goes on running (without the release, the
+/// first renews its lease for as long as it runs and every other node refuses).
+#[test]
+fn an_idle_world_is_given_up_and_another_node_takes_it() {
+    let fleet = Fleet::start(2, LEASE, &["--fleet-idle-release-ms", "300"]);
+    let admin_key = fleet.admin_key();
+    run_local(async {
+        let on_a = session(&fleet.nodes[0].tcp(), &admin_key).await;
+        engram_client::create_world(&on_a.admin().unwrap(), "roaming")
+            .await
+            .unwrap();
+        let on_a = until_world(&fleet.nodes[0], &admin_key, "roaming").await;
+        let first =
+            engram_client::remember(&on_a.writer("roaming").unwrap(), &[NewAtom::fact("a")])
+                .await
+                .unwrap();
+        let on_b = until_world(&fleet.nodes[1], &admin_key, "roaming").await;
+        let started = Instant::now();
+        let second = loop {
+            match engram_client::remember(&on_b.writer("roaming").unwrap(), &[NewAtom::fact("b")])
+                .await
+            {
+                Ok(receipts) => break receipts,
+                Err(error) => {
+                    assert_eq!(error.code(), Some(ErrorCode::Unavailable), "{error}");
+                    assert!(
+                        started.elapsed() < PROPAGATION,
+                        "node B never took the idle world: {error}"
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // The writer's chain goes on across the nodes.
+        assert_eq!((second[0].seq, second[0].prev), (2, first[0].id));
+        // Node A now refuses, naming B.
+        let refused =
+            engram_client::remember(&on_a.writer("roaming").unwrap(), &[NewAtom::fact("c")])
+                .await
+                .unwrap_err();
+        assert_eq!(refused.code(), Some(ErrorCode::Unavailable), "{refused}");
+        assert!(
+            refused.to_string().contains(fleet.nodes[1].tcp_address()),
+            "the refusal names node B: {refused}"
+        );
+        until_atoms(&on_a, "roaming", 2).await;
+        let verification = engram_client::verify(&on_a.reader("roaming").unwrap())
+            .await
+            .unwrap();
+        assert_eq!((verification.first_bad, verification.entries), (None, 2));
+    });
+}
