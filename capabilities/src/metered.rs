@@ -5,6 +5,7 @@
 //! text). The wrapper sits between capnp-rpc and the generated dispatch, so no method
 //! can forget it.
 
+use std::cell::Cell;
 use std::ops::Deref;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -153,6 +154,53 @@ fn outcome(error: &capnp::Error) -> &'static str {
     }
 }
 
+/// Lines of failed and slow calls logged a second at most: past it, such calls are
+/// counted into the next line logged (`calls_not_logged`), so that a holder making bad
+/// calls as fast as its rates allow cannot flood the log (the metrics count every call).
+const CALL_LINES_PER_SECOND_MAX: u32 = 50;
+
+thread_local! {
+    /// The RPC thread's budget of call lines.
+    static CALL_LINES: CallLines = const { CallLines::new() };
+}
+
+/// The call lines of the current second, and the calls not logged since the last line.
+struct CallLines {
+    second: Cell<Option<Instant>>,
+    lines: Cell<u32>,
+    not_logged: Cell<u64>,
+}
+
+impl CallLines {
+    const fn new() -> CallLines {
+        CallLines {
+            second: Cell::new(None),
+            lines: Cell::new(0),
+            not_logged: Cell::new(0),
+        }
+    }
+
+    /// `Some(calls not logged since the last line)` if a line may be logged now; else
+    /// counts this call as not logged.
+    fn take(&self) -> Option<u64> {
+        let now = Instant::now();
+        let current = self
+            .second
+            .get()
+            .is_some_and(|second| now.duration_since(second) < Duration::from_secs(1));
+        if !current {
+            self.second.set(Some(now));
+            self.lines.set(0);
+        }
+        if self.lines.get() >= CALL_LINES_PER_SECOND_MAX {
+            self.not_logged.set(self.not_logged.get() + 1);
+            return None;
+        }
+        self.lines.set(self.lines.get() + 1);
+        Some(self.not_logged.replace(0))
+    }
+}
+
 /// One call in progress; a call dropped before it finished (the caller cancelled it,
 /// or its connection closed) is recorded as `cancelled`.
 struct Call<D: Deref>
@@ -189,7 +237,9 @@ where
         let caller: &D::Target = &self.server;
         let failed = !matches!(outcome, "ok" | "cancelled");
         let slow = elapsed > caller.slow_call();
-        if failed || slow {
+        if (failed || slow)
+            && let Some(not_logged) = CALL_LINES.with(CallLines::take)
+        {
             tracing::warn!(
                 target: "engram::call",
                 interface,
@@ -198,6 +248,7 @@ where
                 world = caller.world().unwrap_or("-"),
                 code = outcome,
                 elapsed_ms = elapsed.as_millis() as u64,
+                calls_not_logged = (not_logged > 0).then_some(not_logged),
                 "{}",
                 if failed { "call failed" } else { "slow call" }
             );

@@ -215,3 +215,60 @@ fn idle_connections_keep_no_scraper_out_and_no_caller_waiting() {
     assert!(started.elapsed() < Duration::from_secs(10));
     drop(held);
 }
+
+/// A holder making bad calls as fast as it can does not flood the log: at most 50 lines
+/// of failed calls a second, and the next line logged counts the calls left out, so
+/// every failed call is in the log, as a line or in a count.
+#[test]
+fn a_flood_of_failed_calls_logs_a_bounded_number_of_lines() {
+    const CALLS: usize = 1_000;
+    let node = TestNode::start_with(&["--log-format", "json"]);
+    let started = Instant::now();
+    let made = run_local(async {
+        let admin = admin_with_world(&node, "ops").await;
+        let reader = admin.reader("ops").unwrap();
+        let flood = (0..CALLS).map(|_| engram_client::get(&reader, &[7u8; 32]));
+        for answer in futures::future::join_all(flood).await {
+            assert_eq!(answer.unwrap_err().code(), Some(ErrorCode::NotFound));
+        }
+        // Failed calls go on until a line counts those left out (the next second).
+        let mut made = CALLS;
+        while !std::fs::read_to_string(node.log_path())
+            .unwrap()
+            .contains("calls_not_logged")
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no count logged"
+            );
+            engram_client::get(&reader, &[7u8; 32]).await.unwrap_err();
+            made += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        made
+    });
+    let seconds = started.elapsed().as_secs() + 1;
+    // The last call's line may be still on its way: wait for the log to account for all.
+    let accounted = || {
+        let log = std::fs::read_to_string(node.log_path()).unwrap();
+        let failed: Vec<serde_json::Value> = log
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|event| event["message"] == "call failed")
+            .collect();
+        let counted: u64 = (failed.iter())
+            .map(|event| event["calls_not_logged"].as_u64().unwrap_or(0))
+            .sum();
+        (failed.len(), failed.len() as u64 + counted)
+    };
+    let (lines, total) = accounted();
+    assert!(
+        lines as u64 <= 50 * (seconds + 1),
+        "{lines} lines of failed calls in {seconds} s"
+    );
+    assert!(lines < CALLS / 4, "{lines} lines for {made} failed calls");
+    assert_eq!(
+        total, made as u64,
+        "every failed call is a line or counted in one"
+    );
+}
