@@ -17,6 +17,21 @@ fn engramd(data: &Path, extra: &[&str]) -> Command {
     command
 }
 
+/// Starts engramd on `data` with `extra` and waits for its ready line: the process
+/// and the line.
+fn ready(data: &Path, extra: &[&str]) -> (std::process::Child, String) {
+    let mut child = engramd(data, extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    (child, ready)
+}
+
 /// The exit code and the last line of stderr (the error, after any log lines).
 fn failure(output: Output) -> (i32, String) {
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -30,15 +45,7 @@ fn failure(output: Output) -> (i32, String) {
 fn first_start_creates_the_data_directory_and_sigterm_stops_cleanly() {
     let scratch = tempfile::tempdir().unwrap();
     let data = scratch.path().join("data");
-    let mut child = engramd(&data, &[])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
+    let (mut child, ready) = ready(&data, &[]);
     assert!(ready.starts_with("engramd ready tcp=127.0.0.1:"), "{ready}");
     let socket = data.join("engramd.sock");
     let fields: Vec<&str> = ready.split_whitespace().collect();
@@ -115,15 +122,7 @@ fn a_signal_sent_as_soon_as_the_node_is_ready_stops_it_cleanly() {
     let scratch = tempfile::tempdir().unwrap();
     let data = scratch.path().join("data");
     for signal in [libc::SIGTERM, libc::SIGINT].repeat(5) {
-        let mut child = engramd(&data, &["--no-socket"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut ready = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
+        let (mut child, ready) = ready(&data, &["--no-socket"]);
         assert!(ready.starts_with("engramd ready "), "{ready}");
         // SAFETY: kill(2) on our own child with a valid signal.
         assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);

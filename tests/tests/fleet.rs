@@ -337,6 +337,15 @@ async fn until_world(
     }
 }
 
+/// Creates `world` on the fleet's first node: a session there that holds it.
+async fn created_on_first(fleet: &Fleet, key: &ed25519_dalek::SigningKey, world: &str) -> Session {
+    let on_a = session(&fleet.nodes[0].tcp(), key).await;
+    engram_client::create_world(&on_a.admin().unwrap(), world)
+        .await
+        .unwrap();
+    until_world(&fleet.nodes[0], key, world).await
+}
+
 /// Waits until `world` on `session`'s node holds `atoms` atoms.
 async fn until_atoms(session: &Session, world: &str, atoms: u64) {
     let reader = session.reader(world).unwrap();
@@ -524,11 +533,7 @@ fn a_tampered_message_in_a_world_stream_is_refused_by_every_node() {
     let fleet = Fleet::start(3, LEASE, &[]);
     let admin_key = fleet.admin_key();
     run_local(async {
-        let on_a = session(&fleet.nodes[0].tcp(), &admin_key).await;
-        engram_client::create_world(&on_a.admin().unwrap(), "t")
-            .await
-            .unwrap();
-        let writer = until_world(&fleet.nodes[0], &admin_key, "t").await;
+        let writer = created_on_first(&fleet, &admin_key, "t").await;
         let atoms: Vec<NewAtom> = (0..5).map(|n| NewAtom::fact(format!("fact {n}"))).collect();
         engram_client::remember(&writer.writer("t").unwrap(), &atoms)
             .await
@@ -744,11 +749,7 @@ fn an_oversized_batch_is_refused_alone_and_large_groups_reach_every_node() {
     let fleet = Fleet::start(2, LEASE, &[]);
     let admin_key = fleet.admin_key();
     run_local(async {
-        let on_a = session(&fleet.nodes[0].tcp(), &admin_key).await;
-        engram_client::create_world(&on_a.admin().unwrap(), "heavy")
-            .await
-            .unwrap();
-        let writers_session = session(&fleet.nodes[0].tcp(), &admin_key).await;
+        let writers_session = created_on_first(&fleet, &admin_key, "heavy").await;
         let mut writers = Vec::new();
         for _ in 0..9 {
             let session = session(&fleet.nodes[0].tcp(), &admin_key).await;
@@ -808,11 +809,7 @@ fn a_flood_of_writes_to_another_nodes_world_costs_nats_little() {
     let fleet = Fleet::start(2, LEASE, &[]);
     let admin_key = fleet.admin_key();
     run_local(async {
-        let on_a = session(&fleet.nodes[0].tcp(), &admin_key).await;
-        engram_client::create_world(&on_a.admin().unwrap(), "owned")
-            .await
-            .unwrap();
-        let on_a = until_world(&fleet.nodes[0], &admin_key, "owned").await;
+        let on_a = created_on_first(&fleet, &admin_key, "owned").await;
         engram_client::remember(&on_a.writer("owned").unwrap(), &[NewAtom::fact("mine")])
             .await
             .unwrap();
@@ -845,11 +842,7 @@ fn an_idle_world_is_given_up_and_another_node_takes_it() {
     let fleet = Fleet::start(2, LEASE, &["--fleet-idle-release-ms", "300"]);
     let admin_key = fleet.admin_key();
     run_local(async {
-        let on_a = session(&fleet.nodes[0].tcp(), &admin_key).await;
-        engram_client::create_world(&on_a.admin().unwrap(), "roaming")
-            .await
-            .unwrap();
-        let on_a = until_world(&fleet.nodes[0], &admin_key, "roaming").await;
+        let on_a = created_on_first(&fleet, &admin_key, "roaming").await;
         let first =
             engram_client::remember(&on_a.writer("roaming").unwrap(), &[NewAtom::fact("a")])
                 .await
