@@ -2,8 +2,8 @@
 //! loopback, and `engramd` nodes that reach it each through a proxy of its own, which a
 //! test cuts to take one node off NATS and restores to bring it back.
 //!
-//! `nats-server` is Debian's package (`.ci/run` installs it); `NATS_SERVER_BIN`
-//! overrides where it is found.
+//! `nats-server` is the one `NATS_SERVER_BIN` names (`scripts/test` sets it: to one on
+//! `PATH`, else to a pinned one it installs), else `nats-server` on `PATH`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,8 +45,8 @@ impl NatsServer {
             .spawn()
             .unwrap_or_else(|error| {
                 panic!(
-                    "starting {} failed ({error}): install Debian's nats-server package \
-                     (.ci/run does), or set NATS_SERVER_BIN",
+                    "starting {} failed ({error}): run the tests with scripts/test (it \
+                     provides a nats-server), or set NATS_SERVER_BIN",
                     binary.display()
                 )
             });
