@@ -9,7 +9,9 @@
 //!
 //! It prints what the capability lets it see; with `--try-node` it shows that it cannot
 //! reach the node by itself; with `--wait` it waits for a line on its input and reads
-//! again, to show a capability the parent's epoch or grants no longer back failing.
+//! again, to show a capability the parent's epoch or grants no longer back failing. A
+//! reader also tries to save what it holds as a token, which the node refuses: the
+//! child's authority ends with its parent.
 
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -52,6 +54,17 @@ async fn run(arguments: Arguments) -> Result<(), ClientError> {
             };
             for atom in read().await? {
                 println!("child: sees {:?}", atom.text);
+            }
+            // Its authority ends with its parent: it cannot save what it holds, nor
+            // anything it narrows from it, as a token to use after the parent is gone.
+            let narrowed =
+                engram_client::attenuate_reader(reader, &engram_client::Restriction::default())
+                    .await?;
+            for (which, held) in [("it", reader), ("a narrowing of it", &narrowed)] {
+                match engram_client::token::save(&Held::Reader(held.clone())).await {
+                    Ok(token) => println!("child: saved {which} as a {}-byte token", token.len()),
+                    Err(error) => println!("child: saving {which} failed: {error}"),
+                }
             }
             if arguments.wait {
                 println!("child: waiting");

@@ -19,6 +19,12 @@ async def main():
     if held.kind == "reader":
         for atom in await engram.ask(held.capability, limit=100):
             print(f"child: sees {atom.text!r}")
+        # Its authority ends with its parent: what it holds cannot be saved as a token.
+        try:
+            await engram.save(held.capability)
+            print("child: saved what it holds")
+        except engram.EngramError as error:
+            print(f"child: saving failed: {error.code}")
     elif held.kind == "writer":
         (receipt,) = await engram.remember(held.capability, engram.NewAtom("written by a Python child", labels=["public"]))
         print(f"child: remembered at commit {receipt.commit}")

@@ -56,7 +56,10 @@ const tokenFormat :UInt32 = 1;
 # the node signs with its ed25519 node key (the `nodeKey` of `Terminal.challenge`, so
 # anyone can verify a token offline). `Terminal.restore(token)` returns the live
 # capability again, on any connection, without a login. The authority block holds
-# these facts, in biscuit's datalog:
+# these facts (shown in biscuit's datalog; a node reads every block as biscuit's typed
+# protobuf terms, never as text, so a quote or a brace in a label or a domain is part
+# of that string and nothing more), each exactly once but `revoked_with` and
+# `lineage_rate` (a fact stated twice refuses the token):
 #   engram(1);                       token format (this constant)
 #   principal(hex:<32 bytes>);       the principal the capability acts as
 #   right("reader");                 "reader", "writer", "observer" or "signer"
@@ -64,6 +67,8 @@ const tokenFormat :UInt32 = 1;
 #   epoch(7);                        the epoch it was saved in
 #   revoked_with(hex:<64 bytes>);    a token this capability was restored from: revoking
 #                                    it revokes this one too (at most 64)
+#   lineage(hex:<32 bytes>);         the node of its rate lineage it stands at
+#   lineage_rate(hex:<32 bytes>, 10, 0);  each rate set along the lineage, with its key
 # and the narrowing facts of the saved capability's restriction. A holder attenuates a
 # token offline, with any biscuit library, by appending blocks of narrowing facts
 # (never rules or checks):
@@ -73,10 +78,18 @@ const tokenFormat :UInt32 = 1;
 #   expires(2026-12-01T00:00:00Z);   every call fails with permissionDenied from then
 #   rate(10, 100);                   calls and atoms per second (0: no limit on that one)
 #   without_approve(true);           takes away the approve right
+#   without_save(true);              takes away save (see `Restriction.withoutSave`)
 #   domains({"agent/report"});       a signer signs only these domains
 # Every fact narrows what the facts before it allowed, like `attenuate`: facts in one
-# block or in many intersect, so a block can only narrow. A token's rate is shared by
-# every capability restored from it. `restore` refuses, naming the reason:
+# block or in many intersect, so a block can only narrow. Rates belong to a lineage:
+# a capability's root (a graft) starts one, and every rate set along the way (by
+# `attenuate` or by a block's `rate` fact) is a node of it whose key derives from its
+# parent's and its rate, so the same narrowing of the same capability, online or
+# offline, made any number of times, is one node: one bucket shared by every copy
+# saved, restored or narrowed from it. A call draws on the bucket of every node on its
+# way from the root, so copies never buy more than their root allows. A token names
+# the epoch it was saved in; one naming a later epoch than the node's is refused.
+# `restore` refuses, naming the reason:
 #   unauthenticated   bytes that are not a token, a token not signed by this node, a
 #                     block altered, removed or signed by a third party, a block
 #                     holding a rule, a check or a fact not above (an unknown narrowing
@@ -391,6 +404,12 @@ struct Restriction {
   withoutApprove @6 :Bool;
   # Takes away the approve right (see `Grant.approve`): a writer that may only
   # propose, assert and retract its own atoms.
+  withoutSave @7 :Bool;
+  # Takes away `save`: the new capability, and every capability attenuated from it,
+  # answers `save` with `permissionDenied`, so its authority cannot outlive the
+  # connection (or handoff) it was handed on. A capability a node serves to a child
+  # handed off on its Unix socket is narrowed so; `engram spawn` (and the clients'
+  # spawn) narrow a capability so before they forward it to a child over TCP.
 }
 
 struct Epoch {
@@ -533,15 +552,22 @@ interface Terminal {
   # whether or not the login succeeds. Fails with `unauthenticated` for an unknown key,
   # a bad signature, an unknown or reused nonce, or a nonce issued in an older epoch.
 
-  restore @2 (token :Data) -> (world :Text, reader :WorldReader, writer :WorldWriter,
-                               observer :Observer, signer :Signer);
+  restore @2 (token :Data, withoutSave :Bool) -> (world :Text, reader :WorldReader,
+                               writer :WorldWriter, observer :Observer, signer :Signer);
   # Exchanges a token (see `tokenFormat`) for the live capability it names: exactly one
   # of reader, writer, observer and signer is set, narrowed by every block of the token;
   # `world` names its world (empty for a signer). Counts as a login attempt against the
   # peer's login rate. Fails with `unauthenticated`, `staleEpoch` or `permissionDenied`
   # as `tokenFormat` says. The capability dies like a grafted one (epoch advance,
   # principal removed or grants changed) and when the token, or one it descends from,
-  # is revoked.
+  # is revoked. With `withoutSave`, the capability is narrowed as `Restriction.withoutSave`
+  # says: what a parent restores for a child it forwards calls to, so that the child's
+  # authority ends with the parent's connection (a child handed off on the Unix socket
+  # is narrowed so by the node). The token itself is never shown to the holder.
+  #
+  # What a restored capability sees is what the token's narrowing lets it see, exactly
+  # as an attenuated capability would (see `Restriction`); its rates are shared with
+  # every capability of its lineage (see `tokenFormat`).
 }
 
 interface Membrane {
@@ -654,7 +680,11 @@ interface WorldReader {
   # atoms, since trust counts links from atoms it may not see.
 
   save @12 () -> (token :Data);
-  # This capability as a token (see `tokenFormat`), for `Terminal.restore`.
+  # This capability as a token (see `tokenFormat`), for `Terminal.restore`: exactly as
+  # narrow as the capability (its restriction as narrowing facts, its rate lineage, the
+  # tokens it descends from), so whoever restores it sees and may do no more than this
+  # holder. `permissionDenied` if the capability was narrowed `withoutSave` (as one
+  # handed to a spawned child is): its authority ends with its connection.
 }
 
 interface WorldWriter {
@@ -693,7 +723,11 @@ interface WorldWriter {
   # target's writer).
 
   save @4 () -> (token :Data);
-  # This capability as a token (see `tokenFormat`), for `Terminal.restore`.
+  # This capability as a token (see `tokenFormat`), for `Terminal.restore`: exactly as
+  # narrow as the capability (its restriction as narrowing facts, its rate lineage, the
+  # tokens it descends from), so whoever restores it sees and may do no more than this
+  # holder. `permissionDenied` if the capability was narrowed `withoutSave` (as one
+  # handed to a spawned child is): its authority ends with its connection.
 }
 
 interface AtomSink {
@@ -733,7 +767,11 @@ interface Observer {
   # An observer narrowed by `restriction`.
 
   save @2 () -> (token :Data);
-  # This capability as a token (see `tokenFormat`), for `Terminal.restore`.
+  # This capability as a token (see `tokenFormat`), for `Terminal.restore`: exactly as
+  # narrow as the capability (its restriction as narrowing facts, its rate lineage, the
+  # tokens it descends from), so whoever restores it sees and may do no more than this
+  # holder. `permissionDenied` if the capability was narrowed `withoutSave` (as one
+  # handed to a spawned child is): its authority ends with its connection.
 }
 
 interface Signer {
@@ -750,7 +788,11 @@ interface Signer {
   # A signer limited to these domains (intersected with the holder's).
 
   save @3 () -> (token :Data);
-  # This capability as a token (see `tokenFormat`), for `Terminal.restore`.
+  # This capability as a token (see `tokenFormat`), for `Terminal.restore`: exactly as
+  # narrow as the capability (its restriction as narrowing facts, its rate lineage, the
+  # tokens it descends from), so whoever restores it sees and may do no more than this
+  # holder. `permissionDenied` if the capability was narrowed `withoutSave` (as one
+  # handed to a spawned child is): its authority ends with its connection.
 }
 
 interface Admin {

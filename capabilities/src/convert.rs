@@ -307,8 +307,19 @@ pub(crate) fn read_query(reader: wire::query::Reader<'_>) -> Result<Query, Capab
 pub(crate) fn read_restriction(
     reader: wire::restriction::Reader<'_>,
 ) -> Result<Restriction, CapabilityError> {
-    let worlds = text_list(reader.get_worlds().map_err(malformed)?)?;
-    let labels = text_list(reader.get_labels().map_err(malformed)?)?;
+    let worlds = reader.get_worlds().map_err(malformed)?;
+    check_count(worlds.len(), QUERY_FILTER_VALUES_MAX, "restriction worlds")?;
+    let worlds = text_list(worlds)?;
+    let labels = reader.get_labels().map_err(malformed)?;
+    check_count(labels.len(), QUERY_FILTER_VALUES_MAX, "restriction labels")?;
+    let labels = text_list(labels)?;
+    // A label no atom can carry narrows to nothing; it is refused as the mistake (or
+    // the probe) it is. Labels travel in tokens as typed terms, so no character is
+    // special there.
+    for label in &labels {
+        engram_store::atom::validate_label(label)
+            .map_err(|reason| CapabilityError::invalid(format!("restriction labels: {reason}")))?;
+    }
     let mut kinds = BTreeSet::new();
     for kind in reader.get_kinds().map_err(malformed)?.iter() {
         kinds.insert(atom_kind(kind?));
@@ -334,6 +345,7 @@ pub(crate) fn read_restriction(
         expires_at_unix_ms,
         rate: read_rate(reader.get_rate().map_err(malformed)?),
         approve: !reader.get_without_approve(),
+        save: !reader.get_without_save(),
     })
 }
 

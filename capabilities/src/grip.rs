@@ -9,7 +9,7 @@ use engram_store::{Hash, PublicKey};
 
 use crate::error::CapabilityError;
 use crate::node::Node;
-use crate::rate::Bucket;
+use crate::rate::{Bucket, Lineage};
 use crate::restriction::Restriction;
 use crate::token::{self, Claims, Held};
 
@@ -31,8 +31,11 @@ pub(crate) struct Grip {
     /// Shared by every capability of the logins of one connection, attenuated or
     /// handed on.
     pub budget: Rc<CallBudget>,
-    /// The rates this capability obeys: its grant's, then each attenuation's.
+    /// The rates this capability obeys: its grant's, then each of its lineage's.
     pub rates: Rc<[Rc<Bucket>]>,
+    /// Where its rates come from, shared with every capability saved or narrowed
+    /// from the same root.
+    pub lineage: Lineage,
     /// The revocation ids of the tokens this capability was restored from (none for a
     /// grafted one): revoking any of them fails it.
     pub tokens: Rc<[Vec<u8>]>,
@@ -275,6 +278,13 @@ impl Grip {
         domains: Option<&std::collections::BTreeSet<String>>,
     ) -> Result<Vec<u8>, CapabilityError> {
         self.admit(world, 0)?;
+        if !self.restriction.save {
+            return Err(CapabilityError::denied(
+                "this capability may not be saved: it was narrowed withoutSave (as a \
+                 capability handed to a spawned child is, whose authority ends with its \
+                 parent's handoff)",
+            ));
+        }
         token::mint(
             &self.node.token_key,
             &Claims {
@@ -285,22 +295,26 @@ impl Grip {
                 restriction: (*self.restriction).clone(),
                 domains: domains.cloned(),
                 revoked_with: self.tokens.to_vec(),
+                lineage: self.lineage.clone(),
             },
         )
     }
 
-    /// The same grip, narrowed: a rate in `restriction` adds a bucket of its own, on top
-    /// of those the capability already obeys.
+    /// The same grip, narrowed: a rate in `restriction` is a node of the lineage, whose
+    /// bucket every copy of the narrowed capability shares, on top of those the
+    /// capability already obeys.
     pub fn narrowed(&self, restriction: &Restriction) -> Grip {
+        let lineage = self.lineage.narrowed(restriction.rate);
         let mut rates = self.rates.to_vec();
-        if let Some(bucket) = Bucket::new(restriction.rate, "this capability's restriction") {
-            rates.push(Rc::new(bucket));
+        if lineage != self.lineage {
+            rates.extend(self.node.lineage_rate(&lineage.key, restriction.rate));
         }
         let restriction = self.restriction.narrow(restriction);
         Grip {
             audit_restriction: restriction.describe().into(),
             restriction: Rc::new(restriction),
             rates: rates.into(),
+            lineage,
             ..self.clone()
         }
     }

@@ -107,6 +107,7 @@ impl membrane::Server for Membrane {
             audit_restriction: Restriction::NONE.describe().into(),
             budget: self.budget.clone(),
             rates: Rc::new([]),
+            lineage: crate::rate::Lineage::root(),
             tokens: Rc::new([]),
         };
         let mut results = results.get();

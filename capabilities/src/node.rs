@@ -38,7 +38,7 @@ pub struct Node {
     /// The rate buckets of tokens, by the revocation id of the token's last block: one
     /// per token, shared by every capability restored from it, so restoring again buys
     /// nothing.
-    token_rates: RefCell<HashMap<Vec<u8>, Rc<Bucket>>>,
+    lineage_rates: RefCell<HashMap<[u8; 32], Rc<Bucket>>>,
     /// Mirror of the store's current epoch number, updated only after an advance is
     /// durable, read by every call's epoch guard.
     epoch: Cell<u64>,
@@ -157,7 +157,7 @@ impl Node {
             token_key,
             revoked_tokens: RefCell::new(revoked_tokens),
             revocations: RefCell::new(revocations),
-            token_rates: RefCell::new(HashMap::new()),
+            lineage_rates: RefCell::new(HashMap::new()),
             node_key,
             epoch: Cell::new(epoch),
             generations: RefCell::new(generations),
@@ -306,7 +306,7 @@ impl Node {
                 // Every older token is stale now; the store emptied its list too.
                 self.revoked_tokens.borrow_mut().clear();
                 self.revocations.borrow_mut().clear();
-                self.token_rates.borrow_mut().clear();
+                self.lineage_rates.borrow_mut().clear();
             }
             WriteOutcome::Principal(principal) => {
                 let generation = self.next_generation.get();
@@ -428,22 +428,24 @@ impl Node {
         !revoked.is_empty() && ids.iter().any(|id| revoked.contains(id))
     }
 
-    /// The bucket of a token's rate, shared by every capability restored from the token
-    /// whose last block has revocation id `id`; none when it sets no limit.
-    pub(crate) fn token_rate(&self, id: &[u8], rate: Rate) -> Option<Rc<Bucket>> {
+    /// The bucket of the lineage node `key` (see [`crate::rate::Lineage`]), shared by
+    /// every capability whose lineage passes through it, online or restored from a
+    /// token; none when it sets no limit.
+    pub(crate) fn lineage_rate(&self, key: &[u8; 32], rate: Rate) -> Option<Rc<Bucket>> {
         if rate.is_unlimited() {
             return None;
         }
-        let mut rates = self.token_rates.borrow_mut();
-        if let Some(bucket) = rates.get(id) {
+        let mut rates = self.lineage_rates.borrow_mut();
+        // A node's key is derived from its rate, so a bucket found is of this rate.
+        if let Some(bucket) = rates.get(key) {
             return Some(bucket.clone());
         }
         // Forget the buckets no capability holds any more, so the map stays small.
         if rates.len() > 1024 {
             rates.retain(|_, bucket| Rc::strong_count(bucket) > 1);
         }
-        let bucket = Rc::new(Bucket::new(rate, "this capability's token")?);
-        rates.insert(id.to_vec(), bucket.clone());
+        let bucket = Rc::new(Bucket::new(rate, "this capability's restriction")?);
+        rates.insert(*key, bucket.clone());
         Some(bucket)
     }
 

@@ -3,6 +3,7 @@
 //! grant's, then each attenuation's), so attenuating again never buys more.
 
 use std::num::NonZeroU32;
+use std::rc::Rc;
 use std::time::Duration;
 
 use engram_store::Rate;
@@ -94,5 +95,57 @@ impl Bucket {
             self.source
         ));
         (error, until.wait_time_from(limiter.clock().now()))
+    }
+}
+
+/// Where a capability's rates come from: one lineage from its root (a graft, or a token
+/// of a node before lineages), each rate set along the way a node of its own. Every
+/// capability saved, restored or narrowed from another carries its lineage, online or
+/// offline, so copies share their rates' buckets: six tokens saved from a capability of
+/// three calls a second share those three, and so do six offline copies narrowed to
+/// three calls a second each. A node's key is derived from its parent's key and its
+/// rate, so the same narrowing of the same capability, made twice, is the same node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Lineage {
+    /// The key of the deepest node: the root's, if no rate was set yet.
+    pub key: [u8; 32],
+    /// Every node with a rate from the root down, with its rate: the buckets a call
+    /// draws on (besides its grant's).
+    pub rates: Rc<[([u8; 32], Rate)]>,
+}
+
+impl Lineage {
+    /// A new root: a random key, no rate yet.
+    pub fn root() -> Lineage {
+        let mut key = [0; 32];
+        getrandom::fill(&mut key).expect("the operating system's random source");
+        Lineage::from_key(key)
+    }
+
+    /// A lineage with this key and no rate yet.
+    pub fn from_key(key: [u8; 32]) -> Lineage {
+        Lineage {
+            key,
+            rates: Rc::new([]),
+        }
+    }
+
+    /// The lineage of a capability narrowed to `rate`: one node deeper, or the same
+    /// when the narrowing sets no rate.
+    pub fn narrowed(&self, rate: Rate) -> Lineage {
+        if rate.is_unlimited() {
+            return self.clone();
+        }
+        let mut hasher = blake3::Hasher::new_derive_key("engram 2026-12 rate lineage node");
+        hasher.update(&self.key);
+        hasher.update(&rate.calls_per_second.to_le_bytes());
+        hasher.update(&rate.atoms_per_second.to_le_bytes());
+        let key = *hasher.finalize().as_bytes();
+        let mut rates = self.rates.to_vec();
+        rates.push((key, rate));
+        Lineage {
+            key,
+            rates: rates.into(),
+        }
     }
 }

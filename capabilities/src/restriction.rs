@@ -19,6 +19,9 @@ pub struct Restriction {
     /// Whether the approve right survives this narrowing (`Restriction.withoutApprove`
     /// takes it away).
     pub approve: bool,
+    /// Whether the capability may be saved as a token (`Restriction.withoutSave` takes
+    /// it away; a capability handed to a spawned child has it taken away).
+    pub save: bool,
 }
 
 impl Restriction {
@@ -31,6 +34,7 @@ impl Restriction {
         expires_at_unix_ms: 0,
         rate: Rate::UNLIMITED,
         approve: true,
+        save: true,
     };
 
     /// The intersection of `self` and `other`: never wider than either.
@@ -58,6 +62,7 @@ impl Restriction {
             expires_at_unix_ms,
             rate: self.rate.narrow(&other.rate),
             approve: self.approve && other.approve,
+            save: self.save && other.save,
         }
     }
 
@@ -98,6 +103,9 @@ impl Restriction {
         }
         if !self.approve {
             fields.insert("withoutApprove".into(), serde_json::json!(true));
+        }
+        if !self.save {
+            fields.insert("withoutSave".into(), serde_json::json!(true));
         }
         serde_json::Value::Object(fields).to_string()
     }
@@ -308,10 +316,18 @@ pub(crate) mod arbitrary {
             0.0f32..=1.0,
             prop_oneof![Just(0i64), 1i64..10_000],
             (per_second(), per_second()),
-            any::<bool>(),
+            (any::<bool>(), any::<bool>()),
         )
             .prop_map(
-                |(worlds, kinds, labels, max_importance, expires, (calls, atoms), approve)| {
+                |(
+                    worlds,
+                    kinds,
+                    labels,
+                    max_importance,
+                    expires,
+                    (calls, atoms),
+                    (approve, save),
+                )| {
                     Restriction {
                         worlds,
                         kinds,
@@ -323,6 +339,7 @@ pub(crate) mod arbitrary {
                             atoms_per_second: atoms,
                         },
                         approve,
+                        save,
                     }
                 },
             )
@@ -381,6 +398,7 @@ pub(crate) mod arbitrary {
             prop_assert!(narrowed.expired(now));
         }
         prop_assert!(!narrowed.approve || link.approve);
+        prop_assert!(!narrowed.save || link.save);
         prop_assert!(narrowed.max_importance <= link.max_importance);
         prop_assert!(slower(
             narrowed.rate.calls_per_second,

@@ -48,6 +48,11 @@ impl Signer {
                 domain.len()
             )));
         }
+        if domain.chars().any(char::is_control) {
+            return Err(CapabilityError::invalid(format!(
+                "signing domain {domain:?} contains a control character"
+            )));
+        }
         Ok(())
     }
 }

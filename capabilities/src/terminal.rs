@@ -153,9 +153,14 @@ impl Terminal {
     }
 
     /// The live capability a token names (as `restore` returns it), to hand out on
-    /// this connection, or why not. Counts as a login attempt.
-    pub fn restore_token(&self, token: &[u8]) -> Result<Restored, CapabilityError> {
-        let (claims, grip) = self.open_token(token)?;
+    /// this connection, or why not. Counts as a login attempt. A capability `handed_off`
+    /// to a child is narrowed `withoutSave`: its authority ends with the handoff.
+    pub fn restore_token(
+        &self,
+        token: &[u8],
+        handed_off: bool,
+    ) -> Result<Restored, CapabilityError> {
+        let (claims, grip) = self.open_token(token, handed_off)?;
         let world = claims.world.unwrap_or_default();
         let client = match claims.held {
             Held::Reader => {
@@ -192,12 +197,24 @@ impl Terminal {
     }
 
     /// The capability a token names, narrowed by every block, or why not.
-    fn open_token(&self, token: &[u8]) -> Result<(Claims, Grip), CapabilityError> {
+    fn open_token(
+        &self,
+        token: &[u8],
+        handed_off: bool,
+    ) -> Result<(Claims, Grip), CapabilityError> {
         let node = &self.node;
         node.fleet_gate()?;
         node.login_attempt(&self.peer, &self.budget)?;
-        let claims = token::open(&node.token_root, token)?;
+        let mut claims = token::open(&node.token_root, token)?;
+        claims.restriction.save &= !handed_off;
         let current = node.epoch();
+        if claims.epoch > current {
+            // The node names the epoch it mints in; no token of its names a later one.
+            return Err(CapabilityError::Unauthenticated(format!(
+                "token refused: it names epoch {}, after the current one ({current})",
+                claims.epoch
+            )));
+        }
         if claims.epoch != current {
             return Err(CapabilityError::StaleEpoch {
                 issued: claims.epoch,
@@ -233,11 +250,10 @@ impl Terminal {
             let grant_rate = grant.map_or(Rate::UNLIMITED, |grant| grant.rate);
             rates.extend(node.grant_rate(&claims.principal, world, grant_rate));
         }
-        let last = claims
-            .revoked_with
-            .last()
-            .expect("a token has its authority block");
-        rates.extend(node.token_rate(last, claims.restriction.rate));
+        // The buckets of the token's lineage, shared with every copy of it.
+        for (key, rate) in claims.lineage.rates.iter() {
+            rates.extend(node.lineage_rate(key, *rate));
+        }
         tracing::info!(principal = %principal.name, peer = %self.peer, "restore");
         self.logged_in.notify_one();
         let grip = Grip {
@@ -250,6 +266,7 @@ impl Terminal {
             restriction: Rc::new(claims.restriction.clone()),
             budget: self.budget.clone(),
             rates: rates.into(),
+            lineage: claims.lineage.clone(),
             tokens: claims.revoked_with.clone().into(),
         };
         Ok((claims, grip))
@@ -321,8 +338,11 @@ impl terminal::Server for Terminal {
         params: terminal::RestoreParams,
         mut results: terminal::RestoreResults,
     ) -> Result<(), capnp::Error> {
-        let token = params.get().param()?.get_token().param()?;
-        let restored = self.restore_token(token).wire()?;
+        let params = params.get().param()?;
+        let token = params.get_token().param()?;
+        let restored = self
+            .restore_token(token, params.get_without_save())
+            .wire()?;
         let mut results = results.get();
         results.set_world(restored.world.as_str());
         let hook = restored.client.hook;

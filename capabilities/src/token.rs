@@ -8,12 +8,13 @@
 //! widen what the block's writer meant to allow.
 
 use biscuit_auth::builder::{self, Term};
-use biscuit_auth::{Biscuit, BlockBuilder, KeyPair};
+use biscuit_auth::{Biscuit, KeyPair};
 use engram_schema::token::Narrowing;
 use engram_store::{AtomKind, PublicKey, Rate};
 use std::collections::BTreeSet;
 
 use crate::error::CapabilityError;
+use crate::rate::Lineage;
 use crate::restriction::Restriction;
 
 /// The token format the authority block's `engram` fact names.
@@ -62,6 +63,9 @@ pub(crate) struct Claims {
     /// The revocation ids the capability dies with: the tokens it was restored from
     /// (`revoked_with`), then, once opened, each block of this token.
     pub revoked_with: Vec<Vec<u8>>,
+    /// Where its rates come from, shared with every copy (`lineage`, `lineage_rate`);
+    /// once opened, narrowed by each rate a later block sets.
+    pub lineage: Lineage,
 }
 
 /// The biscuit key pair of the node key (the same ed25519 key).
@@ -92,6 +96,20 @@ pub(crate) fn mint(key: &KeyPair, claims: &Claims) -> Result<Vec<u8>, Capability
     }
     for id in &claims.revoked_with {
         facts.push(builder::fact("revoked_with", &[builder::bytes(id)]));
+    }
+    facts.push(builder::fact(
+        "lineage",
+        &[builder::bytes(&claims.lineage.key)],
+    ));
+    for (key, rate) in claims.lineage.rates.iter() {
+        facts.push(builder::fact(
+            "lineage_rate",
+            &[
+                builder::bytes(key),
+                builder::int(rate.calls_per_second.into()),
+                builder::int(rate.atoms_per_second.into()),
+            ],
+        ));
     }
     facts.extend(narrowing_of(&claims.restriction, claims.domains.as_ref()).facts());
     let mut token = Biscuit::builder();
@@ -126,6 +144,7 @@ fn narrowing_of(restriction: &Restriction, domains: Option<&BTreeSet<String>>) -
             restriction.rate.atoms_per_second,
         )),
         without_approve: !restriction.approve,
+        without_save: !restriction.save,
         domains: domains.cloned(),
     }
 }
@@ -160,6 +179,7 @@ fn restriction_of(narrowing: Narrowing) -> Result<(Restriction, Option<BTreeSet<
                 atoms_per_second: atoms,
             }),
         approve: !narrowing.without_approve,
+        save: !narrowing.without_save,
         ..Restriction::NONE
     };
     Ok((restriction, narrowing.domains))
@@ -197,17 +217,13 @@ pub(crate) fn open(
     let mut authority = Authority::default();
     let mut restriction = Restriction::NONE;
     let mut domains: Option<BTreeSet<String>> = None;
-    for index in 0..blocks {
-        let block = read_block(&token, index)?;
-        for fact in &block.facts {
+    // The rates set by the blocks after the node's, in order: each a lineage node.
+    let mut later_rates = Vec::new();
+    for (index, facts) in typed_blocks(&token)?.into_iter().enumerate() {
+        for fact in &facts {
             let name = fact.predicate.name.as_str();
             let terms = fact.predicate.terms.as_slice();
-            let known = if index == 0 {
-                authority.read(name, terms)?
-            } else {
-                false
-            };
-            if known {
+            if index == 0 && authority.read(name, terms)? {
                 continue;
             }
             let narrowing = Narrowing::from_fact(name, terms)
@@ -216,6 +232,11 @@ pub(crate) fn open(
                 // Every fact narrows what the facts before it allowed.
                 let (narrower, only) = restriction_of(narrowing)
                     .map_err(|reason| refused(format!("block {index}: {reason}")))?;
+                if index == 0 {
+                    authority.rate = authority.rate.narrow(&narrower.rate);
+                } else {
+                    later_rates.push(narrower.rate);
+                }
                 restriction = restriction.narrow(&narrower);
                 if let Some(only) = only {
                     domains = Some(match domains.take() {
@@ -228,51 +249,74 @@ pub(crate) fn open(
                     format!("block {index} states {name}: only the node's own block may")
                 } else {
                     format!(
-                        "block {index} holds a fact engram does not know: {fact} \
-                         (a block may hold only the narrowing facts of the schema's \
-                         tokenFormat)"
+                        "block {index} holds a fact engram does not know: {name} (a block \
+                         may hold only the narrowing facts of the schema's tokenFormat)"
                     )
                 }));
             }
         }
     }
-    let mut claims = authority.claims()?;
+    let ids = token.revocation_identifiers();
+    let mut claims = authority.claims(&ids[0])?;
     claims.restriction = restriction;
     claims.domains = domains;
-    claims.revoked_with.extend(token.revocation_identifiers());
+    claims.revoked_with.extend(ids);
+    for rate in later_rates {
+        claims.lineage = claims.lineage.narrowed(rate);
+    }
     Ok(claims)
 }
 
-fn read_block(token: &Biscuit, index: usize) -> Result<BlockBuilder, CapabilityError> {
-    let unreadable = |error| refused(format!("block {index} cannot be read: {error}"));
-    if token
-        .block_external_key(index)
-        .map_err(unreadable)?
-        .is_some()
-    {
-        return Err(refused(format!(
-            "block {index} is signed by a third party; engram tokens take none"
-        )));
+/// The facts of each block, as typed terms, read from the signed protobuf blocks: never
+/// printed as datalog and parsed again, where a string term would end at its first
+/// quote. A block with a rule, a check, a scope or a third party's signature is refused.
+fn typed_blocks(token: &Biscuit) -> Result<Vec<Vec<builder::Fact>>, CapabilityError> {
+    use biscuit_auth::builder::Convert;
+    use biscuit_auth::datalog::SymbolTable;
+    use biscuit_auth::format::{convert, schema};
+    use prost::Message;
+
+    let container = token.container().to_proto();
+    // Symbols are numbered across blocks: the defaults, then each block's own in order.
+    let mut symbols = SymbolTable::new();
+    let signed = std::iter::once(&container.authority).chain(&container.blocks);
+    let mut blocks = Vec::with_capacity(token.block_count());
+    for (index, signed) in signed.enumerate() {
+        let unreadable = |error: &dyn std::fmt::Display| {
+            refused(format!("block {index} cannot be read: {error}"))
+        };
+        if signed.external_signature.is_some() {
+            return Err(refused(format!(
+                "block {index} is signed by a third party; engram tokens take none"
+            )));
+        }
+        let block = schema::Block::decode(signed.block.as_slice()).map_err(|e| unreadable(&e))?;
+        let shape = if !block.rules.is_empty() {
+            Some("a rule")
+        } else if !block.checks.is_empty() {
+            Some("a check (an expiry is the fact expires(...))")
+        } else if !block.scope.is_empty() || !block.public_keys.is_empty() {
+            Some("a scope")
+        } else {
+            None
+        };
+        if let Some(shape) = shape {
+            return Err(refused(format!(
+                "block {index} holds {shape}; a block may hold only narrowing facts"
+            )));
+        }
+        let own = SymbolTable::from(block.symbols.clone()).map_err(|e| unreadable(&e))?;
+        symbols.extend(&own).map_err(|e| unreadable(&e))?;
+        let facts = convert::proto_block_to_token_block(&block, None)
+            .map_err(|e| unreadable(&e))?
+            .facts
+            .iter()
+            .map(|fact| builder::Fact::convert_from(fact, &symbols))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| unreadable(&e))?;
+        blocks.push(facts);
     }
-    let source = token.print_block_source(index).map_err(unreadable)?;
-    let block = BlockBuilder::new().code(&source).map_err(unreadable)?;
-    if let Some(rule) = block.rules.first() {
-        return Err(refused(format!(
-            "block {index} holds a rule ({rule}); a block may hold only narrowing facts"
-        )));
-    }
-    if let Some(check) = block.checks.first() {
-        return Err(refused(format!(
-            "block {index} holds a check ({check}); a block may hold only narrowing facts \
-             (an expiry is the fact expires(...))"
-        )));
-    }
-    if !block.scopes.is_empty() {
-        return Err(refused(format!(
-            "block {index} declares a scope; a block may hold only narrowing facts"
-        )));
-    }
-    Ok(block)
+    Ok(blocks)
 }
 
 /// What the authority block names.
@@ -284,46 +328,82 @@ struct Authority {
     world: Option<String>,
     epoch: Option<u64>,
     revoked_with: Vec<Vec<u8>>,
+    lineage: Option<[u8; 32]>,
+    lineage_rates: Vec<([u8; 32], Rate)>,
+    /// The rate the block's narrowing facts set (for a token without a lineage).
+    rate: Rate,
 }
 
 impl Authority {
-    const NAMES: [&'static str; 6] = [
+    const NAMES: [&'static str; 8] = [
         "engram",
         "principal",
         "right",
         "world",
         "epoch",
         "revoked_with",
+        "lineage",
+        "lineage_rate",
     ];
 
-    /// Takes one fact of the authority block; false if it is not one of these.
+    /// Takes one fact of the authority block; false if it is not one of these. A fact
+    /// stated twice (but `revoked_with`) refuses the token: the node states each once,
+    /// so a second is a forgery, never an update.
     fn read(&mut self, name: &str, terms: &[Term]) -> Result<bool, CapabilityError> {
         let malformed = || refused(format!("the authority block's {name} fact is malformed"));
+        fn once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), CapabilityError> {
+            if slot.replace(value).is_some() {
+                return Err(refused(format!(
+                    "the authority block states {name} twice; the node states it once"
+                )));
+            }
+            Ok(())
+        }
         match (name, terms) {
-            ("engram", [Term::Integer(format)]) => self.format = Some(*format),
-            ("principal", [Term::Bytes(key)]) => {
-                self.principal = Some(key.as_slice().try_into().map_err(|_| malformed())?)
-            }
-            ("right", [Term::Str(right)]) => {
-                self.held = Some(
-                    Held::ALL
-                        .into_iter()
-                        .find(|held| held.name() == right)
-                        .ok_or_else(malformed)?,
-                )
-            }
-            ("world", [Term::Str(world)]) => self.world = Some(world.clone()),
-            ("epoch", [Term::Integer(epoch)]) => {
-                self.epoch = Some(u64::try_from(*epoch).map_err(|_| malformed())?)
-            }
+            ("engram", [Term::Integer(format)]) => once(&mut self.format, name, *format)?,
+            ("principal", [Term::Bytes(key)]) => once(
+                &mut self.principal,
+                name,
+                key.as_slice().try_into().map_err(|_| malformed())?,
+            )?,
+            ("right", [Term::Str(right)]) => once(
+                &mut self.held,
+                name,
+                Held::ALL
+                    .into_iter()
+                    .find(|held| held.name() == right)
+                    .ok_or_else(malformed)?,
+            )?,
+            ("world", [Term::Str(world)]) => once(&mut self.world, name, world.clone())?,
+            ("epoch", [Term::Integer(epoch)]) => once(
+                &mut self.epoch,
+                name,
+                u64::try_from(*epoch).map_err(|_| malformed())?,
+            )?,
             ("revoked_with", [Term::Bytes(id)]) => self.revoked_with.push(id.clone()),
+            ("lineage", [Term::Bytes(key)]) => once(
+                &mut self.lineage,
+                name,
+                key.as_slice().try_into().map_err(|_| malformed())?,
+            )?,
+            ("lineage_rate", [Term::Bytes(key), Term::Integer(calls), Term::Integer(atoms)]) => {
+                let per_second = |value: &i64| u32::try_from(*value).map_err(|_| malformed());
+                self.lineage_rates.push((
+                    key.as_slice().try_into().map_err(|_| malformed())?,
+                    Rate {
+                        calls_per_second: per_second(calls)?,
+                        atoms_per_second: per_second(atoms)?,
+                    },
+                ));
+            }
             _ if Self::NAMES.contains(&name) => return Err(malformed()),
             _ => return Ok(false),
         }
         Ok(true)
     }
 
-    fn claims(self) -> Result<Claims, CapabilityError> {
+    /// The claims of the block whose revocation id is `id`.
+    fn claims(self, id: &[u8]) -> Result<Claims, CapabilityError> {
         let missing = |what: &str| refused(format!("the authority block names no {what}"));
         if self.format != Some(TOKEN_FORMAT) {
             return Err(refused(format!(
@@ -345,6 +425,14 @@ impl Authority {
             restriction: Restriction::NONE,
             domains: None,
             revoked_with: self.revoked_with,
+            lineage: match self.lineage {
+                Some(key) => Lineage {
+                    key,
+                    rates: self.lineage_rates.into(),
+                },
+                // A token minted before lineages: its own root, from its authority block.
+                None => Lineage::from_key(*blake3::hash(id).as_bytes()).narrowed(self.rate),
+            },
         })
     }
 }
@@ -363,10 +451,105 @@ mod tests {
     //! blocks (nor its authority's restriction): the node reads it exactly as narrow as
     //! the chain of `attenuate` calls it stands for, or narrower (importance and expiry
     //! round down on the way into a token).
+    use biscuit_auth::BlockBuilder;
     use proptest::prelude::*;
 
     use super::*;
     use crate::restriction::arbitrary::{content, no_wider, restriction};
+
+    fn claims(world: &str, labels: &[&str]) -> Claims {
+        Claims {
+            principal: [3; 32],
+            held: Held::Reader,
+            world: Some(world.into()),
+            epoch: 1,
+            restriction: Restriction {
+                labels: Some(labels.iter().map(|label| label.to_string()).collect()),
+                ..Restriction::NONE
+            },
+            domains: None,
+            revoked_with: Vec::new(),
+            lineage: Lineage::root(),
+        }
+    }
+
+    #[test]
+    fn a_string_with_quotes_and_braces_is_one_term() {
+        let key = KeyPair::new();
+        let forged = "x\"});principal(hex:0404040404040404040404040404040404040404040404040404040404040404);right(\"writer\");world(\"team/secret\");labels({\"y";
+        let token = mint(&key, &claims("team/a", &[forged, "public"])).unwrap();
+        let opened = open(&key.public(), &token).unwrap();
+        assert_eq!(opened.principal, [3; 32]);
+        assert_eq!(opened.held, Held::Reader);
+        assert_eq!(opened.world.as_deref(), Some("team/a"));
+        assert_eq!(
+            opened.restriction.labels,
+            Some([forged.to_owned(), "public".to_owned()].into())
+        );
+    }
+
+    #[test]
+    fn an_authority_fact_stated_twice_or_by_a_later_block_refuses_the_token() {
+        let key = KeyPair::new();
+        for (name, term) in [
+            ("principal", builder::bytes(&[4; 32])),
+            ("right", builder::string("writer")),
+            ("world", builder::string("team/secret")),
+            ("epoch", builder::int(9)),
+            ("engram", builder::int(TOKEN_FORMAT)),
+        ] {
+            let mut token = Biscuit::builder();
+            for fact in [
+                builder::fact("engram", &[builder::int(TOKEN_FORMAT)]),
+                builder::fact("principal", &[builder::bytes(&[3; 32])]),
+                builder::fact("right", &[builder::string("reader")]),
+                builder::fact("world", &[builder::string("team/a")]),
+                builder::fact("epoch", &[builder::int(1)]),
+                builder::fact(name, std::slice::from_ref(&term)),
+            ] {
+                token = token.fact(fact).unwrap();
+            }
+            let token = token.build(&key).unwrap().to_vec().unwrap();
+            let error = open(&key.public(), &token).unwrap_err().to_string();
+            assert!(error.contains("twice"), "{name}: {error}");
+
+            let whole = mint(&key, &claims("team/a", &[])).unwrap();
+            let appended = Biscuit::from(&whole, key.public())
+                .unwrap()
+                .append(
+                    BlockBuilder::new()
+                        .fact(builder::fact(name, &[term]))
+                        .unwrap(),
+                )
+                .unwrap()
+                .to_vec()
+                .unwrap();
+            let error = open(&key.public(), &appended).unwrap_err().to_string();
+            assert!(
+                error.contains("only the node's own block"),
+                "{name}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_block_with_a_rule_or_a_check_is_refused() {
+        let key = KeyPair::new();
+        let whole =
+            Biscuit::from(mint(&key, &claims("team/a", &[])).unwrap(), key.public()).unwrap();
+        for (code, expected) in [
+            ("labels({\"a\"}) <- right(\"reader\");", "a rule"),
+            ("check if right(\"reader\");", "a check"),
+        ] {
+            let token = whole
+                .append(BlockBuilder::new().code(code).unwrap())
+                .unwrap()
+                .to_vec()
+                .unwrap();
+            let error = open(&key.public(), &token).unwrap_err().to_string();
+            assert!(error.contains(expected), "{code}: {error}");
+        }
+    }
 
     proptest! {
         // Each case signs a token and a block per link: fewer cases than the pure chain.
@@ -392,6 +575,7 @@ mod tests {
                 restriction: chain[0].clone(),
                 domains: None,
                 revoked_with: Vec::new(),
+                lineage: Lineage::root(),
             };
             let mut token = Biscuit::from(mint(&key, &claims).unwrap(), key.public()).unwrap();
             for link in &chain[1..] {

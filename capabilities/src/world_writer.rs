@@ -38,10 +38,14 @@ impl WorldWriter {
 
     /// Checks the restriction and commits `atoms` durably, all or nothing; with an
     /// idempotency `key`, a request already done answers its receipts again (`replayed`).
+    /// Atoms of kind `transition` are refused unless `transition()` made them: it gives
+    /// them their target's labels, which a holder's own transition atom could not be
+    /// trusted to carry.
     async fn commit_atoms(
         &self,
         atoms: Vec<AtomContent>,
         key: Option<Vec<u8>>,
+        made_by_transition: bool,
     ) -> Result<(Vec<engram_store::Receipt>, bool), CapabilityError> {
         let _permit = self.grip.begin_call()?;
         // Malformed content is `invalidArgument` before any restriction is considered.
@@ -53,6 +57,13 @@ impl WorldWriter {
             }
         };
         for (index, content) in atoms.iter().enumerate() {
+            if content.kind == AtomKind::Transition && !made_by_transition {
+                return Err(CapabilityError::invalid(format!(
+                    "{}an atom of kind transition is written by WorldWriter.transition, \
+                     which checks it against its target; remember writes every other kind",
+                    at(index)
+                )));
+            }
             if let Err(reason) = content.validate() {
                 return Err(CapabilityError::invalid(format!("{}{reason}", at(index))));
             }
@@ -68,23 +79,21 @@ impl WorldWriter {
             .then(|| self.grip.node.store.read())
             .transpose()?;
         for (index, content) in atoms.iter().enumerate() {
-            // A transition atom is bounded by what it acts on, below, not by what the
-            // restriction lets this writer write.
-            if content.kind != AtomKind::Transition
-                && let Some(reason) = self.grip.restriction.forbids_writing(content)
-            {
+            // A transition is bounded by what it acts on (a target this writer cannot
+            // see is not found), and every atom, a transition atom too, by what this
+            // writer may write.
+            if let Some(view) = &view {
+                self.check_transitions(view, content)
+                    .map_err(|error| match error {
+                        CapabilityError::PermissionDenied(reason) => {
+                            CapabilityError::denied(format!("{}{reason}", at(index)))
+                        }
+                        other => other,
+                    })?;
+            }
+            if let Some(reason) = self.grip.restriction.forbids_writing(content) {
                 return Err(CapabilityError::denied(format!("{}{reason}", at(index))));
             }
-            let Some(view) = &view else {
-                continue;
-            };
-            self.check_transitions(view, content)
-                .map_err(|error| match error {
-                    CapabilityError::PermissionDenied(reason) => {
-                        CapabilityError::denied(format!("{}{reason}", at(index)))
-                    }
-                    other => other,
-                })?;
         }
         // In a fleet, one node writes a world at a time.
         self.grip.node.claim_world(&self.world).await?;
@@ -195,7 +204,28 @@ impl world_writer::Server for WorldWriter {
             kind: transition.link_kind(),
             target,
         }];
-        let (receipts, _) = self.commit_atoms(vec![content], None).await.wire()?;
+        // The transition atom carries its target's labels, so whoever may read the
+        // target reads its state changes too (and nobody else). A target in no world
+        // of this writer's is the store's to refuse, below.
+        content.labels = self
+            .grip
+            .node
+            .store
+            .read()
+            .and_then(|view| {
+                view.with_facts(&self.world, &target, |facts| {
+                    let mut labels = Vec::new();
+                    facts.any_label(&mut |label| {
+                        labels.push(label.to_owned());
+                        false
+                    });
+                    labels
+                })
+            })
+            .map_err(CapabilityError::from)
+            .wire()?
+            .unwrap_or_default();
+        let (receipts, _) = self.commit_atoms(vec![content], None, true).await.wire()?;
         write_receipt(results.get().init_receipt(), &receipts[0]);
         Ok(())
     }
@@ -209,7 +239,7 @@ impl world_writer::Server for WorldWriter {
         let params = params.get().param()?;
         let content = read_content(params.get_atom().param()?).wire()?;
         let key = read_idempotency_key(params.get_idempotency_key()).wire()?;
-        let (receipts, replayed) = self.commit_atoms(vec![content], key).await.wire()?;
+        let (receipts, replayed) = self.commit_atoms(vec![content], key, false).await.wire()?;
         let mut results = results.get();
         write_receipt(results.reborrow().init_receipt(), &receipts[0]);
         results.set_replayed(replayed);
@@ -246,7 +276,7 @@ impl world_writer::Server for WorldWriter {
                     .wire()?,
             );
         }
-        let (receipts, replayed) = self.commit_atoms(atoms, key).await.wire()?;
+        let (receipts, replayed) = self.commit_atoms(atoms, key, false).await.wire()?;
         let mut results = results.get();
         results.set_replayed(replayed);
         let mut list = results.init_receipts(receipts.len() as u32);

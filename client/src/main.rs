@@ -432,6 +432,10 @@ struct NarrowOptions {
     /// Take away the approve right (a writer that may only propose).
     #[arg(long)]
     without_approve: bool,
+    /// Take away save: the capability cannot be saved as a token again (its authority
+    /// ends with the connection it is handed on).
+    #[arg(long)]
+    without_save: bool,
     /// Every call fails from this time on: an RFC 3339 time or unix milliseconds.
     #[arg(long)]
     expires: Option<String>,
@@ -478,12 +482,13 @@ impl NarrowOptions {
                 "without-approve" if matches!(value, "" | "true") => {
                     resolved.without_approve = true
                 }
+                "without-save" if matches!(value, "" | "true") => resolved.without_save = true,
                 "expires" => once(&mut resolved.expires, "expires")?,
                 "rate" => once(&mut resolved.rate, "rate")?,
                 other => {
                     return Err(usage(format!(
                         "--restrict {pair:?}: {other:?} is not label, kind, max-importance, \
-                         without-approve, expires, rate or domain"
+                         without-approve, without-save, expires, rate or domain"
                     )));
                 }
             }
@@ -496,6 +501,7 @@ impl NarrowOptions {
         let mut restriction = engram_client::Restriction {
             labels: self.labels.clone(),
             without_approve: self.without_approve,
+            without_save: self.without_save,
             ..engram_client::Restriction::default()
         };
         for kind in &self.kinds {
@@ -533,6 +539,7 @@ impl NarrowOptions {
                 restriction.rate.atoms_per_second,
             )),
             without_approve: self.without_approve,
+            without_save: self.without_save,
             domains: set(&self.domains),
         })
     }

@@ -288,7 +288,8 @@ async fn restore_for_child(
     let (connection, node_system) =
         crate::connection(Box::new(Guarded::new(network, node_outbox.clone())));
     let node_system = tokio::task::spawn_local(node_system);
-    match connection.restore(token).await {
+    // The child's authority ends with this connection: it cannot save what it holds.
+    match connection.restore_with(token, true).await {
         Ok((_, restored)) => Ok(Forwarded {
             restored,
             node_system,
@@ -356,8 +357,8 @@ fn start(
         .env(FD_VARIABLE, CHILD_FD.to_string())
         .env(CAPABILITY_VARIABLE, kind)
         .env(WORLD_VARIABLE, world);
-    // SAFETY: between fork and exec the closure only calls dup2 and fcntl, which are
-    // async-signal-safe, on descriptors this process owns.
+    // SAFETY: between fork and exec the closure only calls dup2, fcntl, close_range and
+    // close, which are async-signal-safe, on descriptors this process owns.
     unsafe {
         command.pre_exec(move || {
             if child_fd == CHILD_FD {
@@ -367,6 +368,24 @@ fn start(
                 }
             } else if libc::dup2(child_fd, CHILD_FD) == -1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // Nothing but standard input, output, error and its capability: any other
+            // descriptor this process inherited without close-on-exec is closed too.
+            let first = (CHILD_FD + 1) as libc::c_uint;
+            if libc::close_range(first, libc::c_uint::MAX, 0) == -1 {
+                // A kernel before 5.9: close them one by one, up to the process's limit.
+                let mut limit = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                let last = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                    limit.rlim_cur.min(1 << 20) as libc::c_int
+                } else {
+                    1024
+                };
+                for descriptor in first as libc::c_int..last {
+                    libc::close(descriptor);
+                }
             }
             Ok(())
         });

@@ -35,8 +35,20 @@ impl Connection {
     /// Exchanges a token for the live capability it names (`Terminal.restore`), and
     /// the world it is of (empty for a signer). No login.
     pub async fn restore(&self, token: &[u8]) -> Result<(String, Held), ClientError> {
+        self.restore_with(token, false).await
+    }
+
+    /// As [`Connection::restore`], narrowed `withoutSave` when `without_save`: the
+    /// capability (and whatever is attenuated from it) cannot be saved, so its authority
+    /// ends with this connection. What a parent restores for a child.
+    pub async fn restore_with(
+        &self,
+        token: &[u8],
+        without_save: bool,
+    ) -> Result<(String, Held), ClientError> {
         let mut request = self.terminal().restore_request();
         request.get().set_token(token);
+        request.get().set_without_save(without_save);
         let response = request.send().promise.await?;
         let results = response.get()?;
         let world = results

@@ -747,6 +747,9 @@ pub struct Restriction {
     /// Take away the approve right: a writer that may only propose, assert and retract
     /// its own atoms.
     pub without_approve: bool,
+    /// Take away `save`: a capability whose authority cannot outlive the connection it
+    /// is handed on (what a spawned child is given).
+    pub without_save: bool,
 }
 
 impl Default for Restriction {
@@ -759,6 +762,7 @@ impl Default for Restriction {
             expires_at_unix_ms: 0,
             rate: Rate::default(),
             without_approve: false,
+            without_save: false,
         }
     }
 }
@@ -819,6 +823,7 @@ impl Restriction {
         builder.set_max_importance(self.max_importance);
         builder.set_expires_at_unix_ms(self.expires_at_unix_ms);
         builder.set_without_approve(self.without_approve);
+        builder.set_without_save(self.without_save);
         self.rate.fill(builder.init_rate());
     }
 }

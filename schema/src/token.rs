@@ -23,6 +23,8 @@ pub struct Narrowing {
     pub rate: Option<(u32, u32)>,
     /// Takes away the approve right.
     pub without_approve: bool,
+    /// Takes away the right to save the capability as a token again.
+    pub without_save: bool,
     /// A signer signs only these domains.
     pub domains: Option<BTreeSet<String>>,
 }
@@ -58,6 +60,9 @@ impl Narrowing {
         }
         if self.without_approve {
             facts.push(builder::fact("without_approve", &[builder::boolean(true)]));
+        }
+        if self.without_save {
+            facts.push(builder::fact("without_save", &[builder::boolean(true)]));
         }
         if let Some(domains) = &self.domains {
             facts.push(builder::fact("domains", &[strings(domains)]));
@@ -97,6 +102,8 @@ impl Narrowing {
             ("without_approve", [Term::Bool(true)]) => narrowing.without_approve = true,
             // Narrows nothing, but is well formed.
             ("without_approve", [Term::Bool(false)]) => {}
+            ("without_save", [Term::Bool(true)]) => narrowing.without_save = true,
+            ("without_save", [Term::Bool(false)]) => {}
             ("domains", [Term::Set(names)]) => {
                 narrowing.domains =
                     Some(strings(names).ok_or_else(|| malformed("a set of domains"))?)
@@ -105,7 +112,7 @@ impl Narrowing {
             ("max_importance", _) => return Err(malformed("millionths, 0 to 1000000")),
             ("expires", _) => return Err(malformed("a date")),
             ("rate", _) => return Err(malformed("calls per second, atoms per second")),
-            ("without_approve", _) => return Err(malformed("true")),
+            ("without_approve" | "without_save", _) => return Err(malformed("true")),
             _ => return Ok(None),
         }
         Ok(Some(narrowing))
@@ -135,6 +142,7 @@ mod tests {
             expires_unix_s: Some(1_800_000_000),
             rate: Some((10, 0)),
             without_approve: true,
+            without_save: true,
             domains: Some(["a/b".to_owned(), "c".to_owned()].into()),
         };
         let mut read = Narrowing::default();
@@ -151,6 +159,7 @@ mod tests {
                 expires_unix_s: one.expires_unix_s.or(read.expires_unix_s),
                 rate: one.rate.or(read.rate),
                 without_approve: one.without_approve || read.without_approve,
+                without_save: one.without_save || read.without_save,
                 domains: one.domains.or(read.domains),
             };
         }

@@ -85,7 +85,7 @@ pub async fn receive(
             ))
         });
     let accepted = read.and_then(|(descriptor, token)| {
-        let capability = terminal.restore_token(&token)?.client;
+        let capability = terminal.restore_token(&token, true)?.client;
         Ok((descriptor, capability))
     });
     match accepted {

@@ -210,10 +210,26 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         }
     }
     if let Some(socket) = &config.socket {
-        let _ = std::fs::remove_file(socket);
+        let _ = remove_socket(socket);
     }
     tracing::info!("stopped");
     served
+}
+
+/// Removes the socket at `path`, if there is one; anything else there is someone's
+/// file, which the node refuses to touch.
+fn remove_socket(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "it exists and is no socket; the node replaces only a socket a node that died \
+             left (choose another --socket path)",
+        )),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 /// The default of `--vector-snapshot-ms`: the soonest the indexer writes a fresh
@@ -424,7 +440,10 @@ async fn serve(
         Some(path) => {
             // The redb file is locked by this process, so a socket file left here can only
             // be a stale one from a node that died.
-            let _ = std::fs::remove_file(path);
+            remove_socket(path).map_err(|source| ServerError::Listen {
+                address: path.display().to_string(),
+                source,
+            })?;
             Some(
                 UnixListener::bind(path).map_err(|source| ServerError::Listen {
                     address: path.display().to_string(),

@@ -583,8 +583,10 @@ def test_proposals_are_not_decisions_until_approved(node):
         current = await engram.ask(reader, labels=["jwt"])
         assert [(atom.text, atom.state) for atom in current] == [("JWT algorithm: RS256", "approved")]
         both = await engram.ask(reader, labels=["jwt"], states=["asserted", "proposed", "approved"])
+        # Asked by state, the approval is there too: it carries its target's labels.
         assert [(atom.text, atom.state) for atom in both] == [
             ("JWT algorithm: ES256", "proposed"),
+            ("benchmarks agree", "asserted"),
             ("JWT algorithm: RS256", "approved"),
         ]
         # The approve right: the researcher has none; a lead attenuated without it neither.

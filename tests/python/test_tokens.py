@@ -116,6 +116,7 @@ def test_a_python_parent_spawns_a_child_holding_one_capability(node):
         assert "child: holds a reader of team/auth" in output, output
         assert "child: sees 'tokens expire after one hour'" in output, output
         assert "vault" not in output, output
+        assert "child: saving failed: permissionDenied" in output, output
 
     run(body())
 
@@ -137,7 +138,9 @@ def test_a_python_parent_cuts_off_a_child_that_sends_garbage_and_serves_its_sibl
             stdout=subprocess.PIPE,
         )
         assert await sibling.wait() == 0
-        assert "child: sees 'tokens expire after one hour'" in sibling.process.stdout.read().decode()
+        output = sibling.process.stdout.read().decode()
+        assert "child: sees 'tokens expire after one hour'" in output, output
+        assert "child: saving failed: permissionDenied" in output, output
 
     run(body())
 
@@ -161,5 +164,52 @@ def test_a_python_parent_spawning_over_tls_sends_the_token_only_to_the_pinned_no
         )
         assert await child.wait() == 0
         assert "child: sees 'tokens expire after one hour'" in child.process.stdout.read().decode()
+
+    run(body())
+
+
+def test_a_quote_or_brace_in_a_label_is_part_of_the_label_not_a_new_fact(node):
+    async def body():
+        session = await world_with_secrets(node)
+        admin_key = await engram.signer_public_key(session.signer)
+        forged = f'x"}});principal(hex:{admin_key.hex()[:32]});right("writer");labels({{"y'
+        narrowed = await engram.attenuate_reader(session.reader("team/auth"), labels=[forged, "public"])
+        restored = await restore(node, await engram.save(narrowed))
+        assert (restored.kind, restored.world) == ("reader", "team/auth")
+        assert texts(await engram.ask(restored.capability)) == ["tokens expire after one hour"]
+        # A label no atom can carry is refused at attenuation.
+        with pytest.raises(engram.EngramError) as refused:
+            await engram.attenuate_reader(session.reader("team/auth"), labels=["a\nb"])
+        assert refused.value.code == "invalidArgument"
+
+    run(body())
+
+
+def test_a_capability_restored_or_narrowed_without_save_cannot_be_saved(node):
+    async def body():
+        session = await world_with_secrets(node)
+        token = await engram.save(session.reader("team/auth"))
+        held = await (await engram.connect(node.tcp)).restore(token, without_save=True)
+        narrowed = await engram.attenuate_reader(held.capability, labels=["public"])
+        online = await engram.attenuate_reader(session.reader("team/auth"), without_save=True)
+        for capability in (held.capability, narrowed, online):
+            with pytest.raises(engram.EngramError) as refused:
+                await engram.save(capability)
+            assert refused.value.code == "permissionDenied"
+        # It reads as before.
+        assert texts(await engram.ask(narrowed)) == ["tokens expire after one hour"]
+
+    run(body())
+
+
+def test_a_transition_atom_is_written_only_by_transition(node):
+    async def body():
+        session = await world_with_secrets(node)
+        with pytest.raises(engram.EngramError) as refused:
+            await engram.remember(
+                session.writer("team/auth"),
+                engram.NewAtom("retracted", kind="transition", labels=["secret"]),
+            )
+        assert refused.value.code == "invalidArgument"
 
     run(body())

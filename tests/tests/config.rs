@@ -180,3 +180,35 @@ fn the_readme_documents_every_option() {
         );
     }
 }
+
+/// `--socket` naming a file that is no socket stops the start, named, and leaves the
+/// file as it was (the node replaces only a socket a dead node left behind).
+#[test]
+fn a_socket_path_that_names_another_file_is_refused_and_left_alone() {
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let precious = directory.path().join("notes.txt");
+    std::fs::write(&precious, "keep me").unwrap();
+    let data = directory.path().join("data");
+    let mut child = engramd(
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--socket",
+            precious.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("running engramd");
+    // A node that took the path would serve until stopped: its stderr stays open.
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("is no socket"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+}

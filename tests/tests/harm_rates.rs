@@ -208,3 +208,64 @@ fn a_long_read_draws_on_the_rate_and_answers_in_part_when_it_cannot_pay() {
         assert!(rest.resume_before_commit.is_none_or(|next| next < resume));
     });
 }
+
+/// A reader restored from `token` on a connection of its own.
+async fn restored(node: &TestNode, token: &[u8]) -> world_reader::Client {
+    let connection = engram_client::connect(&node.tcp()).await.unwrap();
+    match connection.restore(token).await.unwrap().1 {
+        engram_client::spawn::Held::Reader(reader) => reader,
+        _ => panic!("expected a reader"),
+    }
+}
+
+#[test]
+fn a_rate_belongs_to_its_lineage_so_copies_saved_or_narrowed_offline_share_it() {
+    use engram_client::spawn::Held;
+    use engram_client::token::{self, Narrowing};
+    let node = TestNode::start();
+    run_local(async {
+        let admin = admin_with_world(&node, "w").await;
+        // Six capabilities narrowed from one reader to three calls a second, and two
+        // restored from a token saved from one of them, each on a connection of its
+        // own: one bucket of three between them all.
+        let mut readers = Vec::new();
+        for _ in 0..6 {
+            readers.push(
+                engram_client::attenuate_reader(&admin.reader("w").unwrap(), &rated(3, 0))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let saved = token::save(&Held::Reader(readers[0].clone()))
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            readers.push(restored(&node, &saved).await);
+        }
+        // `burst` fails if more passed than one bucket of three allows.
+        assert!(burst(&readers, 28, 3).await >= 1);
+
+        // Six offline copies of one token, each narrowed to three calls a second, and a
+        // seventh narrowed further from one of them: one bucket of three between them.
+        let whole = token::save(&Held::Reader(admin.reader("w").unwrap()))
+            .await
+            .unwrap();
+        let three = Narrowing {
+            rate: Some((3, 0)),
+            ..Narrowing::default()
+        };
+        let mut readers = Vec::new();
+        let mut copies = Vec::new();
+        for _ in 0..6 {
+            let copy = token::attenuate(&whole, &three).unwrap();
+            readers.push(restored(&node, &copy).await);
+            copies.push(copy);
+        }
+        let two = Narrowing {
+            rate: Some((2, 0)),
+            ..Narrowing::default()
+        };
+        readers.push(restored(&node, &token::attenuate(&copies[0], &two).unwrap()).await);
+        assert!(burst(&readers, 28, 3).await >= 1);
+    });
+}

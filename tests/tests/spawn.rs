@@ -73,6 +73,13 @@ fn holds_one_narrowed_capability_and_nothing_else(node: &TestNode, endpoint: &En
             "{text}"
         );
         assert!(!text.contains("vault"), "{text}");
+        // Nothing it holds can be saved to outlive its parent.
+        for which in ["it", "a narrowing of it"] {
+            assert!(
+                text.contains(&format!("child: saving {which} failed: permissionDenied")),
+                "{text}"
+            );
+        }
 
         // The operator advances the epoch: the child's capability fails on its own.
         engram_client::advance_epoch(&admin.admin().unwrap(), &[7; 32])
@@ -364,4 +371,34 @@ fn spawn_waiting_reader(
         }
     }
     (parent, lines)
+}
+
+/// A descriptor the spawner inherited without close-on-exec is closed in the child: the
+/// child holds its standard streams and its capability, nothing else.
+#[test]
+fn a_child_inherits_no_descriptor_but_its_capability() {
+    let node = TestNode::start();
+    run_local(async {
+        admin_with_world(&node, "team/auth").await;
+    });
+    let file = std::fs::File::open("/dev/null").unwrap();
+    // SAFETY: dup of a descriptor this test owns; the copy has no close-on-exec flag,
+    // so `engram spawn` inherits it, as a process started by a careless parent would.
+    let leaked = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(&file)) };
+    assert!(leaked > 3, "dup failed");
+    for endpoint in [node.unix(), node.tcp()] {
+        let output = engram_command_at(&endpoint, &node.admin_key_path())
+            .args(["spawn", "--reader", "team/auth", "--", "sh", "-c"])
+            .arg(format!(
+                "[ -e /proc/self/fd/3 ] && echo has-3; \
+                 [ -e /proc/self/fd/{leaked} ] && echo leaked || echo closed"
+            ))
+            .output()
+            .expect("running engram spawn");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{text}");
+        assert_eq!(text, "has-3\nclosed\n", "over {endpoint}");
+    }
+    // SAFETY: the descriptor dup returned above, closed once.
+    unsafe { libc::close(leaked) };
 }

@@ -53,6 +53,13 @@ class EngramError(Exception):
         code, separator, message = description.partition(": ")
         if separator and code in ERROR_CODES:
             return cls(code, message)
+        # A Python parent forwarding a child's call (pycapnp) reports the node's error
+        # inside its own text: the node's code follows the last "remote exception: ".
+        for line in description.splitlines():
+            _, found, rest = line.rpartition("remote exception: ")
+            code, separator, message = rest.partition(": ")
+            if found and separator and code in ERROR_CODES:
+                return cls(code, message)
         return cls(None, description)
 
 
@@ -322,10 +329,12 @@ class Connection:
         result = await call(request.send())
         return Membrane(result.membrane)
 
-    async def restore(self, token: bytes) -> "Restored":
+    async def restore(self, token: bytes, *, without_save: bool = False) -> "Restored":
         """Exchanges a token (see :func:`save`) for the live capability it names
-        (``Terminal.restore``): no key, no login."""
-        result = await call(self.terminal.restore(token))
+        (``Terminal.restore``): no key, no login. With ``without_save``, the capability
+        (and whatever is attenuated from it) cannot be saved: its authority ends with
+        this connection (what a parent restores for a child)."""
+        result = await call(self.terminal.restore(token, without_save))
         for kind in _CAPABILITY_INTERFACES:
             if result._has(kind):
                 return Restored(kind, result.world, getattr(result, kind), self)
@@ -556,7 +565,8 @@ async def spawn(
     token = await save(capability)
     if not address.startswith("unix:"):
         connection = await connect(address, node_key=node_key, known_nodes=known_nodes)
-        restored = await connection.restore(token)
+        # The child's authority ends with this connection: it cannot save what it holds.
+        restored = await connection.restore(token, without_save=True)
     parent_end, child_end = socket.socketpair()
     if address.startswith("unix:"):
         loop = asyncio.get_running_loop()
@@ -1005,6 +1015,7 @@ def _fill_restriction(
     calls_per_second: int,
     atoms_per_second: int,
     without_approve: bool,
+    without_save: bool,
 ) -> None:
     for name, values in (("worlds", worlds), ("kinds", kinds), ("labels", labels)):
         built = builder.init(name, len(values))
@@ -1015,6 +1026,7 @@ def _fill_restriction(
     builder.rate.callsPerSecond = calls_per_second
     builder.rate.atomsPerSecond = atoms_per_second
     builder.withoutApprove = without_approve
+    builder.withoutSave = without_save
 
 
 async def _attenuate(capability: Any, returned: str, restriction: dict) -> Any:
@@ -1032,6 +1044,7 @@ def _restriction(
     calls_per_second: int = 0,
     atoms_per_second: int = 0,
     without_approve: bool = False,
+    without_save: bool = False,
 ) -> dict:
     return dict(
         worlds=worlds,
@@ -1042,6 +1055,7 @@ def _restriction(
         calls_per_second=calls_per_second,
         atoms_per_second=atoms_per_second,
         without_approve=without_approve,
+        without_save=without_save,
     )
 
 
@@ -1049,7 +1063,9 @@ async def attenuate_reader(reader: Any, **restriction: Any) -> Any:
     """A reader narrowed to the intersection of its rights and the restriction
     (``worlds``, ``kinds``, ``labels``, ``max_importance``, ``expires_at_unix_ms``), and
     limited to ``calls_per_second`` and ``atoms_per_second`` (0: no limit) on top of its
-    holder's rates; ``without_approve`` takes away the approve right (for writers)."""
+    holder's rates; ``without_approve`` takes away the approve right (for writers);
+    ``without_save`` takes away ``save``, so the capability's authority cannot outlive
+    the connection it is handed on."""
     return await _attenuate(reader, "reader", _restriction(**restriction))
 
 
