@@ -22,9 +22,11 @@ use crate::ServerError;
 
 /// HTTP connections the listener serves at once; more wait to be accepted.
 pub const METRICS_CONNECTIONS_MAX: usize = 16;
-/// How long a metrics connection may send nothing before it is closed, so that idle
-/// connections do not keep the places above from scrapers.
-pub const METRICS_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a metrics connection may last, from accept, before it is closed: a total
+/// deadline, not a timer each byte resets, so that neither idle connections nor ones
+/// trickling a byte at a time keep the places above from scrapers (a scrape takes
+/// milliseconds; a scraper keeping its connection alive connects again).
+pub const METRICS_CONNECTION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Buckets of the latency histograms (seconds): from 100 µs to 10 s.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -261,12 +263,12 @@ impl axum::serve::Listener for Bounded {
         loop {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
-                    let idle = Box::pin(tokio::time::sleep(METRICS_IDLE_TIMEOUT));
+                    let deadline = Box::pin(tokio::time::sleep(METRICS_CONNECTION_DEADLINE));
                     return (
                         Slotted {
                             stream,
                             _slot: slot,
-                            idle,
+                            deadline,
                         },
                         peer,
                     );
@@ -282,12 +284,12 @@ impl axum::serve::Listener for Bounded {
     }
 }
 
-/// A connection holding its place until it closes, or until its peer has sent nothing
-/// for [`METRICS_IDLE_TIMEOUT`].
+/// A connection holding its place until it closes, or [`METRICS_CONNECTION_DEADLINE`]
+/// after it was accepted.
 struct Slotted {
     stream: tokio::net::TcpStream,
     _slot: OwnedSemaphorePermit,
-    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl tokio::io::AsyncRead for Slotted {
@@ -298,22 +300,13 @@ impl tokio::io::AsyncRead for Slotted {
     ) -> std::task::Poll<std::io::Result<()>> {
         use std::future::Future;
         let this = &mut *self;
-        match std::pin::Pin::new(&mut this.stream).poll_read(context, buffer) {
-            std::task::Poll::Pending => {
-                if this.idle.as_mut().poll(context).is_ready() {
-                    return std::task::Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the metrics connection sent nothing for too long",
-                    )));
-                }
-                std::task::Poll::Pending
-            }
-            ready => {
-                let deadline = tokio::time::Instant::now() + METRICS_IDLE_TIMEOUT;
-                this.idle.as_mut().reset(deadline);
-                ready
-            }
+        if this.deadline.as_mut().poll(context).is_ready() {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the metrics connection outlived its deadline",
+            )));
         }
+        std::pin::Pin::new(&mut this.stream).poll_read(context, buffer)
     }
 }
 

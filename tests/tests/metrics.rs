@@ -216,6 +216,45 @@ fn idle_connections_keep_no_scraper_out_and_no_caller_waiting() {
     drop(held);
 }
 
+/// Connections that each send a byte every second, never finishing a request, hold the
+/// listener's places for at most its deadline: a connection's whole life is bounded,
+/// not the time between its bytes, so a scraper gets a place.
+#[test]
+fn connections_trickling_bytes_keep_no_scraper_out() {
+    use std::io::Write;
+    let node = TestNode::start_with(&["--metrics", "127.0.0.1:0"]);
+    let address = node.metrics_address().unwrap().to_owned();
+    let mut held: Vec<std::net::TcpStream> = (0..16)
+        .map(|_| std::net::TcpStream::connect(&address).expect("connecting"))
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickling = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // "GET /met" and so on, a byte a second: each byte within the idle timeout.
+            let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for stream in &mut held {
+                    let _ = stream.write_all(&[request[sent.min(request.len() - 1)]]);
+                }
+                sent += 1;
+                // The pace of the attack, not a wait for the node.
+                std::thread::sleep(Duration::from_millis(1_000));
+            }
+        })
+    };
+    let started = Instant::now();
+    assert_eq!(get(&address, "/healthz").0, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickling.join().unwrap();
+}
+
 /// A holder making bad calls as fast as it can does not flood the log: at most 50 lines
 /// of failed calls a second, and the next line logged counts the calls left out, so
 /// every failed call is in the log, as a line or in a count.
