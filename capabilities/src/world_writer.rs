@@ -133,14 +133,36 @@ impl WorldWriter {
     ) -> Result<(), CapabilityError> {
         for (transition, target) in content.transitions() {
             let seen = view.with_facts(&self.world, target, |facts| {
+                // A label of the target's this writer may not write: changing the
+                // target's state (a transition atom carries its labels) would reach
+                // readers of that label.
+                let mut outside = None;
+                if let Some(allowed) = &self.grip.restriction.labels {
+                    facts.any_label(&mut |label| {
+                        let out = !allowed.contains(label);
+                        if out {
+                            outside = Some(label.to_owned());
+                        }
+                        out
+                    });
+                }
                 (
                     self.grip.restriction.shows(facts),
                     *facts.writer() == self.grip.principal,
+                    outside,
                 )
             })?;
             let own = match seen {
-                Some((true, own)) => own,
-                Some((false, _)) => {
+                Some((true, _, Some(label))) => {
+                    let allowed = self.grip.restriction.labels.iter().flatten();
+                    return Err(CapabilityError::denied(format!(
+                        "this writer may not {transition} an atom labelled {label:?}: it may \
+                         use only labels {}",
+                        allowed.cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                Some((true, own, None)) => own,
+                Some((false, _, _)) => {
                     return Err(CapabilityError::Store(StoreError::AtomNotFound {
                         world: self.world.clone(),
                         id: hex::encode(target),

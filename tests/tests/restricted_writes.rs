@@ -116,5 +116,16 @@ fn a_transition_atom_is_written_only_by_transition_and_carries_its_targets_label
             engram_client::transition(&public_writer, &mixed, TransitionKind::Retract, "").await,
             ErrorCode::PermissionDenied,
         );
+        // Nor supersede it: the same change of state, by a link.
+        assert_code(
+            engram_client::remember(
+                &public_writer,
+                &[NewAtom::fact("replacement")
+                    .labels(&["public"])
+                    .supersedes(mixed)],
+            )
+            .await,
+            ErrorCode::PermissionDenied,
+        );
     });
 }
