@@ -21,6 +21,9 @@ use crate::limits::REVOKED_TOKENS_PER_PRINCIPAL_MAX;
 use crate::peer::LoginRate;
 use crate::rate::Bucket;
 
+/// The fewest lineage buckets kept before the ones nobody holds are forgotten.
+const LINEAGE_SWEEP_MIN: usize = 1024;
+
 /// Shared by every capability of the node (`Rc<Node>` on the RPC thread).
 pub struct Node {
     pub(crate) store: Store,
@@ -35,10 +38,14 @@ pub struct Node {
     revoked_tokens: RefCell<HashSet<Vec<u8>>>,
     /// How many of them each principal's tokens are.
     revocations: RefCell<HashMap<PublicKey, usize>>,
-    /// The rate buckets of tokens, by the revocation id of the token's last block: one
-    /// per token, shared by every capability restored from it, so restoring again buys
-    /// nothing.
+    /// The rate buckets of lineage nodes (`rate::Lineage`), by key: one per node, shared
+    /// by every capability whose lineage passes through it, so saving, restoring or
+    /// narrowing again buys nothing.
     lineage_rates: RefCell<HashMap<[u8; 32], Rc<Bucket>>>,
+    /// The size of `lineage_rates` at which the buckets nobody holds are next forgotten:
+    /// twice what was left after the last sweep, so a holder keeping many capabilities
+    /// alive costs each new bucket no scan of all the others.
+    lineage_sweep_at: Cell<usize>,
     /// Mirror of the store's current epoch number, updated only after an advance is
     /// durable, read by every call's epoch guard.
     epoch: Cell<u64>,
@@ -158,6 +165,7 @@ impl Node {
             revoked_tokens: RefCell::new(revoked_tokens),
             revocations: RefCell::new(revocations),
             lineage_rates: RefCell::new(HashMap::new()),
+            lineage_sweep_at: Cell::new(LINEAGE_SWEEP_MIN),
             node_key,
             epoch: Cell::new(epoch),
             generations: RefCell::new(generations),
@@ -441,8 +449,10 @@ impl Node {
             return Some(bucket.clone());
         }
         // Forget the buckets no capability holds any more, so the map stays small.
-        if rates.len() > 1024 {
+        if rates.len() >= self.lineage_sweep_at.get() {
             rates.retain(|_, bucket| Rc::strong_count(bucket) > 1);
+            self.lineage_sweep_at
+                .set((2 * rates.len()).max(LINEAGE_SWEEP_MIN));
         }
         let bucket = Rc::new(Bucket::new(rate, "this capability's restriction")?);
         rates.insert(*key, bucket.clone());

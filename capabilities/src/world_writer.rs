@@ -38,19 +38,19 @@ impl WorldWriter {
 
     /// Checks the restriction and commits `atoms` durably, all or nothing; with an
     /// idempotency `key`, a request already done answers its receipts again (`replayed`).
-    /// Atoms of kind `transition` are refused unless `transition()` made them: it gives
-    /// them their target's labels, which a holder's own transition atom could not be
-    /// trusted to carry.
+    /// Atoms of kind `transition` are refused unless `transition()` made them; their
+    /// labels are their target's, read here, never a holder's.
     async fn commit_atoms(
         &self,
-        atoms: Vec<AtomContent>,
+        mut atoms: Vec<AtomContent>,
         key: Option<Vec<u8>>,
         made_by_transition: bool,
     ) -> Result<(Vec<engram_store::Receipt>, bool), CapabilityError> {
         let _permit = self.grip.begin_call()?;
         // Malformed content is `invalidArgument` before any restriction is considered.
+        let batch = atoms.len() > 1;
         let at = |index: usize| {
-            if atoms.len() > 1 {
+            if batch {
                 format!("atom {index} of the batch: ")
             } else {
                 String::new()
@@ -78,18 +78,23 @@ impl WorldWriter {
         let view = (transitions > 0)
             .then(|| self.grip.node.store.read())
             .transpose()?;
-        for (index, content) in atoms.iter().enumerate() {
+        for (index, content) in atoms.iter_mut().enumerate() {
             // A transition is bounded by what it acts on (a target this writer cannot
             // see is not found), and every atom, a transition atom too, by what this
-            // writer may write.
+            // writer may write. A transition atom carries its target's labels, so
+            // whoever may read the target reads its state changes too (and nobody else).
             if let Some(view) = &view {
-                self.check_transitions(view, content)
-                    .map_err(|error| match error {
-                        CapabilityError::PermissionDenied(reason) => {
-                            CapabilityError::denied(format!("{}{reason}", at(index)))
-                        }
-                        other => other,
-                    })?;
+                let labels =
+                    self.check_transitions(view, content)
+                        .map_err(|error| match error {
+                            CapabilityError::PermissionDenied(reason) => {
+                                CapabilityError::denied(format!("{}{reason}", at(index)))
+                            }
+                            other => other,
+                        })?;
+                if content.kind == AtomKind::Transition {
+                    content.labels = labels;
+                }
             }
             if let Some(reason) = self.grip.restriction.forbids_writing(content) {
                 return Err(CapabilityError::denied(format!("{}{reason}", at(index))));
@@ -121,47 +126,34 @@ impl WorldWriter {
 
 impl WorldWriter {
     /// What this capability's restriction says of the transitions `content` makes: the
-    /// target must be visible through it (else `notFound`, as if it did not exist), and
-    /// a transition that takes the approve right needs the restriction to have kept it.
-    /// The store checks the rest (the target's world and state, the principal's
-    /// rights) inside the write transaction. Targets are read as facts in place: a
-    /// target's text and payload are never copied.
+    /// target must be visible through it (else `notFound`, as if it did not exist), a
+    /// label-restricted writer may change only atoms whose every label it may write
+    /// (their transition atoms carry those labels), and a transition that takes the
+    /// approve right needs the restriction to have kept it. The store checks the rest
+    /// (the target's world and state, the principal's rights) inside the write
+    /// transaction. Targets are read as facts in place: a target's text and payload are
+    /// never copied. Returns the labels of the last target (a transition atom's one).
     fn check_transitions(
         &self,
         view: &ReadView,
         content: &AtomContent,
-    ) -> Result<(), CapabilityError> {
+    ) -> Result<Vec<String>, CapabilityError> {
+        let mut target_labels = Vec::new();
         for (transition, target) in content.transitions() {
             let seen = view.with_facts(&self.world, target, |facts| {
-                // A label of the target's this writer may not write: changing the
-                // target's state (a transition atom carries its labels) would reach
-                // readers of that label.
-                let mut outside = None;
-                if let Some(allowed) = &self.grip.restriction.labels {
-                    facts.any_label(&mut |label| {
-                        let out = !allowed.contains(label);
-                        if out {
-                            outside = Some(label.to_owned());
-                        }
-                        out
-                    });
-                }
+                let mut labels = Vec::new();
+                facts.any_label(&mut |label| {
+                    labels.push(label.to_owned());
+                    false
+                });
                 (
                     self.grip.restriction.shows(facts),
                     *facts.writer() == self.grip.principal,
-                    outside,
+                    labels,
                 )
             })?;
-            let own = match seen {
-                Some((true, _, Some(label))) => {
-                    let allowed = self.grip.restriction.labels.iter().flatten();
-                    return Err(CapabilityError::denied(format!(
-                        "this writer may not {transition} an atom labelled {label:?}: it may \
-                         use only labels {}",
-                        allowed.cloned().collect::<Vec<_>>().join(", ")
-                    )));
-                }
-                Some((true, own, None)) => own,
+            let (own, labels) = match seen {
+                Some((true, own, labels)) => (own, labels),
                 Some((false, _, _)) => {
                     return Err(CapabilityError::Store(StoreError::AtomNotFound {
                         world: self.world.clone(),
@@ -171,6 +163,16 @@ impl WorldWriter {
                 // Not in this world: the store says whether it is in another one.
                 None => continue,
             };
+            if let Some(allowed) = &self.grip.restriction.labels
+                && let Some(outside) = labels.iter().find(|label| !allowed.contains(*label))
+            {
+                let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+                return Err(CapabilityError::denied(format!(
+                    "this writer may not {transition} an atom labelled {outside:?}: it may \
+                     use only labels {}",
+                    allowed.join(", ")
+                )));
+            }
             if transition.needs_approve_right(own) && !self.grip.restriction.approve {
                 return Err(CapabilityError::denied(format!(
                     "this writer was attenuated without the approve right: it may not \
@@ -182,8 +184,9 @@ impl WorldWriter {
                     }
                 )));
             }
+            target_labels = labels;
         }
-        Ok(())
+        Ok(target_labels)
     }
 }
 
@@ -226,27 +229,6 @@ impl world_writer::Server for WorldWriter {
             kind: transition.link_kind(),
             target,
         }];
-        // The transition atom carries its target's labels, so whoever may read the
-        // target reads its state changes too (and nobody else). A target in no world
-        // of this writer's is the store's to refuse, below.
-        content.labels = self
-            .grip
-            .node
-            .store
-            .read()
-            .and_then(|view| {
-                view.with_facts(&self.world, &target, |facts| {
-                    let mut labels = Vec::new();
-                    facts.any_label(&mut |label| {
-                        labels.push(label.to_owned());
-                        false
-                    });
-                    labels
-                })
-            })
-            .map_err(CapabilityError::from)
-            .wire()?
-            .unwrap_or_default();
         let (receipts, _) = self.commit_atoms(vec![content], None, true).await.wire()?;
         write_receipt(results.get().init_receipt(), &receipts[0]);
         Ok(())

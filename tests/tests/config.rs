@@ -200,14 +200,23 @@ fn a_socket_path_that_names_another_file_is_refused_and_left_alone() {
         ],
         &[],
     )
-    .stdout(Stdio::null())
+    .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .spawn()
     .expect("running engramd");
-    // A node that took the path would serve until stopped: its stderr stays open.
+    // A node that took the path prints its ready line and serves until stopped; one that
+    // refused it exits, closing its output.
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    if !ready.is_empty() {
+        child.kill().unwrap();
+    }
+    let status = child.wait().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    let status = child.wait().unwrap();
+    assert!(ready.is_empty(), "the node started: {ready}");
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("is no socket"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
