@@ -163,13 +163,15 @@ impl WorldWriter {
                 // Not in this world: the store says whether it is in another one.
                 None => continue,
             };
+            // The answer names no label of the target's: a writer need not hold the
+            // right to read it.
             if let Some(allowed) = &self.grip.restriction.labels
-                && let Some(outside) = labels.iter().find(|label| !allowed.contains(*label))
+                && labels.iter().any(|label| !allowed.contains(label))
             {
                 let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
                 return Err(CapabilityError::denied(format!(
-                    "this writer may not {transition} an atom labelled {outside:?}: it may \
-                     use only labels {}",
+                    "this writer may not {transition} an atom carrying a label besides its \
+                     own ({})",
                     allowed.join(", ")
                 )));
             }
