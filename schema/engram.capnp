@@ -671,8 +671,9 @@ interface WorldReader {
   # the `asOf` a time names ("what did we believe on 3 March"). Found by bisection over
   # the world's commits, never a scan. Recording times are the node's clock; if it
   # stepped back, the answer is a commit recorded at or before the time, not
-  # necessarily the last. Through a restriction, the commit may be a hidden atom's (as
-  # any cursor may).
+  # necessarily the last. `permissionDenied` through a restriction that hides atoms:
+  # bisected by time, its answers would find the commits of atoms it may not see (their
+  # count and times); such a reader takes `asOf` from the commits its answers carry.
 
   trust @9 (writer :Data, label :Text) -> (trust :Trust);
   # The writer's trust in this world on atoms carrying `label` (empty: on all its

@@ -526,6 +526,15 @@ impl world_reader::Server for WorldReader {
         mut results: world_reader::CommitAtResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
+        // Bisected by time, the answer would find hidden atoms' commits, and so their
+        // count and times, which `generation` hides.
+        if self.grip.restriction.hides_atoms() {
+            return Err(CapabilityError::denied(
+                "commitAt would name commits of atoms this reader's restriction hides; \
+                 use a commit from an answer or a receipt as asOf",
+            )
+            .into());
+        }
         let unix_ms = params.get().param()?.get_unix_ms();
         let commit = self
             .grip

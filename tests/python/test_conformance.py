@@ -545,6 +545,9 @@ def test_time_travel_answers_as_the_world_stood_at_a_commit(node):
         # A time names the last commit recorded at or before it.
         assert await engram.commit_at(reader, 2**62) == third.commit
         assert await engram.commit_at(reader, 0) == 0
+        # Through a restriction that hides atoms, it would find hidden atoms' commits.
+        narrowed = await engram.attenuate_reader(reader, labels=["jwt"])
+        await expect_code("permissionDenied", engram.commit_at(narrowed, 2**62))
 
     run(body())
 

@@ -84,6 +84,20 @@ fn a_restricted_reader_learns_nothing_of_hidden_atoms() {
         );
         assert!(unrestricted.counted);
 
+        // commitAt: bisecting it by time would find the hidden atoms' commits (and so
+        // their count and times); through a restriction that hides atoms it is refused,
+        // as trust is. Unrestricted, it names the world's last commit.
+        let error = engram_client::commit_at(&reader, i64::MAX)
+            .await
+            .expect_err("commitAt through a hiding restriction");
+        assert_eq!(error.code(), Some(ErrorCode::PermissionDenied), "{error}");
+        assert_eq!(
+            engram_client::commit_at(&admin.reader("mixed").unwrap(), i64::MAX)
+                .await
+                .unwrap(),
+            last[0].commit
+        );
+
         // The unrestricted reader sees both chains at their true heads.
         let heads = engram_client::heads(&admin.reader("mixed").unwrap())
             .await
