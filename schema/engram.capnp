@@ -578,7 +578,12 @@ interface Membrane {
   # Returns the current epoch and fresh capabilities under the policy in force now: one
   # entry per active or archived world the principal may use, a signer, and, for admins
   # only, the admin capability (null otherwise). Capabilities from an earlier graft stop
-  # working when the epoch advances; graft again to continue.
+  # working when the epoch advances; graft again to continue. The answer is one snapshot
+  # of the policy: the capabilities it lists work under exactly the grants and epoch it
+  # lists, until the next change. A graft that meets a change being applied (committed,
+  # not yet in force on this node) waits for it, at most a second, then fails with
+  # `unavailable` (graft again); `permissionDenied` if the principal was removed;
+  # `unavailable` too while a fleet node has not confirmed the fleet's policy.
 
   revokeToken @1 (token :Data) -> ();
   # Revokes a token that names this principal (see `tokenFormat`): its last block's

@@ -7,7 +7,7 @@ use engram_store::{PublicKey, Rate, Right};
 
 use crate::admin::Admin;
 use crate::convert::{Param, write_epoch, write_principal};
-use crate::error::{CapabilityError, Wire};
+use crate::error::Wire;
 use crate::grip::{CallBudget, Grip};
 use crate::node::Node;
 use crate::observer::Observer;
@@ -65,25 +65,11 @@ impl membrane::Server for Membrane {
     ) -> Result<(), capnp::Error> {
         let node = &self.node;
         node.fleet_gate().wire()?;
-        let removed = || CapabilityError::denied("this principal has been removed");
-        let generation = node
-            .generation(&self.principal)
-            .ok_or_else(removed)
+        // One snapshot of the policy: the capabilities work under what the graft lists.
+        let (view, principal, epoch, generation) = node
+            .policy_view(&self.principal, "this principal has been removed")
+            .await
             .wire()?;
-        let view = node.store.read().wire()?;
-        let principal = view
-            .principal(&self.principal)
-            .wire()?
-            .ok_or_else(removed)
-            .wire()?;
-        let epoch = view.epoch().wire()?;
-        // The store's epoch and the node's mirror agree except while an advance is being
-        // acknowledged; grafting then would hand out capabilities that fail at once.
-        if epoch.number != node.epoch() {
-            return Err(
-                CapabilityError::Unavailable("the epoch is advancing; graft again".into()).into(),
-            );
-        }
         let worlds: Vec<_> = view
             .worlds()
             .wire()?

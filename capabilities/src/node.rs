@@ -11,7 +11,8 @@ use ed25519_dalek::SigningKey;
 use engram_store::audit::AuditLog;
 use engram_store::writer::Writer;
 use engram_store::{
-    Epoch, PublicKey, Rate, Store, StoreError, TextIndex, VectorIndex, WriteOutcome, WriteRequest,
+    Epoch, Principal, PublicKey, Rate, ReadView, Store, StoreError, TextIndex, VectorIndex,
+    WriteOutcome, WriteRequest,
 };
 use tokio::sync::watch;
 
@@ -20,6 +21,9 @@ use crate::fleet::Fleet;
 use crate::limits::REVOKED_TOKENS_PER_PRINCIPAL_MAX;
 use crate::peer::LoginRate;
 use crate::rate::Bucket;
+
+/// The longest `policy_view` waits for this node to mirror a committed policy change.
+const POLICY_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The fewest lineage buckets kept before the ones nobody holds are forgotten.
 const LINEAGE_SWEEP_MIN: usize = 1024;
@@ -51,7 +55,7 @@ pub struct Node {
     epoch: Cell<u64>,
     /// Principal → the generation its capabilities must carry. A grants change or a
     /// removal changes or deletes it, which revokes that principal's live capabilities.
-    generations: RefCell<HashMap<PublicKey, u64>>,
+    generations: RefCell<HashMap<PublicKey, (u64, Principal)>>,
     next_generation: Cell<u64>,
     pub(crate) started: Instant,
     /// The doorbell: the last durable commit, rung by the writer thread.
@@ -153,7 +157,7 @@ impl Node {
         let generations = view
             .principals()?
             .into_iter()
-            .map(|principal| (principal.public_key, 0))
+            .map(|principal| (principal.public_key, (0, principal)))
             .collect();
         drop(view);
         let token_key = crate::token::key_pair(&node_key);
@@ -276,7 +280,52 @@ impl Node {
 
     /// The generation a principal's fresh capabilities carry, if it exists.
     pub(crate) fn generation(&self, principal: &PublicKey) -> Option<u64> {
-        self.generations.borrow().get(principal).copied()
+        self.generations
+            .borrow()
+            .get(principal)
+            .map(|(generation, _)| *generation)
+    }
+
+    /// One snapshot of the policy for `key`: a read of the store whose epoch and
+    /// principal record this node's mirror agrees with, the record and the generation
+    /// capabilities made from it carry. The store and the mirror differ only between a
+    /// change's commit and its mirroring on this thread; capabilities handed out then
+    /// would list the new grants under the old generation and fail at their first call,
+    /// so that moment is waited out (at most `POLICY_SETTLE`, then `unavailable`).
+    /// `permissionDenied` if the principal is removed.
+    pub(crate) async fn policy_view(
+        &self,
+        key: &PublicKey,
+        removed: &str,
+    ) -> Result<(ReadView, Principal, Epoch, u64), CapabilityError> {
+        let mut changed = self.policy.subscribe();
+        let deadline = tokio::time::Instant::now() + POLICY_SETTLE;
+        loop {
+            let view = self.store.read()?;
+            let stored = view.principal(key)?;
+            let epoch = view.epoch()?;
+            let mirrored = self.generations.borrow().get(key).cloned();
+            if epoch.number == self.epoch.get() {
+                match (stored, mirrored) {
+                    (None, None) => return Err(CapabilityError::denied(removed)),
+                    (Some(stored), Some((generation, record))) if stored == record => {
+                        return Ok((view, stored, epoch, generation));
+                    }
+                    _ => {}
+                }
+            }
+            drop(view);
+            if tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .is_err()
+            {
+                return Err(CapabilityError::Unavailable(
+                    "the policy is changing (an epoch advance or a grant change is being \
+                     applied); try again"
+                        .into(),
+                ));
+            }
+        }
     }
 
     /// Submits a write and mirrors its effect on epochs and generations once durable.
@@ -321,7 +370,7 @@ impl Node {
                 self.next_generation.set(generation + 1);
                 self.generations
                     .borrow_mut()
-                    .insert(principal.public_key, generation);
+                    .insert(principal.public_key, (generation, principal.clone()));
             }
             WriteOutcome::PrincipalRemoved(principal) => {
                 self.generations.borrow_mut().remove(&principal.public_key);

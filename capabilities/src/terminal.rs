@@ -155,12 +155,12 @@ impl Terminal {
     /// The live capability a token names (as `restore` returns it), to hand out on
     /// this connection, or why not. Counts as a login attempt. A capability `handed_off`
     /// to a child is narrowed `withoutSave`: its authority ends with the handoff.
-    pub fn restore_token(
+    pub async fn restore_token(
         &self,
         token: &[u8],
         handed_off: bool,
     ) -> Result<Restored, CapabilityError> {
-        let (claims, grip) = self.open_token(token, handed_off)?;
+        let (claims, grip) = self.open_token(token, handed_off).await?;
         let world = claims.world.unwrap_or_default();
         let client = match claims.held {
             Held::Reader => {
@@ -197,7 +197,7 @@ impl Terminal {
     }
 
     /// The capability a token names, narrowed by every block, or why not.
-    fn open_token(
+    async fn open_token(
         &self,
         token: &[u8],
         handed_off: bool,
@@ -226,13 +226,9 @@ impl Terminal {
                 "token refused: it, or a token it descends from, has been revoked".into(),
             ));
         }
-        let removed = || CapabilityError::denied("the token's principal has been removed");
-        let generation = node.generation(&claims.principal).ok_or_else(removed)?;
-        let principal = node
-            .store
-            .read()?
-            .principal(&claims.principal)?
-            .ok_or_else(removed)?;
+        let (_, principal, _, generation) = node
+            .policy_view(&claims.principal, "the token's principal has been removed")
+            .await?;
         let mut rates = Vec::with_capacity(2);
         if let Some(world) = &claims.world {
             let right = match claims.held {
@@ -342,6 +338,7 @@ impl terminal::Server for Terminal {
         let token = params.get_token().param()?;
         let restored = self
             .restore_token(token, params.get_without_save())
+            .await
             .wire()?;
         let mut results = results.get();
         results.set_world(restored.world.as_str());

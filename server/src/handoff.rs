@@ -84,10 +84,13 @@ pub async fn receive(
                 "the handoff did not arrive within the handshake timeout".into(),
             ))
         });
-    let accepted = read.and_then(|(descriptor, token)| {
-        let capability = terminal.restore_token(&token, true)?.client;
-        Ok((descriptor, capability))
-    });
+    let accepted = match read {
+        Ok((descriptor, token)) => terminal
+            .restore_token(&token, true)
+            .await
+            .map(|restored| (descriptor, restored.client)),
+        Err(error) => Err(error),
+    };
     match accepted {
         Ok((descriptor, capability)) => {
             let child = std::os::unix::net::UnixStream::from(descriptor);
