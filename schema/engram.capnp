@@ -32,7 +32,10 @@
 #   of them for `engramd --write-stall-timeout-ms`.
 # - A connection must log in within `engramd --handshake-timeout-ms`; one peer (an IP
 #   address, or a user on the Unix socket) holds at most `--connections-per-address-max`
-#   connections and makes at most `--login-attempts-per-minute` login attempts. A
+#   connections and makes at most `--login-attempts-per-minute` login attempts; the
+#   connections not logged in yet are bounded apart (`--pre-auth-connections-max`), and
+#   past a limit the oldest of those is closed for a new connection before the new one
+#   is refused, so a peer never logging in cannot starve those that do. A
 #   logged-in connection that sends nothing for `--idle-timeout-ms` while it waits on
 #   nothing (no call in flight, no live subscription) is closed.
 # - A capability may carry a `Rate` (from its grant or an attenuation): past it, calls

@@ -64,6 +64,8 @@ pub struct Config {
     pub connections_max: usize,
     /// Connections one peer (IP address, or local user on the Unix socket) may hold.
     pub connections_per_address_max: usize,
+    /// Connections not logged in yet, of every peer together (at least 1).
+    pub pre_auth_connections_max: usize,
     /// How long a connection may take to log in before it is closed.
     pub handshake_timeout: std::time::Duration,
     /// Bytes of answers a connection may leave unread before its calls stop being read.
@@ -619,11 +621,39 @@ async fn until_idle(
     }
 }
 
-/// The connections being served, in all and per peer, and those being refused.
+/// A connection counted in [`Connections`], until it ends.
+#[derive(Clone)]
+pub(crate) struct Counted {
+    id: u64,
+    peer: Peer,
+    closed: Rc<ClosedByNewer>,
+}
+
+/// Whether a newer connection closed this one before it logged in, and the notice of it.
+#[derive(Default)]
+struct ClosedByNewer {
+    by_newer: Cell<bool>,
+    notify: tokio::sync::Notify,
+}
+
+impl Counted {
+    /// Resolves once a newer connection closed this one, before it logged in, to take
+    /// its place (at once if that happened already).
+    pub(crate) async fn closed_by_newer(&self) {
+        self.closed.notify.notified().await
+    }
+}
+
+/// The connections being served, in all and per peer, those not logged in yet, and
+/// those being refused.
 #[derive(Default)]
 struct Connections {
     active: Cell<usize>,
     per_peer: RefCell<HashMap<Peer, usize>>,
+    /// The counted connections that have not logged in (nor restored a token), oldest
+    /// first: the ones a new connection may close to take a place.
+    pre_auth: RefCell<std::collections::VecDeque<Counted>>,
+    next_id: Cell<u64>,
     refused: Cell<usize>,
     /// Refusals not logged yet, and when the last was: a flood logs a line a second.
     unlogged_refusals: Cell<u64>,
@@ -648,31 +678,92 @@ impl Connections {
         tracing::warn!(%peer, reason, refused_since_last_line = also, "connection refused");
     }
 
-    /// Why a new connection from `peer` may not be served, if it may not.
-    fn refusal(&self, config: &Config, peer: &Peer) -> Option<String> {
-        if self.active.get() >= config.connections_max {
-            return Some(format!(
-                "engramd serves at most {} connections at once; try again later",
-                config.connections_max
-            ));
+    /// Counts a new connection of `peer`, not logged in, or says why it may not be
+    /// served. Where a limit is met, the oldest connection that has not logged in (of
+    /// `peer`, for the limit per peer) is closed to make room: never-authenticated
+    /// connections, however many one peer opens, cannot keep others from logging in,
+    /// even where every peer shares one address (loopback). Connections that logged in
+    /// are never closed for it, so a limit they fill alone refuses the new one.
+    fn admit(&self, config: &Config, peer: Peer) -> Result<Counted, String> {
+        while self.pre_auth.borrow().len() >= config.pre_auth_connections_max
+            && self.close_oldest_pre_auth(|_| true)
+        {}
+        while self.active.get() >= config.connections_max {
+            if !self.close_oldest_pre_auth(|_| true) {
+                return Err(format!(
+                    "engramd serves at most {} connections at once; try again later",
+                    config.connections_max
+                ));
+            }
         }
-        let held = self.per_peer.borrow().get(peer).copied().unwrap_or(0);
-        (held >= config.connections_per_address_max).then(|| {
-            format!(
-                "engramd serves at most {} connections from one address \
-                 (--connections-per-address-max), and {peer} holds them; close one first",
-                config.connections_per_address_max
-            )
-        })
-    }
-
-    fn open(&self, peer: Peer) {
+        while self.held_by(&peer) >= config.connections_per_address_max {
+            if !self.close_oldest_pre_auth(|other| *other == peer) {
+                return Err(format!(
+                    "engramd serves at most {} connections from one address \
+                     (--connections-per-address-max), and {peer} holds them; close one \
+                     first",
+                    config.connections_per_address_max
+                ));
+            }
+        }
         self.active.set(self.active.get() + 1);
         ::metrics::gauge!("engram_connections").set(self.active.get() as f64);
         *self.per_peer.borrow_mut().entry(peer).or_insert(0) += 1;
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let counted = Counted {
+            id,
+            peer,
+            closed: Rc::default(),
+        };
+        self.pre_auth.borrow_mut().push_back(counted.clone());
+        Ok(counted)
     }
 
-    fn close(&self, peer: &Peer) {
+    fn held_by(&self, peer: &Peer) -> usize {
+        self.per_peer.borrow().get(peer).copied().unwrap_or(0)
+    }
+
+    /// Closes the oldest connection not logged in whose peer `matches`, uncounting it
+    /// at once; whether there was one.
+    fn close_oldest_pre_auth(&self, matches: impl Fn(&Peer) -> bool) -> bool {
+        let oldest = {
+            let mut pre_auth = self.pre_auth.borrow_mut();
+            let Some(position) = pre_auth.iter().position(|counted| matches(&counted.peer)) else {
+                return false;
+            };
+            pre_auth.remove(position).expect("a position found")
+        };
+        self.uncount(&oldest.peer);
+        ::metrics::counter!("engram_connections_closed_pre_auth_total").increment(1);
+        tracing::debug!(peer = %oldest.peer, "connection closed: a newer one took its place before it logged in");
+        oldest.closed.by_newer.set(true);
+        oldest.closed.notify.notify_one();
+        true
+    }
+
+    /// `counted` logged in (or restored a token): no newer connection closes it now.
+    fn logged_in(&self, counted: &Counted) {
+        self.pre_auth
+            .borrow_mut()
+            .retain(|pending| pending.id != counted.id);
+    }
+
+    /// `counted` ended: uncounts it, unless a newer connection closed it (and so
+    /// uncounted it already).
+    fn close(&self, counted: &Counted) {
+        let mut pre_auth = self.pre_auth.borrow_mut();
+        let pending = pre_auth.iter().position(|pending| pending.id == counted.id);
+        if let Some(position) = pending {
+            pre_auth.remove(position);
+        } else if counted.closed.by_newer.get() {
+            return;
+        }
+        drop(pre_auth);
+        self.uncount(&counted.peer);
+    }
+
+    fn uncount(&self, peer: &Peer) {
         self.active.set(self.active.get() - 1);
         ::metrics::gauge!("engram_connections").set(self.active.get() as f64);
         let mut per_peer = self.per_peer.borrow_mut();
@@ -706,37 +797,28 @@ fn connect(
     reader: impl AsyncRead + Unpin + 'static,
     writer: impl AsyncWrite + Unpin + 'static,
 ) {
-    if let Some((reason, answer_after)) = refusal(node, connections, config, &peer) {
-        refuse(
-            connections,
-            config,
-            peer,
-            (reason, answer_after),
-            reader,
-            writer,
-        );
-        return;
+    match admission(node, connections, config, peer) {
+        Ok(counted) => serve_terminal(node, connections, config, counted, reader, writer),
+        Err(refused) => refuse(connections, config, peer, refused, reader, writer),
     }
-    connections.open(peer);
-    serve_terminal(node, connections, config, peer, reader, writer);
 }
 
-/// Serves a new `Terminal` on a connection already counted for `peer`.
+/// Serves a new `Terminal` on a connection already `counted`.
 fn serve_terminal(
     node: &Rc<Node>,
     connections: &Rc<Connections>,
     config: &Config,
-    peer: Peer,
+    counted: Counted,
     reader: impl AsyncRead + Unpin + 'static,
     writer: impl AsyncWrite + Unpin + 'static,
 ) {
-    let terminal = Terminal::new(node.clone(), peer);
+    let terminal = Terminal::new(node.clone(), counted.peer);
     let watched = Watched::of(&terminal);
     let bootstrap = terminal.into_client().client;
     serve_connection(
         connections,
         config,
-        peer,
+        counted,
         (reader, writer),
         watched,
         bootstrap,
@@ -754,22 +836,38 @@ fn connect_local(
     peer: Peer,
     stream: tokio::net::UnixStream,
 ) {
-    if let Some(refused) = refusal(node, connections, config, &peer) {
-        let (reader, writer) = stream.into_split();
-        refuse(connections, config, peer, refused, reader, writer);
-        return;
-    }
-    connections.open(peer);
+    let counted = match admission(node, connections, config, peer) {
+        Ok(counted) => counted,
+        Err(refused) => {
+            let (reader, writer) = stream.into_split();
+            refuse(connections, config, peer, refused, reader, writer);
+            return;
+        }
+    };
     let (node, connections, config) = (node.clone(), connections.clone(), config.clone());
     tokio::task::spawn_local(async move {
-        match handoff::sniff(&stream, config.handshake_timeout).await {
+        // A newer connection may close this one while it is told apart, like any that
+        // has not logged in: dropping the stream closes it.
+        let told = tokio::select! {
+            told = handoff::sniff(&stream, config.handshake_timeout) => told,
+            () = counted.closed_by_newer() => None,
+        };
+        match told {
             Some(false) => {
                 let (reader, writer) = stream.into_split();
-                serve_terminal(&node, &connections, &config, peer, reader, writer);
+                serve_terminal(&node, &connections, &config, counted, reader, writer);
             }
             Some(true) => {
                 let terminal = Terminal::new(node.clone(), peer);
-                match handoff::receive(stream, &terminal, config.handshake_timeout).await {
+                let received = tokio::select! {
+                    received = handoff::receive(stream, &terminal, config.handshake_timeout) => {
+                        received
+                    }
+                    () = counted.closed_by_newer() => Err(CapabilityError::ResourceExhausted(
+                        "a newer connection took this handoff's place".into(),
+                    )),
+                };
+                match received {
                     Ok(handoff::Received {
                         child,
                         parent,
@@ -778,7 +876,7 @@ fn connect_local(
                         serve_connection(
                             &connections,
                             &config,
-                            peer,
+                            counted,
                             child.into_split(),
                             Watched::of(&terminal),
                             capability,
@@ -787,32 +885,32 @@ fn connect_local(
                     }
                     Err(error) => {
                         tracing::debug!(%peer, %error, "handoff refused");
-                        connections.close(&peer);
+                        connections.close(&counted);
                     }
                 }
             }
             // Nothing in time, or closed: nothing to serve.
-            None => connections.close(&peer),
+            None => connections.close(&counted),
         }
     });
 }
 
-/// Why `peer` may not have another connection now (see [`connect`]), and when to say
-/// so, if it may not.
-fn refusal(
+/// A new connection of `peer`, counted (see [`Connections::admit`]); or why `peer` may
+/// not have another connection now (see [`connect`]), and when to say so.
+fn admission(
     node: &Node,
     connections: &Connections,
     config: &Config,
-    peer: &Peer,
-) -> Option<(String, std::time::Duration)> {
+    peer: Peer,
+) -> Result<Counted, (String, std::time::Duration)> {
     // A peer past its login rate is refused, before a login is spent on it.
     let grace = std::time::Duration::from_millis(limits::REFUSED_GRACE_MS);
-    match node.login_refusal(peer) {
-        Some((reason, left)) => Some((reason, left.min(grace))),
-        None => connections
-            .refusal(config, peer)
-            .map(|reason| (reason, std::time::Duration::ZERO)),
+    if let Some((reason, left)) = node.login_refusal(&peer) {
+        return Err((reason, left.min(grace)));
     }
+    connections
+        .admit(config, peer)
+        .map_err(|reason| (reason, std::time::Duration::ZERO))
 }
 
 /// Refuses a connection: its bootstrap capability is broken with the reason, answered
@@ -887,13 +985,14 @@ impl Watched {
     }
 }
 
-/// Serves `bootstrap` on a connection already counted for `peer` until it ends, stalls,
-/// is idle for too long (unless `ended` is given: a handed-off child), has not logged in
-/// within the handshake timeout, or `ended` resolves; then uncounts it.
+/// Serves `bootstrap` on a connection already `counted` until it ends, stalls, is idle
+/// for too long (unless `ended` is given: a handed-off child), has not logged in within
+/// the handshake timeout, a newer connection closes it before it logged in, or `ended`
+/// resolves; then uncounts it.
 fn serve_connection(
     connections: &Rc<Connections>,
     config: &Config,
-    peer: Peer,
+    counted: Counted,
     (reader, writer): (
         impl AsyncRead + Unpin + 'static,
         impl AsyncWrite + Unpin + 'static,
@@ -917,15 +1016,25 @@ fn serve_connection(
     let rpc_system = RpcSystem::new(Box::new(network), Some(bootstrap));
     let handshake_timeout = config.handshake_timeout;
     let connections = connections.clone();
+    let peer = counted.peer;
     tokio::task::spawn_local(async move {
-        // Without a login in time, or idle for too long, dropping the RPC system closes
-        // the socket.
+        // Without a login in time, closed by a newer connection before it, or idle for
+        // too long, dropping the RPC system closes the socket.
         let expired = async {
-            let handshake = tokio::time::timeout(handshake_timeout, logged_in.notified());
-            if handshake.await.is_err() {
-                // Logged at debug: a flood of sockets must not flood the log.
-                tracing::debug!(%peer, "connection closed: no login within the handshake timeout");
-                return;
+            let handshake = tokio::time::timeout(handshake_timeout, async {
+                tokio::select! {
+                    () = logged_in.notified() => true,
+                    () = counted.closed_by_newer() => false,
+                }
+            });
+            match handshake.await {
+                Ok(true) => connections.logged_in(&counted),
+                Ok(false) => return,
+                Err(_) => {
+                    // Logged at debug: a flood of sockets must not flood the log.
+                    tracing::debug!(%peer, "connection closed: no login within the handshake timeout");
+                    return;
+                }
             }
             until_idle(&outbox, &activity, idle_timeout).await;
             tracing::info!(%peer, "connection closed: idle");
@@ -949,6 +1058,6 @@ fn serve_connection(
         } else if let Err(error) = ended {
             tracing::debug!(%error, "connection ended");
         }
-        connections.close(&peer);
+        connections.close(&counted);
     });
 }

@@ -5,6 +5,9 @@ pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
 /// Connections one peer may hold at once (`--connections-per-address-max`): a TCP peer
 /// by its IP address, a Unix socket peer by its user id.
 pub const CONNECTIONS_PER_ADDRESS_MAX_DEFAULT: usize = 256;
+/// Connections that have not logged in (or restored a token) yet, of every peer
+/// together (`--pre-auth-connections-max`).
+pub const PRE_AUTH_CONNECTIONS_MAX_DEFAULT: usize = 256;
 /// How long a new connection may take to log in before it is closed
 /// (`--handshake-timeout-ms`).
 pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 5_000;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::builder::TypedValueParser;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use engram_capabilities::NodeLimits;
 use engram_capabilities::limits::{
@@ -13,7 +14,7 @@ use engram_capabilities::limits::{
 use engram_server::limits::{
     CONNECTION_UNREAD_BYTES_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT,
     CONNECTIONS_PER_ADDRESS_MAX_DEFAULT, HANDSHAKE_TIMEOUT_MS_DEFAULT, IDLE_TIMEOUT_MS_DEFAULT,
-    MESSAGE_BYTES_MAX_DEFAULT, WRITE_STALL_TIMEOUT_MS_DEFAULT,
+    MESSAGE_BYTES_MAX_DEFAULT, PRE_AUTH_CONNECTIONS_MAX_DEFAULT, WRITE_STALL_TIMEOUT_MS_DEFAULT,
 };
 use engram_server::{Config, SOCKET_FILE, settings};
 use engram_store::limits::CACHE_BYTES_DEFAULT;
@@ -70,6 +71,11 @@ struct Arguments {
     /// user id. One past it is answered `resourceExhausted`.
     #[arg(long, default_value_t = CONNECTIONS_PER_ADDRESS_MAX_DEFAULT)]
     connections_per_address_max: usize,
+    /// Connections that have not logged in yet, of every peer together. Once this or a
+    /// limit above is met, a new connection closes the oldest one that has not logged
+    /// in (the peer's own, for the limit per peer) instead of being refused.
+    #[arg(long, default_value_t = PRE_AUTH_CONNECTIONS_MAX_DEFAULT, value_parser = clap::value_parser!(u64).range(1..).map(|value| value as usize))]
+    pre_auth_connections_max: usize,
     /// Milliseconds a new connection may take to log in before it is closed.
     #[arg(long, default_value_t = HANDSHAKE_TIMEOUT_MS_DEFAULT)]
     handshake_timeout_ms: u64,
@@ -269,6 +275,7 @@ fn main() -> ExitCode {
         socket,
         connections_max: arguments.connections_max,
         connections_per_address_max: arguments.connections_per_address_max,
+        pre_auth_connections_max: arguments.pre_auth_connections_max,
         handshake_timeout: std::time::Duration::from_millis(arguments.handshake_timeout_ms),
         connection_unread_bytes_max: arguments.connection_unread_bytes_max,
         write_stall_timeout: std::time::Duration::from_millis(arguments.write_stall_timeout_ms),

@@ -57,18 +57,28 @@ pub(crate) fn handshake(
     peer: Peer,
     serve: impl FnOnce(ReadHalf<TlsStream<TcpStream>>, WriteHalf<TlsStream<TcpStream>>) + 'static,
 ) {
-    if let Some(reason) = connections.refusal(config, &peer) {
-        connections.log_refusal(&peer, &reason);
-        return;
-    }
-    connections.open(peer);
+    let counted = match connections.admit(config, peer) {
+        Ok(counted) => counted,
+        Err(reason) => {
+            connections.log_refusal(&peer, &reason);
+            return;
+        }
+    };
     let connections = connections.clone();
     let accepting = acceptor.accept(stream);
     let timeout = config.handshake_timeout;
     tokio::task::spawn_local(async move {
-        let accepted = tokio::time::timeout(timeout, accepting).await;
+        // A handshake has not logged in: a newer connection may close it for its place.
+        let accepted = tokio::select! {
+            accepted = tokio::time::timeout(timeout, accepting) => Some(accepted),
+            () = counted.closed_by_newer() => None,
+        };
         // `serve` counts the connection again as it serves it (or answers its refusal).
-        connections.close(&peer);
+        connections.close(&counted);
+        let Some(accepted) = accepted else {
+            tracing::debug!("TLS handshake closed: a newer connection took its place");
+            return;
+        };
         match accepted {
             Ok(Ok(stream)) => {
                 let (reader, writer) = tokio::io::split(stream);

@@ -248,3 +248,72 @@ fn bytes_that_are_no_message_close_only_their_connection() {
     let grown_kib = node.memory_kib("VmRSS").saturating_sub(rss_before);
     assert!(grown_kib < 64 * 1024, "the node grew by {grown_kib} KiB");
 }
+
+/// Connections that never log in cannot starve those that do, even when every peer
+/// shares one address (all local agents reach TCP from 127.0.0.1): once a limit is met,
+/// a new connection closes the oldest that has not logged in (the peer's own, for the
+/// per-address limit) rather than being refused, and connections that logged in are
+/// never closed for it.
+#[test]
+fn sockets_that_never_log_in_cannot_lock_out_their_address() {
+    let node = TestNode::start_with(&[
+        "--connections-per-address-max",
+        "8",
+        "--connections-max",
+        "12",
+        "--pre-auth-connections-max",
+        "6",
+    ]);
+    run_local(async {
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        // A hostile local process holds more never-authenticated connections than any
+        // limit allows, and opens a new one whenever one is closed.
+        let mut idle = Vec::new();
+        for _ in 0..16 {
+            idle.push(
+                tokio::net::TcpStream::connect(node.tcp_address())
+                    .await
+                    .unwrap(),
+            );
+        }
+        // Agents on the same address log in all the same, and their logged-in
+        // connections outlive any number of newer idle ones.
+        let mut agents = Vec::new();
+        for _ in 0..4 {
+            let connection = connect(&node.tcp()).await.unwrap();
+            let membrane = connection.login(&node.admin_key()).await.unwrap();
+            agents.push((connection, membrane));
+            for _ in 0..8 {
+                idle.push(
+                    tokio::net::TcpStream::connect(node.tcp_address())
+                        .await
+                        .unwrap(),
+                );
+            }
+        }
+        for (_, membrane) in &agents {
+            membrane
+                .graft()
+                .await
+                .expect("a logged-in connection was closed");
+        }
+        engram_client::create_world(&admin.admin().unwrap(), "w")
+            .await
+            .expect("the first agent's connection was closed");
+        // The idle connections were closed, oldest first: at most the pool's bound are
+        // still open.
+        let still_open = futures::future::join_all(idle.iter().map(|socket| async move {
+            let mut byte = [0u8; 1];
+            // A closed socket reads its end at once; an open one has nothing to read.
+            tokio::time::timeout(Duration::from_millis(200), socket.peek(&mut byte))
+                .await
+                .is_err()
+        }))
+        .await;
+        let open = still_open.into_iter().filter(|open| *open).count();
+        assert!(
+            open <= 6,
+            "{open} never-authenticated connections are still open"
+        );
+    });
+}

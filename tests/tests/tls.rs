@@ -171,9 +171,9 @@ fn one_peer_holding_handshakes_open_leaves_room_for_others() {
             socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
             silent.push(socket.connect(address).await.unwrap());
         }
-        // Past its share the hostile peer's connections are closed at once (the
-        // timeout only bounds a failing run).
-        for stream in &mut silent[4..] {
+        // Past its share the hostile peer's oldest connections are closed at once, to
+        // make room for its newer ones (the timeout only bounds a failing run).
+        for stream in &mut silent[..4] {
             let mut byte = [0u8; 1];
             let read = tokio::time::timeout(
                 std::time::Duration::from_secs(10),
