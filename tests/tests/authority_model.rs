@@ -1,0 +1,631 @@
+//! Property: whatever chain of derivations a holder makes from its grants — `attenuate`
+//! online, `save` and `restore` (with or without `withoutSave`), a token narrowed
+//! offline with any biscuit block, a block that restates an authority fact — with
+//! hostile strings in every string it controls (quotes, braces, datalog, control
+//! characters, NUL, strings too long), what the resulting capability can do on a real
+//! node is exactly what a model of authority says, never more: the atoms it reads, the
+//! atoms it may write (as its own principal), whether it may save, which derivations are
+//! refused and with which code.
+//!
+//! The model is written here from the schema (`Restriction`, `tokenFormat`), not from
+//! the node's code. A seeded few hundred chains run in CI; the documented long run:
+//! `ENGRAM_AUTHORITY_CASES=10000 ENGRAM_AUTHORITY_SEED=7 cargo nextest run -p
+//! engram-tests --test authority_model`. Rates are out of its scope (they are
+//! `harm_rates`'s): a rate is a bound in time, not a set of allowed acts.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+
+use engram_client::engram_schema::engram_capnp::AtomKind;
+use engram_client::spawn::Held;
+use engram_client::token::{self, Narrowing};
+use engram_client::{ClientError, ErrorCode, Filter, Grant, NewAtom, Restriction, connect};
+use engram_tests::{TestNode, admin_with_world, run_local};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+
+/// Labels atoms carry, hostile ones among them: a string that would close a datalog
+/// set and state facts, one that would split into two labels, datalog keywords, and
+/// characters that are no ASCII.
+const LABELS: [&str; 6] = [
+    "public",
+    "ops",
+    "x\"});right(\"writer\");world(\"team/secret\");labels({\"y",
+    "p\", \"public",
+    "ops\"}); check if true; rule($x) <- labels($x); labels({\"z",
+    "ünï \"ç\" ∅ {}",
+];
+
+/// Strings a holder may try as restriction labels or world names: the labels above,
+/// and ones no atom can carry (refused online; offline they narrow to nothing).
+const HOSTILE: [&str; 5] = ["a\nb", "nul\0byte", "", "team/a\"})", "\""];
+
+const WORLDS: [&str; 3] = ["team/a", "team/b", "team/w"];
+const KINDS: [AtomKind; 2] = [AtomKind::Fact, AtomKind::Decision];
+const IMPORTANCES: [f32; 4] = [0.25, 0.5, 0.75, 1.0];
+
+/// What a capability may do, by the schema.
+#[derive(Clone, Debug)]
+struct Model {
+    world: &'static str,
+    /// `None`: every label.
+    labels: Option<BTreeSet<String>>,
+    kinds: Option<BTreeSet<AtomKindKey>>,
+    max_importance: f32,
+    save: bool,
+    /// Attenuated to worlds that exclude its own: every call is refused.
+    dead: bool,
+}
+
+/// `AtomKind` ordered, for sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct AtomKindKey(u16);
+
+fn key(kind: AtomKind) -> AtomKindKey {
+    AtomKindKey(kind as u16)
+}
+
+impl Model {
+    fn narrow(&mut self, narrowing: &Narrow) {
+        fn intersect<T: Ord + Clone>(held: &mut Option<BTreeSet<T>>, new: BTreeSet<T>) {
+            *held = Some(match held.take() {
+                None => new,
+                Some(held) => held.intersection(&new).cloned().collect(),
+            });
+        }
+        if let Some(labels) = &narrowing.labels
+            && !labels.is_empty()
+        {
+            intersect(&mut self.labels, labels.iter().cloned().collect());
+        }
+        if let Some(kinds) = &narrowing.kinds
+            && !kinds.is_empty()
+        {
+            intersect(
+                &mut self.kinds,
+                kinds.iter().map(|kind| key(*kind)).collect(),
+            );
+        }
+        if let Some(max) = narrowing.max_importance {
+            self.max_importance = self.max_importance.min(max);
+        }
+        if let Some(worlds) = &narrowing.worlds
+            && !worlds.is_empty()
+            && !worlds.iter().any(|world| world == self.world)
+        {
+            self.dead = true;
+        }
+        self.save &= !narrowing.without_save;
+    }
+
+    /// Whether a reader under this model sees an atom.
+    fn shows(&self, atom: &Known) -> bool {
+        self.labels
+            .as_ref()
+            .is_none_or(|labels| atom.labels.iter().any(|label| labels.contains(label)))
+            && self
+                .kinds
+                .as_ref()
+                .is_none_or(|kinds| kinds.contains(&key(atom.kind)))
+            && atom.importance <= self.max_importance
+    }
+
+    /// Whether a writer under this model may write an atom.
+    fn may_write(&self, atom: &Known) -> bool {
+        self.labels.as_ref().is_none_or(|labels| {
+            !atom.labels.is_empty() && atom.labels.iter().all(|label| labels.contains(label))
+        }) && self
+            .kinds
+            .as_ref()
+            .is_none_or(|kinds| kinds.contains(&key(atom.kind)))
+            && atom.importance <= self.max_importance
+    }
+}
+
+/// An atom of the test's worlds.
+#[derive(Clone, Debug)]
+struct Known {
+    id: [u8; 32],
+    labels: Vec<String>,
+    kind: AtomKind,
+    importance: f32,
+}
+
+/// One narrowing a holder asks for, online or offline.
+#[derive(Clone, Debug)]
+struct Narrow {
+    labels: Option<Vec<String>>,
+    kinds: Option<Vec<AtomKind>>,
+    max_importance: Option<f32>,
+    /// Online only: a restriction's worlds.
+    worlds: Option<Vec<String>>,
+    without_save: bool,
+}
+
+impl Narrow {
+    /// Whether the node must refuse it online (`invalidArgument`): a label no atom can
+    /// carry.
+    fn invalid_online(&self) -> bool {
+        self.labels.iter().flatten().any(|label| {
+            label.is_empty() || label.len() > 128 || label.chars().any(char::is_control)
+        })
+    }
+
+    fn restriction(&self) -> Restriction {
+        Restriction {
+            labels: self.labels.clone().unwrap_or_default(),
+            kinds: self.kinds.clone().unwrap_or_default(),
+            max_importance: self.max_importance.unwrap_or(1.0),
+            worlds: self.worlds.clone().unwrap_or_default(),
+            without_save: self.without_save,
+            ..Restriction::default()
+        }
+    }
+
+    fn narrowing(&self) -> Narrowing {
+        Narrowing {
+            labels: self
+                .labels
+                .as_ref()
+                .filter(|labels| !labels.is_empty())
+                .map(|labels| labels.iter().cloned().collect()),
+            kinds: self
+                .kinds
+                .as_ref()
+                .filter(|kinds| !kinds.is_empty())
+                .map(|kinds| {
+                    kinds
+                        .iter()
+                        .map(|kind| kind_name(*kind).to_owned())
+                        .collect()
+                }),
+            max_importance_millionths: self.max_importance.map(|max| (max * 1e6) as u32),
+            without_save: self.without_save,
+            ..Narrowing::default()
+        }
+    }
+}
+
+fn kind_name(kind: AtomKind) -> &'static str {
+    match kind {
+        AtomKind::Fact => "fact",
+        AtomKind::Decision => "decision",
+        _ => unreachable!("the test uses facts and decisions"),
+    }
+}
+
+/// An authority fact a holder's block restates: every one refuses the token.
+#[derive(Clone, Copy, Debug)]
+enum Forged {
+    Principal,
+    Right,
+    World,
+    Epoch,
+    Lineage,
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Attenuate(Narrow),
+    SaveRestore { without_save: bool },
+    Offline(Narrow),
+    Forge(Forged),
+}
+
+fn string() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => proptest::sample::select(&LABELS[..]).prop_map(str::to_owned),
+        2 => proptest::sample::select(&HOSTILE[..]).prop_map(str::to_owned),
+        1 => Just("l".repeat(200)),
+        1 => "[a-z\"{}();,\\\\ ]{1,12}",
+    ]
+}
+
+fn narrow() -> impl Strategy<Value = Narrow> {
+    (
+        proptest::option::of(proptest::collection::vec(string(), 0..3)),
+        proptest::option::of(proptest::collection::vec(
+            proptest::sample::select(&KINDS[..]),
+            0..2,
+        )),
+        proptest::option::of(proptest::sample::select(&IMPORTANCES[..])),
+        proptest::option::weighted(
+            0.15,
+            proptest::collection::vec(
+                prop_oneof![
+                    proptest::sample::select(&WORLDS[..]).prop_map(str::to_owned),
+                    proptest::sample::select(&HOSTILE[3..]).prop_map(str::to_owned),
+                ],
+                1..3,
+            ),
+        ),
+        proptest::bool::weighted(0.2),
+    )
+        .prop_map(
+            |(labels, kinds, max_importance, worlds, without_save)| Narrow {
+                labels,
+                kinds,
+                max_importance,
+                worlds,
+                without_save,
+            },
+        )
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => narrow().prop_map(Step::Attenuate),
+        2 => proptest::bool::weighted(0.3).prop_map(|without_save| Step::SaveRestore { without_save }),
+        3 => narrow().prop_map(|narrow| Step::Offline(Narrow { worlds: None, ..narrow })),
+        1 => prop_oneof![
+            Just(Forged::Principal),
+            Just(Forged::Right),
+            Just(Forged::World),
+            Just(Forged::Epoch),
+            Just(Forged::Lineage),
+        ]
+        .prop_map(Step::Forge),
+    ]
+}
+
+/// The atom a writer tries to write at the end of a chain.
+fn attempt() -> impl Strategy<Value = (Vec<String>, AtomKind, f32)> {
+    (
+        proptest::sample::subsequence(&LABELS[..], 0..3)
+            .prop_map(|labels| labels.into_iter().map(str::to_owned).collect()),
+        proptest::sample::select(&KINDS[..]),
+        proptest::sample::select(&IMPORTANCES[..]),
+    )
+}
+
+/// Whether `result` failed with `code`.
+fn failed_with<T>(result: &Result<T, ClientError>, code: ErrorCode) -> bool {
+    matches!(result, Err(error) if error.code() == Some(code))
+}
+
+/// The node and what the chains need of it. Connections are made in each chain's own
+/// run (an RPC connection lives on the runtime that made it).
+struct World {
+    node: TestNode,
+    agent: ed25519_dalek::SigningKey,
+    atoms: Vec<(&'static str, Known)>,
+}
+
+fn set_up() -> World {
+    let node = TestNode::start_with(&[
+        "--login-attempts-per-minute",
+        "10000000",
+        "--connections-per-address-max",
+        "100000",
+        "--connections-max",
+        "100000",
+        "--pre-auth-connections-max",
+        "100000",
+    ]);
+    let (agent, atoms) = run_local(async {
+        let admin = admin_with_world(&node, "team/a").await;
+        for world in ["team/b", "team/w", "team/secret"] {
+            engram_client::create_world(&admin.admin().unwrap(), world)
+                .await
+                .unwrap();
+        }
+        let admin = engram_tests::session(&node.tcp(), &node.admin_key()).await;
+        let key = engram_client::keyfile::generate().unwrap();
+        let grants: Vec<Grant> = ["team/a=r", "team/b=r", "team/w=w"]
+            .iter()
+            .map(|grant| Grant::parse(grant).unwrap())
+            .collect();
+        engram_client::add_principal(
+            &admin.admin().unwrap(),
+            "agent",
+            key.verifying_key().as_bytes(),
+            false,
+            &grants,
+        )
+        .await
+        .unwrap();
+        // Every label (alone, and the first two together) in every kind, at two
+        // importances, in each readable world and in the one the agent may not read.
+        let mut atoms = Vec::new();
+        for world in ["team/a", "team/b", "team/secret"] {
+            let mut label_sets: Vec<Vec<String>> =
+                LABELS.iter().map(|label| vec![label.to_string()]).collect();
+            label_sets.push(vec![LABELS[2].to_owned(), LABELS[3].to_owned()]);
+            for labels in label_sets {
+                for kind in KINDS {
+                    for importance in [0.25f32, 0.75] {
+                        let mut atom = NewAtom::new(kind, format!("{world} {labels:?}"))
+                            .importance(importance);
+                        atom.labels = labels.clone();
+                        let receipt = engram_client::remember(
+                            &admin.writer(world).unwrap(),
+                            std::slice::from_ref(&atom),
+                        )
+                        .await
+                        .unwrap();
+                        atoms.push((
+                            world,
+                            Known {
+                                id: receipt[0].id,
+                                labels: labels.clone(),
+                                kind,
+                                importance,
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        (key, atoms)
+    });
+    World { node, agent, atoms }
+}
+
+/// A token of `held` with one more block holding `fact`.
+fn forged_block(saved: &[u8], forged: Forged, admin_key: &[u8; 32]) -> Vec<u8> {
+    use biscuit_auth::builder;
+    let fact = match forged {
+        Forged::Principal => builder::fact("principal", &[builder::bytes(admin_key)]),
+        Forged::Right => builder::fact("right", &[builder::string("writer")]),
+        Forged::World => builder::fact("world", &[builder::string("team/secret")]),
+        Forged::Epoch => builder::fact("epoch", &[builder::int(99)]),
+        Forged::Lineage => builder::fact("lineage", &[builder::bytes(&[0; 32])]),
+    };
+    let token = biscuit_auth::UnverifiedBiscuit::from(saved).unwrap();
+    token
+        .append(biscuit_auth::BlockBuilder::new().fact(fact).unwrap())
+        .unwrap()
+        .to_vec()
+        .unwrap()
+}
+
+async fn attenuate(held: &Held, narrowing: &Narrow) -> Result<Held, ClientError> {
+    let restriction = narrowing.restriction();
+    Ok(match held {
+        Held::Reader(reader) => {
+            Held::Reader(engram_client::attenuate_reader(reader, &restriction).await?)
+        }
+        Held::Writer(writer) => {
+            Held::Writer(engram_client::attenuate_writer(writer, &restriction).await?)
+        }
+        _ => unreachable!("the model covers readers and writers"),
+    })
+}
+
+/// Runs one chain: what its capability did at the end, or the first disagreement with
+/// the model.
+async fn run_chain(
+    world: &World,
+    start: usize,
+    steps: &[Step],
+    (labels, kind, importance): &(Vec<String>, AtomKind, f32),
+) -> Result<&'static str, String> {
+    let session = engram_tests::session(&world.node.tcp(), &world.agent).await;
+    let admin_key = *world.node.admin_key().verifying_key().as_bytes();
+    let (model_world, writer) = [("team/a", false), ("team/b", false), ("team/w", true)][start];
+    let mut held = if writer {
+        Held::Writer(session.writer(model_world).unwrap())
+    } else {
+        Held::Reader(session.reader(model_world).unwrap())
+    };
+    let mut model = Model {
+        world: model_world,
+        labels: None,
+        kinds: None,
+        max_importance: 1.0,
+        save: true,
+        dead: false,
+    };
+    for (index, step) in steps.iter().enumerate() {
+        let at = |what: String| format!("step {index} {step:?}: {what}; model {model:?}");
+        match step {
+            Step::Attenuate(narrowing) => {
+                let attenuated = attenuate(&held, narrowing).await;
+                if model.dead {
+                    if !failed_with(&attenuated, ErrorCode::PermissionDenied) {
+                        return Err(at(format!(
+                            "a dead capability attenuated: {attenuated:?}",
+                            attenuated = attenuated.as_ref().err()
+                        )));
+                    }
+                } else if narrowing.invalid_online() {
+                    if !failed_with(&attenuated, ErrorCode::InvalidArgument) {
+                        return Err(at("a label no atom can carry was taken".into()));
+                    }
+                } else {
+                    held = attenuated.map_err(|error| at(error.to_string()))?;
+                    model.narrow(narrowing);
+                }
+            }
+            Step::SaveRestore { without_save } => {
+                let saved = token::save(&held).await;
+                if model.dead || !model.save {
+                    if !failed_with(&saved, ErrorCode::PermissionDenied) {
+                        return Err(at("a capability that may not save saved".into()));
+                    }
+                    continue;
+                }
+                let saved = saved.map_err(|error| at(error.to_string()))?;
+                let connection = connect(&world.node.tcp()).await.unwrap();
+                let (restored_world, restored) = connection
+                    .restore_with(&saved, *without_save)
+                    .await
+                    .map_err(|error| at(error.to_string()))?;
+                if restored_world != model.world {
+                    return Err(at(format!("restored a capability of {restored_world}")));
+                }
+                held = restored;
+                model.save &= !without_save;
+            }
+            Step::Offline(narrowing) => {
+                let saved = token::save(&held).await;
+                if model.dead || !model.save {
+                    if !failed_with(&saved, ErrorCode::PermissionDenied) {
+                        return Err(at("a capability that may not save saved".into()));
+                    }
+                    continue;
+                }
+                let saved = saved.map_err(|error| at(error.to_string()))?;
+                let narrowed = token::attenuate(&saved, &narrowing.narrowing())
+                    .map_err(|error| at(error.to_string()))?;
+                let connection = connect(&world.node.tcp()).await.unwrap();
+                let (restored_world, restored) = connection
+                    .restore(&narrowed)
+                    .await
+                    .map_err(|error| at(error.to_string()))?;
+                if restored_world != model.world {
+                    return Err(at(format!("restored a capability of {restored_world}")));
+                }
+                held = restored;
+                model.narrow(narrowing);
+            }
+            Step::Forge(forged) => {
+                let saved = token::save(&held).await;
+                if model.dead || !model.save {
+                    continue;
+                }
+                let saved = saved.map_err(|error| at(error.to_string()))?;
+                let token = forged_block(&saved, *forged, &admin_key);
+                let connection = connect(&world.node.tcp()).await.unwrap();
+                let restored = connection.restore(&token).await;
+                if !failed_with(&restored, ErrorCode::Unauthenticated) {
+                    return Err(at(format!(
+                        "a block restating an authority fact was taken: {:?}",
+                        restored.map(|(world, _)| world)
+                    )));
+                }
+            }
+        }
+    }
+
+    // What it can do now.
+    let saved = token::save(&held).await;
+    if (model.save && !model.dead) != saved.is_ok() {
+        return Err(format!("save answered {:?}; model {model:?}", saved.err()));
+    }
+    match &held {
+        Held::Reader(reader) => {
+            let seen = engram_client::ask(
+                reader,
+                &Filter {
+                    limit: 1000,
+                    ..Filter::default()
+                },
+            )
+            .await;
+            if model.dead {
+                return if failed_with(&seen, ErrorCode::PermissionDenied) {
+                    Ok("refused every call (its worlds narrowed away)")
+                } else {
+                    Err(format!("a dead reader read; model {model:?}"))
+                };
+            }
+            let seen: BTreeSet<[u8; 32]> = seen
+                .map_err(|error| error.to_string())?
+                .iter()
+                .map(|atom| atom.id)
+                .collect();
+            let expected: BTreeSet<[u8; 32]> = world
+                .atoms
+                .iter()
+                .filter(|(atom_world, atom)| *atom_world == model.world && model.shows(atom))
+                .map(|(_, atom)| atom.id)
+                .collect();
+            if seen != expected {
+                return Err(format!(
+                    "read {} atoms, the model allows {} (extra: {}); model {model:?}",
+                    seen.len(),
+                    expected.len(),
+                    seen.difference(&expected).count()
+                ));
+            }
+            Ok(if seen.is_empty() {
+                "read nothing"
+            } else {
+                "read some atoms"
+            })
+        }
+        Held::Writer(writer) => {
+            let atom = Known {
+                id: [0; 32],
+                labels: labels.clone(),
+                kind: *kind,
+                importance: *importance,
+            };
+            let mut new =
+                NewAtom::new(*kind, "written at the end of a chain").importance(*importance);
+            new.labels = labels.clone();
+            let written = engram_client::remember(writer, &[new]).await;
+            let allowed = !model.dead && model.may_write(&atom);
+            match written {
+                Ok(receipts) => {
+                    if !allowed {
+                        return Err(format!("wrote {atom:?} outside model {model:?}"));
+                    }
+                    let admin =
+                        engram_tests::session(&world.node.tcp(), &world.node.admin_key()).await;
+                    let stored =
+                        engram_client::get(&admin.reader("team/w").unwrap(), &receipts[0].id)
+                            .await
+                            .map_err(|error| error.to_string())?;
+                    if stored.writer != *world.agent.verifying_key().as_bytes() {
+                        return Err("an atom was written as another principal".into());
+                    }
+                    Ok("wrote")
+                }
+                Err(error) => {
+                    if allowed || error.code() != Some(ErrorCode::PermissionDenied) {
+                        return Err(format!(
+                            "write of {atom:?} answered {error}; model {model:?}"
+                        ));
+                    }
+                    Ok("was refused a write")
+                }
+            }
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn what_any_derivation_can_do_is_within_the_model_of_authority() {
+    let world = set_up();
+    let cases: u32 = std::env::var("ENGRAM_AUTHORITY_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(300);
+    let seed: u64 = std::env::var("ENGRAM_AUTHORITY_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or(1);
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut runner = TestRunner::new_with_rng(
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        },
+        TestRng::from_seed(RngAlgorithm::ChaCha, &bytes),
+    );
+    let outcomes = RefCell::new(std::collections::BTreeMap::<&str, u32>::new());
+    let case = (
+        0usize..3,
+        proptest::collection::vec(step(), 0..5),
+        attempt(),
+    );
+    runner
+        .run(&case, |(start, steps, attempt)| {
+            match run_local(run_chain(&world, start, &steps, &attempt)) {
+                Ok(what) => *outcomes.borrow_mut().entry(what).or_default() += 1,
+                Err(disagreement) => prop_assert!(false, "{}", disagreement),
+            }
+            Ok(())
+        })
+        .unwrap();
+    // How the chains ended, to show the property was not met vacuously.
+    println!(
+        "derivation chains, each within the model: {:?}",
+        outcomes.borrow()
+    );
+}
