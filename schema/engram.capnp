@@ -305,6 +305,10 @@ struct Query {
   # importance and recency. Every filter above applies inside the search, so asking for
   # k hits returns k when k matching atoms carry vectors. Empty: a structured ask.
   explain @8 :Bool;              # Fill `Hit.explanation` with each factor of the score.
+  # A text hit's relevance comes from its rank by BM25 computed with the word
+  # statistics of this world alone (no other world moves it); the explanation shows
+  # the BM25 score too, except through a restriction that hides atoms (the world's
+  # statistics count them): then it shows the rank only, and trust as neutral.
   text @9 :Text;
   # Lexical search: rank atoms whose text has these words (BM25; words split at anything
   # that is not a letter or digit, case-insensitive). With `vector` too, the two rankings

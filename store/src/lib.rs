@@ -392,13 +392,18 @@ impl Hit {
     }
 
     /// Where the relevance came from, for `explain`; built only for the atoms returned.
-    fn why(&self, fused: bool) -> String {
+    /// A text hit's BM25 score only `with_scores` (it weighs what the world holds).
+    fn why(&self, fused: bool, with_scores: bool) -> String {
         if !fused {
             return format!("similarity {:.4}", self.similarity);
         }
-        let text = self
-            .text
-            .map(|(rank, score)| format!("text rank {rank} (score {score:.3})"));
+        let text = self.text.map(|(rank, score)| {
+            if with_scores {
+                format!("text rank {rank} (score {score:.3})")
+            } else {
+                format!("text rank {rank}")
+            }
+        });
         let vector = self
             .vector_rank
             .map(|rank| format!("vector rank {rank} (similarity {:.4})", self.similarity));
@@ -1255,8 +1260,10 @@ impl Store {
     /// reciprocal rank; the best `query.limit` atoms of `world` by [`rank::score`] among
     /// those `query` and `allowed` let through. What the indexes do not cover yet is
     /// compared exactly, within a budget; returns the ranked atoms and how much was
-    /// searched outside the indexes. Without `weigh_trust` (a reader whose restriction
-    /// hides atoms, which trust counts), every writer's trust is taken as neutral.
+    /// searched outside the indexes. Without `whole_world` (a reader whose restriction
+    /// hides atoms), what counts atoms it may not see is left out: every writer's trust
+    /// is taken as neutral, and an explanation names each text hit's rank, not its BM25
+    /// score (the world's word statistics count hidden atoms).
     #[allow(clippy::too_many_arguments)]
     pub fn ask_ranked(
         &self,
@@ -1267,7 +1274,7 @@ impl Store {
         vector: &[f32],
         text: &str,
         allowed: &(dyn Fn(&dyn Facts) -> bool + Sync),
-        weigh_trust: bool,
+        whole_world: bool,
     ) -> Result<(Vec<Ranked>, Coverage), StoreError> {
         query.validate()?;
         let as_of = query.states_as_of();
@@ -1350,7 +1357,7 @@ impl Store {
                 importance: hit.importance,
                 commit,
                 last_commit,
-                trust: if weigh_trust {
+                trust: if whole_world {
                     view.atom_trust(world, &facts)?
                 } else {
                     Trust::default().score()
@@ -1369,7 +1376,7 @@ impl Store {
                 atom,
                 similarity: hit.similarity,
                 score,
-                explanation: rank::explain(&hit.why(fused), &factors),
+                explanation: rank::explain(&hit.why(fused, whole_world), &factors),
             });
         }
         Ok((ranked, coverage))

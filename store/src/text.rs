@@ -17,10 +17,13 @@ use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use redb::ReadableTable;
-use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use tantivy::collector::{Count, TopDocs};
+use tantivy::query::{Bm25StatisticsProvider, BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TEXT, Value};
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{
+    DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TERMINATED, TantivyDocument,
+    Term,
+};
 
 use crate::Store;
 use crate::atom::Facts;
@@ -75,6 +78,60 @@ pub struct TextIndex {
     /// world: in a fleet a world's atoms arrive with the commits its owner gave them,
     /// which may be older than the commits of atoms already here in other worlds.
     covered: RwLock<HashMap<String, u64>>,
+    /// Each world's documents and words, as of a searcher generation: what BM25 scores
+    /// a search in the world with (see [`WorldStatistics`]).
+    world_sizes: Mutex<HashMap<String, WorldSize>>,
+}
+
+/// A world's documents and the words of their text, in one searcher generation.
+#[derive(Clone, Copy)]
+struct WorldSize {
+    generation: u64,
+    documents: u64,
+    tokens: u64,
+}
+
+/// BM25's statistics of one world alone: how many of its documents hold a word, how
+/// many documents and words it has. A search in a world is scored with these, never
+/// the whole index's, so what it shows (ranks, scores) says nothing of other worlds.
+struct WorldStatistics<'a> {
+    searcher: &'a Searcher,
+    world: &'a Term,
+    text: Field,
+    size: WorldSize,
+}
+
+impl Bm25StatisticsProvider for WorldStatistics<'_> {
+    fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
+        if field == self.text {
+            Ok(self.size.tokens)
+        } else {
+            // The world field: one word a document.
+            Ok(self.size.documents)
+        }
+    }
+
+    fn total_num_docs(&self) -> tantivy::Result<u64> {
+        Ok(self.size.documents.max(1))
+    }
+
+    fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
+        if term.field() != self.text {
+            return Ok(self.size.documents);
+        }
+        let in_world = BooleanQuery::new(vec![
+            (
+                Occur::Must,
+                Box::new(TermQuery::new(self.world.clone(), IndexRecordOption::Basic))
+                    as Box<dyn Query>,
+            ),
+            (
+                Occur::Must,
+                Box::new(TermQuery::new(term.clone(), IndexRecordOption::Basic)),
+            ),
+        ]);
+        Ok(self.searcher.search(&in_world, &Count)? as u64)
+    }
 }
 
 /// The indexer's side: documents added to the writer but not yet searchable.
@@ -204,6 +261,7 @@ impl TextIndex {
             commit,
             store_id: store.id(),
             covered: RwLock::new(covered),
+            world_sizes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -278,6 +336,57 @@ impl TextIndex {
         Ok(None)
     }
 
+    /// `world`'s documents and the words of their text in `searcher`'s generation:
+    /// counted once a generation (a walk of the world's documents and their lengths),
+    /// then remembered.
+    fn world_size(
+        &self,
+        searcher: &Searcher,
+        world: &str,
+        world_term: &Term,
+    ) -> Result<WorldSize, StoreError> {
+        let generation = searcher.generation().generation_id();
+        let known = self
+            .world_sizes
+            .lock()
+            .expect("the world sizes' lock")
+            .get(world)
+            .copied();
+        if let Some(size) = known.filter(|size| size.generation == generation) {
+            return Ok(size);
+        }
+        let mut size = WorldSize {
+            generation,
+            documents: 0,
+            tokens: 0,
+        };
+        for segment in searcher.segment_readers() {
+            let postings = segment
+                .inverted_index(self.world)
+                .map_err(failed)?
+                .read_postings(world_term, IndexRecordOption::Basic)
+                .map_err(|error| failed(error.into()))?;
+            let Some(mut postings) = postings else {
+                continue;
+            };
+            let lengths = segment.get_fieldnorms_reader(self.text).map_err(failed)?;
+            let alive = segment.alive_bitset();
+            let mut document = postings.doc();
+            while document != TERMINATED {
+                if alive.is_none_or(|alive| alive.is_alive(document)) {
+                    size.documents += 1;
+                    size.tokens += u64::from(lengths.fieldnorm(document));
+                }
+                document = postings.advance();
+            }
+        }
+        self.world_sizes
+            .lock()
+            .expect("the world sizes' lock")
+            .insert(world.to_owned(), size);
+        Ok(size)
+    }
+
     /// Atoms of `world` whose text matches `text`, best first, among those `allowed`
     /// lets through: at most `limit` from the index, plus the newer atoms it does not
     /// hold yet matched word by word.
@@ -317,17 +426,21 @@ impl TextIndex {
                 (Occur::Should, query)
             })
             .collect();
+        let world_term = Term::from_field_text(self.world, world);
         let query = BooleanQuery::new(vec![
             (
                 Occur::Must,
-                Box::new(TermQuery::new(
-                    Term::from_field_text(self.world, world),
-                    IndexRecordOption::Basic,
-                )),
+                Box::new(TermQuery::new(world_term.clone(), IndexRecordOption::Basic)),
             ),
             (Occur::Must, Box::new(BooleanQuery::new(any_word))),
         ]);
         let searcher = self.reader.searcher();
+        let statistics = WorldStatistics {
+            searcher: &searcher,
+            world: &world_term,
+            text: self.text,
+            size: self.world_size(&searcher, world, &world_term)?,
+        };
         let view = store.read()?;
         let mut matches = Vec::new();
         let mut budget_spent = false;
@@ -336,7 +449,11 @@ impl TextIndex {
         let mut window = (limit.max(1) * 4).min(SEARCH_EXAMINED_MAX);
         loop {
             let found = searcher
-                .search(&query, &TopDocs::with_limit(window).order_by_score())
+                .search_with_statistics_provider(
+                    &query,
+                    &TopDocs::with_limit(window).order_by_score(),
+                    &statistics,
+                )
                 .map_err(failed)?;
             let mut commits = Vec::with_capacity(found.len());
             for (score, address) in &found {

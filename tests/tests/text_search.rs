@@ -273,3 +273,96 @@ fn a_text_index_of_another_store_is_never_served() {
     let log = std::fs::read_to_string(second.log_path()).unwrap();
     assert!(log.contains("not this store's"), "{log}");
 }
+
+/// The text ranking a reader sees (each hit's text and text rank and score, as
+/// `explain` shows them, by text) once the index holds every atom.
+async fn text_ranking(
+    reader: &engram_client::engram_schema::engram_capnp::world_reader::Client,
+    text: &str,
+) -> Vec<(String, String)> {
+    let filter = Filter {
+        explain: true,
+        ..words(text, 6)
+    };
+    let answer =
+        engram_tests::ask_when_indexed(reader, &filter, std::time::Duration::from_secs(30)).await;
+    answer
+        .hits
+        .into_iter()
+        .map(|hit| {
+            // The text part: "text rank N (score S)". (The fused order is not compared:
+            // recency is a commit over the node's last commit, which moves with every
+            // world's writes, as the cursors of every answer do.)
+            let text_part = hit
+                .explanation
+                .split(", ")
+                .find(|part| part.contains("text rank"))
+                .unwrap_or_default()
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            (hit.atom.text, text_part)
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// What a text ask shows is computed from what its reader may read: writing a word
+/// into a world the reader holds no grant for moves none of its ranks or scores, and a
+/// reader whose restriction hides atoms sees ranks, not raw scores (they count hidden
+/// atoms).
+#[test]
+fn a_text_ask_shows_nothing_of_worlds_or_atoms_its_reader_may_not_read() {
+    let node = TestNode::start();
+    run_local(async {
+        let admin = notes(&node).await;
+        engram_client::create_world(&admin.admin().unwrap(), "other")
+            .await
+            .unwrap();
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        let agent_key = engram_tests::add_principal(&admin, "agent", &["notes=r"]).await;
+        let agent = session(&node.tcp(), &agent_key).await;
+        let reader = agent.reader("notes").unwrap();
+        let before = text_ranking(&reader, "passwords argon2").await;
+        assert!(
+            before.iter().any(|(_, text)| text.contains("score")),
+            "{before:?}"
+        );
+
+        // "argon2", rare in notes, becomes common in a world the agent cannot read.
+        let flood: Vec<NewAtom> = (0..200)
+            .map(|index| NewAtom::fact(format!("argon2 setting number {index}")))
+            .collect();
+        engram_client::remember(&admin.writer("other").unwrap(), &flood)
+            .await
+            .unwrap();
+        engram_tests::ask_when_indexed(
+            &admin.reader("other").unwrap(),
+            &words("argon2", 1),
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(text_ranking(&reader, "passwords argon2").await, before);
+
+        // Restricted to a label, the reader sees where each hit ranks, not its score.
+        let auth = engram_client::attenuate_reader(
+            &reader,
+            &Restriction {
+                labels: vec!["auth".into(), "crypto".into()],
+                ..Restriction::default()
+            },
+        )
+        .await
+        .unwrap();
+        let restricted = text_ranking(&auth, "passwords argon2").await;
+        assert!(!restricted.is_empty());
+        for (text, part) in &restricted {
+            assert!(
+                part.contains("text rank") && !part.contains("score"),
+                "{text}: {part}"
+            );
+        }
+    });
+}
