@@ -827,7 +827,10 @@ interface Admin {
   # `conflict` if the name or key is taken; `notFound` if a granted world does not exist.
 
   setGrants @5 (name :Text, grants :List(Grant)) -> (principal :PrincipalInfo);
-  # Replaces the principal's grants. Its live capabilities stop working at once.
+  # Replaces the principal's grants. Its live capabilities stop working at once. The
+  # change falls between two write transactions: every write committed before it was
+  # checked against the old grants, and every one after against the new, inside its
+  # transaction (one they refuse is `permissionDenied` and wrote nothing).
 
   removePrincipal @6 (name :Text) -> ();
   # Removes the principal. Its live capabilities fail with `permissionDenied` at once.
@@ -838,7 +841,11 @@ interface Admin {
 
   advanceEpoch @9 (head :Data) -> (epoch :Epoch);
   # Moves to the next epoch with this 32-byte head. Returns only once it is durable and
-  # every capability of an older epoch fails with `staleEpoch`.
+  # every capability of an older epoch fails with `staleEpoch`. The advance falls
+  # between two write transactions: every atom acknowledged under the old epoch has a
+  # lower commit than every atom written under the new one, and a write of the old
+  # epoch that reaches the writer after the advance is `staleEpoch` and wrote nothing.
+  # A receipt from a capability of epoch N is proof that its write came before N+1.
 
   health @10 () -> (health :Health);
 
