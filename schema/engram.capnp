@@ -308,7 +308,9 @@ struct Query {
   # A text hit's relevance comes from its rank by BM25 computed with the word
   # statistics of this world alone (no other world moves it); the explanation shows
   # the BM25 score too, except through a restriction that hides atoms (the world's
-  # statistics count them): then it shows the rank only, and trust as neutral.
+  # statistics count them): then text is ranked with uniform word statistics (a hit
+  # weighed by its own words only), the explanation shows its rank only, and trust is
+  # neutral.
   text @9 :Text;
   # Lexical search: rank atoms whose text has these words (BM25; words split at anything
   # that is not a letter or digit, case-insensitive). With `vector` too, the two rankings

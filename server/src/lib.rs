@@ -309,9 +309,11 @@ fn start_indexer(
                         // compared exactly. The next commit retries.
                         Err(error) => tracing::error!(%error, "vector index catch-up failed"),
                     }
+                    // After a failure the writer starts again from its last commit; try
+                    // again soon, not only at the next write.
                     let publish_in = texts.catch_up(&store).unwrap_or_else(|error| {
-                        tracing::error!(%error, "text index catch-up failed");
-                        None
+                        tracing::error!(%error, "text index catch-up failed; retrying in 1 s");
+                        Some(std::time::Duration::from_secs(1))
                     });
                     let due = |unsaved, saved_at: std::time::Instant| {
                         let since = saved_at.elapsed();
@@ -539,7 +541,7 @@ async fn serve(
                         }
                     }
                 }
-                Err(error) => tracing::warn!(%error, "TCP accept failed"),
+                Err(error) => accept_failed(&error, "TCP").await,
             },
             accepted = accept_unix(unix.as_ref()) => match accepted {
                 Ok(stream) => {
@@ -548,7 +550,7 @@ async fn serve(
                         .map_or(Peer::Unknown, |credentials| Peer::LocalUser(credentials.uid()));
                     connect_local(&node, &connections, &config, peer, stream);
                 }
-                Err(error) => tracing::warn!(%error, "Unix socket accept failed"),
+                Err(error) => accept_failed(&error, "Unix socket").await,
             },
             _ = interrupt.recv() => {
                 tracing::info!("SIGINT: shutting down");
@@ -621,6 +623,13 @@ async fn until_idle(
     }
 }
 
+/// An accept that failed (out of descriptors, most likely): logged, then a pause before
+/// the next, so a failing accept neither spins the RPC thread nor floods the log.
+async fn accept_failed(error: &std::io::Error, listener: &str) {
+    tracing::warn!(%error, listener, "accept failed; pausing 10 ms");
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+}
+
 /// A connection counted in [`Connections`], until it ends.
 #[derive(Clone)]
 pub(crate) struct Counted {
@@ -653,6 +662,11 @@ struct Connections {
     /// The counted connections that have not logged in (nor restored a token), oldest
     /// first: the ones a new connection may close to take a place.
     pre_auth: RefCell<std::collections::VecDeque<Counted>>,
+    /// Connections closed for newer ones whose tasks have not ended yet: they hold
+    /// descriptors still, so at most `limits::CLOSING_CONNECTIONS_MAX` at once; past
+    /// it a new connection is refused instead (a refusal past its own bound frees its
+    /// descriptor at once).
+    closing: Cell<usize>,
     next_id: Cell<u64>,
     refused: Cell<usize>,
     /// Refusals not logged yet, and when the last was: a flood logs a line a second.
@@ -727,6 +741,9 @@ impl Connections {
     /// Closes the oldest connection not logged in whose peer `matches`, uncounting it
     /// at once; whether there was one.
     fn close_oldest_pre_auth(&self, matches: impl Fn(&Peer) -> bool) -> bool {
+        if self.closing.get() >= limits::CLOSING_CONNECTIONS_MAX {
+            return false;
+        }
         let oldest = {
             let mut pre_auth = self.pre_auth.borrow_mut();
             let Some(position) = pre_auth.iter().position(|counted| matches(&counted.peer)) else {
@@ -735,6 +752,7 @@ impl Connections {
             pre_auth.remove(position).expect("a position found")
         };
         self.uncount(&oldest.peer);
+        self.closing.set(self.closing.get() + 1);
         ::metrics::counter!("engram_connections_closed_pre_auth_total").increment(1);
         tracing::debug!(peer = %oldest.peer, "connection closed: a newer one took its place before it logged in");
         oldest.closed.by_newer.set(true);
@@ -757,6 +775,7 @@ impl Connections {
         if let Some(position) = pending {
             pre_auth.remove(position);
         } else if counted.closed.by_newer.get() {
+            self.closing.set(self.closing.get() - 1);
             return;
         }
         drop(pre_auth);

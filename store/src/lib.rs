@@ -1262,8 +1262,9 @@ impl Store {
     /// compared exactly, within a budget; returns the ranked atoms and how much was
     /// searched outside the indexes. Without `whole_world` (a reader whose restriction
     /// hides atoms), what counts atoms it may not see is left out: every writer's trust
-    /// is taken as neutral, and an explanation names each text hit's rank, not its BM25
-    /// score (the world's word statistics count hidden atoms).
+    /// is taken as neutral, text is scored with uniform word statistics (the world's
+    /// count hidden atoms), and an explanation names each text hit's rank, not its BM25
+    /// score.
     #[allow(clippy::too_many_arguments)]
     pub fn ask_ranked(
         &self,
@@ -1301,7 +1302,7 @@ impl Store {
         }
         let mut by_text = Vec::new();
         if !text.is_empty() {
-            let answer = texts.search(self, world, text, candidates, &filter)?;
+            let answer = texts.search(self, world, text, candidates, &filter, whole_world)?;
             coverage.compared_exactly += answer.compared_exactly;
             coverage.tail_cut |= answer.tail_cut;
             coverage.text_budget_spent = answer.budget_spent;

@@ -94,30 +94,45 @@ struct WorldSize {
 /// BM25's statistics of one world alone: how many of its documents hold a word, how
 /// many documents and words it has. A search in a world is scored with these, never
 /// the whole index's, so what it shows (ranks, scores) says nothing of other worlds.
+/// Without a `size` (a reader whose restriction hides atoms, which the world's
+/// statistics count), uniform ones: every word as rare as any other, every document
+/// measured against the same length, so a hit's score weighs its own words only.
 struct WorldStatistics<'a> {
     searcher: &'a Searcher,
     world: &'a Term,
     text: Field,
-    size: WorldSize,
+    size: Option<WorldSize>,
 }
+
+/// The uniform statistics' documents and words per document.
+const UNIFORM_DOCUMENTS: u64 = 1_000_000;
+const UNIFORM_WORDS_PER_DOCUMENT: u64 = 16;
 
 impl Bm25StatisticsProvider for WorldStatistics<'_> {
     fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
+        let Some(size) = self.size else {
+            return Ok(UNIFORM_DOCUMENTS * UNIFORM_WORDS_PER_DOCUMENT);
+        };
         if field == self.text {
-            Ok(self.size.tokens)
+            Ok(size.tokens)
         } else {
             // The world field: one word a document.
-            Ok(self.size.documents)
+            Ok(size.documents)
         }
     }
 
     fn total_num_docs(&self) -> tantivy::Result<u64> {
-        Ok(self.size.documents.max(1))
+        Ok(self
+            .size
+            .map_or(UNIFORM_DOCUMENTS, |size| size.documents.max(1)))
     }
 
     fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
+        let Some(size) = self.size else {
+            return Ok(1);
+        };
         if term.field() != self.text {
-            return Ok(self.size.documents);
+            return Ok(size.documents);
         }
         let in_world = BooleanQuery::new(vec![
             (
@@ -136,13 +151,31 @@ impl Bm25StatisticsProvider for WorldStatistics<'_> {
 
 /// The indexer's side: documents added to the writer but not yet searchable.
 struct Writing {
-    writer: IndexWriter,
+    index: Index,
+    /// `None` after a failure: the next catch-up opens a new one at the last commit.
+    writer: Option<IndexWriter>,
     /// For each world, every atom up to this commit has been added to the writer.
     added_through: HashMap<String, u64>,
     /// Documents added and not yet searchable.
     pending: usize,
     /// When the oldest waiting document was added.
     pending_since: Option<Instant>,
+}
+
+fn open_writer(index: &Index) -> Result<IndexWriter, StoreError> {
+    index
+        .writer_with_num_threads(1, WRITER_MEMORY_BYTES)
+        .map_err(failed)
+}
+
+impl Writing {
+    /// The index writer, opened again at the last commit if a failure dropped it.
+    fn writer(&mut self) -> Result<&mut IndexWriter, StoreError> {
+        if self.writer.is_none() {
+            self.writer = Some(open_writer(&self.index)?);
+        }
+        Ok(self.writer.as_mut().expect("opened above"))
+    }
 }
 
 fn failed(error: tantivy::TantivyError) -> StoreError {
@@ -228,7 +261,7 @@ impl TextIndex {
         if covered.is_none() {
             tracing::warn!("the text index on disk is not this store's; rebuilding it");
             let mut writing = text.writing.lock().expect("never poisoned");
-            writing.writer.delete_all_documents().map_err(failed)?;
+            writing.writer()?.delete_all_documents().map_err(failed)?;
             text.commit(&mut writing)?;
         }
         Ok(text)
@@ -240,9 +273,7 @@ impl TextIndex {
         covered: HashMap<String, u64>,
     ) -> Result<TextIndex, StoreError> {
         let (_, world, text, commit) = schema();
-        let writer = index
-            .writer_with_num_threads(1, WRITER_MEMORY_BYTES)
-            .map_err(failed)?;
+        let writer = open_writer(&index)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -250,7 +281,8 @@ impl TextIndex {
             .map_err(failed)?;
         Ok(TextIndex {
             writing: Mutex::new(Writing {
-                writer,
+                index,
+                writer: Some(writer),
                 added_through: covered.clone(),
                 pending: 0,
                 pending_since: None,
@@ -273,7 +305,7 @@ impl TextIndex {
             store: self.store_id,
             covered: writing.added_through.clone(),
         };
-        let mut prepared = writing.writer.prepare_commit().map_err(failed)?;
+        let mut prepared = writing.writer()?.prepare_commit().map_err(failed)?;
         prepared.set_payload(&serde_json::to_string(&payload).expect("a payload serializes"));
         prepared.commit().map_err(failed)?;
         self.reader.reload().map_err(failed)?;
@@ -295,9 +327,29 @@ impl TextIndex {
     /// Adds every atom committed since the last call to the index writer, and makes
     /// what waits searchable once enough has waited or for long enough. Returns how
     /// long until a call should come again to publish what still waits (`None`: nothing
-    /// waits). Called by the indexer thread only.
+    /// waits). Called by the indexer thread only. On a failure (out of descriptors, a
+    /// full disk) the writer goes back to its last commit, and so does what it counts
+    /// as added: the next call adds those atoms again, so none is left out of the index
+    /// while a search takes it as covered.
     pub fn catch_up(&self, store: &Store) -> Result<Option<Duration>, StoreError> {
         let mut writing = self.writing.lock().expect("never poisoned");
+        let caught_up = self.add_and_publish(store, &mut writing);
+        if caught_up.is_err() {
+            // A writer that failed may be dead (tantivy kills it on an I/O error in a
+            // worker): drop it, and what it held, and start again from the last commit.
+            writing.writer = None;
+            writing.added_through = self.covered.read().expect("never poisoned").clone();
+            writing.pending = 0;
+            writing.pending_since = None;
+        }
+        caught_up
+    }
+
+    fn add_and_publish(
+        &self,
+        store: &Store,
+        writing: &mut Writing,
+    ) -> Result<Option<Duration>, StoreError> {
         let view = store.read()?;
         let worlds = view.table(WORLDS)?;
         let mut progress = Progress::new(
@@ -319,7 +371,7 @@ impl TextIndex {
                 document.add_text(self.world, name);
                 document.add_text(self.text, &atom.content.text);
                 document.add_u64(self.commit, atom.commit);
-                writing.writer.add_document(document).map_err(failed)?;
+                writing.writer()?.add_document(document).map_err(failed)?;
                 writing.pending += 1;
             }
             writing.added_through.insert(name.to_owned(), target);
@@ -332,7 +384,7 @@ impl TextIndex {
         if writing.pending < PUBLISH_DOCUMENTS && waited < PUBLISH_AFTER {
             return Ok(Some(PUBLISH_AFTER - waited));
         }
-        self.commit(&mut writing)?;
+        self.commit(writing)?;
         Ok(None)
     }
 
@@ -389,7 +441,9 @@ impl TextIndex {
 
     /// Atoms of `world` whose text matches `text`, best first, among those `allowed`
     /// lets through: at most `limit` from the index, plus the newer atoms it does not
-    /// hold yet matched word by word.
+    /// hold yet matched word by word. Scored with the world's word statistics when the
+    /// caller may see the `whole_world`, else with uniform ones (what `allowed` hides
+    /// must not move the order).
     pub fn search(
         &self,
         store: &Store,
@@ -397,6 +451,7 @@ impl TextIndex {
         text: &str,
         limit: usize,
         allowed: &(dyn Fn(&dyn Facts) -> bool + Sync),
+        whole_world: bool,
     ) -> Result<TextAnswer, StoreError> {
         let mut query_words = words(text);
         query_words.sort_unstable();
@@ -439,7 +494,9 @@ impl TextIndex {
             searcher: &searcher,
             world: &world_term,
             text: self.text,
-            size: self.world_size(&searcher, world, &world_term)?,
+            size: whole_world
+                .then(|| self.world_size(&searcher, world, &world_term))
+                .transpose()?,
         };
         let view = store.read()?;
         let mut matches = Vec::new();

@@ -317,3 +317,56 @@ fn sockets_that_never_log_in_cannot_lock_out_their_address() {
         );
     });
 }
+
+/// A local process opening and dropping connections on the Unix socket as fast as it
+/// can holds the node to a bounded number of descriptors: connections closed to make
+/// room for newer ones are bounded while they close, and past that new ones are
+/// refused; a client that logged in is served throughout.
+#[test]
+fn a_flood_of_connections_holds_a_bounded_number_of_descriptors() {
+    let node = TestNode::start_with(&["--connections-per-address-max", "8"]);
+    let path = match node.unix() {
+        engram_client::Endpoint::Unix(path) => path,
+        _ => unreachable!("unix() is a Unix endpoint"),
+    };
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{}/fd", node.pid()))
+            .map(|entries| entries.count())
+            .unwrap_or(0)
+    };
+    let before = descriptors();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut opened = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                    opened += 1;
+                }
+            }
+            opened
+        })
+    };
+    let mut most = 0;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        most = most.max(descriptors());
+        // The pace of sampling, not a wait for the node.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let opened = flood.join().unwrap();
+    assert!(opened > 1_000, "the flood opened only {opened} connections");
+    // 8 of the peer's own, at most 64 closing and 64 refused at once, and the node's own.
+    assert!(
+        most < before + 8 + 64 + 64 + 64,
+        "the node held {most} descriptors (from {before}) under a flood of {opened}"
+    );
+    run_local(async {
+        let admin = session(&node.tcp(), &node.admin_key()).await;
+        engram_client::create_world(&admin.admin().unwrap(), "after")
+            .await
+            .expect("served after the flood");
+    });
+}

@@ -364,5 +364,20 @@ fn a_text_ask_shows_nothing_of_worlds_or_atoms_its_reader_may_not_read() {
                 "{text}: {part}"
             );
         }
+        // Nor do its ranks move when atoms it may not see take up its words: "argon2",
+        // in many atoms labelled ops, would make it commoner than "passwords".
+        let hidden: Vec<NewAtom> = (0..60)
+            .map(|index| NewAtom::fact(format!("argon2 ops note {index}")).labels(&["ops"]))
+            .collect();
+        engram_client::remember(&admin.writer("notes").unwrap(), &hidden)
+            .await
+            .unwrap();
+        engram_tests::ask_when_indexed(
+            &admin.reader("notes").unwrap(),
+            &words("argon2", 1),
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(text_ranking(&auth, "passwords argon2").await, restricted);
     });
 }
