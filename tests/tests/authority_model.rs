@@ -392,6 +392,38 @@ async fn attenuate(held: &Held, narrowing: &Narrow) -> Result<Held, ClientError>
     })
 }
 
+/// `held` saved as a token, or `None` where the model says it may not save (and the
+/// node refused it so).
+async fn save(held: &Held, model: &Model) -> Result<Option<Vec<u8>>, String> {
+    let saved = token::save(held).await;
+    if model.dead || !model.save {
+        return if failed_with(&saved, ErrorCode::PermissionDenied) {
+            Ok(None)
+        } else {
+            Err("a capability that may not save saved".into())
+        };
+    }
+    saved.map(Some).map_err(|error| error.to_string())
+}
+
+/// The capability `saved` restores on a connection of its own, of the model's world.
+async fn restore(
+    world: &World,
+    saved: &[u8],
+    without_save: bool,
+    model: &Model,
+) -> Result<Held, String> {
+    let connection = connect(&world.node.tcp()).await.unwrap();
+    let (restored_world, restored) = connection
+        .restore_with(saved, without_save)
+        .await
+        .map_err(|error| error.to_string())?;
+    if restored_world != model.world {
+        return Err(format!("restored a capability of {restored_world}"));
+    }
+    Ok(restored)
+}
+
 /// Runs one chain: what its capability did at the end, or the first disagreement with
 /// the model.
 async fn run_chain(
@@ -438,53 +470,27 @@ async fn run_chain(
                 }
             }
             Step::SaveRestore { without_save } => {
-                let saved = token::save(&held).await;
-                if model.dead || !model.save {
-                    if !failed_with(&saved, ErrorCode::PermissionDenied) {
-                        return Err(at("a capability that may not save saved".into()));
-                    }
+                let Some(saved) = save(&held, &model).await.map_err(at)? else {
                     continue;
-                }
-                let saved = saved.map_err(|error| at(error.to_string()))?;
-                let connection = connect(&world.node.tcp()).await.unwrap();
-                let (restored_world, restored) = connection
-                    .restore_with(&saved, *without_save)
+                };
+                held = restore(world, &saved, *without_save, &model)
                     .await
-                    .map_err(|error| at(error.to_string()))?;
-                if restored_world != model.world {
-                    return Err(at(format!("restored a capability of {restored_world}")));
-                }
-                held = restored;
+                    .map_err(at)?;
                 model.save &= !without_save;
             }
             Step::Offline(narrowing) => {
-                let saved = token::save(&held).await;
-                if model.dead || !model.save {
-                    if !failed_with(&saved, ErrorCode::PermissionDenied) {
-                        return Err(at("a capability that may not save saved".into()));
-                    }
+                let Some(saved) = save(&held, &model).await.map_err(at)? else {
                     continue;
-                }
-                let saved = saved.map_err(|error| at(error.to_string()))?;
+                };
                 let narrowed = token::attenuate(&saved, &narrowing.narrowing())
                     .map_err(|error| at(error.to_string()))?;
-                let connection = connect(&world.node.tcp()).await.unwrap();
-                let (restored_world, restored) = connection
-                    .restore(&narrowed)
-                    .await
-                    .map_err(|error| at(error.to_string()))?;
-                if restored_world != model.world {
-                    return Err(at(format!("restored a capability of {restored_world}")));
-                }
-                held = restored;
+                held = restore(world, &narrowed, false, &model).await.map_err(at)?;
                 model.narrow(narrowing);
             }
             Step::Forge(forged) => {
-                let saved = token::save(&held).await;
-                if model.dead || !model.save {
+                let Some(saved) = save(&held, &model).await.map_err(at)? else {
                     continue;
-                }
-                let saved = saved.map_err(|error| at(error.to_string()))?;
+                };
                 let token = forged_block(&saved, *forged, &admin_key);
                 let connection = connect(&world.node.tcp()).await.unwrap();
                 let restored = connection.restore(&token).await;
