@@ -545,10 +545,11 @@ async fn serve(
             },
             accepted = accept_unix(unix.as_ref()) => match accepted {
                 Ok(stream) => {
-                    let peer = stream
-                        .peer_cred()
+                    let credentials = stream.peer_cred().ok();
+                    let peer = credentials
                         .map_or(Peer::Unknown, |credentials| Peer::LocalUser(credentials.uid()));
-                    connect_local(&node, &connections, &config, peer, stream);
+                    let process = credentials.and_then(|credentials| credentials.pid());
+                    connect_local(&node, &connections, &config, (peer, process), stream);
                 }
                 Err(error) => accept_failed(&error, "Unix socket").await,
             },
@@ -635,13 +636,19 @@ async fn accept_failed(error: &std::io::Error, listener: &str) {
 pub(crate) struct Counted {
     id: u64,
     peer: Peer,
+    /// The peer's process, where the operating system says (the Unix socket).
+    process: Option<i32>,
     closed: Rc<ClosedByNewer>,
 }
 
-/// Whether a newer connection closed this one before it logged in, and the notice of it.
+/// A new connection's peer and process (where the operating system says).
+type Newcomer = (Peer, Option<i32>);
+
+/// Which newer connection closed this one before it logged in, if one did, and the
+/// notice of it.
 #[derive(Default)]
 struct ClosedByNewer {
-    by_newer: Cell<bool>,
+    by: Cell<Option<Newcomer>>,
     notify: tokio::sync::Notify,
 }
 
@@ -663,10 +670,13 @@ struct Connections {
     /// first: the ones a new connection may close to take a place.
     pre_auth: RefCell<std::collections::VecDeque<Counted>>,
     /// Connections closed for newer ones whose tasks have not ended yet: they hold
-    /// descriptors still, so at most `limits::CLOSING_CONNECTIONS_MAX` at once; past
-    /// it a new connection is refused instead (a refusal past its own bound frees its
-    /// descriptor at once).
+    /// descriptors still, so at most `limits::CLOSING_CONNECTIONS_MAX` closed for one
+    /// newcomer's peer and process, and `limits::CLOSING_CONNECTIONS_TOTAL_MAX` in all,
+    /// at once; past them a new connection is refused instead (a refusal past its own
+    /// bound frees its descriptor at once). Counted by who closed them, so a process
+    /// flooding the socket spends its own allowance, not its neighbours'.
     closing: Cell<usize>,
+    closing_by: RefCell<HashMap<Newcomer, usize>>,
     next_id: Cell<u64>,
     refused: Cell<usize>,
     /// Refusals not logged yet, and when the last was: a flood logs a line a second.
@@ -697,26 +707,37 @@ impl Connections {
     /// `peer`, for the limit per peer) is closed to make room: never-authenticated
     /// connections, however many one peer opens, cannot keep others from logging in,
     /// even where every peer shares one address (loopback). Connections that logged in
-    /// are never closed for it, so a limit they fill alone refuses the new one.
-    fn admit(&self, config: &Config, peer: Peer) -> Result<Counted, String> {
-        while self.pre_auth.borrow().len() >= config.pre_auth_connections_max
-            && self.close_oldest_pre_auth(|_| true)
-        {}
-        while self.active.get() >= config.connections_max {
-            if !self.close_oldest_pre_auth(|_| true) {
-                return Err(format!(
-                    "engramd serves at most {} connections at once; try again later",
-                    config.connections_max
-                ));
-            }
-        }
+    /// are never closed for it, so a limit they fill alone refuses the new one. The
+    /// connection closed is the oldest of whoever (peer, and process on the Unix
+    /// socket) holds the most of them: a process flooding the socket closes its own,
+    /// never those of its user's other processes.
+    fn admit(&self, config: &Config, peer: Peer, process: Option<i32>) -> Result<Counted, String> {
+        let newcomer = (peer, process);
+        let own = |other: &Counted| other.peer == peer && other.process == process;
+        // Its own first (a scan, as cheap as an accept must be under a flood); the
+        // biggest holder's only when it has none.
+        let close_for_room = |matches: &dyn Fn(&Counted) -> bool| {
+            self.close_oldest_pre_auth(newcomer, &own, false)
+                || self.close_oldest_pre_auth(newcomer, matches, true)
+        };
         while self.held_by(&peer) >= config.connections_per_address_max {
-            if !self.close_oldest_pre_auth(|other| *other == peer) {
+            if !close_for_room(&|other: &Counted| other.peer == peer) {
                 return Err(format!(
                     "engramd serves at most {} connections from one address \
                      (--connections-per-address-max), and {peer} holds them; close one \
                      first",
                     config.connections_per_address_max
+                ));
+            }
+        }
+        while self.pre_auth.borrow().len() >= config.pre_auth_connections_max
+            && close_for_room(&|_| true)
+        {}
+        while self.active.get() >= config.connections_max {
+            if !close_for_room(&|_| true) {
+                return Err(format!(
+                    "engramd serves at most {} connections at once; try again later",
+                    config.connections_max
                 ));
             }
         }
@@ -728,6 +749,7 @@ impl Connections {
         let counted = Counted {
             id,
             peer,
+            process,
             closed: Rc::default(),
         };
         self.pre_auth.borrow_mut().push_back(counted.clone());
@@ -738,24 +760,49 @@ impl Connections {
         self.per_peer.borrow().get(peer).copied().unwrap_or(0)
     }
 
-    /// Closes the oldest connection not logged in whose peer `matches`, uncounting it
-    /// at once; whether there was one.
-    fn close_oldest_pre_auth(&self, matches: impl Fn(&Peer) -> bool) -> bool {
-        if self.closing.get() >= limits::CLOSING_CONNECTIONS_MAX {
+    /// Closes, for `newcomer`, a connection not logged in that `matches`: the oldest,
+    /// or with `of_biggest_holder` the oldest of whoever holds the most of them.
+    /// Uncounts it at once; whether there was one (and the closing bounds allowed).
+    fn close_oldest_pre_auth(
+        &self,
+        newcomer: Newcomer,
+        matches: &dyn Fn(&Counted) -> bool,
+        of_biggest_holder: bool,
+    ) -> bool {
+        let by_newcomer = self
+            .closing_by
+            .borrow()
+            .get(&newcomer)
+            .copied()
+            .unwrap_or(0);
+        if self.closing.get() >= limits::CLOSING_CONNECTIONS_TOTAL_MAX
+            || by_newcomer >= limits::CLOSING_CONNECTIONS_MAX
+        {
             return false;
         }
         let oldest = {
             let mut pre_auth = self.pre_auth.borrow_mut();
-            let Some(position) = pre_auth.iter().position(|counted| matches(&counted.peer)) else {
+            let mut held: HashMap<Newcomer, usize> = HashMap::new();
+            if of_biggest_holder {
+                for counted in pre_auth.iter().filter(|counted| matches(counted)) {
+                    *held.entry((counted.peer, counted.process)).or_insert(0) += 1;
+                }
+            }
+            let most = held.values().copied().max();
+            let Some(position) = pre_auth.iter().position(|counted| {
+                matches(counted)
+                    && most.is_none_or(|most| held[&(counted.peer, counted.process)] == most)
+            }) else {
                 return false;
             };
             pre_auth.remove(position).expect("a position found")
         };
         self.uncount(&oldest.peer);
         self.closing.set(self.closing.get() + 1);
+        *self.closing_by.borrow_mut().entry(newcomer).or_insert(0) += 1;
         ::metrics::counter!("engram_connections_closed_pre_auth_total").increment(1);
         tracing::debug!(peer = %oldest.peer, "connection closed: a newer one took its place before it logged in");
-        oldest.closed.by_newer.set(true);
+        oldest.closed.by.set(Some(newcomer));
         oldest.closed.notify.notify_one();
         true
     }
@@ -774,8 +821,15 @@ impl Connections {
         let pending = pre_auth.iter().position(|pending| pending.id == counted.id);
         if let Some(position) = pending {
             pre_auth.remove(position);
-        } else if counted.closed.by_newer.get() {
+        } else if let Some(newcomer) = counted.closed.by.get() {
             self.closing.set(self.closing.get() - 1);
+            let mut closing_by = self.closing_by.borrow_mut();
+            if let Some(closing) = closing_by.get_mut(&newcomer) {
+                *closing -= 1;
+                if *closing == 0 {
+                    closing_by.remove(&newcomer);
+                }
+            }
             return;
         }
         drop(pre_auth);
@@ -816,7 +870,7 @@ fn connect(
     reader: impl AsyncRead + Unpin + 'static,
     writer: impl AsyncWrite + Unpin + 'static,
 ) {
-    match admission(node, connections, config, peer) {
+    match admission(node, connections, config, peer, None) {
         Ok(counted) => serve_terminal(node, connections, config, counted, reader, writer),
         Err(refused) => refuse(connections, config, peer, refused, reader, writer),
     }
@@ -852,10 +906,10 @@ fn connect_local(
     node: &Rc<Node>,
     connections: &Rc<Connections>,
     config: &Rc<Config>,
-    peer: Peer,
+    (peer, process): (Peer, Option<i32>),
     stream: tokio::net::UnixStream,
 ) {
-    let counted = match admission(node, connections, config, peer) {
+    let counted = match admission(node, connections, config, peer, process) {
         Ok(counted) => counted,
         Err(refused) => {
             let (reader, writer) = stream.into_split();
@@ -921,6 +975,7 @@ fn admission(
     connections: &Connections,
     config: &Config,
     peer: Peer,
+    process: Option<i32>,
 ) -> Result<Counted, (String, std::time::Duration)> {
     // A peer past its login rate is refused, before a login is spent on it.
     let grace = std::time::Duration::from_millis(limits::REFUSED_GRACE_MS);
@@ -928,7 +983,7 @@ fn admission(
         return Err((reason, left.min(grace)));
     }
     connections
-        .admit(config, peer)
+        .admit(config, peer, process)
         .map_err(|reason| (reason, std::time::Duration::ZERO))
 }
 

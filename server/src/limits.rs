@@ -24,8 +24,10 @@ pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 600_000;
 /// beyond them, a connection is closed without an answer.
 pub const REFUSED_CONNECTIONS_MAX: usize = 64;
 /// Connections closed to make room for newer ones that may still hold their descriptor
-/// (their task has not ended) at once; past it, new connections are refused.
+/// (their task has not ended) at once: for the newcomers of one peer and process, and
+/// in all; past them, new connections are refused.
 pub const CLOSING_CONNECTIONS_MAX: usize = 64;
+pub const CLOSING_CONNECTIONS_TOTAL_MAX: usize = 1024;
 /// How long a refused connection stays open for its client to read why.
 pub const REFUSED_GRACE_MS: u64 = 1_000;
 /// Bytes of one incoming Cap'n Proto message (`--message-bytes-max`).

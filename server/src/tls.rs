@@ -57,7 +57,7 @@ pub(crate) fn handshake(
     peer: Peer,
     serve: impl FnOnce(ReadHalf<TlsStream<TcpStream>>, WriteHalf<TlsStream<TcpStream>>) + 'static,
 ) {
-    let counted = match connections.admit(config, peer) {
+    let counted = match connections.admit(config, peer, None) {
         Ok(counted) => counted,
         Err(reason) => {
             connections.log_refusal(&peer, &reason);

@@ -370,3 +370,67 @@ fn a_flood_of_connections_holds_a_bounded_number_of_descriptors() {
             .expect("served after the flood");
     });
 }
+
+/// A process of the same user flooding the Unix socket with connections it never logs
+/// in on (holding the newest few hundred open) closes its own oldest to make room, not
+/// those of the user's other processes: an agent logs in every time.
+#[test]
+fn a_flooding_process_closes_its_own_connections_not_its_neighbours() {
+    let node = TestNode::start_with(&["--connections-per-address-max", "64"]);
+    let path = match node.unix() {
+        engram_client::Endpoint::Unix(path) => path,
+        _ => unreachable!("unix() is a Unix endpoint"),
+    };
+    // Another process of this user: connects as fast as it can, keeps the newest 200.
+    let program = "import collections, socket, sys\n\
+                   held = collections.deque(maxlen=200)\n\
+                   opened = 0\n\
+                   while True:\n\
+                   \x20   s = socket.socket(socket.AF_UNIX)\n\
+                   \x20   try:\n\
+                   \x20       s.connect(sys.argv[1]); held.append(s); opened += 1\n\
+                   \x20   except OSError:\n\
+                   \x20       s.close()\n\
+                   \x20   if opened == 1000:\n\
+                   \x20       print('flooding', flush=True)\n";
+    let mut flood = std::process::Command::new("python3")
+        .args(["-c", program])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 for the flooding process");
+    // Once it has opened a thousand, the flood is under way.
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flood.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "flooding\n");
+    // A connect the kernel refuses (the socket's backlog full of the flood's) is not
+    // the node's to answer; every connection the node took must log in.
+    let (connected, logged_in) = run_local(async {
+        let (mut connected, mut logged_in) = (0, 0);
+        for _ in 0..5_000 {
+            if connected == 10 {
+                break;
+            }
+            let Ok(connection) = connect(&node.unix()).await else {
+                continue;
+            };
+            connected += 1;
+            match connection.login(&node.admin_key()).await {
+                Ok(_) => logged_in += 1,
+                Err(error) => eprintln!("login failed: {error}"),
+            }
+        }
+        (connected, logged_in)
+    });
+    flood.kill().unwrap();
+    flood.wait().unwrap();
+    assert_eq!(connected, 10, "connects did not get through the backlog");
+    assert_eq!(
+        logged_in, connected,
+        "{logged_in} of {connected} connections logged in beside a flooding process"
+    );
+}
