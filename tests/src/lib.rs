@@ -5,6 +5,7 @@
 //! executables (`target/<profile>/`); `ENGRAMD_BIN` and `ENGRAM_BIN` override them.
 
 pub mod fleet;
+pub mod handoff;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};

@@ -1,11 +1,13 @@
 //! Property: whatever chain of derivations a holder makes from its grants — `attenuate`
 //! online, `save` and `restore` (with or without `withoutSave`), a token narrowed
-//! offline with any biscuit block, a block that restates an authority fact — with
-//! hostile strings in every string it controls (quotes, braces, datalog, control
-//! characters, NUL, strings too long), what the resulting capability can do on a real
-//! node is exactly what a model of authority says, never more: the atoms it reads, the
-//! atoms it may write (as its own principal), whether it may save, which derivations are
-//! refused and with which code.
+//! offline with any biscuit block, a block that restates an authority fact, a handoff
+//! to a child on the node's Unix socket (as `engram spawn` makes) — with hostile strings
+//! in every string it controls (quotes, braces, datalog, control characters, NUL,
+//! strings too long), what the resulting capability can do on a real node is exactly
+//! what a model of authority says, never more: the atoms it reads, the atoms it may
+//! write (as its own principal), the atoms whose lifecycle it may move (a retraction of
+//! its own atom), whether it may save, which derivations are refused and with which
+//! code.
 //!
 //! The model is written here from the schema (`Restriction`, `tokenFormat`), not from
 //! the node's code. A seeded few hundred chains run in CI; the documented long run:
@@ -14,6 +16,8 @@
 //! `harm_rates`'s): a rate is a bound in time, not a set of allowed acts.
 
 use std::cell::RefCell;
+
+use capnp::capability::FromClientHook;
 use std::collections::BTreeSet;
 
 use engram_client::engram_schema::engram_capnp::AtomKind;
@@ -207,9 +211,14 @@ enum Forged {
 #[derive(Clone, Debug)]
 enum Step {
     Attenuate(Narrow),
-    SaveRestore { without_save: bool },
+    SaveRestore {
+        without_save: bool,
+    },
     Offline(Narrow),
     Forge(Forged),
+    /// Saved, and handed to a child on the node's Unix socket; the child's capability
+    /// goes on.
+    Handoff,
 }
 
 fn string() -> impl Strategy<Value = String> {
@@ -265,17 +274,34 @@ fn step() -> impl Strategy<Value = Step> {
             Just(Forged::Lineage),
         ]
         .prop_map(Step::Forge),
+        1 => Just(Step::Handoff),
     ]
 }
 
-/// The atom a writer tries to write at the end of a chain.
-fn attempt() -> impl Strategy<Value = (Vec<String>, AtomKind, f32)> {
+/// What a writer tries at the end of a chain: an atom to write, and which of its own
+/// atoms (an index into `World::own`) to retract.
+#[derive(Clone, Debug)]
+struct Attempt {
+    labels: Vec<String>,
+    kind: AtomKind,
+    importance: f32,
+    retract: usize,
+}
+
+fn attempt() -> impl Strategy<Value = Attempt> {
     (
         proptest::sample::subsequence(&LABELS[..], 0..3)
             .prop_map(|labels| labels.into_iter().map(str::to_owned).collect()),
         proptest::sample::select(&KINDS[..]),
         proptest::sample::select(&IMPORTANCES[..]),
+        any::<usize>(),
     )
+        .prop_map(|(labels, kind, importance, retract)| Attempt {
+            labels,
+            kind,
+            importance,
+            retract,
+        })
 }
 
 /// Whether `result` failed with `code`.
@@ -289,6 +315,8 @@ struct World {
     node: TestNode,
     agent: ed25519_dalek::SigningKey,
     atoms: Vec<(&'static str, Known)>,
+    /// The agent's own atoms in `team/w`, for the writers' retractions.
+    own: Vec<Known>,
 }
 
 fn set_up() -> World {
@@ -302,7 +330,7 @@ fn set_up() -> World {
         "--pre-auth-connections-max",
         "100000",
     ]);
-    let (agent, atoms) = run_local(async {
+    let (agent, atoms, own) = run_local(async {
         let admin = admin_with_world(&node, "team/a").await;
         for world in ["team/b", "team/w", "team/secret"] {
             engram_client::create_world(&admin.admin().unwrap(), world)
@@ -325,40 +353,52 @@ fn set_up() -> World {
         .await
         .unwrap();
         // Every label (alone, and the first two together) in every kind, at two
-        // importances, in each readable world and in the one the agent may not read.
+        // importances, in each readable world and in the one the agent may not read;
+        // and the same written by the agent in the world it writes.
+        let agent = engram_tests::session(&node.tcp(), &key).await;
         let mut atoms = Vec::new();
-        for world in ["team/a", "team/b", "team/secret"] {
+        let mut own = Vec::new();
+        for world in ["team/a", "team/b", "team/secret", "team/w"] {
             let mut label_sets: Vec<Vec<String>> =
                 LABELS.iter().map(|label| vec![label.to_string()]).collect();
             label_sets.push(vec![LABELS[2].to_owned(), LABELS[3].to_owned()]);
+            let writer = if world == "team/w" {
+                agent.writer(world).unwrap()
+            } else {
+                admin.writer(world).unwrap()
+            };
             for labels in label_sets {
                 for kind in KINDS {
                     for importance in [0.25f32, 0.75] {
                         let mut atom = NewAtom::new(kind, format!("{world} {labels:?}"))
                             .importance(importance);
                         atom.labels = labels.clone();
-                        let receipt = engram_client::remember(
-                            &admin.writer(world).unwrap(),
-                            std::slice::from_ref(&atom),
-                        )
-                        .await
-                        .unwrap();
-                        atoms.push((
-                            world,
-                            Known {
-                                id: receipt[0].id,
-                                labels: labels.clone(),
-                                kind,
-                                importance,
-                            },
-                        ));
+                        let receipt = engram_client::remember(&writer, std::slice::from_ref(&atom))
+                            .await
+                            .unwrap();
+                        let known = Known {
+                            id: receipt[0].id,
+                            labels: labels.clone(),
+                            kind,
+                            importance,
+                        };
+                        if world == "team/w" {
+                            own.push(known);
+                        } else {
+                            atoms.push((world, known));
+                        }
                     }
                 }
             }
         }
-        (key, atoms)
+        (key, atoms, own)
     });
-    World { node, agent, atoms }
+    World {
+        node,
+        agent,
+        atoms,
+        own,
+    }
 }
 
 /// A token of `held` with one more block holding `fact`.
@@ -430,7 +470,7 @@ async fn run_chain(
     world: &World,
     start: usize,
     steps: &[Step],
-    (labels, kind, importance): &(Vec<String>, AtomKind, f32),
+    attempt: &Attempt,
 ) -> Result<&'static str, String> {
     let session = engram_tests::session(&world.node.tcp(), &world.agent).await;
     let admin_key = *world.node.admin_key().verifying_key().as_bytes();
@@ -448,6 +488,8 @@ async fn run_chain(
         save: true,
         dead: false,
     };
+    // Children handed off along the chain: each lives while its handoff is held.
+    let mut children = Vec::new();
     for (index, step) in steps.iter().enumerate() {
         let at = |what: String| format!("step {index} {step:?}: {what}; model {model:?}");
         match step {
@@ -501,6 +543,20 @@ async fn run_chain(
                     )));
                 }
             }
+            Step::Handoff => {
+                let Some(saved) = save(&held, &model).await.map_err(at)? else {
+                    continue;
+                };
+                let child = engram_tests::handoff::child(&world.node, &saved).map_err(at)?;
+                held = match held {
+                    Held::Reader(_) => Held::Reader(child.capability.clone().cast_to()),
+                    Held::Writer(_) => Held::Writer(child.capability.clone().cast_to()),
+                    _ => unreachable!("the model covers readers and writers"),
+                };
+                children.push(child);
+                // The node narrows what it serves a child `withoutSave`.
+                model.save = false;
+            }
         }
     }
 
@@ -552,15 +608,16 @@ async fn run_chain(
             })
         }
         Held::Writer(writer) => {
+            let retracted = retract(world, writer, &model, attempt).await?;
             let atom = Known {
                 id: [0; 32],
-                labels: labels.clone(),
-                kind: *kind,
-                importance: *importance,
+                labels: attempt.labels.clone(),
+                kind: attempt.kind,
+                importance: attempt.importance,
             };
-            let mut new =
-                NewAtom::new(*kind, "written at the end of a chain").importance(*importance);
-            new.labels = labels.clone();
+            let mut new = NewAtom::new(attempt.kind, "written at the end of a chain")
+                .importance(attempt.importance);
+            new.labels = attempt.labels.clone();
             let written = engram_client::remember(writer, &[new]).await;
             let allowed = !model.dead && model.may_write(&atom);
             match written {
@@ -577,7 +634,11 @@ async fn run_chain(
                     if stored.writer != *world.agent.verifying_key().as_bytes() {
                         return Err("an atom was written as another principal".into());
                     }
-                    Ok("wrote")
+                    Ok(if retracted {
+                        "wrote, retracted"
+                    } else {
+                        "wrote, was refused a retraction"
+                    })
                 }
                 Err(error) => {
                     if allowed || error.code() != Some(ErrorCode::PermissionDenied) {
@@ -585,11 +646,62 @@ async fn run_chain(
                             "write of {atom:?} answered {error}; model {model:?}"
                         ));
                     }
-                    Ok("was refused a write")
+                    Ok(if retracted {
+                        "was refused a write, retracted"
+                    } else {
+                        "was refused a write and a retraction"
+                    })
                 }
             }
         }
         _ => unreachable!(),
+    }
+}
+
+/// Retracts, through `writer`, the agent's own atom `attempt.retract` names: whether the
+/// model let it (the node answered it or said it was retracted already), or how the
+/// node disagreed with the model. The transition atom is checked like any atom of the
+/// writer's: a writer restricted to kinds cannot write one (their kinds never include
+/// `transition`); a label-restricted writer may move only atoms whose every label it
+/// may write; a target the writer cannot see is `notFound`.
+async fn retract(
+    world: &World,
+    writer: &engram_client::engram_schema::engram_capnp::world_writer::Client,
+    model: &Model,
+    attempt: &Attempt,
+) -> Result<bool, String> {
+    let target = &world.own[attempt.retract % world.own.len()];
+    let answered = engram_client::transition(
+        writer,
+        &target.id,
+        engram_client::engram_schema::engram_capnp::TransitionKind::Retract,
+        "",
+    )
+    .await;
+    let expected = if model.dead {
+        Err(ErrorCode::PermissionDenied)
+    } else if !model.shows(target) {
+        Err(ErrorCode::NotFound)
+    } else if model.kinds.is_some()
+        || model
+            .labels
+            .as_ref()
+            .is_some_and(|labels| target.labels.iter().any(|label| !labels.contains(label)))
+    {
+        Err(ErrorCode::PermissionDenied)
+    } else {
+        Ok(())
+    };
+    match (&expected, &answered) {
+        (Ok(()), Ok(_)) => Ok(true),
+        // Retracted by an earlier chain.
+        (Ok(()), Err(error)) if error.code() == Some(ErrorCode::Conflict) => Ok(true),
+        (Err(code), Err(error)) if error.code() == Some(*code) => Ok(false),
+        _ => Err(format!(
+            "retraction of {target:?} answered {:?}, the model says {expected:?}; model \
+             {model:?}",
+            answered.as_ref().map(|_| ()).map_err(ToString::to_string)
+        )),
     }
 }
 

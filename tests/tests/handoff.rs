@@ -4,75 +4,14 @@
 //! socket serving Cap'n Proto clients as before; a genuine one is served by the node
 //! until its handoff connection closes.
 
-use std::io::{IoSlice, Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 
-use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
-use engram_client::Endpoint;
+use capnp::capability::FromClientHook;
 use engram_client::engram_schema::engram_capnp::{HANDOFF_MAGIC, world_reader};
 use engram_client::spawn::Held;
-use engram_tests::{TestNode, admin_with_facts, admin_with_world, run_local, session};
-use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
-
-fn socket_path(node: &TestNode) -> PathBuf {
-    match node.unix() {
-        Endpoint::Unix(path) => path,
-        _ => unreachable!("unix() is a Unix endpoint"),
-    }
-}
-
-/// Sends a handoff: the magic carrying `descriptors`, then `length` and `token`.
-fn send_handoff(node: &TestNode, descriptors: &[RawFd], length: u32, token: &[u8]) -> UnixStream {
-    let mut stream = UnixStream::connect(socket_path(node)).unwrap();
-    let rights = [ControlMessage::ScmRights(descriptors)];
-    let rights: &[ControlMessage] = if descriptors.is_empty() { &[] } else { &rights };
-    let sent = sendmsg::<()>(
-        stream.as_raw_fd(),
-        &[IoSlice::new(HANDOFF_MAGIC)],
-        rights,
-        MsgFlags::empty(),
-        None,
-    )
-    .unwrap();
-    assert_eq!(sent, HANDOFF_MAGIC.len());
-    // The node may refuse at the magic (no descriptor, or not a socket) and be gone
-    // before the rest; a peer that announced more than it sends may find it gone too.
-    // Either way its answer is read below.
-    let _ = stream.write_all(&length.to_le_bytes());
-    let _ = stream.write_all(token);
-    stream
-}
-
-/// The node's answer to a handoff: `Ok(())` if served, else its refusal's text. Reads
-/// to the end for a refusal, so the node has closed its side when it returns.
-fn answer(stream: &mut UnixStream) -> Result<(), String> {
-    let mut first = [0u8; 1];
-    stream.read_exact(&mut first).unwrap();
-    if first[0] == 0 {
-        return Ok(());
-    }
-    let mut length = [0u8; 4];
-    stream.read_exact(&mut length).unwrap();
-    let mut text = vec![0u8; u32::from_le_bytes(length) as usize];
-    stream.read_exact(&mut text).unwrap();
-    assert_eq!(read_to_close(stream), 0, "bytes after a refusal");
-    Err(String::from_utf8(text).unwrap())
-}
-
-/// Reads until the node closes the connection; how many bytes came. (A node that closes
-/// before reading all a peer sent resets the connection: that is a close too.)
-fn read_to_close(stream: &mut UnixStream) -> usize {
-    let mut rest = Vec::new();
-    match stream.read_to_end(&mut rest) {
-        Ok(_) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
-        Err(error) => panic!("reading to the close: {error}"),
-    }
-    rest.len()
-}
+use engram_tests::{TestNode, admin_with_facts, admin_with_world, handoff, run_local, session};
 
 /// A hostile handoff: its name, the descriptors it carries, the token length it
 /// announces, the token bytes it sends, and what the refusal must say.
@@ -158,11 +97,11 @@ fn hostile_handoffs_are_refused_with_their_reason_and_keep_no_descriptor() {
             ),
         ];
         for Case(case, descriptors, length, token, reason) in cases {
-            let mut stream = send_handoff(&node, &descriptors, length, &token);
+            let mut stream = handoff::send(&node, &descriptors, length, &token);
             if case == "a truncated token" {
                 stream.shutdown(std::net::Shutdown::Write).unwrap();
             }
-            let refused = tokio::task::spawn_blocking(move || answer(&mut stream))
+            let refused = tokio::task::spawn_blocking(move || handoff::answer(&mut stream))
                 .await
                 .unwrap();
             match refused {
@@ -194,23 +133,8 @@ async fn handed_off_reader(
     let token = engram_client::token::save(&Held::Reader(admin.reader("team/auth").unwrap()))
         .await
         .unwrap();
-    let (node_end, child_end) = UnixStream::pair().unwrap();
-    let mut hold = send_handoff(node, &[node_end.as_raw_fd()], token.len() as u32, &token);
-    drop(node_end);
-    assert_eq!(answer(&mut hold), Ok(()));
-    child_end.set_nonblocking(true).unwrap();
-    let (reader, writer) = tokio::net::UnixStream::from_std(child_end)
-        .unwrap()
-        .into_split();
-    let network = twoparty::VatNetwork::new(
-        reader.compat(),
-        writer.compat_write(),
-        rpc_twoparty_capnp::Side::Client,
-        Default::default(),
-    );
-    let mut system = RpcSystem::new(Box::new(network), None);
-    let reader: world_reader::Client = system.bootstrap(rpc_twoparty_capnp::Side::Server);
-    (hold, reader, tokio::task::spawn_local(system))
+    let child = handoff::child(node, &token).unwrap();
+    (child.hold, child.capability.cast_to(), child.connection)
 }
 
 /// A handed-off child lives as long as its parent holds the handoff, however long it
@@ -257,11 +181,11 @@ fn a_handed_off_connection_serves_one_capability_while_its_handoff_is_held() {
 #[test]
 fn a_handoff_that_stops_halfway_costs_the_node_nothing_while_it_waits() {
     let node = TestNode::start_with(&["--handshake-timeout-ms", "1000"]);
-    let mut partial = UnixStream::connect(socket_path(&node)).unwrap();
+    let mut partial = UnixStream::connect(handoff::socket_path(&node)).unwrap();
     let cpu_before = cpu_ticks(node.pid());
     partial.write_all(&HANDOFF_MAGIC[..4]).unwrap();
     // The node closes it at the handshake timeout, having waited without spinning.
-    assert_eq!(read_to_close(&mut partial), 0);
+    assert_eq!(handoff::read_to_close(&mut partial), 0);
     let spent = cpu_ticks(node.pid()) - cpu_before;
     // A spin would take the whole second (100 ticks); waiting takes next to none.
     assert!(
