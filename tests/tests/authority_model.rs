@@ -279,13 +279,15 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 /// What a writer tries at the end of a chain: an atom to write, and which of its own
-/// atoms (an index into `World::own`) to retract.
+/// atoms (an index into `World::own`) to retract; and whether the capability is used
+/// directly or through an MCP bridge holding its token.
 #[derive(Clone, Debug)]
 struct Attempt {
     labels: Vec<String>,
     kind: AtomKind,
     importance: f32,
     retract: usize,
+    bridge: bool,
 }
 
 fn attempt() -> impl Strategy<Value = Attempt> {
@@ -295,12 +297,14 @@ fn attempt() -> impl Strategy<Value = Attempt> {
         proptest::sample::select(&KINDS[..]),
         proptest::sample::select(&IMPORTANCES[..]),
         any::<usize>(),
+        proptest::bool::weighted(0.1),
     )
-        .prop_map(|(labels, kind, importance, retract)| Attempt {
+        .prop_map(|(labels, kind, importance, retract, bridge)| Attempt {
             labels,
             kind,
             importance,
             retract,
+            bridge,
         })
 }
 
@@ -565,6 +569,18 @@ async fn run_chain(
     if (model.save && !model.dead) != saved.is_ok() {
         return Err(format!("save answered {:?}; model {model:?}", saved.err()));
     }
+    if attempt.bridge
+        && let Ok(saved) = &saved
+    {
+        return through_bridge(
+            world,
+            saved,
+            matches!(held, Held::Reader(_)),
+            &model,
+            attempt,
+        )
+        .await;
+    }
     match &held {
         Held::Reader(reader) => {
             let seen = engram_client::ask(
@@ -587,25 +603,7 @@ async fn run_chain(
                 .iter()
                 .map(|atom| atom.id)
                 .collect();
-            let expected: BTreeSet<[u8; 32]> = world
-                .atoms
-                .iter()
-                .filter(|(atom_world, atom)| *atom_world == model.world && model.shows(atom))
-                .map(|(_, atom)| atom.id)
-                .collect();
-            if seen != expected {
-                return Err(format!(
-                    "read {} atoms, the model allows {} (extra: {}); model {model:?}",
-                    seen.len(),
-                    expected.len(),
-                    seen.difference(&expected).count()
-                ));
-            }
-            Ok(if seen.is_empty() {
-                "read nothing"
-            } else {
-                "read some atoms"
-            })
+            reads_within(world, &model, &seen)
         }
         Held::Writer(writer) => {
             let retracted = retract(world, writer, &model, attempt).await?;
@@ -625,15 +623,7 @@ async fn run_chain(
                     if !allowed {
                         return Err(format!("wrote {atom:?} outside model {model:?}"));
                     }
-                    let admin =
-                        engram_tests::session(&world.node.tcp(), &world.node.admin_key()).await;
-                    let stored =
-                        engram_client::get(&admin.reader("team/w").unwrap(), &receipts[0].id)
-                            .await
-                            .map_err(|error| error.to_string())?;
-                    if stored.writer != *world.agent.verifying_key().as_bytes() {
-                        return Err("an atom was written as another principal".into());
-                    }
+                    written_as_the_agent(world, &receipts[0].id).await?;
                     Ok(if retracted {
                         "wrote, retracted"
                     } else {
@@ -655,6 +645,158 @@ async fn run_chain(
             }
         }
         _ => unreachable!(),
+    }
+}
+
+/// Whether `seen` is exactly what the model lets a reader read.
+fn reads_within(
+    world: &World,
+    model: &Model,
+    seen: &BTreeSet<[u8; 32]>,
+) -> Result<&'static str, String> {
+    let expected: BTreeSet<[u8; 32]> = world
+        .atoms
+        .iter()
+        .filter(|(atom_world, atom)| *atom_world == model.world && model.shows(atom))
+        .map(|(_, atom)| atom.id)
+        .collect();
+    if *seen != expected {
+        return Err(format!(
+            "read {} atoms, the model allows {} (extra: {}); model {model:?}",
+            seen.len(),
+            expected.len(),
+            seen.difference(&expected).count()
+        ));
+    }
+    Ok(if seen.is_empty() {
+        "read nothing"
+    } else {
+        "read some atoms"
+    })
+}
+
+/// That the atom `id` of `team/w` was written as the agent.
+async fn written_as_the_agent(world: &World, id: &[u8; 32]) -> Result<(), String> {
+    let admin = engram_tests::session(&world.node.tcp(), &world.node.admin_key()).await;
+    let stored = engram_client::get(&admin.reader("team/w").unwrap(), id)
+        .await
+        .map_err(|error| error.to_string())?;
+    if stored.writer != *world.agent.verifying_key().as_bytes() {
+        return Err("an atom was written as another principal".into());
+    }
+    Ok(())
+}
+
+/// The end of a chain through an MCP bridge (`engram mcp` over stdio, as a host runs
+/// it) holding `token`: a reader's `replay` tool reads what the model shows, a writer's
+/// `remember` tool writes what the model allows, as the agent, and is refused the rest
+/// with `permissionDenied`.
+async fn through_bridge(
+    world: &World,
+    token: &[u8],
+    reader: bool,
+    model: &Model,
+    attempt: &Attempt,
+) -> Result<&'static str, String> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+
+    let directory = tempfile::tempdir().unwrap();
+    let token_path = directory.path().join("token");
+    token::write_file(&token_path, token).unwrap();
+    let mut bridge = std::process::Command::new(engram_tests::binary("engram"))
+        .arg("--node")
+        .arg(world.node.tcp().to_string())
+        .arg("--token")
+        .arg(&token_path)
+        .arg("mcp")
+        .env_remove("ENGRAM_NODE")
+        .env_remove("ENGRAM_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = bridge.stdin.take().unwrap();
+    let mut output = BufReader::new(bridge.stdout.take().unwrap());
+    let (tool, arguments) = if reader {
+        ("replay", serde_json::json!({"limit": 100}))
+    } else {
+        (
+            "remember",
+            serde_json::json!({
+                "text": "written through a bridge",
+                "kind": kind_name(attempt.kind),
+                "labels": attempt.labels,
+                "importance": attempt.importance,
+            }),
+        )
+    };
+    for message in [
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "authority-model", "version": "1"}}}),
+        serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments}}),
+    ] {
+        writeln!(input, "{message}").unwrap();
+    }
+    let mut answer = serde_json::Value::Null;
+    for line in (&mut output).lines() {
+        let message: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if message["id"] == 2 {
+            answer = message;
+            break;
+        }
+    }
+    drop(input);
+    bridge.wait().unwrap();
+    let result = &answer["result"];
+    let text = result["content"][0]["text"].as_str().unwrap_or_default();
+    let failed = result["isError"].as_bool().unwrap_or(false);
+    if reader {
+        if failed {
+            return Err(format!(
+                "the bridge's replay failed: {answer}; model {model:?}"
+            ));
+        }
+        let atoms: serde_json::Value = serde_json::from_str(text).unwrap();
+        let seen: BTreeSet<[u8; 32]> = atoms["atoms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|atom| {
+                hex::decode(atom["id"].as_str().unwrap())
+                    .unwrap()
+                    .try_into()
+                    .unwrap()
+            })
+            .collect();
+        return reads_within(world, model, &seen).map(|_| "read through a bridge");
+    }
+    let atom = Known {
+        id: [0; 32],
+        labels: attempt.labels.clone(),
+        kind: attempt.kind,
+        importance: attempt.importance,
+    };
+    match (model.may_write(&atom), failed) {
+        (true, false) => {
+            let receipts: serde_json::Value = serde_json::from_str(text).unwrap();
+            let id: [u8; 32] = hex::decode(receipts[0]["id"].as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap();
+            written_as_the_agent(world, &id).await?;
+            Ok("wrote through a bridge")
+        }
+        (false, true) if text.starts_with("permissionDenied: ") => {
+            Ok("was refused a write through a bridge")
+        }
+        _ => Err(format!(
+            "the bridge's remember of {atom:?} answered {answer}; model {model:?}"
+        )),
     }
 }
 
