@@ -219,7 +219,11 @@ pub(crate) fn open(
     let mut domains: Option<BTreeSet<String>> = None;
     // The rates set by the blocks after the node's, in order: each a lineage node.
     let mut later_rates = Vec::new();
-    for (index, facts) in typed_blocks(&token)?.into_iter().enumerate() {
+    for (index, facts) in engram_schema::token::typed_blocks(bytes)
+        .map_err(refused)?
+        .into_iter()
+        .enumerate()
+    {
         for fact in &facts {
             let name = fact.predicate.name.as_str();
             let terms = fact.predicate.terms.as_slice();
@@ -265,58 +269,6 @@ pub(crate) fn open(
         claims.lineage = claims.lineage.narrowed(rate);
     }
     Ok(claims)
-}
-
-/// The facts of each block, as typed terms, read from the signed protobuf blocks: never
-/// printed as datalog and parsed again, where a string term would end at its first
-/// quote. A block with a rule, a check, a scope or a third party's signature is refused.
-fn typed_blocks(token: &Biscuit) -> Result<Vec<Vec<builder::Fact>>, CapabilityError> {
-    use biscuit_auth::builder::Convert;
-    use biscuit_auth::datalog::SymbolTable;
-    use biscuit_auth::format::{convert, schema};
-    use prost::Message;
-
-    let container = token.container().to_proto();
-    // Symbols are numbered across blocks: the defaults, then each block's own in order.
-    let mut symbols = SymbolTable::new();
-    let signed = std::iter::once(&container.authority).chain(&container.blocks);
-    let mut blocks = Vec::with_capacity(token.block_count());
-    for (index, signed) in signed.enumerate() {
-        let unreadable = |error: &dyn std::fmt::Display| {
-            refused(format!("block {index} cannot be read: {error}"))
-        };
-        if signed.external_signature.is_some() {
-            return Err(refused(format!(
-                "block {index} is signed by a third party; engram tokens take none"
-            )));
-        }
-        let block = schema::Block::decode(signed.block.as_slice()).map_err(|e| unreadable(&e))?;
-        let shape = if !block.rules.is_empty() {
-            Some("a rule")
-        } else if !block.checks.is_empty() {
-            Some("a check (an expiry is the fact expires(...))")
-        } else if !block.scope.is_empty() || !block.public_keys.is_empty() {
-            Some("a scope")
-        } else {
-            None
-        };
-        if let Some(shape) = shape {
-            return Err(refused(format!(
-                "block {index} holds {shape}; a block may hold only narrowing facts"
-            )));
-        }
-        let own = SymbolTable::from(block.symbols.clone()).map_err(|e| unreadable(&e))?;
-        symbols.extend(&own).map_err(|e| unreadable(&e))?;
-        let facts = convert::proto_block_to_token_block(&block, None)
-            .map_err(|e| unreadable(&e))?
-            .facts
-            .iter()
-            .map(|fact| builder::Fact::convert_from(fact, &symbols))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| unreadable(&e))?;
-        blocks.push(facts);
-    }
-    Ok(blocks)
 }
 
 /// What the authority block names.

@@ -567,8 +567,8 @@ enum TokenCommand {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
-    /// Print each block of a token file as datalog: what the node granted, then each
-    /// narrowing.
+    /// Print each block of a token file as its facts, one a line: what the node
+    /// granted, then each narrowing (strings quoted and escaped, as typed terms).
     Show { file: PathBuf },
     /// Revoke a token file: it, every token narrowed from it, and every capability
     /// restored from them stop working. Your own tokens, or any as an admin.

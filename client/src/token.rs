@@ -104,13 +104,22 @@ pub fn attenuate(token: &[u8], narrowing: &Narrowing) -> Result<Vec<u8>, ClientE
         .map_err(not_a_token)
 }
 
-/// Each block of a token as datalog, the node's first: what it grants and how each
-/// attenuation narrowed it. The signatures are the node's to check.
+/// Each block of a token, the node's first, as its facts (one line each): what it
+/// grants and how each attenuation narrowed it. Read as typed terms, so a string a
+/// holder chose shows escaped inside its quotes and never as facts of its own. The
+/// signatures are the node's to check.
 pub fn describe(token: &[u8]) -> Result<Vec<String>, ClientError> {
-    let token = parse(token)?;
-    (0..token.block_count())
-        .map(|index| token.print_block_source(index).map_err(not_a_token))
-        .collect()
+    let blocks = engram_schema::token::typed_blocks(token)
+        .map_err(|reason| ClientError::InvalidInput(format!("not an engram token: {reason}")))?;
+    Ok(blocks
+        .iter()
+        .map(|facts| {
+            facts
+                .iter()
+                .map(|fact| engram_schema::token::fact_text(fact) + ";\n")
+                .collect()
+        })
+        .collect())
 }
 
 /// Reads a token file (base64url text).

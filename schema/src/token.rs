@@ -119,6 +119,109 @@ impl Narrowing {
     }
 }
 
+/// The facts of each block of a token (its serialized bytes), as typed terms read from
+/// its protobuf blocks: never printed as datalog and parsed again, where a string term
+/// would end at its first quote. A block with a rule, a check, a scope or a third
+/// party's signature is refused, with the reason. Checks no signature: the node reads
+/// a token only after verifying it.
+pub fn typed_blocks(token: &[u8]) -> Result<Vec<Vec<Fact>>, String> {
+    use biscuit_auth::builder::Convert;
+    use biscuit_auth::datalog::SymbolTable;
+    use biscuit_auth::format::{convert, schema};
+    use prost::Message;
+
+    let container =
+        schema::Biscuit::decode(token).map_err(|error| format!("it is no token: {error}"))?;
+    // Symbols are numbered across blocks: the defaults, then each block's own in order.
+    let mut symbols = SymbolTable::new();
+    let signed = std::iter::once(&container.authority).chain(&container.blocks);
+    let mut blocks = Vec::with_capacity(container.blocks.len() + 1);
+    for (index, signed) in signed.enumerate() {
+        let unreadable =
+            |error: &dyn std::fmt::Display| format!("block {index} cannot be read: {error}");
+        if signed.external_signature.is_some() {
+            return Err(format!(
+                "block {index} is signed by a third party; engram tokens take none"
+            ));
+        }
+        let block = schema::Block::decode(signed.block.as_slice()).map_err(|e| unreadable(&e))?;
+        let shape = if !block.rules.is_empty() {
+            Some("a rule")
+        } else if !block.checks.is_empty() {
+            Some("a check (an expiry is the fact expires(...))")
+        } else if !block.scope.is_empty() || !block.public_keys.is_empty() {
+            Some("a scope")
+        } else {
+            None
+        };
+        if let Some(shape) = shape {
+            return Err(format!(
+                "block {index} holds {shape}; a block may hold only narrowing facts"
+            ));
+        }
+        let own = SymbolTable::from(block.symbols.clone()).map_err(|e| unreadable(&e))?;
+        symbols.extend(&own).map_err(|e| unreadable(&e))?;
+        let facts = convert::proto_block_to_token_block(&block, None)
+            .map_err(|e| unreadable(&e))?
+            .facts
+            .iter()
+            .map(|fact| Fact::convert_from(fact, &symbols))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| unreadable(&e))?;
+        blocks.push(facts);
+    }
+    Ok(blocks)
+}
+
+/// A fact as one line of text for people: `name(term, ...)`, strings quoted and escaped
+/// as Rust escapes them (so a quote inside a label shows as `\"`, never as the end of
+/// the term), bytes as `hex:...`, sets in braces.
+pub fn fact_text(fact: &Fact) -> String {
+    fn push_term(term: &Term, out: &mut String) {
+        use std::fmt::Write;
+        match term {
+            Term::Str(value) => {
+                let _ = write!(out, "{value:?}");
+            }
+            Term::Bytes(bytes) => {
+                out.push_str("hex:");
+                for byte in bytes {
+                    let _ = write!(out, "{byte:02x}");
+                }
+            }
+            Term::Set(values) => {
+                out.push('{');
+                for (index, value) in values.iter().enumerate() {
+                    if index > 0 {
+                        out.push_str(", ");
+                    }
+                    push_term(value, out);
+                }
+                out.push('}');
+            }
+            Term::Integer(_) | Term::Bool(_) | Term::Date(_) => {
+                // Numbers, booleans and dates (RFC 3339) print no holder's text.
+                let _ = write!(out, "{term}");
+            }
+            other => {
+                // Terms an engram token never holds; shown escaped all the same.
+                let _ = write!(out, "{:?}", other.to_string());
+            }
+        }
+    }
+    let mut out = String::with_capacity(64);
+    out.push_str(&fact.predicate.name);
+    out.push('(');
+    for (index, value) in fact.predicate.terms.iter().enumerate() {
+        if index > 0 {
+            out.push_str(", ");
+        }
+        push_term(value, &mut out);
+    }
+    out.push(')');
+    out
+}
+
 /// The strings of a set, or `None` if it holds anything else.
 fn strings(set: &BTreeSet<Term>) -> Option<BTreeSet<String>> {
     set.iter()

@@ -494,6 +494,31 @@ fn the_cli_saves_narrows_shows_uses_and_revokes_tokens() {
     );
     let shown = engram_ok(&node, &admin_key, &["token", "show", narrowed_text]);
     assert!(shown.contains("labels({\"public\"})"), "{shown}");
+    // A label a holder chose shows as one string, escaped inside its quotes: never as
+    // the end of a term and facts of its own.
+    let hostile = directory.path().join("hostile.token");
+    engram_ok(
+        &node,
+        &admin_key,
+        &[
+            "token",
+            "attenuate",
+            narrowed_text,
+            "--restrict",
+            "labels=x\");right(\"writer",
+            "--output",
+            hostile.to_str().unwrap(),
+        ],
+    );
+    let shown = engram_ok(
+        &node,
+        &admin_key,
+        &["token", "show", hostile.to_str().unwrap()],
+    );
+    assert!(
+        shown.contains(r#"labels({"x\");right(\"writer"})"#),
+        "{shown}"
+    );
     // No key at all: the token is the only credential.
     let missing_key = directory.path().join("no.key");
     let asked = engram_ok(
