@@ -715,6 +715,11 @@ interface WorldWriter {
   # `replayed` true. The same key with different atoms is `conflict`. Keys are the
   # principal's, across all its capabilities and connections; pick a new random key per
   # request (16 random bytes do) and reuse it only to retry that request.
+  #
+  # A failure says whether anything was written: "nothing was written" only when
+  # nothing was; `unavailable` with "may have been written" when the node cannot tell
+  # (in a fleet, the world's stream took the entries but its answer was lost): the atoms
+  # may appear later, and only a retry with the same key is safe.
 
   rememberBatch @1 (atoms :List(AtomContent), idempotencyKey :Data)
       -> (receipts :List(Receipt), replayed :Bool);

@@ -68,7 +68,8 @@ impl CapabilityError {
                 StoreError::PermissionDenied { .. } => ErrorCode::PermissionDenied,
                 StoreError::WriterStopped
                 | StoreError::AuditStopped
-                | StoreError::Replication { .. } => ErrorCode::Unavailable,
+                | StoreError::Replication { .. }
+                | StoreError::MayHaveBeenWritten { .. } => ErrorCode::Unavailable,
                 StoreError::BudgetSpent { .. } | StoreError::LimitReached { .. } => {
                     ErrorCode::ResourceExhausted
                 }

@@ -308,7 +308,8 @@ struct RememberArguments {
 /// How a write is retried when its answer is lost.
 #[derive(Args, Debug)]
 struct RetryOptions {
-    /// The request's idempotency key, 1 to 64 bytes of text (default: 16 random bytes).
+    /// The request's idempotency key, 1 to 64 bytes of text (default: 16 random bytes as
+    /// 32 hex digits, printed if the command fails).
     /// Run the command again with the same key within 24 hours and the node answers the
     /// first run's receipts instead of writing again.
     #[arg(long, value_name = "KEY")]
@@ -1769,7 +1770,16 @@ async fn remember(
 ) -> Result<(), Failure> {
     let key = retry.key()?;
     let acquire = || async { access(cli).await?.writer(world) };
-    let remembered = engram_client::remember_retrying(acquire, atoms, &key, retry.attempts).await?;
+    let remembered = engram_client::remember_retrying(acquire, atoms, &key, retry.attempts)
+        .await
+        .inspect_err(|_| {
+            // Whatever failed, the user can retry it without writing twice.
+            let key = String::from_utf8_lossy(key.as_bytes());
+            eprintln!(
+                "engram: the write's idempotency key: {key:?}; to retry it, run the command \
+                 again with --idempotency-key {key:?} (within 24 hours): it writes at most once"
+            );
+        })?;
     if remembered.replayed && !cli.json {
         eprintln!(
             "engram: this idempotency key's request was done before; its receipts again, nothing written"

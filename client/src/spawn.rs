@@ -132,7 +132,8 @@ impl Held {
 /// `CHILD_FD`, until the child closes its end, its connection to the node ends, or this
 /// process exits. Must run inside a `tokio::task::LocalSet`. The child's descriptors 0 to
 /// 2 are whatever `command` says; descriptor 3 is the connection, and nothing else of the
-/// parent's is open in it.
+/// parent's is open in it; nor is any `ENGRAM_` variable of this process's environment
+/// (its key, token, node) set in it, unless `command` sets it.
 ///
 /// With the node on a Unix socket (`endpoint` is `unix:PATH`), the parent hands the
 /// child's connection to the node (schema `handoffMagic`), which serves the capability on
@@ -353,6 +354,18 @@ fn start(
     child_end: std::os::unix::net::UnixStream,
 ) -> std::io::Result<Child> {
     let child_fd = child_end.as_raw_fd();
+    // No credential of the parent's reaches the child: every `ENGRAM_` variable this
+    // process inherited (its key, token, node) is taken out, unless the caller set it
+    // for the child itself.
+    let chosen: Vec<std::ffi::OsString> = command
+        .get_envs()
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    for (name, _) in std::env::vars_os() {
+        if name.as_encoded_bytes().starts_with(b"ENGRAM_") && !chosen.contains(&name) {
+            command.env_remove(&name);
+        }
+    }
     command
         .env(FD_VARIABLE, CHILD_FD.to_string())
         .env(CAPABILITY_VARIABLE, kind)

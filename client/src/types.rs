@@ -544,13 +544,14 @@ impl IdempotencyKey {
     /// The most bytes a key holds.
     pub const BYTES_MAX: usize = 64;
 
-    /// A new key of 16 random bytes.
+    /// A new key: 16 random bytes, as 32 hex digits, so that it can be shown to a user
+    /// and given back (`engram remember --idempotency-key`) to retry the request.
     pub fn random() -> Result<IdempotencyKey, ClientError> {
-        let mut bytes = vec![0u8; 16];
+        let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).map_err(|error| {
             ClientError::InvalidInput(format!("no randomness for an idempotency key: {error}"))
         })?;
-        Ok(IdempotencyKey(bytes))
+        Ok(IdempotencyKey(hex::encode(bytes).into_bytes()))
     }
 
     /// A key of the caller's choosing, e.g. a job's name, so that running the job again

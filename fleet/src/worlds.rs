@@ -91,7 +91,16 @@ struct Job {
     after: u64,
     message: Vec<u8>,
     signature: [u8; 64],
-    reply: std::sync::mpsc::SyncSender<Result<u64, String>>,
+    reply: std::sync::mpsc::SyncSender<Result<u64, Unpublished>>,
+}
+
+/// Why a message is not known to be in its stream.
+enum Unpublished {
+    /// The stream did not take it: nothing of it was written.
+    Refused(String),
+    /// It may be in the stream (sent, and no answer came): every node stores it from
+    /// there if it is.
+    Unknown(String),
 }
 
 /// The writer's way to the worlds' streams: it hands each message to a task on the RPC
@@ -121,9 +130,17 @@ impl engram_store::replica::Replicator for Publisher {
                 reply,
             })
             .map_err(|_| failed("the node is shutting down".into()))?;
+        let unknown = |reason: String| StoreError::MayHaveBeenWritten {
+            reason: format!("world {world:?}'s fleet stream: {reason}"),
+        };
         match answer.recv_timeout(self.timeout) {
-            Ok(answer) => answer.map_err(failed),
-            Err(_) => Err(failed("the stream did not answer in time".into())),
+            Ok(Ok(position)) => Ok(position),
+            Ok(Err(Unpublished::Refused(reason))) => Err(failed(reason)),
+            Ok(Err(Unpublished::Unknown(reason))) => Err(unknown(reason)),
+            Err(_) => Err(unknown(format!(
+                "the stream did not answer within {} s",
+                self.timeout.as_secs()
+            ))),
         }
     }
 
@@ -170,12 +187,12 @@ pub(crate) struct Owned {
 }
 
 impl Link {
-    async fn send_message(&self, job: &Job) -> Result<u64, String> {
+    async fn send_message(&self, job: &Job) -> Result<u64, Unpublished> {
         if !self.owns(&job.world) {
-            return Err(format!(
+            return Err(Unpublished::Refused(format!(
                 "this node no longer holds the lease of world {:?}",
                 job.world
-            ));
+            )));
         }
         // The claim that made this node the owner opened the world's stream.
         let (_, subject) = stream_of(&self.name, &job.world);
@@ -190,7 +207,7 @@ impl Link {
             .jetstream
             .publish_with_headers(subject, headers, job.message.clone().into())
             .await
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| Unpublished::Unknown(error.to_string()))?;
         match acknowledgement.await {
             Ok(ack) => Ok(ack.sequence),
             Err(error)
@@ -199,12 +216,18 @@ impl Link {
                 // Another node wrote the world, or this node has not stored all it
                 // published: it catches up from the stream before writing again.
                 self.owned.borrow_mut().remove(&job.world);
-                Err(format!(
+                Err(Unpublished::Refused(format!(
                     "world {:?}'s stream moved past what this node holds; try again",
                     job.world
-                ))
+                )))
             }
-            Err(error) => Err(error.to_string()),
+            // Sent, and no answer, or one that does not say the stream refused it.
+            Err(error) => {
+                // The stream may hold the message: this node catches up from it before
+                // writing the world again.
+                self.owned.borrow_mut().remove(&job.world);
+                Err(Unpublished::Unknown(error.to_string()))
+            }
         }
     }
 

@@ -63,6 +63,13 @@ pub enum StoreError {
     /// A world's group could not be written to its fleet stream (nothing was written).
     #[error("world {world:?} could not be written to its fleet stream: {reason}")]
     Replication { world: String, reason: String },
+    /// The group's outcome is unknown: its entries may reach the store (a fleet stream
+    /// or the journal may hold them) though it was not acknowledged.
+    #[error(
+        "the write may have been written ({reason}); retry with the same idempotency key, \
+         which writes it at most once"
+    )]
+    MayHaveBeenWritten { reason: String },
     /// The request was made under an epoch the node has left.
     #[error(
         "this capability was issued in epoch {issued}; the node is at epoch {current}: graft again"

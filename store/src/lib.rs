@@ -238,6 +238,9 @@ impl Store {
         let replicator = self.replicator.lock().expect("never poisoned").clone();
         let message_bytes_max = replicator.as_ref().map(|to| to.message_bytes_max());
         let outcome = write::prepare_group(&mut tables, requests, journal, message_bytes_max)?;
+        // Whether a fleet stream took any of the group: then every node stores it from
+        // there, whatever becomes of this transaction.
+        let mut published = false;
         // In a fleet, the worlds' streams take the group's entries before it commits.
         if let Some(replicator) = replicator
             && let Some(bytes_max) = message_bytes_max
@@ -248,10 +251,23 @@ impl Store {
             };
             let messages =
                 replica::messages(journal.entries(), &outcome.spans, world_of, bytes_max);
+            // A stream that took an earlier message of the group gives its entries to
+            // every node, whatever the group's answer.
+            let unsure = |published: bool, error: StoreError| match error {
+                StoreError::MayHaveBeenWritten { .. } => error,
+                error if published => StoreError::MayHaveBeenWritten {
+                    reason: format!("{error}, after a fleet stream took part of the group"),
+                },
+                error => error,
+            };
             for (world, message) in messages {
-                let after = tables.position(world)?;
-                let position = replicator.publish(world, after, &message)?;
-                tables.set_position(world, position)?;
+                let after = tables.position(world).map_err(|e| unsure(published, e))?;
+                let position = (replicator.publish(world, after, &message))
+                    .map_err(|e| unsure(published, e))?;
+                published = true;
+                tables
+                    .set_position(world, position)
+                    .map_err(|e| unsure(true, e))?;
             }
         }
         // Journaled unless the group changed more than atoms, or is too large for what is
@@ -263,7 +279,9 @@ impl Store {
                 Err(error) => {
                     // Nothing was committed, but what the journal holds is uncertain.
                     *failed = Some(error.to_string());
-                    return Err(error.into());
+                    return Err(StoreError::MayHaveBeenWritten {
+                        reason: format!("the journal's write failed: {error}"),
+                    });
                 }
             };
         // While the journal syncs, the entries go into the tables and redb commits.
@@ -279,7 +297,13 @@ impl Store {
                     // so that a restart applies exactly what the journal holds.
                     *failed = Some(error.to_string());
                 }
-                return Err(error);
+                return Err(if journaled || published {
+                    StoreError::MayHaveBeenWritten {
+                        reason: error.to_string(),
+                    }
+                } else {
+                    error
+                });
             }
             (Ok(()), Err(error)) => {
                 // redb holds the group, and would make it durable when it closes, though
@@ -288,7 +312,9 @@ impl Store {
                 // keep the snapshot of before the group.
                 std::mem::forget(Arc::clone(&self.database));
                 *failed = Some(error.to_string());
-                return Err(error.into());
+                return Err(StoreError::MayHaveBeenWritten {
+                    reason: format!("the journal's sync failed: {error}"),
+                });
             }
         }
         // Reads from now on must see this commit. The lock is released before the old

@@ -124,10 +124,19 @@ fn run(store: Store, mut receiver: mpsc::Receiver<(WriteRequest, Reply)>, on_com
             }
             Err(error) => {
                 tracing::error!(%error, requests = requests.len(), "group commit failed; no request of it was acknowledged");
-                let reason = error.to_string();
+                // Said as it is: a group whose entries may still reach the store is never
+                // answered "nothing was written".
+                let uncertain = matches!(error, StoreError::MayHaveBeenWritten { .. });
+                let reason = match error {
+                    StoreError::MayHaveBeenWritten { reason } => reason,
+                    other => other.to_string(),
+                };
                 for reply in replies.drain(..) {
-                    let _ = reply.send(Err(StoreError::TransactionFailed {
-                        reason: reason.clone(),
+                    let reason = reason.clone();
+                    let _ = reply.send(Err(if uncertain {
+                        StoreError::MayHaveBeenWritten { reason }
+                    } else {
+                        StoreError::TransactionFailed { reason }
                     }));
                 }
             }

@@ -312,8 +312,17 @@ def test_a_retry_with_its_idempotency_key_is_answered_and_written_once(address, 
         request.idempotencyKey = b"k" * 65
         await expect_code("invalidArgument", engram.call(request.send()))
         # A refusal is not retried: it was an answer.
-        await expect_code("conflict", engram.remember_retrying(lambda: _ready(writer), NewAtom("other atoms"), key=key))
+        refused = await expect_code(
+            "conflict", engram.remember_retrying(lambda: _ready(writer), NewAtom("other atoms"), key=key)
+        )
+        assert refused.idempotency_key == key
         assert len(await engram.ask(reader, limit=100)) == 2
+        # A failure carries the key the helper made, so the write can be retried with it.
+        failed = await expect_code(
+            "invalidArgument", engram.remember_retrying(lambda: _ready(writer), NewAtom(""))
+        )
+        assert len(failed.idempotency_key) == 32
+        assert bytes.fromhex(failed.idempotency_key.decode())
 
     run(body())
 

@@ -97,17 +97,20 @@ impl Drop for NatsServer {
 }
 
 /// A TCP proxy to one address, on a thread of its own; cut, it closes every
-/// connection it carries and every new one at once. It counts the bytes it carries
+/// connection it carries and every new one at once; stalled, it carries what the client
+/// sends and holds back every answer until it is resumed. It counts the bytes it carries
 /// upstream.
 pub struct Proxy {
     address: SocketAddr,
     cut: watch::Sender<bool>,
+    stalled: watch::Sender<bool>,
     upstream_bytes: Arc<AtomicU64>,
 }
 
 impl Proxy {
     pub fn start(upstream: SocketAddr) -> Proxy {
         let (cut, cuts) = watch::channel(false);
+        let (stalled, stalls) = watch::channel(false);
         let (bound, address) = std::sync::mpsc::channel();
         let upstream_bytes = Arc::new(AtomicU64::new(0));
         let counted = upstream_bytes.clone();
@@ -135,6 +138,7 @@ impl Proxy {
                         continue; // dropped: closed at once
                     }
                     let mut cuts = cuts.clone();
+                    let mut stalls = stalls.clone();
                     let counted = counted.clone();
                     tokio::spawn(async move {
                         let Ok(server) = TcpStream::connect(upstream).await else {
@@ -153,7 +157,20 @@ impl Proxy {
                                 to_server.write_all(&buffer[..read]).await?;
                             }
                         };
-                        let down = tokio::io::copy(&mut from_server, &mut to_client);
+                        let down = async {
+                            let mut buffer = vec![0; 16 * 1024];
+                            loop {
+                                // Held back whole while stalled: read, and written, only
+                                // once resumed.
+                                let _ = stalls.wait_for(|stalled| !*stalled).await;
+                                let read = from_server.read(&mut buffer).await?;
+                                if read == 0 {
+                                    return to_client.shutdown().await;
+                                }
+                                let _ = stalls.wait_for(|stalled| !*stalled).await;
+                                to_client.write_all(&buffer[..read]).await?;
+                            }
+                        };
                         tokio::select! {
                             _ = futures::future::join(up, down) => {}
                             _ = cuts.wait_for(|cut| *cut) => {}
@@ -165,6 +182,7 @@ impl Proxy {
         Proxy {
             address: address.recv().expect("the proxy's address"),
             cut,
+            stalled,
             upstream_bytes,
         }
     }
@@ -186,6 +204,16 @@ impl Proxy {
     /// Carries connections again.
     pub fn restore(&self) {
         self.cut.send_replace(false);
+    }
+
+    /// Holds back every answer from upstream (what the node sent still reaches it).
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Delivers the answers held back, and carries on.
+    pub fn resume(&self) {
+        self.stalled.send_replace(false);
     }
 }
 

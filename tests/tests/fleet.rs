@@ -883,3 +883,77 @@ fn an_idle_world_is_given_up_and_another_node_takes_it() {
         assert_eq!((verification.first_bad, verification.entries), (None, 2));
     });
 }
+
+/// A write whose stream took its message but whose answer a NATS stall held back is
+/// answered `unavailable`, "may have been written", never "nothing was written"; the CLI
+/// prints the idempotency key it used, and the same command run again with that key
+/// stores the atom once on every node.
+#[test]
+fn a_write_lost_in_a_nats_stall_is_answered_honestly_and_retried_once_with_its_key() {
+    let fleet = Fleet::start(2, LEASE, &[]);
+    let key = fleet.admin_key();
+    let key_path = fleet.nodes[0].admin_key_path();
+    let text = "written while NATS held its answers back";
+    let cli = |arguments: &[&str]| engram_tests::engram_cli(&fleet.nodes[0], &key_path, arguments);
+    run_local(async {
+        let on_a = created_on_first(&fleet, &key, "stalled").await;
+        // Node A owns the world from here on.
+        engram_client::remember(&on_a.writer("stalled").unwrap(), &[NewAtom::fact("first")])
+            .await
+            .unwrap();
+        let on_b = until_world(&fleet.nodes[1], &key, "stalled").await;
+        until_atoms(&on_b, "stalled", 1).await;
+
+        fleet.proxies[0].stall();
+        let output = cli(&[
+            "remember",
+            "stalled",
+            text,
+            "--kind",
+            "fact",
+            "--attempts",
+            "1",
+        ]);
+        fleet.proxies[0].resume();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(stderr.contains("unavailable: "), "{stderr}");
+        assert!(stderr.contains("may have been written"), "{stderr}");
+        assert!(!stderr.contains("nothing was written"), "{stderr}");
+        let used = stderr
+            .split("--idempotency-key \"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no idempotency key printed: {stderr}"))
+            .to_owned();
+
+        // The stream took the message: it reaches the other node.
+        until_atoms(&on_b, "stalled", 2).await;
+        // The same command with the printed key writes nothing again.
+        let output = cli(&[
+            "remember",
+            "stalled",
+            text,
+            "--kind",
+            "fact",
+            "--idempotency-key",
+            &used,
+            "--attempts",
+            "10",
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(stderr.contains("done before"), "{stderr}");
+        for node in &fleet.nodes {
+            let session = fresh_session(node, &key).await;
+            let (atoms, _) = engram_client::replay(&session.reader("stalled").unwrap(), 0, 100)
+                .await
+                .unwrap();
+            assert_eq!(
+                atoms.iter().filter(|atom| atom.text == text).count(),
+                1,
+                "{atoms:?}"
+            );
+        }
+    });
+}

@@ -376,7 +376,7 @@ fn spawn_waiting_reader(
 /// A descriptor the spawner inherited without close-on-exec is closed in the child: the
 /// child holds its standard streams and its capability, nothing else.
 #[test]
-fn a_child_inherits_no_descriptor_but_its_capability() {
+fn a_child_inherits_no_descriptor_and_no_credential_but_its_capability() {
     let node = TestNode::start();
     run_local(async {
         admin_with_world(&node, "team/auth").await;
@@ -388,16 +388,19 @@ fn a_child_inherits_no_descriptor_but_its_capability() {
     assert!(leaked > 3, "dup failed");
     for endpoint in [node.unix(), node.tcp()] {
         let output = engram_command_at(&endpoint, &node.admin_key_path())
+            // The parent's key, named in its environment as users do.
+            .env("ENGRAM_KEY", node.admin_key_path())
             .args(["spawn", "--reader", "team/auth", "--", "sh", "-c"])
             .arg(format!(
                 "[ -e /proc/self/fd/3 ] && echo has-3; \
-                 [ -e /proc/self/fd/{leaked} ] && echo leaked || echo closed"
+                 [ -e /proc/self/fd/{leaked} ] && echo leaked || echo closed; \
+                 [ -z \"$ENGRAM_KEY\" ] && echo no-key || echo key \"$ENGRAM_KEY\""
             ))
             .output()
             .expect("running engram spawn");
         let text = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "{text}");
-        assert_eq!(text, "has-3\nclosed\n", "over {endpoint}");
+        assert_eq!(text, "has-3\nclosed\nno-key\n", "over {endpoint}");
     }
     // SAFETY: the descriptor dup returned above, closed once.
     unsafe { libc::close(leaked) };

@@ -559,7 +559,8 @@ async def spawn(
     the child's calls, on a node connection of the child's own where the capability is
     restored from a token the child never sees; over TLS that connection authenticates
     the node as :func:`connect` does with ``node_key`` or ``known_nodes``, before the
-    token is sent. ``popen`` goes to ``subprocess.Popen``."""
+    token is sent. ``popen`` goes to ``subprocess.Popen``; without an ``env`` of its own
+    the child inherits this process's environment but its ``ENGRAM_`` variables."""
     if kind not in _CAPABILITY_INTERFACES:
         raise EngramError(None, f"cannot hand a child a {kind!r}; a reader, writer, observer or signer")
     token = await save(capability)
@@ -572,7 +573,11 @@ async def spawn(
         loop = asyncio.get_running_loop()
         with parent_end:
             hold = await loop.run_in_executor(None, _hand_off, address[len("unix:"):], token, parent_end)
-    environment = dict(popen.pop("env", None) or os.environ)
+    environment = popen.pop("env", None)
+    if environment is None:
+        # No credential of this process's (its key, token, node) reaches the child.
+        environment = {name: value for name, value in os.environ.items() if not name.startswith("ENGRAM_")}
+    environment = dict(environment)
     environment.update({"ENGRAM_FD": str(_CHILD_FD), "ENGRAM_CAPABILITY": kind, "ENGRAM_WORLD": world})
 
     def descriptor_3() -> None:
@@ -688,8 +693,9 @@ IDEMPOTENCY_KEY_BYTES_MAX = 64
 
 
 def new_idempotency_key() -> bytes:
-    """A fresh idempotency key: 16 random bytes. One per request, reused only to retry it."""
-    return os.urandom(16)
+    """A fresh idempotency key: 16 random bytes as 32 hex digits (ASCII), so that it can be
+    shown and given back. One per request, reused only to retry it."""
+    return os.urandom(16).hex().encode()
 
 
 async def remember_keyed(writer: Any, *atoms: NewAtom, key: bytes) -> Remembered:
@@ -723,7 +729,9 @@ async def remember_retrying(
     """Remembers atoms with ``key`` (default: a new one), trying up to ``attempts`` times
     in all while the failure :func:`is_retryable`, each time with a writer from
     ``acquire()`` (which may connect and log in again), after a pause that doubles from
-    0.1 s. The key makes the retries safe: the atoms are written once."""
+    0.1 s. The key makes the retries safe: the atoms are written once. The error it
+    raises carries the key as ``error.idempotency_key``: a write that failed
+    ``unavailable`` may have been written, and is retried safely only with that key."""
     key = key if key is not None else new_idempotency_key()
     pause = 0.1
     for attempt in range(1, attempts + 1):
@@ -731,6 +739,7 @@ async def remember_retrying(
             return await remember_keyed(await acquire(), *atoms, key=key)
         except Exception as error:  # noqa: BLE001 - retried or raised below
             if attempt == attempts or not is_retryable(error):
+                error.idempotency_key = key
                 raise
         await asyncio.sleep(pause)
         pause *= 2
