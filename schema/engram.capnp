@@ -216,8 +216,9 @@ enum LinkKind {
   deprecates @7;   # Carried by transition atoms only.
   retracts @8;     # Carried by transition atoms only.
   # A `supersedes` link makes its target superseded when the atom is written: the
-  # target must be in the same world (else `conflict`), visible to the writer's
-  # capability and not already final (else `notFound`, `conflict`); superseding
+  # target must be in the same world and visible to the writer's capability (else
+  # `notFound`: an atom of another world is not found, whether or not it exists) and not
+  # already final (else `conflict`); superseding
   # another writer's atom needs the approve right. A proposal cannot supersede.
   # (Links written before lifecycles existed changed no state, and still do not.)
 }
@@ -737,7 +738,8 @@ interface WorldWriter {
   # `reason` as its text (empty: the transition's name); the state index changes in
   # the same transaction. Returns the transition atom's receipt once durable.
   # `notFound` if the target is not in this world or not visible through this
-  # capability's restriction; `conflict` if it is in another world, is a transition,
+  # capability's restriction (an atom of another world is not found either, whether or not
+  # it exists); `conflict` if it is a transition,
   # or its state does not allow the transition; `permissionDenied` without the right
   # (approve, reject and deprecate need the approve right; retract, being the
   # target's writer).

@@ -1287,16 +1287,19 @@ fn check_transition(
 ) -> Result<Result<(u64, LifecycleState), StoreError>, StoreError> {
     let named = hex::encode(target);
     let illegal = |reason: String| Ok(Err(StoreError::IllegalTransition { reason }));
-    let Some(commit) = tables.ids.get(target)?.map(|commit| commit.value()) else {
-        return Ok(Err(StoreError::AtomNotFound {
+    // An atom of another world is not found either: whether an id exists in a world
+    // the writer may hold no grant for is not its to learn.
+    let not_found = || {
+        Ok(Err(StoreError::AtomNotFound {
             world: world.to_owned(),
-            id: named,
-        }));
+            id: named.clone(),
+        }))
+    };
+    let Some(commit) = tables.ids.get(target)?.map(|commit| commit.value()) else {
+        return not_found();
     };
     let Some(row) = tables.entries.get((world, commit))? else {
-        return illegal(format!(
-            "atom {named} is in another world; a transition acts within one world"
-        ));
+        return not_found();
     };
     let (_, entry) = split_row(world, commit, row.value())?;
     let facts = EntryFacts::read(entry).ok_or_else(|| StoreError::Corrupt {

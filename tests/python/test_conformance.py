@@ -609,6 +609,17 @@ def test_proposals_are_not_decisions_until_approved(node):
         # Illegal transitions are conflicts and change nothing.
         await expect_code("conflict", engram.transition(lead.writer("team/auth"), proposed.id, "approve"))
         assert (await engram.get(reader, proposed.id)).state == "rejected"
+        # An atom of a world the researcher holds no grant for is not found, as one that
+        # does not exist: whether an id exists elsewhere is not its to learn.
+        await engram.create_world(session.admin, "team/secret")
+        admin = await engram.open_session(node.tcp, node.admin_key)
+        (hidden,) = await engram.remember(admin.writer("team/secret"), NewAtom("a secret plan"))
+        for target in (hidden.id, bytes(32)):
+            await expect_code("notFound", engram.transition(researcher.writer("team/auth"), target, "retract"))
+            await expect_code(
+                "notFound",
+                engram.remember(researcher.writer("team/auth"), NewAtom("replaces it", supersedes=[target])),
+            )
         # As of the approval's commit, the state then; the transition atom links its target.
         assert (await engram.get(reader, proposed.id, as_of=proposed.commit)).state == "proposed"
         (transition_atom,) = [

@@ -329,13 +329,15 @@ fn transitions_move_states_only_where_legal_and_only_with_the_right() {
             NewAtom::fact("another world's fact"),
         )
         .await;
+        // Another world's atom is not found, as one that does not exist: a writer learns
+        // nothing of ids in worlds it may hold no grant for.
         assert_code(
             try_remember(&lead_writer, fact("replaces it").supersedes(elsewhere.id)).await,
-            ErrorCode::Conflict,
+            ErrorCode::NotFound,
         );
         assert_code(
             act(&lead_writer, &elsewhere, TransitionKind::Approve).await,
-            ErrorCode::Conflict,
+            ErrorCode::NotFound,
         );
         let nowhere = Receipt {
             id: [9; 32],
