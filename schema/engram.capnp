@@ -96,8 +96,10 @@ const tokenFormat :UInt32 = 1;
 #   unauthenticated   bytes that are not a token, a token not signed by this node, a
 #                     block altered, removed or signed by a third party, a block
 #                     holding a rule, a check or a fact not above (an unknown narrowing
-#                     would widen what its writer meant to allow), or a revoked token
-#                     (`Membrane.revokeToken`, `Admin.revokeToken`);
+#                     would widen what its writer meant to allow), a fact that narrows
+#                     what the token does not hold (`domains` in a token of no signer;
+#                     `kinds`, `labels` or `max_importance` in a signer's), or a revoked
+#                     token (`Membrane.revokeToken`, `Admin.revokeToken`);
 #   staleEpoch        a token saved in an older epoch (save again after grafting);
 #   permissionDenied  a principal since removed, or no longer granted the right.
 # Tokens are at most 64 KiB and 32 blocks.

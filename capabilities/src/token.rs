@@ -260,6 +260,24 @@ pub(crate) fn open(
             }
         }
     }
+    // A fact that narrows nothing this token holds would still show as a narrowing (to a
+    // reader of the token, `engram token show`): refused.
+    let signer = matches!(authority.held, Some(Held::Signer));
+    if !signer && domains.is_some() {
+        return Err(refused(
+            "a block narrows a signer's domains, but the token holds no signer",
+        ));
+    }
+    if signer
+        && (restriction.kinds.is_some()
+            || restriction.labels.is_some()
+            || restriction.max_importance < 1.0)
+    {
+        return Err(refused(
+            "a block narrows atoms (labels, kinds or importance), but the token holds a \
+             signer, which reads and writes none",
+        ));
+    }
     let ids = token.revocation_identifiers();
     let mut claims = authority.claims(&ids[0])?;
     claims.restriction = restriction;

@@ -118,6 +118,17 @@ fn a_saved_capability_restores_without_a_login_and_acts_as_its_principal() {
         // The token shows what it holds.
         let blocks = token::describe(&saved).unwrap();
         assert!(blocks[0].contains("right(\"signer\")"), "{blocks:?}");
+        // A signer token narrowed by labels would show a narrowing that narrows nothing.
+        let labelled = token::attenuate(
+            &saved,
+            &token::Narrowing {
+                labels: Some(["public".to_owned()].into()),
+                ..token::Narrowing::default()
+            },
+        )
+        .unwrap();
+        let refused = restore(&node, &labelled).await.err().unwrap();
+        assert!(refused.to_string().contains("holds a signer"), "{refused}");
     });
 }
 
@@ -402,6 +413,8 @@ fn forged_altered_and_misunderstood_tokens_are_refused() {
             ("label(\"public\");", "a fact engram does not know"),
             ("principal(hex:00);", "only the node's own block may"),
             ("labels(\"public\");", "must be labels("),
+            // A narrowing of what the token does not hold would show as one.
+            ("domains({\"x\"});", "holds no signer"),
         ] {
             let appended = biscuit_auth::UnverifiedBiscuit::from(&saved)
                 .unwrap()
