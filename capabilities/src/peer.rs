@@ -11,11 +11,17 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use crate::error::CapabilityError;
 
 /// The peer of a connection, as per-peer limits count it: a TCP peer by its IP address
-/// (whatever its port), a Unix socket peer by its user id.
+/// (whatever its port), a Unix socket peer by its user id; and, for the login rate, a
+/// Unix socket peer by its process, where the operating system says (see
+/// [`Peer::of_process`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Peer {
     Address(IpAddr),
     LocalUser(u32),
+    LocalProcess {
+        uid: u32,
+        pid: i32,
+    },
     /// The operating system did not say (counted as one peer).
     Unknown,
 }
@@ -25,7 +31,22 @@ impl std::fmt::Display for Peer {
         match self {
             Peer::Address(address) => write!(formatter, "{address}"),
             Peer::LocalUser(uid) => write!(formatter, "local user {uid}"),
+            Peer::LocalProcess { uid, pid } => {
+                write!(formatter, "local process {pid} (user {uid})")
+            }
             Peer::Unknown => write!(formatter, "an unknown peer"),
+        }
+    }
+}
+
+impl Peer {
+    /// The peer whose login rate a connection of `peer` from `process` spends: on the
+    /// Unix socket, its own process's, so that a process spending its rate cannot keep
+    /// its user's other processes from logging in; else the peer's.
+    pub fn of_process(self, process: Option<i32>) -> Peer {
+        match (self, process) {
+            (Peer::LocalUser(uid), Some(pid)) => Peer::LocalProcess { uid, pid },
+            (peer, _) => peer,
         }
     }
 }

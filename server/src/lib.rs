@@ -885,7 +885,7 @@ fn serve_terminal(
     reader: impl AsyncRead + Unpin + 'static,
     writer: impl AsyncWrite + Unpin + 'static,
 ) {
-    let terminal = Terminal::new(node.clone(), counted.peer);
+    let terminal = Terminal::new(node.clone(), counted.peer.of_process(counted.process));
     let watched = Watched::of(&terminal);
     let bootstrap = terminal.into_client().client;
     serve_connection(
@@ -979,7 +979,7 @@ fn admission(
 ) -> Result<Counted, (String, std::time::Duration)> {
     // A peer past its login rate is refused, before a login is spent on it.
     let grace = std::time::Duration::from_millis(limits::REFUSED_GRACE_MS);
-    if let Some((reason, left)) = node.login_refusal(&peer) {
+    if let Some((reason, left)) = node.login_refusal(&peer.of_process(process)) {
         return Err((reason, left.min(grace)));
     }
     connections

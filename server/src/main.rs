@@ -92,8 +92,9 @@ struct Arguments {
     /// connection is closed.
     #[arg(long, default_value_t = WRITE_STALL_TIMEOUT_MS_DEFAULT)]
     write_stall_timeout_ms: u64,
-    /// Login attempts one peer (as above) may make a minute, in a burst or spread;
-    /// more are refused with resourceExhausted. 0 sets no limit.
+    /// Login attempts one peer may make a minute, in a burst or spread (a TCP peer by
+    /// IP address, a Unix socket peer by process); more are refused with
+    /// resourceExhausted. 0 sets no limit.
     #[arg(long, default_value_t = LOGIN_ATTEMPTS_PER_MINUTE_DEFAULT)]
     login_attempts_per_minute: u32,
     /// Largest incoming message in bytes; larger ones end the connection.

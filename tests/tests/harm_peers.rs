@@ -434,3 +434,30 @@ fn a_flooding_process_closes_its_own_connections_not_its_neighbours() {
         "{logged_in} of {connected} connections logged in beside a flooding process"
     );
 }
+
+/// On the Unix socket each process has its own login rate: a process that spends its
+/// own (a hostile one, trying keys) leaves its user's other processes theirs.
+#[test]
+fn a_process_past_its_login_rate_leaves_its_users_other_processes_theirs() {
+    let node = TestNode::start_with(&["--login-attempts-per-minute", "5"]);
+    run_local(async {
+        let stranger = keyfile::generate().unwrap();
+        let connection = connect(&node.unix()).await.unwrap();
+        for _ in 0..5 {
+            let error = connection.login(&stranger).await.err().unwrap();
+            assert_eq!(error.code(), Some(ErrorCode::Unauthenticated), "{error}");
+        }
+        let error = connection.login(&node.admin_key()).await.err().unwrap();
+        assert_eq!(error.code(), Some(ErrorCode::ResourceExhausted), "{error}");
+    });
+    // Another process of the same user, at once.
+    let output = engram_tests::engram_command_at(&node.unix(), &node.admin_key_path())
+        .arg("whoami")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
