@@ -409,7 +409,12 @@ struct Restriction {
   # learn, by the nature of hash chains and a node-wide commit counter: a visible
   # atom's `seq` and `prev` show that its writer wrote entries before it that the reader
   # may not see, and a cursor (`nextCommit`, `resumeBeforeCommit`) is a node-wide commit
-  # number, which may be that of an atom the call examined and did not return.
+  # number, which may be that of an atom the call examined and did not return. And a
+  # visible atom's lifecycle state, now and as of any commit, follows every transition
+  # and `supersedes` link that acted on it, those of atoms the reader may not see
+  # included (a `public` atom superseded by a `secret` one reads `superseded`): so a
+  # visible atom's state can show that, and as of which commit, a hidden atom acted on
+  # it, though `diff` lists only the visible atoms that did.
   rate @5 :Rate;
   # How fast the new capability, and every capability attenuated from it, may be used
   # (see `Rate`); on top of every rate already on the holder's capability.
@@ -844,7 +849,10 @@ interface Admin {
   # transaction (one they refuse is `permissionDenied` and wrote nothing).
 
   removePrincipal @6 (name :Text) -> ();
-  # Removes the principal. Its live capabilities fail with `permissionDenied` at once.
+  # Removes the principal. Its live capabilities fail with `permissionDenied` at once,
+  # and its tokens and open logins are refused for as long as its key stays removed:
+  # adding the same key again (under any name) lets them work again, under the new
+  # grants. To end them for good, advance the epoch (or revoke the tokens) too.
 
   listPrincipals @7 () -> (principals :List(PrincipalInfo));
 
