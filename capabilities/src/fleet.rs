@@ -8,11 +8,50 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use engram_store::{PolicyChange, WriteOp, WriteOutcome, WriteRequest};
 
 use crate::error::CapabilityError;
 use crate::node::Node;
+
+/// When a fleet node last confirmed the fleet's policy, readable from any thread (the
+/// metrics listener's `/readyz` reads it). Outside a fleet it is always confirmed.
+#[derive(Debug, Default)]
+pub struct Confirmation {
+    /// The fleet's lease and the moment of the last confirmation; `None` outside a fleet.
+    state: std::sync::Mutex<Option<(Duration, Option<Instant>)>>,
+}
+
+impl Confirmation {
+    /// The node is joining a fleet whose lease is `lease`, and has confirmed nothing.
+    pub fn joining(&self, lease: Duration) {
+        *self.state.lock().expect("never poisoned") = Some((lease, None));
+    }
+
+    /// The node was confirmed at the moment `asked` (never earlier than before).
+    pub fn confirm(&self, asked: Instant) {
+        if let Some((_, at)) = &mut *self.state.lock().expect("never poisoned") {
+            *at = Some(at.map_or(asked, |at| at.max(asked)));
+        }
+    }
+
+    /// `Ok` outside a fleet, and while the last confirmation is younger than the lease;
+    /// else why not.
+    pub fn check(&self) -> Result<(), String> {
+        match *self.state.lock().expect("never poisoned") {
+            None => Ok(()),
+            Some((lease, Some(at))) if at.elapsed() < lease => Ok(()),
+            Some((lease, Some(at))) => Err(format!(
+                "its last confirmation of the fleet's policy was {:.1} s ago; its lease is \
+                 {:.1} s",
+                at.elapsed().as_secs_f64(),
+                lease.as_secs_f64()
+            )),
+            Some((_, None)) => Err("it has not confirmed the fleet's policy yet".into()),
+        }
+    }
+}
 
 /// A future on the RPC thread.
 pub type Local<T> = Pin<Box<dyn Future<Output = T>>>;

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, kv, stream};
 use async_nats::{HeaderMap, header};
 use engram_capabilities::Node;
-use engram_capabilities::fleet::{Fleet, Local, Refusal};
+use engram_capabilities::fleet::{Confirmation, Fleet, Local, Refusal};
 use engram_store::PolicyChange;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{Notify, watch};
@@ -94,7 +94,7 @@ pub struct Link {
     /// The last revision every change up to which this node applied.
     applied: watch::Sender<u64>,
     /// When this node last knew it had applied everything the fleet held.
-    confirmed_at: Cell<Option<Instant>>,
+    confirmation: Arc<Confirmation>,
     /// A revision the fleet held when asked at an instant, which confirms the node at
     /// that instant once applied.
     pending: Cell<Option<(u64, Instant)>>,
@@ -106,8 +106,15 @@ pub struct Link {
 /// Joins the fleet `config` names: connects, seeds the fleet with this node's policy if
 /// the fleet has none yet, applies the fleet's policy, and from then on keeps it applied
 /// and confirmed. Refuses a node whose data directory has worlds the fleet does not
-/// know, or an epoch ahead of the fleet's.
-pub async fn join(node: Rc<Node>, config: &Config, address: &str) -> Result<Rc<Link>, String> {
+/// know, or an epoch ahead of the fleet's. `confirmation` is where it says, for any
+/// thread to read, when it last confirmed the fleet's policy.
+pub async fn join(
+    node: Rc<Node>,
+    config: &Config,
+    address: &str,
+    confirmation: Arc<Confirmation>,
+) -> Result<Rc<Link>, String> {
+    confirmation.joining(config.lease);
     let nats = format!("NATS at {}", config.url);
     let client = async_nats::ConnectOptions::new()
         .name(format!("engramd {}", hex::encode(node.node_key())))
@@ -160,7 +167,7 @@ pub async fn join(node: Rc<Node>, config: &Config, address: &str) -> Result<Rc<L
         lease: config.lease,
         idle_release: config.idle_release,
         applied: watch::Sender::new(0),
-        confirmed_at: Cell::new(None),
+        confirmation,
         pending: Cell::new(None),
         behind_since: Cell::new(None),
         restart_watch: Notify::new(),
@@ -440,8 +447,7 @@ impl Link {
     }
 
     fn confirm(&self, asked: Instant) {
-        let at = self.confirmed_at.get().map_or(asked, |at| at.max(asked));
-        self.confirmed_at.set(Some(at));
+        self.confirmation.confirm(asked);
         self.behind_since.set(None);
     }
 
@@ -546,16 +552,7 @@ async fn send(
 
 impl Fleet for Link {
     fn confirmed(&self) -> Result<(), String> {
-        match self.confirmed_at.get() {
-            Some(at) if at.elapsed() < self.lease => Ok(()),
-            Some(at) => Err(format!(
-                "its last confirmation of the fleet's policy was {:.1} s ago; its lease is \
-                 {:.1} s",
-                at.elapsed().as_secs_f64(),
-                self.lease.as_secs_f64()
-            )),
-            None => Err("it has not confirmed the fleet's policy yet".into()),
-        }
+        self.confirmation.check()
     }
 
     fn applied(&self) -> u64 {

@@ -138,6 +138,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         config.vector_snapshot_after,
     );
     let stop_indexer = vectors.clone();
+    // In a fleet, when the node last confirmed the fleet's policy (for `/readyz`).
+    let confirmation = Arc::new(engram_capabilities::fleet::Confirmation::default());
     let metrics = match &config.metrics {
         Some(address) => Some(metrics::Metrics::start(
             address,
@@ -146,6 +148,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 vectors: vectors.clone(),
                 texts: texts.clone(),
                 data: config.data.clone(),
+                fleet: confirmation.clone(),
             },
         )?),
         None => None,
@@ -185,7 +188,13 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let local = tokio::task::LocalSet::new();
     let served = local.block_on(
         &runtime,
-        serve(Rc::new(node), &config, identity, metrics_address),
+        serve(
+            Rc::new(node),
+            &config,
+            identity,
+            metrics_address,
+            confirmation,
+        ),
     );
     // Dropping the tasks closes every connection and drops every capability, and with
     // them the last handles of the writer, which then finishes what is queued and exits.
@@ -414,6 +423,7 @@ async fn serve(
     config: &Config,
     identity: Identity,
     metrics: Option<std::net::SocketAddr>,
+    confirmation: Arc<engram_capabilities::fleet::Confirmation>,
 ) -> Result<(), ServerError> {
     let tcp = match &config.listen {
         Some(address) => {
@@ -467,7 +477,7 @@ async fn serve(
         .map(|path| path.display().to_string());
     if let Some(fleet) = &config.fleet {
         let address = tcp_address.as_deref().unwrap_or("-");
-        engram_fleet::join(node.clone(), fleet, address)
+        engram_fleet::join(node.clone(), fleet, address, confirmation.clone())
             .await
             .map_err(|reason| ServerError::Fleet {
                 name: fleet.name.clone(),

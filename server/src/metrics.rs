@@ -1,6 +1,7 @@
 //! The metrics listener (`engramd --metrics ADDRESS`): Prometheus' text format at
-//! `/metrics`, `/healthz` (the process answers) and `/readyz` (the store is open and
-//! both indexes cover every world) over plain HTTP, on a thread and runtime of its own,
+//! `/metrics`, `/healthz` (the process answers) and `/readyz` (the node serves calls,
+//! in touch with its fleet if in one, can write, and both indexes cover every world)
+//! over plain HTTP, on a thread and runtime of its own,
 //! so a scrape never waits on the RPC thread and no scraper slows a call.
 //!
 //! Counters and histograms are recorded where things happen (the `metrics` facade,
@@ -45,6 +46,8 @@ pub struct Observed {
     pub texts: Arc<TextIndex>,
     /// The data directory, whose files are the store's size.
     pub data: PathBuf,
+    /// In a fleet, when the node last confirmed the fleet's policy.
+    pub fleet: Arc<engram_capabilities::fleet::Confirmation>,
 }
 
 /// The listener, bound and serving on its thread until [`Metrics::stop`].
@@ -227,8 +230,17 @@ impl Observed {
         metrics::gauge!("engram_store_bytes").set(bytes as f64);
     }
 
-    /// Ready: the store reads, and both indexes cover every world.
+    /// Ready: the node serves calls (in a fleet, it confirmed the fleet's policy within
+    /// its lease), it can write, the store reads, and both indexes cover every world.
     fn readiness(&self) -> Result<(), String> {
+        self.fleet.check().map_err(|why| {
+            format!("not ready: this node is not in touch with its fleet ({why})")
+        })?;
+        if let Some(why) = self.store.write_failure() {
+            return Err(format!(
+                "not ready: writing failed ({why}); every write fails until the node restarts"
+            ));
+        }
         let lag = self
             .lag()
             .map_err(|error| format!("not ready: the store cannot be read: {error}"))?;

@@ -83,6 +83,9 @@ pub struct Store {
     snapshot: Arc<Mutex<Option<Arc<Snapshot>>>>,
     /// In a fleet, where each world's new entries go before they commit.
     replicator: Arc<Mutex<Option<Arc<dyn replica::Replicator>>>>,
+    /// Why writing failed for good, if it did: `Durability::failed`, readable without
+    /// waiting for a group the writer is applying (see [`Store::write_failure`]).
+    write_failure: Arc<Mutex<Option<String>>>,
     id: u64,
 }
 
@@ -205,8 +208,19 @@ impl Store {
             })),
             snapshot: Arc::new(Mutex::new(None)),
             replicator: Arc::new(Mutex::new(None)),
+            write_failure: Arc::new(Mutex::new(None)),
             id,
         })
+    }
+
+    /// Why writing failed for good (every write fails until the node restarts), if it
+    /// did. Never waits for the writer.
+    pub fn write_failure(&self) -> Option<String> {
+        self.write_failure.lock().expect("never poisoned").clone()
+    }
+
+    fn failed_for_good(&self, failed: &Option<String>) {
+        (*self.write_failure.lock().expect("never poisoned")).clone_from(failed);
     }
 
     /// The store's id: random, given at creation, the same in a backup's copy.
@@ -279,6 +293,7 @@ impl Store {
                 Err(error) => {
                     // Nothing was committed, but what the journal holds is uncertain.
                     *failed = Some(error.to_string());
+                    self.failed_for_good(failed);
                     return Err(StoreError::MayHaveBeenWritten {
                         reason: format!("the journal's write failed: {error}"),
                     });
@@ -296,6 +311,7 @@ impl Store {
                     // The journal may hold the group though redb does not: stop writing,
                     // so that a restart applies exactly what the journal holds.
                     *failed = Some(error.to_string());
+                    self.failed_for_good(failed);
                 }
                 return Err(if journaled || published {
                     StoreError::MayHaveBeenWritten {
@@ -312,6 +328,7 @@ impl Store {
                 // keep the snapshot of before the group.
                 std::mem::forget(Arc::clone(&self.database));
                 *failed = Some(error.to_string());
+                self.failed_for_good(failed);
                 return Err(StoreError::MayHaveBeenWritten {
                     reason: format!("the journal's sync failed: {error}"),
                 });

@@ -15,6 +15,23 @@ use std::process::{Child, Command, Stdio};
 use ed25519_dalek::SigningKey;
 use engram_client::{ClientError, Endpoint, ErrorCode, Grant, Session, connect, keyfile};
 
+/// GETs `path` from the HTTP listener at `address` (the metrics listener): the status
+/// and the body, whatever the status.
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .new_agent();
+    let mut response = agent
+        .get(&format!("http://{address}{path}"))
+        .call()
+        .unwrap_or_else(|error| panic!("GET {path}: {error}"));
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().expect("a text body");
+    (status, body)
+}
+
 /// Asks with `filter` until the answer carries no warning, that is until the vector and
 /// text indexes cover every atom the ask could find, and returns that answer; fails
 /// after `deadline`. Polls: the indexes catch up on a thread of their own and announce

@@ -271,7 +271,11 @@ fn a_principal_removed_on_one_node_is_revoked_on_every_node() {
 
 #[test]
 fn a_node_cut_off_from_nats_fails_closed_and_serves_again_once_caught_up() {
-    let fleet = Fleet::start(3, LEASE, &[]);
+    let fleet = Fleet::start(3, LEASE, &["--metrics", "127.0.0.1:0"]);
+    let readyz = || {
+        let address = fleet.nodes[2].metrics_address().expect("--metrics");
+        engram_tests::http_get(address, "/readyz")
+    };
     let admin_key = fleet.admin_key();
     run_local(async {
         let on_a = session(&fleet.nodes[0].tcp(), &admin_key).await;
@@ -284,6 +288,7 @@ fn a_node_cut_off_from_nats_fails_closed_and_serves_again_once_caught_up() {
         engram_client::ask(&reader, &Default::default())
             .await
             .unwrap();
+        assert_eq!(readyz().0, 200, "{readyz:?}", readyz = readyz());
 
         fleet.proxies[2].cut();
         // Its last confirmation came before the cut: it serves at most the lease more
@@ -294,9 +299,13 @@ fn a_node_cut_off_from_nats_fails_closed_and_serves_again_once_caught_up() {
             || async { engram_client::ask(&reader, &Default::default()).await },
         )
         .await;
-        // Logins fail closed too.
+        // Logins fail closed too, and the node says it is not ready, so that a load
+        // balancer sends its calls elsewhere.
         let connection = engram_client::connect(&fleet.nodes[2].tcp()).await.unwrap();
         assert_code(connection.login(&admin_key).await, ErrorCode::Unavailable);
+        let (status, why) = readyz();
+        assert_eq!(status, 503, "{why}");
+        assert!(why.contains("not in touch with its fleet"), "{why}");
 
         // Meanwhile the fleet moves on.
         let advanced = engram_client::advance_epoch(&on_a.admin().unwrap(), &[3; 32])
@@ -314,6 +323,7 @@ fn a_node_cut_off_from_nats_fails_closed_and_serves_again_once_caught_up() {
         engram_client::ask(&again.reader("w").unwrap(), &Default::default())
             .await
             .unwrap();
+        assert_eq!(readyz().0, 200, "{readyz:?}", readyz = readyz());
     });
 }
 

@@ -7,22 +7,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use engram_client::{ErrorCode, NewAtom, connect};
-use engram_tests::{TestNode, admin_with_world, run_local};
-
-fn get(address: &str, path: &str) -> (u16, String) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .new_agent();
-    let mut response = agent
-        .get(&format!("http://{address}{path}"))
-        .call()
-        .unwrap_or_else(|error| panic!("GET {path}: {error}"));
-    let status = response.status().as_u16();
-    let body = response.body_mut().read_to_string().expect("a text body");
-    (status, body)
-}
+use engram_tests::{TestNode, admin_with_world, http_get, run_local};
 
 /// The value of the sample `name{labels}` (labels as Prometheus writes them, in
 /// order), 0 when it is not there yet.
@@ -34,7 +19,7 @@ fn sample(scrape: &str, series: &str) -> f64 {
 }
 
 fn scrape(node: &TestNode) -> String {
-    let (status, body) = get(node.metrics_address().expect("--metrics"), "/metrics");
+    let (status, body) = http_get(node.metrics_address().expect("--metrics"), "/metrics");
     assert_eq!(status, 200, "{body}");
     body
 }
@@ -53,7 +38,7 @@ fn metrics_move_with_the_calls_that_make_them() {
         .expect("the ready line names the listener")
         .to_owned();
     let address = address.as_str();
-    assert_eq!(get(address, "/healthz"), (200, "alive\n".to_owned()));
+    assert_eq!(http_get(address, "/healthz"), (200, "alive\n".to_owned()));
     let before = scrape(&node);
     run_local(async {
         let admin = admin_with_world(&node, "ops").await;
@@ -102,7 +87,7 @@ fn metrics_move_with_the_calls_that_make_them() {
         // took in within its interval).
         let started = Instant::now();
         loop {
-            let (status, body) = get(address, "/readyz");
+            let (status, body) = http_get(address, "/readyz");
             if status == 200 {
                 break;
             }
@@ -211,7 +196,7 @@ fn idle_connections_keep_no_scraper_out_and_no_caller_waiting() {
     });
     // The idle connections are closed, and a scraper gets its place.
     let started = Instant::now();
-    assert_eq!(get(&address, "/healthz").0, 200);
+    assert_eq!(http_get(&address, "/healthz").0, 200);
     assert!(started.elapsed() < Duration::from_secs(10));
     drop(held);
 }
@@ -245,7 +230,7 @@ fn connections_trickling_bytes_keep_no_scraper_out() {
         })
     };
     let started = Instant::now();
-    assert_eq!(get(&address, "/healthz").0, 200);
+    assert_eq!(http_get(&address, "/healthz").0, 200);
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}",
