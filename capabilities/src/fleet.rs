@@ -36,6 +36,13 @@ impl Confirmation {
         }
     }
 
+    /// Seconds since the last confirmation: `None` outside a fleet, infinite before the
+    /// first.
+    pub fn age(&self) -> Option<f64> {
+        let state = *self.state.lock().expect("never poisoned");
+        state.map(|(_, at)| at.map_or(f64::INFINITY, |at| at.elapsed().as_secs_f64()))
+    }
+
     /// `Ok` outside a fleet, and while the last confirmation is younger than the lease;
     /// else why not.
     pub fn check(&self) -> Result<(), String> {

@@ -228,6 +228,9 @@ impl Observed {
         .map(|metadata| metadata.len())
         .sum();
         metrics::gauge!("engram_store_bytes").set(bytes as f64);
+        if let Some(age) = self.fleet.age() {
+            metrics::gauge!("engram_fleet_confirmation_age_seconds").set(age);
+        }
     }
 
     /// Ready: the node serves calls (in a fleet, it confirmed the fleet's policy within

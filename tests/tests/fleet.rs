@@ -306,6 +306,15 @@ fn a_node_cut_off_from_nats_fails_closed_and_serves_again_once_caught_up() {
         let (status, why) = readyz();
         assert_eq!(status, 503, "{why}");
         assert!(why.contains("not in touch with its fleet"), "{why}");
+        let address = fleet.nodes[2].metrics_address().unwrap();
+        let scraped = engram_tests::http_get(address, "/metrics").1;
+        let age: f64 = scraped
+            .lines()
+            .find_map(|line| line.strip_prefix("engram_fleet_confirmation_age_seconds "))
+            .expect("the confirmation's age")
+            .parse()
+            .unwrap();
+        assert!(age >= LEASE.as_secs_f64(), "{age}");
 
         // Meanwhile the fleet moves on.
         let advanced = engram_client::advance_epoch(&on_a.admin().unwrap(), &[3; 32])
