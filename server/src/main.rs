@@ -128,8 +128,9 @@ struct Arguments {
     #[arg(long, default_value = "engram", requires = "nats")]
     fleet: String,
     /// Milliseconds a node in a fleet serves without confirming the fleet's policy;
-    /// past it every call answers unavailable until it has caught up.
-    #[arg(long, default_value_t = engram_fleet::LEASE_DEFAULT.as_millis() as u64, requires = "nats")]
+    /// past it every call answers unavailable until it has caught up (100 to 600000).
+    #[arg(long, default_value_t = engram_fleet::LEASE_DEFAULT.as_millis() as u64, requires = "nats",
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
     fleet_lease_ms: u64,
     /// Milliseconds after which a world this node writes, and no write asked for since,
     /// is given up so that any node of the fleet may take it (0: kept while the node
@@ -290,7 +291,7 @@ fn main() -> ExitCode {
         fleet: arguments.nats.map(|url| engram_fleet::Config {
             url,
             name: arguments.fleet,
-            lease: std::time::Duration::from_millis(arguments.fleet_lease_ms.max(100)),
+            lease: std::time::Duration::from_millis(arguments.fleet_lease_ms),
             idle_release: std::time::Duration::from_millis(arguments.fleet_idle_release_ms),
         }),
         node_limits: NodeLimits {

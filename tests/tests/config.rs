@@ -144,6 +144,11 @@ fn a_key_that_is_no_option_stops_the_start_and_is_named() {
             "data = \"/elsewhere\"\n",
             "cannot name another data directory",
         ),
+        // Out of range is refused, not raised or lowered in silence.
+        (
+            "nats = \"nats://127.0.0.1:1\"\nfleet-lease-ms = 50\n",
+            "`fleet-lease-ms`: invalid value '50'",
+        ),
     ] {
         let directory = data_dir_with(configuration);
         let data = directory.path().join("data");
