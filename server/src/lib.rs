@@ -198,7 +198,12 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     );
     // Dropping the tasks closes every connection and drops every capability, and with
     // them the last handles of the writer, which then finishes what is queued and exits.
-    drop(local);
+    // Inside the runtime: what a task holds may spawn as it is dropped (async-nats'
+    // subscriptions send their unsubscribe so).
+    {
+        let _inside = runtime.enter();
+        drop(local);
+    }
     drop(runtime);
     stop_indexer.stop();
     if let Some(metrics) = metrics {

@@ -909,7 +909,7 @@ fn an_idle_world_is_given_up_and_another_node_takes_it() {
 /// stores the atom once on every node.
 #[test]
 fn a_write_lost_in_a_nats_stall_is_answered_honestly_and_retried_once_with_its_key() {
-    let fleet = Fleet::start(2, LEASE, &[]);
+    let mut fleet = Fleet::start(2, LEASE, &[]);
     let key = fleet.admin_key();
     let key_path = fleet.nodes[0].admin_key_path();
     let text = "written while NATS held its answers back";
@@ -975,4 +975,11 @@ fn a_write_lost_in_a_nats_stall_is_answered_honestly_and_retried_once_with_its_k
             );
         }
     });
+    // A fleet node stops cleanly: exit 0, and nothing panics on the way out (async-nats'
+    // subscriptions once panicked, dropped outside the runtime).
+    for node in &mut fleet.nodes {
+        node.stop();
+        let log = std::fs::read_to_string(node.log_path()).unwrap();
+        assert!(!log.contains("panicked"), "{log}");
+    }
 }
