@@ -172,6 +172,7 @@ pub async fn join(
         behind_since: Cell::new(None),
         restart_watch: Notify::new(),
     });
+    refuse_unpublished(&node)?;
     let seeded = link.seed(&node).await?;
     tokio::task::spawn_local(link.clone().watch(node.clone()));
     link.caught_up(JOIN_CATCH_UP).await?;
@@ -195,6 +196,33 @@ pub async fn join(
         "joined the fleet"
     );
     Ok(link)
+}
+
+/// Refuses a data directory holding atoms no world stream has (written while the node
+/// ran alone: its position in the world's stream is 0, yet the world holds atoms).
+/// Seeding a fleet with them, or joining one, would fork the worlds: other nodes could
+/// never hold those atoms, and the node that next took a world would write its chains
+/// again from where the stream stands.
+fn refuse_unpublished(node: &Node) -> Result<(), String> {
+    let view = node.store().read().map_err(|error| error.to_string())?;
+    let mut unpublished = Vec::new();
+    for world in view.worlds().map_err(|error| error.to_string())? {
+        let position = (view.stream_position(&world.name)).map_err(|error| error.to_string())?;
+        if world.atoms > 0 && position == 0 {
+            unpublished.push(format!("{:?} ({} atoms)", world.name, world.atoms));
+        }
+    }
+    if unpublished.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "this data directory holds atoms no fleet stream has, written while the node ran \
+         alone: {}. A fleet cannot take them (other nodes could never hold them, and the \
+         next node to write a world would write its chains again). Start the fleet's \
+         nodes with new data directories and bring each world in with `engram export` \
+         from this one (run alone) and `engram import` into the fleet",
+        unpublished.join(", ")
+    ))
 }
 
 /// A key-value bucket (one value per key; entries expire after `max_age` unless it is

@@ -983,3 +983,51 @@ fn a_write_lost_in_a_nats_stall_is_answered_honestly_and_retried_once_with_its_k
         assert!(!log.contains("panicked"), "{log}");
     }
 }
+
+/// A node that ran alone holds atoms no world stream has: seeding a fleet with it would
+/// let a joining node take its worlds without them and write their chains again (a
+/// fork). Its start in a fleet is refused, naming the worlds and the way to bring them.
+#[test]
+fn a_node_that_ran_alone_does_not_seed_a_fleet_with_atoms_no_stream_has() {
+    let mut alone = engram_tests::TestNode::start();
+    run_local(async {
+        let admin = engram_tests::admin_with_world(&alone, "solo").await;
+        engram_client::remember(&admin.writer("solo").unwrap(), &[NewAtom::fact("mine")])
+            .await
+            .unwrap();
+    });
+    alone.stop();
+    let nats = engram_tests::fleet::NatsServer::start();
+    let mut started = std::process::Command::new(engram_tests::binary("engramd"))
+        .arg("--data")
+        .arg(alone.data_dir())
+        .args(["--listen", "127.0.0.1:0", "--nats"])
+        .arg(format!("nats://{}", nats.address()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its ready line, or nothing (it exits).
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(started.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    if !ready.is_empty() {
+        started.kill().unwrap();
+    }
+    let output = started.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(ready.is_empty(), "it seeded the fleet and served: {ready}");
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("solo"), "{stderr}");
+    assert!(stderr.contains("engram export"), "{stderr}");
+    // Nothing of it was seeded: a new node seeds the fleet instead, and knows no world.
+    let seed =
+        engram_tests::TestNode::start_with(&["--nats", &format!("nats://{}", nats.address())]);
+    run_local(async {
+        let session = session(&seed.tcp(), &seed.admin_key()).await;
+        assert!(session.reader("solo").is_err(), "the world was seeded");
+    });
+}
