@@ -58,6 +58,54 @@ pub struct Config {
     /// A world this node was not asked to write for this long is given up, so that any
     /// node may take it; zero keeps every world it took for as long as it runs.
     pub idle_release: Duration,
+    /// How the node authenticates to NATS.
+    pub auth: Auth,
+    /// A CA certificate file (PEM): the node then speaks TLS to NATS and trusts servers
+    /// this CA signed.
+    pub ca: Option<std::path::PathBuf>,
+}
+
+/// How a node authenticates to NATS. Secrets are read from files (never taken from a
+/// command line, where any local user reads them) and never shown: not in logs, errors
+/// or `Debug`.
+#[derive(Clone, Default)]
+pub enum Auth {
+    #[default]
+    None,
+    /// A user and the password the file holds.
+    UserPassword { user: String, password: String },
+    /// The token the file holds.
+    Token(String),
+    /// The user nkey seed the file holds (`SU...`).
+    NKey(String),
+    /// A NATS credentials file (a user JWT and its nkey seed), read at each connect.
+    Credentials(std::path::PathBuf),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::None => write!(formatter, "none"),
+            Auth::UserPassword { user, .. } => write!(formatter, "user {user:?}, password hidden"),
+            Auth::Token(_) => write!(formatter, "token hidden"),
+            Auth::NKey(_) => write!(formatter, "nkey seed hidden"),
+            Auth::Credentials(path) => write!(formatter, "credentials file {}", path.display()),
+        }
+    }
+}
+
+/// `url` as it may be shown: any user information (a password, a token) replaced.
+pub fn shown_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| match (one.find("://"), one.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://<hidden>@{}", &one[..scheme], &one[at + 1..])
+            }
+            (None, Some(at)) => format!("<hidden>@{}", &one[at + 1..]),
+            _ => one.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// This node's link to its fleet.
@@ -115,8 +163,27 @@ pub async fn join(
     confirmation: Arc<Confirmation>,
 ) -> Result<Rc<Link>, String> {
     confirmation.joining(config.lease);
-    let nats = format!("NATS at {}", config.url);
-    let client = async_nats::ConnectOptions::new()
+    let nats = format!("NATS at {}", shown_url(&config.url));
+    let mut options = match &config.auth {
+        Auth::None => async_nats::ConnectOptions::new(),
+        Auth::UserPassword { user, password } => {
+            async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        }
+        Auth::Token(token) => async_nats::ConnectOptions::with_token(token.clone()),
+        Auth::NKey(seed) => async_nats::ConnectOptions::with_nkey(seed.clone()),
+        Auth::Credentials(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|error| {
+                format!(
+                    "cannot read the NATS credentials file {}: {error}",
+                    path.display()
+                )
+            })?,
+    };
+    if let Some(ca) = &config.ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let client = options
         .name(format!("engramd {}", hex::encode(node.node_key())))
         .connection_timeout(config.lease)
         .reconnect_delay_callback(|attempts| {

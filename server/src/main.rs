@@ -127,6 +127,29 @@ struct Arguments {
     /// The fleet's name: nodes with the same NATS and name form one fleet.
     #[arg(long, default_value = "engram", requires = "nats")]
     fleet: String,
+    /// Log in to NATS as this user, with the password --nats-password-file holds.
+    #[arg(long, value_name = "NAME", requires_all = ["nats", "nats_password_file"])]
+    nats_user: Option<String>,
+    /// A file holding the NATS password (for --nats-user).
+    #[arg(long, value_name = "FILE", requires = "nats_user")]
+    nats_password_file: Option<PathBuf>,
+    /// A file holding a NATS token to log in with.
+    #[arg(long, value_name = "FILE", requires = "nats", conflicts_with_all = ["nats_user", "nats_nkey", "nats_creds"])]
+    nats_token_file: Option<PathBuf>,
+    /// A file holding a NATS user nkey seed (SU...) to log in with.
+    #[arg(long, value_name = "FILE", requires = "nats", conflicts_with_all = ["nats_user", "nats_creds"])]
+    nats_nkey: Option<PathBuf>,
+    /// A NATS credentials file (user JWT and nkey seed) to log in with.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "nats",
+        conflicts_with = "nats_user"
+    )]
+    nats_creds: Option<PathBuf>,
+    /// Speak TLS to NATS, trusting servers this CA certificate (PEM file) signed.
+    #[arg(long, value_name = "FILE", requires = "nats")]
+    nats_ca: Option<PathBuf>,
     /// Milliseconds a node in a fleet serves without confirming the fleet's policy;
     /// past it every call answers unavailable until it has caught up (100 to 600000).
     #[arg(long, default_value_t = engram_fleet::LEASE_DEFAULT.as_millis() as u64, requires = "nats",
@@ -226,6 +249,49 @@ fn arguments() -> Result<Arguments, ExitCode> {
     Ok(arguments)
 }
 
+/// How the node logs in to NATS, from its options, each secret read from its file. A
+/// URL holding credentials is refused: they would show wherever the URL does (logs,
+/// process lists), and the NATS client would not use them.
+fn nats_auth(url: &str, arguments: &Arguments) -> Result<engram_fleet::Auth, String> {
+    use engram_fleet::Auth;
+    let shown = engram_fleet::shown_url(url);
+    if shown != url {
+        return Err(format!(
+            "--nats {shown}: credentials in the URL would show in logs and process lists; \
+             use --nats-user with --nats-password-file, --nats-token-file, --nats-nkey or \
+             --nats-creds"
+        ));
+    }
+    let secret = |path: &PathBuf, what: &str| {
+        std::fs::read_to_string(path)
+            .map(|text| text.trim().to_owned())
+            .map_err(|error| {
+                format!(
+                    "cannot read the NATS {what} file {}: {error}",
+                    path.display()
+                )
+            })
+    };
+    Ok(if let Some(user) = &arguments.nats_user {
+        let file = arguments
+            .nats_password_file
+            .as_ref()
+            .expect("clap requires --nats-password-file with --nats-user");
+        Auth::UserPassword {
+            user: user.clone(),
+            password: secret(file, "password")?,
+        }
+    } else if let Some(file) = &arguments.nats_token_file {
+        Auth::Token(secret(file, "token")?)
+    } else if let Some(file) = &arguments.nats_nkey {
+        Auth::NKey(secret(file, "nkey seed")?)
+    } else if let Some(file) = &arguments.nats_creds {
+        Auth::Credentials(file.clone())
+    } else {
+        Auth::None
+    })
+}
+
 fn main() -> ExitCode {
     let arguments = match arguments() {
         Ok(arguments) => arguments,
@@ -269,6 +335,16 @@ fn main() -> ExitCode {
             .clone()
             .unwrap_or_else(|| arguments.data.join(SOCKET_FILE))
     });
+    let fleet_auth = match &arguments.nats {
+        Some(url) => match nats_auth(url, &arguments) {
+            Ok(auth) => auth,
+            Err(message) => {
+                eprintln!("engramd: {message}");
+                return ExitCode::from(2);
+            }
+        },
+        None => engram_fleet::Auth::None,
+    };
     let config = Config {
         data: arguments.data,
         listen: (!arguments.no_tcp).then_some(arguments.listen),
@@ -288,12 +364,17 @@ fn main() -> ExitCode {
         vector_snapshot_after: std::time::Duration::from_millis(arguments.vector_snapshot_ms),
         audit_retention: (arguments.audit_retention_ms > 0)
             .then(|| std::time::Duration::from_millis(arguments.audit_retention_ms)),
-        fleet: arguments.nats.map(|url| engram_fleet::Config {
-            url,
-            name: arguments.fleet,
-            lease: std::time::Duration::from_millis(arguments.fleet_lease_ms),
-            idle_release: std::time::Duration::from_millis(arguments.fleet_idle_release_ms),
-        }),
+        fleet: match arguments.nats {
+            Some(url) => Some(engram_fleet::Config {
+                auth: fleet_auth,
+                url,
+                name: arguments.fleet,
+                lease: std::time::Duration::from_millis(arguments.fleet_lease_ms),
+                idle_release: std::time::Duration::from_millis(arguments.fleet_idle_release_ms),
+                ca: arguments.nats_ca,
+            }),
+            None => None,
+        },
         node_limits: NodeLimits {
             subscriptions_per_principal_max: arguments.subscriptions_per_principal_max,
             calls_in_flight_per_connection_max: arguments.calls_in_flight_max,

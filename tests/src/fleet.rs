@@ -28,6 +28,12 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        NatsServer::start_with(&[])
+    }
+
+    /// A server started with these arguments besides its own (say, what a client must
+    /// log in with).
+    pub fn start_with(arguments: &[&str]) -> NatsServer {
         let directory = tempfile::tempdir().expect("a temporary directory");
         let binary = std::env::var_os("NATS_SERVER_BIN")
             .map_or_else(|| PathBuf::from("nats-server"), PathBuf::from);
@@ -40,6 +46,7 @@ impl NatsServer {
             .arg(directory.path())
             .arg("--log")
             .arg(&log)
+            .args(arguments)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -998,11 +998,29 @@ fn a_node_that_ran_alone_does_not_seed_a_fleet_with_atoms_no_stream_has() {
     });
     alone.stop();
     let nats = engram_tests::fleet::NatsServer::start();
+    let stderr = refused_start(
+        &alone.data_dir(),
+        &["--nats", &format!("nats://{}", nats.address())],
+    );
+    assert!(stderr.contains("solo"), "{stderr}");
+    assert!(stderr.contains("engram export"), "{stderr}");
+    // Nothing of it was seeded: a new node seeds the fleet instead, and knows no world.
+    let seed =
+        engram_tests::TestNode::start_with(&["--nats", &format!("nats://{}", nats.address())]);
+    run_local(async {
+        let session = session(&seed.tcp(), &seed.admin_key()).await;
+        assert!(session.reader("solo").is_err(), "the world was seeded");
+    });
+}
+
+/// Starts `engramd` on `data` with `arguments`, which must not serve: what it printed on
+/// stderr as it gave up.
+fn refused_start(data: &std::path::Path, arguments: &[&str]) -> String {
     let mut started = std::process::Command::new(engram_tests::binary("engramd"))
         .arg("--data")
-        .arg(alone.data_dir())
-        .args(["--listen", "127.0.0.1:0", "--nats"])
-        .arg(format!("nats://{}", nats.address()))
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(arguments)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -1018,16 +1036,76 @@ fn a_node_that_ran_alone_does_not_seed_a_fleet_with_atoms_no_stream_has() {
         started.kill().unwrap();
     }
     let output = started.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(ready.is_empty(), "it seeded the fleet and served: {ready}");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(ready.is_empty(), "it served: {ready}");
     assert!(!output.status.success(), "{stderr}");
-    assert!(stderr.contains("solo"), "{stderr}");
-    assert!(stderr.contains("engram export"), "{stderr}");
-    // Nothing of it was seeded: a new node seeds the fleet instead, and knows no world.
-    let seed =
-        engram_tests::TestNode::start_with(&["--nats", &format!("nats://{}", nats.address())]);
-    run_local(async {
-        let session = session(&seed.tcp(), &seed.admin_key()).await;
-        assert!(session.reader("solo").is_err(), "the world was seeded");
-    });
+    stderr
+}
+
+/// A NATS server that requires a login: a node logs in with a user and password, a
+/// token or an nkey, each from a file, and serves; without them it does not start, and
+/// no secret shows in what it prints (a URL holding one is refused, shown hidden).
+#[test]
+fn a_node_logs_in_to_nats_with_secrets_from_files_and_shows_none() {
+    let files = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = files.path().join(name);
+        std::fs::write(&path, format!("{text}\n")).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let password = "correct-horse-battery";
+    let token = "s3cret-token-of-the-fleet";
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().unwrap();
+    let configuration = file(
+        "nats.conf",
+        &format!(
+            "authorization {{ users = [ {{ nkey: {} }} ] }}",
+            user.public_key()
+        ),
+    );
+    let cases: Vec<(engram_tests::fleet::NatsServer, Vec<String>)> = vec![
+        (
+            engram_tests::fleet::NatsServer::start_with(&["--user", "engram", "--pass", password]),
+            vec![
+                "--nats-user".into(),
+                "engram".into(),
+                "--nats-password-file".into(),
+                file("password", password),
+            ],
+        ),
+        (
+            engram_tests::fleet::NatsServer::start_with(&["--auth", token]),
+            vec!["--nats-token-file".into(), file("token", token)],
+        ),
+        (
+            engram_tests::fleet::NatsServer::start_with(&["--config", &configuration]),
+            vec!["--nats-nkey".into(), file("seed", &seed)],
+        ),
+    ];
+    for (nats, login) in &cases {
+        let url = format!("nats://{}", nats.address());
+        let mut arguments = vec!["--nats", url.as_str()];
+        arguments.extend(login.iter().map(String::as_str));
+        let node = engram_tests::TestNode::start_with(&arguments);
+        run_local(async {
+            let session = session(&node.tcp(), &node.admin_key()).await;
+            assert!(session.admin.is_some(), "logged in as the fleet's admin");
+        });
+        let data = tempfile::tempdir().unwrap();
+        let refused = refused_start(data.path(), &["--nats", &url]);
+        assert!(
+            refused.to_lowercase().contains("authorization"),
+            "{refused}"
+        );
+    }
+    // Credentials in the URL: refused before any is used, and shown hidden.
+    let data = tempfile::tempdir().unwrap();
+    let address = cases[0].0.address();
+    let refused = refused_start(
+        data.path(),
+        &["--nats", &format!("nats://engram:{password}@{address}")],
+    );
+    assert!(refused.contains("<hidden>"), "{refused}");
+    assert!(!refused.contains(password), "{refused}");
 }
