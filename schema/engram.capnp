@@ -389,10 +389,13 @@ struct Restriction {
   # and nothing can ever widen.
   worlds @0 :List(Text);   # The capability's world must be one of these.
   kinds @1 :List(AtomKind);
-  # Writers may write only these kinds; readers see only these kinds.
+  # Writers may write only these kinds; readers see only these kinds. A transition atom
+  # is of kind `transition`: a writer narrowed to kinds without it makes no transitions
+  # (not even retracting its own atoms), and a reader narrowed so sees none.
   labels @2 :List(Text);
   # Writers must give every atom at least one label and only labels from this set;
-  # readers see only atoms that carry at least one of these labels.
+  # readers see only atoms that carry at least one of these labels (so a reader narrowed
+  # to `public` reads an atom labelled both `public` and `secret`).
   maxImportance @3 :Float32 = 1.0;
   # Writers may not write atoms above it; readers see only atoms at or below it.
   expiresAtUnixMs @4 :Int64;
@@ -673,7 +676,9 @@ interface WorldReader {
   # (1 to 1000) and within the call's budget. `nextCommit` is where to continue (pass it
   # as `fromCommit`); it is `toCommit` once everything up to it was read. Lifecycle
   # changes are atoms too (transition atoms, and atoms with `supersedes` links), so
-  # these are every state change between the two commits; each atom's `state` is as
+  # these are every state change between the two commits that this reader may see (a
+  # restriction that hides the atom making a change hides the change from the list,
+  # though not from its target's `state`: see `Restriction`); each atom's `state` is as
   # of `toCommit`.
 
   check @10 (plan :Text, labels :List(Text)) -> (violations :List(Violation), warning :Text);
