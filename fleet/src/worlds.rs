@@ -33,6 +33,8 @@ use crate::Link;
 
 /// The signature's domain: what a node signs is this, the world, then the message.
 const SIGNED_CONTEXT: &[u8] = b"engram 2026-11 world stream message v1\0";
+/// Messages of a world's stream stored in one group commit, at most.
+const CATCH_UP_GROUP_MAX: usize = 256;
 /// How long the writer waits for the stream's answer to a group's message, at most.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Headers of a world stream message.
@@ -473,33 +475,45 @@ async fn follow_once(link: &Rc<Link>, node: &Rc<Node>, world: &str) -> Result<()
         })
         .await
         .map_err(|error| error.to_string())?;
+    // The messages already here are stored together: each one's write is queued, in
+    // stream order, before the first is awaited, so the writer takes them in one group
+    // commit (catching up costs a sync per group, not per message).
     let mut messages = consumer
         .messages()
         .await
-        .map_err(|error| error.to_string())?;
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(|error| error.to_string())?;
-        let position = message
-            .info()
-            .map_err(|error| error.to_string())?
-            .stream_sequence;
-        // A message no node of the fleet signed is passed with nothing stored.
-        let signed = link.signed_by_fleet(world, &message);
-        let payload = match &signed {
-            Ok(()) => message.payload.to_vec(),
-            Err(_) => Vec::new(),
-        };
-        match node.replicate(world.to_owned(), position, payload).await {
-            Ok(WriteOutcome::Replicated { refused, .. }) => {
-                if let Some(reason) = signed.err().or(refused) {
-                    report_refusal(world, position, &reason);
+        .map_err(|error| error.to_string())?
+        .ready_chunks(CATCH_UP_GROUP_MAX);
+    while let Some(ready) = messages.next().await {
+        let mut writes = Vec::with_capacity(ready.len());
+        for message in ready {
+            let message = message.map_err(|error| error.to_string())?;
+            let position = message
+                .info()
+                .map_err(|error| error.to_string())?
+                .stream_sequence;
+            // A message no node of the fleet signed is passed with nothing stored.
+            let signed = link.signed_by_fleet(world, &message);
+            let payload = match &signed {
+                Ok(()) => message.payload.to_vec(),
+                Err(_) => Vec::new(),
+            };
+            let stored = node.replicate(world.to_owned(), position, payload);
+            writes.push(async move { (position, signed.err(), stored.await) });
+        }
+        for (position, unsigned, stored) in futures::future::join_all(writes).await {
+            match stored {
+                Ok(WriteOutcome::Replicated { refused, .. }) => {
+                    if let Some(reason) = unsigned.or(refused) {
+                        report_refusal(world, position, &reason);
+                    }
+                    link.replicated.send_modify(|count| *count += 1);
                 }
-                link.replicated.send_modify(|count| *count += 1);
+                Ok(other) => unreachable!("replicate answered {other:?}"),
+                // The world's record has not reached this node yet, the writer failed,
+                // or an earlier message of the group was not stored (a later one is
+                // then refused as after a gap): read again from the first not stored.
+                Err(error) => return Err(error.to_string()),
             }
-            Ok(other) => unreachable!("replicate answered {other:?}"),
-            // The world's record has not reached this node yet, or the writer failed:
-            // read the message again shortly.
-            Err(error) => return Err(error.to_string()),
         }
     }
     Err("the stream's consumer ended".into())

@@ -806,6 +806,17 @@ fn replicate(
             refused: None,
         }));
     }
+    // A world's stream numbers its messages 1, 2, 3...: one after a gap is never passed
+    // (its follower reads again from the first it lacks).
+    if position != held + 1 {
+        return Ok(Err(StoreError::Replication {
+            world: world.to_owned(),
+            reason: format!(
+                "message {position} of the stream came after {held}: message {} is missing",
+                held + 1
+            ),
+        }));
+    }
     let Some(mut info) = tables.policy().world(world)? else {
         return Ok(Err(StoreError::WorldNotFound {
             world: world.to_owned(),
