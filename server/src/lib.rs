@@ -149,6 +149,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 texts: texts.clone(),
                 data: config.data.clone(),
                 fleet: confirmation.clone(),
+                start_commit: last_commit,
             },
         )?),
         None => None,

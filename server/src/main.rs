@@ -320,7 +320,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+                // async-nats traces its CONNECT line, password and token included: its
+                // log stops at debug, whatever RUST_LOG asks.
+                .add_directive("async_nats=debug".parse().expect("a valid directive")),
         );
     match arguments.log_format {
         // Colour only for a person at a terminal; log files stay plain text.

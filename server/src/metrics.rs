@@ -48,6 +48,9 @@ pub struct Observed {
     pub data: PathBuf,
     /// In a fleet, when the node last confirmed the fleet's policy.
     pub fleet: Arc<engram_capabilities::fleet::Confirmation>,
+    /// The store's last commit when the node started: `/readyz` waits for the indexes
+    /// to cover what the node held then.
+    pub start_commit: u64,
 }
 
 /// The listener, bound and serving on its thread until [`Metrics::stop`].
@@ -172,21 +175,22 @@ fn serve(
 }
 
 /// The lag of each index, in commits: over every world, how far the world's last
-/// commit is past what the index covers (0: the index answers for every atom).
+/// commit (or `up_to`, if lower) is past what the index covers (0: the index answers for
+/// every atom up to there).
 struct Lag {
     vector: u64,
     text: u64,
 }
 
 impl Observed {
-    fn lag(&self) -> Result<Lag, engram_store::StoreError> {
+    fn lag(&self, up_to: u64) -> Result<Lag, engram_store::StoreError> {
         let view = self.store.read()?;
         let mut lag = Lag { vector: 0, text: 0 };
         for world in view.worlds()? {
             if world.atoms == 0 {
                 continue;
             }
-            let last = view.world_last_commit(&world.name)?;
+            let last = view.world_last_commit(&world.name)?.min(up_to);
             lag.text = lag
                 .text
                 .max(last.saturating_sub(self.texts.covered(&world.name)));
@@ -212,7 +216,7 @@ impl Observed {
             }
             Err(error) => tracing::warn!(%error, "metrics: the store could not be read"),
         }
-        if let Ok(lag) = self.lag() {
+        if let Ok(lag) = self.lag(u64::MAX) {
             metrics::gauge!("engram_index_lag_commits", "index" => "vector").set(lag.vector as f64);
             metrics::gauge!("engram_index_lag_commits", "index" => "text").set(lag.text as f64);
         }
@@ -244,12 +248,16 @@ impl Observed {
                 "not ready: writing failed ({why}); every write fails until the node restarts"
             ));
         }
+        // Only what the node held at its start: an index a write or two behind (for
+        // milliseconds, as every write leaves it) is a metric, not a reason to route
+        // calls elsewhere; asks answer from the store for what it has not covered yet.
         let lag = self
-            .lag()
+            .lag(self.start_commit)
             .map_err(|error| format!("not ready: the store cannot be read: {error}"))?;
         if lag.vector > 0 || lag.text > 0 {
             return Err(format!(
-                "not ready: the indexes are catching up (vector {} commits behind, text {})",
+                "not ready: the indexes are catching up with what the node held at its \
+                 start (vector {} commits behind, text {})",
                 lag.vector, lag.text
             ));
         }

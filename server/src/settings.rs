@@ -190,6 +190,8 @@ pub fn render(command: &Command, matches: &ArgMatches, file: Option<&File>) -> S
                 .parse::<i64>()
                 .map(toml::Value::Integer)
                 .unwrap_or(toml::Value::String(raw)),
+            // A NATS URL may hold credentials (which the start then refuses): never shown.
+            Kind::String if id == "nats" => toml::Value::String(engram_fleet::shown_url(&raw)),
             Kind::String => toml::Value::String(raw),
         };
         let source = match matches.value_source(id) {

@@ -1106,6 +1106,17 @@ fn remember(
         }
     }
 
+    // Alone, a world a fleet's stream holds is not written: its entries are the
+    // stream's, and chains extended here would fork from the fleet's.
+    if group.message_bytes_max.is_none() && tables.position(world)? > 0 {
+        return Ok(Err(StoreError::Replication {
+            world: world.to_owned(),
+            reason: "this node runs alone, and the world is a fleet's (its entries come \
+                     from the fleet's stream, which holds them): start the node with --nats \
+                     to write it"
+                .into(),
+        }));
+    }
     // In a fleet, the request must fit in one message of its world's stream.
     if let Some(bytes_max) = group.message_bytes_max {
         let bytes = atoms

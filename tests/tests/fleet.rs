@@ -1108,4 +1108,64 @@ fn a_node_logs_in_to_nats_with_secrets_from_files_and_shows_none() {
     );
     assert!(refused.contains("<hidden>"), "{refused}");
     assert!(!refused.contains(password), "{refused}");
+    let printed = std::process::Command::new(engram_tests::binary("engramd"))
+        .args(["--print-config", "--nats"])
+        .arg(format!("nats://engram:{password}@{address}"))
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(printed.contains("<hidden>"), "{printed}");
+    assert!(!printed.contains(password), "{printed}");
+}
+
+/// A node that was in a fleet, started alone, reads its fleet's worlds but writes none of
+/// them: chains it extended alone would fork from the fleet's stream when it rejoined.
+#[test]
+fn a_fleet_node_started_alone_does_not_write_its_fleets_worlds() {
+    let mut fleet = Fleet::start(1, LEASE, &[]);
+    let key = fleet.admin_key();
+    run_local(async {
+        let on_a = created_on_first(&fleet, &key, "shared").await;
+        engram_client::remember(&on_a.writer("shared").unwrap(), &[NewAtom::fact("first")])
+            .await
+            .unwrap();
+    });
+    fleet.nodes[0].stop();
+    let mut alone = std::process::Command::new(engram_tests::binary("engramd"))
+        .arg("--data")
+        .arg(fleet.nodes[0].data_dir())
+        .args(["--listen", "127.0.0.1:0", "--no-socket"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(alone.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    let address = ready
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("tcp="))
+        .unwrap_or_else(|| panic!("no address in {ready:?}"))
+        .to_owned();
+    let endpoint = engram_client::Endpoint::parse(&address);
+    run_local(async {
+        let session = session(&endpoint, &key).await;
+        let read = engram_client::replay(&session.reader("shared").unwrap(), 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(read.0.len(), 1);
+        let refused = engram_client::remember(
+            &session.writer("shared").unwrap(),
+            &[NewAtom::fact("written alone")],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(refused.code(), Some(ErrorCode::Unavailable), "{refused}");
+        assert!(refused.to_string().contains("--nats"), "{refused}");
+    });
+    alone.kill().unwrap();
+    alone.wait().unwrap();
 }
