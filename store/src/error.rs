@@ -67,7 +67,7 @@ pub enum StoreError {
     /// or the journal may hold them) though it was not acknowledged.
     #[error(
         "the write may have been written ({reason}); retry with the same idempotency key, \
-         which writes it at most once"
+         which writes it at most once (a retry without one may write it twice)"
     )]
     MayHaveBeenWritten { reason: String },
     /// The request was made under an epoch the node has left.

@@ -492,6 +492,7 @@ pub(crate) fn prepare_group(
         keyed: HashMap::new(),
         scratch: Vec::new(),
         message_bytes_max,
+        alone_with_fleet_worlds: message_bytes_max.is_none() && tables.positions.first()?.is_some(),
     };
     let mut verdicts = Vec::with_capacity(requests.len());
     let mut spans = Vec::new();
@@ -632,6 +633,9 @@ struct Group<'a> {
     scratch: Vec<u8>,
     /// In a fleet, the most bytes of one message of a world's stream.
     message_bytes_max: Option<usize>,
+    /// Alone, whether any world holds a fleet's stream position (a node that was in a
+    /// fleet): only then is a world's position read before writing it.
+    alone_with_fleet_worlds: bool,
 }
 
 pub fn now_unix_ms() -> i64 {
@@ -1108,7 +1112,7 @@ fn remember(
 
     // Alone, a world a fleet's stream holds is not written: its entries are the
     // stream's, and chains extended here would fork from the fleet's.
-    if group.message_bytes_max.is_none() && tables.position(world)? > 0 {
+    if group.alone_with_fleet_worlds && tables.position(world)? > 0 {
         return Ok(Err(StoreError::Replication {
             world: world.to_owned(),
             reason: "this node runs alone, and the world is a fleet's (its entries come \

@@ -1013,25 +1013,35 @@ fn a_node_that_ran_alone_does_not_seed_a_fleet_with_atoms_no_stream_has() {
     });
 }
 
-/// Starts `engramd` on `data` with `arguments`, which must not serve: what it printed on
-/// stderr as it gave up.
-fn refused_start(data: &std::path::Path, arguments: &[&str]) -> String {
+/// `engramd` started on `data` with `arguments` (and a TCP port of its own), its stderr
+/// going to `stderr`: the process, and its ready line (empty if it exited instead).
+fn engramd_on(
+    data: &std::path::Path,
+    arguments: &[&str],
+    stderr: std::process::Stdio,
+) -> (std::process::Child, String) {
     let mut started = std::process::Command::new(engram_tests::binary("engramd"))
         .arg("--data")
         .arg(data)
         .args(["--listen", "127.0.0.1:0"])
         .args(arguments)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .unwrap();
-    // Its ready line, or nothing (it exits).
     let mut ready = String::new();
     std::io::BufRead::read_line(
         &mut std::io::BufReader::new(started.stdout.take().unwrap()),
         &mut ready,
     )
     .unwrap();
+    (started, ready)
+}
+
+/// Starts `engramd` on `data` with `arguments`, which must not serve: what it printed on
+/// stderr as it gave up.
+fn refused_start(data: &std::path::Path, arguments: &[&str]) -> String {
+    let (mut started, ready) = engramd_on(data, arguments, std::process::Stdio::piped());
     if !ready.is_empty() {
         started.kill().unwrap();
     }
@@ -1131,20 +1141,11 @@ fn a_fleet_node_started_alone_does_not_write_its_fleets_worlds() {
             .unwrap();
     });
     fleet.nodes[0].stop();
-    let mut alone = std::process::Command::new(engram_tests::binary("engramd"))
-        .arg("--data")
-        .arg(fleet.nodes[0].data_dir())
-        .args(["--listen", "127.0.0.1:0", "--no-socket"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(alone.stdout.take().unwrap()),
-        &mut ready,
-    )
-    .unwrap();
+    let (mut alone, ready) = engramd_on(
+        &fleet.nodes[0].data_dir(),
+        &["--no-socket"],
+        std::process::Stdio::null(),
+    );
     let address = ready
         .split_whitespace()
         .find_map(|field| field.strip_prefix("tcp="))
