@@ -197,10 +197,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             confirmation,
         ),
     );
-    // Dropping the tasks closes every connection and drops every capability, and with
-    // them the last handles of the writer, which then finishes what is queued and exits.
-    // Inside the runtime: what a task holds may spawn as it is dropped (async-nats'
-    // subscriptions send their unsubscribe so).
+    // Dropping the tasks closes every connection and drops every capability. Inside the
+    // runtime: what a task holds may spawn as it is dropped (async-nats' subscriptions
+    // send their unsubscribe so). A connection dropped with a call in flight may keep
+    // its capabilities (and the node's handles) alive in a cycle; nothing runs them
+    // once the runtime is gone, and the threads below are stopped, not waited for.
     {
         let _inside = runtime.enter();
         drop(local);
@@ -210,8 +211,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     if let Some(metrics) = metrics {
         metrics.stop();
     }
+    // The writer finishes what is queued and exits; so does the audit thread.
     writer_thread.join();
-    // The last audit handles went with the node: the thread commits what is queued.
     audit_thread.join();
     // The writer's doorbell is gone with it: the indexer sees that and stops.
     if indexer.join().is_err() {

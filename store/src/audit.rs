@@ -362,19 +362,23 @@ pub struct AuditEntry {
 /// The handle reads record through. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    queue: mpsc::Sender<AuditRecord>,
+    /// Records, and `None`: stop once what was queued before is committed.
+    queue: mpsc::Sender<Option<AuditRecord>>,
     database: Arc<Database>,
 }
 
 /// The running audit thread.
 pub struct AuditThread {
     handle: JoinHandle<()>,
+    queue: mpsc::Sender<Option<AuditRecord>>,
 }
 
 impl AuditThread {
-    /// Waits for the thread to commit what is queued and exit; it exits once every
-    /// [`AuditLog`] handle is dropped.
+    /// Makes the thread commit what is queued and exit, and waits for it. An
+    /// [`AuditLog`] handle still held then answers `AuditStopped`. Not to be called from
+    /// an async context.
     pub fn join(self) {
+        let _ = self.queue.blocking_send(None);
         if self.handle.join().is_err() {
             tracing::error!("the audit thread panicked");
         }
@@ -413,7 +417,11 @@ impl AuditLog {
             .name("engram-audit".into())
             .spawn(move || run(&writing, receiver, next_sequence, pruner))
             .expect("spawning the audit thread");
-        Ok((AuditLog { queue, database }, AuditThread { handle }))
+        let thread = AuditThread {
+            handle,
+            queue: queue.clone(),
+        };
+        Ok((AuditLog { queue, database }, thread))
     }
 
     /// Copies the trail as it stands now into a new redb file at `path` (an online
@@ -431,7 +439,7 @@ impl AuditLog {
     /// cannot be written: the read must then not be answered.
     pub async fn record(&self, record: AuditRecord) -> Result<(), StoreError> {
         self.queue
-            .send(record)
+            .send(Some(record))
             .await
             .map_err(|_| StoreError::AuditStopped)
     }
@@ -541,16 +549,23 @@ fn decode(
 /// commits every queued record in one durable transaction.
 fn run(
     database: &Database,
-    mut receiver: mpsc::Receiver<AuditRecord>,
+    mut receiver: mpsc::Receiver<Option<AuditRecord>>,
     mut next_sequence: u64,
     mut pruner: Option<Pruner>,
 ) {
     let mut batch = Vec::new();
-    while let Some(first) = receiver.blocking_recv() {
+    let mut stopping = false;
+    while !stopping && let Some(Some(first)) = receiver.blocking_recv() {
         batch.push(first);
         std::thread::sleep(AUDIT_COMMIT_INTERVAL);
         while let Ok(record) = receiver.try_recv() {
-            batch.push(record);
+            match record {
+                Some(record) => batch.push(record),
+                None => {
+                    stopping = true;
+                    break;
+                }
+            }
         }
         match commit(database, &batch, next_sequence) {
             Ok(()) => next_sequence += batch.len() as u64,

@@ -15,23 +15,35 @@ use crate::write::{WriteOp, WriteOutcome, WriteRequest};
 
 type Reply = oneshot::Sender<Result<WriteOutcome, StoreError>>;
 
+/// What the writer's queue carries.
+enum Message {
+    Write(WriteRequest, Reply),
+    /// Finish what was queued before, then exit.
+    Stop,
+}
+
 /// A handle to submit writes. Cheap to clone; usable from any async runtime. The queue
 /// holds at most `WRITE_QUEUE_REQUESTS_MAX` requests however many handles submit:
 /// submitters past it wait.
 #[derive(Clone)]
 pub struct Writer {
-    queue: mpsc::Sender<(WriteRequest, Reply)>,
+    queue: mpsc::Sender<Message>,
 }
 
 /// The running writer thread.
 pub struct WriterThread {
     handle: JoinHandle<()>,
+    queue: mpsc::Sender<Message>,
 }
 
 impl WriterThread {
-    /// Waits for the thread to finish the requests already queued and exit. It exits
-    /// once every [`Writer`] handle is dropped.
+    /// Makes the thread finish the requests already queued and exit, and waits for it.
+    /// A [`Writer`] handle still held (by a task dropped while its call was in flight,
+    /// say) then answers `WriterStopped`. Not to be called from an async context.
     pub fn join(self) {
+        // Sent after everything queued, so it is the last message taken; it fails only
+        // if the thread is gone already.
+        let _ = self.queue.blocking_send(Message::Stop);
         if self.handle.join().is_err() {
             tracing::error!("the writer thread panicked");
         }
@@ -48,14 +60,18 @@ impl Writer {
             .name("engram-writer".into())
             .spawn(move || run(store, receiver, on_commit))
             .expect("spawning the writer thread");
-        (Writer { queue: sender }, WriterThread { handle })
+        let thread = WriterThread {
+            handle,
+            queue: sender.clone(),
+        };
+        (Writer { queue: sender }, thread)
     }
 
     /// Submits a request and waits until it is durable (or rejected).
     pub async fn submit(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send((request, reply))
+            .send(Message::Write(request, reply))
             .await
             .map_err(|_| StoreError::WriterStopped)?;
         answer.await.map_err(|_| StoreError::WriterStopped)?
@@ -87,20 +103,25 @@ fn last_commit_of(verdicts: &[Result<WriteOutcome, StoreError>]) -> Option<u64> 
         .max()
 }
 
-fn run(store: Store, mut receiver: mpsc::Receiver<(WriteRequest, Reply)>, on_commit: impl Fn(u64)) {
+fn run(store: Store, mut receiver: mpsc::Receiver<Message>, on_commit: impl Fn(u64)) {
     let mut requests = Vec::with_capacity(GROUP_COMMIT_REQUESTS_MAX);
     let mut replies = Vec::with_capacity(GROUP_COMMIT_REQUESTS_MAX);
+    let mut stopping = false;
     // Block for the first request of a group, then take whatever else is already queued.
-    while let Some(first) = receiver.blocking_recv() {
-        let mut atoms = atoms_of(&first.0);
-        requests.push(first.0);
-        replies.push(first.1);
+    while !stopping && let Some(Message::Write(request, reply)) = receiver.blocking_recv() {
+        let mut atoms = atoms_of(&request);
+        requests.push(request);
+        replies.push(reply);
         while requests.len() < GROUP_COMMIT_REQUESTS_MAX && atoms < GROUP_COMMIT_ATOMS_MAX {
             match receiver.try_recv() {
-                Ok((request, reply)) => {
+                Ok(Message::Write(request, reply)) => {
                     atoms += atoms_of(&request);
                     requests.push(request);
                     replies.push(reply);
+                }
+                Ok(Message::Stop) => {
+                    stopping = true;
+                    break;
                 }
                 Err(_) => break,
             }
@@ -143,7 +164,7 @@ fn run(store: Store, mut receiver: mpsc::Receiver<(WriteRequest, Reply)>, on_com
         }
         requests.clear();
     }
-    // Every handle is gone: leave nothing for the next start to recover.
+    // Stopped: leave nothing for the next start to recover.
     if let Err(error) = store.checkpoint() {
         tracing::warn!(%error, "the last checkpoint failed; the next start recovers from the journal");
     }

@@ -350,11 +350,23 @@ impl TestNode {
         }
     }
 
-    /// SIGTERM (unless already sent), and the node must exit 0.
+    /// SIGTERM (unless already sent), and the node must exit 0, within a minute (it is
+    /// killed past that, and the test fails: a stop that hangs is a defect).
     pub fn stop(&mut self) {
         self.terminate();
         if let Some(mut child) = self.child.take() {
-            let status = child.wait().expect("waiting for engramd");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            let status = loop {
+                if let Some(status) = child.try_wait().expect("waiting for engramd") {
+                    break status;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("engramd did not exit within a minute of SIGTERM");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            };
             assert!(status.success(), "engramd exited with {status}");
         }
         self.terminated = false;

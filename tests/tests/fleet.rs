@@ -984,6 +984,41 @@ fn a_write_lost_in_a_nats_stall_is_answered_honestly_and_retried_once_with_its_k
     }
 }
 
+/// SIGTERM while a write waits on a stalled NATS: the node answers the write (it may
+/// have been written) and exits 0 within the test's bound, where it once hung for good
+/// once its listeners were closed.
+#[test]
+fn a_node_stops_on_sigterm_with_a_write_in_flight_in_a_nats_stall() {
+    let mut fleet = Fleet::start(1, LEASE, &[]);
+    let key = fleet.admin_key();
+    run_local(async {
+        let on_a = created_on_first(&fleet, &key, "stopping").await;
+        let writer = on_a.writer("stopping").unwrap();
+        engram_client::remember(&writer, &[NewAtom::fact("first")])
+            .await
+            .unwrap();
+        fleet.proxies[0].stall();
+        let before = fleet.proxies[0].upstream_bytes();
+        let text = "x".repeat(20_000);
+        let write = tokio::task::spawn_local(async move {
+            engram_client::remember(&writer, &[NewAtom::fact(&text)]).await
+        });
+        // The group's message is on its way to NATS: the writer waits for its answer.
+        while fleet.proxies[0].upstream_bytes() < before + 20_000 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        fleet.nodes[0].terminate();
+        let answer = write.await.unwrap();
+        let error = answer.expect_err("a write the node stopped under is not acknowledged");
+        assert!(
+            matches!(error.code(), Some(ErrorCode::Unavailable) | None),
+            "{error}"
+        );
+    });
+    fleet.nodes[0].stop();
+    fleet.proxies[0].resume();
+}
+
 /// A node that ran alone holds atoms no world stream has: seeding a fleet with it would
 /// let a joining node take its worlds without them and write their chains again (a
 /// fork). Its start in a fleet is refused, naming the worlds and the way to bring them.
