@@ -552,6 +552,42 @@ struct Health {
   uptimeMs @6 :UInt64;
 }
 
+struct FleetStatus {
+  # What a node knows of the fleet it is in (`Membrane.fleet`), from its own state: it
+  # asks NATS nothing to answer. A node running alone answers an empty `name`, its own
+  # key, and empty lists.
+  name @0 :Text;              # The fleet's name (`engramd --fleet`); empty: alone.
+  nodeKey @1 :Data;           # This node's public key (32 bytes).
+  address @2 :Text;           # Where this node tells clients to reach it.
+  leaseMs @3 :UInt64;         # The fleet's lease (`--fleet-lease-ms`).
+  confirmedAgoMs @4 :UInt64;
+  # Since this node last confirmed the fleet's policy; a node serves nothing while this
+  # is past the lease. The largest UInt64 if it never has.
+  nodes @5 :List(FleetNode);  # Every node the fleet's policy records, this one included.
+  worlds @6 :List(FleetWorld);
+  # The worlds the caller may use (an admin: every world), by name.
+}
+
+struct FleetNode {
+  key @0 :Data;               # The node's public key.
+  address @1 :Text;           # Where it tells clients to reach it.
+  slot @2 :UInt32;            # Its commit slot: the commits it gives out are this modulo 1024.
+  seenAgoMs @3 :UInt64;
+  # Since the node last said, through the fleet, that it runs (every third of the lease);
+  # the largest UInt64 when not within the lease (stopped, or cut off from NATS).
+  confirmedAgoMs @4 :UInt64;
+  # How long ago, when it last said so, it had confirmed the fleet's policy; the largest
+  # UInt64 if not known.
+}
+
+struct FleetWorld {
+  world @0 :Text;
+  ownerKey @1 :Data;          # The node that writes the world now; empty: none does.
+  ownerAddress @2 :Text;      # Where to send its writes; empty: any node takes it.
+  streamPosition @3 :UInt64;  # Messages the world's stream holds, as this node last heard.
+  heldPosition @4 :UInt64;    # Of which this node holds the first `heldPosition`.
+}
+
 struct WorldCapabilities {
   # What a principal holds in one world. A capability is null where the right is not granted.
   world @0 :Text;
@@ -617,6 +653,14 @@ interface Membrane {
   # already revoked token changes nothing. An epoch advance revokes every token and
   # empties the list; the list holds at most 100,000 tokens per epoch
   # (`resourceExhausted` past it).
+
+  fleet @2 () -> (status :FleetStatus);
+  # The fleet this node is in, as this node knows it (see `FleetStatus`): its nodes,
+  # whether each runs and has confirmed the fleet's policy, and for each world the
+  # principal may use (an admin: every world), its owner (where its writes go) and its
+  # stream position against what this node holds. Answered from the node's own state,
+  # with no call to NATS. `unavailable` while the node has not confirmed the fleet's
+  # policy within its lease, as every call is (ask another node).
 }
 
 interface WorldReader {

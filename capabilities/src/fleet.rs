@@ -15,15 +15,69 @@ use engram_store::{PolicyChange, WriteOp, WriteOutcome, WriteRequest};
 use crate::error::CapabilityError;
 use crate::node::Node;
 
-/// When a fleet node last confirmed the fleet's policy, readable from any thread (the
-/// metrics listener's `/readyz` reads it). Outside a fleet it is always confirmed.
+/// What a fleet node says of itself to the metrics listener, readable from any thread:
+/// when it last confirmed the fleet's policy (`/readyz` reads it; outside a fleet it is
+/// always confirmed), how many worlds it owns, and how far it is behind each world's
+/// stream.
 #[derive(Debug, Default)]
-pub struct Confirmation {
+pub struct FleetHealth {
     /// The fleet's lease and the moment of the last confirmation; `None` outside a fleet.
     state: std::sync::Mutex<Option<(Duration, Option<Instant>)>>,
+    owned: std::sync::atomic::AtomicUsize,
+    /// Messages of each world's stream this node does not hold yet, by world.
+    lags: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// The worlds whose streams this node has not caught up to where they stood when it
+    /// began following them (after its start, or the world's creation).
+    catching_up: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
-impl Confirmation {
+impl FleetHealth {
+    /// This node owns `count` worlds.
+    pub fn set_owned(&self, count: usize) {
+        self.owned
+            .store(count, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The worlds this node owns.
+    pub fn owned(&self) -> usize {
+        self.owned.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// This node holds all but `lag` messages of `world`'s stream.
+    pub fn set_lag(&self, world: &str, lag: u64) {
+        let mut lags = self.lags.lock().expect("never poisoned");
+        match lags.get_mut(world) {
+            Some(held) => *held = lag,
+            None => {
+                lags.insert(world.to_owned(), lag);
+            }
+        }
+    }
+
+    /// Whether this node is still catching up `world`'s stream from where it stood
+    /// when the node began following it.
+    pub fn set_catching_up(&self, world: &str, catching_up: bool) {
+        let mut worlds = self.catching_up.lock().expect("never poisoned");
+        match catching_up {
+            true => worlds.insert(world.to_owned()),
+            false => worlds.remove(world),
+        };
+    }
+
+    /// The worlds this node is catching up (see [`FleetHealth::set_catching_up`]).
+    pub fn catching_up(&self) -> Vec<String> {
+        let worlds = self.catching_up.lock().expect("never poisoned");
+        worlds.iter().cloned().collect()
+    }
+
+    /// Each followed world's lag, by world.
+    pub fn lags(&self) -> Vec<(String, u64)> {
+        let lags = self.lags.lock().expect("never poisoned");
+        lags.iter()
+            .map(|(world, lag)| (world.clone(), *lag))
+            .collect()
+    }
+
     /// The node is joining a fleet whose lease is `lease`, and has confirmed nothing.
     pub fn joining(&self, lease: Duration) {
         *self.state.lock().expect("never poisoned") = Some((lease, None));
@@ -60,6 +114,42 @@ impl Confirmation {
     }
 }
 
+/// What a fleet node knows of its fleet (`Membrane.fleet`), from its own state.
+#[derive(Clone, Debug)]
+pub struct FleetReport {
+    pub name: String,
+    pub address: String,
+    pub lease: Duration,
+    /// Since this node last confirmed the fleet's policy; `None`: never.
+    pub confirmed_ago: Option<Duration>,
+    pub nodes: Vec<NodeReport>,
+    /// Every world this node follows, by name.
+    pub worlds: Vec<WorldReport>,
+}
+
+/// A node of the fleet, as its policy records it and as it last said it runs.
+#[derive(Clone, Debug)]
+pub struct NodeReport {
+    pub key: [u8; 32],
+    pub address: String,
+    pub slot: u64,
+    /// Since it last said it runs; `None`: not within the lease.
+    pub seen_ago: Option<Duration>,
+    /// How long ago, when it last said so, it had confirmed the fleet's policy.
+    pub confirmed_ago: Option<Duration>,
+}
+
+/// A world of the fleet: who writes it, and how far its stream is.
+#[derive(Clone, Debug)]
+pub struct WorldReport {
+    pub world: String,
+    /// The owner's key and address; `None`: no node owns it now.
+    pub owner: Option<([u8; 32], String)>,
+    /// The messages its stream holds, as this node last heard (at least what it holds).
+    pub stream_position: u64,
+    pub held_position: u64,
+}
+
 /// A future on the RPC thread.
 pub type Local<T> = Pin<Box<dyn Future<Output = T>>>;
 
@@ -89,6 +179,8 @@ pub trait Fleet {
     /// Resolves once this node may write `world` (it owns it, and holds all its stream
     /// holds); else why not, with the owner's address.
     fn claim(self: Rc<Self>, world: String) -> Local<Result<(), String>>;
+    /// What this node knows of its fleet now.
+    fn status(&self) -> FleetReport;
 }
 
 /// Whether a write is a policy change (the fleet's, in a fleet).

@@ -57,6 +57,11 @@ impl Membrane {
     }
 }
 
+/// Whether `principal` may use `world` at all (an admin: every world).
+fn may_use(principal: &engram_store::Principal, world: &str) -> bool {
+    principal.admin || (principal.grants.iter()).any(|grant| grant.world == world)
+}
+
 impl membrane::Server for Membrane {
     async fn graft(
         self: Rc<Self>,
@@ -74,13 +79,7 @@ impl membrane::Server for Membrane {
             .worlds()
             .wire()?
             .into_iter()
-            .filter(|world| {
-                principal.admin
-                    || principal
-                        .grants
-                        .iter()
-                        .any(|grant| grant.world == world.name)
-            })
+            .filter(|world| may_use(&principal, &world.name))
             .collect();
         drop(view);
         let grip = Grip {
@@ -138,6 +137,62 @@ impl membrane::Server for Membrane {
         results.set_signer(crate::metered::client(Signer::new(grip.clone(), None)));
         if principal.admin {
             results.set_admin(crate::metered::client(Admin::new(grip)));
+        }
+        Ok(())
+    }
+
+    async fn fleet(
+        self: Rc<Self>,
+        _: membrane::FleetParams,
+        mut results: membrane::FleetResults,
+    ) -> Result<(), capnp::Error> {
+        let node = &self.node;
+        node.fleet_gate().wire()?;
+        let (view, principal, _, _) = node
+            .policy_view(&self.principal, "this principal has been removed")
+            .await
+            .wire()?;
+        drop(view);
+        let fleet = node.fleet.borrow().clone();
+        let mut status = results.get().init_status();
+        status.set_node_key(&node.node_key());
+        let Some(fleet) = fleet else {
+            return Ok(());
+        };
+        let report = fleet.status();
+        let millis = |ago: Option<std::time::Duration>| {
+            ago.map_or(u64::MAX, |ago| {
+                ago.as_millis().min(u64::MAX as u128 - 1) as u64
+            })
+        };
+        status.set_name(report.name.as_str());
+        status.set_address(report.address.as_str());
+        status.set_lease_ms(report.lease.as_millis() as u64);
+        status.set_confirmed_ago_ms(millis(report.confirmed_ago));
+        let mut nodes = status.reborrow().init_nodes(report.nodes.len() as u32);
+        for (index, reported) in report.nodes.iter().enumerate() {
+            let mut entry = nodes.reborrow().get(index as u32);
+            entry.set_key(&reported.key);
+            entry.set_address(reported.address.as_str());
+            entry.set_slot(reported.slot as u32);
+            entry.set_seen_ago_ms(millis(reported.seen_ago));
+            entry.set_confirmed_ago_ms(millis(reported.confirmed_ago));
+        }
+        // Only the worlds the principal may use: the others' names, owners and sizes
+        // are not its to learn.
+        let visible: Vec<_> = (report.worlds.iter())
+            .filter(|world| may_use(&principal, &world.world))
+            .collect();
+        let mut worlds = status.init_worlds(visible.len() as u32);
+        for (index, reported) in visible.into_iter().enumerate() {
+            let mut entry = worlds.reborrow().get(index as u32);
+            entry.set_world(reported.world.as_str());
+            if let Some((key, address)) = &reported.owner {
+                entry.set_owner_key(key);
+                entry.set_owner_address(address.as_str());
+            }
+            entry.set_stream_position(reported.stream_position);
+            entry.set_held_position(reported.held_position);
         }
         Ok(())
     }

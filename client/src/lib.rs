@@ -360,6 +360,14 @@ impl Membrane {
     }
 }
 
+impl Membrane {
+    /// The fleet this node is in, as it knows it (`Membrane.fleet`).
+    pub async fn fleet(&self) -> Result<FleetStatus, ClientError> {
+        let response = self.client.fleet_request().send().promise.await?;
+        Ok(FleetStatus::read(response.get()?.get_status()?)?)
+    }
+}
+
 impl Session {
     fn world(&self, world: &str) -> Result<&WorldCapabilities, ClientError> {
         self.worlds.get(world).ok_or_else(|| {

@@ -219,6 +219,11 @@ enum Command {
     /// restores its capability on any connection without a key (`engram --token FILE`).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Show the fleet the node is in, as it knows it: its nodes (running, confirmed),
+    /// and each world you may use with its owner (where its writes go) and how far its
+    /// stream is against what this node holds.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Show or advance the epoch (admin).
     #[command(subcommand)]
     Epoch(EpochCommand),
@@ -271,6 +276,12 @@ enum PrincipalCommand {
         name: String,
     },
     List,
+}
+
+#[derive(Subcommand, Debug)]
+enum FleetCommand {
+    /// Print the fleet's status as this node knows it.
+    Status,
 }
 
 #[derive(Subcommand, Debug)]
@@ -938,14 +949,67 @@ async fn login(cli: &Cli) -> Result<engram_client::Membrane, ClientError> {
     connection.login(&key).await
 }
 
-/// Logs in with --key and grafts: for a command that needs a principal, not a token.
-async fn session(cli: &Cli) -> Result<Session, Failure> {
+/// Logs in with --key: for a command that needs a principal, not a token.
+async fn membrane(cli: &Cli) -> Result<engram_client::Membrane, Failure> {
     if cli.token.is_some() {
         return Err(usage(
             "this command needs a principal's key (--key), not a token",
         ));
     }
-    Ok(login(cli).await?.graft().await?)
+    Ok(login(cli).await?)
+}
+
+/// Logs in with --key and grafts: for a command that needs a principal, not a token.
+async fn session(cli: &Cli) -> Result<Session, Failure> {
+    Ok(membrane(cli).await?.graft().await?)
+}
+
+/// A fleet's status as text: the fleet and this node, its nodes, its worlds.
+fn fleet_text(status: &engram_client::FleetStatus) -> String {
+    let key = hex::encode(status.node_key);
+    if status.name.is_empty() {
+        return format!("node {key} runs alone (no fleet)");
+    }
+    let ago = |millis: Option<u64>| {
+        millis.map_or("never".to_owned(), |millis| {
+            format!("{:.1} s ago", millis as f64 / 1000.0)
+        })
+    };
+    let mut text = format!(
+        "fleet {} (lease {:.1} s): node {key} at {}, confirmed the fleet's policy {}\nnodes",
+        status.name,
+        status.lease_ms as f64 / 1000.0,
+        status.address,
+        ago(status.confirmed_ago_ms),
+    );
+    for node in &status.nodes {
+        let seen = match node.seen_ago_ms {
+            Some(_) => format!(
+                "runs (seen {}), confirmed {}",
+                ago(node.seen_ago_ms),
+                ago(node.confirmed_ago_ms)
+            ),
+            None => "not seen within the lease".to_owned(),
+        };
+        text.push_str(&format!(
+            "\n  slot {}  {}  {}  {seen}",
+            node.slot,
+            hex::encode(node.key),
+            node.address
+        ));
+    }
+    text.push_str("\nworlds");
+    for world in &status.worlds {
+        let owner = match &world.owner {
+            Some((key, address)) => format!("written at {address} ({})", hex::encode(key)),
+            None => "no owner (the next node asked to write it takes it)".to_owned(),
+        };
+        text.push_str(&format!(
+            "\n  {}  {owner}  stream {}  held here {}",
+            world.world, world.stream_position, world.held_position
+        ));
+    }
+    text
 }
 
 /// What a command acts through: a graft with --key, or with --token the one
@@ -1085,7 +1149,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             );
         }
         Command::Whoami => {
-            let session = session(&cli).await?;
+            let membrane = membrane(&cli).await?;
+            let session = membrane.graft().await?;
+            let fleet = membrane.fleet().await?;
             let worlds: Vec<Value> = session
                 .worlds
                 .iter()
@@ -1107,17 +1173,24 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 "admin": session.admin_principal,
                 "epoch": session.epoch.to_json(),
                 "worlds": worlds,
+                "node": hex::encode(fleet.node_key),
+                "fleet": (!fleet.name.is_empty()).then_some(&fleet.name),
             });
             emit(json_output, value.clone(), || {
                 let mut text = format!(
-                    "principal {}{}\nepoch {}",
+                    "principal {}{}\nepoch {}\nnode {}{}",
                     session.principal,
                     if session.admin_principal {
                         " (admin)"
                     } else {
                         ""
                     },
-                    session.epoch.number
+                    session.epoch.number,
+                    hex::encode(fleet.node_key),
+                    match fleet.name.as_str() {
+                        "" => " (alone)".to_owned(),
+                        name => format!(" in fleet {name} (engram fleet status)"),
+                    }
                 );
                 for world in worlds {
                     text.push_str(&format!(
@@ -1667,6 +1740,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     message: format!("world {world} failed verification"),
                 });
             }
+        }
+        Command::Fleet(FleetCommand::Status) => {
+            let status = membrane(&cli).await?.fleet().await?;
+            emit(json_output, status.to_json(), || fleet_text(&status));
         }
         Command::Epoch(command) => {
             let admin = session(&cli).await?.admin()?;

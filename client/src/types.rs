@@ -971,3 +971,113 @@ impl WorldView {
         })
     }
 }
+
+/// What a node knows of its fleet (`Membrane.fleet`). Alone: `name` empty, no nodes, no
+/// worlds. Durations are `None` where the schema says the largest UInt64 (never, or
+/// not known).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FleetStatus {
+    pub name: String,
+    pub node_key: [u8; 32],
+    pub address: String,
+    pub lease_ms: u64,
+    pub confirmed_ago_ms: Option<u64>,
+    pub nodes: Vec<FleetNode>,
+    pub worlds: Vec<FleetWorld>,
+}
+
+/// A node of the fleet (see [`FleetStatus`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FleetNode {
+    pub key: [u8; 32],
+    pub address: String,
+    pub slot: u32,
+    /// Since it last said it runs; `None`: not within the lease.
+    pub seen_ago_ms: Option<u64>,
+    pub confirmed_ago_ms: Option<u64>,
+}
+
+/// A world of the fleet (see [`FleetStatus`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FleetWorld {
+    pub world: String,
+    /// The owner's key and address; `None`: no node owns it now.
+    pub owner: Option<([u8; 32], String)>,
+    pub stream_position: u64,
+    pub held_position: u64,
+}
+
+fn ago(millis: u64) -> Option<u64> {
+    (millis != u64::MAX).then_some(millis)
+}
+
+fn key_of(bytes: &[u8]) -> Result<[u8; 32], capnp::Error> {
+    bytes
+        .try_into()
+        .map_err(|_| capnp::Error::failed(format!("a key of {} bytes, not 32", bytes.len())))
+}
+
+impl FleetStatus {
+    pub(crate) fn read(
+        status: wire::fleet_status::Reader<'_>,
+    ) -> Result<FleetStatus, capnp::Error> {
+        let text = |text: capnp::text::Reader<'_>| text.to_string().map_err(capnp::Error::from);
+        let mut nodes = Vec::new();
+        for node in status.get_nodes()?.iter() {
+            nodes.push(FleetNode {
+                key: key_of(node.get_key()?)?,
+                address: text(node.get_address()?)?,
+                slot: node.get_slot(),
+                seen_ago_ms: ago(node.get_seen_ago_ms()),
+                confirmed_ago_ms: ago(node.get_confirmed_ago_ms()),
+            });
+        }
+        let mut worlds = Vec::new();
+        for world in status.get_worlds()?.iter() {
+            let owner = match world.get_owner_key()? {
+                [] => None,
+                key => Some((key_of(key)?, text(world.get_owner_address()?)?)),
+            };
+            worlds.push(FleetWorld {
+                world: text(world.get_world()?)?,
+                owner,
+                stream_position: world.get_stream_position(),
+                held_position: world.get_held_position(),
+            });
+        }
+        Ok(FleetStatus {
+            name: text(status.get_name()?)?,
+            node_key: key_of(status.get_node_key()?)?,
+            address: text(status.get_address()?)?,
+            lease_ms: status.get_lease_ms(),
+            confirmed_ago_ms: ago(status.get_confirmed_ago_ms()),
+            nodes,
+            worlds,
+        })
+    }
+
+    /// The status as JSON (keys in hex; durations `null` where not known).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "nodeKey": hex::encode(self.node_key),
+            "address": self.address,
+            "leaseMs": self.lease_ms,
+            "confirmedAgoMs": self.confirmed_ago_ms,
+            "nodes": self.nodes.iter().map(|node| json!({
+                "key": hex::encode(node.key),
+                "address": node.address,
+                "slot": node.slot,
+                "seenAgoMs": node.seen_ago_ms,
+                "confirmedAgoMs": node.confirmed_ago_ms,
+            })).collect::<Vec<_>>(),
+            "worlds": self.worlds.iter().map(|world| json!({
+                "world": world.world,
+                "ownerKey": world.owner.as_ref().map(|(key, _)| hex::encode(key)),
+                "ownerAddress": world.owner.as_ref().map(|(_, address)| address),
+                "streamPosition": world.stream_position,
+                "heldPosition": world.held_position,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}

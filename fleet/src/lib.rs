@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, kv, stream};
 use async_nats::{HeaderMap, header};
 use engram_capabilities::Node;
-use engram_capabilities::fleet::{Confirmation, Fleet, Local, Refusal};
+use engram_capabilities::fleet::{
+    Fleet, FleetHealth, FleetReport, Local, NodeReport, Refusal, WorldReport,
+};
 use engram_store::PolicyChange;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{Notify, watch};
@@ -141,8 +143,14 @@ pub struct Link {
     idle_release: Duration,
     /// The last revision every change up to which this node applied.
     applied: watch::Sender<u64>,
-    /// When this node last knew it had applied everything the fleet held.
-    confirmation: Arc<Confirmation>,
+    /// When this node last knew it had applied everything the fleet held, and what it
+    /// says of itself to the metrics.
+    health: Arc<FleetHealth>,
+    /// The lease bucket's entries (worlds' leases, nodes' beats) as this node last heard
+    /// them, by key, with when it heard them.
+    heard: RefCell<HashMap<String, (bytes::Bytes, Instant)>>,
+    /// The messages each world's stream holds, as this node last heard.
+    stream_ends: RefCell<HashMap<String, u64>>,
     /// A revision the fleet held when asked at an instant, which confirms the node at
     /// that instant once applied.
     pending: Cell<Option<(u64, Instant)>>,
@@ -154,15 +162,15 @@ pub struct Link {
 /// Joins the fleet `config` names: connects, seeds the fleet with this node's policy if
 /// the fleet has none yet, applies the fleet's policy, and from then on keeps it applied
 /// and confirmed. Refuses a node whose data directory has worlds the fleet does not
-/// know, or an epoch ahead of the fleet's. `confirmation` is where it says, for any
-/// thread to read, when it last confirmed the fleet's policy.
+/// know, or an epoch ahead of the fleet's. `health` is where it says, for any thread to
+/// read, when it last confirmed the fleet's policy and how its worlds stand.
 pub async fn join(
     node: Rc<Node>,
     config: &Config,
     address: &str,
-    confirmation: Arc<Confirmation>,
+    health: Arc<FleetHealth>,
 ) -> Result<Rc<Link>, String> {
-    confirmation.joining(config.lease);
+    health.joining(config.lease);
     let nats = format!("NATS at {}", shown_url(&config.url));
     let mut options = match &config.auth {
         Auth::None => async_nats::ConnectOptions::new(),
@@ -234,7 +242,9 @@ pub async fn join(
         lease: config.lease,
         idle_release: config.idle_release,
         applied: watch::Sender::new(0),
-        confirmation,
+        health,
+        heard: RefCell::new(HashMap::new()),
+        stream_ends: RefCell::new(HashMap::new()),
         pending: Cell::new(None),
         behind_since: Cell::new(None),
         restart_watch: Notify::new(),
@@ -254,6 +264,7 @@ pub async fn join(
         .replicate_to(Arc::new(worlds::publisher(&link, node.signing_key())));
     tokio::task::spawn_local(link.clone().heartbeat());
     tokio::task::spawn_local(link.clone().renew());
+    tokio::task::spawn_local(link.clone().hear_leases());
     link.follow_worlds(&node);
     node.join(link.clone());
     tracing::info!(
@@ -542,7 +553,7 @@ impl Link {
     }
 
     fn confirm(&self, asked: Instant) {
-        self.confirmation.confirm(asked);
+        self.health.confirm(asked);
         self.behind_since.set(None);
     }
 
@@ -647,7 +658,7 @@ async fn send(
 
 impl Fleet for Link {
     fn confirmed(&self) -> Result<(), String> {
-        self.confirmation.check()
+        self.health.check()
     }
 
     fn applied(&self) -> u64 {
@@ -673,5 +684,9 @@ impl Fleet for Link {
 
     fn claim(self: Rc<Self>, world: String) -> Local<Result<(), String>> {
         Box::pin(self.claim(world))
+    }
+
+    fn status(&self) -> FleetReport {
+        self.report()
     }
 }

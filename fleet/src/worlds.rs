@@ -29,7 +29,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::Link;
+use crate::{FleetReport, Link, NodeReport, WorldReport};
 
 /// The signature's domain: what a node signs is this, the world, then the message.
 const SIGNED_CONTEXT: &[u8] = b"engram 2026-11 world stream message v1\0";
@@ -179,6 +179,14 @@ struct Lease {
     address: String,
 }
 
+/// A node's beat, as the lease bucket holds it under `node.<key in hex>`: the node runs
+/// (it is rewritten every third of the lease, and expires with it).
+#[derive(Serialize, Deserialize)]
+struct Beat {
+    /// How long ago the node had confirmed the fleet's policy; `None`: never.
+    confirmed_ago_ms: Option<u64>,
+}
+
 /// A world this node owns: the revision of its lease entry, when it was last renewed,
 /// and when a write last asked for it.
 #[derive(Clone, Copy)]
@@ -241,6 +249,115 @@ impl Link {
     fn lease_key(world: &str) -> String {
         let hash = blake3::hash(world.as_bytes()).to_hex();
         format!("world.{}", &hash.as_str()[..32])
+    }
+
+    fn beat_key(node: &[u8; 32]) -> String {
+        format!("node.{}", hex::encode(node))
+    }
+
+    /// Keeps [`Link::heard`] current with the lease bucket, for as long as the node
+    /// runs: each world's lease, each node's beat.
+    pub(crate) async fn hear_leases(self: Rc<Self>) {
+        loop {
+            match self.leases.watch_with_history(">").await {
+                Ok(mut entries) => {
+                    while let Some(Ok(entry)) = entries.next().await {
+                        let mut heard = self.heard.borrow_mut();
+                        match entry.operation {
+                            kv::Operation::Put => {
+                                heard.insert(entry.key, (entry.value, Instant::now()));
+                            }
+                            _ => {
+                                heard.remove(&entry.key);
+                            }
+                        }
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "cannot watch the lease bucket"),
+            }
+            tokio::time::sleep(self.lease / 4).await;
+        }
+    }
+
+    /// What the lease bucket said of `key` within the lease, when heard.
+    fn heard_of(&self, key: &str) -> Option<(bytes::Bytes, Duration)> {
+        let heard = self.heard.borrow();
+        let (value, at) = heard.get(key)?;
+        (at.elapsed() < self.lease).then(|| (value.clone(), at.elapsed()))
+    }
+
+    /// What this node knows of its fleet now (`Membrane.fleet`).
+    pub(crate) fn report(&self) -> FleetReport {
+        let confirmed_ago = |age: Option<f64>| {
+            age.filter(|age| age.is_finite())
+                .map(Duration::from_secs_f64)
+        };
+        let mut nodes: Vec<NodeReport> = (self.nodes.borrow().iter())
+            .map(|(key, record)| {
+                let beat = self
+                    .heard_of(&Link::beat_key(key))
+                    .and_then(|(value, ago)| {
+                        let beat: Beat = serde_json::from_slice(&value).ok()?;
+                        Some((ago, beat.confirmed_ago_ms.map(Duration::from_millis)))
+                    });
+                NodeReport {
+                    key: *key,
+                    address: record.address.clone(),
+                    slot: record.slot,
+                    seen_ago: beat.as_ref().map(|(ago, _)| *ago),
+                    confirmed_ago: beat
+                        .and_then(|(ago, confirmed)| confirmed.map(|confirmed| confirmed + ago)),
+                }
+            })
+            .collect();
+        nodes.sort_by_key(|node| node.slot);
+        let held = |world: &str| {
+            (self.store.read())
+                .and_then(|view| view.stream_position(world))
+                .unwrap_or(0)
+        };
+        let mut worlds: Vec<WorldReport> = (self.followed.borrow().iter())
+            .map(|world| {
+                let owner = self
+                    .heard_of(&Link::lease_key(world))
+                    .and_then(|(value, _)| serde_json::from_slice::<Lease>(&value).ok())
+                    .map(|lease| (lease.node, lease.address));
+                let held_position = held(world);
+                let end = self.stream_ends.borrow().get(world).copied().unwrap_or(0);
+                WorldReport {
+                    world: world.clone(),
+                    owner,
+                    stream_position: end.max(held_position),
+                    held_position,
+                }
+            })
+            .collect();
+        worlds.sort_by(|a, b| a.world.cmp(&b.world));
+        FleetReport {
+            name: self.name.clone(),
+            address: self.address.clone(),
+            lease: self.lease,
+            confirmed_ago: confirmed_ago(self.health.age()),
+            nodes,
+            worlds,
+        }
+    }
+
+    /// Says in the lease bucket that this node runs, and how recently it confirmed the
+    /// fleet's policy.
+    async fn beat(&self) {
+        let beat = Beat {
+            confirmed_ago_ms: (self.health.age())
+                .filter(|age| age.is_finite())
+                .map(|age| (age * 1000.0) as u64),
+        };
+        let value = serde_json::to_vec(&beat).expect("a beat serialises");
+        if let Err(error) = (self.leases)
+            .put(Link::beat_key(&self.node_key), value.into())
+            .await
+        {
+            tracing::debug!(%error, "cannot say in the lease bucket that this node runs");
+        }
     }
 
     /// Makes this node `world`'s owner if no node is, once it holds every message of
@@ -364,6 +481,8 @@ impl Link {
     /// lease it cannot renew is given up.
     pub(crate) async fn renew(self: Rc<Self>) {
         loop {
+            self.beat().await;
+            self.health.set_owned(self.owned.borrow().len());
             tokio::time::sleep(self.lease / 3).await;
             let owned: Vec<(String, Owned)> = (self.owned.borrow().iter())
                 .map(|(world, owned)| (world.clone(), *owned))
@@ -451,8 +570,9 @@ impl Link {
 /// long as the node runs.
 async fn follow(link: Rc<Link>, node: Rc<Node>, world: String) {
     let mut pause = Duration::from_millis(50);
+    let mut progress = Progress::default();
     loop {
-        if let Err(error) = follow_once(&link, &node, &world).await {
+        if let Err(error) = follow_once(&link, &node, &world, &mut progress).await {
             tracing::warn!(world, %error, "following the world's stream; again shortly");
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(link.lease / 2);
@@ -460,11 +580,19 @@ async fn follow(link: Rc<Link>, node: Rc<Node>, world: String) {
     }
 }
 
-async fn follow_once(link: &Rc<Link>, node: &Rc<Node>, world: &str) -> Result<(), String> {
+async fn follow_once(
+    link: &Rc<Link>,
+    node: &Rc<Node>,
+    world: &str,
+    progress: &mut Progress,
+) -> Result<(), String> {
     let held = (node.store().read())
         .and_then(|view| view.stream_position(world))
         .map_err(|error| error.to_string())?;
     let stream = open_stream(&link.jetstream, &link.name, world).await?;
+    let end = stream.cached_info().state.last_sequence.max(held);
+    link.heard_stream(world, end, held);
+    progress.start(link, world, held, end);
     let consumer = stream
         .create_consumer(consumer::push::OrderedConfig {
             deliver_subject: link.client.new_inbox(),
@@ -485,12 +613,12 @@ async fn follow_once(link: &Rc<Link>, node: &Rc<Node>, world: &str) -> Result<()
         .ready_chunks(CATCH_UP_GROUP_MAX);
     while let Some(ready) = messages.next().await {
         let mut writes = Vec::with_capacity(ready.len());
+        let mut last = None;
         for message in ready {
             let message = message.map_err(|error| error.to_string())?;
-            let position = message
-                .info()
-                .map_err(|error| error.to_string())?
-                .stream_sequence;
+            let info = message.info().map_err(|error| error.to_string())?;
+            let position = info.stream_sequence;
+            last = Some((position, position + info.pending));
             // A message no node of the fleet signed is passed with nothing stored.
             let signed = link.signed_by_fleet(world, &message);
             let payload = match &signed {
@@ -515,8 +643,66 @@ async fn follow_once(link: &Rc<Link>, node: &Rc<Node>, world: &str) -> Result<()
                 Err(error) => return Err(error.to_string()),
             }
         }
+        if let Some((held, end)) = last {
+            link.heard_stream(world, end, held);
+            progress.note(link, world, held, end);
+        }
     }
     Err("the stream's consumer ended".into())
+}
+
+/// How far a follower is in catching up a world's stream, and when it last said so.
+#[derive(Default)]
+struct Progress {
+    /// Where the stream stood when this node began following it; `None` before it did,
+    /// and once caught up to there.
+    target: Option<u64>,
+    started: bool,
+    said: Option<Instant>,
+}
+
+impl Progress {
+    /// How often a follower catching up says how far it is.
+    const EVERY: Duration = Duration::from_secs(2);
+
+    /// The follower (again) reads the stream, holding `held` of `end` messages.
+    fn start(&mut self, link: &Link, world: &str, held: u64, end: u64) {
+        if !self.started {
+            self.started = true;
+            if held < end {
+                self.target = Some(end);
+                link.health.set_catching_up(world, true);
+            }
+        }
+        self.note(link, world, held, end);
+    }
+
+    /// The follower holds `held` of `end` messages.
+    fn note(&mut self, link: &Link, world: &str, held: u64, end: u64) {
+        if self.target.is_some_and(|target| held >= target) {
+            self.target = None;
+            link.health.set_catching_up(world, false);
+        }
+        if held < end {
+            if self
+                .said
+                .is_none_or(|said| said.elapsed() >= Progress::EVERY)
+            {
+                tracing::info!(world, held, of = end, "catching up the world's stream");
+                self.said = Some(Instant::now());
+            }
+        } else if self.said.take().is_some() {
+            tracing::info!(world, held, "caught up the world's stream");
+        }
+    }
+}
+
+impl Link {
+    /// `world`'s stream holds `end` messages, of which this node holds `held`.
+    fn heard_stream(&self, world: &str, end: u64, held: u64) {
+        self.stream_ends.borrow_mut().insert(world.to_owned(), end);
+        self.health.set_lag(world, end.saturating_sub(held));
+    }
 }
 
 fn report_refusal(world: &str, position: u64, reason: &str) {

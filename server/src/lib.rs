@@ -139,7 +139,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     );
     let stop_indexer = vectors.clone();
     // In a fleet, when the node last confirmed the fleet's policy (for `/readyz`).
-    let confirmation = Arc::new(engram_capabilities::fleet::Confirmation::default());
+    let confirmation = Arc::new(engram_capabilities::fleet::FleetHealth::default());
     let metrics = match &config.metrics {
         Some(address) => Some(metrics::Metrics::start(
             address,
@@ -430,7 +430,7 @@ async fn serve(
     config: &Config,
     identity: Identity,
     metrics: Option<std::net::SocketAddr>,
-    confirmation: Arc<engram_capabilities::fleet::Confirmation>,
+    confirmation: Arc<engram_capabilities::fleet::FleetHealth>,
 ) -> Result<(), ServerError> {
     let tcp = match &config.listen {
         Some(address) => {

@@ -47,7 +47,7 @@ pub struct Observed {
     /// The data directory, whose files are the store's size.
     pub data: PathBuf,
     /// In a fleet, when the node last confirmed the fleet's policy.
-    pub fleet: Arc<engram_capabilities::fleet::Confirmation>,
+    pub fleet: Arc<engram_capabilities::fleet::FleetHealth>,
     /// The store's last commit when the node started: `/readyz` waits for the indexes
     /// to cover what the node held then.
     pub start_commit: u64,
@@ -234,15 +234,30 @@ impl Observed {
         metrics::gauge!("engram_store_bytes").set(bytes as f64);
         if let Some(age) = self.fleet.age() {
             metrics::gauge!("engram_fleet_confirmation_age_seconds").set(age);
+            metrics::gauge!("engram_fleet_owned_worlds").set(self.fleet.owned() as f64);
+            // World names are of a few plain characters: no label escapes needed.
+            for (world, lag) in self.fleet.lags() {
+                metrics::gauge!("engram_fleet_stream_lag_messages", "world" => world)
+                    .set(lag as f64);
+            }
         }
     }
 
     /// Ready: the node serves calls (in a fleet, it confirmed the fleet's policy within
-    /// its lease), it can write, the store reads, and both indexes cover every world.
+    /// its lease and holds what each world's stream held when it began following it),
+    /// it can write, the store reads, and both indexes cover what it held at its start.
     fn readiness(&self) -> Result<(), String> {
         self.fleet.check().map_err(|why| {
             format!("not ready: this node is not in touch with its fleet ({why})")
         })?;
+        let catching_up = self.fleet.catching_up();
+        if let Some(world) = catching_up.first() {
+            return Err(format!(
+                "not ready: catching up {} world stream(s) of the fleet to where they stood \
+                 when this node began following them ({world:?} among them)",
+                catching_up.len()
+            ));
+        }
         if let Some(why) = self.store.write_failure() {
             return Err(format!(
                 "not ready: writing failed ({why}); every write fails until the node restarts"

@@ -4,9 +4,11 @@ a temporary data directory, reached over TCP or its Unix socket."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,3 +104,36 @@ class TlsNode:
     @property
     def admin_key(self) -> Path:
         return self.data / "admin.key"
+
+
+@pytest.fixture
+def nats_url(tmp_path: Path):
+    """A nats-server with JetStream on a free loopback port, its store in ``tmp_path``:
+    NATS_SERVER_BIN (scripts/test provides one), else the one on PATH."""
+    binary = os.environ.get("NATS_SERVER_BIN", "nats-server")
+    directory = tmp_path / "nats"
+    directory.mkdir()
+    process = subprocess.Popen(
+        [binary, "--jetstream", "--addr", "127.0.0.1", "--port", "-1",
+         "--store_dir", str(directory / "jetstream"), "--ports_file_dir", str(directory),
+         "--log", str(directory / "nats.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ports = directory / f"nats-server_{process.pid}.ports"
+    deadline = time.monotonic() + 10
+    while not ports.exists() or not ports.read_text().strip():
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("nats-server did not start: run the tests with scripts/test, or set NATS_SERVER_BIN")
+        time.sleep(0.01)
+    yield json.loads(ports.read_text())["nats"][0]
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture
+def fleet_node(tmp_path: Path, nats_url: str):
+    """A node in a fleet of its own (``--nats``), reached over TCP."""
+    with _engramd(tmp_path, "fleet-data", "--nats", nats_url, "--no-socket") as (fields, data, process):
+        yield Node(tcp=fields["tcp"], unix="", data=data, process=process)

@@ -787,3 +787,28 @@ def test_a_backup_restores_into_a_node_that_serves_it(node, tmp_path):
             assert atom.text == "kept across a restore"
 
         run(read_back())
+
+
+# Fleets
+
+
+def test_the_fleet_status_of_a_node_alone_and_of_one_in_a_fleet(node, fleet_node):
+    async def body():
+        alone = await admin_session(node.tcp, node)
+        _, node_key, _ = await alone.connection.challenge()
+        status = await alone.membrane.fleet()
+        assert (status.name, status.node_key, status.nodes, status.worlds) == ("", node_key, (), ())
+
+        session = await with_world(fleet_node.tcp, fleet_node, "team/fleet")
+        [receipt] = await engram.remember(session.writer("team/fleet"), NewAtom("written", kind="fact"))
+        status = await session.membrane.fleet()
+        _, node_key, _ = await session.connection.challenge()
+        assert status.name != "" and status.node_key == node_key
+        assert status.address == fleet_node.tcp
+        assert status.confirmed_ago_ms is not None and status.confirmed_ago_ms < status.lease_ms
+        assert [(n.key, n.address, n.slot) for n in status.nodes] == [(node_key, fleet_node.tcp, 0)]
+        [world] = status.worlds
+        assert (world.world, world.owner_key, world.owner_address) == ("team/fleet", node_key, fleet_node.tcp)
+        assert (world.stream_position, world.held_position) == (1, 1)
+
+    run(body())

@@ -138,11 +138,19 @@ fn an_advance_on_one_node_revokes_capabilities_on_every_node() {
 
 /// A session on `node` as soon as the principal of `key` has reached it.
 async fn until_session(node: &engram_tests::TestNode, key: &ed25519_dalek::SigningKey) -> Session {
+    until_login(node, key).await.graft().await.unwrap()
+}
+
+/// A login on `node` as soon as the principal of `key` has reached it.
+async fn until_login(
+    node: &engram_tests::TestNode,
+    key: &ed25519_dalek::SigningKey,
+) -> engram_client::Membrane {
     let started = Instant::now();
     loop {
         let connection = engram_client::connect(&node.tcp()).await.unwrap();
         match connection.login(key).await {
-            Ok(membrane) => return membrane.graft().await.unwrap(),
+            Ok(membrane) => return membrane,
             Err(error) => assert!(
                 started.elapsed() < PROPAGATION,
                 "the principal did not reach the node: {error}"
@@ -982,6 +990,130 @@ fn a_write_lost_in_a_nats_stall_is_answered_honestly_and_retried_once_with_its_k
         let log = std::fs::read_to_string(node.log_path()).unwrap();
         assert!(!log.contains("panicked"), "{log}");
     }
+}
+
+/// `Membrane.fleet` (and `engram fleet status`, `whoami`) shows the fleet as a node
+/// knows it: both nodes running and confirmed, each world's owner and stream position
+/// against what the node holds; a principal sees only the worlds it may use. The
+/// metrics say the worlds a node owns and its lag on each stream.
+#[test]
+fn the_fleet_status_shows_nodes_owners_and_positions_to_whom_may_see_them() {
+    let fleet = Fleet::start(2, LEASE, &["--metrics", "127.0.0.1:0"]);
+    let key = fleet.admin_key();
+    let (a_key, a_address) = (
+        fleet.nodes[0].node_key_hex().to_owned(),
+        fleet.nodes[0].tcp_address().to_owned(),
+    );
+    let agent_key = run_local(async {
+        let on_a = created_on_first(&fleet, &key, "shown").await;
+        engram_client::create_world(&on_a.admin().unwrap(), "hidden")
+            .await
+            .unwrap();
+        let atoms = [NewAtom::fact("one"), NewAtom::fact("two")];
+        for atom in &atoms {
+            engram_client::remember(&on_a.writer("shown").unwrap(), std::slice::from_ref(atom))
+                .await
+                .unwrap();
+        }
+        let agent_key = add_principal(&on_a, "agent", &["shown=r"]).await;
+        let on_b = until_world(&fleet.nodes[1], &key, "shown").await;
+        until_atoms(&on_b, "shown", 2).await;
+        // The beats of both nodes reach node B within a third of the lease.
+        let started = Instant::now();
+        let status = loop {
+            let status = engram_client::connect(&fleet.nodes[1].tcp())
+                .await
+                .unwrap()
+                .login(&key)
+                .await
+                .unwrap()
+                .fleet()
+                .await
+                .unwrap();
+            if status.nodes.iter().all(|node| node.seen_ago_ms.is_some()) {
+                break status;
+            }
+            assert!(started.elapsed() < LEASE * 2, "{status:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(!status.name.is_empty(), "{status:?}");
+        assert_eq!(hex::encode(status.node_key), fleet.nodes[1].node_key_hex());
+        assert!(status.confirmed_ago_ms.unwrap() < LEASE.as_millis() as u64);
+        assert_eq!(status.nodes.len(), 2, "{status:?}");
+        assert!(
+            (status.nodes.iter()).all(|node| node.confirmed_ago_ms.is_some()),
+            "{status:?}"
+        );
+        let worlds: Vec<&str> = status
+            .worlds
+            .iter()
+            .map(|world| world.world.as_str())
+            .collect();
+        assert_eq!(worlds, ["hidden", "shown"]);
+        let shown = &status.worlds[1];
+        let (owner, address) = shown.owner.clone().expect("node A owns the world it wrote");
+        assert_eq!(
+            (hex::encode(owner), address),
+            (a_key.clone(), a_address.to_string())
+        );
+        assert_eq!(
+            (shown.stream_position, shown.held_position),
+            (2, 2),
+            "{shown:?}"
+        );
+        assert_eq!(status.worlds[0].owner, None, "nobody wrote it: {status:?}");
+
+        // A principal granted one world sees only that one.
+        let agents = (until_login(&fleet.nodes[1], &agent_key).await)
+            .fleet()
+            .await
+            .unwrap();
+        let worlds: Vec<&str> = agents
+            .worlds
+            .iter()
+            .map(|world| world.world.as_str())
+            .collect();
+        assert_eq!(worlds, ["shown"]);
+        agent_key
+    });
+    // The CLI: `fleet status` in JSON and text, `whoami` names the fleet.
+    let agent_path = fleet.nodes[1].data_dir().join("agent.key");
+    engram_client::keyfile::write_new(&agent_path, &agent_key).unwrap();
+    let output =
+        engram_tests::engram_cli(&fleet.nodes[1], &agent_path, &["--json", "fleet", "status"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["worlds"][0]["ownerKey"], *a_key);
+    assert_eq!(status["worlds"][0]["heldPosition"], 2);
+    let output = engram_tests::engram_cli(&fleet.nodes[1], &agent_path, &["fleet", "status"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains(&format!("shown  written at {a_address}")),
+        "{text}"
+    );
+    let output = engram_tests::engram_cli(&fleet.nodes[1], &agent_path, &["--json", "whoami"]);
+    let whoami: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(whoami["fleet"], status["name"]);
+    assert_eq!(whoami["node"], fleet.nodes[1].node_key_hex());
+    // Metrics: node A owns one world; node B is behind on no stream.
+    let scrape = |node: usize| {
+        let address = fleet.nodes[node].metrics_address().unwrap();
+        engram_tests::http_get(address, "/metrics").1
+    };
+    let started = Instant::now();
+    while !scrape(0).contains("engram_fleet_owned_worlds 1") {
+        assert!(started.elapsed() < LEASE * 2, "{}", scrape(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        scrape(1).contains("engram_fleet_stream_lag_messages{world=\"shown\"} 0"),
+        "{}",
+        scrape(1)
+    );
 }
 
 /// SIGTERM while a write waits on a stalled NATS: the node answers the write (it may

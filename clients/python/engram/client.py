@@ -255,6 +255,51 @@ class Session:
         return capability
 
 
+_NEVER = (1 << 64) - 1
+
+
+def _ago(millis: int) -> Optional[int]:
+    return None if millis == _NEVER else millis
+
+
+@dataclass(frozen=True)
+class FleetNode:
+    """A node of the fleet; ``seen_ago_ms`` is ``None`` when it has not said it runs
+    within the lease."""
+
+    key: bytes
+    address: str
+    slot: int
+    seen_ago_ms: Optional[int]
+    confirmed_ago_ms: Optional[int]
+
+
+@dataclass(frozen=True)
+class FleetWorld:
+    """A world of the fleet: its owner (``None``: no node owns it now) and its stream
+    position against what the answering node holds."""
+
+    world: str
+    owner_key: Optional[bytes]
+    owner_address: Optional[str]
+    stream_position: int
+    held_position: int
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    """What a node knows of its fleet (``Membrane.fleet``); alone, ``name`` is empty and
+    the lists are empty."""
+
+    name: str
+    node_key: bytes
+    address: str
+    lease_ms: int
+    confirmed_ago_ms: Optional[int]
+    nodes: tuple[FleetNode, ...]
+    worlds: tuple[FleetWorld, ...]
+
+
 class Membrane:
     """A logged-in principal's source of capabilities."""
 
@@ -279,6 +324,38 @@ class Membrane:
             worlds=worlds,
             signer=result.signer,
             admin=result.admin if result._has("admin") else None,
+        )
+
+    async def fleet(self) -> FleetStatus:
+        """The fleet this node is in, as it knows it (``Membrane.fleet``): its nodes, and
+        each world the principal may use with its owner and stream position."""
+        status = (await call(self.client.fleet())).status
+        return FleetStatus(
+            name=status.name,
+            node_key=bytes(status.nodeKey),
+            address=status.address,
+            lease_ms=status.leaseMs,
+            confirmed_ago_ms=_ago(status.confirmedAgoMs),
+            nodes=tuple(
+                FleetNode(
+                    key=bytes(node.key),
+                    address=node.address,
+                    slot=node.slot,
+                    seen_ago_ms=_ago(node.seenAgoMs),
+                    confirmed_ago_ms=_ago(node.confirmedAgoMs),
+                )
+                for node in status.nodes
+            ),
+            worlds=tuple(
+                FleetWorld(
+                    world=world.world,
+                    owner_key=bytes(world.ownerKey) or None,
+                    owner_address=world.ownerAddress if len(world.ownerKey) else None,
+                    stream_position=world.streamPosition,
+                    held_position=world.heldPosition,
+                )
+                for world in status.worlds
+            ),
         )
 
     async def revoke_token(self, token: bytes) -> None:

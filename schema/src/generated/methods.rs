@@ -8,7 +8,7 @@ pub const INTERFACES: &[(u64, &str, &[&str])] = &[
     (0xb876a7ac615ae05e, "Backup", &["manifest", "read"]),
     (0xc4422de199dfd533, "Observer", &["subscribe", "attenuate", "save"]),
     (0xca500d914fc324f3, "Terminal", &["challenge", "login", "restore"]),
-    (0xd396747f0881f40c, "Membrane", &["graft", "revokeToken"]),
+    (0xd396747f0881f40c, "Membrane", &["graft", "revokeToken", "fleet"]),
     (0xd3de02c9ebcf09ba, "WorldReader", &["world", "get", "ask", "replay", "heads", "verify", "attenuate", "generation", "diff", "trust", "check", "commitAt", "save"]),
     (0xe96f33c65abad28d, "Admin", &["createWorld", "archiveWorld", "resumeWorld", "listWorlds", "addPrincipal", "setGrants", "removePrincipal", "listPrincipals", "currentEpoch", "advanceEpoch", "health", "audit", "revokeToken", "backup"]),
     (0xea75d58aa1b49c8b, "Subscription", &["cancel"]),
