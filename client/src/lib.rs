@@ -366,6 +366,49 @@ impl Membrane {
         let response = self.client.fleet_request().send().promise.await?;
         Ok(FleetStatus::read(response.get()?.get_status()?)?)
     }
+
+    /// Where `world`'s writes go when another node of this node's fleet owns it: that
+    /// node's address as the fleet tells it, over TLS pinned to the owner's key when
+    /// the address is `tls://`. `None` alone, when this node owns it, or when no node
+    /// does (then this node takes it on the next write).
+    pub async fn owner_elsewhere(&self, world: &str) -> Result<Option<Endpoint>, ClientError> {
+        let status = self.fleet().await?;
+        let owner = (status.worlds.iter())
+            .find(|held| held.world == world)
+            .and_then(|held| held.owner.as_ref())
+            .filter(|(key, _)| *key != status.node_key);
+        Ok(owner.map(|(key, address)| match Endpoint::parse(address) {
+            tls @ Endpoint::Tls { .. } => tls.trusting(NodeTrust::Key(*key)),
+            other => other,
+        }))
+    }
+}
+
+/// Logs in at `endpoint` with `key` and, in a fleet, follows `world`'s owner: if another
+/// node writes `world` now, logs in there instead, so that a write goes where it can be
+/// written rather than being refused (README, Fleets). Stays at `endpoint` when the
+/// owner cannot be reached (its lease then expires and this node takes the world), and
+/// never follows from TLS to an address without it.
+pub async fn login_for_writing(
+    endpoint: &Endpoint,
+    key: &SigningKey,
+    world: &str,
+) -> Result<Membrane, ClientError> {
+    let here = connect(endpoint).await?.login(key).await?;
+    let owner = match here.owner_elsewhere(world).await? {
+        Some(Endpoint::Tcp(_)) if matches!(endpoint, Endpoint::Tls { .. }) => None,
+        owner => owner,
+    };
+    let Some(owner) = owner else {
+        return Ok(here);
+    };
+    match connect(&owner).await {
+        Ok(connection) => match connection.login(key).await {
+            Ok(there) => Ok(there),
+            Err(_) => Ok(here),
+        },
+        Err(_) => Ok(here),
+    }
 }
 
 impl Session {

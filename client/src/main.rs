@@ -1029,6 +1029,17 @@ async fn access(cli: &Cli) -> Result<Access, ClientError> {
     Ok(Access::Token { world, held })
 }
 
+/// The writer of `world`: what --token restores, or with --key a graft at the node that
+/// writes `world` now in a fleet (`login_for_writing` follows its owner).
+async fn writer_of(cli: &Cli, world: &str) -> Result<world_writer::Client, ClientError> {
+    if cli.token.is_some() {
+        return access(cli).await?.writer(world);
+    }
+    let key = keyfile::read(&cli.key)?;
+    let membrane = engram_client::login_for_writing(&endpoint(cli)?, &key, world).await?;
+    membrane.graft().await?.writer(world)
+}
+
 impl Access {
     /// The capability `pick` finds in the token, if it is of `world` (none for a
     /// signer); `what` names it.
@@ -1694,7 +1705,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if !(1..=10_000).contains(batch) {
                 return Err(usage("--batch takes 1 to 10,000 atoms"));
             }
-            let writer = access(&cli).await?.writer(world)?;
+            let writer = writer_of(&cli, world).await?;
             let (written, replayed) = import(&writer, world, file.as_deref(), *batch).await?;
             emit(
                 json_output,
@@ -1846,7 +1857,7 @@ async fn remember(
     retry: &RetryOptions,
 ) -> Result<(), Failure> {
     let key = retry.key()?;
-    let acquire = || async { access(cli).await?.writer(world) };
+    let acquire = || writer_of(cli, world);
     let remembered = engram_client::remember_retrying(acquire, atoms, &key, retry.attempts)
         .await
         .inspect_err(|_| {
@@ -1873,7 +1884,7 @@ async fn transition(
     kind: TransitionKind,
 ) -> Result<(), Failure> {
     let target = parse_hex32(&arguments.id, "the atom id")?;
-    let writer = access(cli).await?.writer(&arguments.world)?;
+    let writer = writer_of(cli, &arguments.world).await?;
     let receipt = engram_client::transition(&writer, &target, kind, &arguments.reason).await?;
     print_receipts(cli.json, &[receipt], None);
     Ok(())

@@ -65,6 +65,9 @@ pub struct Config {
     /// A CA certificate file (PEM): the node then speaks TLS to NATS and trusts servers
     /// this CA signed.
     pub ca: Option<std::path::PathBuf>,
+    /// Where clients reach this node, as the fleet tells them; `None`: its TCP
+    /// listener's address.
+    pub address: Option<String>,
 }
 
 /// How a node authenticates to NATS. Secrets are read from files (never taken from a

@@ -483,8 +483,12 @@ async fn serve(
         .as_ref()
         .map(|path| path.display().to_string());
     if let Some(fleet) = &config.fleet {
-        let address = tcp_address.as_deref().unwrap_or("-");
-        engram_fleet::join(node.clone(), fleet, address, confirmation.clone())
+        let address =
+            advertised(fleet, tcp.as_ref(), config.tls).map_err(|reason| ServerError::Fleet {
+                name: fleet.name.clone(),
+                reason,
+            })?;
+        engram_fleet::join(node.clone(), fleet, &address, confirmation.clone())
             .await
             .map_err(|reason| ServerError::Fleet {
                 name: fleet.name.clone(),
@@ -602,6 +606,37 @@ async fn drain_subscriptions(node: &Node) {
             break;
         }
     }
+}
+
+/// Where the fleet tells clients to reach this node: `--fleet-address`, else its TCP
+/// listener's (`tls://` with TLS), never an address that names every interface.
+fn advertised(
+    fleet: &engram_fleet::Config,
+    tcp: Option<&TcpListener>,
+    tls: bool,
+) -> Result<String, String> {
+    if let Some(address) = &fleet.address {
+        return match engram_client::Endpoint::parse(address) {
+            engram_client::Endpoint::Unix(_) => Err(format!(
+                "--fleet-address {address:?} is a Unix socket; give the HOST:PORT (or \
+                 tls://HOST:PORT) clients elsewhere reach this node at"
+            )),
+            _ => Ok(address.clone()),
+        };
+    }
+    let Some(bound) = tcp.and_then(|listener| listener.local_addr().ok()) else {
+        return Ok("-".into());
+    };
+    if bound.ip().is_unspecified() {
+        return Err(format!(
+            "it listens on {bound}, every interface, which is no address a client \
+             elsewhere can reach it at: give --fleet-address HOST:PORT"
+        ));
+    }
+    Ok(match tls {
+        true => format!("tls://{bound}"),
+        false => bound.to_string(),
+    })
 }
 
 async fn accept_tcp(listener: Option<&TcpListener>) -> std::io::Result<tokio::net::TcpStream> {

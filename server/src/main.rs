@@ -150,6 +150,12 @@ struct Arguments {
     /// Speak TLS to NATS, trusting servers this CA certificate (PEM file) signed.
     #[arg(long, value_name = "FILE", requires = "nats")]
     nats_ca: Option<PathBuf>,
+    /// Where clients reach this node (HOST:PORT, or tls://HOST:PORT), as the fleet tells
+    /// them (`engram fleet status`, the owner a write is sent to) [default: the TCP
+    /// listener's address, tls:// with --tls; required when it listens on every
+    /// interface].
+    #[arg(long, value_name = "ADDRESS", requires = "nats")]
+    fleet_address: Option<String>,
     /// Milliseconds a node in a fleet serves without confirming the fleet's policy;
     /// past it every call answers unavailable until it has caught up (100 to 600000).
     #[arg(long, default_value_t = engram_fleet::LEASE_DEFAULT.as_millis() as u64, requires = "nats",
@@ -375,6 +381,7 @@ fn main() -> ExitCode {
                 lease: std::time::Duration::from_millis(arguments.fleet_lease_ms),
                 idle_release: std::time::Duration::from_millis(arguments.fleet_idle_release_ms),
                 ca: arguments.nats_ca,
+                address: arguments.fleet_address,
             }),
             None => None,
         },

@@ -132,8 +132,21 @@ def nats_url(tmp_path: Path):
     process.wait()
 
 
+@contextmanager
+def _fleet_node(tmp_path: Path, nats_url: str, name: str):
+    with _engramd(tmp_path, name, "--nats", nats_url, "--no-socket") as (fields, data, process):
+        yield Node(tcp=fields["tcp"], unix="", data=data, process=process)
+
+
 @pytest.fixture
 def fleet_node(tmp_path: Path, nats_url: str):
     """A node in a fleet of its own (``--nats``), reached over TCP."""
-    with _engramd(tmp_path, "fleet-data", "--nats", nats_url, "--no-socket") as (fields, data, process):
-        yield Node(tcp=fields["tcp"], unix="", data=data, process=process)
+    with _fleet_node(tmp_path, nats_url, "fleet-data") as node:
+        yield node
+
+
+@pytest.fixture
+def fleet_pair(tmp_path: Path, nats_url: str):
+    """Two nodes of one fleet, the first started first (its admin key is the fleet's)."""
+    with _fleet_node(tmp_path, nats_url, "fleet-a") as first, _fleet_node(tmp_path, nats_url, "fleet-b") as second:
+        yield first, second

@@ -3,6 +3,7 @@ Cap'n Proto implementation) against a real engramd, over TCP and the Unix socket
 
 from __future__ import annotations
 
+import asyncio
 import math
 import socket
 
@@ -810,5 +811,29 @@ def test_the_fleet_status_of_a_node_alone_and_of_one_in_a_fleet(node, fleet_node
         [world] = status.worlds
         assert (world.world, world.owner_key, world.owner_address) == ("team/fleet", node_key, fleet_node.tcp)
         assert (world.stream_position, world.held_position) == (1, 1)
+
+    run(body())
+
+
+def test_a_session_for_writing_follows_the_worlds_owner(fleet_pair):
+    first, second = fleet_pair
+
+    async def body():
+        on_a = await with_world(first.tcp, first, "team/routed")
+        await engram.remember(on_a.writer("team/routed"), NewAtom("on a", kind="fact"))
+        _, a_key, _ = await on_a.connection.challenge()
+        # Node B learns the world and its owner within the lease.
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            session = await engram.open_session_for_writing(second.tcp, first.admin_key, "team/routed")
+            status = await session.membrane.fleet()
+            if status.node_key == a_key:
+                break
+            assert asyncio.get_running_loop().time() < deadline, status
+            await asyncio.sleep(0.02)
+        # Written at node A, the owner: one chain, no refusal.
+        await engram.remember(session.writer("team/routed"), NewAtom("through b", kind="fact"))
+        [(_, seq, _)] = await engram.heads(on_a.reader("team/routed"))
+        assert seq == 2
 
     run(body())

@@ -1116,6 +1116,104 @@ fn the_fleet_status_shows_nodes_owners_and_positions_to_whom_may_see_them() {
     );
 }
 
+/// Writes follow their world's owner: the CLI sent to a node that does not write the
+/// world writes it at the node that does (found through `Membrane.fleet`), so a writer
+/// alternating between nodes is never refused, and nothing is written twice.
+#[test]
+fn a_write_sent_to_another_node_is_written_at_the_worlds_owner() {
+    let fleet = Fleet::start(2, LEASE, &[]);
+    let key = fleet.admin_key();
+    let key_path = fleet.nodes[0].admin_key_path();
+    run_local(async {
+        let on_a = created_on_first(&fleet, &key, "routed").await;
+        engram_client::remember(&on_a.writer("routed").unwrap(), &[NewAtom::fact("on a")])
+            .await
+            .unwrap();
+        until_world(&fleet.nodes[1], &key, "routed").await;
+        // Node B's client is sent on to node A, the owner.
+        let membrane = engram_client::login_for_writing(&fleet.nodes[1].tcp(), &key, "routed")
+            .await
+            .unwrap();
+        let status = membrane.fleet().await.unwrap();
+        assert_eq!(hex::encode(status.node_key), fleet.nodes[0].node_key_hex());
+    });
+    for index in 0..6 {
+        let node = &fleet.nodes[index % 2];
+        let text = format!("written through node {}", index % 2);
+        let output = engram_tests::engram_cli(
+            node,
+            &key_path,
+            &[
+                "remember",
+                "routed",
+                &text,
+                "--kind",
+                "fact",
+                "--attempts",
+                "1",
+            ],
+        );
+        assert!(
+            output.status.success(),
+            "write {index}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    run_local(async {
+        until_atoms(&fresh_session(&fleet.nodes[1], &key).await, "routed", 7).await;
+        let on_a = fresh_session(&fleet.nodes[0], &key).await;
+        let (atoms, _) = engram_client::replay(&on_a.reader("routed").unwrap(), 0, 100)
+            .await
+            .unwrap();
+        assert_eq!(atoms.len(), 7, "{atoms:?}");
+        // Node A wrote every one: the world never changed hands.
+        let heads = engram_client::heads(&on_a.reader("routed").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(heads.len(), 1, "one writer, one chain: {heads:?}");
+    });
+}
+
+/// A fleet node tells clients where to reach it: `--fleet-address`, else its listener's
+/// address; one listening on every interface must say it.
+#[test]
+fn a_node_on_every_interface_must_say_where_clients_reach_it() {
+    let nats = engram_tests::fleet::NatsServer::start();
+    let url = format!("nats://{}", nats.address());
+    let data = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(engram_tests::binary("engramd"))
+        .arg("--data")
+        .arg(data.path())
+        .args([
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure",
+            "--no-socket",
+            "--nats",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--fleet-address"), "{stderr}");
+
+    let node = engram_tests::TestNode::start_with(&[
+        "--nats",
+        &url,
+        "--fleet-address",
+        "tls://engram-a.example:7420",
+    ]);
+    run_local(async {
+        let status = (until_login(&node, &node.admin_key()).await)
+            .fleet()
+            .await
+            .unwrap();
+        assert_eq!(status.address, "tls://engram-a.example:7420");
+        assert_eq!(status.nodes[0].address, "tls://engram-a.example:7420");
+    });
+}
+
 /// SIGTERM while a write waits on a stalled NATS: the node answers the write (it may
 /// have been written) and exits 0 within the test's bound, where it once hung for good
 /// once its listeners were closed.

@@ -750,6 +750,29 @@ async def open_session(address: str, key_path: str | os.PathLike, **trust: Any) 
     return session
 
 
+async def open_session_for_writing(
+    address: str, key_path: str | os.PathLike, world: str, **trust: Any
+) -> Session:
+    """Opens a session as :func:`open_session` does and, in a fleet, at the node that
+    writes ``world`` now if another node does (``Membrane.fleet`` names it), so that a
+    write goes where it can be written instead of being refused ``unavailable``. Over
+    TLS the owner's key is pinned (the fleet names it); stays at ``address`` when the
+    owner cannot be reached, and never leaves TLS for an address without it."""
+    session = await open_session(address, key_path, **trust)
+    status = await session.membrane.fleet()
+    held = next((held for held in status.worlds if held.world == world), None)
+    if held is None or held.owner_key is None or held.owner_key == status.node_key:
+        return session
+    owner = held.owner_address or ""
+    over_tls = owner.startswith("tls://")
+    if not over_tls and (address.startswith("tls://") or trust.get("node_key") is not None):
+        return session
+    try:
+        return await open_session(owner, key_path, **({"node_key": held.owner_key} if over_tls else {}))
+    except Exception:  # noqa: BLE001 - the owner is away: its lease expires, this node takes over
+        return session
+
+
 async def remember(writer: Any, *atoms: NewAtom) -> list[Receipt]:
     """Remembers one atom, or several as one all-or-nothing batch; returns once durable.
     Not safe to retry: see :func:`remember_keyed`."""
