@@ -700,9 +700,12 @@ interface WorldReader {
   # `Restriction`); `resourceExhausted` if finding them takes more than a call's budget.
 
   verify @5 () -> (report :VerifyReport);
-  # Recomputes every chain of this world and names the first bad entry, if any. Through
+  # Recomputes every chain of this world and names the first bad entry, if any. In a
+  # fleet, when the chains hold, a message of the world's stream that a node of the
+  # fleet signed and this node refused is reported too (the entry refused, and the
+  # stream position): this node's copy of the world differs from the stream's. Through
   # a restriction that hides atoms, the report speaks only of visible atoms (see
-  # `Restriction`).
+  # `Restriction`): a refused message is reported with no writer (zeros) and seq 0.
 
   attenuate @6 (restriction :Restriction) -> (reader :WorldReader);
   # A reader narrowed by `restriction`. It can be handed to another process.

@@ -164,6 +164,7 @@ impl Store {
             copy(from, to, IDEMPOTENCY_KEYS)?;
             copy(from, to, IDEMPOTENCY_EXPIRY)?;
             copy(from, to, STREAM_POSITIONS)?;
+            copy(from, to, STREAM_REFUSALS)?;
             copy(from, to, META)
         })?;
         Ok(manifest)

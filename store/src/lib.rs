@@ -66,12 +66,12 @@ use crate::query::{Candidates, descending, merge_descending, validate_replay_lim
 use crate::tables::*;
 
 /// The on-disk format this build reads and writes (store/FORMAT.md).
-pub const FORMAT_VERSION: u64 = 5;
+pub const FORMAT_VERSION: u64 = 6;
 /// The formats this build upgrades in place at open: version 3 only adds tables and an
 /// entry version, so a version 2 file is a version 3 file without lifecycles; version 4
 /// adds the idempotency tables and the journal's key items; version 5 the fleet's
 /// stream positions and commit slot.
-const FORMAT_VERSIONS_UPGRADED: [u64; 3] = [2, 3, 4];
+const FORMAT_VERSIONS_UPGRADED: [u64; 4] = [2, 3, 4, 5];
 
 /// An open store. Cheap to clone; every clone shares the database.
 #[derive(Clone)]
@@ -181,6 +181,7 @@ impl Store {
             transaction.open_table(IDEMPOTENCY_KEYS)?;
             transaction.open_table(IDEMPOTENCY_EXPIRY)?;
             transaction.open_table(STREAM_POSITIONS)?;
+            transaction.open_table(STREAM_REFUSALS)?;
             let mut epochs = transaction.open_table(EPOCHS)?;
             if epochs.first()?.is_none() {
                 epochs.insert(1, ([0u8; 32], write::now_unix_ms()))?;
@@ -1197,7 +1198,36 @@ impl ReadView {
         visible: Option<Visible<'_>>,
     ) -> Result<VerifyReport, StoreError> {
         self.require_world(world)?;
-        chain::verify_world(self.entries(), &self.table(HEADS)?, world, visible)
+        let mut report = chain::verify_world(self.entries(), &self.table(HEADS)?, world, visible)?;
+        if report.first_bad.is_none()
+            && let Some(row) = (self.table(STREAM_REFUSALS)?)
+                .range((world, 0)..=(world, u64::MAX))?
+                .next()
+        {
+            let (key, value) = row?;
+            let (position, (writer, seq, reason)) = (key.value().1, value.value());
+            let fork = format!(
+                "this node refused the message at position {position} of the world's fleet \
+                 stream, signed by a node of the fleet: its copy of the world differs from \
+                 the stream's (a fork, or a node that published what no node can store)"
+            );
+            // Through a restriction that hides atoms, nothing of the entry refused.
+            report.first_bad = Some(match visible {
+                None => chain::BadEntry {
+                    world: world.to_owned(),
+                    writer,
+                    seq,
+                    reason: format!("{fork}: {reason}"),
+                },
+                Some(_) => chain::BadEntry {
+                    world: world.to_owned(),
+                    writer: [0; 32],
+                    seq: 0,
+                    reason: fork,
+                },
+            });
+        }
+        Ok(report)
     }
 }
 

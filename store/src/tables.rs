@@ -65,6 +65,12 @@ pub(crate) const IDEMPOTENCY_EXPIRY: TableDefinition<(i64, &str, PublicKey, &[u8
 /// entries (a node in a fleet; `replica.rs`).
 pub(crate) const STREAM_POSITIONS: TableDefinition<&str, u64> =
     TableDefinition::new("stream_positions");
+/// (world, position) → (writer, seq, reason): a message of the world's fleet stream,
+/// signed by a node of the fleet, that this node refused (nothing of it stored): its copy
+/// of the world then differs from the stream's, and `verify` says so. Writer and seq
+/// name the entry refused, zero when the message was refused whole.
+pub(crate) const STREAM_REFUSALS: TableDefinition<(&str, u64), (PublicKey, u64, &str)> =
+    TableDefinition::new("stream_refusals");
 /// Named counters: `format_version`, `last_commit`, and in a fleet `commit_slot`.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 

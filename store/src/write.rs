@@ -174,6 +174,7 @@ pub(crate) struct Tables<'txn> {
     idempotency_keys: Table<'txn, (&'static str, PublicKey, &'static [u8]), KeyValue>,
     idempotency_expiry: Table<'txn, (i64, &'static str, PublicKey, &'static [u8]), ()>,
     positions: Table<'txn, &'static str, u64>,
+    refusals: Table<'txn, (&'static str, u64), (PublicKey, u64, &'static str)>,
     meta: Table<'txn, &'static str, u64>,
 }
 
@@ -216,6 +217,7 @@ impl<'txn> Tables<'txn> {
             idempotency_keys: transaction.open_table(IDEMPOTENCY_KEYS)?,
             idempotency_expiry: transaction.open_table(IDEMPOTENCY_EXPIRY)?,
             positions: transaction.open_table(STREAM_POSITIONS)?,
+            refusals: transaction.open_table(STREAM_REFUSALS)?,
             meta: transaction.open_table(META)?,
         })
     }
@@ -792,6 +794,9 @@ fn apply_one(
     }
 }
 
+/// The entry named by a refusal of a whole message.
+const WHOLE: (PublicKey, u64) = ([0; 32], 0);
+
 /// Stores the entries of `message` (a fleet stream's message at `position` for `world`:
 /// journal items, `replica.rs`) if every one continues its chain and the world's
 /// commits; refuses the whole message otherwise. A position already held stores nothing.
@@ -827,8 +832,16 @@ fn replicate(
         }));
     };
     // A refused message stores nothing, but its position is passed: the stream goes on.
-    let refused = |tables: &mut Tables<'_>, reason: String| {
+    // One a node of the fleet signed (an empty message is one the follower found
+    // unsigned) is recorded: the world here then differs from its stream, and `verify`
+    // says so. `entry` names the entry refused, zero when the message was refused whole.
+    let refused = |tables: &mut Tables<'_>, entry: (PublicKey, u64), reason: String| {
         tables.positions.insert(world, position)?;
+        if !message.is_empty() {
+            tables
+                .refusals
+                .insert((world, position), (entry.0, entry.1, reason.as_str()))?;
+        }
         Ok(Ok(WriteOutcome::Replicated {
             stored: 0,
             last_commit: None,
@@ -836,7 +849,7 @@ fn replicate(
         }))
     };
     let Some(items) = journal::items_of(message) else {
-        return refused(tables, "the message does not parse".into());
+        return refused(tables, WHOLE, "the message does not parse".into());
     };
     // Every entry is checked before the first is stored.
     let mut last = {
@@ -882,6 +895,7 @@ fn replicate(
                     None => {
                         return refused(
                             tables,
+                            WHOLE,
                             "a key record does not decode, or is another world's".into(),
                         );
                     }
@@ -893,17 +907,21 @@ fn replicate(
         let id = entry_hash(bytes);
         let atom = match decode_entry(id, bytes) {
             Ok(atom) => atom,
-            Err(error) => return refused(tables, format!("an entry does not decode: {error}")),
+            Err(error) => {
+                return refused(tables, WHOLE, format!("an entry does not decode: {error}"));
+            }
         };
         let at = format!("writer {} seq {}", hex::encode(atom.writer), atom.seq);
+        let entry = (atom.writer, atom.seq);
         if atom.world != world {
             return refused(
                 tables,
+                entry,
                 format!("{at} is an entry of world {:?}", atom.world),
             );
         }
         if let Err(error) = atom.content.validate() {
-            return refused(tables, format!("{at}: {error}"));
+            return refused(tables, entry, format!("{at}: {error}"));
         }
         let (seq, prev) = match heads.get(&atom.writer) {
             Some(head) => *head,
@@ -915,6 +933,7 @@ fn replicate(
         if atom.seq != seq + 1 || atom.prev != prev {
             return refused(
                 tables,
+                entry,
                 format!(
                     "{at} does not continue its chain, whose head is seq {seq} ({})",
                     hex::encode(prev)
@@ -924,6 +943,7 @@ fn replicate(
         if atom.commit <= last {
             return refused(
                 tables,
+                entry,
                 format!(
                     "{at} has commit {}, not above the world's last, {last}",
                     atom.commit
@@ -933,6 +953,7 @@ fn replicate(
         if tables.ids.get(&id)?.is_some() {
             return refused(
                 tables,
+                entry,
                 format!("{at} ({}) is already stored", hex::encode(id)),
             );
         }

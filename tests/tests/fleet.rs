@@ -556,7 +556,7 @@ fn the_owner_killed_mid_storm_loses_nothing_acknowledged() {
 }
 
 #[test]
-fn a_tampered_message_in_a_world_stream_is_refused_by_every_node() {
+fn a_tampered_message_in_a_world_stream_is_refused_by_every_node_and_verify_says_so() {
     let fleet = Fleet::start(3, LEASE, &[]);
     let admin_key = fleet.admin_key();
     run_local(async {
@@ -637,8 +637,18 @@ fn a_tampered_message_in_a_world_stream_is_refused_by_every_node() {
             let admin = session(&node.tcp(), &admin_key).await;
             let reader = admin.reader("t").unwrap();
             assert_eq!(engram_client::generation(&reader).await.unwrap().atoms, 5);
+            // Every node refused the node-signed message, and says so: its copy of the
+            // world differs from the stream's (the unsigned ones are no node's word).
             let verification = engram_client::verify(&reader).await.unwrap();
-            assert_eq!((verification.entries, verification.first_bad), (5, None));
+            assert_eq!(verification.entries, 5);
+            let (writer, seq, reason) = verification
+                .first_bad
+                .expect("a refused message a node signed is reported");
+            assert_eq!((writer, seq), (*admin_key.verifying_key().as_bytes(), 1));
+            assert!(
+                reason.contains("refused the message at position 2 of the world's fleet stream"),
+                "{reason}"
+            );
         }
         // The owner passes what it refused and writes on.
         let acquire = || async {
