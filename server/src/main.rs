@@ -290,12 +290,41 @@ fn nats_auth(url: &str, arguments: &Arguments) -> Result<engram_fleet::Auth, Str
     } else if let Some(file) = &arguments.nats_token_file {
         Auth::Token(secret(file, "token")?)
     } else if let Some(file) = &arguments.nats_nkey {
-        Auth::NKey(secret(file, "nkey seed")?)
+        let seed = secret(file, "nkey seed")?;
+        // Checked here, so that a bad file is named, not found out at the connect.
+        match nkeys::KeyPair::from_seed(&seed) {
+            Ok(pair) if seed.starts_with("SU") => drop(pair),
+            _ => {
+                return Err(format!(
+                    "the NATS nkey seed file {} does not hold a user nkey seed (one line, \
+                     SU followed by 56 characters)",
+                    file.display()
+                ));
+            }
+        }
+        Auth::NKey(seed)
     } else if let Some(file) = &arguments.nats_creds {
         Auth::Credentials(file.clone())
     } else {
         Auth::None
     })
+}
+
+/// `--nats-ca`, checked to hold a PEM certificate, so that a bad file is named, not
+/// found out at the connect.
+fn nats_ca(arguments: &Arguments) -> Result<Option<PathBuf>, String> {
+    let Some(file) = &arguments.nats_ca else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|error| format!("cannot read the NATS CA file {}: {error}", file.display()))?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "the NATS CA file {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            file.display()
+        ));
+    }
+    Ok(Some(file.clone()))
 }
 
 fn main() -> ExitCode {
@@ -344,15 +373,17 @@ fn main() -> ExitCode {
             .clone()
             .unwrap_or_else(|| arguments.data.join(SOCKET_FILE))
     });
-    let fleet_auth = match &arguments.nats {
-        Some(url) => match nats_auth(url, &arguments) {
-            Ok(auth) => auth,
-            Err(message) => {
-                eprintln!("engramd: {message}");
-                return ExitCode::from(2);
+    let (fleet_auth, nats_ca) = match &arguments.nats {
+        Some(url) => {
+            match nats_auth(url, &arguments).and_then(|auth| Ok((auth, nats_ca(&arguments)?))) {
+                Ok(checked) => checked,
+                Err(message) => {
+                    eprintln!("engramd: {message}");
+                    return ExitCode::from(2);
+                }
             }
-        },
-        None => engram_fleet::Auth::None,
+        }
+        None => (engram_fleet::Auth::None, None),
     };
     let config = Config {
         data: arguments.data,
@@ -380,7 +411,7 @@ fn main() -> ExitCode {
                 name: arguments.fleet,
                 lease: std::time::Duration::from_millis(arguments.fleet_lease_ms),
                 idle_release: std::time::Duration::from_millis(arguments.fleet_idle_release_ms),
-                ca: arguments.nats_ca,
+                ca: nats_ca,
                 address: arguments.fleet_address,
             }),
             None => None,

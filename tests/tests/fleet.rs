@@ -1401,6 +1401,29 @@ fn a_node_logs_in_to_nats_with_secrets_from_files_and_shows_none() {
     let printed = String::from_utf8_lossy(&printed.stdout);
     assert!(printed.contains("<hidden>"), "{printed}");
     assert!(!printed.contains(password), "{printed}");
+    // A file that holds no seed, or no CA certificate, is named, and nothing of it shown.
+    let url = format!("nats://{address}");
+    for (option, name, text) in [
+        ("--nats-nkey", "bad-seed", "SUnot-a-seed-at-all"),
+        ("--nats-ca", "bad-ca", "not a certificate"),
+    ] {
+        let bad = file(name, text);
+        let output = std::process::Command::new(engram_tests::binary("engramd"))
+            .args([
+                "--data",
+                data.path().to_str().unwrap(),
+                "--nats",
+                &url,
+                option,
+                &bad,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(&bad), "{stderr}");
+        assert!(!stderr.contains(text), "{stderr}");
+    }
 }
 
 /// A node that was in a fleet, started alone, reads its fleet's worlds but writes none of
