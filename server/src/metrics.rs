@@ -176,7 +176,8 @@ fn serve(
 
 /// The lag of each index, in commits: over every world, how far the world's last
 /// commit (or `up_to`, if lower) is past what the index covers (0: the index answers for
-/// every atom up to there).
+/// every atom up to there). In a fleet, where a node's commits advance by
+/// `COMMIT_SLOTS` a group, in such strides (about one group each).
 struct Lag {
     vector: u64,
     text: u64,
@@ -200,6 +201,11 @@ impl Observed {
                     .vector
                     .max(last.saturating_sub(self.vectors.covered(&world.name)));
             }
+        }
+        if self.fleet.age().is_some() {
+            let stride = engram_store::COMMIT_SLOTS;
+            lag.text = lag.text.div_ceil(stride);
+            lag.vector = lag.vector.div_ceil(stride);
         }
         Ok(lag)
     }
