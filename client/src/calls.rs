@@ -41,10 +41,26 @@ pub async fn remember_keyed(
 /// doubles from 100 ms up to 2 s. The key makes the retries safe: the atoms are written
 /// once.
 pub async fn remember_retrying<F, Acquired>(
+    acquire: F,
+    atoms: &[NewAtom],
+    key: &IdempotencyKey,
+    attempts: u32,
+) -> Result<Remembered, ClientError>
+where
+    F: FnMut() -> Acquired,
+    Acquired: Future<Output = Result<world_writer::Client, ClientError>>,
+{
+    remember_retrying_telling(acquire, atoms, key, attempts, |_, _| {}).await
+}
+
+/// [`remember_retrying`], telling `retrying` of each failed attempt that is tried again
+/// (its number, from 1, and its error): the error returned is only the last one's.
+pub async fn remember_retrying_telling<F, Acquired>(
     mut acquire: F,
     atoms: &[NewAtom],
     key: &IdempotencyKey,
     attempts: u32,
+    mut retrying: impl FnMut(u32, &ClientError),
 ) -> Result<Remembered, ClientError>
 where
     F: FnMut() -> Acquired,
@@ -59,6 +75,7 @@ where
         };
         match result {
             Err(error) if attempt < attempts && error.is_retryable() => {
+                retrying(attempt, &error);
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
                 attempt += 1;

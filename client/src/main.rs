@@ -1858,16 +1858,21 @@ async fn remember(
 ) -> Result<(), Failure> {
     let key = retry.key()?;
     let acquire = || writer_of(cli, world);
-    let remembered = engram_client::remember_retrying(acquire, atoms, &key, retry.attempts)
-        .await
-        .inspect_err(|_| {
-            // Whatever failed, the user can retry it without writing twice.
-            let key = String::from_utf8_lossy(key.as_bytes());
-            eprintln!(
-                "engram: the write's idempotency key: {key:?}; to retry it, run the command \
+    let attempts = retry.attempts;
+    let retrying = |attempt, error: &ClientError| {
+        eprintln!("engram: attempt {attempt} of {attempts} failed ({error}); trying again");
+    };
+    let remembered =
+        engram_client::remember_retrying_telling(acquire, atoms, &key, attempts, retrying)
+            .await
+            .inspect_err(|_| {
+                // Whatever failed, the user can retry it without writing twice.
+                let key = String::from_utf8_lossy(key.as_bytes());
+                eprintln!(
+                    "engram: the write's idempotency key: {key:?}; to retry it, run the command \
                  again with --idempotency-key {key:?} (within 24 hours): it writes at most once"
-            );
-        })?;
+                );
+            })?;
     if remembered.replayed && !cli.json {
         eprintln!(
             "engram: this idempotency key's request was done before; its receipts again, nothing written"

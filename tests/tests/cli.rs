@@ -241,3 +241,31 @@ fn exit_codes_follow_the_documentation() {
             .starts_with("engram: cannot connect to unix:/nonexistent/engramd.sock")
     );
 }
+
+/// A write the CLI tries again says why each attempt failed, not only the last, and
+/// ends with the key that retries it safely.
+#[test]
+fn each_failed_attempt_of_a_write_is_told() {
+    let node = TestNode::start();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let output = Command::new(binary("engram"))
+        .args(["--node", &address, "--key"])
+        .arg(node.admin_key_path())
+        .args(["remember", "team/auth", "x", "--attempts", "3"])
+        .env_remove("ENGRAM_NODE")
+        .env_remove("ENGRAM_KEY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    for attempt in 1..=2 {
+        assert!(
+            stderr.contains(&format!("attempt {attempt} of 3 failed (")),
+            "{stderr}"
+        );
+    }
+    assert!(!stderr.contains("attempt 3 of 3 failed"), "{stderr}");
+    assert!(stderr.contains("--idempotency-key"), "{stderr}");
+}
