@@ -351,21 +351,28 @@ fn main() -> ExitCode {
             }
         };
     }
-    let log = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-                // async-nats traces its CONNECT line, password and token included: its
-                // log stops at debug, whatever RUST_LOG asks.
-                .add_directive("async_nats=debug".parse().expect("a valid directive")),
-        );
-    match arguments.log_format {
-        // Colour only for a person at a terminal; log files stay plain text.
-        LogFormat::Text => log
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        LogFormat::Json => log.json().flatten_event(true).init(),
+    {
+        use tracing_subscriber::filter::{LevelFilter, Targets};
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::{EnvFilter, Layer};
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        // async-nats traces its CONNECT line, password and token included: its log stops
+        // at debug, whatever RUST_LOG asks (and is off unless RUST_LOG asks for it).
+        let capped = Targets::new()
+            .with_default(LevelFilter::TRACE)
+            .with_target("async_nats", LevelFilter::DEBUG);
+        let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        let layer = match arguments.log_format {
+            // Colour only for a person at a terminal; log files stay plain text.
+            LogFormat::Text => layer
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .boxed(),
+            LogFormat::Json => layer.json().flatten_event(true).boxed(),
+        };
+        tracing_subscriber::registry()
+            .with(layer.with_filter(filter).with_filter(capped))
+            .init();
     }
     let socket = (!arguments.no_socket).then(|| {
         arguments

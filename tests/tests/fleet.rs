@@ -1401,6 +1401,42 @@ fn a_node_logs_in_to_nats_with_secrets_from_files_and_shows_none() {
     let printed = String::from_utf8_lossy(&printed.stdout);
     assert!(printed.contains("<hidden>"), "{printed}");
     assert!(!printed.contains(password), "{printed}");
+    // async-nats logs its CONNECT line, password included, at trace: capped at debug
+    // whatever RUST_LOG asks, and off unless it asks (it once logged at debug always).
+    for (filter, debug_shown) in [("trace", true), ("info", false)] {
+        let data = tempfile::tempdir().unwrap();
+        let log = data.path().join("log");
+        let mut node = std::process::Command::new(engram_tests::binary("engramd"))
+            .args(["--data", data.path().join("d").to_str().unwrap()])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--nats",
+                &format!("nats://{address}"),
+            ])
+            .args(&cases[0].1)
+            .env("RUST_LOG", filter)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(node.stdout.take().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        assert!(ready.starts_with("engramd ready"), "{ready}");
+        node.kill().unwrap();
+        node.wait().unwrap();
+        let log = std::fs::read_to_string(&log).unwrap();
+        assert!(!log.contains(password), "RUST_LOG={filter}: {log}");
+        assert_eq!(
+            log.contains("DEBUG async_nats"),
+            debug_shown,
+            "RUST_LOG={filter}: {log}"
+        );
+    }
     // A file that holds no seed, or no CA certificate, is named, and nothing of it shown.
     let url = format!("nats://{address}");
     for (option, name, text) in [
