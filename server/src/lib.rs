@@ -609,34 +609,71 @@ async fn drain_subscriptions(node: &Node) {
 }
 
 /// Where the fleet tells clients to reach this node: `--fleet-address`, else its TCP
-/// listener's (`tls://` with TLS), never an address that names every interface.
+/// listener's (`tls://` with TLS). Refused: an address that names every interface, none
+/// at all (no TCP listener), or one that is not `[tls://]HOST:PORT` with a plain host
+/// name or IP address (it is shown to every principal, and clients connect to it).
 fn advertised(
     fleet: &engram_fleet::Config,
     tcp: Option<&TcpListener>,
     tls: bool,
 ) -> Result<String, String> {
-    if let Some(address) = &fleet.address {
-        return match engram_client::Endpoint::parse(address) {
-            engram_client::Endpoint::Unix(_) => Err(format!(
-                "--fleet-address {address:?} is a Unix socket; give the HOST:PORT (or \
-                 tls://HOST:PORT) clients elsewhere reach this node at"
-            )),
-            _ => Ok(address.clone()),
-        };
-    }
-    let Some(bound) = tcp.and_then(|listener| listener.local_addr().ok()) else {
-        return Ok("-".into());
+    let address = match (
+        &fleet.address,
+        tcp.and_then(|listener| listener.local_addr().ok()),
+    ) {
+        (Some(address), _) => address.clone(),
+        (None, Some(bound)) if tls => format!("tls://{bound}"),
+        (None, Some(bound)) => bound.to_string(),
+        (None, None) => {
+            return Err(
+                "it has no TCP listener, so no address clients elsewhere can reach \
+                 it at: give --fleet-address HOST:PORT"
+                    .into(),
+            );
+        }
     };
-    if bound.ip().is_unspecified() {
+    let shown = address.escape_debug();
+    let (scheme_tls, host_port) = match address.strip_prefix("tls://") {
+        Some(rest) => (true, rest),
+        None => (false, address.as_str()),
+    };
+    if tls && !scheme_tls {
         return Err(format!(
-            "it listens on {bound}, every interface, which is no address a client \
-             elsewhere can reach it at: give --fleet-address HOST:PORT"
+            "--fleet-address \"{shown}\" is not tls://: this node speaks TLS"
         ));
     }
-    Ok(match tls {
-        true => format!("tls://{bound}"),
-        false => bound.to_string(),
-    })
+    let valid_host = |host: &str| match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(ip) => ip
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|ip| !ip.is_unspecified()),
+        None => {
+            !host.is_empty()
+                && host.len() <= 253
+                && (host.bytes()).all(|byte| byte.is_ascii_alphanumeric() || b".-_".contains(&byte))
+                && host
+                    .parse::<std::net::Ipv4Addr>()
+                    .map_or(true, |ip| !ip.is_unspecified())
+        }
+    };
+    match host_port.rsplit_once(':') {
+        Some((host, port))
+            if valid_host(host) && port.parse::<u16>().is_ok_and(|port| port > 0) =>
+        {
+            Ok(address)
+        }
+        _ if (host_port.parse::<std::net::SocketAddr>())
+            .is_ok_and(|bound| bound.ip().is_unspecified()) =>
+        {
+            Err(format!(
+                "it listens on {host_port}, every interface, which is no address a client \
+                 elsewhere can reach it at: give --fleet-address HOST:PORT"
+            ))
+        }
+        _ => Err(format!(
+            "--fleet-address \"{shown}\" is not HOST:PORT or tls://HOST:PORT (a host name \
+             or IP address, a port from 1 to 65535)"
+        )),
+    }
 }
 
 async fn accept_tcp(listener: Option<&TcpListener>) -> std::io::Result<tokio::net::TcpStream> {

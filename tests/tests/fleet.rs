@@ -1207,6 +1207,35 @@ fn a_node_on_every_interface_must_say_where_clients_reach_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--fleet-address"), "{stderr}");
+    // Every principal is shown the address, and clients connect to it: only
+    // [tls://]HOST:PORT, never control characters, and tls:// from a TLS node; a node
+    // without TCP must give one.
+    let refused: [&[&str]; 7] = [
+        &["--fleet-address", "engram-a.example"],
+        &["--fleet-address", "engram-a.example:99999"],
+        &["--fleet-address", "http://engram-a.example:80"],
+        &["--fleet-address", "\u{1b}[31mred:7420"],
+        &["--fleet-address", "a b:7420"],
+        &["--tls", "--fleet-address", "engram-a.example:7420"],
+        &["--no-tcp"],
+    ];
+    for arguments in refused {
+        let data = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new(engram_tests::binary("engramd"))
+            .arg("--data")
+            .arg(data.path())
+            .args(["--listen", "127.0.0.1:0", "--no-socket", "--nats", &url])
+            .args(arguments)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{arguments:?}: {stderr}");
+        assert!(
+            stderr.contains("--fleet-address"),
+            "{arguments:?}: {stderr}"
+        );
+        assert!(!stderr.contains('\u{1b}'), "{arguments:?}: {stderr}");
+    }
 
     let node = engram_tests::TestNode::start_with(&[
         "--nats",
