@@ -123,7 +123,7 @@ pub struct FleetReport {
     /// Since this node last confirmed the fleet's policy; `None`: never.
     pub confirmed_ago: Option<Duration>,
     pub nodes: Vec<NodeReport>,
-    /// Every world this node follows, by name.
+    /// The worlds asked about, of those this node follows, by name.
     pub worlds: Vec<WorldReport>,
 }
 
@@ -179,8 +179,8 @@ pub trait Fleet {
     /// Resolves once this node may write `world` (it owns it, and holds all its stream
     /// holds); else why not, with the owner's address.
     fn claim(self: Rc<Self>, world: String) -> Local<Result<(), String>>;
-    /// What this node knows of its fleet now.
-    fn status(&self) -> FleetReport;
+    /// What this node knows of its fleet now, of the worlds `shown` lets through.
+    fn status(&self, shown: &dyn Fn(&str) -> bool) -> FleetReport;
 }
 
 /// Whether a write is a policy change (the fleet's, in a fleet).

@@ -159,7 +159,12 @@ impl membrane::Server for Membrane {
         let Some(fleet) = fleet else {
             return Ok(());
         };
-        let report = fleet.status();
+        // Only the worlds the principal may use, and only they cost anything: the
+        // others' names, owners and sizes are not its to learn.
+        let granted: std::collections::HashSet<&str> = (principal.grants.iter())
+            .map(|grant| grant.world.as_str())
+            .collect();
+        let report = fleet.status(&|world| principal.admin || granted.contains(world));
         let millis = |ago: Option<std::time::Duration>| {
             ago.map_or(u64::MAX, |ago| {
                 ago.as_millis().min(u64::MAX as u128 - 1) as u64
@@ -178,13 +183,8 @@ impl membrane::Server for Membrane {
             entry.set_seen_ago_ms(millis(reported.seen_ago));
             entry.set_confirmed_ago_ms(millis(reported.confirmed_ago));
         }
-        // Only the worlds the principal may use: the others' names, owners and sizes
-        // are not its to learn.
-        let visible: Vec<_> = (report.worlds.iter())
-            .filter(|world| may_use(&principal, &world.world))
-            .collect();
-        let mut worlds = status.init_worlds(visible.len() as u32);
-        for (index, reported) in visible.into_iter().enumerate() {
+        let mut worlds = status.init_worlds(report.worlds.len() as u32);
+        for (index, reported) in report.worlds.iter().enumerate() {
             let mut entry = worlds.reborrow().get(index as u32);
             entry.set_world(reported.world.as_str());
             if let Some((key, address)) = &reported.owner {

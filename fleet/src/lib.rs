@@ -689,7 +689,7 @@ impl Fleet for Link {
         Box::pin(self.claim(world))
     }
 
-    fn status(&self) -> FleetReport {
-        self.report()
+    fn status(&self, shown: &dyn Fn(&str) -> bool) -> FleetReport {
+        self.report(shown)
     }
 }

@@ -286,8 +286,9 @@ impl Link {
         (at.elapsed() < self.lease).then(|| (value.clone(), at.elapsed()))
     }
 
-    /// What this node knows of its fleet now (`Membrane.fleet`).
-    pub(crate) fn report(&self) -> FleetReport {
+    /// What this node knows of its fleet now (`Membrane.fleet`), of the worlds `shown`
+    /// lets through: one read of the store for all of them.
+    pub(crate) fn report(&self, shown: &dyn Fn(&str) -> bool) -> FleetReport {
         let confirmed_ago = |age: Option<f64>| {
             age.filter(|age| age.is_finite())
                 .map(Duration::from_secs_f64)
@@ -311,12 +312,14 @@ impl Link {
             })
             .collect();
         nodes.sort_by_key(|node| node.slot);
+        let view = self.store.read().ok();
         let held = |world: &str| {
-            (self.store.read())
-                .and_then(|view| view.stream_position(world))
+            (view.as_ref())
+                .and_then(|view| view.stream_position(world).ok())
                 .unwrap_or(0)
         };
         let mut worlds: Vec<WorldReport> = (self.followed.borrow().iter())
+            .filter(|world| shown(world))
             .map(|world| {
                 let owner = self
                     .heard_of(&Link::lease_key(world))
