@@ -742,6 +742,21 @@ fn usage(message: impl Into<String>) -> Failure {
     }
 }
 
+/// Prints a line on standard output. A reader that went away (`engram ... | head`) ends
+/// the command quietly, as it does any good CLI's, rather than in a panic.
+macro_rules! out {
+    ($($argument:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = writeln!(std::io::stdout().lock(), $($argument)*) {
+            if error.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("engram: cannot write to standard output: {error}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 fn main() -> ExitCode {
     match engram_client::run_local(run(Cli::parse())) {
         Ok(Ok(())) => ExitCode::SUCCESS,
@@ -759,9 +774,9 @@ fn main() -> ExitCode {
 /// Prints `value` as JSON, or `text` for people.
 fn emit(json_output: bool, value: Value, text: impl FnOnce() -> String) {
     if json_output {
-        println!("{value}");
+        out!("{value}");
     } else {
-        println!("{}", text());
+        out!("{}", text());
     }
 }
 
@@ -802,7 +817,7 @@ async fn resolve_as_of(
 fn print_page(json_output: bool, atoms: &[engram_client::AtomView], next: u64) {
     if json_output {
         let values: Vec<Value> = atoms.iter().map(|atom| atom.to_json()).collect();
-        println!("{}", json!({"atoms": values, "nextCommit": next}));
+        out!("{}", json!({"atoms": values, "nextCommit": next}));
     } else {
         print_atoms(false, atoms);
         eprintln!("next cursor: --from {next}");
@@ -1427,15 +1442,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         atom
                     })
                     .collect();
-                println!("{}", Value::Array(hits));
+                out!("{}", Value::Array(hits));
             } else {
                 for hit in &answer.hits {
-                    println!("{}", describe(&hit.atom, false));
+                    out!("{}", describe(&hit.atom, false));
                     for id in &hit.contradictions {
-                        println!("    in contradiction with {}", hex::encode(id));
+                        out!("    in contradiction with {}", hex::encode(id));
                     }
                     if arguments.explain {
-                        println!("    score {:.4}: {}", hit.score, hit.explanation);
+                        out!("    score {:.4}: {}", hit.score, hit.explanation);
                     }
                 }
             }
@@ -1470,9 +1485,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     WatchEvent::Atoms(atoms) => {
                         for atom in &atoms {
                             if json_output {
-                                println!("{}", atom.to_json());
+                                out!("{}", atom.to_json());
                             } else {
-                                println!("{}", describe(atom, false));
+                                out!("{}", describe(atom, false));
                             }
                         }
                     }
@@ -1961,10 +1976,10 @@ fn describe(atom: &engram_client::AtomView, long: bool) -> String {
 fn print_atoms(json_output: bool, atoms: &[engram_client::AtomView]) {
     if json_output {
         let values: Vec<Value> = atoms.iter().map(|atom| atom.to_json()).collect();
-        println!("{}", Value::Array(values));
+        out!("{}", Value::Array(values));
     } else {
         for atom in atoms {
-            println!("{}", describe(atom, false));
+            out!("{}", describe(atom, false));
         }
     }
 }

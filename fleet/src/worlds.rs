@@ -139,10 +139,14 @@ impl engram_store::replica::Replicator for Publisher {
             Ok(Ok(position)) => Ok(position),
             Ok(Err(Unpublished::Refused(reason))) => Err(failed(reason)),
             Ok(Err(Unpublished::Unknown(reason))) => Err(unknown(reason)),
-            Err(_) => Err(unknown(format!(
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(unknown(format!(
                 "the stream did not answer within {} s",
                 self.timeout.as_secs()
             ))),
+            // The publishing task went before the answer: the node is stopping.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(unknown(
+                "the node stopped before the stream's answer came".into(),
+            )),
         }
     }
 

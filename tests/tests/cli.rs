@@ -269,3 +269,26 @@ fn each_failed_attempt_of_a_write_is_told() {
     assert!(!stderr.contains("attempt 3 of 3 failed"), "{stderr}");
     assert!(stderr.contains("--idempotency-key"), "{stderr}");
 }
+
+/// A reader that goes away (`engram ... | head`) ends the command quietly: exit 0, no
+/// panic, where it once panicked (exit 101) with a backtrace.
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    let node = TestNode::start();
+    let mut child = Command::new(binary("engram"))
+        .args(["--node", &node.tcp().to_string(), "--key"])
+        .arg(node.admin_key_path())
+        .arg("whoami")
+        .env_remove("ENGRAM_NODE")
+        .env_remove("ENGRAM_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the command could log in and print.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
