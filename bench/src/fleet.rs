@@ -1,8 +1,10 @@
 //! A fleet of three nodes on this machine (a `nats-server` with JetStream in a temporary
 //! directory, `engramd --nats`) beside one node alone: acknowledged `remember`
 //! throughput and p99 with replication and without, replication lag (acknowledged on
-//! the owner to pushed by a follower's subscription), and failover time (the owner
-//! SIGKILLed to a write accepted by another node).
+//! the owner to pushed by a follower's subscription), failover time (the owner
+//! SIGKILLed to a write accepted by another node), and catch-up (a node joining a fleet
+//! whose world's stream holds 100,000 single-atom messages, its start included, against
+//! one durable commit per message).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -31,6 +33,10 @@ pub struct Options {
     /// The fleet's lease (engramd --fleet-lease-ms).
     #[arg(long, default_value_t = 2_000)]
     lease_ms: u64,
+    /// Atoms a joining node catches up (written one per call by one connection, so
+    /// one stream message each: the follower's cost per message is what is measured).
+    #[arg(long, default_value_t = 100_000)]
+    catch_up_atoms: usize,
 }
 
 /// Remember throughput and sorted latencies of `options.connections` writers of
@@ -73,6 +79,15 @@ pub async fn run(options: Options) {
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         "ms",
     );
+    // One durable commit per atom: what a follower storing each stream message in its
+    // own commit could do at best (the catch-up before it grouped them).
+    let one = Options {
+        connections: 1,
+        per_connection: 2_000,
+        ..options
+    };
+    let (per_commit, _) = throughput(&alone.tcp, &key, "bench", &one).await;
+    print("fleet.one_commit_per_atom", per_commit, "atoms/s");
     drop(alone);
 
     // Three nodes in a fleet.
@@ -194,5 +209,63 @@ pub async fn run(options: Options) {
     }
     print("fleet.failover", killed.elapsed().as_secs_f64() * 1e3, "ms");
     print("fleet.lease", options.lease_ms as f64, "ms");
+
+    // Catch-up: a node joins a fleet whose world holds `catch_up_atoms` atoms.
+    let catch_up = Options {
+        connections: 1,
+        per_connection: options.catch_up_atoms,
+        ..options
+    };
+    let atoms = (catch_up.per_connection * catch_up.connections) as u64;
+    let on_b = login_as(&endpoints[1], &key).await;
+    engram_client::create_world(&on_b.admin().unwrap(), "catch-up")
+        .await
+        .unwrap();
+    while login_as(&endpoints[1], &key)
+        .await
+        .writer("catch-up")
+        .is_err()
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    throughput(&nodes[1].tcp, &key, "catch-up", &catch_up).await;
+    let started = Instant::now();
+    let joining =
+        BenchNode::start_with(&["--no-socket", "--nats", &url, "--fleet-lease-ms", &lease]);
+    let endpoint = engram_client::Endpoint::Tcp(joining.tcp.clone());
+    let membrane = engram_client::connect(&endpoint)
+        .await
+        .unwrap()
+        .login(&key)
+        .await
+        .unwrap();
+    let messages = loop {
+        let status = membrane.fleet().await.unwrap();
+        let world = (status.worlds.iter()).find(|world| world.world == "catch-up");
+        if let Some(world) = world
+            && world.held_position > 0
+            && world.held_position == world.stream_position
+        {
+            let reader = membrane.graft().await.unwrap().reader("catch-up").unwrap();
+            let generation = engram_client::generation(&reader).await.unwrap();
+            assert_eq!(generation.atoms, atoms, "every atom caught up");
+            break world.held_position;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    print("fleet.catch_up", atoms as f64 / elapsed, "atoms/s");
+    print(
+        "fleet.catch_up_messages",
+        messages as f64 / elapsed,
+        "messages/s",
+    );
+    // A follower that stored each message in a durable commit of its own could store
+    // at most as many messages a second as one writer commits atoms, one per commit.
+    print(
+        "fleet.catch_up_over_one_commit_per_message",
+        messages as f64 / elapsed / per_commit,
+        "x",
+    );
     drop(nats);
 }
