@@ -612,12 +612,15 @@ async fn follow_once(
         .map_err(|error| error.to_string())?;
     // The messages already here are stored together: each one's write is queued, in
     // stream order, before the first is awaited, so the writer takes them in one group
-    // commit (catching up costs a sync per group, not per message).
+    // commit (catching up costs a sync per group, not per message). While the writer
+    // stores one chunk, the next is read and its signatures checked: one chunk at most
+    // is in flight behind the one being read.
     let mut messages = consumer
         .messages()
         .await
         .map_err(|error| error.to_string())?
         .ready_chunks(CATCH_UP_GROUP_MAX);
+    let mut in_flight: Option<tokio::task::JoinHandle<Stored>> = None;
     while let Some(ready) = messages.next().await {
         let mut writes = Vec::with_capacity(ready.len());
         let mut last = None;
@@ -632,30 +635,68 @@ async fn follow_once(
                 Ok(()) => message.payload.to_vec(),
                 Err(_) => Vec::new(),
             };
-            let stored = node.replicate(world.to_owned(), position, payload);
-            writes.push(async move { (position, signed.err(), stored.await) });
+            let (node, world) = (node.clone(), world.to_owned());
+            writes.push(async move {
+                let stored = node.replicate(world, position, payload).await;
+                (position, signed.err(), stored)
+            });
         }
-        for (position, unsigned, stored) in futures::future::join_all(writes).await {
-            match stored {
-                Ok(WriteOutcome::Replicated { refused, .. }) => {
-                    if let Some(reason) = unsigned.or(refused) {
-                        report_refusal(world, position, &reason);
-                    }
-                    link.replicated.send_modify(|count| *count += 1);
-                }
-                Ok(other) => unreachable!("replicate answered {other:?}"),
-                // The world's record has not reached this node yet, the writer failed,
-                // or an earlier message of the group was not stored (a later one is
-                // then refused as after a gap): read again from the first not stored.
-                Err(error) => return Err(error.to_string()),
-            }
-        }
-        if let Some((held, end)) = last {
-            link.heard_stream(world, end, held);
-            progress.note(link, world, held, end);
+        // Spawned, it queues its writes behind the chunk in flight, in stream order.
+        let chunk = tokio::task::spawn_local(stored(link.clone(), world.to_owned(), writes, last));
+        if let Some(previous) = in_flight.replace(chunk) {
+            settle(link, world, progress, previous.await)?;
         }
     }
+    if let Some(previous) = in_flight {
+        settle(link, world, progress, previous.await)?;
+    }
     Err("the stream's consumer ended".into())
+}
+
+/// A stored chunk's last position and the stream's end then, or why a message of it was
+/// not stored.
+type Stored = Result<Option<(u64, u64)>, String>;
+
+/// Stores one chunk of a world's stream: each message's write, awaited in order.
+async fn stored(
+    link: Rc<Link>,
+    world: String,
+    writes: Vec<
+        impl std::future::Future<Output = (u64, Option<String>, Result<WriteOutcome, StoreError>)>,
+    >,
+    last: Option<(u64, u64)>,
+) -> Stored {
+    for (position, unsigned, stored) in futures::future::join_all(writes).await {
+        match stored {
+            Ok(WriteOutcome::Replicated { refused, .. }) => {
+                if let Some(reason) = unsigned.or(refused) {
+                    report_refusal(&world, position, &reason);
+                }
+                link.replicated.send_modify(|count| *count += 1);
+            }
+            Ok(other) => unreachable!("replicate answered {other:?}"),
+            // The world's record has not reached this node yet, the writer failed, or an
+            // earlier message was not stored (a later one is then refused as after a
+            // gap): the follower reads again from the first not stored.
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+    Ok(last)
+}
+
+/// Takes a stored chunk's outcome: says how far the follower is, or fails.
+fn settle(
+    link: &Link,
+    world: &str,
+    progress: &mut Progress,
+    outcome: Result<Stored, tokio::task::JoinError>,
+) -> Result<(), String> {
+    let last = outcome.map_err(|error| error.to_string())??;
+    if let Some((held, end)) = last {
+        link.heard_stream(world, end, held);
+        progress.note(link, world, held, end);
+    }
+    Ok(())
 }
 
 /// How far a follower is in catching up a world's stream, and when it last said so.
