@@ -1324,11 +1324,22 @@ fn engramd_on(
     arguments: &[&str],
     stderr: std::process::Stdio,
 ) -> (std::process::Child, String) {
+    engramd_logging(data, arguments, stderr, "info")
+}
+
+/// [`engramd_on`] with `RUST_LOG` set to `filter`.
+fn engramd_logging(
+    data: &std::path::Path,
+    arguments: &[&str],
+    stderr: std::process::Stdio,
+    filter: &str,
+) -> (std::process::Child, String) {
     let mut started = std::process::Command::new(engram_tests::binary("engramd"))
         .arg("--data")
         .arg(data)
         .args(["--listen", "127.0.0.1:0"])
         .args(arguments)
+        .env("RUST_LOG", filter)
         .stdout(std::process::Stdio::piped())
         .stderr(stderr)
         .spawn()
@@ -1435,26 +1446,11 @@ fn a_node_logs_in_to_nats_with_secrets_from_files_and_shows_none() {
     for (filter, debug_shown) in [("trace", true), ("info", false)] {
         let data = tempfile::tempdir().unwrap();
         let log = data.path().join("log");
-        let mut node = std::process::Command::new(engram_tests::binary("engramd"))
-            .args(["--data", data.path().join("d").to_str().unwrap()])
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--nats",
-                &format!("nats://{address}"),
-            ])
-            .args(&cases[0].1)
-            .env("RUST_LOG", filter)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut ready = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(node.stdout.take().unwrap()),
-            &mut ready,
-        )
-        .unwrap();
+        let url = format!("nats://{address}");
+        let mut arguments = vec!["--nats", url.as_str()];
+        arguments.extend(cases[0].1.iter().map(String::as_str));
+        let stderr = std::process::Stdio::from(std::fs::File::create(&log).unwrap());
+        let (mut node, ready) = engramd_logging(&data.path().join("d"), &arguments, stderr, filter);
         assert!(ready.starts_with("engramd ready"), "{ready}");
         node.kill().unwrap();
         node.wait().unwrap();
