@@ -387,12 +387,19 @@ impl Link {
             while self.claiming.borrow().contains(&world) && Instant::now() < deadline {
                 let _ = tokio::time::timeout(self.lease / 10, self.claimed.notified()).await;
             }
-            return match self.owns(&world) {
-                true => Ok(()),
-                false => Err(format!(
-                    "this node could not take world {world:?}; try again"
-                )),
-            };
+            if self.owns(&world) {
+                return Ok(());
+            }
+            // The claim it waited for found another node writing the world: say where.
+            if let Some((refusal, read)) = self.refused.borrow().get(&world)
+                && read.elapsed() < self.lease
+            {
+                return Err(refusal.clone());
+            }
+            return Err(format!(
+                "this node could not take world {world:?} (NATS did not answer in time, \
+                 or another node took it first); try again"
+            ));
         }
         // Taken out again however the claim ends, its caller cancelled included.
         struct Claiming<'a>(&'a Link, &'a str);
