@@ -372,43 +372,57 @@ impl Membrane {
     /// the address is `tls://`. `None` alone, when this node owns it, or when no node
     /// does (then this node takes it on the next write).
     pub async fn owner_elsewhere(&self, world: &str) -> Result<Option<Endpoint>, ClientError> {
-        let status = self.fleet().await?;
-        let owner = (status.worlds.iter())
+        Ok(self.fleet().await?.owner_elsewhere(world))
+    }
+}
+
+impl FleetStatus {
+    /// Where `world`'s writes go when another node owns it (see
+    /// [`Membrane::owner_elsewhere`]).
+    pub fn owner_elsewhere(&self, world: &str) -> Option<Endpoint> {
+        let owner = (self.worlds.iter())
             .find(|held| held.world == world)
             .and_then(|held| held.owner.as_ref())
-            .filter(|(key, _)| *key != status.node_key);
-        Ok(owner.map(|(key, address)| match Endpoint::parse(address) {
+            .filter(|(key, _)| *key != self.node_key);
+        owner.map(|(key, address)| match Endpoint::parse(address) {
             tls @ Endpoint::Tls { .. } => tls.trusting(NodeTrust::Key(*key)),
             other => other,
-        }))
+        })
     }
 }
 
 /// Logs in at `endpoint` with `key` and, in a fleet, follows `world`'s owner: if another
 /// node writes `world` now, logs in there instead, so that a write goes where it can be
-/// written rather than being refused (README, Fleets). Stays at `endpoint` when the
-/// owner cannot be reached (its lease then expires and this node takes the world), and
-/// never follows from TLS to an address without it.
+/// written rather than being refused (README, Fleets). When the owner cannot be reached
+/// (it died, say), stays at `endpoint` and waits, a lease and a half at most, for the
+/// owner's lease to lapse, after which this node takes the world on the next write.
+/// Never follows from TLS to an address without it.
 pub async fn login_for_writing(
     endpoint: &Endpoint,
     key: &SigningKey,
     world: &str,
 ) -> Result<Membrane, ClientError> {
     let here = connect(endpoint).await?.login(key).await?;
-    let owner = match here.owner_elsewhere(world).await? {
+    let status = here.fleet().await?;
+    let owner = match status.owner_elsewhere(world) {
         Some(Endpoint::Tcp(_)) if matches!(endpoint, Endpoint::Tls { .. }) => None,
         owner => owner,
     };
     let Some(owner) = owner else {
         return Ok(here);
     };
-    match connect(&owner).await {
-        Ok(connection) => match connection.login(key).await {
-            Ok(there) => Ok(there),
-            Err(_) => Ok(here),
-        },
-        Err(_) => Ok(here),
-    }
+    let lease = std::time::Duration::from_millis(status.lease_ms);
+    let Ok(Ok(connection)) = tokio::time::timeout(lease, connect(&owner)).await else {
+        let deadline = tokio::time::Instant::now() + lease * 3 / 2;
+        while tokio::time::Instant::now() < deadline && here.owner_elsewhere(world).await?.is_some()
+        {
+            tokio::time::sleep(lease / 10).await;
+        }
+        return Ok(here);
+    };
+    // Refused there (the principal has not reached that node yet, say): the write is
+    // answered here, naming the owner.
+    Ok(connection.login(key).await.unwrap_or(here))
 }
 
 impl Session {

@@ -2046,9 +2046,16 @@ async fn export(
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let written = |error: std::io::Error| Failure {
-        exit: 1,
-        message: format!("writing the export: {error}"),
+    let to_stdout = output.is_none();
+    let written = |error: std::io::Error| {
+        // A reader of standard output that went away ends the command quietly, as `out!`.
+        if to_stdout && error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        Failure {
+            exit: 1,
+            message: format!("writing the export: {error}"),
+        }
     };
     let bar = progress(None, "atoms");
     let (mut from, mut count) = (0, 0u64);

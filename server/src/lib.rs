@@ -637,43 +637,80 @@ fn advertised(
         Some(rest) => (true, rest),
         None => (false, address.as_str()),
     };
-    if tls && !scheme_tls {
-        return Err(format!(
-            "--fleet-address \"{shown}\" is not tls://: this node speaks TLS"
-        ));
+    if tls != scheme_tls {
+        return Err(match tls {
+            true => format!("--fleet-address \"{shown}\" is not tls://: this node speaks TLS"),
+            false => format!(
+                "--fleet-address \"{shown}\" is tls://, but this node does not speak TLS \
+                 (start it with --tls)"
+            ),
+        });
     }
-    let valid_host = |host: &str| match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        Some(ip) => ip
-            .parse::<std::net::Ipv6Addr>()
-            .is_ok_and(|ip| !ip.is_unspecified()),
-        None => {
-            !host.is_empty()
-                && host.len() <= 253
-                && (host.bytes()).all(|byte| byte.is_ascii_alphanumeric() || b".-_".contains(&byte))
-                && host
-                    .parse::<std::net::Ipv4Addr>()
-                    .map_or(true, |ip| !ip.is_unspecified())
-        }
+    let Some((host, port)) = host_port.rsplit_once(':') else {
+        return Err(not_an_address(&shown));
     };
-    match host_port.rsplit_once(':') {
-        Some((host, port))
-            if valid_host(host) && port.parse::<u16>().is_ok_and(|port| port > 0) =>
-        {
-            Ok(address)
-        }
-        _ if (host_port.parse::<std::net::SocketAddr>())
-            .is_ok_and(|bound| bound.ip().is_unspecified()) =>
-        {
-            Err(format!(
+    // The port as a number writes it, the host an IP address or a DNS name.
+    if port
+        .parse::<u16>()
+        .map_or(true, |number| number == 0 || number.to_string() != port)
+    {
+        return Err(not_an_address(&shown));
+    }
+    let ip = match host
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+    {
+        Some(inner) => match inner.parse::<std::net::Ipv6Addr>() {
+            Ok(ip) => Some(
+                ip.to_ipv4_mapped()
+                    .map_or(std::net::IpAddr::V6(ip), Into::into),
+            ),
+            Err(_) => return Err(not_an_address(&shown)),
+        },
+        None => match host.parse::<std::net::Ipv4Addr>() {
+            Ok(ip) => Some(ip.into()),
+            Err(_) if dns_name(host) => None,
+            Err(_) => return Err(not_an_address(&shown)),
+        },
+    };
+    if ip.is_some_and(|ip| ip.is_unspecified()) {
+        return Err(match fleet.address {
+            Some(_) => format!(
+                "--fleet-address \"{shown}\" names every interface, no address a client \
+                 elsewhere can reach this node at"
+            ),
+            None => format!(
                 "it listens on {host_port}, every interface, which is no address a client \
                  elsewhere can reach it at: give --fleet-address HOST:PORT"
-            ))
-        }
-        _ => Err(format!(
-            "--fleet-address \"{shown}\" is not HOST:PORT or tls://HOST:PORT (a host name \
-             or IP address, a port from 1 to 65535)"
-        )),
+            ),
+        });
     }
+    Ok(address)
+}
+
+fn not_an_address(shown: &impl std::fmt::Display) -> String {
+    format!(
+        "--fleet-address \"{shown}\" is not HOST:PORT or tls://HOST:PORT (a DNS name or IP \
+         address, a port from 1 to 65535)"
+    )
+}
+
+/// A DNS host name: dot-separated labels of letters, digits and inner hyphens, 1 to 63
+/// characters each, the last not all digits (that would be a malformed IP address).
+fn dns_name(host: &str) -> bool {
+    let labels: Vec<&str> = host.split('.').collect();
+    host.len() <= 253
+        && labels.iter().all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+        && labels
+            .last()
+            .is_some_and(|last| !last.bytes().all(|byte| byte.is_ascii_digit()))
 }
 
 async fn accept_tcp(listener: Option<&TcpListener>) -> std::io::Result<tokio::net::TcpStream> {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import signal
 import socket
 
 import pytest
@@ -835,5 +836,20 @@ def test_a_session_for_writing_follows_the_worlds_owner(fleet_pair):
         await engram.remember(session.writer("team/routed"), NewAtom("through b", kind="fact"))
         [(_, seq, _)] = await engram.heads(on_a.reader("team/routed"))
         assert seq == 2
+
+        # Node A stops: a session for writing opened at node B waits for A's lease to
+        # lapse, and node B then takes the world.
+        first.process.send_signal(signal.SIGTERM)
+        assert first.process.wait(timeout=30) == 0
+
+        async def acquire():
+            session = await engram.open_session_for_writing(second.tcp, first.admin_key, "team/routed")
+            sessions.append(session)
+            return session.writer("team/routed")
+
+        sessions = []
+        await engram.remember_retrying(acquire, NewAtom("after a stopped", kind="fact"))
+        on_b = await engram.open_session(second.tcp, first.admin_key)
+        assert (await engram.generation(on_b.reader("team/routed"))).atoms == 3
 
     run(body())

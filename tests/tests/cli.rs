@@ -275,20 +275,29 @@ fn each_failed_attempt_of_a_write_is_told() {
 #[test]
 fn a_reader_that_goes_away_ends_the_command_quietly() {
     let node = TestNode::start();
-    let mut child = Command::new(binary("engram"))
-        .args(["--node", &node.tcp().to_string(), "--key"])
-        .arg(node.admin_key_path())
-        .arg("whoami")
-        .env_remove("ENGRAM_NODE")
-        .env_remove("ENGRAM_KEY")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Closed before the command could log in and print.
-    drop(child.stdout.take());
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    let key = node.admin_key_path();
+    ok(engram(&node, &key, &["world", "create", "piped"]));
+    ok(engram(
+        &node,
+        &key,
+        &["remember", "piped", "an atom to export"],
+    ));
+    for command in [&["whoami"][..], &["export", "piped"]] {
+        let mut child = Command::new(binary("engram"))
+            .args(["--node", &node.tcp().to_string(), "--key"])
+            .arg(&key)
+            .args(command)
+            .env_remove("ENGRAM_NODE")
+            .env_remove("ENGRAM_KEY")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before the command could log in and print.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{command:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{command:?}: {stderr}");
+    }
 }

@@ -1182,6 +1182,29 @@ fn a_write_sent_to_another_node_is_written_at_the_worlds_owner() {
             .unwrap();
         assert_eq!(heads.len(), 1, "one writer, one chain: {heads:?}");
     });
+    // The owner dies: a write sent to node B waits for its lease to lapse, then node B
+    // takes the world and writes it, where the CLI gave up within 0.3 s.
+    let mut fleet = fleet;
+    fleet.nodes[0].kill();
+    let output = engram_tests::engram_cli(
+        &fleet.nodes[1],
+        &key_path,
+        &[
+            "remember",
+            "routed",
+            "after the owner died",
+            "--kind",
+            "fact",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    run_local(async {
+        until_atoms(&fresh_session(&fleet.nodes[1], &key).await, "routed", 8).await;
+    });
 }
 
 /// A fleet node tells clients where to reach it: `--fleet-address`, else its listener's
@@ -1210,8 +1233,13 @@ fn a_node_on_every_interface_must_say_where_clients_reach_it() {
     // Every principal is shown the address, and clients connect to it: only
     // [tls://]HOST:PORT, never control characters, and tls:// from a TLS node; a node
     // without TCP must give one.
-    let refused: [&[&str]; 7] = [
+    let refused: [&[&str]; 12] = [
         &["--fleet-address", "engram-a.example"],
+        &["--fleet-address", "0:7420"],
+        &["--fleet-address", "[::ffff:0.0.0.0]:7420"],
+        &["--fleet-address", "256.256.256.256:7420"],
+        &["--fleet-address", "engram-a.example:080"],
+        &["--fleet-address", "tls://engram-a.example:7420"],
         &["--fleet-address", "engram-a.example:99999"],
         &["--fleet-address", "http://engram-a.example:80"],
         &["--fleet-address", "\u{1b}[31mred:7420"],
@@ -1241,15 +1269,15 @@ fn a_node_on_every_interface_must_say_where_clients_reach_it() {
         "--nats",
         &url,
         "--fleet-address",
-        "tls://engram-a.example:7420",
+        "engram-a.example:7420",
     ]);
     run_local(async {
         let status = (until_login(&node, &node.admin_key()).await)
             .fleet()
             .await
             .unwrap();
-        assert_eq!(status.address, "tls://engram-a.example:7420");
-        assert_eq!(status.nodes[0].address, "tls://engram-a.example:7420");
+        assert_eq!(status.address, "engram-a.example:7420");
+        assert_eq!(status.nodes[0].address, "engram-a.example:7420");
     });
 }
 

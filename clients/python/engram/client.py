@@ -756,8 +756,10 @@ async def open_session_for_writing(
     """Opens a session as :func:`open_session` does and, in a fleet, at the node that
     writes ``world`` now if another node does (``Membrane.fleet`` names it), so that a
     write goes where it can be written instead of being refused ``unavailable``. Over
-    TLS the owner's key is pinned (the fleet names it); stays at ``address`` when the
-    owner cannot be reached, and never leaves TLS for an address without it."""
+    TLS the owner's key is pinned (the fleet names it), and it never leaves TLS for an
+    address without it. When the owner cannot be reached (it died, say), it stays at
+    ``address`` and waits, a lease and a half at most, for the owner's lease to lapse,
+    after which this node takes the world on the next write."""
     session = await open_session(address, key_path, **trust)
     status = await session.membrane.fleet()
     held = next((held for held in status.worlds if held.world == world), None)
@@ -767,9 +769,19 @@ async def open_session_for_writing(
     over_tls = owner.startswith("tls://")
     if not over_tls and (address.startswith("tls://") or trust.get("node_key") is not None):
         return session
+    lease = status.lease_ms / 1000
     try:
-        return await open_session(owner, key_path, **({"node_key": held.owner_key} if over_tls else {}))
-    except Exception:  # noqa: BLE001 - the owner is away: its lease expires, this node takes over
+        return await asyncio.wait_for(
+            open_session(owner, key_path, **({"node_key": held.owner_key} if over_tls else {})), lease
+        )
+    except Exception:  # noqa: BLE001 - the owner is away: its lease lapses, this node takes over
+        deadline = asyncio.get_running_loop().time() + lease * 1.5
+        while asyncio.get_running_loop().time() < deadline:
+            status = await session.membrane.fleet()
+            held = next((held for held in status.worlds if held.world == world), None)
+            if held is None or held.owner_key is None or held.owner_key == status.node_key:
+                break
+            await asyncio.sleep(lease / 10)
         return session
 
 
