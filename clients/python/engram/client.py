@@ -742,7 +742,12 @@ _CAPABILITY_INTERFACES = {
 async def open_session(address: str, key_path: str | os.PathLike, **trust: Any) -> Session:
     """Connects (``trust``: :func:`connect`'s ``node_key`` or ``known_nodes``), logs in
     with the key file and grafts."""
-    connection = await connect(address, **trust)
+    return await _graft_over(await connect(address, **trust), key_path)
+
+
+async def _graft_over(connection: Connection, key_path: str | os.PathLike) -> Session:
+    """Logs in over ``connection`` with the key file and grafts; the session keeps its
+    membrane and connection."""
     membrane = await connection.login(load_key(key_path))
     session = await membrane.graft()
     session.membrane = membrane  # type: ignore[attr-defined]
@@ -771,8 +776,8 @@ async def open_session_for_writing(
         return session
     lease = status.lease_ms / 1000
     try:
-        return await asyncio.wait_for(
-            open_session(owner, key_path, **({"node_key": held.owner_key} if over_tls else {})), lease
+        connection = await asyncio.wait_for(
+            connect(owner, **({"node_key": held.owner_key} if over_tls else {})), lease
         )
     except Exception:  # noqa: BLE001 - the owner is away: its lease lapses, this node takes over
         deadline = asyncio.get_running_loop().time() + lease * 1.5
@@ -782,6 +787,12 @@ async def open_session_for_writing(
             if held is None or held.owner_key is None or held.owner_key == status.node_key:
                 break
             await asyncio.sleep(lease / 10)
+        return session
+    try:
+        return await _graft_over(connection, key_path)
+    except EngramError:
+        # Refused there (the principal has not reached that node yet, say): the write is
+        # answered here, naming the owner.
         return session
 
 
