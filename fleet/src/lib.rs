@@ -124,6 +124,8 @@ pub struct Link {
     store: engram_store::Store,
     /// The fleet's nodes, by key, as its bucket holds them.
     nodes: RefCell<HashMap<[u8; 32], NodeRecord>>,
+    /// The nodes' keys, decoded, as their messages' signatures are checked.
+    verifying_keys: RefCell<HashMap<[u8; 32], ed25519_dalek::VerifyingKey>>,
     /// Which node writes each world.
     leases: kv::Store,
     owned: RefCell<worlds::OwnedWorlds>,
@@ -231,6 +233,7 @@ pub async fn join(
         address: address.to_owned(),
         store: node.store().clone(),
         nodes: RefCell::new(HashMap::new()),
+        verifying_keys: RefCell::new(HashMap::new()),
         leases,
         owned: RefCell::new(HashMap::new()),
         refused: RefCell::new(HashMap::new()),

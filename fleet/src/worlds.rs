@@ -794,7 +794,14 @@ impl Link {
         let signature: [u8; 64] = field(SIGNATURE_HEADER)?
             .try_into()
             .map_err(|_| "the signature is not 64 bytes")?;
-        let key = VerifyingKey::from_bytes(&key).map_err(|error| error.to_string())?;
+        // A key decoded once per node, not once per message (decoding is a good part of
+        // a check's cost).
+        let key = match self.verifying_keys.borrow_mut().entry(key) {
+            std::collections::hash_map::Entry::Occupied(known) => *known.get(),
+            std::collections::hash_map::Entry::Vacant(new) => {
+                *new.insert(VerifyingKey::from_bytes(&key).map_err(|error| error.to_string())?)
+            }
+        };
         key.verify(
             &signed(world, &message.payload),
             &Signature::from_bytes(&signature),
