@@ -304,9 +304,14 @@ def test_a_retry_with_its_idempotency_key_is_answered_and_written_once(address, 
             sessions.append(await engram.open_session(address_now, node.admin_key))
             return sessions[-1].writer("w")
 
-        retried = await engram.remember_retrying(acquire, *atoms, key=key)
+        told = []
+        retried = await engram.remember_retrying(
+            acquire, *atoms, key=key, on_retry=lambda attempt, error: told.append((attempt, error))
+        )
         closed.close()
         assert len(attempts) == 2
+        # The failed attempt was told, with why it failed.
+        assert [attempt for attempt, _ in told] == [1] and engram.is_retryable(told[0][1])
         assert retried.replayed and retried.receipts == first.receipts
         await expect_code("conflict", engram.remember_keyed(writer, NewAtom("other atoms"), key=key))
         request = writer.remember_request()

@@ -848,13 +848,16 @@ async def remember_retrying(
     *atoms: NewAtom,
     key: Optional[bytes] = None,
     attempts: int = 3,
+    on_retry: Optional[Callable[[int, Exception], None]] = None,
 ) -> Remembered:
     """Remembers atoms with ``key`` (default: a new one), trying up to ``attempts`` times
     in all while the failure :func:`is_retryable`, each time with a writer from
     ``acquire()`` (which may connect and log in again), after a pause that doubles from
     0.1 s. The key makes the retries safe: the atoms are written once. The error it
     raises carries the key as ``error.idempotency_key``: a write that failed
-    ``unavailable`` may have been written, and is retried safely only with that key."""
+    ``unavailable`` may have been written, and is retried safely only with that key.
+    ``on_retry(attempt, error)`` is told of each failed attempt that is tried again
+    (from 1): the error raised is only the last one's."""
     key = key if key is not None else new_idempotency_key()
     pause = 0.1
     for attempt in range(1, attempts + 1):
@@ -864,6 +867,8 @@ async def remember_retrying(
             if attempt == attempts or not is_retryable(error):
                 error.idempotency_key = key
                 raise
+            if on_retry is not None:
+                on_retry(attempt, error)
         await asyncio.sleep(pause)
         pause *= 2
     raise AssertionError("unreachable: the last attempt returns or raises")
