@@ -364,7 +364,7 @@ impl Membrane {
     /// The fleet this node is in, as it knows it (`Membrane.fleet`).
     pub async fn fleet(&self) -> Result<FleetStatus, ClientError> {
         let response = self.client.fleet_request().send().promise.await?;
-        Ok(FleetStatus::read(response.get()?.get_status()?)?)
+        FleetStatus::read(response.get()?.get_status()?)
     }
 
     /// Where `world`'s writes go when another node of this node's fleet owns it: that
@@ -411,7 +411,9 @@ pub async fn login_for_writing(
     let Some(owner) = owner else {
         return Ok(here);
     };
-    let lease = std::time::Duration::from_millis(status.lease_ms);
+    // As the node says, within the range engramd takes (`--fleet-lease-ms`): a node's
+    // answer never makes this wait long, or overflow.
+    let lease = std::time::Duration::from_millis(status.lease_ms.clamp(100, 600_000));
     let Ok(Ok(connection)) = tokio::time::timeout(lease, connect(&owner)).await else {
         let deadline = tokio::time::Instant::now() + lease * 3 / 2;
         while tokio::time::Instant::now() < deadline && here.owner_elsewhere(world).await?.is_some()

@@ -103,9 +103,9 @@ fn text(reader: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, Client
 }
 
 fn hash(reader: capnp::Result<capnp::data::Reader<'_>>) -> Result<[u8; 32], ClientError> {
-    reader?
-        .try_into()
-        .map_err(|_| ClientError::InvalidInput("the node sent a hash that is not 32 bytes".into()))
+    reader?.try_into().map_err(|_| {
+        ClientError::InvalidInput("the node sent a hash or key that is not 32 bytes".into())
+    })
 }
 
 /// Content for a new atom.
@@ -1011,22 +1011,13 @@ fn ago(millis: u64) -> Option<u64> {
     (millis != u64::MAX).then_some(millis)
 }
 
-fn key_of(bytes: &[u8]) -> Result<[u8; 32], capnp::Error> {
-    bytes
-        .try_into()
-        .map_err(|_| capnp::Error::failed(format!("a key of {} bytes, not 32", bytes.len())))
-}
-
 impl FleetStatus {
-    pub(crate) fn read(
-        status: wire::fleet_status::Reader<'_>,
-    ) -> Result<FleetStatus, capnp::Error> {
-        let text = |text: capnp::text::Reader<'_>| text.to_string().map_err(capnp::Error::from);
+    pub(crate) fn read(status: wire::fleet_status::Reader<'_>) -> Result<FleetStatus, ClientError> {
         let mut nodes = Vec::new();
         for node in status.get_nodes()?.iter() {
             nodes.push(FleetNode {
-                key: key_of(node.get_key()?)?,
-                address: text(node.get_address()?)?,
+                key: hash(node.get_key())?,
+                address: text(node.get_address())?,
                 slot: node.get_slot(),
                 seen_ago_ms: ago(node.get_seen_ago_ms()),
                 confirmed_ago_ms: ago(node.get_confirmed_ago_ms()),
@@ -1034,21 +1025,24 @@ impl FleetStatus {
         }
         let mut worlds = Vec::new();
         for world in status.get_worlds()?.iter() {
-            let owner = match world.get_owner_key()? {
-                [] => None,
-                key => Some((key_of(key)?, text(world.get_owner_address()?)?)),
+            let owner = match world.get_owner_key()?.is_empty() {
+                true => None,
+                false => Some((
+                    hash(world.get_owner_key())?,
+                    text(world.get_owner_address())?,
+                )),
             };
             worlds.push(FleetWorld {
-                world: text(world.get_world()?)?,
+                world: text(world.get_world())?,
                 owner,
                 stream_position: world.get_stream_position(),
                 held_position: world.get_held_position(),
             });
         }
         Ok(FleetStatus {
-            name: text(status.get_name()?)?,
-            node_key: key_of(status.get_node_key()?)?,
-            address: text(status.get_address()?)?,
+            name: text(status.get_name())?,
+            node_key: hash(status.get_node_key())?,
+            address: text(status.get_address())?,
             lease_ms: status.get_lease_ms(),
             confirmed_ago_ms: ago(status.get_confirmed_ago_ms()),
             nodes,
