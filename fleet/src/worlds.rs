@@ -628,7 +628,21 @@ async fn follow_once(
         .map_err(|error| error.to_string())?
         .ready_chunks(CATCH_UP_GROUP_MAX);
     let mut in_flight: Option<tokio::task::JoinHandle<Stored>> = None;
-    while let Some(ready) = messages.next().await {
+    loop {
+        // The chunk in flight is settled as soon as it is stored, not only when the next
+        // arrives: its progress (lag, readiness) is said at once.
+        let ready = match &mut in_flight {
+            Some(chunk) => tokio::select! {
+                ready = messages.next() => ready,
+                outcome = chunk => {
+                    in_flight = None;
+                    settle(link, world, progress, outcome)?;
+                    continue;
+                }
+            },
+            None => messages.next().await,
+        };
+        let Some(ready) = ready else { break };
         let mut writes = Vec::with_capacity(ready.len());
         let mut last = None;
         for message in ready {
